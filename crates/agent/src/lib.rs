@@ -1,0 +1,1 @@
+//! The per-node daemon: endpoints, identities, datapath programming, APIs.

@@ -1,0 +1,1 @@
+//! The node's DNS responder for cluster service and pod names.

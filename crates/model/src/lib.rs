@@ -1,0 +1,1 @@
+//! Resources Myelin reads: Kubernetes and cilium.io manifests, parsed and validated with field paths.

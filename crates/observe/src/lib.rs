@@ -1,0 +1,1 @@
+//! Flows, filters, the Hubble-compatible observer API, metrics and the service map.

@@ -1,0 +1,1 @@
+//! Label selectors, identity allocation and policy resolution into per-endpoint entries.
