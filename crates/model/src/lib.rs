@@ -1,1 +1,17 @@
-//! Resources Myelin reads: Kubernetes and cilium.io manifests, parsed and validated with field paths.
+//! Resources Myelin reads: Kubernetes and `cilium.io` manifests, parsed and
+//! validated with the file, document, field path and value of every error.
+//!
+//! Parsing is strict about the schema (an unknown field is an error naming it)
+//! and lenient where Kubernetes and Cilium are lenient (a port given as a
+//! string or as a number).
+
+pub mod error;
+pub mod manifest;
+pub mod meta;
+pub mod workload;
+
+pub use error::{ManifestError, ManifestErrors};
+pub use manifest::{
+    Document, FieldError, Parsed, Resource, ResourceKey, Source, load_path, parse_str, typed,
+};
+pub use meta::{LabelSelector, LabelSelectorRequirement, Metadata, SelectorOperator};

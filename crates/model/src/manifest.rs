@@ -1,0 +1,605 @@
+//! Reading manifests: files and directories of multi-document YAML (or JSON),
+//! dispatched on `apiVersion` and `kind`, every error located.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ManifestError;
+use crate::meta::{is_dns1123_label, is_dns1123_subdomain};
+use crate::workload::{Deployment, Namespace, Pod, PodSpec, Protocol, Service};
+
+/// Where a document came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// File path as given by the user.
+    pub file: String,
+    /// Zero-based document index in the file.
+    pub document: usize,
+}
+
+/// One parsed, validated resource and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    /// Where it came from.
+    pub source: Source,
+    /// The resource.
+    pub resource: Resource,
+}
+
+/// Every kind Myelin understands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Resource {
+    /// `v1` Namespace.
+    Namespace(Namespace),
+    /// `v1` Pod.
+    Pod(Pod),
+    /// `apps/v1` Deployment.
+    Deployment(Deployment),
+    /// `v1` Service.
+    Service(Service),
+}
+
+/// The identity of a resource: kind, namespace (empty for cluster-scoped
+/// kinds) and name. Applying a resource with the same key replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceKey {
+    /// The kind, as in manifests.
+    pub kind: String,
+    /// The namespace; empty for cluster-scoped kinds.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The namespace of namespaced objects that do not name one.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl Resource {
+    /// The kind as written in manifests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Namespace(_) => "Namespace",
+            Resource::Pod(_) => "Pod",
+            Resource::Deployment(_) => "Deployment",
+            Resource::Service(_) => "Service",
+        }
+    }
+
+    /// The key that identifies this resource.
+    pub fn key(&self) -> ResourceKey {
+        let (namespace, name) = match self {
+            Resource::Namespace(n) => (String::new(), &n.metadata.name),
+            Resource::Pod(p) => (namespace_of(&p.metadata), &p.metadata.name),
+            Resource::Deployment(d) => (namespace_of(&d.metadata), &d.metadata.name),
+            Resource::Service(s) => (namespace_of(&s.metadata), &s.metadata.name),
+        };
+        ResourceKey {
+            kind: self.kind().to_string(),
+            namespace,
+            name: name.clone(),
+        }
+    }
+}
+
+fn namespace_of(metadata: &crate::meta::Metadata) -> String {
+    metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())
+}
+
+/// The outcome of reading manifests: the documents that are valid and the
+/// errors of those that are not. Callers decide whether one bad document
+/// rejects the whole set (the lab does) or only itself (policy does).
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Valid documents, in file order.
+    pub documents: Vec<Document>,
+    /// One error per invalid document (or per unreadable file).
+    pub errors: Vec<ManifestError>,
+}
+
+/// Reads a manifest file, or every `.yaml`, `.yml` and `.json` file of a
+/// directory (sorted by name, not recursive). `-` reads standard input.
+pub fn load_path(path: &Path) -> Parsed {
+    let label = path.display().to_string();
+    if label == "-" {
+        let mut text = String::new();
+        return match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+            Ok(_) => parse_str(&label, &text),
+            Err(e) => file_error(&label, format!("cannot read standard input: {e}")),
+        };
+    }
+    if path.is_dir() {
+        let entries = match std::fs::read_dir(path) {
+            Ok(entries) => entries,
+            Err(e) => return file_error(&label, format!("cannot read directory: {e}")),
+        };
+        let mut files: Vec<_> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+            })
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return file_error(
+                &label,
+                "the directory holds no .yaml, .yml or .json file".to_string(),
+            );
+        }
+        let mut all = Parsed::default();
+        for file in files {
+            let one = load_path(&file);
+            all.documents.extend(one.documents);
+            all.errors.extend(one.errors);
+        }
+        return all;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_str(&label, &text),
+        Err(e) => file_error(&label, format!("cannot read file: {e}")),
+    }
+}
+
+fn file_error(file: &str, message: String) -> Parsed {
+    Parsed {
+        documents: Vec::new(),
+        errors: vec![ManifestError {
+            file: file.to_string(),
+            document: 0,
+            field: String::new(),
+            value: None,
+            message,
+        }],
+    }
+}
+
+/// Parses every document of a multi-document YAML text. `file` names the
+/// source in errors.
+pub fn parse_str(file: &str, text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match serde_yaml::Value::deserialize(de) {
+            Ok(value) => value,
+            Err(e) => {
+                parsed.errors.push(ManifestError {
+                    file: file.to_string(),
+                    document: index,
+                    field: String::new(),
+                    value: None,
+                    message: format!("not valid YAML: {e}"),
+                });
+                // The stream cannot be resynchronised after a syntax error.
+                break;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let source = Source {
+            file: file.to_string(),
+            document: index,
+        };
+        match decode_value(&value) {
+            Ok(resources) => parsed
+                .documents
+                .extend(resources.into_iter().map(|resource| Document {
+                    source: source.clone(),
+                    resource,
+                })),
+            Err(e) => parsed.errors.push(ManifestError {
+                file: file.to_string(),
+                document: index,
+                field: e.field,
+                value: e.value,
+                message: e.message,
+            }),
+        }
+    }
+    parsed
+}
+
+/// A located problem inside one document, before the file is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted field path.
+    pub field: String,
+    /// The value as written.
+    pub value: Option<String>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error at `field` with `value`.
+    pub fn new(
+        field: impl Into<String>,
+        value: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            value,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decodes one document into resources (a `List` gives several).
+fn decode_value(value: &serde_yaml::Value) -> Result<Vec<Resource>, FieldError> {
+    let api_version = string_field(value, "apiVersion")?;
+    let kind = string_field(value, "kind")?;
+    if api_version == "v1" && kind == "List" {
+        let items = value
+            .get("items")
+            .and_then(|i| i.as_sequence())
+            .ok_or_else(|| FieldError::new("items", None, "a List needs an `items` sequence"))?;
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let mut inner = decode_value(item).map_err(|e| FieldError {
+                field: join_path(&format!("items[{i}]"), &e.field),
+                ..e
+            })?;
+            out.append(&mut inner);
+        }
+        return Ok(out);
+    }
+    let resource = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => Resource::Namespace(typed(value)?),
+        ("v1", "Pod") => Resource::Pod(typed(value)?),
+        ("apps/v1", "Deployment") => Resource::Deployment(typed(value)?),
+        ("v1", "Service") => Resource::Service(typed(value)?),
+        (_, "Namespace" | "Pod" | "Service" | "Deployment") => {
+            return Err(FieldError::new(
+                "apiVersion",
+                Some(api_version.clone()),
+                format!(
+                    "{kind} is served as `{}`",
+                    if kind == "Deployment" {
+                        "apps/v1"
+                    } else {
+                        "v1"
+                    }
+                ),
+            ));
+        }
+        _ => {
+            return Err(FieldError::new(
+                "kind",
+                Some(format!("{api_version}/{kind}")),
+                "unknown or unsupported kind; Myelin reads v1 Namespace, Pod, Service, List and apps/v1 Deployment",
+            ));
+        }
+    };
+    validate(&resource)?;
+    Ok(vec![resource])
+}
+
+fn join_path(prefix: &str, field: &str) -> String {
+    if field.is_empty() {
+        prefix.to_string()
+    } else if field.starts_with('[') {
+        format!("{prefix}{field}")
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+fn string_field(value: &serde_yaml::Value, name: &str) -> Result<String, FieldError> {
+    match value.get(name) {
+        Some(serde_yaml::Value::String(s)) => Ok(s.clone()),
+        Some(other) => Err(FieldError::new(
+            name,
+            Some(render(other)),
+            format!("`{name}` must be a string"),
+        )),
+        None => Err(FieldError::new(
+            name,
+            None,
+            format!("the document has no `{name}`"),
+        )),
+    }
+}
+
+/// Deserializes a document into a typed resource, locating the error.
+pub fn typed<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, FieldError> {
+    let mut body = value.clone();
+    if let Some(map) = body.as_mapping_mut() {
+        map.remove("apiVersion");
+        map.remove("kind");
+    }
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let field = path_text(e.path());
+        let inner = e.into_inner().to_string();
+        let unknown = inner.starts_with("unknown field");
+        let shown = if unknown {
+            None
+        } else {
+            value_at(value, &field).map(|v| render(&v))
+        };
+        let message = if unknown {
+            format!("{inner}; remove it or check its spelling and indentation")
+        } else {
+            inner
+        };
+        FieldError::new(field, shown, message)
+    })
+}
+
+fn path_text(path: &serde_path_to_error::Path) -> String {
+    let text = path.to_string();
+    if text == "." { String::new() } else { text }
+}
+
+/// Finds the value at a dotted path such as `spec.ports[0].port`.
+fn value_at(root: &serde_yaml::Value, path: &str) -> Option<serde_yaml::Value> {
+    let mut current = root.clone();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, indexes) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            current = current.get(name)?.clone();
+        }
+        for index in indexes.split('[').filter(|s| !s.is_empty()) {
+            let index: usize = index.trim_end_matches(']').parse().ok()?;
+            current = current.get(index)?.clone();
+        }
+    }
+    Some(current)
+}
+
+fn render(value: &serde_yaml::Value) -> String {
+    match value {
+        serde_yaml::Value::String(s) => format!("{s:?}"),
+        other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+fn validate(resource: &Resource) -> Result<(), FieldError> {
+    match resource {
+        Resource::Namespace(n) => {
+            check_name(&n.metadata.name, is_dns1123_label, "a DNS-1123 label")?;
+            if n.metadata.namespace.is_some() {
+                return Err(FieldError::new(
+                    "metadata.namespace",
+                    n.metadata.namespace.clone(),
+                    "a Namespace is cluster-scoped; remove metadata.namespace",
+                ));
+            }
+        }
+        Resource::Pod(p) => {
+            check_name(
+                &p.metadata.name,
+                is_dns1123_subdomain,
+                "a DNS-1123 subdomain",
+            )?;
+            check_meta(&p.metadata)?;
+            check_pod_spec(&p.spec, "spec")?;
+        }
+        Resource::Deployment(d) => {
+            check_name(&d.metadata.name, is_dns1123_label, "a DNS-1123 label")?;
+            check_meta(&d.metadata)?;
+            check_labels(
+                &d.spec.template.metadata.labels,
+                "spec.template.metadata.labels",
+            )?;
+            if d.spec.selector.match_labels.is_empty()
+                && d.spec.selector.match_expressions.is_empty()
+            {
+                return Err(FieldError::new(
+                    "spec.selector",
+                    None,
+                    "a Deployment needs a non-empty selector that matches its template's labels",
+                ));
+            }
+            if !d.spec.selector.matches(&d.spec.template.metadata.labels) {
+                return Err(FieldError::new(
+                    "spec.selector",
+                    None,
+                    "the selector does not match spec.template.metadata.labels; the Deployment would own none of its pods",
+                ));
+            }
+            if d.spec.replicas > 1000 {
+                return Err(FieldError::new(
+                    "spec.replicas",
+                    Some(d.spec.replicas.to_string()),
+                    "more than 1000 replicas on one lab node is not supported",
+                ));
+            }
+            check_pod_spec(&d.spec.template.spec, "spec.template.spec")?;
+        }
+        Resource::Service(s) => {
+            check_name(&s.metadata.name, is_dns1123_label, "a DNS-1123 label")?;
+            check_meta(&s.metadata)?;
+            if let Some(t) = &s.spec.service_type
+                && t != "ClusterIP"
+            {
+                return Err(FieldError::new(
+                    "spec.type",
+                    Some(t.clone()),
+                    "only ClusterIP services are supported yet",
+                ));
+            }
+            if s.spec.ports.is_empty() {
+                return Err(FieldError::new(
+                    "spec.ports",
+                    None,
+                    "a Service needs at least one port",
+                ));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for (i, port) in s.spec.ports.iter().enumerate() {
+                if port.port == 0 {
+                    return Err(FieldError::new(
+                        format!("spec.ports[{i}].port"),
+                        Some("0".into()),
+                        "port must be 1-65535",
+                    ));
+                }
+                if port.protocol == Protocol::Sctp {
+                    return Err(FieldError::new(
+                        format!("spec.ports[{i}].protocol"),
+                        Some("SCTP".into()),
+                        "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
+                    ));
+                }
+                if s.spec.ports.len() > 1 && port.name.is_none() {
+                    return Err(FieldError::new(
+                        format!("spec.ports[{i}].name"),
+                        None,
+                        "every port of a multi-port Service needs a name",
+                    ));
+                }
+                if let Some(name) = &port.name
+                    && !names.insert(name.clone())
+                {
+                    return Err(FieldError::new(
+                        format!("spec.ports[{i}].name"),
+                        Some(name.clone()),
+                        "port names of a Service must be unique",
+                    ));
+                }
+            }
+            if let Some(ip) = &s.spec.cluster_ip
+                && ip != "None"
+                && !ip.is_empty()
+                && ip.parse::<std::net::IpAddr>().is_err()
+            {
+                return Err(FieldError::new(
+                    "spec.clusterIP",
+                    Some(ip.clone()),
+                    "clusterIP must be an IP address, `None` or absent",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &str, valid: fn(&str) -> bool, what: &str) -> Result<(), FieldError> {
+    if name.is_empty() {
+        return Err(FieldError::new(
+            "metadata.name",
+            None,
+            "metadata.name is required",
+        ));
+    }
+    if !valid(name) {
+        return Err(FieldError::new(
+            "metadata.name",
+            Some(name.to_string()),
+            format!(
+                "must be {what}: lower-case letters, digits and '-', starting and ending with a letter or digit"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_meta(metadata: &crate::meta::Metadata) -> Result<(), FieldError> {
+    if let Some(ns) = &metadata.namespace
+        && !is_dns1123_label(ns)
+    {
+        return Err(FieldError::new(
+            "metadata.namespace",
+            Some(ns.clone()),
+            "must be a DNS-1123 label",
+        ));
+    }
+    check_labels(&metadata.labels, "metadata.labels")
+}
+
+fn check_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+    at: &str,
+) -> Result<(), FieldError> {
+    for (key, value) in labels {
+        if !crate::meta::is_label_key(key) {
+            return Err(FieldError::new(
+                format!("{at}.{key}"),
+                Some(key.clone()),
+                "not a valid label key: an optional DNS prefix and '/', then up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric",
+            ));
+        }
+        if !crate::meta::is_label_value(value) {
+            return Err(FieldError::new(
+                format!("{at}.{key}"),
+                Some(value.clone()),
+                "not a valid label value: up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_pod_spec(spec: &PodSpec, at: &str) -> Result<(), FieldError> {
+    if spec.host_network == Some(true) {
+        return Err(FieldError::new(
+            format!("{at}.hostNetwork"),
+            Some("true".into()),
+            "pods on the host network are outside the mesh and not supported",
+        ));
+    }
+    if spec.containers.is_empty() {
+        return Err(FieldError::new(
+            format!("{at}.containers"),
+            None,
+            "a pod needs at least one container",
+        ));
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        if c.name.is_empty() {
+            return Err(FieldError::new(
+                format!("{at}.containers[{i}].name"),
+                None,
+                "a container needs a name",
+            ));
+        }
+        if c.image.is_empty() && c.command.is_none() {
+            return Err(FieldError::new(
+                format!("{at}.containers[{i}].image"),
+                None,
+                "a container needs an image or a command",
+            ));
+        }
+        for (j, p) in c.ports.iter().enumerate() {
+            if p.container_port == 0 {
+                return Err(FieldError::new(
+                    format!("{at}.containers[{i}].ports[{j}].containerPort"),
+                    Some("0".into()),
+                    "port must be 1-65535",
+                ));
+            }
+            if p.protocol == Protocol::Sctp {
+                return Err(FieldError::new(
+                    format!("{at}.containers[{i}].ports[{j}].protocol"),
+                    Some("SCTP".into()),
+                    "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Workload kinds: Namespace, Pod, Deployment, Service.
+//!
+//! Fields Myelin acts on are typed; fields a real cluster manifest carries but
+//! that do not concern the network (resources, probes, volumes, ...) are
+//! accepted and ignored by name, so an unknown field is still an error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{Ignored, LabelSelector, Metadata};
+
+/// A namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Namespace {
+    /// Object metadata.
+    pub metadata: Metadata,
+    #[serde(default, skip_serializing)]
+    spec: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    status: Option<Ignored>,
+}
+
+impl Namespace {
+    /// A namespace with this name and no labels.
+    pub fn named(name: &str) -> Self {
+        Self {
+            metadata: Metadata::named(name, None, BTreeMap::new()),
+            spec: None,
+            status: None,
+        }
+    }
+}
+
+/// A pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pod {
+    /// Object metadata.
+    pub metadata: Metadata,
+    /// What runs in the pod.
+    pub spec: PodSpec,
+    #[serde(default, skip_serializing)]
+    status: Option<Ignored>,
+}
+
+impl Pod {
+    /// A pod built from a template, as a Deployment's controller does.
+    pub fn from_template(metadata: Metadata, spec: PodSpec) -> Self {
+        Self {
+            metadata,
+            spec,
+            status: None,
+        }
+    }
+}
+
+/// What runs in a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSpec {
+    /// The containers; at least one.
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    /// Host networking is not supported: a pod on the host network is outside the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
+    #[serde(default, skip_serializing)]
+    restart_policy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    termination_grace_period_seconds: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    dns_policy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    service_account_name: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    service_account: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    security_context: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    scheduler_name: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    node_selector: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    tolerations: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    affinity: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    volumes: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    image_pull_secrets: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    priority_class_name: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    enable_service_links: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    automount_service_account_token: Option<Ignored>,
+}
+
+/// A container of a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Container {
+    /// Container name.
+    #[serde(default)]
+    pub name: String,
+    /// Image reference; the lab maps images it knows to programs it ships.
+    #[serde(default)]
+    pub image: String,
+    /// Entry point, replacing the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Arguments, replacing the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// Environment variables with literal values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Ports the container listens on; named ones can be referred to by policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing)]
+    image_pull_policy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    resources: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    volume_mounts: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    readiness_probe: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    liveness_probe: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    startup_probe: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    security_context: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    working_dir: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    termination_message_path: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    termination_message_policy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    stdin: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    tty: Option<Ignored>,
+}
+
+/// An environment variable with a literal value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvVar {
+    /// Variable name.
+    pub name: String,
+    /// Its value; `valueFrom` is not supported.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A port a container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    /// Port number.
+    pub container_port: u16,
+    /// Name, for named-port references from services and policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Protocol; TCP when absent.
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing)]
+    host_port: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    host_ip: Option<Ignored>,
+}
+
+/// A transport protocol as Kubernetes names it.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP: parsed so the error can say this kernel has no SCTP.
+    Sctp,
+}
+
+/// A Deployment: `replicas` pods made from one template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deployment {
+    /// Object metadata.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: DeploymentSpec,
+    #[serde(default, skip_serializing)]
+    status: Option<Ignored>,
+}
+
+/// A Deployment's desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Number of pods; 1 when absent.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Which pods belong to the Deployment; must match the template's labels.
+    pub selector: LabelSelector,
+    /// The pod template.
+    pub template: PodTemplate,
+    #[serde(default, skip_serializing)]
+    strategy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    revision_history_limit: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    min_ready_seconds: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    progress_deadline_seconds: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    paused: Option<Ignored>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A pod template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodTemplate {
+    /// Labels (and annotations) every pod gets.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// What runs in every pod.
+    pub spec: PodSpec,
+}
+
+/// A Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    /// Object metadata.
+    pub metadata: Metadata,
+    /// Desired state.
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing)]
+    status: Option<Ignored>,
+}
+
+/// A Service's desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Service type; only `ClusterIP` is supported.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<String>,
+    /// Ports the service exposes.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Pods that back the service; a service without a selector has no backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// A fixed cluster IP, or `None` for a headless service.
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    #[serde(default, rename = "clusterIPs", skip_serializing)]
+    cluster_ips: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    session_affinity: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    ip_families: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    ip_family_policy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    internal_traffic_policy: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    publish_not_ready_addresses: Option<Ignored>,
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePort {
+    /// Port name; required when a service has more than one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The port clients connect to on the cluster IP.
+    pub port: u16,
+    /// The backend port: a number, or the name of a container port; `port` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    /// Protocol; TCP when absent.
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing)]
+    node_port: Option<Ignored>,
+    #[serde(default, skip_serializing)]
+    app_protocol: Option<Ignored>,
+}
+
+/// A Kubernetes int-or-string value (a port number or a port name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A number.
+    Int(i64),
+    /// A name (or a number written as a string).
+    String(String),
+}
