@@ -1,0 +1,674 @@
+//! The HTTP engine: per connection the policy key, per request the verdict, then streaming
+//! forwarding to the original destination.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::config::{Direction, ListenerUpstream, MissingPolicy, PolicyKey};
+use crate::event::{HeaderPair, HttpInfo, L7Event, L7EventKind, Peer, Verdict, now_unix_nanos};
+use crate::io::{Activity, ClientIo, Sniff, sniff};
+use crate::metrics::{DurationLabels, ErrorKind, RequestLabels};
+use crate::proxy::{ProxyConfig, Shared};
+use crate::rules::{CompiledSnapshot, Decision, RequestView};
+use crate::socket::{canonical, connect_marked, original_destination};
+
+/// The body the proxy answers with: the upstream's, streamed, or a short local one.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The body of a policy denial, exactly as Cilium answers.
+pub const ACCESS_DENIED: &str = "Access denied\r\n";
+
+/// Bytes read while deciding whether a connection speaks HTTP.
+const SNIFF_BYTES: usize = 64;
+
+/// hyper refuses HTTP/1 buffers smaller than this.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Connects upstream sockets to the address in the request URI, marked with the proxy mark.
+#[derive(Debug, Clone)]
+struct MarkedConnector {
+    mark: u32,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for MarkedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (mark, timeout) = (self.mark, self.timeout);
+        Box::pin(async move {
+            // The engine always writes the original destination as `ip:port` into the URI.
+            let address: SocketAddr = uri
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default()
+                .parse()
+                .map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("upstream {uri}: {e}"))
+                })?;
+            connect_marked(address, mark, timeout)
+                .await
+                .map(TokioIo::new)
+        })
+    }
+}
+
+/// The server and client machinery, built once per proxy.
+pub(crate) struct Engine {
+    server: auto::Builder<TokioExecutor>,
+    http1: Client<MarkedConnector, Incoming>,
+    http2: Client<MarkedConnector, Incoming>,
+}
+
+impl Engine {
+    pub(crate) fn new(config: &ProxyConfig) -> Self {
+        let limits = &config.limits;
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams);
+        let connector = MarkedConnector {
+            mark: config.mark,
+            timeout: limits.upstream_connect_timeout,
+        };
+        let client = |http2_only: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(limits.upstream_idle_timeout)
+                .http2_only(http2_only)
+                .build(connector.clone())
+        };
+        Self {
+            server,
+            http1: client(false),
+            http2: client(true),
+        }
+    }
+}
+
+/// Per-connection facts every request of the connection shares.
+struct Connection {
+    shared: Arc<Shared>,
+    /// The client.
+    source: SocketAddr,
+    /// The original destination (or the chosen cluster endpoint).
+    destination: SocketAddr,
+    key: PolicyKey,
+    missing_policy: MissingPolicy,
+    activity: Arc<Activity>,
+    /// Held by the connection and any upgraded tunnel, so the slot and gauge are released
+    /// only when both are done.
+    _slot: Arc<Slot>,
+}
+
+/// A connection slot: the semaphore permit and the connections gauge.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, shared: Arc<Shared>) -> Self {
+        shared.metrics.connections.inc();
+        Self {
+            _permit: permit,
+            shared,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.metrics.connections.dec();
+    }
+}
+
+/// Accepts connections until `cancel` fires; waits for a free connection slot before each
+/// accept so excess clients queue in the kernel instead of in our memory.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    name: String,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = shared.connection_slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = cancel.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = cancel.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let span = info_span!("connection", listener = %name, client = %peer);
+                let slot = Slot::new(permit, shared.clone());
+                tokio::spawn(
+                    serve(shared.clone(), name.clone(), stream, canonical(peer), slot)
+                        .instrument(span),
+                );
+            }
+            Err(e) => {
+                shared.metrics.error(ErrorKind::Accept);
+                warn!(listener = %name, error = %e, "accept failed");
+                // Typically EMFILE: give other connections time to close.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    name: String,
+    mut stream: TcpStream,
+    source: SocketAddr,
+    slot: Slot,
+) {
+    let Some(snapshot) = shared.current() else {
+        return;
+    };
+    let Some(listener) = snapshot.listener(&name) else {
+        return;
+    };
+    let destination = match &listener.upstream {
+        ListenerUpstream::Transparent => match original_destination(&stream) {
+            Ok(destination) => destination,
+            Err(e) => {
+                shared.metrics.error(ErrorKind::Connection);
+                warn!(error = %e, "no original destination");
+                return;
+            }
+        },
+        ListenerUpstream::Cluster(cluster) => match snapshot.pick_endpoint(cluster) {
+            Some(endpoint) => endpoint,
+            None => return,
+        },
+    };
+    let key = PolicyKey {
+        endpoint: match listener.direction {
+            Direction::Ingress => destination.ip(),
+            Direction::Egress => source.ip(),
+        },
+        port: destination.port(),
+        direction: listener.direction,
+    };
+    let missing_policy = listener.missing_policy;
+    let limits = &shared.config.limits;
+
+    // Sniff before handing the stream to hyper: non-HTTP bytes must be refused and reported,
+    // not answered with a parse error or, worse, passed on.
+    let mut prefix = BytesMut::with_capacity(SNIFF_BYTES);
+    let deadline = Instant::now() + limits.header_read_timeout;
+    loop {
+        match sniff(&prefix) {
+            Sniff::Http => break,
+            Sniff::NotHttp => {
+                shared.metrics.error(ErrorKind::NonHttp);
+                debug!(%destination, "refusing non-HTTP connection");
+                let event = non_http_event(&snapshot, source, destination, key.direction);
+                shared.events.emit(event);
+                return;
+            }
+            Sniff::NeedMore => {}
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut prefix)).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "client read failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.error(ErrorKind::Connection);
+                debug!("client sent no request in time");
+                return;
+            }
+        }
+    }
+
+    let activity = Arc::new(Activity::new());
+    let io = ClientIo::new(prefix.freeze(), stream, activity.clone());
+    let connection = Arc::new(Connection {
+        shared: shared.clone(),
+        source,
+        destination,
+        key,
+        missing_policy,
+        activity: activity.clone(),
+        _slot: Arc::new(slot),
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let connection = connection.clone();
+        async move { Ok::<_, Infallible>(handle(connection, request).await) }
+    });
+    let served = shared
+        .engine
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::select! {
+        result = served => if let Err(e) = result {
+            shared.metrics.error(ErrorKind::Connection);
+            debug!(error = %e, "client connection ended with an error");
+        },
+        () = activity.idle(limits.idle_timeout) => debug!("closing idle client connection"),
+    }
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn event_headers(snapshot: &CompiledSnapshot, headers: &HeaderMap) -> Vec<HeaderPair> {
+    headers
+        .iter()
+        .filter(|(name, _)| snapshot.event_header_allowed(name))
+        .map(|(name, value)| HeaderPair {
+            key: name.as_str().to_owned(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })
+        .collect()
+}
+
+fn non_http_event(
+    snapshot: &CompiledSnapshot,
+    source: SocketAddr,
+    destination: SocketAddr,
+    direction: Direction,
+) -> L7Event {
+    L7Event {
+        time_unix_nanos: now_unix_nanos(),
+        kind: L7EventKind::NonHttp,
+        verdict: Verdict::Dropped,
+        direction,
+        is_reply: false,
+        source: Peer::new(source, snapshot.identity(source.ip())),
+        destination: Peer::new(destination, snapshot.identity(destination.ip())),
+        http: None,
+        latency_ns: None,
+        summary: Some("connection to an HTTP port did not speak HTTP".to_owned()),
+    }
+}
+
+/// What a request's events and metrics need after the request itself has moved on.
+struct Exchange {
+    snapshot: Arc<CompiledSnapshot>,
+    method: String,
+    url: String,
+    protocol: &'static str,
+    started: Instant,
+}
+
+impl Exchange {
+    fn event(
+        &self,
+        connection: &Connection,
+        reply: bool,
+        verdict: Verdict,
+        code: u16,
+        headers: Vec<HeaderPair>,
+    ) -> L7Event {
+        let source = Peer::new(
+            connection.source,
+            self.snapshot.identity(connection.source.ip()),
+        );
+        let destination = Peer::new(
+            connection.destination,
+            self.snapshot.identity(connection.destination.ip()),
+        );
+        let (source, destination) = if reply {
+            (destination, source)
+        } else {
+            (source, destination)
+        };
+        L7Event {
+            time_unix_nanos: now_unix_nanos(),
+            kind: if reply {
+                L7EventKind::HttpResponse
+            } else {
+                L7EventKind::HttpRequest
+            },
+            verdict,
+            direction: connection.key.direction,
+            is_reply: reply,
+            source,
+            destination,
+            http: Some(HttpInfo {
+                code,
+                method: self.method.clone(),
+                url: self.url.clone(),
+                protocol: self.protocol.to_owned(),
+                headers,
+            }),
+            latency_ns: reply
+                .then(|| u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)),
+            summary: None,
+        }
+    }
+
+    /// Emits the response event and records the `hubble_http_*` metrics.
+    fn respond(&self, connection: &Connection, status: StatusCode, headers: &HeaderMap) {
+        let shared = &connection.shared;
+        let reporter = match connection.key.direction {
+            Direction::Ingress => "server",
+            Direction::Egress => "client",
+        };
+        shared
+            .metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                method: self.method.clone(),
+                protocol: self.protocol.to_owned(),
+                reporter: reporter.to_owned(),
+                status: status.as_u16().to_string(),
+            })
+            .inc();
+        shared
+            .metrics
+            .http_duration
+            .get_or_create(&DurationLabels {
+                method: self.method.clone(),
+                reporter: reporter.to_owned(),
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+        let headers = event_headers(&self.snapshot, headers);
+        shared.events.emit(self.event(
+            connection,
+            true,
+            Verdict::Forwarded,
+            status.as_u16(),
+            headers,
+        ));
+    }
+}
+
+fn local_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. An upgrade
+/// keeps `Connection: upgrade` and `Upgrade`, which the upstream needs to agree to it; TE
+/// keeps `trailers`, which gRPC needs.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade && let Some(value) = upgrade_value {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, value);
+    }
+}
+
+async fn handle(
+    connection: Arc<Connection>,
+    mut request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let shared = &connection.shared;
+    let started = Instant::now();
+    let Some(snapshot) = shared.current() else {
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, "no configuration\r\n");
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let exchange = Exchange {
+        method: request.method().as_str().to_owned(),
+        url: format!(
+            "http://{}{path}",
+            if host.is_empty() {
+                connection.destination.to_string()
+            } else {
+                host.clone()
+            }
+        ),
+        protocol: protocol(request.version()),
+        started,
+        snapshot: snapshot.clone(),
+    };
+    let remote = match connection.key.direction {
+        Direction::Ingress => connection.source.ip(),
+        Direction::Egress => connection.destination.ip(),
+    };
+    let decision = match snapshot.policy(&connection.key) {
+        Some(policy) => policy.evaluate(&RequestView {
+            method: request.method(),
+            path: &path,
+            host: &host,
+            headers: request.headers(),
+            peer_identity: snapshot.identity(remote).map(|i| i.identity),
+        }),
+        None => match connection.missing_policy {
+            MissingPolicy::Allow => Decision::allow(),
+            MissingPolicy::Deny => {
+                shared.metrics.error(ErrorKind::MissingPolicy);
+                warn!(key = %crate::rules::KeyDisplay(connection.key), "no L7 policy for a redirected connection; denying");
+                Decision::deny()
+            }
+        },
+    };
+    let verdict = if decision.allowed {
+        Verdict::Forwarded
+    } else {
+        Verdict::Dropped
+    };
+    let mut event = exchange.event(
+        &connection,
+        false,
+        verdict,
+        0,
+        event_headers(&snapshot, request.headers()),
+    );
+    if !decision.logged_mismatches.is_empty() {
+        let names: Vec<&str> = decision
+            .logged_mismatches
+            .iter()
+            .map(HeaderName::as_str)
+            .collect();
+        event.summary = Some(format!("header mismatch logged: {}", names.join(", ")));
+        tracing::info!(headers = ?names, "L7 header mismatch (LOG)");
+    }
+    shared.events.emit(event);
+    if !decision.allowed {
+        let response = local_response(StatusCode::FORBIDDEN, ACCESS_DENIED);
+        exchange.respond(&connection, response.status(), response.headers());
+        return response;
+    }
+    decision.apply(request.headers_mut());
+
+    // `Upgrade: h2c` is ignored (RFC 9113 deprecates it): the request continues as HTTP/1.1.
+    let upgrade = request.version() == Version::HTTP_11
+        && is_upgrade(request.headers())
+        && !request
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    strip_hop_by_hop(request.headers_mut(), upgrade);
+    let http2 = request.version() == Version::HTTP_2;
+    match Uri::builder()
+        .scheme("http")
+        .authority(connection.destination.to_string())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(uri) => *request.uri_mut() = uri,
+        Err(e) => {
+            shared.metrics.error(ErrorKind::Upstream);
+            warn!(error = %e, "cannot build the upstream URI");
+            let response = local_response(StatusCode::BAD_REQUEST, "Bad request\r\n");
+            exchange.respond(&connection, response.status(), response.headers());
+            return response;
+        }
+    }
+    if !http2
+        && !request.headers().contains_key(header::HOST)
+        && !host.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&host)
+    {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    *request.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+
+    let in_flight = connection.activity.request();
+    let client = if http2 {
+        &shared.engine.http2
+    } else {
+        &shared.engine.http1
+    };
+    let upstream = client.request(request).await;
+    drop(in_flight);
+    let mut response = match upstream {
+        Ok(response) => response,
+        Err(e) => {
+            shared.metrics.error(ErrorKind::Upstream);
+            warn!(destination = %connection.destination, error = %e, "upstream request failed");
+            let response = local_response(StatusCode::BAD_GATEWAY, "Upstream unavailable\r\n");
+            exchange.respond(&connection, response.status(), response.headers());
+            return response;
+        }
+    };
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(
+            tunnel(connection.clone(), client_upgrade, upstream_upgrade).in_current_span(),
+        );
+    }
+    strip_hop_by_hop(response.headers_mut(), switching);
+    exchange.respond(&connection, response.status(), response.headers());
+    response.map(BodyExt::boxed)
+}
+
+/// Copies bytes both ways between an upgraded client connection and its upgraded upstream
+/// (WebSocket and the like) until either side closes or the connection idles out.
+async fn tunnel(
+    connection: Arc<Connection>,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            connection.shared.metrics.error(ErrorKind::Connection);
+            debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => if let Err(e) = result {
+            debug!(error = %e, "upgraded connection ended with an error");
+        },
+        () = connection.activity.idle(connection.shared.config.limits.idle_timeout) => {
+            debug!("closing idle upgraded connection");
+        }
+    }
+}
