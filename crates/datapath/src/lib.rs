@@ -1,1 +1,21 @@
-//! Loading, attaching and pinning the kernel programs.
+//! Loading, attaching and pinning Myelin's kernel programs, typed handles on
+//! their maps, and the reader of their event ring.
+//!
+//! Everything is pinned under one bpffs directory per node, so an agent that
+//! restarts finds its maps and attached programs where it left them: traffic
+//! is never interrupted by an agent restart.
+
+mod error;
+mod events;
+mod loader;
+
+pub use error::DatapathError;
+pub use events::EventReader;
+pub use loader::{
+    Datapath, EndpointAttachment, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER, TestRunOutcome,
+};
+pub use myelin_common::{EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent};
+
+/// The kernel programs as built for this binary; empty in a lint-only build.
+pub(crate) static KERNEL_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/myelin"));

@@ -1,0 +1,68 @@
+//! Datapath errors, phrased for the operator.
+
+use std::path::PathBuf;
+
+/// What can go wrong loading, attaching or reading the kernel programs.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// The binary was built with a stub object (lint-only build).
+    #[error(
+        "this myelin binary was built without its kernel programs (MYELIN_EBPF_STUB or AYA_BUILD_SKIP was set); rebuild with `make build`"
+    )]
+    NoKernelPrograms,
+    /// The bpffs directory could not be prepared.
+    #[error(
+        "cannot use bpffs directory {path}: {source}; is a bpffs mounted there (mount -t bpf bpf DIR)?"
+    )]
+    PinDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Loading the object or one of its programs failed (verifier, permissions).
+    #[error(
+        "loading the kernel programs failed: {0}; the agent must run as root on a kernel with eBPF (>= 6.6 for TCX)"
+    )]
+    Load(#[from] aya::EbpfError),
+    /// A program operation failed.
+    #[error("kernel program {program}: {source}")]
+    Program {
+        /// The program's name.
+        program: &'static str,
+        /// The cause.
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// The cause.
+        source: aya::maps::MapError,
+    },
+    /// A map the object must have is missing: the binary and object disagree.
+    #[error(
+        "the kernel object has no map {0}; the build is inconsistent, rebuild with `make build`"
+    )]
+    MissingMap(&'static str),
+    /// Pinning or unpinning a link failed.
+    #[error("pinning {path}: {message}")]
+    Pin {
+        /// The pin path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The interface does not exist in this network namespace.
+    #[error("interface {name} not found in the agent's network namespace: {source}")]
+    Interface {
+        /// The interface name.
+        name: String,
+        /// The cause.
+        source: nix::Error,
+    },
+    /// Setting up the asynchronous event reader failed.
+    #[error("event ring: {0}")]
+    Events(std::io::Error),
+}
