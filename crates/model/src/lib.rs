@@ -8,6 +8,7 @@
 pub mod error;
 pub mod manifest;
 pub mod meta;
+pub mod policy;
 pub mod workload;
 
 pub use error::{ManifestError, ManifestErrors};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ManifestError;
 use crate::meta::{is_dns1123_label, is_dns1123_subdomain};
+use crate::policy::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, NetworkPolicy};
 use crate::workload::{Deployment, Namespace, Pod, PodSpec, Protocol, Service};
 
 /// Where a document came from.
@@ -41,6 +42,12 @@ pub enum Resource {
     Deployment(Deployment),
     /// `v1` Service.
     Service(Service),
+    /// `cilium.io/v2` CiliumNetworkPolicy.
+    CiliumNetworkPolicy(CiliumNetworkPolicy),
+    /// `cilium.io/v2` CiliumClusterwideNetworkPolicy.
+    CiliumClusterwideNetworkPolicy(CiliumClusterwideNetworkPolicy),
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy(NetworkPolicy),
 }
 
 /// The identity of a resource: kind, namespace (empty for cluster-scoped
@@ -76,6 +83,9 @@ impl Resource {
             Resource::Pod(_) => "Pod",
             Resource::Deployment(_) => "Deployment",
             Resource::Service(_) => "Service",
+            Resource::CiliumNetworkPolicy(_) => "CiliumNetworkPolicy",
+            Resource::CiliumClusterwideNetworkPolicy(_) => "CiliumClusterwideNetworkPolicy",
+            Resource::NetworkPolicy(_) => "NetworkPolicy",
         }
     }
 
@@ -86,6 +96,9 @@ impl Resource {
             Resource::Pod(p) => (namespace_of(&p.metadata), &p.metadata.name),
             Resource::Deployment(d) => (namespace_of(&d.metadata), &d.metadata.name),
             Resource::Service(s) => (namespace_of(&s.metadata), &s.metadata.name),
+            Resource::CiliumNetworkPolicy(p) => (namespace_of(&p.metadata), &p.metadata.name),
+            Resource::CiliumClusterwideNetworkPolicy(p) => (String::new(), &p.metadata.name),
+            Resource::NetworkPolicy(p) => (namespace_of(&p.metadata), &p.metadata.name),
         };
         ResourceKey {
             kind: self.kind().to_string(),
@@ -269,6 +282,25 @@ fn decode_value(value: &serde_yaml::Value) -> Result<Vec<Resource>, FieldError> 
         ("v1", "Pod") => Resource::Pod(typed(value)?),
         ("apps/v1", "Deployment") => Resource::Deployment(typed(value)?),
         ("v1", "Service") => Resource::Service(typed(value)?),
+        ("cilium.io/v2", "CiliumNetworkPolicy") => Resource::CiliumNetworkPolicy(typed(value)?),
+        ("cilium.io/v2", "CiliumClusterwideNetworkPolicy") => {
+            Resource::CiliumClusterwideNetworkPolicy(typed(value)?)
+        }
+        ("networking.k8s.io/v1", "NetworkPolicy") => Resource::NetworkPolicy(typed(value)?),
+        (_, "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "NetworkPolicy") => {
+            return Err(FieldError::new(
+                "apiVersion",
+                Some(api_version.clone()),
+                format!(
+                    "{kind} is served as `{}`",
+                    if kind == "NetworkPolicy" {
+                        "networking.k8s.io/v1"
+                    } else {
+                        "cilium.io/v2"
+                    }
+                ),
+            ));
+        }
         (_, "Namespace" | "Pod" | "Service" | "Deployment") => {
             return Err(FieldError::new(
                 "apiVersion",
@@ -287,7 +319,7 @@ fn decode_value(value: &serde_yaml::Value) -> Result<Vec<Resource>, FieldError> 
             return Err(FieldError::new(
                 "kind",
                 Some(format!("{api_version}/{kind}")),
-                "unknown or unsupported kind; Myelin reads v1 Namespace, Pod, Service, List and apps/v1 Deployment",
+                "unknown or unsupported kind; Myelin reads v1 Namespace, Pod, Service, List, apps/v1 Deployment, cilium.io/v2 CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy, and networking.k8s.io/v1 NetworkPolicy",
             ));
         }
     };
@@ -379,6 +411,9 @@ fn render(value: &serde_yaml::Value) -> String {
 
 fn validate(resource: &Resource) -> Result<(), FieldError> {
     match resource {
+        Resource::CiliumNetworkPolicy(p) => crate::policy::validate_cilium(p, false)?,
+        Resource::CiliumClusterwideNetworkPolicy(p) => crate::policy::validate_cilium(p, true)?,
+        Resource::NetworkPolicy(p) => crate::policy::validate_network_policy(p)?,
         Resource::Namespace(n) => {
             check_name(&n.metadata.name, is_dns1123_label, "a DNS-1123 label")?;
             if n.metadata.namespace.is_some() {
