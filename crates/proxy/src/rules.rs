@@ -460,3 +460,319 @@ impl CompiledRule {
         decision.logged_mismatches.extend(logged);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Direction;
+
+    fn key() -> PolicyKey {
+        PolicyKey {
+            endpoint: IpAddr::from([10, 0, 0, 1]),
+            port: 80,
+            direction: Direction::Ingress,
+        }
+    }
+
+    fn policy(rules: Vec<HttpRule>) -> CompiledPolicy {
+        match CompiledPolicy::compile(&L7Policy {
+            key: key(),
+            http: rules,
+        }) {
+            Ok(policy) => policy,
+            Err(e) => panic!("policy does not compile: {e}"),
+        }
+    }
+
+    fn check(
+        policy: &CompiledPolicy,
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Decision {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        policy.evaluate(&RequestView {
+            method: &method,
+            path,
+            host,
+            headers: &map,
+            peer_identity: Some(7),
+        })
+    }
+
+    fn rule() -> HttpRule {
+        HttpRule::default()
+    }
+
+    #[test]
+    fn empty_rule_list_allows_everything() {
+        assert!(check(&policy(vec![]), "DELETE", "/anything", "x", &[]).allowed);
+    }
+
+    #[test]
+    fn method_path_and_host_are_full_matches() {
+        let p = policy(vec![HttpRule {
+            method: Some("GET|HEAD".into()),
+            path: Some("/v1/.*".into()),
+            host: Some("api\\.example\\.com".into()),
+            ..rule()
+        }]);
+        assert!(check(&p, "GET", "/v1/x", "api.example.com", &[]).allowed);
+        assert!(check(&p, "HEAD", "/v1/", "api.example.com", &[]).allowed);
+        assert!(!check(&p, "GETX", "/v1/x", "api.example.com", &[]).allowed);
+        assert!(!check(&p, "XGET", "/v1/x", "api.example.com", &[]).allowed);
+        assert!(!check(&p, "GET", "/x/v1/y", "api.example.com", &[]).allowed);
+        assert!(!check(&p, "GET", "/v1", "api.example.com", &[]).allowed);
+        assert!(!check(&p, "GET", "/v1/x", "evil.api.example.com", &[]).allowed);
+        assert!(!check(&p, "GET", "/v1/x", "api.example.com.evil", &[]).allowed);
+    }
+
+    #[test]
+    fn headers_by_presence_and_exact_value() {
+        let p = policy(vec![HttpRule {
+            headers: vec!["X-Has".into(), "X-Exact: yes".into()],
+            ..rule()
+        }]);
+        assert!(check(&p, "GET", "/", "", &[("x-has", ""), ("x-exact", "yes")]).allowed);
+        assert!(!check(&p, "GET", "/", "", &[("x-exact", "yes")]).allowed);
+        assert!(!check(&p, "GET", "/", "", &[("x-has", "1"), ("x-exact", "yes!")]).allowed);
+        assert!(
+            check(
+                &p,
+                "GET",
+                "/",
+                "",
+                &[("x-has", "1"), ("x-exact", "no"), ("x-exact", "yes")]
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn rules_are_ored() {
+        let p = policy(vec![
+            HttpRule {
+                method: Some("GET".into()),
+                path: Some("/public".into()),
+                ..rule()
+            },
+            HttpRule {
+                method: Some("POST".into()),
+                path: Some("/submit".into()),
+                ..rule()
+            },
+        ]);
+        assert!(check(&p, "GET", "/public", "", &[]).allowed);
+        assert!(check(&p, "POST", "/submit", "", &[]).allowed);
+        assert!(!check(&p, "POST", "/public", "", &[]).allowed);
+    }
+
+    #[test]
+    fn peers_restrict_a_rule() {
+        let p = policy(vec![HttpRule {
+            peers: vec![8],
+            ..rule()
+        }]);
+        assert!(!check(&p, "GET", "/", "", &[]).allowed);
+        let p = policy(vec![HttpRule {
+            peers: vec![7, 8],
+            ..rule()
+        }]);
+        assert!(check(&p, "GET", "/", "", &[]).allowed);
+    }
+
+    fn header_match(name: &str, value: &str, mismatch: Option<MismatchAction>) -> HttpRule {
+        HttpRule {
+            header_matches: vec![HeaderMatch {
+                name: name.into(),
+                value: value.into(),
+                mismatch,
+            }],
+            ..rule()
+        }
+    }
+
+    #[test]
+    fn header_match_without_action_must_match() {
+        let p = policy(vec![header_match("x-token", "s3cret", None)]);
+        assert!(check(&p, "GET", "/", "", &[("x-token", "s3cret")]).allowed);
+        assert!(!check(&p, "GET", "/", "", &[("x-token", "guess")]).allowed);
+        assert!(!check(&p, "GET", "/", "", &[]).allowed);
+    }
+
+    #[test]
+    fn header_match_actions_allow_and_rewrite() {
+        let name = HeaderName::from_static("x-token");
+        let value = HeaderValue::from_static("s3cret");
+        let log = check(
+            &policy(vec![header_match(
+                "x-token",
+                "s3cret",
+                Some(MismatchAction::Log),
+            )]),
+            "GET",
+            "/",
+            "",
+            &[],
+        );
+        assert!(log.allowed);
+        assert_eq!(log.logged_mismatches, vec![name.clone()]);
+        assert!(log.header_ops.is_empty());
+
+        let add = check(
+            &policy(vec![header_match(
+                "x-token",
+                "s3cret",
+                Some(MismatchAction::Add),
+            )]),
+            "GET",
+            "/",
+            "",
+            &[("x-token", "old")],
+        );
+        assert!(add.allowed);
+        let mut headers = HeaderMap::new();
+        headers.insert(name.clone(), HeaderValue::from_static("old"));
+        add.apply(&mut headers);
+        assert_eq!(headers.get_all(&name).iter().count(), 2);
+
+        let replace = check(
+            &policy(vec![header_match(
+                "x-token",
+                "s3cret",
+                Some(MismatchAction::Replace),
+            )]),
+            "GET",
+            "/",
+            "",
+            &[("x-token", "old")],
+        );
+        let mut headers = HeaderMap::new();
+        headers.append(name.clone(), HeaderValue::from_static("old"));
+        headers.append(name.clone(), HeaderValue::from_static("older"));
+        replace.apply(&mut headers);
+        assert_eq!(
+            headers.get_all(&name).iter().collect::<Vec<_>>(),
+            vec![&value]
+        );
+
+        let delete = check(
+            &policy(vec![header_match(
+                "x-token",
+                "s3cret",
+                Some(MismatchAction::Delete),
+            )]),
+            "GET",
+            "/",
+            "",
+            &[("x-token", "old")],
+        );
+        assert!(delete.allowed);
+        let mut headers = HeaderMap::new();
+        headers.insert(name.clone(), HeaderValue::from_static("old"));
+        delete.apply(&mut headers);
+        assert!(!headers.contains_key(&name));
+
+        // A matching header triggers no action.
+        let matched = check(
+            &policy(vec![header_match(
+                "x-token",
+                "s3cret",
+                Some(MismatchAction::Replace),
+            )]),
+            "GET",
+            "/",
+            "",
+            &[("x-token", "s3cret")],
+        );
+        assert!(matched.allowed && matched.header_ops.is_empty());
+    }
+
+    #[test]
+    fn bad_regex_rejects_the_snapshot_with_a_located_error() {
+        let snapshot = Snapshot {
+            version: 3,
+            l7_policies: vec![L7Policy {
+                key: key(),
+                http: vec![
+                    rule(),
+                    HttpRule {
+                        path: Some("/v1/(".into()),
+                        ..rule()
+                    },
+                ],
+            }],
+            ..Snapshot::default()
+        };
+        let error = CompiledSnapshot::compile(snapshot).unwrap_err().to_string();
+        assert!(error.contains("ingress 10.0.0.1:80"), "{error}");
+        assert!(error.contains("rule 1"), "{error}");
+        assert!(error.contains("path regex \"/v1/(\""), "{error}");
+    }
+
+    #[test]
+    fn bad_headers_and_references_are_rejected() {
+        let bad_header = Snapshot {
+            l7_policies: vec![L7Policy {
+                key: key(),
+                http: vec![HttpRule {
+                    headers: vec!["bad name: x".into()],
+                    ..rule()
+                }],
+            }],
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            CompiledSnapshot::compile(bad_header),
+            Err(ConfigError::Header { .. })
+        ));
+        let add_without_value = Snapshot {
+            l7_policies: vec![L7Policy {
+                key: key(),
+                http: vec![header_match("x", "", Some(MismatchAction::Add))],
+            }],
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            CompiledSnapshot::compile(add_without_value),
+            Err(ConfigError::Header { .. })
+        ));
+        let unknown_cluster = Snapshot {
+            listeners: vec![Listener {
+                name: "l".into(),
+                address: "127.0.0.1:0".parse().unwrap(),
+                upstream: ListenerUpstream::Cluster("nope".into()),
+                direction: Direction::Ingress,
+                missing_policy: Default::default(),
+            }],
+            ..Snapshot::default()
+        };
+        assert!(matches!(
+            CompiledSnapshot::compile(unknown_cluster),
+            Err(ConfigError::UnknownCluster { .. })
+        ));
+    }
+
+    #[test]
+    fn snapshot_json_round_trips_with_cilium_field_names() {
+        let json = r#"{"version":1,"l7_policies":[{"endpoint":"10.0.0.1","port":80,"direction":"ingress",
+            "http":[{"method":"POST","path":"/v1/request-landing","headerMatches":[{"name":"x","value":"y","mismatch":"REPLACE"}]}]}]}"#;
+        let snapshot: Snapshot = serde_json::from_str(json).unwrap();
+        assert_eq!(snapshot.l7_policies[0].key, key());
+        assert_eq!(
+            snapshot.l7_policies[0].http[0].header_matches[0].mismatch,
+            Some(MismatchAction::Replace)
+        );
+        let again: Snapshot =
+            serde_json::from_str(&serde_json::to_string(&snapshot).unwrap()).unwrap();
+        assert_eq!(again, snapshot);
+    }
+}
