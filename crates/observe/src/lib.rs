@@ -18,3 +18,20 @@ pub mod proto {
         tonic::include_proto!("observer");
     }
 }
+
+pub mod cli;
+pub mod filter;
+pub mod flows;
+pub mod json;
+pub mod mask;
+pub mod metrics;
+pub mod observer;
+pub mod printer;
+pub mod server;
+
+pub use cli::{ObserveArgs, run};
+pub use filter::{FilterError, FilterSet};
+pub use metrics::Metrics;
+pub use observer::{Observer, ObserverConfig, RingStatus};
+pub use printer::{OutputFormat, PrintOptions, Printer};
+pub use server::{BoundServer, ServeConfig, ServeError, bind, serve};

@@ -1,0 +1,314 @@
+//! The observer: a bounded ring of recent flows that the agent pushes into,
+//! and a broadcast that followers read new flows from.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::flows;
+use crate::metrics::Metrics;
+use crate::proto::flow::{Flow, LostEvent, LostEventSource};
+
+/// Hubble's default ring capacity.
+pub const DEFAULT_CAPACITY: usize = 4095;
+/// Default number of events a follower may fall behind before it loses some.
+pub const DEFAULT_FOLLOWER_BUFFER: usize = 1024;
+/// How long a namespace stays listed after its last flow (as Hubble: one hour).
+const NAMESPACE_TTL: Duration = Duration::from_secs(3600);
+/// Bound on remembered namespaces, so that a flood of names cannot grow memory.
+const MAX_NAMESPACES: usize = 10_000;
+
+/// Settings of an [`Observer`].
+#[derive(Debug, Clone)]
+pub struct ObserverConfig {
+    /// Name of this node, stamped on flows that have none.
+    pub node_name: String,
+    /// Number of flows kept for GetFlows (Hubble's default: 4095).
+    pub capacity: usize,
+    /// How many events a follower may lag before it is told it lost some.
+    pub follower_buffer: usize,
+    /// Version reported by ServerStatus and GetNodes.
+    pub version: String,
+    /// Metric families updated for every flow, if any.
+    pub metrics: Option<Metrics>,
+}
+
+impl ObserverConfig {
+    /// Defaults for a node named `node_name`.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            capacity: DEFAULT_CAPACITY,
+            follower_buffer: DEFAULT_FOLLOWER_BUFFER,
+            version: concat!("myelin ", env!("CARGO_PKG_VERSION")).to_string(),
+            metrics: None,
+        }
+    }
+}
+
+/// One entry of the ring: a flow, or a notice that events were lost.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A flow, shared between the ring and readers.
+    Flow(Arc<Flow>),
+    /// Events lost before they reached the ring, and when that was noticed.
+    Lost(LostEvent, SystemTime),
+}
+
+/// Figures ServerStatus reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingStatus {
+    /// Flows currently in the ring.
+    pub num_flows: u64,
+    /// Capacity of the ring.
+    pub max_flows: u64,
+    /// Flows pushed since start.
+    pub seen_flows: u64,
+    /// Time since the observer started.
+    pub uptime: Duration,
+}
+
+struct State {
+    ring: VecDeque<Event>,
+    num_flows: u64,
+    seen_flows: u64,
+    namespaces: BTreeMap<String, Instant>,
+}
+
+struct Inner {
+    config: ObserverConfig,
+    started: Instant,
+    state: Mutex<State>,
+    tx: broadcast::Sender<Event>,
+}
+
+/// Handle the agent pushes flows into and the gRPC server reads from.
+/// Cheap to clone; all clones share one ring.
+#[derive(Clone)]
+pub struct Observer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("node_name", &self.inner.config.node_name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// What a GetFlows reader starts from: the ring's content at one instant, and
+/// (when following) a receiver that gets exactly the events pushed after it.
+pub(crate) struct Subscription {
+    pub(crate) history: Vec<Event>,
+    pub(crate) live: Option<broadcast::Receiver<Event>>,
+}
+
+impl Observer {
+    /// Creates an empty observer.
+    pub fn new(config: ObserverConfig) -> Self {
+        let capacity = config.capacity.max(1);
+        let (tx, _) = broadcast::channel(config.follower_buffer.max(1));
+        Self {
+            inner: Arc::new(Inner {
+                config: ObserverConfig { capacity, ..config },
+                started: Instant::now(),
+                state: Mutex::new(State {
+                    ring: VecDeque::with_capacity(capacity),
+                    num_flows: 0,
+                    seen_flows: 0,
+                    namespaces: BTreeMap::new(),
+                }),
+                tx,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the ring consistent (every
+        // mutation is a single push/pop), so a poisoned lock is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The configuration this observer runs with.
+    pub fn config(&self) -> &ObserverConfig {
+        &self.inner.config
+    }
+
+    /// Adds a flow. Fills what the agent left empty: time (now), uuid, node
+    /// name, summary, `Type` and the deprecated `reply` flag.
+    pub fn push(&self, mut flow: Flow) {
+        if flow.time.is_none() {
+            flow.time = Some(prost_types::Timestamp::from(SystemTime::now()));
+        }
+        if flow.uuid.is_empty() {
+            flow.uuid = uuid::Uuid::new_v4().to_string();
+        }
+        if flow.node_name.is_empty() {
+            flow.node_name.clone_from(&self.inner.config.node_name);
+        }
+        flows::complete(&mut flow);
+        if let Some(metrics) = &self.inner.config.metrics {
+            metrics.observe_flow(&flow);
+        }
+        let now = Instant::now();
+        let flow = Arc::new(flow);
+        let mut state = self.state();
+        for ep in [&flow.source, &flow.destination].into_iter().flatten() {
+            if !ep.namespace.is_empty() {
+                remember_namespace(&mut state.namespaces, &ep.namespace, now);
+            }
+        }
+        state.seen_flows += 1;
+        state.num_flows += 1;
+        self.insert(&mut state, Event::Flow(flow));
+    }
+
+    /// Records events lost before they reached the observer (for example in
+    /// the kernel ring buffer); readers see them as a LostEvent.
+    pub fn record_lost(&self, source: LostEventSource, count: u64) {
+        if count == 0 {
+            return;
+        }
+        if let Some(metrics) = &self.inner.config.metrics {
+            metrics.observe_lost(source, count);
+        }
+        let lost = LostEvent {
+            source: source as i32,
+            num_events_lost: count,
+            cpu: None,
+        };
+        let mut state = self.state();
+        self.insert(&mut state, Event::Lost(lost, SystemTime::now()));
+    }
+
+    /// Counts events a follower lost by falling behind.
+    pub(crate) fn record_follower_lag(&self, count: u64) {
+        if let Some(metrics) = &self.inner.config.metrics {
+            metrics.observe_lost(LostEventSource::HubbleRingBuffer, count);
+        }
+    }
+
+    /// Appends under the lock, so that a subscription taken under the same
+    /// lock sees every event exactly once: in its history or live.
+    fn insert(&self, state: &mut State, event: Event) {
+        if state.ring.len() >= self.inner.config.capacity
+            && let Some(Event::Flow(_)) = state.ring.pop_front()
+        {
+            state.num_flows -= 1;
+        }
+        state.ring.push_back(event.clone());
+        // No receivers is normal (nobody follows); that is not an error.
+        let _ = self.inner.tx.send(event);
+    }
+
+    /// Snapshot of the ring and, if `follow`, a receiver of what comes next.
+    pub(crate) fn subscribe(&self, follow: bool) -> Subscription {
+        let state = self.state();
+        Subscription {
+            history: state.ring.iter().cloned().collect(),
+            live: follow.then(|| self.inner.tx.subscribe()),
+        }
+    }
+
+    /// Ring figures for ServerStatus.
+    pub fn status(&self) -> RingStatus {
+        let state = self.state();
+        RingStatus {
+            num_flows: state.num_flows,
+            max_flows: self.inner.config.capacity as u64,
+            seen_flows: state.seen_flows,
+            uptime: self.inner.started.elapsed(),
+        }
+    }
+
+    /// Namespaces seen in flows during the last hour, sorted.
+    pub fn namespaces(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state
+            .namespaces
+            .retain(|_, seen| now.duration_since(*seen) < NAMESPACE_TTL);
+        state.namespaces.keys().cloned().collect()
+    }
+}
+
+fn remember_namespace(namespaces: &mut BTreeMap<String, Instant>, namespace: &str, now: Instant) {
+    if let Some(seen) = namespaces.get_mut(namespace) {
+        *seen = now;
+        return;
+    }
+    if namespaces.len() >= MAX_NAMESPACES {
+        let oldest = namespaces
+            .iter()
+            .min_by_key(|(_, seen)| **seen)
+            .map(|(name, _)| name.clone());
+        if let Some(oldest) = oldest {
+            namespaces.remove(&oldest);
+        }
+    }
+    namespaces.insert(namespace.to_string(), now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::flow::Endpoint;
+
+    fn flow(ns: &str) -> Flow {
+        Flow {
+            source: Some(Endpoint {
+                namespace: ns.into(),
+                pod_name: "p".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn ring_is_bounded_and_counts() {
+        let mut config = ObserverConfig::new("node-a");
+        config.capacity = 3;
+        let observer = Observer::new(config);
+        for _ in 0..5 {
+            observer.push(flow("default"));
+        }
+        let status = observer.status();
+        assert_eq!(status.num_flows, 3);
+        assert_eq!(status.max_flows, 3);
+        assert_eq!(status.seen_flows, 5);
+        assert_eq!(observer.subscribe(false).history.len(), 3);
+        assert_eq!(observer.namespaces(), vec!["default".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn push_fills_missing_fields() {
+        let observer = Observer::new(ObserverConfig::new("node-a"));
+        observer.push(flow("default"));
+        let sub = observer.subscribe(false);
+        let Some(Event::Flow(f)) = sub.history.first() else {
+            panic!("expected a flow");
+        };
+        assert_eq!(f.node_name, "node-a");
+        assert!(f.time.is_some());
+        assert_eq!(f.uuid.len(), 36);
+        assert_eq!(f.summary, "IP");
+    }
+
+    #[tokio::test]
+    async fn lost_events_are_in_the_ring() {
+        let observer = Observer::new(ObserverConfig::new("node-a"));
+        observer.record_lost(LostEventSource::PerfEventRingBuffer, 7);
+        let sub = observer.subscribe(false);
+        assert!(matches!(sub.history.first(), Some(Event::Lost(l, _)) if l.num_events_lost == 7));
+        assert_eq!(observer.status().num_flows, 0);
+    }
+}

@@ -1,0 +1,418 @@
+//! Output of GetFlows responses as the hubble CLI prints them: compact lines,
+//! dict blocks, a table, and proto3 JSON.
+
+use std::io::{self, Write};
+
+use prost_types::Timestamp;
+
+use crate::flows;
+use crate::proto::flow::{Flow, LostEventSource, Verdict, layer4, layer7};
+use crate::proto::observer::{GetFlowsResponse, get_flows_response};
+
+/// Output formats of `observe -o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One line per flow (the default).
+    Compact,
+    /// KEY: VALUE blocks separated by dashes.
+    Dict,
+    /// Tab-aligned columns, printed at the end.
+    Table,
+    /// Alias for jsonpb, as in the current hubble CLI.
+    Json,
+    /// GetFlowsResponse in proto3 JSON, one object per line.
+    Jsonpb,
+}
+
+/// How flows are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrintOptions {
+    /// The output format.
+    pub format: OutputFormat,
+    /// Print the node name after the time.
+    pub node_name: bool,
+    /// Show pod, service and DNS names instead of IP addresses.
+    pub ip_translation: bool,
+}
+
+impl Default for PrintOptions {
+    fn default() -> Self {
+        Self {
+            format: OutputFormat::Compact,
+            node_name: false,
+            ip_translation: true,
+        }
+    }
+}
+
+/// Go's `time.StampMilli` ("Jan _2 15:04:05.000") in UTC, or "N/A".
+pub fn format_time(ts: Option<&Timestamp>) -> String {
+    ts.and_then(|t| {
+        let nanos = u32::try_from(t.nanos).ok()?;
+        chrono::DateTime::from_timestamp(t.seconds, nanos)
+    })
+    .map_or_else(
+        || "N/A".to_string(),
+        |t| t.format("%b %e %H:%M:%S%.3f").to_string(),
+    )
+}
+
+/// Hubble's rendering of a security identity: "(ID:n)" or a reserved name.
+pub fn format_identity(identity: u32) -> String {
+    let reserved = match identity {
+        1 => "host",
+        2 => "world",
+        3 => "unmanaged",
+        4 => "health",
+        5 => "init",
+        6 => "remote-node",
+        7 => "kube-apiserver",
+        8 => "ingress",
+        9 => "world-ipv4",
+        10 => "world-ipv6",
+        _ => return format!("(ID:{identity})"),
+    };
+    format!("({reserved})")
+}
+
+fn ports(flow: &Flow) -> (String, String) {
+    match flow.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(layer4::Protocol::Tcp(t)) => {
+            (t.source_port.to_string(), t.destination_port.to_string())
+        }
+        Some(layer4::Protocol::Udp(u)) => {
+            (u.source_port.to_string(), u.destination_port.to_string())
+        }
+        Some(layer4::Protocol::Sctp(s)) => {
+            (s.source_port.to_string(), s.destination_port.to_string())
+        }
+        _ => (String::new(), String::new()),
+    }
+}
+
+/// Go's `net.JoinHostPort`: brackets around IPv6 literals.
+fn join_host_port(host: &str, port: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn hostname(
+    opts: &PrintOptions,
+    ip: &str,
+    port: &str,
+    ns: &str,
+    pod: &str,
+    svc: &str,
+    names: &[String],
+) -> String {
+    let join = |name: &str| {
+        if ns.is_empty() {
+            name.to_string()
+        } else {
+            format!("{ns}/{name}")
+        }
+    };
+    let host = if !opts.ip_translation {
+        ip.to_string()
+    } else if !pod.is_empty() {
+        join(pod)
+    } else if !svc.is_empty() {
+        join(svc)
+    } else if !names.is_empty() {
+        names.join(",")
+    } else {
+        ip.to_string()
+    };
+    if port.is_empty() || port == "0" {
+        host
+    } else {
+        join_host_port(&host, port)
+    }
+}
+
+/// Source and destination as Hubble names them (pod, service, DNS name or IP, with port).
+pub fn host_names(flow: &Flow, opts: &PrintOptions) -> (String, String) {
+    let Some(ip) = &flow.ip else {
+        return flow
+            .ethernet
+            .as_ref()
+            .map(|e| (e.source.clone(), e.destination.clone()))
+            .unwrap_or_default();
+    };
+    let (src_port, dst_port) = ports(flow);
+    let side = |ep: Option<&crate::proto::flow::Endpoint>,
+                svc: Option<&crate::proto::flow::Service>,
+                addr: &str,
+                port: &str,
+                names: &[String]| {
+        let mut ns = ep.map_or("", |e| e.namespace.as_str());
+        let pod = ep.map_or("", |e| e.pod_name.as_str());
+        let mut svc_name = "";
+        if let Some(svc) = svc {
+            ns = &svc.namespace;
+            svc_name = &svc.name;
+        }
+        hostname(opts, addr, port, ns, pod, svc_name, names)
+    };
+    (
+        side(
+            flow.source.as_ref(),
+            flow.source_service.as_ref(),
+            &ip.source,
+            &src_port,
+            &flow.source_names,
+        ),
+        side(
+            flow.destination.as_ref(),
+            flow.destination_service.as_ref(),
+            &ip.destination,
+            &dst_port,
+            &flow.destination_names,
+        ),
+    )
+}
+
+/// Hubble's type column: L7 type, trace point, drop reason or policy verdict.
+pub fn flow_type(flow: &Flow) -> String {
+    if let Some(l7) = &flow.l7 {
+        let l7_type = crate::proto::flow::L7FlowType::try_from(l7.r#type)
+            .map_or("unknown_l7_type", |t| t.as_str_name())
+            .to_lowercase();
+        return match &l7.record {
+            Some(layer7::Record::Http(_)) => format!("http-{l7_type}"),
+            Some(layer7::Record::Dns(dns)) => format!("dns-{l7_type} {}", dns.observation_source),
+            Some(layer7::Record::Kafka(_)) => format!("kafka-{l7_type}"),
+            None => format!("l7-{l7_type}"),
+        };
+    }
+    let (event_type, sub_type) = flow
+        .event_type
+        .as_ref()
+        .map_or((0, 0), |e| (e.r#type, e.sub_type));
+    match event_type {
+        flows::MESSAGE_TYPE_TRACE => flows::trace_subtype_name(sub_type),
+        flows::MESSAGE_TYPE_DROP => {
+            let code = u32::try_from(sub_type).unwrap_or_default();
+            let code = if code == 0 {
+                flow.drop_reason_desc.unsigned_abs()
+            } else {
+                code
+            };
+            flows::drop_reason_text(code)
+        }
+        flows::MESSAGE_TYPE_POLICY_VERDICT => {
+            let direction = crate::proto::flow::TrafficDirection::try_from(flow.traffic_direction)
+                .map_or("TRAFFIC_DIRECTION_UNKNOWN", |d| d.as_str_name());
+            format!(
+                "policy-verdict:{} {}",
+                flows::policy_match_text(flow.policy_match_type),
+                direction
+            )
+        }
+        flows::MESSAGE_TYPE_CAPTURE => {
+            crate::proto::flow::DebugCapturePoint::try_from(flow.debug_capture_point)
+                .map_or("UNKNOWN", |p| p.as_str_name())
+                .to_string()
+        }
+        flows::MESSAGE_TYPE_TRACE_SOCK => match flow.sock_xlate_point {
+            1 => "pre-xlate-fwd",
+            2 => "post-xlate-fwd",
+            3 => "pre-xlate-rev",
+            4 => "post-xlate-rev",
+            _ => "UNKNOWN",
+        }
+        .to_string(),
+        _ => "UNKNOWN".to_string(),
+    }
+}
+
+/// Hubble's verdict column; policy verdicts read ALLOWED / DENIED / AUDITED.
+pub fn verdict_text(flow: &Flow) -> String {
+    let verdict = Verdict::try_from(flow.verdict).unwrap_or(Verdict::Unknown);
+    let is_policy_verdict = flow
+        .event_type
+        .as_ref()
+        .is_some_and(|e| e.r#type == flows::MESSAGE_TYPE_POLICY_VERDICT);
+    if is_policy_verdict {
+        match verdict {
+            Verdict::Forwarded | Verdict::Redirected => return "ALLOWED".to_string(),
+            Verdict::Dropped | Verdict::Error => return "DENIED".to_string(),
+            Verdict::Audit => return "AUDITED".to_string(),
+            _ => {}
+        }
+    }
+    verdict.as_str_name().to_string()
+}
+
+fn summary(flow: &Flow) -> String {
+    if flow.auth_type != 0 {
+        let auth = crate::proto::flow::AuthType::try_from(flow.auth_type)
+            .map_or("UNKNOWN", |a| a.as_str_name());
+        format!("{}; Auth: {auth}", flow.summary)
+    } else {
+        flow.summary.clone()
+    }
+}
+
+/// One compact line (without newline), exactly as `hubble observe` prints it.
+pub fn compact_line(flow: &Flow, opts: &PrintOptions) -> String {
+    let (mut src, mut dst) = host_names(flow, opts);
+    let mut src_id = format_identity(flow.source.as_ref().map_or(0, |e| e.identity));
+    let mut dst_id = format_identity(flow.destination.as_ref().map_or(0, |e| e.identity));
+    let arrow = match flow.is_reply {
+        None => "<>",
+        Some(false) => "->",
+        Some(true) => {
+            // Replies are printed client-first, like the request.
+            std::mem::swap(&mut src, &mut dst);
+            std::mem::swap(&mut src_id, &mut dst_id);
+            "<-"
+        }
+    };
+    let node = if opts.node_name {
+        format!(" [{}]", flow.node_name)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}{node}: {src} {src_id} {arrow} {dst} {dst_id} {} {} ({})",
+        format_time(flow.time.as_ref()),
+        flow_type(flow),
+        verdict_text(flow),
+        summary(flow)
+    )
+}
+
+/// One dict block (without separator), as `hubble observe -o dict` prints it.
+pub fn dict_block(flow: &Flow, opts: &PrintOptions) -> String {
+    let (src, dst) = host_names(flow, opts);
+    let mut out = format!("  TIMESTAMP: {}\n", format_time(flow.time.as_ref()));
+    if opts.node_name {
+        out.push_str(&format!("       NODE: {}\n", flow.node_name));
+    }
+    out.push_str(&format!("     SOURCE: {src}\n"));
+    out.push_str(&format!("DESTINATION: {dst}\n"));
+    out.push_str(&format!("       TYPE: {}\n", flow_type(flow)));
+    out.push_str(&format!("    VERDICT: {}\n", verdict_text(flow)));
+    out.push_str(&format!("    SUMMARY: {}\n", summary(flow)));
+    out
+}
+
+fn table_row(flow: &Flow, opts: &PrintOptions) -> Vec<String> {
+    let (src, dst) = host_names(flow, opts);
+    let mut row = vec![format_time(flow.time.as_ref())];
+    if opts.node_name {
+        row.push(flow.node_name.clone());
+    }
+    row.extend([src, dst, flow_type(flow), verdict_text(flow), summary(flow)]);
+    row
+}
+
+/// Aligns cells as Go's tabwriter with padding 3 does (the last column is not padded).
+pub fn render_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; columns];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(widths[i] - cell.chars().count() + 3));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes GetFlows responses in one of Hubble's formats.
+#[derive(Debug)]
+pub struct Printer<W: Write, E: Write> {
+    out: W,
+    err: E,
+    opts: PrintOptions,
+    flows_written: usize,
+    table: Vec<Vec<String>>,
+}
+
+impl<W: Write, E: Write> Printer<W, E> {
+    /// A printer writing flows to `out` and lost-event notices to `err`.
+    pub fn new(out: W, err: E, opts: PrintOptions) -> Self {
+        let mut table = Vec::new();
+        if opts.format == OutputFormat::Table {
+            let mut header = vec!["TIMESTAMP".to_string()];
+            if opts.node_name {
+                header.push("NODE".to_string());
+            }
+            header
+                .extend(["SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"].map(String::from));
+            table.push(header);
+        }
+        Self {
+            out,
+            err,
+            opts,
+            flows_written: 0,
+            table,
+        }
+    }
+
+    /// Prints one response.
+    pub fn write_response(&mut self, resp: &GetFlowsResponse) -> io::Result<()> {
+        if matches!(self.opts.format, OutputFormat::Json | OutputFormat::Jsonpb) {
+            return writeln!(self.out, "{}", crate::json::response_to_json(resp));
+        }
+        match &resp.response_types {
+            Some(get_flows_response::ResponseTypes::Flow(flow)) => self.write_flow(flow),
+            Some(get_flows_response::ResponseTypes::LostEvents(lost)) => {
+                let source = LostEventSource::try_from(lost.source)
+                    .map_or("UNKNOWN_LOST_EVENT_SOURCE", |s| s.as_str_name());
+                writeln!(
+                    self.err,
+                    "EVENTS LOST: {source} CPU({}) {}",
+                    lost.cpu.unwrap_or(0),
+                    lost.num_events_lost
+                )
+            }
+            Some(get_flows_response::ResponseTypes::NodeStatus(status)) => {
+                tracing::info!(nodes = ?status.node_names, message = %status.message, "node status changed");
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn write_flow(&mut self, flow: &Flow) -> io::Result<()> {
+        match self.opts.format {
+            OutputFormat::Compact => writeln!(self.out, "{}", compact_line(flow, &self.opts))?,
+            OutputFormat::Dict => {
+                if self.flows_written > 0 {
+                    writeln!(self.out, "------------")?;
+                }
+                write!(self.out, "{}", dict_block(flow, &self.opts))?;
+            }
+            OutputFormat::Table => self.table.push(table_row(flow, &self.opts)),
+            OutputFormat::Json | OutputFormat::Jsonpb => {}
+        }
+        self.flows_written += 1;
+        Ok(())
+    }
+
+    /// Writes what is buffered (the table) and flushes.
+    pub fn finish(&mut self) -> io::Result<()> {
+        if self.opts.format == OutputFormat::Table && self.flows_written > 0 {
+            let table = render_table(&self.table);
+            self.out.write_all(table.as_bytes())?;
+        }
+        self.out.flush()
+    }
+}

@@ -1,0 +1,545 @@
+//! The Hubble-compatible `observer.Observer` gRPC service over the ring, the
+//! standard health service, and the listeners (unix socket and TCP).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use futures::Stream;
+use prost_types::Timestamp;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::filter::FilterSet;
+use crate::observer::{Event, Observer};
+use crate::proto::flow::{LostEvent, LostEventSource};
+use crate::proto::observer::observer_server::{self, ObserverServer};
+use crate::proto::observer::{
+    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse,
+    GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
+    GetNodesRequest, GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
+    Tls, get_flows_response,
+};
+use crate::proto::relay::NodeState;
+
+/// The name the hubble CLI checks with the gRPC health service.
+pub const HEALTH_SERVICE_NAME: &str = "hubble.server.Observer";
+/// Hubble's default TCP address, on loopback.
+pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:4245";
+/// Responses buffered per GetFlows stream before the reader waits for the client.
+const STREAM_BUFFER: usize = 256;
+
+/// The server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding a listener failed.
+    #[error(
+        "cannot listen on {what}: {source}; is another agent running, or is the path or port wrong?"
+    )]
+    Bind {
+        /// The address or path.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("observer gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Where the observer API listens.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Unix socket path (created; a stale socket is replaced).
+    pub unix_socket: Option<PathBuf>,
+    /// TCP address; plaintext, so keep it on loopback. TLS is not supported yet.
+    pub tcp: Option<SocketAddr>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            unix_socket: None,
+            tcp: DEFAULT_TCP_ADDR.parse().ok(),
+        }
+    }
+}
+
+/// The tonic service implementing `observer.Observer` over an [`Observer`].
+#[derive(Debug, Clone)]
+pub struct ObserverService {
+    observer: Observer,
+}
+
+impl ObserverService {
+    /// Wraps an observer.
+    pub fn new(observer: Observer) -> Self {
+        Self { observer }
+    }
+}
+
+fn time_key(ts: Option<&Timestamp>) -> (i64, i32) {
+    ts.map_or((0, 0), |t| (t.seconds, t.nanos))
+}
+
+fn event_time(event: &Event) -> (i64, i32) {
+    match event {
+        Event::Flow(flow) => time_key(flow.time.as_ref()),
+        Event::Lost(_, at) => time_key(Some(&Timestamp::from(*at))),
+    }
+}
+
+/// Everything from the request that decides which events a reader sends.
+struct Selection {
+    filters: FilterSet,
+    since: Option<(i64, i32)>,
+    until: Option<(i64, i32)>,
+    mask: Vec<String>,
+}
+
+impl Selection {
+    fn in_time(&self, key: (i64, i32)) -> bool {
+        self.since.is_none_or(|s| key >= s) && self.until.is_none_or(|u| key <= u)
+    }
+
+    fn wants(&self, event: &Event) -> bool {
+        self.in_time(event_time(event))
+            && match event {
+                Event::Flow(flow) => self.filters.matches(flow),
+                // Lost-event notices are not flows: filters do not apply.
+                Event::Lost(..) => true,
+            }
+    }
+}
+
+fn response(event: &Event, node_name: &str, mask: &[String]) -> GetFlowsResponse {
+    match event {
+        Event::Flow(flow) => GetFlowsResponse {
+            time: flow.time,
+            node_name: flow.node_name.clone(),
+            response_types: Some(get_flows_response::ResponseTypes::Flow(crate::mask::apply(
+                flow, mask,
+            ))),
+        },
+        Event::Lost(lost, at) => lost_response(lost.clone(), node_name, *at),
+    }
+}
+
+fn lost_response(lost: LostEvent, node_name: &str, at: SystemTime) -> GetFlowsResponse {
+    GetFlowsResponse {
+        time: Some(Timestamp::from(at)),
+        node_name: node_name.to_string(),
+        response_types: Some(get_flows_response::ResponseTypes::LostEvents(lost)),
+    }
+}
+
+/// Picks the history part of a GetFlows answer, oldest first.
+fn select_history(history: Vec<Event>, selection: &Selection, req: &GetFlowsRequest) -> Vec<Event> {
+    let matching = history.into_iter().filter(|e| selection.wants(e));
+    // Hubble: no number and no since with follow means "only new flows".
+    if req.number == 0 && req.since.is_none() && req.follow {
+        return Vec::new();
+    }
+    if req.number == 0 {
+        return matching.collect();
+    }
+    let limit = usize::try_from(req.number).unwrap_or(usize::MAX);
+    let is_flow = |e: &Event| matches!(e, Event::Flow(_));
+    let mut out = Vec::new();
+    let mut flows = 0usize;
+    if req.first {
+        for event in matching {
+            if flows == limit {
+                break;
+            }
+            flows += usize::from(is_flow(&event));
+            out.push(event);
+        }
+    } else {
+        let all: Vec<Event> = matching.collect();
+        for event in all.into_iter().rev() {
+            if flows == limit {
+                break;
+            }
+            flows += usize::from(is_flow(&event));
+            out.push(event);
+        }
+        out.reverse();
+    }
+    out
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl observer_server::Observer for ObserverService {
+    type GetFlowsStream = ReceiverStream<Result<GetFlowsResponse, Status>>;
+    type GetAgentEventsStream = ResponseStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = ResponseStream<GetDebugEventsResponse>;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let req = request.into_inner();
+        if req.first && req.follow {
+            return Err(Status::invalid_argument(
+                "first cannot be combined with follow",
+            ));
+        }
+        let filters = FilterSet::new(&req.whitelist, &req.blacklist)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mask = req
+            .field_mask
+            .as_ref()
+            .or(req
+                .experimental
+                .as_ref()
+                .and_then(|e| e.field_mask.as_ref()))
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        let selection = Selection {
+            filters,
+            since: req.since.as_ref().map(|t| time_key(Some(t))),
+            until: req.until.as_ref().map(|t| time_key(Some(t))),
+            mask,
+        };
+        let subscription = self.observer.subscribe(req.follow);
+        let history = select_history(subscription.history, &selection, &req);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let observer = self.observer.clone();
+        tokio::spawn(async move {
+            let node = observer.config().node_name.clone();
+            for event in &history {
+                if tx
+                    .send(Ok(response(event, &node, &selection.mask)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let Some(mut live) = subscription.live else {
+                return;
+            };
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(broadcast::error::RecvError::Lagged(lost)) => {
+                        tracing::debug!(lost, "GetFlows follower fell behind");
+                        observer.record_follower_lag(lost);
+                        let notice = LostEvent {
+                            source: LostEventSource::HubbleRingBuffer as i32,
+                            num_events_lost: lost,
+                            cpu: None,
+                        };
+                        if tx
+                            .send(Ok(lost_response(notice, &node, SystemTime::now())))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if let Some(until) = selection.until
+                    && event_time(&event) > until
+                {
+                    return;
+                }
+                if selection.wants(&event)
+                    && tx
+                        .send(Ok(response(&event, &node, &selection.mask)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_agent_events(
+        &self,
+        _request: Request<GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        // Agent events are not recorded yet: an empty stream, as a node
+        // without events would answer.
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+
+    async fn get_debug_events(
+        &self,
+        _request: Request<GetDebugEventsRequest>,
+    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+
+    async fn get_nodes(
+        &self,
+        _request: Request<GetNodesRequest>,
+    ) -> Result<Response<GetNodesResponse>, Status> {
+        let status = self.observer.status();
+        let config = self.observer.config();
+        let node = Node {
+            name: config.node_name.clone(),
+            version: config.version.clone(),
+            address: String::new(),
+            state: NodeState::NodeConnected as i32,
+            tls: Some(Tls {
+                enabled: false,
+                server_name: String::new(),
+            }),
+            uptime_ns: u64::try_from(status.uptime.as_nanos()).unwrap_or(u64::MAX),
+            num_flows: status.num_flows,
+            max_flows: status.max_flows,
+            seen_flows: status.seen_flows,
+        };
+        Ok(Response::new(GetNodesResponse { nodes: vec![node] }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _request: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let namespaces = self
+            .observer
+            .namespaces()
+            .into_iter()
+            .map(|namespace| Namespace {
+                cluster: String::new(),
+                namespace,
+            })
+            .collect();
+        Ok(Response::new(GetNamespacesResponse { namespaces }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        let status = self.observer.status();
+        let uptime_secs = status.uptime.as_secs_f64();
+        // Average since start; Hubble reports the last minute, close enough
+        // for a status line and cheap to compute.
+        #[allow(clippy::cast_precision_loss)]
+        let flows_rate = if uptime_secs > 0.0 {
+            status.seen_flows as f64 / uptime_secs
+        } else {
+            0.0
+        };
+        Ok(Response::new(ServerStatusResponse {
+            num_flows: status.num_flows,
+            max_flows: status.max_flows,
+            seen_flows: status.seen_flows,
+            uptime_ns: u64::try_from(status.uptime.as_nanos()).unwrap_or(u64::MAX),
+            num_connected_nodes: None,
+            num_unavailable_nodes: None,
+            unavailable_nodes: Vec::new(),
+            version: self.observer.config().version.clone(),
+            flows_rate,
+        }))
+    }
+}
+
+/// Listeners bound and ready; [`BoundServer::run`] serves on them.
+#[derive(Debug)]
+pub struct BoundServer {
+    observer: Observer,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    /// The TCP address actually bound (useful with port 0).
+    pub tcp_addr: Option<SocketAddr>,
+    /// The unix socket path.
+    pub unix_path: Option<PathBuf>,
+}
+
+/// Binds the listeners of `config`.
+pub async fn bind(observer: Observer, config: &ServeConfig) -> Result<BoundServer, ServeError> {
+    let unix = match &config.unix_socket {
+        Some(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| ServeError::Bind {
+                    what: parent.display().to_string(),
+                    source,
+                })?;
+            }
+            // A socket left by a previous run would make bind fail.
+            if std::fs::symlink_metadata(path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            Some(UnixListener::bind(path).map_err(|source| ServeError::Bind {
+                what: path.display().to_string(),
+                source,
+            })?)
+        }
+        None => None,
+    };
+    let tcp = match config.tcp {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let tcp_addr = match &tcp {
+        Some(listener) => Some(listener.local_addr().map_err(|source| ServeError::Bind {
+            what: "tcp listener".to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(BoundServer {
+        observer,
+        tcp,
+        unix,
+        tcp_addr,
+        unix_path: config.unix_socket.clone(),
+    })
+}
+
+impl BoundServer {
+    /// Serves the observer and health services until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<ObserverServer<ObserverService>>()
+            .await;
+        health_reporter
+            .set_service_status(HEALTH_SERVICE_NAME, tonic_health::ServingStatus::Serving)
+            .await;
+        let service = ObserverServer::new(ObserverService::new(self.observer.clone()));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let tcp = self.tcp.map(|listener| {
+            tracing::info!(addr = ?self.tcp_addr, "observer API listening on TCP");
+            tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .add_service(service.clone())
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stopped(stop_rx.clone()),
+                )
+        });
+        let unix = self.unix.map(|listener| {
+            tracing::info!(path = ?self.unix_path, "observer API listening on unix socket");
+            tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .add_service(service.clone())
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener),
+                    stopped(stop_rx.clone()),
+                )
+        });
+        match (tcp, unix) {
+            (Some(tcp), Some(unix)) => {
+                tokio::try_join!(tcp, unix)?;
+            }
+            (Some(tcp), None) => tcp.await?,
+            (None, Some(unix)) => unix.await?,
+            (None, None) => stopped(stop_rx).await,
+        }
+        Ok(())
+    }
+}
+
+/// Binds and serves until the process ends or a listener fails.
+pub async fn serve(observer: Observer, config: ServeConfig) -> Result<(), ServeError> {
+    bind(observer, &config)
+        .await?
+        .run(std::future::pending())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observer::ObserverConfig;
+    use crate::proto::flow::Flow;
+
+    fn flow_of(resp: &GetFlowsResponse) -> Option<&Flow> {
+        match &resp.response_types {
+            Some(get_flows_response::ResponseTypes::Flow(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn numbered(n: u32) -> Flow {
+        Flow {
+            proxy_port: n,
+            time: Some(Timestamp {
+                seconds: i64::from(n),
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pick(req: GetFlowsRequest) -> Vec<u32> {
+        let observer = Observer::new(ObserverConfig::new("n"));
+        for n in 1..=10 {
+            observer.push(numbered(n));
+        }
+        let selection = Selection {
+            filters: FilterSet::default(),
+            since: req.since.as_ref().map(|t| time_key(Some(t))),
+            until: req.until.as_ref().map(|t| time_key(Some(t))),
+            mask: Vec::new(),
+        };
+        select_history(observer.subscribe(false).history, &selection, &req)
+            .iter()
+            .map(|e| response(e, "n", &[]))
+            .filter_map(|r| flow_of(&r).map(|f| f.proxy_port))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn last_first_since_until() {
+        let last = pick(GetFlowsRequest {
+            number: 3,
+            ..Default::default()
+        });
+        assert_eq!(last, vec![8, 9, 10]);
+        let first = pick(GetFlowsRequest {
+            number: 2,
+            first: true,
+            ..Default::default()
+        });
+        assert_eq!(first, vec![1, 2]);
+        let window = pick(GetFlowsRequest {
+            since: Some(Timestamp {
+                seconds: 4,
+                nanos: 0,
+            }),
+            until: Some(Timestamp {
+                seconds: 6,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(window, vec![4, 5, 6]);
+    }
+}
