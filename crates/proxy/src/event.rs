@@ -151,3 +151,35 @@ impl EventSink {
         self.dropped.get()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_queue_drops_and_counts_instead_of_growing() {
+        let (sink, mut rx) = EventSink::new(2, Counter::default());
+        let event = L7Event {
+            time_unix_nanos: now_unix_nanos(),
+            kind: L7EventKind::HttpRequest,
+            verdict: Verdict::Forwarded,
+            direction: Direction::Ingress,
+            is_reply: false,
+            source: Peer::new("127.0.0.1:1".parse().unwrap(), None),
+            destination: Peer::new("127.0.0.1:2".parse().unwrap(), None),
+            http: None,
+            latency_ns: None,
+            summary: None,
+        };
+        for _ in 0..5 {
+            sink.emit(event.clone());
+        }
+        assert_eq!(sink.dropped(), 3);
+        assert_eq!(rx.try_recv().unwrap(), event);
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(
+            json.contains(r#""kind":"http-request""#) && json.contains(r#""verdict":"FORWARDED""#),
+            "{json}"
+        );
+    }
+}

@@ -34,10 +34,12 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most headers in one HTTP/1 request.
     pub max_headers: usize,
-    /// Time a client has to send the first bytes and then a complete request head.
+    /// Time a client has to send the first bytes and then a complete request head. On
+    /// HTTP/1.1 the timer also runs while a keep-alive connection waits for its next request
+    /// (hyper's behaviour), so it is the keep-alive idle limit there too.
     pub header_read_timeout: Duration,
     /// A client connection that moves no byte for this long, with no request waiting for its
-    /// upstream, is closed.
+    /// upstream, is closed: idle HTTP/2 connections, stalled bodies, upgraded tunnels.
     pub idle_timeout: Duration,
     /// Time allowed to establish an upstream TCP connection.
     pub upstream_connect_timeout: Duration,
