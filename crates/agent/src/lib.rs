@@ -1,1 +1,15 @@
-//! The per-node daemon: endpoints, identities, datapath programming, APIs.
+//! The per-node daemon: it owns the node's datapath (programs and maps), the
+//! endpoints of the node's pods, the services they reach, and the node's DNS
+//! responder; it serves a local API on a unix socket.
+//!
+//! A node is a value: everything here is scoped to the node the agent was
+//! started for, so several agents (one per lab node) can run side by side.
+
+pub mod api;
+mod daemon;
+mod netns;
+mod services;
+mod state;
+
+pub use daemon::{AgentConfig, run};
+pub use netns::enter_netns;

@@ -1,0 +1,240 @@
+//! The agent's local API: newline-delimited JSON requests and responses on a
+//! unix socket. The lab (and later the CNI plugin and the Kubernetes watcher)
+//! tells the agent about endpoints and services through it; the CLI asks it
+//! for status.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A pod on this node, as the CNI plugin (or the lab) set it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    /// Namespace of the pod.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Host-side veth in the node's network namespace.
+    pub ifname: String,
+    /// IPv4 address of the pod.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 address of the pod.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Named container ports.
+    #[serde(default)]
+    pub ports: Vec<NamedPort>,
+    /// Whether the pod is ready to serve; only ready pods back services.
+    pub ready: bool,
+}
+
+/// A container port with a name, for services' and policies' references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPort {
+    /// The name, if the manifest gave one.
+    pub name: Option<String>,
+    /// The port.
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// A service with the cluster IPs allocated for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Cluster IPs, one per family.
+    pub cluster_ips: Vec<IpAddr>,
+    /// Ports.
+    pub ports: Vec<ServicePortSpec>,
+    /// Selector of backend pods in the same namespace; none means no backends.
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+/// One port of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePortSpec {
+    /// Port name.
+    pub name: Option<String>,
+    /// The port on the cluster IP.
+    pub port: u16,
+    /// The backend port: a number or the name of a container port.
+    pub target_port: TargetPort,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// A service's backend port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetPort {
+    /// A port number.
+    Number(u16),
+    /// The name of a container port.
+    Name(String),
+}
+
+/// A request to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Creates or updates an endpoint and attaches the datapath to it.
+    EndpointUpsert(EndpointSpec),
+    /// Removes an endpoint and detaches the datapath from it.
+    EndpointDelete {
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        pod: String,
+    },
+    /// Creates or updates a service.
+    ServiceUpsert(ServiceSpec),
+    /// Removes a service.
+    ServiceDelete {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+    /// The agent's state.
+    Status,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// An endpoint after an upsert.
+    Endpoint(EndpointStatus),
+    /// The agent's state.
+    Status(AgentStatus),
+    /// The request failed; the message says why and what to do.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// An endpoint as the agent runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// The agent's endpoint id.
+    pub id: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Host-side veth.
+    pub ifname: String,
+    /// Its ifindex in the node.
+    pub ifindex: u32,
+    /// Addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Ready to serve.
+    pub ready: bool,
+    /// Packets seen leaving the pod.
+    pub packets_from: u64,
+    /// Packets seen entering the pod.
+    pub packets_to: u64,
+}
+
+/// A service with its current backends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Cluster IPs.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `port/PROTO` entries.
+    pub ports: Vec<String>,
+    /// `ip:port` of ready backends.
+    pub backends: Vec<String>,
+}
+
+/// Counters of the kernel's event ring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounters {
+    /// Events read.
+    pub seen: u64,
+    /// Events the kernel could not write (ring full).
+    pub lost: u64,
+    /// Trace events at to-stack (leaving pods).
+    pub to_stack: u64,
+    /// Trace events at to-endpoint (entering pods).
+    pub to_endpoint: u64,
+    /// Drop events.
+    pub drops: u64,
+}
+
+/// The agent's state, as `Status` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The node's name.
+    pub node: String,
+    /// Endpoints on the node.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Services.
+    pub services: Vec<ServiceStatus>,
+    /// Names the DNS responder answers.
+    pub dns_names: usize,
+    /// Kernel events.
+    pub events: EventCounters,
+}
+
+/// Why a call to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot reach the agent at {path}: {source}; is the agent (or the lab) running?")]
+    Connect {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The conversation broke.
+    #[error("talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    /// The answer was not understood.
+    #[error(
+        "the agent answered something this CLI does not understand: {0}; are agent and CLI the same version?"
+    )]
+    Decode(#[from] serde_json::Error),
+    /// The agent answered with an error.
+    #[error("{0}")]
+    Agent(String),
+}
+
+/// Sends one request and returns the answer; an `Error` answer becomes
+/// [`ClientError::Agent`].
+pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.display().to_string(),
+            source,
+        })?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    write.write_all(line.as_bytes()).await?;
+    let mut reader = BufReader::new(read);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).await?;
+    match serde_json::from_str(&answer)? {
+        Response::Error { message } => Err(ClientError::Agent(message)),
+        other => Ok(other),
+    }
+}
