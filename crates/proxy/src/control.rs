@@ -60,8 +60,8 @@ pub enum ProxyMessage {
         /// Why, for the operator.
         error: String,
     },
-    /// An L7 event.
-    Event(L7Event),
+    /// An L7 event (boxed: it is much larger than the other messages).
+    Event(Box<L7Event>),
 }
 
 /// Errors of the control channel.
@@ -357,11 +357,11 @@ async fn client_session(
     loop {
         enum Step {
             Frame(Option<Result<bytes::BytesMut, std::io::Error>>),
-            Event(L7Event),
+            Event(Box<L7Event>),
         }
         let step = tokio::select! {
             frame = reader.next() => Step::Frame(frame),
-            Some(event) = events.recv() => Step::Event(event),
+            Some(event) = events.recv() => Step::Event(Box::new(event)),
             () = cancel.cancelled() => return Ok(()),
         };
         let reply = match step {

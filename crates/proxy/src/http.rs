@@ -544,7 +544,7 @@ async fn handle(
             MissingPolicy::Allow => Decision::allow(),
             MissingPolicy::Deny => {
                 shared.metrics.error(ErrorKind::MissingPolicy);
-                warn!(key = %crate::rules::KeyDisplay(connection.key), "no L7 policy for a redirected connection; denying");
+                debug!(key = %crate::rules::KeyDisplay(connection.key), "no L7 policy for a redirected connection; denying");
                 Decision::deny()
             }
         },

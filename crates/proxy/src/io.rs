@@ -20,6 +20,12 @@ pub struct Activity {
     in_flight: AtomicUsize,
 }
 
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Activity {
     /// A tracker that counts now as the last activity.
     pub fn new() -> Self {

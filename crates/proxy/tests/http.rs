@@ -450,3 +450,43 @@ async fn events_and_metrics_describe_requests_and_responses() {
     assert!(text.contains("myelin_proxy_snapshot_version 1"), "{text}");
     assert!(text.contains("myelin_proxy_connections 1"), "{text}");
 }
+
+#[tokio::test]
+async fn egress_policy_is_keyed_by_the_source_endpoint() {
+    let h = Harness::with(
+        upstream().await,
+        |_| {},
+        |u| {
+            let mut s = snapshot(1, u, vec![rule(Some("GET"), Some("/out"))]);
+            s.listeners[0].direction = myelin_proxy::config::Direction::Egress;
+            // Egress: the endpoint is the client (127.0.0.1 here), the port the destination's.
+            s.l7_policies[0].key.direction = myelin_proxy::config::Direction::Egress;
+            s
+        },
+    )
+    .await;
+    let mut c = h.h1().await;
+    assert_eq!(send(&mut c, get("/out")).await.0, StatusCode::OK);
+    assert_eq!(send(&mut c, get("/in")).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn h2c_upgrade_request_is_served_as_http1() {
+    let h = Harness::new(vec![rule(Some("GET"), None)]).await;
+    let mut c = h.h1().await;
+    let request = Request::get("/h2c")
+        .header("host", "x")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .body(full(""))
+        .unwrap();
+    let (status, _, body) = send(&mut c, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with("GET /h2c HTTP/1.1\n"), "{body}");
+    assert!(
+        !body.contains("upgrade") && !body.contains("http2-settings"),
+        "hop-by-hop headers stripped: {body}"
+    );
+    assert_eq!(send(&mut c, get("/again")).await.0, StatusCode::OK);
+}
