@@ -234,8 +234,9 @@ impl Metrics {
             .and_then(|ip| IpVersion::try_from(ip.ip_version).ok())
             .map_or("", |v| v.as_str_name())
             .to_string();
-        match flow.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
-            Some(layer4::Protocol::Tcp(tcp)) => {
+        if let Some(layer4::Protocol::Tcp(tcp)) = flow.l4.as_ref().and_then(|l| l.protocol.as_ref())
+        {
+            {
                 if let Some(flags) = &tcp.flags {
                     let mut names = Vec::new();
                     if flags.syn {
@@ -257,7 +258,6 @@ impl Metrics {
                     }
                 }
             }
-            Some(_) | None => {}
         }
         // Hubble counts the server port of the first direction only.
         if flow.is_reply != Some(true)

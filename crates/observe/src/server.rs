@@ -125,7 +125,7 @@ fn response(event: &Event, node_name: &str, mask: &[String]) -> GetFlowsResponse
                 flow, mask,
             ))),
         },
-        Event::Lost(lost, at) => lost_response(lost.clone(), node_name, *at),
+        Event::Lost(lost, at) => lost_response(*lost, node_name, *at),
     }
 }
 
