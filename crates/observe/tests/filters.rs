@@ -1,0 +1,324 @@
+//! FlowFilter semantics on the Star Wars flows.
+
+mod common;
+
+use common::*;
+use myelin_observe::FilterSet;
+use myelin_observe::flows;
+use myelin_observe::proto::flow::{
+    EventTypeFilter, Flow, FlowFilter, IpVersion, TcpFlags, TrafficDirection, Verdict,
+};
+
+/// Indexes (into `demo()`) of the flows that pass.
+fn passing(whitelist: &[FlowFilter], blacklist: &[FlowFilter]) -> Vec<usize> {
+    let set = FilterSet::new(whitelist, blacklist).expect("valid filters");
+    demo()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| set.matches(f))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+fn one(f: FlowFilter) -> Vec<usize> {
+    passing(&[f], &[])
+}
+
+// demo(): 0 tiefighter verdict, 1 synack reply, 2 POST request, 3 200 response,
+// 4 PUT request dropped, 5 403 response, 6 xwing verdict, 7 xwing drop.
+
+#[test]
+fn empty_lists_pass_everything() {
+    assert_eq!(passing(&[], &[]), (0..8).collect::<Vec<_>>());
+}
+
+#[test]
+fn pod_prefix_and_namespace() {
+    let f = FlowFilter {
+        source_pod: vec!["xwing".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![6, 7]);
+    let f = FlowFilter {
+        source_pod: vec!["default/tie".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![0, 2, 4]);
+    let f = FlowFilter {
+        destination_pod: vec!["default/".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f).len(), 8);
+    let f = FlowFilter {
+        source_pod: vec!["kube-system/".into()],
+        ..Default::default()
+    };
+    assert!(one(f).is_empty());
+    // Without a namespace the pod is looked up in "default" only.
+    let mut other_ns = xwing_drop();
+    other_ns.source.as_mut().expect("source").namespace = "rebels".into();
+    let set = FilterSet::new(
+        &[FlowFilter {
+            source_pod: vec!["xwing".into()],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .expect("valid");
+    assert!(!set.matches(&other_ns));
+}
+
+#[test]
+fn fields_and_within_filter_or_across_filters() {
+    let both = FlowFilter {
+        source_pod: vec!["tiefighter".into()],
+        verdict: vec![Verdict::Dropped as i32],
+        ..Default::default()
+    };
+    assert_eq!(one(both), vec![4]);
+    let xwing = FlowFilter {
+        source_pod: vec!["xwing".into()],
+        ..Default::default()
+    };
+    let dropped = FlowFilter {
+        verdict: vec![Verdict::Dropped as i32],
+        ..Default::default()
+    };
+    assert_eq!(passing(&[xwing.clone(), dropped], &[]), vec![4, 6, 7]);
+    // Blacklist wins over the whitelist.
+    let verdicts = FlowFilter {
+        event_type: vec![EventTypeFilter {
+            r#type: flows::MESSAGE_TYPE_POLICY_VERDICT,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(passing(&[xwing], &[verdicts]), vec![7]);
+}
+
+#[test]
+fn labels_identity_ip_port_protocol() {
+    let f = FlowFilter {
+        source_label: vec!["org=empire".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![0, 1, 2, 3, 4, 5]);
+    let f = FlowFilter {
+        source_label: vec!["k8s:class in (xwing, tiefighter),org!=empire".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![6, 7]);
+    let f = FlowFilter {
+        source_label: vec!["reserved:class=xwing".into()],
+        ..Default::default()
+    };
+    assert!(one(f).is_empty());
+    let f = FlowFilter {
+        destination_label: vec!["!class".into()],
+        ..Default::default()
+    };
+    assert!(one(f).is_empty());
+    let f = FlowFilter {
+        source_identity: vec![XWING_ID],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![6, 7]);
+    let f = FlowFilter {
+        source_ip: vec!["10.0.1.0/28".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![0, 2, 4, 6, 7]);
+    let f = FlowFilter {
+        destination_ip: vec![DEATHSTAR_IP.into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![0, 2, 4, 6, 7]);
+    let f = FlowFilter {
+        destination_port: vec!["80".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![0, 2, 4, 6, 7]);
+    let f = FlowFilter {
+        source_port: vec!["42742".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![4]);
+    let f = FlowFilter {
+        protocol: vec!["http".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![2, 3, 4, 5]);
+    let f = FlowFilter {
+        protocol: vec!["TCP".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f).len(), 8);
+    let f = FlowFilter {
+        ip_version: vec![IpVersion::IPv6 as i32],
+        ..Default::default()
+    };
+    assert!(one(f).is_empty());
+}
+
+#[test]
+fn event_types_and_subtypes() {
+    let trace_to_endpoint = FlowFilter {
+        event_type: vec![EventTypeFilter {
+            r#type: 4,
+            match_sub_type: true,
+            sub_type: 0,
+        }],
+        ..Default::default()
+    };
+    assert_eq!(one(trace_to_endpoint), vec![1]);
+    let trace_to_proxy = FlowFilter {
+        event_type: vec![EventTypeFilter {
+            r#type: 4,
+            match_sub_type: true,
+            sub_type: 1,
+        }],
+        ..Default::default()
+    };
+    assert!(one(trace_to_proxy).is_empty());
+    let drops = FlowFilter {
+        event_type: vec![EventTypeFilter {
+            r#type: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(one(drops), vec![7]);
+    let l7 = FlowFilter {
+        event_type: vec![EventTypeFilter {
+            r#type: 129,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(one(l7), vec![2, 3, 4, 5]);
+}
+
+#[test]
+fn http_fields() {
+    let f = FlowFilter {
+        http_method: vec!["put".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![4, 5]);
+    let f = FlowFilter {
+        http_path: vec!["^/v1/request-.*$".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![2, 3]);
+    let f = FlowFilter {
+        http_status_code: vec!["4+".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![5]);
+    let f = FlowFilter {
+        http_status_code: vec!["200".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![3]);
+    let f = FlowFilter {
+        http_status_code: vec!["5+".into()],
+        ..Default::default()
+    };
+    assert!(one(f).is_empty());
+    for bad in ["6xx", "2000", "+", "0+"] {
+        let f = FlowFilter {
+            http_status_code: vec![bad.into()],
+            ..Default::default()
+        };
+        assert!(FilterSet::new(&[f], &[]).is_err(), "{bad} must be rejected");
+    }
+}
+
+#[test]
+fn direction_reply_node_and_flags() {
+    let f = FlowFilter {
+        traffic_direction: vec![TrafficDirection::Egress as i32],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![1]);
+    let f = FlowFilter {
+        reply: vec![true],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![1, 3, 5]);
+    // Drops have no is_reply; they count as non-replies.
+    let f = FlowFilter {
+        reply: vec![false],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![0, 2, 4, 6, 7]);
+    let f = FlowFilter {
+        node_name: vec!["node-*".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f).len(), 8);
+    let f = FlowFilter {
+        node_name: vec!["other".into()],
+        ..Default::default()
+    };
+    assert!(one(f).is_empty());
+    let f = FlowFilter {
+        tcp_flags: vec![TcpFlags {
+            syn: true,
+            ack: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![1]);
+}
+
+#[test]
+fn invalid_values_are_errors() {
+    let cases = [
+        FlowFilter {
+            source_ip: vec!["10.0.0.300".into()],
+            ..Default::default()
+        },
+        FlowFilter {
+            destination_port: vec!["http".into()],
+            ..Default::default()
+        },
+        FlowFilter {
+            http_path: vec!["(".into()],
+            ..Default::default()
+        },
+        FlowFilter {
+            source_label: vec!["a in (b".into()],
+            ..Default::default()
+        },
+        FlowFilter {
+            protocol: vec!["quic".into()],
+            ..Default::default()
+        },
+        FlowFilter {
+            source_pod: vec![String::new()],
+            ..Default::default()
+        },
+    ];
+    for case in cases {
+        assert!(
+            FilterSet::new(&[case.clone()], &[]).is_err(),
+            "{case:?} must be rejected"
+        );
+    }
+}
+
+#[test]
+fn flows_without_endpoints_do_not_match_pod_filters() {
+    let bare = Flow::default();
+    let set = FilterSet::new(
+        &[FlowFilter {
+            source_pod: vec!["default/".into()],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .expect("valid");
+    assert!(!set.matches(&bare));
+}
