@@ -8,8 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 /// A pod on this node, as the CNI plugin (or the lab) set it up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,11 +116,6 @@ pub enum Response {
     Endpoint(EndpointStatus),
     /// The agent's state.
     Status(AgentStatus),
-    /// The request failed; the message says why and what to do.
-    Error {
-        /// What went wrong.
-        message: String,
-    },
 }
 
 /// An endpoint as the agent runs it.
@@ -193,48 +186,7 @@ pub struct AgentStatus {
     pub events: EventCounters,
 }
 
-/// Why a call to the agent failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The socket could not be reached.
-    #[error("cannot reach the agent at {path}: {source}; is the agent (or the lab) running?")]
-    Connect {
-        /// The socket path.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The conversation broke.
-    #[error("talking to the agent: {0}")]
-    Io(#[from] std::io::Error),
-    /// The answer was not understood.
-    #[error(
-        "the agent answered something this CLI does not understand: {0}; are agent and CLI the same version?"
-    )]
-    Decode(#[from] serde_json::Error),
-    /// The agent answered with an error.
-    #[error("{0}")]
-    Agent(String),
-}
-
-/// Sends one request and returns the answer; an `Error` answer becomes
-/// [`ClientError::Agent`].
-pub async fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: socket.display().to_string(),
-            source,
-        })?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    write.write_all(line.as_bytes()).await?;
-    let mut reader = BufReader::new(read);
-    let mut answer = String::new();
-    reader.read_line(&mut answer).await?;
-    match serde_json::from_str(&answer)? {
-        Response::Error { message } => Err(ClientError::Agent(message)),
-        other => Ok(other),
-    }
+/// Sends one request to the agent at `socket`.
+pub async fn call(socket: &Path, request: &Request) -> Result<Response, crate::rpc::ClientError> {
+    crate::rpc::call(socket, request).await
 }

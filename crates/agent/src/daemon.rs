@@ -10,8 +10,7 @@ use anyhow::Context as _;
 use myelin_common::{EndpointInfo, EventKind, ObservationPoint};
 use myelin_datapath::{Datapath, EventReader};
 use myelin_dns::SharedZone;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::Mutex;
 
 use crate::api::{
@@ -92,7 +91,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = accepted?;
-                tokio::spawn(serve_connection(stream, node.clone()));
+                let node = node.clone();
+                tokio::spawn(crate::rpc::serve_connection(stream, move |request: Request| {
+                    let node = node.clone();
+                    async move { node.lock().await.handle(request).map_err(|e| format!("{e:#}")) }
+                }));
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
@@ -279,31 +282,6 @@ impl Node {
                 .collect(),
             dns_names: self.zone.read().map(|z| z.len()).unwrap_or(0),
             events: self.counters.clone(),
-        }
-    }
-}
-
-async fn serve_connection(stream: UnixStream, node: Arc<Mutex<Node>>) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let mut node = node.lock().await;
-                node.handle(request).unwrap_or_else(|e| Response::Error {
-                    message: format!("{e:#}"),
-                })
-            }
-            Err(e) => Response::Error {
-                message: format!("malformed request: {e}"),
-            },
-        };
-        let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
-            format!("{{\"response\":\"error\",\"message\":\"cannot encode the answer: {e}\"}}")
-        });
-        text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() {
-            break;
         }
     }
 }
