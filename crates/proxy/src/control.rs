@@ -128,7 +128,8 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds the socket (replacing a stale one left by a previous agent) and starts accepting.
+    /// Binds the socket (replacing a stale one left by a previous agent) and starts accepting
+    /// in a task on the current tokio runtime (so it must be called inside one).
     pub fn bind(path: impl AsRef<Path>) -> Result<Self, ControlError> {
         let path = path.as_ref().to_path_buf();
         let io = |source| ControlError::Io {

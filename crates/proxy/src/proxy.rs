@@ -256,7 +256,12 @@ fn persist(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&data)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // Sync the directory too, so the rename itself survives a power loss.
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 fn load(path: &Path) -> Result<Option<Snapshot>, String> {
@@ -349,7 +354,8 @@ impl Proxy {
         Ok(())
     }
 
-    /// Starts the proxy and serves until [`Proxy::shutdown`] is called from elsewhere.
+    /// Starts the proxy and serves until the returned future is dropped (which shuts the
+    /// proxy down: the CLI selects it against its signal handler).
     pub async fn run(self) -> Result<(), ProxyError> {
         self.start()?;
         self.shared.cancel.cancelled().await;
