@@ -1,1 +1,30 @@
-//! Label selectors, identity allocation and policy resolution into per-endpoint entries.
+//! Label selectors, identity allocation and policy resolution into
+//! per-endpoint entries.
+//!
+//! The agent feeds a [`PolicyEngine`] with policies (validated manifests
+//! from `myelin-model`), endpoints, services and namespaces; each change
+//! returns [`Changes`]: per-endpoint diffs and ipcache updates for the
+//! datapath, with L7 rules for the proxy. [`explain`] answers "would this
+//! flow pass, and why", also for policies not applied yet.
+
+pub mod error;
+pub mod explain;
+pub mod identity;
+pub mod labels;
+pub mod resolve;
+pub mod rules;
+
+pub use error::{IdentityError, PolicyError};
+pub use explain::{
+    Explanation, HttpRequest, PolicyView, Query, Step, Target, Verdict, explain, http_matches,
+};
+pub use identity::{
+    Allocator, CreateOutcome, FileStore, Identity, IdentityStore, LocalIdentities, MemoryStore,
+};
+pub use labels::{LabelSet, Selector};
+pub use resolve::{
+    Action, Changes, Decision, DirectionDiff, DirectionPolicy, Endpoint, EndpointChange,
+    EndpointKey, EndpointPolicy, Entry, EntryKey, EntryValue, IpCacheDiff, L7Policy, NamedPort,
+    PolicyEngine, PortRange, ServiceRecord,
+};
+pub use rules::{Direction, PolicyKey, PolicyKind, Proto, Provenance};

@@ -1,0 +1,1370 @@
+//! Resolution: for every endpoint, its effective ingress and egress policy
+//! as entries (peer identity, protocol, port range) → allow / deny /
+//! redirect, kept up to date incrementally with per-endpoint diffs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use myelin_model::Resource;
+use myelin_model::policy::{Entity, FqdnSelector, HttpRule, PortSpec};
+use myelin_model::workload::{Pod, Protocol, Service};
+use serde::{Deserialize, Serialize};
+
+use crate::error::PolicyError;
+use crate::identity::{
+    ANY, Allocator, HEALTH, HOST, INGRESS, INIT, Identity, IdentityStore, KUBE_APISERVER,
+    LocalIdentities, REMOTE_NODE, RESERVED, UNMANAGED, WORLD, cidr_labels, reserved_labels,
+};
+use crate::labels::{LabelSet, SOURCE_K8S, Selector};
+use crate::rules::{
+    CompiledPolicy, Direction, L7Spec, PeerSelector, Peers, PolicyKey, Proto, Provenance, Section,
+    compile, protos,
+};
+
+/// An endpoint: a pod, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EndpointKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+}
+
+impl EndpointKey {
+    /// The key of `namespace/name`.
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A named container port of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NamedPort {
+    /// The name policies use.
+    pub name: String,
+    /// The number.
+    pub port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+}
+
+/// What the engine needs to know of a pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub name: String,
+    /// Pod labels (all of them; the volatile ones are filtered here).
+    pub labels: BTreeMap<String, String>,
+    /// Addresses.
+    pub ips: Vec<IpAddr>,
+    /// Named container ports.
+    pub ports: Vec<NamedPort>,
+    /// Service account, part of the identity as in Cilium.
+    pub service_account: Option<String>,
+}
+
+impl Endpoint {
+    /// The endpoint of a pod with its addresses.
+    pub fn from_pod(pod: &Pod, ips: Vec<IpAddr>) -> Self {
+        let ports = pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter_map(|p| {
+                Some(NamedPort {
+                    name: p.name.clone()?,
+                    port: p.container_port,
+                    proto: if p.protocol == Protocol::Udp {
+                        Proto::Udp
+                    } else {
+                        Proto::Tcp
+                    },
+                })
+            })
+            .collect();
+        Self {
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| myelin_model::manifest::DEFAULT_NAMESPACE.to_string()),
+            name: pod.metadata.name.clone(),
+            labels: pod.metadata.labels.clone(),
+            ips,
+            ports,
+            service_account: None,
+        }
+    }
+
+    /// Its key.
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey::new(&self.namespace, &self.name)
+    }
+}
+
+/// What the engine needs to know of a Service (for `toServices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The service's own labels (for `k8sServiceSelector`).
+    pub labels: BTreeMap<String, String>,
+    /// Its pod selector; a service without one has no pods to allow.
+    pub selector: Option<BTreeMap<String, String>>,
+}
+
+impl ServiceRecord {
+    /// The record of a Service manifest.
+    pub fn from_service(s: &Service) -> Self {
+        Self {
+            namespace: s
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| myelin_model::manifest::DEFAULT_NAMESPACE.to_string()),
+            name: s.metadata.name.clone(),
+            labels: s.metadata.labels.clone(),
+            selector: s.spec.selector.clone(),
+        }
+    }
+}
+
+/// An inclusive port range; `0..=65535` is every port. For ICMP it holds
+/// the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub start: u16,
+    /// Last port.
+    pub end: u16,
+}
+
+impl PortRange {
+    /// Every port.
+    pub const ALL: PortRange = PortRange {
+        start: 0,
+        end: u16::MAX,
+    };
+
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        self.start <= port && port <= self.end
+    }
+
+    fn covers(&self, other: &PortRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == PortRange::ALL {
+            f.write_str("*")
+        } else if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// The key of a policy entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryKey {
+    /// Peer identity; [`ANY`] (0) for every peer.
+    pub peer: Identity,
+    /// Protocol; `Any` for every protocol (then `ports` is every port).
+    pub proto: Proto,
+    /// Ports (or ICMP type).
+    pub ports: PortRange,
+}
+
+impl EntryKey {
+    fn matches(&self, peer: Identity, proto: Proto, port: u16) -> bool {
+        (self.peer == ANY || self.peer == peer)
+            && (self.proto == Proto::Any || self.proto == proto)
+            && (self.proto == Proto::Any || self.ports.contains(port))
+    }
+
+    fn covers(&self, other: &EntryKey) -> bool {
+        (self.peer == ANY || self.peer == other.peer)
+            && (self.proto == Proto::Any || self.proto == other.proto)
+            && (self.proto == Proto::Any || self.ports.covers(&other.ports))
+    }
+}
+
+/// An HTTP rule with the policy rule it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcedHttpRule {
+    /// The rule as written.
+    pub rule: HttpRule,
+    /// Where it came from.
+    pub from: Provenance,
+}
+
+/// A DNS rule with the policy rule it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcedDnsRule {
+    /// The rule as written.
+    pub rule: FqdnSelector,
+    /// Where it came from.
+    pub from: Provenance,
+}
+
+/// L7 rules for a redirect: a request passes when `allow_all` is set or any
+/// rule matches it (rules of several policies on one key are ORed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Policy {
+    /// HTTP rules.
+    pub http: Vec<SourcedHttpRule>,
+    /// DNS rules (carried for the DNS proxy; enforced when it lands).
+    pub dns: Vec<SourcedDnsRule>,
+    /// An L3/L4 allow overlaps this key, so every request passes (the
+    /// proxy still sees it, as in Cilium).
+    pub allow_all: bool,
+}
+
+impl L7Policy {
+    fn merge(&mut self, other: L7Policy) {
+        for r in other.http {
+            if !self.http.contains(&r) {
+                self.http.push(r);
+            }
+        }
+        for r in other.dns {
+            if !self.dns.contains(&r) {
+                self.dns.push(r);
+            }
+        }
+        self.allow_all |= other.allow_all;
+    }
+}
+
+/// What an entry does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    /// Let through.
+    Allow,
+    /// Drop; wins over every allow and redirect.
+    Deny,
+    /// Hand to the L7 proxy with these rules.
+    Redirect(L7Policy),
+}
+
+/// The value of a policy entry: its action and every rule behind it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryValue {
+    /// The action.
+    pub action: Action,
+    /// The rules that produced it (only the deny rules, for a deny).
+    pub provenance: BTreeSet<Provenance>,
+}
+
+/// One entry, key and value together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key.
+    #[serde(flatten)]
+    pub key: EntryKey,
+    /// The value.
+    #[serde(flatten)]
+    pub value: EntryValue,
+}
+
+/// The policy of one direction of one endpoint.
+///
+/// Lookup semantics (what the datapath implements): among the entries
+/// matching (peer or [`ANY`], protocol or `Any`, port in range), any deny
+/// wins; otherwise redirects win over allows (an overlapping allow sets
+/// `allow_all`); otherwise an allow allows; with no match the packet is
+/// dropped when `enforced`, allowed when not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectionPolicy {
+    /// Whether unmatched traffic is dropped (default deny).
+    pub enforced: bool,
+    /// The entries.
+    pub entries: BTreeMap<EntryKey, EntryValue>,
+}
+
+/// The decision of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum Decision {
+    /// Allowed at L3/L4.
+    Allow,
+    /// Denied by a deny rule.
+    Deny,
+    /// Denied because nothing allows it and the direction is enforced.
+    DefaultDeny,
+    /// Allowed because no policy selects the endpoint in this direction.
+    NotEnforced,
+    /// Allowed at L3/L4 and handed to the proxy with these rules.
+    Redirect(L7Policy),
+}
+
+impl DirectionPolicy {
+    /// Looks up a packet; returns the decision and the entries that decide it.
+    pub fn lookup(&self, peer: Identity, proto: Proto, port: u16) -> (Decision, Vec<Entry>) {
+        let matching: Vec<(&EntryKey, &EntryValue)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| k.matches(peer, proto, port))
+            .collect();
+        let pick = |f: &dyn Fn(&Action) -> bool| -> Vec<Entry> {
+            matching
+                .iter()
+                .filter(|(_, v)| f(&v.action))
+                .map(|(k, v)| Entry {
+                    key: **k,
+                    value: (*v).clone(),
+                })
+                .collect()
+        };
+        let denies = pick(&|a| matches!(a, Action::Deny));
+        if !denies.is_empty() {
+            return (Decision::Deny, denies);
+        }
+        let redirects = pick(&|a| matches!(a, Action::Redirect(_)));
+        let allows = pick(&|a| matches!(a, Action::Allow));
+        if !redirects.is_empty() {
+            let mut l7 = L7Policy {
+                allow_all: !allows.is_empty(),
+                ..L7Policy::default()
+            };
+            for e in &redirects {
+                if let Action::Redirect(r) = &e.value.action {
+                    l7.merge(r.clone());
+                }
+            }
+            let mut deciding = redirects;
+            deciding.extend(allows);
+            return (Decision::Redirect(l7), deciding);
+        }
+        if !allows.is_empty() {
+            return (Decision::Allow, allows);
+        }
+        if self.enforced {
+            (Decision::DefaultDeny, Vec::new())
+        } else {
+            (Decision::NotEnforced, Vec::new())
+        }
+    }
+
+    /// The entries as a list.
+    pub fn entry_list(&self) -> Vec<Entry> {
+        self.entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: *k,
+                value: v.clone(),
+            })
+            .collect()
+    }
+
+    fn insert(&mut self, key: EntryKey, action: Action, from: &Provenance) {
+        let new = EntryValue {
+            action,
+            provenance: BTreeSet::from([from.clone()]),
+        };
+        let Some(old) = self.entries.get_mut(&key) else {
+            self.entries.insert(key, new);
+            return;
+        };
+        match (&mut old.action, new.action) {
+            (Action::Deny, Action::Deny) => old.provenance.extend(new.provenance),
+            (Action::Deny, _) => {}
+            (_, Action::Deny) => {
+                *old = EntryValue {
+                    action: Action::Deny,
+                    provenance: new.provenance,
+                }
+            }
+            (Action::Allow, Action::Allow) => old.provenance.extend(new.provenance),
+            (Action::Redirect(l7), Action::Allow) => {
+                l7.allow_all = true;
+                old.provenance.extend(new.provenance);
+            }
+            (Action::Allow, Action::Redirect(mut l7)) => {
+                l7.allow_all = true;
+                old.action = Action::Redirect(l7);
+                old.provenance.extend(new.provenance);
+            }
+            (Action::Redirect(l7), Action::Redirect(other)) => {
+                l7.merge(other);
+                old.provenance.extend(new.provenance);
+            }
+        }
+    }
+
+    /// Drops allows and redirects that a deny entry covers entirely: they
+    /// can never apply, and the datapath need not hold them.
+    fn prune_covered(&mut self) {
+        let denies: Vec<EntryKey> = self
+            .entries
+            .iter()
+            .filter(|(_, v)| v.action == Action::Deny)
+            .map(|(k, _)| *k)
+            .collect();
+        if denies.is_empty() {
+            return;
+        }
+        self.entries
+            .retain(|k, v| v.action == Action::Deny || !denies.iter().any(|d| d.covers(k)));
+    }
+
+    fn diff(&self, old: Option<&DirectionPolicy>) -> DirectionDiff {
+        let empty = BTreeMap::new();
+        let before = old.map_or(&empty, |o| &o.entries);
+        DirectionDiff {
+            enforced: self.enforced,
+            upsert: self
+                .entries
+                .iter()
+                .filter(|(k, v)| before.get(k) != Some(v))
+                .map(|(k, v)| Entry {
+                    key: *k,
+                    value: v.clone(),
+                })
+                .collect(),
+            remove: before
+                .keys()
+                .filter(|k| !self.entries.contains_key(k))
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+/// The resolved policy of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPolicy {
+    /// The endpoint.
+    pub endpoint: EndpointKey,
+    /// Its identity.
+    pub identity: Identity,
+    /// Traffic into it.
+    pub ingress: DirectionPolicy,
+    /// Traffic out of it.
+    pub egress: DirectionPolicy,
+}
+
+impl EndpointPolicy {
+    /// One direction.
+    pub fn direction(&self, direction: Direction) -> &DirectionPolicy {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Changes to one direction's entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionDiff {
+    /// Whether the direction is enforced after the change.
+    pub enforced: bool,
+    /// Entries to add or replace.
+    pub upsert: Vec<Entry>,
+    /// Keys to delete.
+    pub remove: Vec<EntryKey>,
+}
+
+/// What changed for one endpoint. The datapath applies a diff atomically
+/// (or swaps in [`PolicyEngine::policy`], the whole new table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointChange {
+    /// The endpoint's policy changed (or it is new).
+    Updated {
+        /// Its identity after the change.
+        identity: Identity,
+        /// Ingress changes.
+        ingress: DirectionDiff,
+        /// Egress changes.
+        egress: DirectionDiff,
+    },
+    /// The endpoint is gone.
+    Removed,
+}
+
+/// Changes to the ipcache (prefix → identity).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpCacheDiff {
+    /// Prefixes to add or re-map.
+    pub upsert: Vec<(IpNet, Identity)>,
+    /// Prefixes to delete.
+    pub remove: Vec<IpNet>,
+}
+
+/// Everything one change to the engine produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Per-endpoint changes; endpoints not listed are unaffected.
+    pub endpoints: BTreeMap<EndpointKey, EndpointChange>,
+    /// ipcache changes.
+    pub ipcache: IpCacheDiff,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+            && self.ipcache.upsert.is_empty()
+            && self.ipcache.remove.is_empty()
+    }
+}
+
+/// What an identity stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IdentityKind {
+    Reserved,
+    Endpoint,
+    Cidr(IpNet),
+}
+
+/// An identity known to the engine.
+#[derive(Debug, Clone)]
+pub(crate) struct IdentityInfo {
+    pub labels: LabelSet,
+    pub kind: IdentityKind,
+}
+
+#[derive(Debug, Clone)]
+struct EndpointRecord {
+    spec: Endpoint,
+    identity: Identity,
+    labels: LabelSet,
+}
+
+#[derive(Debug, Clone)]
+struct PolicyState {
+    compiled: CompiledPolicy,
+    /// For every rule, section and peer: the identities it matches.
+    matched: Vec<Vec<Vec<BTreeSet<Identity>>>>,
+    /// Endpoints selected by some rule of the policy.
+    selects: BTreeSet<EndpointKey>,
+}
+
+/// The policy engine: policies, endpoints, services and namespaces in;
+/// per-endpoint policy and the ipcache out, updated incrementally.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    allocator: Allocator,
+    local: LocalIdentities,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    endpoints: BTreeMap<EndpointKey, EndpointRecord>,
+    members: BTreeMap<Identity, BTreeSet<EndpointKey>>,
+    services: BTreeMap<(String, String), ServiceRecord>,
+    policies: BTreeMap<PolicyKey, PolicyState>,
+    selected_by: BTreeMap<EndpointKey, BTreeSet<PolicyKey>>,
+    identities: BTreeMap<Identity, IdentityInfo>,
+    resolved: BTreeMap<EndpointKey, EndpointPolicy>,
+    ipcache: BTreeMap<IpNet, Identity>,
+}
+
+/// Work collected by one mutation, finished by [`PolicyEngine::finish`].
+#[derive(Default)]
+struct Pending {
+    dirty: BTreeSet<EndpointKey>,
+    removed: BTreeSet<EndpointKey>,
+}
+
+impl PolicyEngine {
+    /// An engine allocating cluster identities from `store`.
+    pub fn new(store: Arc<dyn IdentityStore>) -> Self {
+        let identities = RESERVED
+            .iter()
+            .filter_map(|(id, _)| {
+                Some((
+                    *id,
+                    IdentityInfo {
+                        labels: reserved_labels(*id)?,
+                        kind: IdentityKind::Reserved,
+                    },
+                ))
+            })
+            .collect();
+        let mut engine = Self {
+            allocator: Allocator::new(store),
+            local: LocalIdentities::default(),
+            namespaces: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            members: BTreeMap::new(),
+            services: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            selected_by: BTreeMap::new(),
+            identities,
+            resolved: BTreeMap::new(),
+            ipcache: BTreeMap::new(),
+        };
+        engine.ipcache = engine.build_ipcache();
+        engine
+    }
+
+    /// Applies a manifest resource: a policy, a Service (for `toServices`)
+    /// or a Namespace (its labels, for namespace selectors). Other kinds
+    /// change nothing here; pods come with addresses through
+    /// [`Self::upsert_endpoint`].
+    pub fn apply(&mut self, resource: &Resource) -> Result<Changes, PolicyError> {
+        match resource {
+            Resource::CiliumNetworkPolicy(_)
+            | Resource::CiliumClusterwideNetworkPolicy(_)
+            | Resource::NetworkPolicy(_) => self.upsert_policy(resource),
+            Resource::Service(s) => Ok(self.upsert_service(ServiceRecord::from_service(s))),
+            Resource::Namespace(n) => {
+                self.set_namespace_labels(&n.metadata.name, n.metadata.labels.clone())
+            }
+            _ => Ok(Changes::default()),
+        }
+    }
+
+    /// Adds or replaces a policy (validated by the model already).
+    pub fn upsert_policy(&mut self, resource: &Resource) -> Result<Changes, PolicyError> {
+        let compiled = compile(resource)?;
+        let key = compiled.key.clone();
+        let mut pending = Pending::default();
+        self.drop_policy(&key, &mut pending);
+        for prefix in compiled.prefixes() {
+            let (id, new) = self.local.acquire(prefix);
+            if new {
+                self.add_identity(
+                    id,
+                    IdentityInfo {
+                        labels: cidr_labels(&prefix),
+                        kind: IdentityKind::Cidr(prefix),
+                    },
+                    &mut pending,
+                );
+            }
+        }
+        let mut state = PolicyState {
+            compiled,
+            matched: Vec::new(),
+            selects: BTreeSet::new(),
+        };
+        state.matched = self.match_all(&state.compiled);
+        for (ek, rec) in &self.endpoints {
+            if state
+                .compiled
+                .rules
+                .iter()
+                .any(|r| r.subject.matches(&rec.labels))
+            {
+                state.selects.insert(ek.clone());
+                self.selected_by
+                    .entry(ek.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        pending.dirty.extend(state.selects.iter().cloned());
+        self.policies.insert(key, state);
+        Ok(self.finish(pending))
+    }
+
+    /// Removes a policy; every other policy stays in force.
+    pub fn remove_policy(&mut self, key: &PolicyKey) -> Changes {
+        let mut pending = Pending::default();
+        self.drop_policy(key, &mut pending);
+        self.finish(pending)
+    }
+
+    fn drop_policy(&mut self, key: &PolicyKey, pending: &mut Pending) {
+        let Some(old) = self.policies.remove(key) else {
+            return;
+        };
+        for ek in &old.selects {
+            if let Some(set) = self.selected_by.get_mut(ek) {
+                set.remove(key);
+            }
+        }
+        pending.dirty.extend(old.selects);
+        for prefix in old.compiled.prefixes() {
+            if let Some(id) = self.local.release(&prefix) {
+                self.remove_identity(id, pending);
+            }
+        }
+    }
+
+    /// Adds or replaces an endpoint (new pod, label or address change).
+    pub fn upsert_endpoint(&mut self, endpoint: Endpoint) -> Result<Changes, PolicyError> {
+        let key = endpoint.key();
+        let empty = BTreeMap::new();
+        let ns_labels = self.namespaces.get(&endpoint.namespace).unwrap_or(&empty);
+        let labels = LabelSet::for_pod(
+            &endpoint.namespace,
+            &endpoint.labels,
+            ns_labels,
+            endpoint.service_account.as_deref(),
+        );
+        let identity = self.allocator.allocate(&labels)?;
+        let mut pending = Pending::default();
+        let old = self.endpoints.get(&key).cloned();
+        if let Some(old) = &old
+            && old.identity == identity
+            && old.spec == endpoint
+        {
+            return Ok(Changes::default());
+        }
+        let ports_changed = old
+            .as_ref()
+            .is_none_or(|o| o.spec.ports != endpoint.ports || o.identity != identity);
+        if let Some(old) = &old {
+            if ports_changed {
+                self.named_port_peers_changed(old.identity, &mut pending);
+            }
+            self.leave_identity(&key, old.identity, &mut pending);
+        }
+        self.join_identity(&key, identity, labels.clone(), &mut pending);
+        self.endpoints.insert(
+            key.clone(),
+            EndpointRecord {
+                spec: endpoint,
+                identity,
+                labels,
+            },
+        );
+        if ports_changed {
+            self.named_port_peers_changed(identity, &mut pending);
+        }
+        self.reselect(&key);
+        pending.dirty.insert(key);
+        Ok(self.finish(pending))
+    }
+
+    /// Removes an endpoint.
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Changes {
+        let mut pending = Pending::default();
+        let Some(old) = self.endpoints.remove(key) else {
+            return Changes::default();
+        };
+        self.named_port_peers_changed(old.identity, &mut pending);
+        self.leave_identity(key, old.identity, &mut pending);
+        for pk in self.selected_by.remove(key).unwrap_or_default() {
+            if let Some(p) = self.policies.get_mut(&pk) {
+                p.selects.remove(key);
+            }
+        }
+        pending.removed.insert(key.clone());
+        self.finish(pending)
+    }
+
+    /// Adds or replaces a service.
+    pub fn upsert_service(&mut self, service: ServiceRecord) -> Changes {
+        self.services
+            .insert((service.namespace.clone(), service.name.clone()), service);
+        self.services_changed()
+    }
+
+    /// Removes a service.
+    pub fn remove_service(&mut self, namespace: &str, name: &str) -> Changes {
+        self.services
+            .remove(&(namespace.to_string(), name.to_string()));
+        self.services_changed()
+    }
+
+    /// Sets a namespace's labels (Kubernetes adds
+    /// `kubernetes.io/metadata.name`; so does this). Endpoints of the
+    /// namespace get new identities.
+    pub fn set_namespace_labels(
+        &mut self,
+        namespace: &str,
+        mut labels: BTreeMap<String, String>,
+    ) -> Result<Changes, PolicyError> {
+        labels.insert(
+            "kubernetes.io/metadata.name".to_string(),
+            namespace.to_string(),
+        );
+        self.namespaces.insert(namespace.to_string(), labels);
+        let members: Vec<Endpoint> = self
+            .endpoints
+            .values()
+            .filter(|r| r.spec.namespace == namespace)
+            .map(|r| r.spec.clone())
+            .collect();
+        let mut all = Changes::default();
+        for ep in members {
+            // Force re-labelling: the spec is unchanged but the identity is not.
+            let key = ep.key();
+            let labels = LabelSet::for_pod(
+                &ep.namespace,
+                &ep.labels,
+                self.namespaces.get(namespace).unwrap_or(&BTreeMap::new()),
+                ep.service_account.as_deref(),
+            );
+            if self.endpoints.get(&key).is_some_and(|r| r.labels == labels) {
+                continue;
+            }
+            let mut removed = self.remove_endpoint(&key);
+            let added = self.upsert_endpoint(ep)?;
+            removed.endpoints.extend(added.endpoints);
+            merge_changes(&mut all, removed);
+        }
+        Ok(all)
+    }
+
+    /// Recomputes every endpoint from scratch and returns what differs
+    /// from the tables held (nothing, unless incremental updates went wrong).
+    pub fn resolve_all(&mut self) -> Changes {
+        let pending = Pending {
+            dirty: self.endpoints.keys().cloned().collect(),
+            removed: BTreeSet::new(),
+        };
+        self.finish(pending)
+    }
+
+    /// The resolved policy of an endpoint.
+    pub fn policy(&self, key: &EndpointKey) -> Option<&EndpointPolicy> {
+        self.resolved.get(key)
+    }
+
+    /// Every resolved policy.
+    pub fn policies(&self) -> impl Iterator<Item = &EndpointPolicy> {
+        self.resolved.values()
+    }
+
+    /// The endpoint, as last upserted.
+    pub fn endpoint(&self, key: &EndpointKey) -> Option<&Endpoint> {
+        self.endpoints.get(key).map(|r| &r.spec)
+    }
+
+    /// The ipcache: every known prefix and its identity (endpoint addresses,
+    /// CIDR peers and their exceptions, and the world defaults).
+    pub fn ipcache(&self) -> &BTreeMap<IpNet, Identity> {
+        &self.ipcache
+    }
+
+    /// The identity of an address: longest-prefix match in the ipcache.
+    pub fn identity_of_ip(&self, ip: IpAddr) -> Identity {
+        self.ipcache
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map_or(WORLD, |(_, id)| *id)
+    }
+
+    /// The endpoint that owns an address.
+    pub fn endpoint_of_ip(&self, ip: IpAddr) -> Option<EndpointKey> {
+        self.endpoints
+            .iter()
+            .find(|(_, r)| r.spec.ips.contains(&ip))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// The labels of an identity known to the engine.
+    pub fn identity_labels(&self, id: Identity) -> Option<&LabelSet> {
+        self.identities.get(&id).map(|i| &i.labels)
+    }
+
+    /// Keys of the policies held.
+    pub fn policy_keys(&self) -> impl Iterator<Item = &PolicyKey> {
+        self.policies.keys()
+    }
+
+    fn join_identity(
+        &mut self,
+        key: &EndpointKey,
+        id: Identity,
+        labels: LabelSet,
+        pending: &mut Pending,
+    ) {
+        let members = self.members.entry(id).or_default();
+        let new = members.is_empty();
+        members.insert(key.clone());
+        if new {
+            self.add_identity(
+                id,
+                IdentityInfo {
+                    labels,
+                    kind: IdentityKind::Endpoint,
+                },
+                pending,
+            );
+        }
+    }
+
+    fn leave_identity(&mut self, key: &EndpointKey, id: Identity, pending: &mut Pending) {
+        if let Some(members) = self.members.get_mut(&id) {
+            members.remove(key);
+            if members.is_empty() {
+                self.members.remove(&id);
+                self.remove_identity(id, pending);
+            }
+        }
+    }
+
+    fn add_identity(&mut self, id: Identity, info: IdentityInfo, pending: &mut Pending) {
+        for state in self.policies.values_mut() {
+            let mut changed = false;
+            for (ri, rule) in state.compiled.rules.iter().enumerate() {
+                for (si, section) in rule.sections.iter().enumerate() {
+                    if let Peers::Some(peers) = &section.peers {
+                        for (pi, peer) in peers.iter().enumerate() {
+                            if peer_matches(&self.services, peer, id, &info) {
+                                state.matched[ri][si][pi].insert(id);
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+            }
+            if changed {
+                pending.dirty.extend(state.selects.iter().cloned());
+            }
+        }
+        self.identities.insert(id, info);
+    }
+
+    fn remove_identity(&mut self, id: Identity, pending: &mut Pending) {
+        self.identities.remove(&id);
+        for state in self.policies.values_mut() {
+            let mut changed = false;
+            for set in state.matched.iter_mut().flatten().flatten() {
+                changed |= set.remove(&id);
+            }
+            if changed {
+                pending.dirty.extend(state.selects.iter().cloned());
+            }
+        }
+    }
+
+    /// Egress named ports resolve against the peers' ports: when an
+    /// identity's ports change, endpoints of policies with named ports that
+    /// reach it recompute.
+    fn named_port_peers_changed(&self, id: Identity, pending: &mut Pending) {
+        for state in self.policies.values() {
+            if state.compiled.uses_named_ports()
+                && state
+                    .matched
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .any(|s| s.contains(&id))
+            {
+                pending.dirty.extend(state.selects.iter().cloned());
+            }
+        }
+    }
+
+    fn services_changed(&mut self) -> Changes {
+        let mut pending = Pending::default();
+        let keys: Vec<PolicyKey> = self
+            .policies
+            .iter()
+            .filter(|(_, s)| s.compiled.uses_services())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let matched = match self.policies.get(&key) {
+                Some(state) => self.match_all(&state.compiled),
+                None => continue,
+            };
+            if let Some(state) = self.policies.get_mut(&key)
+                && state.matched != matched
+            {
+                state.matched = matched;
+                pending.dirty.extend(state.selects.iter().cloned());
+            }
+        }
+        self.finish(pending)
+    }
+
+    fn match_all(&self, compiled: &CompiledPolicy) -> Vec<Vec<Vec<BTreeSet<Identity>>>> {
+        compiled
+            .rules
+            .iter()
+            .map(|rule| {
+                rule.sections
+                    .iter()
+                    .map(|section| match &section.peers {
+                        Peers::Any => Vec::new(),
+                        Peers::Some(peers) => peers
+                            .iter()
+                            .map(|peer| {
+                                self.identities
+                                    .iter()
+                                    .filter(|(id, info)| {
+                                        peer_matches(&self.services, peer, **id, info)
+                                    })
+                                    .map(|(id, _)| *id)
+                                    .collect()
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn reselect(&mut self, key: &EndpointKey) {
+        let Some(rec) = self.endpoints.get(key) else {
+            return;
+        };
+        let mut selected = BTreeSet::new();
+        for (pk, state) in self.policies.iter_mut() {
+            if state
+                .compiled
+                .rules
+                .iter()
+                .any(|r| r.subject.matches(&rec.labels))
+            {
+                state.selects.insert(key.clone());
+                selected.insert(pk.clone());
+            } else {
+                state.selects.remove(key);
+            }
+        }
+        self.selected_by.insert(key.clone(), selected);
+    }
+
+    fn finish(&mut self, pending: Pending) -> Changes {
+        let mut changes = Changes::default();
+        for key in &pending.removed {
+            if self.resolved.remove(key).is_some() {
+                changes
+                    .endpoints
+                    .insert(key.clone(), EndpointChange::Removed);
+            }
+        }
+        for key in &pending.dirty {
+            if pending.removed.contains(key) {
+                continue;
+            }
+            let Some(new) = self.compute(key) else {
+                continue;
+            };
+            let old = self.resolved.get(key);
+            if old == Some(&new) {
+                continue;
+            }
+            changes.endpoints.insert(
+                key.clone(),
+                EndpointChange::Updated {
+                    identity: new.identity,
+                    ingress: new.ingress.diff(old.map(|o| &o.ingress)),
+                    egress: new.egress.diff(old.map(|o| &o.egress)),
+                },
+            );
+            self.resolved.insert(key.clone(), new);
+        }
+        let ipcache = self.build_ipcache();
+        changes.ipcache = IpCacheDiff {
+            upsert: ipcache
+                .iter()
+                .filter(|(p, id)| self.ipcache.get(p) != Some(id))
+                .map(|(p, id)| (*p, *id))
+                .collect(),
+            remove: self
+                .ipcache
+                .keys()
+                .filter(|p| !ipcache.contains_key(p))
+                .copied()
+                .collect(),
+        };
+        self.ipcache = ipcache;
+        changes
+    }
+
+    fn build_ipcache(&self) -> BTreeMap<IpNet, Identity> {
+        let mut map = BTreeMap::new();
+        for default in ["0.0.0.0/0", "::/0"] {
+            if let Ok(net) = default.parse::<IpNet>() {
+                map.insert(net, WORLD);
+            }
+        }
+        for (prefix, id) in self.local.iter() {
+            map.insert(*prefix, id);
+        }
+        // Endpoint addresses last: a pod's own identity wins over a CIDR
+        // identity for the same host prefix.
+        for rec in self.endpoints.values() {
+            for ip in &rec.spec.ips {
+                map.insert(IpNet::from(*ip), rec.identity);
+            }
+        }
+        map
+    }
+
+    /// Computes one endpoint's policy from the rules selecting it.
+    fn compute(&self, key: &EndpointKey) -> Option<EndpointPolicy> {
+        let rec = self.endpoints.get(key)?;
+        let mut out = EndpointPolicy {
+            endpoint: key.clone(),
+            identity: rec.identity,
+            ingress: DirectionPolicy::default(),
+            egress: DirectionPolicy::default(),
+        };
+        let empty = BTreeSet::new();
+        for pk in self.selected_by.get(key).unwrap_or(&empty) {
+            let Some(state) = self.policies.get(pk) else {
+                continue;
+            };
+            for (ri, rule) in state.compiled.rules.iter().enumerate() {
+                if !rule.subject.matches(&rec.labels) {
+                    continue;
+                }
+                // Any selecting rule with default deny on enforces the
+                // direction; rules with enableDefaultDeny false add their
+                // entries without enforcing.
+                out.ingress.enforced |= rule.ingress_default_deny == Some(true);
+                out.egress.enforced |= rule.egress_default_deny == Some(true);
+                for (si, section) in rule.sections.iter().enumerate() {
+                    let peers: BTreeSet<Identity> = match &section.peers {
+                        Peers::Any => BTreeSet::from([ANY]),
+                        Peers::Some(_) => state.matched[ri][si].iter().flatten().copied().collect(),
+                    };
+                    if peers.is_empty() {
+                        continue;
+                    }
+                    let table = match section.direction {
+                        Direction::Ingress => &mut out.ingress,
+                        Direction::Egress => &mut out.egress,
+                    };
+                    self.add_section(table, section, &peers, rec);
+                }
+            }
+        }
+        out.ingress.prune_covered();
+        out.egress.prune_covered();
+        Some(out)
+    }
+
+    fn add_section(
+        &self,
+        table: &mut DirectionPolicy,
+        section: &Section,
+        peers: &BTreeSet<Identity>,
+        rec: &EndpointRecord,
+    ) {
+        let from = &section.provenance;
+        let Some(items) = &section.ports else {
+            let action = if section.deny {
+                Action::Deny
+            } else {
+                Action::Allow
+            };
+            for peer in peers {
+                table.insert(
+                    EntryKey {
+                        peer: *peer,
+                        proto: Proto::Any,
+                        ports: PortRange::ALL,
+                    },
+                    action.clone(),
+                    from,
+                );
+            }
+            return;
+        };
+        for item in items {
+            let action = if section.deny {
+                Action::Deny
+            } else if let Some(l7) = &item.l7 {
+                Action::Redirect(l7_policy(l7, from))
+            } else {
+                Action::Allow
+            };
+            match &item.spec {
+                PortSpec::All | PortSpec::Range(..) => {
+                    let (all, ports) = match item.spec {
+                        PortSpec::Range(a, b) => (false, PortRange { start: a, end: b }),
+                        _ => (true, PortRange::ALL),
+                    };
+                    for proto in protos(item.proto, all) {
+                        for peer in peers {
+                            table.insert(
+                                EntryKey {
+                                    peer: *peer,
+                                    proto: *proto,
+                                    ports,
+                                },
+                                action.clone(),
+                                from,
+                            );
+                        }
+                    }
+                }
+                PortSpec::Named(name) => {
+                    let fits = |p: &NamedPort| {
+                        &p.name == name && (item.proto == Proto::Any || item.proto == p.proto)
+                    };
+                    match section.direction {
+                        // Ingress: the name is one of this endpoint's ports.
+                        Direction::Ingress => {
+                            for p in rec.spec.ports.iter().filter(|p| fits(p)) {
+                                for peer in peers {
+                                    let ports = PortRange {
+                                        start: p.port,
+                                        end: p.port,
+                                    };
+                                    table.insert(
+                                        EntryKey {
+                                            peer: *peer,
+                                            proto: p.proto,
+                                            ports,
+                                        },
+                                        action.clone(),
+                                        from,
+                                    );
+                                }
+                            }
+                        }
+                        // Egress: the name is a port of each peer; peers
+                        // that are not pods have no named ports.
+                        Direction::Egress => {
+                            for peer in peers {
+                                for member in self.members.get(peer).into_iter().flatten() {
+                                    let Some(m) = self.endpoints.get(member) else {
+                                        continue;
+                                    };
+                                    for p in m.spec.ports.iter().filter(|p| fits(p)) {
+                                        let ports = PortRange {
+                                            start: p.port,
+                                            end: p.port,
+                                        };
+                                        table.insert(
+                                            EntryKey {
+                                                peer: *peer,
+                                                proto: p.proto,
+                                                ports,
+                                            },
+                                            action.clone(),
+                                            from,
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn l7_policy(l7: &L7Spec, from: &Provenance) -> L7Policy {
+    match l7 {
+        L7Spec::Http(rules) => L7Policy {
+            http: rules
+                .iter()
+                .map(|r| SourcedHttpRule {
+                    rule: r.clone(),
+                    from: from.clone(),
+                })
+                .collect(),
+            ..L7Policy::default()
+        },
+        L7Spec::Dns(rules) => L7Policy {
+            dns: rules
+                .iter()
+                .map(|r| SourcedDnsRule {
+                    rule: r.clone(),
+                    from: from.clone(),
+                })
+                .collect(),
+            ..L7Policy::default()
+        },
+    }
+}
+
+fn merge_changes(into: &mut Changes, more: Changes) {
+    into.endpoints.extend(more.endpoints);
+    into.ipcache.upsert.extend(more.ipcache.upsert);
+    into.ipcache.remove.extend(more.ipcache.remove);
+}
+
+/// Whether `peer` selects identity `id`.
+fn peer_matches(
+    services: &BTreeMap<(String, String), ServiceRecord>,
+    peer: &PeerSelector,
+    id: Identity,
+    info: &IdentityInfo,
+) -> bool {
+    match peer {
+        PeerSelector::Labels(selector) => selector.matches(&info.labels),
+        PeerSelector::Entity(entity) => entity_matches(*entity, id, info),
+        PeerSelector::Cidr { net, except } => {
+            // The world identity stands for the default routes, so
+            // `0.0.0.0/0` selects it; a CIDR identity is selected when its
+            // prefix lies inside `net` and outside every exception (each
+            // exception has an identity of its own in the ipcache).
+            let prefixes: Vec<IpNet> = match &info.kind {
+                IdentityKind::Cidr(p) => vec![*p],
+                IdentityKind::Reserved if id == WORLD => ["0.0.0.0/0", "::/0"]
+                    .iter()
+                    .filter_map(|d| d.parse().ok())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            prefixes
+                .iter()
+                .any(|p| net.contains(p) && !except.iter().any(|e| e.contains(p)))
+        }
+        PeerSelector::Service {
+            namespace,
+            name,
+            selector,
+        } => {
+            if info.kind != IdentityKind::Endpoint {
+                return false;
+            }
+            services.values().any(|svc| {
+                namespace.as_ref().is_none_or(|ns| *ns == svc.namespace)
+                    && name.as_ref().is_none_or(|n| *n == svc.name)
+                    && selector.as_ref().is_none_or(|sel| {
+                        let mut labels = LabelSet::new();
+                        for (k, v) in &svc.labels {
+                            labels.insert(SOURCE_K8S, k, v);
+                        }
+                        sel.matches(&labels)
+                    })
+                    && svc.selector.as_ref().is_some_and(|pods| {
+                        Selector::exact(pods)
+                            .and(Selector::in_namespace(&svc.namespace))
+                            .matches(&info.labels)
+                    })
+            })
+        }
+    }
+}
+
+/// Cilium's entities
+/// (<https://docs.cilium.io/en/stable/policy/language/#entities-based>).
+fn entity_matches(entity: Entity, id: Identity, info: &IdentityInfo) -> bool {
+    match entity {
+        Entity::All => true,
+        Entity::None => false,
+        // Every CIDR identity is part of the world.
+        Entity::World => info.labels.get("world").is_some(),
+        Entity::WorldIpv4 => id == WORLD || matches!(&info.kind, IdentityKind::Cidr(IpNet::V4(_))),
+        Entity::WorldIpv6 => id == WORLD || matches!(&info.kind, IdentityKind::Cidr(IpNet::V6(_))),
+        Entity::Cluster => {
+            info.kind == IdentityKind::Endpoint
+                || matches!(id, HOST | REMOTE_NODE | HEALTH | INIT | UNMANAGED | INGRESS)
+        }
+        Entity::Host => id == HOST,
+        Entity::RemoteNode => id == REMOTE_NODE,
+        Entity::KubeApiserver => id == KUBE_APISERVER,
+        Entity::Health => id == HEALTH,
+        Entity::Init => id == INIT,
+        Entity::Ingress => id == INGRESS,
+        Entity::Unmanaged => id == UNMANAGED,
+    }
+}
