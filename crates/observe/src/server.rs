@@ -517,6 +517,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lagging_follower_is_told_how_many_it_lost() {
+        use futures::StreamExt;
+        use observer_server::Observer as _;
+        let mut config = ObserverConfig::new("n");
+        config.follower_buffer = 2;
+        let observer = Observer::new(config);
+        let service = ObserverService::new(observer.clone());
+        let request = Request::new(GetFlowsRequest {
+            follow: true,
+            ..Default::default()
+        });
+        let mut stream = service
+            .get_flows(request)
+            .await
+            .expect("GetFlows")
+            .into_inner();
+        // On this single-threaded runtime the reader task cannot run while
+        // we push, so it falls 3 flows behind a buffer of 2.
+        for n in 1..=5 {
+            observer.push(numbered(n));
+        }
+        let first = stream.next().await.expect("item").expect("ok");
+        match first.response_types {
+            Some(get_flows_response::ResponseTypes::LostEvents(lost)) => {
+                assert_eq!(lost.num_events_lost, 3);
+                assert_eq!(lost.source, LostEventSource::HubbleRingBuffer as i32);
+            }
+            other => panic!("expected a lost-events notice, got {other:?}"),
+        }
+        let next = stream.next().await.expect("item").expect("ok");
+        assert_eq!(flow_of(&next).map(|f| f.proxy_port), Some(4));
+    }
+
+    #[tokio::test]
     async fn last_first_since_until() {
         let last = pick(GetFlowsRequest {
             number: 3,
