@@ -510,7 +510,9 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
         node_name: args.print_node_name,
         ip_translation: args.ip_translation,
     };
-    let mut printer = Printer::new(std::io::stdout().lock(), std::io::stderr(), opts);
+    // Unlocked handles keep this future Send (a lock guard held across an
+    // await would not be), so callers may spawn it.
+    let mut printer = Printer::new(std::io::stdout(), std::io::stderr(), opts);
     loop {
         tokio::select! {
             message = stream.message() => {
@@ -601,6 +603,13 @@ mod tests {
         let cmd = Cmd::try_parse_from(["observe", "--type", "nonsense"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(build_request(&cmd.args).is_err());
+    }
+
+    #[test]
+    fn run_can_be_spawned() {
+        fn assert_send<T: Send>(_: &T) {}
+        let future = run(ObserveArgs::default());
+        assert_send(&future);
     }
 
     #[test]

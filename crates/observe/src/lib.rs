@@ -1,5 +1,7 @@
 //! Flows, filters, the Hubble-compatible observer API, metrics and the service map.
 
+#![warn(missing_docs)]
+
 /// Code generated from the protos in `proto/`, with Hubble's package names.
 pub mod proto {
     /// Hubble's `flow` package: the Flow message and its parts, and FlowFilter.

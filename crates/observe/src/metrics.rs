@@ -235,28 +235,25 @@ impl Metrics {
             .map_or("", |v| v.as_str_name())
             .to_string();
         if let Some(layer4::Protocol::Tcp(tcp)) = flow.l4.as_ref().and_then(|l| l.protocol.as_ref())
+            && let Some(flags) = &tcp.flags
         {
-            {
-                if let Some(flags) = &tcp.flags {
-                    let mut names = Vec::new();
-                    if flags.syn {
-                        names.push(if flags.ack { "SYN-ACK" } else { "SYN" });
-                    }
-                    if flags.fin {
-                        names.push("FIN");
-                    }
-                    if flags.rst {
-                        names.push("RST");
-                    }
-                    for flag in names {
-                        self.tcp_flags
-                            .get_or_create(&TcpLabels {
-                                flag: flag.to_string(),
-                                family: family.clone(),
-                            })
-                            .inc();
-                    }
-                }
+            let mut names = Vec::new();
+            if flags.syn {
+                names.push(if flags.ack { "SYN-ACK" } else { "SYN" });
+            }
+            if flags.fin {
+                names.push("FIN");
+            }
+            if flags.rst {
+                names.push("RST");
+            }
+            for flag in names {
+                self.tcp_flags
+                    .get_or_create(&TcpLabels {
+                        flag: flag.to_string(),
+                        family: family.clone(),
+                    })
+                    .inc();
             }
         }
         // Hubble counts the server port of the first direction only.
