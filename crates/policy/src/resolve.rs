@@ -273,6 +273,7 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryValue {
     /// The action.
+    #[serde(flatten)]
     pub action: Action,
     /// The rules that produced it (only the deny rules, for a deny).
     pub provenance: BTreeSet<Provenance>,
