@@ -1,1 +1,180 @@
-fn main() {}
+//! `myelin`: the lab, the agent, the proxy and the tools, in one binary.
+
+mod lab_cmd;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Myelin: a sidecar-free service mesh, eBPF for L3/L4 and one L7 proxy per node.
+#[derive(Parser)]
+#[command(name = "myelin", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A cluster on this machine, out of network namespaces.
+    Lab(lab_cmd::LabArgs),
+    /// Create or update resources in the running lab (all or nothing).
+    Apply(lab_cmd::ManifestArgs),
+    /// Delete the resources named in manifests from the running lab.
+    Delete(lab_cmd::ManifestArgs),
+    /// Observe flows, as `hubble observe` does.
+    Observe(myelin_observe::ObserveArgs),
+    /// Run a node's agent (the lab starts it; so does a DaemonSet).
+    Agent(AgentArgs),
+    /// Run a node's L7 proxy.
+    Proxy(ProxyArgs),
+    /// Programs the lab runs for the container images it knows.
+    #[command(hide = true)]
+    App {
+        #[command(subcommand)]
+        app: App,
+    },
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The node's name.
+    #[arg(long)]
+    node: String,
+    /// Network namespace to enter first (/run/netns/NAME).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Unix socket of the agent's API.
+    #[arg(long)]
+    api_socket: PathBuf,
+    /// bpffs directory for the node's pins.
+    #[arg(long)]
+    bpffs: PathBuf,
+    /// Directory for the agent's state.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Addresses for the DNS responder, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    dns_listen: Vec<IpAddr>,
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// Network namespace to enter first (/run/netns/NAME).
+    #[arg(long)]
+    netns: Option<String>,
+    /// The agent's proxy control socket.
+    #[arg(long)]
+    control_socket: PathBuf,
+    /// Where the last good configuration is kept across restarts.
+    #[arg(long)]
+    snapshot_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum App {
+    /// The Star Wars deathstar HTTP service on port 80.
+    Deathstar,
+    /// An idle spaceship; users exec into it to run curl.
+    Spaceship,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    // Namespaces are entered before the runtime starts any thread.
+    match &cli.command {
+        Command::Agent(AgentArgs {
+            netns: Some(netns), ..
+        })
+        | Command::Proxy(ProxyArgs {
+            netns: Some(netns), ..
+        }) => {
+            myelin_agent::enter_netns(netns)?;
+        }
+        _ => {}
+    }
+    match cli.command {
+        Command::Lab(args) => lab_cmd::run_lab(args),
+        Command::Apply(args) => lab_cmd::run_apply(args),
+        Command::Delete(args) => lab_cmd::run_delete(args),
+        Command::Observe(args) => {
+            runtime()?.block_on(myelin_observe::run(args))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Agent(args) => {
+            let config = myelin_agent::AgentConfig {
+                node: args.node,
+                api_socket: args.api_socket,
+                bpffs: args.bpffs,
+                state_dir: args.state_dir,
+                dns_listen: args.dns_listen,
+            };
+            runtime()?.block_on(myelin_agent::run(config))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Proxy(args) => {
+            let mut config = myelin_proxy::ProxyConfig::new(args.control_socket);
+            config.snapshot_file = args.snapshot_file;
+            runtime()?.block_on(myelin_proxy::run(config))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::App { app } => {
+            runtime()?.block_on(run_app(app))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_app(app: App) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    match app {
+        App::Deathstar => {
+            let socket = tokio::net::TcpSocket::new_v6()?;
+            socket.set_reuseaddr(true)?;
+            // One dual-stack socket serves IPv4 and IPv6 clients alike.
+            socket.bind(
+                (
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    myelin_demo_apps::deathstar::PORT,
+                )
+                    .into(),
+            )?;
+            let listener = socket.listen(1024)?;
+            let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "deathstar".into());
+            tokio::select! {
+                served = myelin_demo_apps::deathstar::serve(listener, hostname) => served?,
+                _ = terminate.recv() => {}
+            }
+        }
+        App::Spaceship => {
+            terminate.recv().await;
+        }
+    }
+    Ok(())
+}

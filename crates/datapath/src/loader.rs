@@ -24,9 +24,9 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (
         PROGRAM_FROM_CONTAINER,
         TcAttachType::Ingress,
-        "from-container",
+        "from_container",
     ),
-    (PROGRAM_TO_CONTAINER, TcAttachType::Egress, "to-container"),
+    (PROGRAM_TO_CONTAINER, TcAttachType::Egress, "to_container"),
 ];
 
 /// The loaded kernel programs and maps of one node.
@@ -81,10 +81,10 @@ impl Datapath {
         &self.pin_dir
     }
 
+    /// bpffs refuses object names with a dot, so each interface gets a
+    /// directory with one pin per hook.
     fn link_pin(&self, ifname: &str, suffix: &str) -> PathBuf {
-        self.pin_dir
-            .join("links")
-            .join(format!("{ifname}.{suffix}"))
+        self.pin_dir.join("links").join(ifname).join(suffix)
     }
 
     /// Registers the endpoint behind host-side veth `ifname` and attaches the
@@ -106,6 +106,11 @@ impl Datapath {
                 map: names::ENDPOINTS,
                 source,
             })?;
+        let link_dir = self.pin_dir.join("links").join(ifname);
+        std::fs::create_dir_all(&link_dir).map_err(|source| DatapathError::PinDirectory {
+            path: link_dir.clone(),
+            source,
+        })?;
         let mut readopted = true;
         for (program, attach_type, suffix) in HOOKS {
             let pin = self.link_pin(ifname, suffix);
@@ -133,7 +138,7 @@ impl Datapath {
             })?;
             fd_link.pin(&pin).map_err(|e| DatapathError::Pin {
                 path: pin.clone(),
-                message: e.to_string(),
+                message: with_sources(&e),
             })?;
         }
         Ok(EndpointAttachment {
@@ -152,6 +157,7 @@ impl Datapath {
                 unpin(&pin)?;
             }
         }
+        let _ = std::fs::remove_dir(self.pin_dir.join("links").join(ifname));
         // Entries may already be absent: removal is idempotent.
         let _ = self.endpoints_map()?.remove(&ifindex);
         let mut stats = self.stats_map()?;
@@ -171,15 +177,9 @@ impl Datapath {
             .into_iter()
             .flatten()
             .filter_map(Result::ok)
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.split_once('.'))
-                    .map(|(ifname, _)| ifname.to_string())
-            })
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .collect();
         names.sort();
-        names.dedup();
         names
     }
 
@@ -314,10 +314,22 @@ fn attached_here(ifname: &str, attach_type: TcAttachType, program: &str) -> bool
     })
 }
 
+/// An error with its causes, which aya keeps in `source()`.
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn unpin(pin: &Path) -> Result<(), DatapathError> {
     let link = PinnedLink::from_pin(pin).map_err(|e| DatapathError::Pin {
         path: pin.to_path_buf(),
-        message: e.to_string(),
+        message: with_sources(&e),
     })?;
     // Dropping the unpinned link detaches it.
     link.unpin().map(drop).map_err(|e| DatapathError::Pin {

@@ -1,1 +1,208 @@
-//! A whole cluster on one machine out of network namespaces.
+//! A whole cluster on one machine, out of network namespaces.
+//!
+//! `lab up` starts a supervisor daemon that creates the lab's node (a network
+//! namespace running its agent), then applies the manifests: each pod becomes
+//! a network namespace with a veth to its node, dual-stack addresses from the
+//! node's pod CIDRs, its own `/etc/hosts` and `resolv.conf`, and its
+//! containers' processes. Nodes have no route out of the lab. Everything the
+//! lab creates carries the lab's name, and `lab down` removes exactly that.
+
+pub mod api;
+mod bpffs;
+pub mod ipam;
+pub mod names;
+mod net;
+pub mod state;
+mod supervisor;
+mod teardown;
+
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use myelin_agent::rpc;
+use myelin_model::{Document, ResourceKey};
+
+pub use api::{LabRequest, LabResponse, LabStatus};
+pub use names::LabNames;
+pub use supervisor::supervise;
+
+/// Reads manifests and refuses the whole set if any document is bad.
+pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Document>> {
+    let parsed = myelin_model::load_path(path);
+    if !parsed.errors.is_empty() {
+        let lines: Vec<String> = parsed.errors.iter().map(ToString::to_string).collect();
+        bail!(
+            "nothing was applied; fix these first:\n{}",
+            lines.join("\n")
+        );
+    }
+    if parsed.documents.is_empty() {
+        bail!("{}: no resources found", path.display());
+    }
+    Ok(parsed.documents)
+}
+
+fn names_for(lab: &str) -> anyhow::Result<LabNames> {
+    names::validate_lab_name(lab).map_err(|e| anyhow!(e))?;
+    Ok(LabNames::new(lab))
+}
+
+async fn request(names: &LabNames, request: &LabRequest) -> anyhow::Result<LabResponse> {
+    rpc::call(&names.socket(), request)
+        .await
+        .map_err(|e| match e {
+            rpc::ClientError::Connect { .. } => anyhow!(
+                "lab {:?} is not running; start it with `myelin lab up -f DIR`",
+                names.lab
+            ),
+            other => anyhow!(other),
+        })
+}
+
+/// Whether lab `lab` answers.
+pub async fn is_up(lab: &str) -> bool {
+    match names_for(lab) {
+        Ok(names) => request(&names, &LabRequest::Status).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Brings lab `lab` up with the manifests at `path` and returns the lines of
+/// what was created. `exe` is the myelin binary (for the supervisor, agents
+/// and demo apps). All or nothing: if anything fails, the lab is removed.
+pub async fn up(lab: &str, path: &Path, exe: &Path) -> anyhow::Result<Vec<String>> {
+    let names = names_for(lab)?;
+    let documents = read_manifests(path)?;
+    if is_up(lab).await {
+        bail!(
+            "lab {lab:?} is already up; add resources with `myelin apply -f`, or run `myelin lab down` first"
+        );
+    }
+    // Leftovers of a lab that crashed go first.
+    teardown::teardown(&names, None);
+    let run_dir = names.run_dir();
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let log_path = run_dir.join("supervisor.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new(exe)
+        .args(["lab", "supervise", "--name", lab])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the lab supervisor")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if request(&names, &LabRequest::Status).await.is_ok() {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            teardown::teardown(&names, None);
+            bail!("the lab supervisor exited ({status}):\n{}", log.trim());
+        }
+        if std::time::Instant::now() > deadline {
+            down(lab).await?;
+            bail!(
+                "the lab supervisor did not answer within 30 s; see {}",
+                log_path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match request(&names, &LabRequest::Apply { documents }).await {
+        Ok(LabResponse::Changes { lines }) => Ok(lines),
+        Ok(other) => {
+            down(lab).await?;
+            bail!("unexpected answer from the supervisor: {other:?}")
+        }
+        Err(e) => {
+            down(lab).await?;
+            Err(e.context("the lab was removed again, since not everything could be created"))
+        }
+    }
+}
+
+/// Applies manifests to a running lab; all or nothing.
+pub async fn apply(lab: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+    let names = names_for(lab)?;
+    let documents = read_manifests(path)?;
+    match request(&names, &LabRequest::Apply { documents }).await? {
+        LabResponse::Changes { lines } => Ok(lines),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// Deletes the resources named in manifests from a running lab.
+pub async fn delete(lab: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+    let names = names_for(lab)?;
+    let keys: Vec<ResourceKey> = read_manifests(path)?
+        .iter()
+        .map(|d| d.resource.key())
+        .collect();
+    match request(&names, &LabRequest::Delete { keys }).await? {
+        LabResponse::Changes { lines } => Ok(lines),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// The state of a running lab.
+pub async fn status(lab: &str) -> anyhow::Result<LabStatus> {
+    let names = names_for(lab)?;
+    match request(&names, &LabRequest::Status).await? {
+        LabResponse::Status(status) => Ok(status),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// Removes lab `lab`: asks its supervisor to tear it down, then sweeps by
+/// name whatever is left (a crashed lab included). Safe to run twice.
+pub async fn down(lab: &str) -> anyhow::Result<()> {
+    let names = names_for(lab)?;
+    let recorded = state::LabState::load(&names.run_dir().join("state.json")).ok();
+    // The supervisor's own teardown is the orderly path; the sweep after it
+    // covers a supervisor that is gone or hung.
+    let _ = tokio::time::timeout(Duration::from_secs(30), request(&names, &LabRequest::Down)).await;
+    if let Some(supervisor) = recorded.as_ref().and_then(|s| s.supervisor.clone()) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while supervisor.alive() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    teardown::teardown(&names, recorded.as_ref());
+    Ok(())
+}
+
+/// Runs `command` inside pod `pod` of `namespace` (with the pod's hosts and
+/// resolv.conf), replacing this process. Returns only on failure.
+pub fn exec(lab: &str, namespace: &str, pod: &str, command: &[String]) -> anyhow::Error {
+    let names = match names_for(lab) {
+        Ok(names) => names,
+        Err(e) => return e,
+    };
+    let state = match state::LabState::load(&names.run_dir().join("state.json")) {
+        Ok(state) => state,
+        Err(_) => {
+            return anyhow!("lab {lab:?} is not running; start it with `myelin lab up -f DIR`");
+        }
+    };
+    let Some(record) = state.pods.get(&state::key(namespace, pod)) else {
+        let known: Vec<&String> = state.pods.keys().collect();
+        return anyhow!("pod {namespace}/{pod} not found in lab {lab:?}; pods: {known:?}");
+    };
+    if command.is_empty() {
+        return anyhow!("no command given: myelin lab exec {pod} -- CMD [ARGS...]");
+    }
+    let error = std::process::Command::new("ip")
+        .args(["netns", "exec", &record.netns])
+        .args(command)
+        .exec();
+    anyhow!(
+        "running `ip netns exec {} {}`: {error}",
+        record.netns,
+        command.join(" ")
+    )
+}

@@ -1,0 +1,185 @@
+//! `myelin lab ...`, `myelin apply` and `myelin delete`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+/// The lab used when none is named.
+pub const DEFAULT_LAB: &str = "myelin";
+
+#[derive(Args)]
+pub struct LabArgs {
+    /// Which lab (several can run side by side).
+    #[arg(long, env = "MYELIN_LAB", default_value = DEFAULT_LAB, global = true)]
+    name: String,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create the lab and apply the manifests in FILE or DIR.
+    Up {
+        /// A manifest file, or a directory of them.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Remove the lab and everything it created.
+    Down,
+    /// Show nodes, pods and services.
+    Status {
+        /// Output format.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+    /// Run a command inside a pod (with its /etc/hosts and resolv.conf).
+    Exec {
+        /// The pod.
+        pod: String,
+        /// Its namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run the lab supervisor in the foreground (`lab up` starts it).
+    #[command(hide = true)]
+    Supervise,
+}
+
+#[derive(Args)]
+pub struct ManifestArgs {
+    /// A manifest file, or a directory of them.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Which lab.
+    #[arg(long = "lab", env = "MYELIN_LAB", default_value = DEFAULT_LAB)]
+    name: String,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_lines(lines: &[String]) -> ExitCode {
+    let mut failed = false;
+    for line in lines {
+        if line.starts_with("Error:") {
+            failed = true;
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
+    let lab = args.name;
+    match args.command {
+        LabCommand::Up { file } => {
+            let exe = std::env::current_exe().context("locating the myelin binary")?;
+            let lines = runtime()?.block_on(myelin_lab::up(&lab, &file, &exe))?;
+            let code = print_lines(&lines);
+            println!(
+                "lab {lab:?} is up: `myelin lab status` shows it, `myelin lab down` removes it"
+            );
+            Ok(code)
+        }
+        LabCommand::Down => {
+            runtime()?.block_on(myelin_lab::down(&lab))?;
+            println!("lab {lab:?} removed");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Status { output } => {
+            let status = runtime()?.block_on(myelin_lab::status(&lab))?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Exec {
+            pod,
+            namespace,
+            command,
+        } => Err(myelin_lab::exec(&lab, &namespace, &pod, &command)),
+        LabCommand::Supervise => {
+            let exe = std::env::current_exe().context("locating the myelin binary")?;
+            runtime()?.block_on(myelin_lab::supervise(&lab, exe))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub fn run_apply(args: ManifestArgs) -> anyhow::Result<ExitCode> {
+    let lines = runtime()?.block_on(myelin_lab::apply(&args.name, &args.file))?;
+    Ok(print_lines(&lines))
+}
+
+pub fn run_delete(args: ManifestArgs) -> anyhow::Result<ExitCode> {
+    let lines = runtime()?.block_on(myelin_lab::delete(&args.name, &args.file))?;
+    Ok(print_lines(&lines))
+}
+
+fn print_status(status: &myelin_lab::LabStatus) {
+    println!("LAB {}", status.lab);
+    println!("\nNODE     NETNS                    POD CIDRS                          AGENT");
+    for node in &status.nodes {
+        let agent = match &node.agent {
+            Ok(a) => format!(
+                "running: {} endpoints, {} services, {} DNS names, {} events ({} lost)",
+                a.endpoints.len(),
+                a.services.len(),
+                a.dns_names,
+                a.events.seen,
+                a.events.lost
+            ),
+            Err(e) => format!("unreachable: {e}"),
+        };
+        println!(
+            "{:<8} {:<24} {:<34} {agent}",
+            node.name,
+            node.netns,
+            node.pod_cidrs.join(",")
+        );
+    }
+    println!("\nNAMESPACE    POD                              READY  PHASE      ADDRESSES");
+    for pod in &status.pods {
+        let addresses: Vec<String> = pod.addresses.iter().map(ToString::to_string).collect();
+        println!(
+            "{:<12} {:<32} {:<6} {:<10} {}",
+            pod.namespace,
+            pod.name,
+            if pod.ready { "1/1" } else { "0/1" },
+            pod.phase,
+            addresses.join(",")
+        );
+    }
+    println!("\nNAMESPACE    SERVICE          CLUSTER-IPS                  PORTS");
+    for service in &status.services {
+        let ips: Vec<String> = service
+            .cluster_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        println!(
+            "{:<12} {:<16} {:<28} {}",
+            service.namespace,
+            service.name,
+            ips.join(","),
+            service.ports.join(",")
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The lab's record of everything it created, written before each thing is
+//! created, so that `lab down` can remove it all even after a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use myelin_model::workload::{Deployment, Pod, Service};
+
+/// A process the lab started, identified beyond its PID by its start time,
+/// so that a recycled PID is never signalled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Process id (also its process group id: the lab starts each in a group of its own).
+    pub pid: u32,
+    /// Start time in clock ticks since boot (field 22 of /proc/PID/stat).
+    pub start_time: u64,
+    /// What it is, for status and logs.
+    pub what: String,
+}
+
+/// A node of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node name.
+    pub name: String,
+    /// Node number, from 1; picks the node's pod CIDRs.
+    pub index: u8,
+    /// Network namespace.
+    pub netns: String,
+    /// The node's own IPv4 address in its pod CIDR (gateway and DNS).
+    pub router_v4: Ipv4Addr,
+    /// The node's own IPv6 address in its pod CIDR.
+    pub router_v6: Ipv6Addr,
+    /// The agent process.
+    pub agent: Option<ProcessRecord>,
+}
+
+/// A pod of the lab.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    /// The pod as applied (for Deployment pods, as generated).
+    pub pod: Pod,
+    /// The Deployment that owns it, if any.
+    pub owner: Option<String>,
+    /// Node it runs on.
+    pub node: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Host-side veth in the node.
+    pub host_veth: String,
+    /// IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 address.
+    pub ipv6: Ipv6Addr,
+    /// Its container processes.
+    pub processes: Vec<ProcessRecord>,
+    /// Running, Failed, ...
+    pub phase: String,
+    /// Ready to serve.
+    pub ready: bool,
+}
+
+/// A Service and the cluster IPs the lab allocated for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The Service as applied.
+    pub service: Service,
+    /// Cluster IPs, IPv4 then IPv6.
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+/// Everything a lab holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabState {
+    /// The lab's name.
+    pub lab: String,
+    /// The supervisor process.
+    pub supervisor: Option<ProcessRecord>,
+    /// Nodes.
+    pub nodes: Vec<NodeRecord>,
+    /// Namespaces.
+    pub namespaces: BTreeSet<String>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// Deployments by `namespace/name`.
+    pub deployments: BTreeMap<String, Deployment>,
+    /// Pods by `namespace/name`.
+    pub pods: BTreeMap<String, PodRecord>,
+}
+
+impl LabState {
+    /// Loads the state file of a lab.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))
+    }
+
+    /// Saves atomically.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    }
+
+    /// Every process the lab started, pods first.
+    pub fn processes(&self) -> Vec<ProcessRecord> {
+        let mut all: Vec<ProcessRecord> = self
+            .pods
+            .values()
+            .flat_map(|p| p.processes.clone())
+            .collect();
+        all.extend(self.nodes.iter().filter_map(|n| n.agent.clone()));
+        all
+    }
+}
+
+/// `namespace/name`.
+pub fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The start time of a live process, or `None` if it does not exist.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Field 22 overall is the 20th after the command name.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A record of the live process `pid`.
+pub fn record_process(pid: u32, what: impl Into<String>) -> ProcessRecord {
+    ProcessRecord {
+        pid,
+        start_time: process_start_time(pid).unwrap_or(0),
+        what: what.into(),
+    }
+}
+
+impl ProcessRecord {
+    /// Whether this very process still runs (same PID and start time).
+    pub fn alive(&self) -> bool {
+        process_start_time(self.pid).is_some_and(|t| t == self.start_time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_recognised_by_start_time() {
+        let me = record_process(std::process::id(), "test");
+        assert!(me.start_time > 0);
+        assert!(me.alive());
+        let recycled = ProcessRecord {
+            start_time: me.start_time + 1,
+            ..me.clone()
+        };
+        assert!(!recycled.alive());
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        let mut state = LabState {
+            lab: "t".into(),
+            ..LabState::default()
+        };
+        state.namespaces.insert("default".into());
+        state.save(&path).expect("save");
+        assert_eq!(LabState::load(&path).expect("load"), state);
+    }
+}

@@ -1,0 +1,1118 @@
+//! The lab supervisor: a daemon that plays the Kubernetes control plane and
+//! kubelet for the lab. It creates the nodes and their agents, turns applied
+//! manifests into pods (network namespaces, veths, processes), allocates
+//! cluster IPs, tells each node's agent about its endpoints and services, and
+//! tears everything down on `lab down`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use myelin_agent::api::{
+    self as agent_api, EndpointSpec, NamedPort, ServicePortSpec, ServiceSpec, TargetPort,
+};
+use myelin_demo_apps::program_for_image;
+use myelin_model::workload::{Deployment, IntOrString, Pod, Protocol, Service};
+use myelin_model::{Document, Metadata, Resource, ResourceKey};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::api::{LabRequest, LabResponse, LabStatus, NodeStatus, PodStatus, ServiceSummary};
+use crate::ipam;
+use crate::names::{LabNames, host_veth};
+use crate::net;
+use crate::state::{self, LabState, NodeRecord, PodRecord, ServiceRecord, record_process};
+use crate::teardown;
+
+/// The namespaces every lab starts with.
+const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
+
+/// The interface that holds a node's own addresses (the kernel here has no
+/// dummy devices; loopback addresses are just as local).
+const NODE_INTERFACE: &str = "lo";
+
+/// How long a pod may take to serve on its port before the apply fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Supervisor {
+    names: LabNames,
+    exe: PathBuf,
+    state: LabState,
+    exits: mpsc::UnboundedSender<(String, u32, Option<i32>)>,
+}
+
+/// Runs the supervisor of lab `lab` in the foreground until `lab down` (or
+/// SIGTERM), which tear the lab down. `exe` is the myelin binary, used to
+/// start agents and the demo apps.
+pub async fn supervise(lab: &str, exe: PathBuf) -> anyhow::Result<()> {
+    let names = LabNames::new(lab);
+    let run_dir = names.run_dir();
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let (exits, mut exit_events) = mpsc::unbounded_channel();
+    let mut supervisor = Supervisor {
+        names: names.clone(),
+        exe,
+        state: LabState {
+            lab: lab.to_string(),
+            supervisor: Some(record_process(std::process::id(), "lab supervisor")),
+            namespaces: BUILTIN_NAMESPACES.iter().map(|n| n.to_string()).collect(),
+            ..LabState::default()
+        },
+        exits,
+    };
+    supervisor.save()?;
+    // On failure `lab up` reads this process's log, then tears the lab down.
+    supervisor
+        .start_node("node1", 1)
+        .await
+        .context("starting the lab's node")?;
+    let supervisor = Arc::new(Mutex::new(supervisor));
+
+    let socket = names.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    let (down_tx, mut down_rx) = mpsc::channel::<()>(1);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tracing::info!(lab, "lab ready");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let supervisor = supervisor.clone();
+                let down_tx = down_tx.clone();
+                tokio::spawn(myelin_agent::rpc::serve_connection(stream, move |request: LabRequest| {
+                    let supervisor = supervisor.clone();
+                    let down_tx = down_tx.clone();
+                    async move {
+                        let is_down = matches!(request, LabRequest::Down);
+                        let answer = supervisor.lock().await.handle(request).await.map_err(|e| format!("{e:#}"));
+                        if is_down {
+                            let _ = down_tx.try_send(());
+                        }
+                        answer
+                    }
+                }));
+            }
+            Some((pod, pid, code)) = exit_events.recv() => {
+                supervisor.lock().await.container_exited(&pod, pid, code).await;
+            }
+            _ = down_rx.recv() => break,
+            _ = terminate.recv() => {
+                let supervisor = supervisor.lock().await;
+                teardown::teardown(&names, Some(&supervisor.state));
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    fn save(&self) -> anyhow::Result<()> {
+        self.state.save(&self.names.run_dir().join("state.json"))
+    }
+
+    fn node(&self, name: &str) -> anyhow::Result<&NodeRecord> {
+        self.state
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| anyhow!("node {name} does not exist"))
+    }
+
+    fn agent_socket(&self, node: &str) -> PathBuf {
+        self.names.run_dir().join(node).join("agent.sock")
+    }
+
+    async fn agent(
+        &self,
+        node: &str,
+        request: &agent_api::Request,
+    ) -> anyhow::Result<agent_api::Response> {
+        agent_api::call(&self.agent_socket(node), request)
+            .await
+            .with_context(|| format!("agent of {node}"))
+    }
+
+    /// Creates node `name`: its namespace, forwarding, its own addresses, and
+    /// its agent.
+    async fn start_node(&mut self, name: &str, index: u8) -> anyhow::Result<()> {
+        let netns = self.names.node_netns(name);
+        let record = NodeRecord {
+            name: name.to_string(),
+            index,
+            netns: netns.clone(),
+            router_v4: ipam::node_router_v4(index),
+            router_v6: ipam::node_router_v6(index),
+            agent: None,
+        };
+        self.state.nodes.push(record.clone());
+        self.save()?;
+        net::add_netns(&netns)?;
+        net::sysctls(
+            &netns,
+            &[
+                ("net/ipv4/ip_forward", "1"),
+                ("net/ipv6/conf/all/forwarding", "1"),
+                ("net/ipv6/conf/all/accept_dad", "0"),
+                ("net/ipv6/conf/default/accept_dad", "0"),
+            ],
+        )?;
+        net::ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{}/32", record.router_v4),
+            "dev",
+            NODE_INTERFACE,
+        ])?;
+        net::ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{}/128", record.router_v6),
+            "dev",
+            NODE_INTERFACE,
+            "nodad",
+        ])?;
+
+        let node_dir = self.names.run_dir().join(name);
+        std::fs::create_dir_all(&node_dir)?;
+        crate::bpffs::ensure_mounted(&self.names.bpffs())?;
+        let log = std::fs::File::create(node_dir.join("agent.log"))?;
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
+            .args(["agent", "--node", name, "--netns", &netns])
+            .arg("--api-socket")
+            .arg(self.agent_socket(name))
+            .arg("--bpffs")
+            .arg(self.names.bpffs().join(name))
+            .arg("--state-dir")
+            .arg(&node_dir)
+            .arg("--dns-listen")
+            .arg(format!("{},{}", record.router_v4, record.router_v6))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = command.spawn().context("starting the agent")?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the agent exited at once"))?;
+        self.watch(child, format!("node/{name}"), pid);
+        if let Some(node) = self.state.nodes.iter_mut().find(|n| n.name == name) {
+            node.agent = Some(record_process(pid, format!("agent of {name}")));
+        }
+        self.save()?;
+        let socket = self.agent_socket(name);
+        for _ in 0..100 {
+            if agent_api::call(&socket, &agent_api::Request::Status)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = std::fs::read_to_string(node_dir.join("agent.log")).unwrap_or_default();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "the agent of {name} did not come up within 10 s; its log ends:\n{}",
+            tail.join("\n")
+        )
+    }
+
+    /// Reaps a child and reports its exit to the supervisor loop.
+    fn watch(&self, mut child: tokio::process::Child, owner: String, pid: u32) {
+        let exits = self.exits.clone();
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            let _ = exits.send((owner, pid, code));
+        });
+    }
+
+    async fn container_exited(&mut self, owner: &str, pid: u32, code: Option<i32>) {
+        let Some(record) = self.state.pods.get_mut(owner) else {
+            if owner.starts_with("node/") {
+                tracing::error!(owner, ?code, "an agent exited");
+            }
+            return;
+        };
+        if !record.processes.iter().any(|p| p.pid == pid) {
+            return;
+        }
+        tracing::warn!(pod = owner, ?code, "container exited");
+        record.phase = match code {
+            Some(0) => "Succeeded".to_string(),
+            Some(code) => format!("Failed (exit code {code})"),
+            None => "Failed (killed by a signal)".to_string(),
+        };
+        record.ready = false;
+        let spec = endpoint_spec(record);
+        let node = record.node.clone();
+        let _ = self.save();
+        if let Err(e) = self
+            .agent(&node, &agent_api::Request::EndpointUpsert(spec))
+            .await
+        {
+            tracing::warn!(pod = owner, "could not mark the pod unready: {e:#}");
+        }
+    }
+
+    async fn handle(&mut self, request: LabRequest) -> anyhow::Result<LabResponse> {
+        match request {
+            LabRequest::Apply { documents } => self
+                .apply(documents)
+                .await
+                .map(|lines| LabResponse::Changes { lines }),
+            LabRequest::Delete { keys } => self
+                .delete(keys)
+                .await
+                .map(|lines| LabResponse::Changes { lines }),
+            LabRequest::Status => Ok(LabResponse::Status(self.status().await)),
+            LabRequest::Down => {
+                teardown::teardown(&self.names, Some(&self.state));
+                Ok(LabResponse::Ok)
+            }
+        }
+    }
+
+    /// Checks a whole batch against the lab before changing anything.
+    fn check(&self, documents: &[Document]) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut namespaces = self.state.namespaces.clone();
+        for d in documents {
+            if let Resource::Namespace(n) = &d.resource {
+                namespaces.insert(n.metadata.name.clone());
+            }
+        }
+        for d in documents {
+            let at = format!("{}: document {}", d.source.file, d.source.document);
+            let key = d.resource.key();
+            if !key.namespace.is_empty() && !namespaces.contains(&key.namespace) {
+                problems.push(format!(
+                    "{at}: {key}: namespace {:?} does not exist; create it first (kind: Namespace)",
+                    key.namespace
+                ));
+            }
+            if matches!(
+                d.resource,
+                Resource::CiliumNetworkPolicy(_)
+                    | Resource::CiliumClusterwideNetworkPolicy(_)
+                    | Resource::NetworkPolicy(_)
+            ) {
+                problems.push(format!(
+                    "{at}: {key}: network policy is parsed (`myelin policy validate`) but not yet enforced by the lab's datapath; \
+                     leave it out of the lab for now"
+                ));
+            }
+            let pod_spec = match &d.resource {
+                Resource::Pod(p) => Some(&p.spec),
+                Resource::Deployment(dep) => Some(&dep.spec.template.spec),
+                _ => None,
+            };
+            for (i, c) in pod_spec
+                .map(|s| s.containers.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                if c.command.is_none() && program_for_image(&c.image).is_none() {
+                    problems.push(format!(
+                        "{at}: {key}: containers[{i}] ({}): the lab does not know image {:?} and the container has no command; \
+                         give it a `command` (run from this machine's filesystem) or use an image the lab knows \
+                         (quay.io/cilium/starwars, quay.io/cilium/json-mock)",
+                        c.name, c.image
+                    ));
+                }
+            }
+            if let Resource::Pod(p) = &d.resource
+                && let Some(existing) = self.state.pods.get(&state::key(&key.namespace, &key.name))
+                && existing.pod.spec != p.spec
+            {
+                problems.push(format!(
+                    "{at}: {key}: a pod's spec cannot change; delete the pod and apply it again"
+                ));
+            }
+            if let Resource::Service(s) = &d.resource
+                && let Some(ip) = s
+                    .spec
+                    .cluster_ip
+                    .as_deref()
+                    .filter(|ip| *ip != "None" && !ip.is_empty())
+            {
+                match ip.parse::<IpAddr>() {
+                    Ok(ip) if !ipam::in_service_cidr(ip) => problems.push(format!(
+                        "{at}: {key}: spec.clusterIP {ip} is outside the service CIDRs {}",
+                        ipam::SERVICE_CIDRS.join(", ")
+                    )),
+                    Ok(ip) => {
+                        let taken = self.state.services.iter().any(|(k, r)| {
+                            *k != state::key(&key.namespace, &key.name)
+                                && r.cluster_ips.contains(&ip)
+                        });
+                        if taken {
+                            problems.push(format!(
+                                "{at}: {key}: spec.clusterIP {ip} is already allocated"
+                            ));
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    async fn apply(&mut self, documents: Vec<Document>) -> anyhow::Result<Vec<String>> {
+        if let Err(problems) = self.check(&documents) {
+            bail!("nothing was applied:\n{}", problems.join("\n"));
+        }
+        let mut lines = Vec::new();
+        let mut created_pods = Vec::new();
+        let result = self
+            .apply_checked(documents, &mut lines, &mut created_pods)
+            .await;
+        if let Err(e) = result {
+            // Nothing half-created: remove the pods this apply made.
+            for pod in created_pods {
+                let _ = self.delete_pod(&pod).await;
+            }
+            let _ = self.save();
+            return Err(e);
+        }
+        self.save()?;
+        Ok(lines)
+    }
+
+    async fn apply_checked(
+        &mut self,
+        documents: Vec<Document>,
+        lines: &mut Vec<String>,
+        created_pods: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let rank = |r: &Resource| match r {
+            Resource::Namespace(_) => 0,
+            Resource::Service(_) => 1,
+            Resource::Deployment(_) => 2,
+            Resource::Pod(_) => 3,
+            _ => 4,
+        };
+        let mut documents = documents;
+        documents.sort_by_key(|d| rank(&d.resource));
+        for d in documents {
+            match d.resource {
+                Resource::Namespace(n) => {
+                    let fresh = self.state.namespaces.insert(n.metadata.name.clone());
+                    lines.push(format!(
+                        "namespace/{} {}",
+                        n.metadata.name,
+                        if fresh { "created" } else { "unchanged" }
+                    ));
+                }
+                Resource::Service(s) => lines.push(self.apply_service(s).await?),
+                Resource::Deployment(dep) => {
+                    lines.push(self.apply_deployment(dep, created_pods).await?)
+                }
+                Resource::Pod(p) => {
+                    let key = state::key(&namespace_of(&p.metadata), &p.metadata.name);
+                    match self.state.pods.get(&key) {
+                        Some(existing) if existing.pod.metadata.labels == p.metadata.labels => {
+                            lines.push(format!("pod/{} unchanged", p.metadata.name));
+                        }
+                        Some(_) => {
+                            let node = {
+                                let record = self
+                                    .state
+                                    .pods
+                                    .get_mut(&key)
+                                    .ok_or_else(|| anyhow!("pod {key} vanished"))?;
+                                record.pod.metadata.labels = p.metadata.labels.clone();
+                                record.node.clone()
+                            };
+                            let spec = endpoint_spec(&self.state.pods[&key]);
+                            self.agent(&node, &agent_api::Request::EndpointUpsert(spec))
+                                .await?;
+                            lines.push(format!("pod/{} configured", p.metadata.name));
+                        }
+                        None => {
+                            self.create_pod(p, None).await?;
+                            created_pods.push(key);
+                            lines.push(format!(
+                                "pod/{} created",
+                                lines_name(&self.state.pods, created_pods)
+                            ));
+                        }
+                    }
+                }
+                other => bail!("{} is not enforced by the lab yet", other.key()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_service(&mut self, service: Service) -> anyhow::Result<String> {
+        let namespace = namespace_of(&service.metadata);
+        let key = state::key(&namespace, &service.metadata.name);
+        let existing = self.state.services.get(&key).cloned();
+        let cluster_ips = match (&existing, service.spec.cluster_ip.as_deref()) {
+            (Some(record), _) => record.cluster_ips.clone(),
+            (None, Some("None")) => Vec::new(),
+            (None, Some(ip)) if !ip.is_empty() => {
+                let ip: IpAddr = ip.parse().context("spec.clusterIP")?;
+                vec![ip]
+            }
+            _ => {
+                let used: BTreeSet<IpAddr> = self
+                    .state
+                    .services
+                    .values()
+                    .flat_map(|r| r.cluster_ips.clone())
+                    .collect();
+                let (v4, v6) = ipam::next_service_addresses(&used)
+                    .ok_or_else(|| anyhow!("the service CIDRs are full"))?;
+                vec![IpAddr::V4(v4), IpAddr::V6(v6)]
+            }
+        };
+        let line = match &existing {
+            None => "created",
+            Some(r) if r.service == service => "unchanged",
+            Some(_) => "configured",
+        };
+        let record = ServiceRecord {
+            service,
+            cluster_ips,
+        };
+        self.state.services.insert(key, record.clone());
+        self.save()?;
+        for node in self
+            .state
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+        {
+            self.agent(
+                &node,
+                &agent_api::Request::ServiceUpsert(service_spec(&record)),
+            )
+            .await?;
+        }
+        Ok(format!("service/{} {line}", record.service.metadata.name))
+    }
+
+    async fn apply_deployment(
+        &mut self,
+        deployment: Deployment,
+        created: &mut Vec<String>,
+    ) -> anyhow::Result<String> {
+        let namespace = namespace_of(&deployment.metadata);
+        let key = state::key(&namespace, &deployment.metadata.name);
+        let line = match self.state.deployments.get(&key) {
+            None => "created",
+            Some(d) if *d == deployment => "unchanged",
+            Some(_) => "configured",
+        };
+        self.state
+            .deployments
+            .insert(key.clone(), deployment.clone());
+        self.save()?;
+        let hash = template_hash(&deployment);
+        let owned: Vec<String> = self
+            .state
+            .pods
+            .iter()
+            .filter(|(_, p)| p.owner.as_deref() == Some(key.as_str()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        // Pods of an older template go (the Recreate strategy); then scale to replicas.
+        let (current, stale): (Vec<String>, Vec<String>) = owned.into_iter().partition(|k| {
+            self.state.pods[k]
+                .pod
+                .metadata
+                .labels
+                .get("pod-template-hash")
+                == Some(&hash)
+        });
+        for pod in stale {
+            self.delete_pod(&pod).await?;
+        }
+        let replicas = deployment.spec.replicas as usize;
+        for pod in current.iter().skip(replicas) {
+            self.delete_pod(pod).await?;
+        }
+        for _ in current.len()..replicas {
+            let mut labels = deployment.spec.template.metadata.labels.clone();
+            labels.insert("pod-template-hash".into(), hash.clone());
+            let name = loop {
+                let candidate = format!("{}-{hash}-{}", deployment.metadata.name, random_suffix());
+                if !self
+                    .state
+                    .pods
+                    .contains_key(&state::key(&namespace, &candidate))
+                {
+                    break candidate;
+                }
+            };
+            let pod = Pod::from_template(
+                Metadata::named(name.clone(), Some(namespace.clone()), labels),
+                deployment.spec.template.spec.clone(),
+            );
+            self.create_pod(pod, Some(key.clone())).await?;
+            created.push(state::key(&namespace, &name));
+        }
+        Ok(format!(
+            "deployment.apps/{} {line}",
+            deployment.metadata.name
+        ))
+    }
+
+    /// Creates a pod on node1: namespace, veth, addresses, routes, hosts and
+    /// resolv.conf, the endpoint in the agent, then its processes; waits
+    /// until it is ready.
+    async fn create_pod(&mut self, pod: Pod, owner: Option<String>) -> anyhow::Result<()> {
+        let namespace = namespace_of(&pod.metadata);
+        let key = state::key(&namespace, &pod.metadata.name);
+        let node = self.node("node1")?.clone();
+        let used: BTreeSet<IpAddr> = self
+            .state
+            .pods
+            .values()
+            .flat_map(|p| [IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)])
+            .collect();
+        let (ipv4, ipv6) = ipam::next_pod_addresses(node.index, &used)
+            .ok_or_else(|| anyhow!("node {} has no free pod address", node.name))?;
+        let record = PodRecord {
+            pod: pod.clone(),
+            owner,
+            node: node.name.clone(),
+            netns: self.names.pod_netns(&namespace, &pod.metadata.name),
+            host_veth: host_veth(&namespace, &pod.metadata.name),
+            ipv4,
+            ipv6,
+            processes: Vec::new(),
+            phase: "Pending".into(),
+            ready: false,
+        };
+        // Recorded before anything exists, so a crash leaves nothing unnamed.
+        self.state.pods.insert(key.clone(), record.clone());
+        self.save()?;
+        wire_pod(&record, &node)?;
+        write_pod_files(&record, &node)?;
+        self.agent(
+            &node.name,
+            &agent_api::Request::EndpointUpsert(endpoint_spec(&record)),
+        )
+        .await?;
+
+        let mut serving_ports = Vec::new();
+        let mut processes = Vec::new();
+        for container in &pod.spec.containers {
+            let (program, args): (PathBuf, Vec<String>) = match &container.command {
+                Some(command) if !command.is_empty() => {
+                    let mut args: Vec<String> = command[1..].to_vec();
+                    args.extend(container.args.clone().unwrap_or_default());
+                    (PathBuf::from(&command[0]), args)
+                }
+                _ => {
+                    let known = program_for_image(&container.image)
+                        .ok_or_else(|| anyhow!("pod {key}: unknown image {:?}", container.image))?;
+                    serving_ports.extend(known.serving_port());
+                    (
+                        self.exe.clone(),
+                        known.app_args().iter().map(|s| s.to_string()).collect(),
+                    )
+                }
+            };
+            let log_dir = self.names.run_dir().join("pods");
+            std::fs::create_dir_all(&log_dir)?;
+            let log = std::fs::File::create(log_dir.join(format!(
+                "{namespace}_{}_{}.log",
+                pod.metadata.name, container.name
+            )))?;
+            let mut command = tokio::process::Command::new("ip");
+            command
+                .args(["netns", "exec", &record.netns])
+                .arg(&program)
+                .args(&args)
+                .env("HOSTNAME", &pod.metadata.name)
+                .envs(
+                    container
+                        .env
+                        .iter()
+                        .map(|e| (e.name.clone(), e.value.clone())),
+                )
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0);
+            let child = command
+                .spawn()
+                .with_context(|| format!("pod {key}: starting container {}", container.name))?;
+            let pid = child
+                .id()
+                .ok_or_else(|| anyhow!("pod {key}: container {} exited at once", container.name))?;
+            processes.push(record_process(
+                pid,
+                format!("{key} container {}", container.name),
+            ));
+            self.watch(child, key.clone(), pid);
+        }
+        if let Some(r) = self.state.pods.get_mut(&key) {
+            r.processes = processes;
+            r.phase = "Running".into();
+        }
+        self.save()?;
+        wait_serving(&record.netns, &serving_ports)
+            .await
+            .with_context(|| format!("pod {key} did not become ready"))?;
+        let spec = {
+            let r = self
+                .state
+                .pods
+                .get_mut(&key)
+                .ok_or_else(|| anyhow!("pod {key} vanished"))?;
+            r.ready = true;
+            endpoint_spec(r)
+        };
+        self.agent(&node.name, &agent_api::Request::EndpointUpsert(spec))
+            .await?;
+        self.save()
+    }
+
+    async fn delete_pod(&mut self, key: &str) -> anyhow::Result<()> {
+        let Some(record) = self.state.pods.get(key).cloned() else {
+            return Ok(());
+        };
+        let request = agent_api::Request::EndpointDelete {
+            namespace: namespace_of(&record.pod.metadata),
+            pod: record.pod.metadata.name.clone(),
+        };
+        if let Err(e) = self.agent(&record.node, &request).await {
+            tracing::warn!(pod = key, "agent did not forget the endpoint: {e:#}");
+        }
+        teardown::stop_processes(&record.processes);
+        net::delete_netns(&record.netns)?;
+        teardown::remove_netns_files(&record.netns);
+        self.state.pods.remove(key);
+        self.save()
+    }
+
+    async fn delete(&mut self, keys: Vec<ResourceKey>) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        let mut missing = Vec::new();
+        for key in keys {
+            let k = state::key(&key.namespace, &key.name);
+            match key.kind.as_str() {
+                "Pod" if self.state.pods.contains_key(&k) => {
+                    self.delete_pod(&k).await?;
+                    lines.push(format!("pod \"{}\" deleted", key.name));
+                }
+                "Deployment" if self.state.deployments.contains_key(&k) => {
+                    self.state.deployments.remove(&k);
+                    let owned: Vec<String> = self
+                        .state
+                        .pods
+                        .iter()
+                        .filter(|(_, p)| p.owner.as_deref() == Some(k.as_str()))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for pod in owned {
+                        self.delete_pod(&pod).await?;
+                    }
+                    lines.push(format!("deployment.apps \"{}\" deleted", key.name));
+                }
+                "Service" if self.state.services.contains_key(&k) => {
+                    self.state.services.remove(&k);
+                    for node in self
+                        .state
+                        .nodes
+                        .iter()
+                        .map(|n| n.name.clone())
+                        .collect::<Vec<_>>()
+                    {
+                        let request = agent_api::Request::ServiceDelete {
+                            namespace: key.namespace.clone(),
+                            name: key.name.clone(),
+                        };
+                        self.agent(&node, &request).await?;
+                    }
+                    lines.push(format!("service \"{}\" deleted", key.name));
+                }
+                "Namespace" if self.state.namespaces.contains(&key.name) => {
+                    let inside = |k: &String| k.starts_with(&format!("{}/", key.name));
+                    let pods: Vec<String> = self
+                        .state
+                        .pods
+                        .keys()
+                        .filter(|k| inside(k))
+                        .cloned()
+                        .collect();
+                    for pod in pods {
+                        self.delete_pod(&pod).await?;
+                    }
+                    self.state.deployments.retain(|k, _| !inside(k));
+                    let services: Vec<String> = self
+                        .state
+                        .services
+                        .keys()
+                        .filter(|k| inside(k))
+                        .cloned()
+                        .collect();
+                    for service in services {
+                        if let Some((namespace, name)) = service.split_once('/') {
+                            self.state.services.remove(&service);
+                            for node in self
+                                .state
+                                .nodes
+                                .iter()
+                                .map(|n| n.name.clone())
+                                .collect::<Vec<_>>()
+                            {
+                                let request = agent_api::Request::ServiceDelete {
+                                    namespace: namespace.to_string(),
+                                    name: name.to_string(),
+                                };
+                                self.agent(&node, &request).await?;
+                            }
+                        }
+                    }
+                    self.state.namespaces.remove(&key.name);
+                    lines.push(format!("namespace \"{}\" deleted", key.name));
+                }
+                _ => missing.push(format!("{key} not found")),
+            }
+        }
+        self.save()?;
+        if !missing.is_empty() {
+            lines.extend(missing.into_iter().map(|m| format!("Error: {m}")));
+        }
+        Ok(lines)
+    }
+
+    async fn status(&self) -> LabStatus {
+        let mut nodes = Vec::new();
+        for node in &self.state.nodes {
+            let agent = match self.agent(&node.name, &agent_api::Request::Status).await {
+                Ok(agent_api::Response::Status(status)) => Ok(status),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            nodes.push(NodeStatus {
+                name: node.name.clone(),
+                netns: node.netns.clone(),
+                pod_cidrs: ipam::node_pod_cidrs(node.index).to_vec(),
+                agent,
+            });
+        }
+        LabStatus {
+            lab: self.state.lab.clone(),
+            nodes,
+            pods: self
+                .state
+                .pods
+                .values()
+                .map(|p| PodStatus {
+                    namespace: namespace_of(&p.pod.metadata),
+                    name: p.pod.metadata.name.clone(),
+                    node: p.node.clone(),
+                    addresses: vec![IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)],
+                    phase: p.phase.clone(),
+                    ready: p.ready,
+                    netns: p.netns.clone(),
+                })
+                .collect(),
+            services: self
+                .state
+                .services
+                .values()
+                .map(|s| ServiceSummary {
+                    namespace: namespace_of(&s.service.metadata),
+                    name: s.service.metadata.name.clone(),
+                    cluster_ips: s.cluster_ips.clone(),
+                    ports: s
+                        .service
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}/{}", p.port, protocol_name(p.protocol)))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn lines_name(pods: &BTreeMap<String, PodRecord>, created: &[String]) -> String {
+    created
+        .last()
+        .and_then(|k| pods.get(k))
+        .map(|p| p.pod.metadata.name.clone())
+        .unwrap_or_default()
+}
+
+fn namespace_of(metadata: &Metadata) -> String {
+    metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| myelin_model::manifest::DEFAULT_NAMESPACE.to_string())
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
+}
+
+/// The agent's view of a pod.
+fn endpoint_spec(record: &PodRecord) -> EndpointSpec {
+    EndpointSpec {
+        namespace: namespace_of(&record.pod.metadata),
+        pod: record.pod.metadata.name.clone(),
+        labels: record.pod.metadata.labels.clone(),
+        ifname: record.host_veth.clone(),
+        ipv4: Some(record.ipv4),
+        ipv6: Some(record.ipv6),
+        ports: record
+            .pod
+            .spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter())
+            .map(|p| NamedPort {
+                name: p.name.clone(),
+                port: p.container_port,
+                protocol: protocol_name(p.protocol).to_string(),
+            })
+            .collect(),
+        ready: record.ready,
+    }
+}
+
+/// The agent's view of a service.
+fn service_spec(record: &ServiceRecord) -> ServiceSpec {
+    ServiceSpec {
+        namespace: namespace_of(&record.service.metadata),
+        name: record.service.metadata.name.clone(),
+        cluster_ips: record.cluster_ips.clone(),
+        ports: record
+            .service
+            .spec
+            .ports
+            .iter()
+            .map(|p| ServicePortSpec {
+                name: p.name.clone(),
+                port: p.port,
+                target_port: match &p.target_port {
+                    None => TargetPort::Number(p.port),
+                    Some(IntOrString::Int(n)) => {
+                        TargetPort::Number(u16::try_from(*n).unwrap_or(p.port))
+                    }
+                    Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                        Ok(n) => TargetPort::Number(n),
+                        Err(_) => TargetPort::Name(s.clone()),
+                    },
+                },
+                protocol: protocol_name(p.protocol).to_string(),
+            })
+            .collect(),
+        selector: record.service.spec.selector.clone(),
+    }
+}
+
+/// The pod's namespace, its veth to the node, addresses and routes.
+fn wire_pod(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
+    let (ns, node_ns, veth) = (
+        pod.netns.as_str(),
+        node.netns.as_str(),
+        pod.host_veth.as_str(),
+    );
+    net::add_netns(ns)?;
+    net::sysctls(
+        ns,
+        &[
+            ("net/ipv6/conf/all/accept_dad", "0"),
+            ("net/ipv6/conf/default/accept_dad", "0"),
+        ],
+    )?;
+    net::ip(&[
+        "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+    ])?;
+    net::ip(&["-n", node_ns, "link", "set", veth, "up"])?;
+    // The pod's IPv6 gateway is fe80::1 on its own link.
+    net::ip(&[
+        "-n",
+        node_ns,
+        "addr",
+        "add",
+        "fe80::1/64",
+        "dev",
+        veth,
+        "nodad",
+    ])?;
+    net::ip(&[
+        "-n",
+        node_ns,
+        "route",
+        "add",
+        &format!("{}/32", pod.ipv4),
+        "dev",
+        veth,
+    ])?;
+    net::ip(&[
+        "-n",
+        node_ns,
+        "-6",
+        "route",
+        "add",
+        &format!("{}/128", pod.ipv6),
+        "dev",
+        veth,
+    ])?;
+    net::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    net::ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{}/32", pod.ipv4),
+        "dev",
+        "eth0",
+    ])?;
+    net::ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{}/128", pod.ipv6),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    let router = node.router_v4.to_string();
+    net::ip(&[
+        "-n", ns, "route", "add", &router, "dev", "eth0", "scope", "link",
+    ])?;
+    net::ip(&[
+        "-n", ns, "route", "add", "default", "via", &router, "dev", "eth0",
+    ])?;
+    net::ip(&[
+        "-n", ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+    ])?;
+    Ok(())
+}
+
+/// `/etc/netns/<ns>/hosts` and `resolv.conf`, which `ip netns exec` mounts
+/// over the pod's `/etc`.
+fn write_pod_files(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
+    let dir = Path::new("/etc/netns").join(&pod.netns);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = &pod.pod.metadata.name;
+    let hosts = format!(
+        "# Written by the myelin lab for pod {name}\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{name}\n{}\t{name}\n",
+        pod.ipv4, pod.ipv6
+    );
+    std::fs::write(dir.join("hosts"), hosts)?;
+    let namespace = namespace_of(&pod.pod.metadata);
+    let resolv = format!(
+        "# Written by the myelin lab: the node's DNS responder\nnameserver {}\nnameserver {}\nsearch {namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2\n",
+        node.router_v4, node.router_v6
+    );
+    std::fs::write(dir.join("resolv.conf"), resolv)?;
+    Ok(())
+}
+
+/// Waits until every port accepts connections inside the pod's namespace.
+async fn wait_serving(netns: &str, ports: &[u16]) -> anyhow::Result<()> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let netns = netns.to_string();
+    let ports = ports.to_vec();
+    tokio::task::spawn_blocking(move || {
+        net::in_netns(&netns, move || {
+            let deadline = std::time::Instant::now() + READY_TIMEOUT;
+            for port in ports {
+                let address = std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                loop {
+                    if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200))
+                        .is_ok()
+                    {
+                        break;
+                    }
+                    if std::time::Instant::now() > deadline {
+                        bail!(
+                            "nothing serves on port {port} after {} s; see the pod's log",
+                            READY_TIMEOUT.as_secs()
+                        );
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok(())
+        })
+    })
+    .await
+    .map_err(|e| anyhow!("readiness check: {e}"))?
+}
+
+/// A template hash as Kubernetes prints it: 10 characters from a safe alphabet.
+fn template_hash(deployment: &Deployment) -> String {
+    let text = serde_json::to_string(&deployment.spec.template).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    encode_safe(hash, 10)
+}
+
+fn random_suffix() -> String {
+    encode_safe(rand::random::<u64>(), 5)
+}
+
+/// Kubernetes' alphabet for generated names: no vowels, no look-alikes.
+fn encode_safe(mut value: u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..len)
+        .map(|_| {
+            let c = ALPHABET[(value % ALPHABET.len() as u64) as usize] as char;
+            value /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_names_use_the_safe_alphabet() {
+        let s = encode_safe(123_456_789, 10);
+        assert_eq!(s.len(), 10);
+        assert!(
+            s.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        );
+        assert_eq!(encode_safe(0, 3), "bbb");
+    }
+}
