@@ -10,15 +10,21 @@ use common::{cluster, verdict};
 use myelin_policy::Verdict::{self, Allowed, Denied};
 
 fn cnp(name: &str, spec: &str) -> String {
-    format!("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n{spec}\n---\n")
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n{spec}\n---\n"
+    )
 }
 
 fn ccnp(name: &str, spec: &str) -> String {
-    format!("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: {name}}}\n{spec}\n---\n")
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: {name}}}\n{spec}\n---\n"
+    )
 }
 
 fn np(name: &str, spec: &str) -> String {
-    format!("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}}}\n{spec}\n---\n")
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}}}\n{spec}\n---\n"
+    )
 }
 
 struct Case {
@@ -335,10 +341,18 @@ fn semantics_table() {
         for (from, to, port, expected) in case.flows {
             let got = verdict(&engine, from, to, port);
             if got != *expected {
-                failures.push(format!("{}: {from} -> {to} {port}: expected {expected:?}, got {got:?}", case.name));
+                failures.push(format!(
+                    "{}: {from} -> {to} {port}: expected {expected:?}, got {got:?}",
+                    case.name
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(cases.len() >= 30);
 }

@@ -513,7 +513,7 @@ fn validate_port_rule(p: &PortRule, at: &str, egress: bool) -> Check {
         for (i, (spec, proto)) in ports.iter().enumerate() {
             if matches!(spec, PortSpec::All) || matches!(spec, PortSpec::Range(a, b) if a != b) {
                 return Err(fail(
-                    format!("{at}"),
+                    at.clone(),
                     None,
                     format!(
                         "L7 rules need single ports; toPorts.ports[{i}] is a range or every port"

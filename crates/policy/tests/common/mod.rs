@@ -9,24 +9,80 @@ use myelin_policy::{
     Query, Target, Verdict, explain,
 };
 
-/// Pods: (namespace, name, labels, ip, named ports).
-pub const PODS: &[(&str, &str, &[(&str, &str)], &str, &[(&str, u16)])] = &[
-    ("default", "tiefighter", &[("org", "empire"), ("class", "tiefighter")], "10.0.0.1", &[]),
-    ("default", "xwing", &[("org", "alliance"), ("class", "xwing")], "10.0.0.2", &[]),
-    ("default", "deathstar", &[("org", "empire"), ("class", "deathstar"), ("pod-template-hash", "abc")], "10.0.0.3", &[("http", 80)]),
-    ("other", "spy", &[("org", "alliance"), ("class", "spy")], "10.0.1.1", &[("http", 8080)]),
-    ("other", "droid", &[("org", "empire"), ("class", "droid")], "10.0.1.2", &[]),
+/// A test pod: namespace, name, labels, address, named TCP ports.
+type TestPod = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static [(&'static str, u16)],
+);
+
+/// The pods of every test cluster.
+pub const PODS: &[TestPod] = &[
+    (
+        "default",
+        "tiefighter",
+        &[("org", "empire"), ("class", "tiefighter")],
+        "10.0.0.1",
+        &[],
+    ),
+    (
+        "default",
+        "xwing",
+        &[("org", "alliance"), ("class", "xwing")],
+        "10.0.0.2",
+        &[],
+    ),
+    (
+        "default",
+        "deathstar",
+        &[
+            ("org", "empire"),
+            ("class", "deathstar"),
+            ("pod-template-hash", "abc"),
+        ],
+        "10.0.0.3",
+        &[("http", 80)],
+    ),
+    (
+        "other",
+        "spy",
+        &[("org", "alliance"), ("class", "spy")],
+        "10.0.1.1",
+        &[("http", 8080)],
+    ),
+    (
+        "other",
+        "droid",
+        &[("org", "empire"), ("class", "droid")],
+        "10.0.1.2",
+        &[],
+    ),
 ];
 
-pub fn endpoint(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str, ports: &[(&str, u16)]) -> Endpoint {
+pub fn endpoint(
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ip: &str,
+    ports: &[(&str, u16)],
+) -> Endpoint {
     Endpoint {
         namespace: ns.into(),
         name: name.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ips: vec![ip.parse().expect("test address")],
         ports: ports
             .iter()
-            .map(|(n, p)| NamedPort { name: n.to_string(), port: *p, proto: Proto::Tcp })
+            .map(|(n, p)| NamedPort {
+                name: n.to_string(),
+                port: *p,
+                proto: Proto::Tcp,
+            })
             .collect(),
         service_account: None,
     }
@@ -37,11 +93,18 @@ pub fn endpoint(ns: &str, name: &str, labels: &[(&str, &str)], ip: &str, ports: 
 pub fn cluster(yaml: &str) -> PolicyEngine {
     let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()));
     engine
-        .set_namespace_labels("other", BTreeMap::from([("team".to_string(), "rebels".to_string())]))
+        .set_namespace_labels(
+            "other",
+            BTreeMap::from([("team".to_string(), "rebels".to_string())]),
+        )
         .expect("namespace");
-    engine.set_namespace_labels("default", BTreeMap::new()).expect("namespace");
+    engine
+        .set_namespace_labels("default", BTreeMap::new())
+        .expect("namespace");
     for (ns, name, labels, ip, ports) in PODS {
-        engine.upsert_endpoint(endpoint(ns, name, labels, ip, ports)).expect("endpoint");
+        engine
+            .upsert_endpoint(endpoint(ns, name, labels, ip, ports))
+            .expect("endpoint");
     }
     apply(&mut engine, yaml);
     engine
@@ -87,7 +150,13 @@ pub fn query(from: &str, to: &str, port: &str, http: Option<(&str, &str)>) -> Qu
     }
 }
 
-pub fn explain_flow(engine: &PolicyEngine, from: &str, to: &str, port: &str, http: Option<(&str, &str)>) -> Explanation {
+pub fn explain_flow(
+    engine: &PolicyEngine,
+    from: &str,
+    to: &str,
+    port: &str,
+    http: Option<(&str, &str)>,
+) -> Explanation {
     explain(engine, &query(from, to, port, http), &[]).expect("explain")
 }
 
