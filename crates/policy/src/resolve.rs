@@ -802,21 +802,9 @@ impl PolicyEngine {
             .collect();
         let mut all = Changes::default();
         for ep in members {
-            // Force re-labelling: the spec is unchanged but the identity is not.
-            let key = ep.key();
-            let labels = LabelSet::for_pod(
-                &ep.namespace,
-                &ep.labels,
-                self.namespaces.get(namespace).unwrap_or(&BTreeMap::new()),
-                ep.service_account.as_deref(),
-            );
-            if self.endpoints.get(&key).is_some_and(|r| r.labels == labels) {
-                continue;
-            }
-            let mut removed = self.remove_endpoint(&key);
-            let added = self.upsert_endpoint(ep)?;
-            removed.endpoints.extend(added.endpoints);
-            merge_changes(&mut all, removed);
+            // New namespace labels give a new label set, hence a new
+            // identity, so the upsert is not a no-op and yields a true diff.
+            merge_changes(&mut all, self.upsert_endpoint(ep)?);
         }
         Ok(all)
     }

@@ -384,3 +384,27 @@ fn renderings() {
     );
     assert_eq!(policy.direction(Direction::Egress), &policy.egress);
 }
+
+// Namespace labels are part of pod identities (namespaceSelector): changing
+// them re-identifies the namespace's pods with a diff that removes old keys.
+#[test]
+fn namespace_label_change_is_a_diff() {
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ns}\nspec:\n  podSelector: {matchLabels: {class: deathstar}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: rebels}}}]\n";
+    let mut engine = cluster(policy);
+    assert_eq!(
+        verdict(&engine, "other/spy", "default/deathstar", "80/TCP"),
+        Verdict::Allowed
+    );
+    let changes = engine
+        .set_namespace_labels("other", BTreeMap::new())
+        .expect("namespace");
+    let EndpointChange::Updated { ingress, .. } = &changes.endpoints[&deathstar()] else {
+        panic!("updated")
+    };
+    assert!(!ingress.remove.is_empty());
+    assert_eq!(
+        verdict(&engine, "other/spy", "default/deathstar", "80/TCP"),
+        Verdict::Denied
+    );
+    assert!(engine.resolve_all().is_empty());
+}
