@@ -714,7 +714,16 @@ impl Supervisor {
         self.save()
     }
 
-    async fn delete(&mut self, keys: Vec<ResourceKey>) -> anyhow::Result<Vec<String>> {
+    async fn delete(&mut self, mut keys: Vec<ResourceKey>) -> anyhow::Result<Vec<String>> {
+        // The reverse of creation order, so that a namespace goes after what is in it.
+        let rank = |kind: &str| match kind {
+            "Pod" => 0,
+            "Deployment" => 1,
+            "Service" => 2,
+            "Namespace" => 4,
+            _ => 3,
+        };
+        keys.sort_by_key(|k| rank(&k.kind));
         let mut lines = Vec::new();
         let mut missing = Vec::new();
         for key in keys {

@@ -1,0 +1,26 @@
+# Myelin's two commands: `make demo` and `make test`. Both install what they
+# need first (scripts/setup.sh, idempotent).
+
+.PHONY: setup build demo test lint down
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	cargo build --release --bin myelin
+
+# The lab with the Star Wars demo, walked through step by step.
+demo: build
+	@bash scripts/demo.sh
+
+# Every test: formatting, lints, unit tests, kernel and lab tests (root).
+test: setup
+	@bash scripts/test.sh
+
+lint:
+	cargo fmt --all --check
+	MYELIN_EBPF_STUB=1 cargo clippy --all-targets -- -D warnings
+
+# Removes the demo's lab.
+down:
+	./target/release/myelin lab down

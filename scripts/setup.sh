@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what building and running Myelin needs on a Debian 12 machine with
+# the Rust toolchains as shipped: apt packages, the nightly's rust-src, and
+# bpf-linker built against the nightly's LLVM. Idempotent and quick when
+# everything is there already. Run as root.
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*"; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup needs root (apt-get, network namespaces, eBPF): run it with sudo" >&2
+    exit 1
+  fi
+}
+
+# LLVM major of the nightly toolchain that builds the kernel programs.
+nightly_llvm_major() {
+  rustup run nightly rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p'
+}
+
+install_apt() {
+  local llvm="$1" missing=()
+  for pkg in iproute2 curl protobuf-compiler "llvm-${llvm}-dev" libzstd-dev zlib1g-dev libpolly-"${llvm}"-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+install_rust_parts() {
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    say "installing the nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    say "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+  fi
+}
+
+install_bpf_linker() {
+  local llvm="$1" have=""
+  if command -v bpf-linker >/dev/null; then
+    have=$(ldd "$(command -v bpf-linker)" | sed -n 's/.*libLLVM\.so\.\([0-9]*\).*/\1/p' | head -n1)
+  fi
+  if [ "$have" != "$llvm" ]; then
+    say "building bpf-linker against LLVM ${llvm} (a few minutes, once)"
+    LLVM_PREFIX="/usr/lib/llvm-${llvm}" cargo install --locked bpf-linker \
+      --no-default-features --features "llvm-${llvm}" --force
+  fi
+}
+
+need_root
+install_rust_parts
+LLVM_MAJOR=$(nightly_llvm_major)
+[ -n "$LLVM_MAJOR" ] || { echo "cannot read the nightly's LLVM version" >&2; exit 1; }
+install_apt "$LLVM_MAJOR"
+install_bpf_linker "$LLVM_MAJOR"
+say "toolchain ready (nightly LLVM ${LLVM_MAJOR}, bpf-linker $(bpf-linker --version | awk '{print $2}'))"

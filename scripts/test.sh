@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test. As root the privileged tests (network namespaces, eBPF)
+# run too; with CI=true they must run, and one that cannot fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "==> formatting"
+cargo fmt --all --check
+
+echo "==> lints (without the kernel toolchain, as a contributor's machine may be)"
+MYELIN_EBPF_STUB=1 cargo clippy --all-targets --quiet -- -D warnings
+
+if [ "$(id -u)" -ne 0 ]; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "CI=true: the privileged tests must run, but this is not root" >&2
+    exit 1
+  fi
+  echo "note: not root, the privileged tests (namespaces, eBPF) will be skipped"
+fi
+
+echo "==> tests"
+cargo test --no-fail-fast
