@@ -81,7 +81,7 @@ pub enum TargetPort {
 }
 
 /// A request to the agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     /// Creates or updates an endpoint and attaches the datapath to it.
@@ -104,6 +104,57 @@ pub enum Request {
     },
     /// The agent's state.
     Status,
+    /// Applies resources the agent resolves policy from (policies,
+    /// namespaces for their labels, services for `toServices`). Each is
+    /// accepted or rejected on its own: one bad policy never blocks the rest.
+    ResourcesApply {
+        /// Parsed documents.
+        documents: Vec<myelin_model::Document>,
+    },
+    /// Removes resources by key.
+    ResourcesDelete {
+        /// What to remove.
+        keys: Vec<myelin_model::ResourceKey>,
+    },
+    /// The resolved policy of one endpoint, or of all.
+    PolicyGet {
+        /// `namespace/pod`; all endpoints when absent.
+        endpoint: Option<(String, String)>,
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// The verdict of a flow and the rules that decide it.
+    PolicyExplain(ExplainRequest),
+}
+
+/// A flow to explain, as the CLI gives it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainRequest {
+    /// Source: `pod`, `namespace/pod` or an IP address.
+    pub from: String,
+    /// Destination: `pod`, `namespace/pod` or an IP address.
+    pub to: String,
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or `ANY`.
+    pub protocol: String,
+    /// Destination port (ICMP type for ICMP).
+    pub port: u16,
+    /// HTTP method, to evaluate L7 rules.
+    pub http_method: Option<String>,
+    /// HTTP path, to evaluate L7 rules.
+    pub http_path: Option<String>,
+    /// Manifests not applied yet: explain as if they were (what-if).
+    pub proposed: Vec<myelin_model::Document>,
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+/// What became of one applied resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceOutcome {
+    /// The resource.
+    pub key: myelin_model::ResourceKey,
+    /// Why it was rejected; `None` when it is in force.
+    pub error: Option<String>,
 }
 
 /// The agent's answer.
@@ -116,6 +167,16 @@ pub enum Response {
     Endpoint(EndpointStatus),
     /// The agent's state.
     Status(AgentStatus),
+    /// The outcome of each applied resource.
+    Resources {
+        /// One per document, in order.
+        outcomes: Vec<ResourceOutcome>,
+    },
+    /// Rendered text (or JSON) for the CLI to print.
+    Text {
+        /// The text.
+        text: String,
+    },
 }
 
 /// An endpoint as the agent runs it.
@@ -123,6 +184,12 @@ pub enum Response {
 pub struct EndpointStatus {
     /// The agent's endpoint id.
     pub id: u32,
+    /// Security identity.
+    pub identity: u32,
+    /// Whether ingress policy is enforced.
+    pub ingress_enforced: bool,
+    /// Whether egress policy is enforced.
+    pub egress_enforced: bool,
     /// Namespace.
     pub namespace: String,
     /// Pod name.
@@ -182,6 +249,8 @@ pub struct AgentStatus {
     pub services: Vec<ServiceStatus>,
     /// Names the DNS responder answers.
     pub dns_names: usize,
+    /// Policies in force.
+    pub policies: Vec<String>,
     /// Kernel events.
     pub events: EventCounters,
 }

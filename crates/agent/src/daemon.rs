@@ -16,8 +16,10 @@ use tokio::sync::Mutex;
 use crate::api::{
     AgentStatus, EndpointSpec, EndpointStatus, EventCounters, Request, Response, ServiceStatus,
 };
+use crate::policy;
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
+use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
 
 /// How an agent is started.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Addresses the DNS responder listens on (UDP port 53).
     pub dns_listen: Vec<IpAddr>,
+    /// The identity store, shared by every agent of the cluster so that two
+    /// agents never give one number to different label sets.
+    pub identity_store: PathBuf,
 }
 
 struct Node {
@@ -42,6 +47,8 @@ struct Node {
     services: ServiceTable,
     zone: SharedZone,
     counters: EventCounters,
+    engine: PolicyEngine,
+    resources: BTreeMap<myelin_model::ResourceKey, myelin_model::Document>,
 }
 
 struct Endpoint {
@@ -66,6 +73,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         services: ServiceTable::new(),
         zone: zone.clone(),
         counters: EventCounters::default(),
+        engine: PolicyEngine::new(Arc::new(FileStore::new(&config.identity_store))),
+        resources: BTreeMap::new(),
     }));
     restore(&node).await?;
 
@@ -108,6 +117,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
     let mut node = node.lock().await;
     let stored = state::load(&node.state_dir)?;
+    for outcome in policy::apply(&mut node.engine, &stored.resources) {
+        if let Some(error) = outcome.error {
+            tracing::warn!("stored resource {} not restored: {error}", outcome.key);
+        }
+    }
+    node.resources = stored
+        .resources
+        .into_iter()
+        .map(|d| (d.resource.key(), d))
+        .collect();
     for service in stored.services {
         node.services
             .insert((service.namespace.clone(), service.name.clone()), service);
@@ -139,8 +158,16 @@ async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
 }
 
 fn attach(node: &mut Node, id: u32, spec: &EndpointSpec) -> anyhow::Result<u32> {
+    node.engine
+        .upsert_endpoint(policy::endpoint(spec))
+        .with_context(|| format!("resolving policy for pod {}/{}", spec.namespace, spec.pod))?;
+    let identity = node
+        .engine
+        .policy(&EndpointKey::new(&spec.namespace, &spec.pod))
+        .map_or(0, |p| p.identity);
     let mut info = EndpointInfo {
         endpoint_id: id,
+        identity,
         ..EndpointInfo::default()
     };
     if let Some(v4) = spec.ipv4 {
@@ -167,6 +194,7 @@ impl Node {
                     })
                     .collect(),
                 services: self.services.values().cloned().collect(),
+                resources: self.resources.values().cloned().collect(),
             },
         )
     }
@@ -193,8 +221,15 @@ impl Node {
             endpoint.spec.ipv4.map(IpAddr::V4),
             endpoint.spec.ipv6.map(IpAddr::V6),
         ];
+        let resolved = self.engine.policy(&EndpointKey::new(
+            &endpoint.spec.namespace,
+            &endpoint.spec.pod,
+        ));
         EndpointStatus {
             id: endpoint.id,
+            identity: resolved.map_or(0, |p| p.identity),
+            ingress_enforced: resolved.is_some_and(|p| p.ingress.enforced),
+            egress_enforced: resolved.is_some_and(|p| p.egress.enforced),
             namespace: endpoint.spec.namespace.clone(),
             pod: endpoint.spec.pod.clone(),
             ifname: endpoint.spec.ifname.clone(),
@@ -228,6 +263,8 @@ impl Node {
                 Response::Endpoint(self.endpoint_status(endpoint))
             }
             Request::EndpointDelete { namespace, pod } => {
+                self.engine
+                    .remove_endpoint(&EndpointKey::new(&namespace, &pod));
                 if let Some(endpoint) = self.endpoints.remove(&(namespace, pod)) {
                     self.datapath
                         .detach_endpoint(&endpoint.spec.ifname, endpoint.ifindex)?;
@@ -250,7 +287,61 @@ impl Node {
                 Response::Ok
             }
             Request::Status => Response::Status(self.status()),
+            Request::ResourcesApply { documents } => {
+                let outcomes = policy::apply(&mut self.engine, &documents);
+                for (document, outcome) in documents.into_iter().zip(&outcomes) {
+                    if outcome.error.is_none() {
+                        self.resources.insert(outcome.key.clone(), document);
+                    }
+                }
+                self.persist()?;
+                Response::Resources { outcomes }
+            }
+            Request::ResourcesDelete { keys } => {
+                for key in keys {
+                    if let Some(document) = self.resources.remove(&key) {
+                        self.forget(&document.resource);
+                    }
+                }
+                self.persist()?;
+                Response::Ok
+            }
+            Request::PolicyGet { endpoint, json } => Response::Text {
+                text: policy::get(&self.engine, endpoint.as_ref(), json)
+                    .map_err(anyhow::Error::msg)?,
+            },
+            Request::PolicyExplain(request) => Response::Text {
+                text: policy::explain(&self.engine, &request).map_err(anyhow::Error::msg)?,
+            },
         })
+    }
+
+    /// Removes a resource from the policy engine.
+    fn forget(&mut self, resource: &myelin_model::Resource) {
+        use myelin_model::Resource;
+        match resource {
+            Resource::CiliumNetworkPolicy(_)
+            | Resource::CiliumClusterwideNetworkPolicy(_)
+            | Resource::NetworkPolicy(_) => {
+                if let Some(key) = myelin_policy::PolicyKey::of(resource) {
+                    self.engine.remove_policy(&key);
+                }
+            }
+            Resource::Service(s) => {
+                let namespace = s
+                    .metadata
+                    .namespace
+                    .as_deref()
+                    .unwrap_or(myelin_model::manifest::DEFAULT_NAMESPACE);
+                self.engine.remove_service(namespace, &s.metadata.name);
+            }
+            Resource::Namespace(n) => {
+                let _ = self
+                    .engine
+                    .set_namespace_labels(&n.metadata.name, BTreeMap::new());
+            }
+            Resource::Pod(_) | Resource::Deployment(_) => {}
+        }
     }
 
     fn status(&self) -> AgentStatus {
@@ -281,6 +372,7 @@ impl Node {
                 })
                 .collect(),
             dns_names: self.zone.read().map(|z| z.len()).unwrap_or(0),
+            policies: self.engine.policy_keys().map(ToString::to_string).collect(),
             events: self.counters.clone(),
         }
     }

@@ -8,6 +8,7 @@
 pub mod api;
 mod daemon;
 mod netns;
+mod policy;
 pub mod rpc;
 mod services;
 mod state;

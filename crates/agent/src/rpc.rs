@@ -14,30 +14,30 @@ use tokio::net::UnixStream;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be reached.
-    #[error("cannot reach {path}: {source}; is it running?")]
+    #[error("cannot reach {path}: {cause}; is it running?")]
     Connect {
         /// The socket path.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The conversation broke.
-    #[error("talking to {path}: {source}")]
+    #[error("talking to {path}: {cause}")]
     Io {
         /// The socket path.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The answer was not understood.
     #[error(
-        "{path} answered something this binary does not understand ({source}); are both the same version?"
+        "{path} answered something this binary does not understand ({cause}); are both the same version?"
     )]
     Decode {
         /// The socket path.
         path: String,
         /// The cause.
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The server answered with an error.
     #[error("{0}")]
@@ -52,18 +52,18 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     let path = socket.display().to_string();
     let io = |source| ClientError::Io {
         path: path.clone(),
-        source,
+        cause: source,
     };
     let stream = UnixStream::connect(socket)
         .await
         .map_err(|source| ClientError::Connect {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_string(request).map_err(|source| ClientError::Decode {
         path: path.clone(),
-        source,
+        cause: source,
     })?;
     line.push('\n');
     write.write_all(line.as_bytes()).await.map_err(io)?;
@@ -75,7 +75,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     let answer: Result<Resp, String> =
         serde_json::from_str(&answer).map_err(|source| ClientError::Decode {
             path: path.clone(),
-            source,
+            cause: source,
         })?;
     answer.map_err(ClientError::Remote)
 }

@@ -18,12 +18,15 @@ pub struct StoredEndpoint {
 }
 
 /// The agent's persistent state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredState {
     /// Endpoints.
     pub endpoints: Vec<StoredEndpoint>,
     /// Services.
     pub services: Vec<ServiceSpec>,
+    /// Resources policy is resolved from (policies, namespaces, services).
+    #[serde(default)]
+    pub resources: Vec<myelin_model::Document>,
 }
 
 fn state_file(dir: &Path) -> PathBuf {
@@ -75,6 +78,7 @@ mod tests {
                 ports: vec![],
                 selector: None,
             }],
+            resources: vec![],
         };
         save(dir.path(), &state).expect("save");
         assert_eq!(load(dir.path()).expect("load"), state);

@@ -1,6 +1,7 @@
 //! `myelin`: the lab, the agent, the proxy and the tools, in one binary.
 
 mod lab_cmd;
+mod policy_cmd;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,8 +25,10 @@ enum Command {
     Apply(lab_cmd::ManifestArgs),
     /// Delete the resources named in manifests from the running lab.
     Delete(lab_cmd::ManifestArgs),
+    /// Validate, inspect and explain network policy.
+    Policy(policy_cmd::PolicyArgs),
     /// Observe flows, as `hubble observe` does.
-    Observe(myelin_observe::ObserveArgs),
+    Observe(Box<myelin_observe::ObserveArgs>),
     /// Run a node's agent (the lab starts it; so does a DaemonSet).
     Agent(AgentArgs),
     /// Run a node's L7 proxy.
@@ -58,6 +61,9 @@ struct AgentArgs {
     /// Addresses for the DNS responder, comma-separated.
     #[arg(long, value_delimiter = ',')]
     dns_listen: Vec<IpAddr>,
+    /// The identity store shared by the cluster's agents.
+    #[arg(long)]
+    identity_store: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -123,8 +129,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Lab(args) => lab_cmd::run_lab(args),
         Command::Apply(args) => lab_cmd::run_apply(args),
         Command::Delete(args) => lab_cmd::run_delete(args),
+        Command::Policy(args) => policy_cmd::run(args),
         Command::Observe(args) => {
-            runtime()?.block_on(myelin_observe::run(args))?;
+            runtime()?.block_on(myelin_observe::run(*args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
@@ -134,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 bpffs: args.bpffs,
                 state_dir: args.state_dir,
                 dns_listen: args.dns_listen,
+                identity_store: args.identity_store,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -74,7 +74,7 @@ pub struct ServiceRecord {
 }
 
 /// Everything a lab holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LabState {
     /// The lab's name.
     pub lab: String,
@@ -90,6 +90,9 @@ pub struct LabState {
     pub deployments: BTreeMap<String, Deployment>,
     /// Pods by `namespace/name`.
     pub pods: BTreeMap<String, PodRecord>,
+    /// Network policies by their key's text.
+    #[serde(default)]
+    pub policies: BTreeMap<String, myelin_model::Document>,
 }
 
 impl LabState {

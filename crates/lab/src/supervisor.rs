@@ -123,6 +123,10 @@ impl Supervisor {
             .ok_or_else(|| anyhow!("node {name} does not exist"))
     }
 
+    fn node_names(&self) -> Vec<String> {
+        self.state.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
     fn agent_socket(&self, node: &str) -> PathBuf {
         self.names.run_dir().join(node).join("agent.sock")
     }
@@ -194,6 +198,8 @@ impl Supervisor {
             .arg(self.names.bpffs().join(name))
             .arg("--state-dir")
             .arg(&node_dir)
+            .arg("--identity-store")
+            .arg(self.names.run_dir().join("identities.json"))
             .arg("--dns-listen")
             .arg(format!("{},{}", record.router_v4, record.router_v6))
             .stdin(std::process::Stdio::null())
@@ -307,17 +313,6 @@ impl Supervisor {
                     key.namespace
                 ));
             }
-            if matches!(
-                d.resource,
-                Resource::CiliumNetworkPolicy(_)
-                    | Resource::CiliumClusterwideNetworkPolicy(_)
-                    | Resource::NetworkPolicy(_)
-            ) {
-                problems.push(format!(
-                    "{at}: {key}: network policy is parsed (`myelin policy validate`) but not yet enforced by the lab's datapath; \
-                     leave it out of the lab for now"
-                ));
-            }
             let pod_spec = match &d.resource {
                 Resource::Pod(p) => Some(&p.spec),
                 Resource::Deployment(dep) => Some(&dep.spec.template.spec),
@@ -416,6 +411,32 @@ impl Supervisor {
         };
         let mut documents = documents;
         documents.sort_by_key(|d| rank(&d.resource));
+        // Policy first, so that pods start under it; namespaces and services
+        // too, for namespace selectors and toServices.
+        let for_policy: Vec<Document> = documents
+            .iter()
+            .filter(|d| !matches!(d.resource, Resource::Pod(_) | Resource::Deployment(_)))
+            .cloned()
+            .collect();
+        if !for_policy.is_empty() {
+            for node in self.node_names() {
+                let request = agent_api::Request::ResourcesApply {
+                    documents: for_policy.clone(),
+                };
+                if let agent_api::Response::Resources { outcomes } =
+                    self.agent(&node, &request).await?
+                {
+                    for outcome in outcomes {
+                        if let Some(error) = outcome.error {
+                            lines.push(format!(
+                                "Error: {} rejected by the agent of {node}: {error}",
+                                outcome.key
+                            ));
+                        }
+                    }
+                }
+            }
+        }
         for d in documents {
             match d.resource {
                 Resource::Namespace(n) => {
@@ -461,7 +482,27 @@ impl Supervisor {
                         }
                     }
                 }
-                other => bail!("{} is not enforced by the lab yet", other.key()),
+                policy => {
+                    let key = policy.key();
+                    let id = key.to_string();
+                    let line = match self.state.policies.get(&id) {
+                        None => "created",
+                        Some(existing) if existing.resource == policy => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    lines.push(format!(
+                        "{}/{} {line}",
+                        resource_kind_name(&key.kind),
+                        key.name
+                    ));
+                    self.state.policies.insert(
+                        id,
+                        Document {
+                            source: d.source.clone(),
+                            resource: policy,
+                        },
+                    );
+                }
             }
         }
         Ok(())
@@ -726,7 +767,7 @@ impl Supervisor {
         keys.sort_by_key(|k| rank(&k.kind));
         let mut lines = Vec::new();
         let mut missing = Vec::new();
-        for key in keys {
+        for key in keys.clone() {
             let k = state::key(&key.namespace, &key.name);
             match key.kind.as_str() {
                 "Pod" if self.state.pods.contains_key(&k) => {
@@ -805,7 +846,35 @@ impl Supervisor {
                     self.state.namespaces.remove(&key.name);
                     lines.push(format!("namespace \"{}\" deleted", key.name));
                 }
+                kind if self.state.policies.contains_key(&key.to_string()) => {
+                    self.state.policies.remove(&key.to_string());
+                    let request = agent_api::Request::ResourcesDelete {
+                        keys: vec![key.clone()],
+                    };
+                    for node in self.node_names() {
+                        self.agent(&node, &request).await?;
+                    }
+                    lines.push(format!(
+                        "{} \"{}\" deleted",
+                        resource_kind_name(kind),
+                        key.name
+                    ));
+                }
                 _ => missing.push(format!("{key} not found")),
+            }
+        }
+        // The agents resolve policy from namespaces and services too.
+        let engine_keys: Vec<ResourceKey> = keys
+            .iter()
+            .filter(|k| matches!(k.kind.as_str(), "Namespace" | "Service"))
+            .cloned()
+            .collect();
+        if !engine_keys.is_empty() {
+            for node in self.node_names() {
+                let request = agent_api::Request::ResourcesDelete {
+                    keys: engine_keys.clone(),
+                };
+                self.agent(&node, &request).await?;
             }
         }
         self.save()?;
@@ -874,6 +943,16 @@ fn lines_name(pods: &BTreeMap<String, PodRecord>, created: &[String]) -> String 
         .and_then(|k| pods.get(k))
         .map(|p| p.pod.metadata.name.clone())
         .unwrap_or_default()
+}
+
+/// How kubectl names a kind in its output lines.
+fn resource_kind_name(kind: &str) -> &'static str {
+    match kind {
+        "CiliumNetworkPolicy" => "ciliumnetworkpolicy.cilium.io",
+        "CiliumClusterwideNetworkPolicy" => "ciliumclusterwidenetworkpolicy.cilium.io",
+        "NetworkPolicy" => "networkpolicy.networking.k8s.io",
+        _ => "resource",
+    }
 }
 
 fn namespace_of(metadata: &Metadata) -> String {

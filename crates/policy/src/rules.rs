@@ -46,6 +46,27 @@ pub struct PolicyKey {
     pub name: String,
 }
 
+impl PolicyKey {
+    /// The key of a policy resource; `None` for other kinds.
+    pub fn of(resource: &myelin_model::Resource) -> Option<Self> {
+        use myelin_model::Resource;
+        let kind = match resource {
+            Resource::CiliumNetworkPolicy(_) => PolicyKind::CiliumNetworkPolicy,
+            Resource::CiliumClusterwideNetworkPolicy(_) => {
+                PolicyKind::CiliumClusterwideNetworkPolicy
+            }
+            Resource::NetworkPolicy(_) => PolicyKind::NetworkPolicy,
+            _ => return None,
+        };
+        let key = resource.key();
+        Some(Self {
+            kind,
+            namespace: key.namespace,
+            name: key.name,
+        })
+    }
+}
+
 impl fmt::Display for PolicyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.namespace.is_empty() {

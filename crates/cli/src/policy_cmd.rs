@@ -1,0 +1,186 @@
+//! `myelin policy validate|get|explain`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use myelin_agent::api::{ExplainRequest, Request, Response};
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// Which lab's agent to ask (get, explain).
+    #[arg(long = "lab", env = "MYELIN_LAB", default_value = crate::lab_cmd::DEFAULT_LAB, global = true)]
+    lab: String,
+    /// Ask the agent at this socket instead of the lab's.
+    #[arg(long, global = true)]
+    agent_socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check policy manifests offline: parsing, fields, selectors, regexes.
+    Validate {
+        /// A manifest file, or a directory of them.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// The resolved policy of a pod (or of every pod on the node).
+    Get {
+        /// The pod.
+        pod: Option<String>,
+        /// Its namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+    /// Would this flow pass, and which rules decide it.
+    Explain {
+        /// Source: a pod (`pod` or `namespace/pod`) or an IP address.
+        #[arg(long)]
+        from: String,
+        /// Destination: a pod or an IP address.
+        #[arg(long)]
+        to: String,
+        /// Destination port and protocol, e.g. `80/TCP` (ICMP: the type, `8/ICMP`).
+        #[arg(long)]
+        port: String,
+        /// HTTP method, to evaluate L7 rules.
+        #[arg(long)]
+        http_method: Option<String>,
+        /// HTTP path, to evaluate L7 rules.
+        #[arg(long)]
+        http_path: Option<String>,
+        /// Manifests not applied yet: explain as if they were (what-if).
+        #[arg(short = 'f', long = "filename")]
+        proposed: Option<PathBuf>,
+        /// Output format.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
+}
+
+fn agent_socket(args: &PolicyArgs) -> PathBuf {
+    args.agent_socket.clone().unwrap_or_else(|| {
+        myelin_lab::LabNames::new(&args.lab)
+            .run_dir()
+            .join("node1")
+            .join("agent.sock")
+    })
+}
+
+fn ask(args: &PolicyArgs, request: Request) -> anyhow::Result<String> {
+    let socket = agent_socket(args);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(myelin_agent::api::call(&socket, &request))? {
+        Response::Text { text } => Ok(text),
+        other => bail!("unexpected answer from the agent: {other:?}"),
+    }
+}
+
+/// Splits `80/TCP` (protocol defaults to TCP).
+fn port_and_protocol(text: &str) -> anyhow::Result<(u16, String)> {
+    let (port, protocol) = text.split_once('/').unwrap_or((text, "TCP"));
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--port {text:?}: expected PORT/PROTO such as 80/TCP"))?;
+    Ok((port, protocol.to_string()))
+}
+
+pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
+    match &args.command {
+        PolicyCommand::Validate { file } => validate(file),
+        PolicyCommand::Get {
+            pod,
+            namespace,
+            output,
+        } => {
+            let request = Request::PolicyGet {
+                endpoint: pod.clone().map(|p| (namespace.clone(), p)),
+                json: output == "json",
+            };
+            println!("{}", ask(&args, request)?.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Explain {
+            from,
+            to,
+            port,
+            http_method,
+            http_path,
+            proposed,
+            output,
+        } => {
+            let (port, protocol) = port_and_protocol(port)?;
+            let proposed = match proposed {
+                Some(path) => myelin_lab::read_manifests(path)?,
+                None => Vec::new(),
+            };
+            let request = Request::PolicyExplain(ExplainRequest {
+                from: from.clone(),
+                to: to.clone(),
+                protocol,
+                port,
+                http_method: http_method.clone(),
+                http_path: http_path.clone(),
+                proposed,
+                json: output == "json",
+            });
+            println!("{}", ask(&args, request)?.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Parses and resolves the manifests with a scratch engine, so that what
+/// the agent would reject is reported here, each document on its own.
+fn validate(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let parsed = myelin_model::load_path(file);
+    let dir = tempfile::tempdir().context("creating a scratch directory")?;
+    let store = std::sync::Arc::new(myelin_policy::FileStore::new(
+        dir.path().join("identities.json"),
+    ));
+    let mut engine = myelin_policy::PolicyEngine::new(store);
+    let mut failed = !parsed.errors.is_empty();
+    for error in &parsed.errors {
+        eprintln!("invalid: {error}");
+    }
+    for document in &parsed.documents {
+        match engine.apply(&document.resource) {
+            Ok(_) => println!("valid: {}", document.resource.key()),
+            Err(e) => {
+                failed = true;
+                eprintln!(
+                    "invalid: {}: document {}: {}: {e}",
+                    document.source.file,
+                    document.source.document,
+                    document.resource.key()
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_parse_with_a_default_protocol() {
+        assert_eq!(port_and_protocol("80/TCP").expect("ok"), (80, "TCP".into()));
+        assert_eq!(port_and_protocol("53").expect("ok"), (53, "TCP".into()));
+        assert!(port_and_protocol("http/TCP").is_err());
+    }
+}
