@@ -16,10 +16,13 @@ use tokio::sync::Mutex;
 use crate::api::{
     AgentStatus, EndpointSpec, EndpointStatus, EventCounters, Request, Response, ServiceStatus,
 };
-use crate::policy;
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
+use crate::{flows, l7, policy};
+use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
 use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
+use myelin_proxy::control::{ControlServer, ProxyMessage};
+use prometheus_client::registry::Registry;
 
 /// How an agent is started.
 #[derive(Debug, Clone)]
@@ -37,6 +40,14 @@ pub struct AgentConfig {
     /// The identity store, shared by every agent of the cluster so that two
     /// agents never give one number to different label sets.
     pub identity_store: PathBuf,
+    /// Unix socket the node's proxy connects to for its configuration.
+    pub proxy_socket: Option<PathBuf>,
+    /// Unix socket of the Hubble-compatible observer API.
+    pub observer_socket: Option<PathBuf>,
+    /// TCP address of the observer API (plaintext: keep it on loopback).
+    pub observer_tcp: Option<SocketAddr>,
+    /// TCP address of the Prometheus metrics endpoint.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 struct Node {
@@ -49,6 +60,9 @@ struct Node {
     counters: EventCounters,
     engine: PolicyEngine,
     resources: BTreeMap<myelin_model::ResourceKey, myelin_model::Document>,
+    observer: Observer,
+    proxy: Option<ControlServer>,
+    proxy_version: u64,
 }
 
 struct Endpoint {
@@ -65,6 +79,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut datapath = Datapath::load(&config.bpffs)?;
     let reader = datapath.event_reader()?;
     let zone: SharedZone = Arc::new(RwLock::new(myelin_dns::Zone::default()));
+    let mut registry = Registry::default();
+    let mut observer_config = ObserverConfig::new(config.node.clone());
+    observer_config.metrics = Some(Metrics::register(&mut registry));
+    let observer = Observer::new(observer_config);
+    let proxy = match &config.proxy_socket {
+        Some(path) => Some(
+            ControlServer::bind(path)
+                .with_context(|| format!("binding the proxy control socket {}", path.display()))?,
+        ),
+        None => None,
+    };
     let node = Arc::new(Mutex::new(Node {
         name: config.node.clone(),
         datapath,
@@ -75,8 +100,43 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         counters: EventCounters::default(),
         engine: PolicyEngine::new(Arc::new(FileStore::new(&config.identity_store))),
         resources: BTreeMap::new(),
+        observer: observer.clone(),
+        proxy,
+        // Versions must grow across agent restarts too: the proxy keeps the
+        // last one it served.
+        proxy_version: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
     }));
     restore(&node).await?;
+    if let Some(events) = node
+        .lock()
+        .await
+        .proxy
+        .as_ref()
+        .map(ControlServer::subscribe)
+    {
+        tokio::spawn(read_proxy_messages(events, node.clone()));
+    }
+    if config.observer_socket.is_some() || config.observer_tcp.is_some() {
+        let serve_config = ServeConfig {
+            unix_socket: config.observer_socket.clone(),
+            tcp: config.observer_tcp,
+        };
+        let server = myelin_observe::bind(observer.clone(), &serve_config)
+            .await
+            .context("starting the observer API")?;
+        tokio::spawn(server.run(std::future::pending()));
+    }
+    if let Some(address) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {address}"))?;
+        tokio::spawn(myelin_observe::metrics::serve_metrics(
+            listener,
+            Arc::new(registry),
+        ));
+    }
 
     for ip in &config.dns_listen {
         let address = SocketAddr::new(*ip, 53);
@@ -153,7 +213,7 @@ async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
         tracing::info!(%ifname, "detaching programs of an endpoint that no longer exists");
         node.datapath.detach_endpoint(&ifname, 0)?;
     }
-    node.refresh_zone();
+    node.sync();
     node.persist()
 }
 
@@ -197,6 +257,53 @@ impl Node {
                 resources: self.resources.values().cloned().collect(),
             },
         )
+    }
+
+    /// Brings everything derived from the node's state up to date: the DNS
+    /// names and the proxy's configuration.
+    fn sync(&mut self) {
+        self.refresh_zone();
+        if let Some(proxy) = &self.proxy {
+            self.proxy_version += 1;
+            let snapshot = l7::snapshot(
+                &self.engine,
+                self.endpoints.values().map(|e| &e.spec),
+                self.proxy_version,
+            );
+            proxy.push(snapshot);
+        }
+    }
+
+    /// The endpoint id of a pod of this node by address.
+    fn local_endpoint(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| {
+            e.spec.ipv4.map(IpAddr::V4) == Some(ip) || e.spec.ipv6.map(IpAddr::V6) == Some(ip)
+        })
+    }
+
+    /// What the node knows of an address: a local pod, a pod elsewhere, or
+    /// a reserved identity such as world.
+    fn meta_of(&self, ip: IpAddr) -> flows::EndpointMeta {
+        let identity = self.engine.identity_of_ip(ip);
+        let labels = self
+            .engine
+            .identity_labels(identity)
+            .map(|l| l.to_strings())
+            .unwrap_or_default();
+        match self.engine.endpoint_of_ip(ip) {
+            Some(key) => flows::EndpointMeta {
+                id: self.local_endpoint(ip).map_or(0, |e| e.id),
+                identity,
+                namespace: key.namespace,
+                pod: key.name,
+                labels,
+            },
+            None => flows::EndpointMeta {
+                identity,
+                labels,
+                ..flows::EndpointMeta::default()
+            },
+        }
     }
 
     fn refresh_zone(&self) {
@@ -257,7 +364,7 @@ impl Node {
                 })?;
                 self.endpoints
                     .insert(key.clone(), Endpoint { id, ifindex, spec });
-                self.refresh_zone();
+                self.sync();
                 self.persist()?;
                 let endpoint = &self.endpoints[&key];
                 Response::Endpoint(self.endpoint_status(endpoint))
@@ -268,7 +375,7 @@ impl Node {
                 if let Some(endpoint) = self.endpoints.remove(&(namespace, pod)) {
                     self.datapath
                         .detach_endpoint(&endpoint.spec.ifname, endpoint.ifindex)?;
-                    self.refresh_zone();
+                    self.sync();
                     self.persist()?;
                 }
                 Response::Ok
@@ -276,13 +383,13 @@ impl Node {
             Request::ServiceUpsert(spec) => {
                 self.services
                     .insert((spec.namespace.clone(), spec.name.clone()), spec);
-                self.refresh_zone();
+                self.sync();
                 self.persist()?;
                 Response::Ok
             }
             Request::ServiceDelete { namespace, name } => {
                 self.services.remove(&(namespace, name));
-                self.refresh_zone();
+                self.sync();
                 self.persist()?;
                 Response::Ok
             }
@@ -294,6 +401,7 @@ impl Node {
                         self.resources.insert(outcome.key.clone(), document);
                     }
                 }
+                self.sync();
                 self.persist()?;
                 Response::Resources { outcomes }
             }
@@ -303,6 +411,7 @@ impl Node {
                         self.forget(&document.resource);
                     }
                 }
+                self.sync();
                 self.persist()?;
                 Response::Ok
             }
@@ -379,6 +488,7 @@ impl Node {
 }
 
 async fn read_events(mut reader: EventReader, node: Arc<Mutex<Node>>) {
+    let clock = flows::KernelClock::now();
     let mut batch = Vec::new();
     loop {
         batch.clear();
@@ -387,8 +497,20 @@ async fn read_events(mut reader: EventReader, node: Arc<Mutex<Node>>) {
             return;
         }
         let mut node = node.lock().await;
+        for event in &batch {
+            if let Some(flow) = flows::kernel_flow(event, &clock, |ip| node.meta_of(ip)) {
+                node.observer.push(flow);
+            }
+        }
+        let lost = reader.lost();
+        if lost > node.counters.lost {
+            node.observer.record_lost(
+                myelin_observe::proto::flow::LostEventSource::PerfEventRingBuffer,
+                lost - node.counters.lost,
+            );
+        }
         let counters = &mut node.counters;
-        counters.lost = reader.lost();
+        counters.lost = lost;
         for event in &batch {
             counters.seen += 1;
             match (
@@ -402,6 +524,35 @@ async fn read_events(mut reader: EventReader, node: Arc<Mutex<Node>>) {
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+async fn read_proxy_messages(
+    mut messages: tokio::sync::broadcast::Receiver<ProxyMessage>,
+    node: Arc<Mutex<Node>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match messages.recv().await {
+            Ok(ProxyMessage::Event(event)) => {
+                let node = node.lock().await;
+                let flow = flows::l7_flow(&event, |ip| node.local_endpoint(ip).map(|e| e.id));
+                node.observer.push(flow);
+            }
+            Ok(ProxyMessage::Nack { version, error }) => {
+                tracing::error!(version, "the proxy rejected its configuration: {error}");
+            }
+            Ok(ProxyMessage::Ack { version }) => tracing::debug!(version, "proxy configured"),
+            Ok(ProxyMessage::Hello { version }) => tracing::info!(?version, "proxy connected"),
+            Err(RecvError::Lagged(missed)) => {
+                let node = node.lock().await;
+                node.observer.record_lost(
+                    myelin_observe::proto::flow::LostEventSource::ObserverEventsQueue,
+                    missed,
+                );
+            }
+            Err(RecvError::Closed) => return,
         }
     }
 }

@@ -7,6 +7,8 @@
 
 pub mod api;
 mod daemon;
+pub mod flows;
+pub mod l7;
 mod netns;
 mod policy;
 pub mod rpc;

@@ -64,6 +64,18 @@ struct AgentArgs {
     /// The identity store shared by the cluster's agents.
     #[arg(long)]
     identity_store: PathBuf,
+    /// Unix socket the node's proxy connects to for its configuration.
+    #[arg(long)]
+    proxy_socket: Option<PathBuf>,
+    /// Unix socket of the Hubble-compatible observer API.
+    #[arg(long)]
+    observer_socket: Option<PathBuf>,
+    /// TCP address of the observer API (plaintext: keep it on loopback).
+    #[arg(long)]
+    observer_tcp: Option<std::net::SocketAddr>,
+    /// TCP address of the Prometheus metrics endpoint.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -130,7 +142,16 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Apply(args) => lab_cmd::run_apply(args),
         Command::Delete(args) => lab_cmd::run_delete(args),
         Command::Policy(args) => policy_cmd::run(args),
-        Command::Observe(args) => {
+        Command::Observe(mut args) => {
+            // Without a server named, observe the lab's node.
+            if args.server == "localhost:4245" && std::env::var_os("HUBBLE_SERVER").is_none() {
+                let lab = std::env::var("MYELIN_LAB")
+                    .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
+                let socket = myelin_lab::LabNames::new(&lab).observer_socket("node1");
+                if socket.exists() {
+                    args.server = format!("unix://{}", socket.display());
+                }
+            }
             runtime()?.block_on(myelin_observe::run(*args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -142,6 +163,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 state_dir: args.state_dir,
                 dns_listen: args.dns_listen,
                 identity_store: args.identity_store,
+                proxy_socket: args.proxy_socket,
+                observer_socket: args.observer_socket,
+                observer_tcp: args.observer_tcp,
+                metrics_addr: args.metrics,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

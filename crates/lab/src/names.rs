@@ -51,6 +51,16 @@ impl LabNames {
         self.run_dir().join("lab.sock")
     }
 
+    /// The directory of a node's agent and proxy (sockets, state, logs).
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.run_dir().join(node)
+    }
+
+    /// The Hubble-compatible observer socket of a node's agent.
+    pub fn observer_socket(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("hubble.sock")
+    }
+
     /// The bpffs mount of the lab.
     pub fn bpffs(&self) -> PathBuf {
         self.run_dir().join("bpf")

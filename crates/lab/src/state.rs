@@ -37,6 +37,9 @@ pub struct NodeRecord {
     pub router_v6: Ipv6Addr,
     /// The agent process.
     pub agent: Option<ProcessRecord>,
+    /// The L7 proxy process.
+    #[serde(default)]
+    pub proxy: Option<ProcessRecord>,
 }
 
 /// A pod of the lab.
@@ -117,6 +120,7 @@ impl LabState {
             .values()
             .flat_map(|p| p.processes.clone())
             .collect();
+        all.extend(self.nodes.iter().filter_map(|n| n.proxy.clone()));
         all.extend(self.nodes.iter().filter_map(|n| n.agent.clone()));
         all
     }

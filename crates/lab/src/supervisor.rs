@@ -152,6 +152,7 @@ impl Supervisor {
             router_v4: ipam::node_router_v4(index),
             router_v6: ipam::node_router_v6(index),
             agent: None,
+            proxy: None,
         };
         self.state.nodes.push(record.clone());
         self.save()?;
@@ -185,7 +186,41 @@ impl Supervisor {
             "nodad",
         ])?;
 
-        let node_dir = self.names.run_dir().join(name);
+        // Connections the datapath hands to the proxy (mark 0x200) are
+        // delivered locally, as the sk_assign recipe requires.
+        for family in ["-4", "-6"] {
+            net::ip(&[
+                "-n",
+                &netns,
+                family,
+                "rule",
+                "add",
+                "fwmark",
+                "0x200/0xf00",
+                "lookup",
+                "2004",
+                "pref",
+                "100",
+            ])?;
+        }
+        net::ip(&[
+            "-n",
+            &netns,
+            "-4",
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "2004",
+        ])?;
+        net::ip(&[
+            "-n", &netns, "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "2004",
+        ])?;
+
+        let node_dir = self.names.node_dir(name);
         std::fs::create_dir_all(&node_dir)?;
         crate::bpffs::ensure_mounted(&self.names.bpffs())?;
         let log = std::fs::File::create(node_dir.join("agent.log"))?;
@@ -202,6 +237,16 @@ impl Supervisor {
             .arg(self.names.run_dir().join("identities.json"))
             .arg("--dns-listen")
             .arg(format!("{},{}", record.router_v4, record.router_v6))
+            .arg("--proxy-socket")
+            .arg(node_dir.join("proxy.sock"))
+            .arg("--observer-socket")
+            .arg(self.names.observer_socket(name))
+            .args([
+                "--observer-tcp",
+                "127.0.0.1:4245",
+                "--metrics",
+                "0.0.0.0:9965",
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -221,7 +266,7 @@ impl Supervisor {
                 .await
                 .is_ok()
             {
-                return Ok(());
+                return self.start_proxy(name, &netns, &node_dir);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -238,6 +283,31 @@ impl Supervisor {
             "the agent of {name} did not come up within 10 s; its log ends:\n{}",
             tail.join("\n")
         )
+    }
+
+    /// Starts the node's L7 proxy; it connects to the agent by itself.
+    fn start_proxy(&mut self, name: &str, netns: &str, node_dir: &Path) -> anyhow::Result<()> {
+        let log = std::fs::File::create(node_dir.join("proxy.log"))?;
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
+            .args(["proxy", "--netns", netns])
+            .arg("--control-socket")
+            .arg(node_dir.join("proxy.sock"))
+            .arg("--snapshot-file")
+            .arg(node_dir.join("proxy-snapshot.json"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0);
+        let child = command.spawn().context("starting the proxy")?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the proxy exited at once"))?;
+        self.watch(child, format!("node/{name}"), pid);
+        if let Some(node) = self.state.nodes.iter_mut().find(|n| n.name == name) {
+            node.proxy = Some(record_process(pid, format!("proxy of {name}")));
+        }
+        self.save()
     }
 
     /// Reaps a child and reports its exit to the supervisor loop.

@@ -37,7 +37,7 @@ pub struct Snapshot {
 }
 
 /// Which side of an endpoint a policy guards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Traffic into the endpoint: the endpoint is the connection's (original) destination.
@@ -106,7 +106,7 @@ pub struct Cluster {
 ///
 /// So the same key shape serves both directions, and one pod's ingress and egress rules for
 /// the same port never collide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyKey {
     /// The local endpoint's IP address.
     pub endpoint: IpAddr,

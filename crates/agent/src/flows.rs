@@ -1,0 +1,337 @@
+//! Hubble flows from what the node sees: the kernel programs' events and the
+//! proxy's L7 events, with the endpoints' identities, labels and names.
+
+use std::net::{IpAddr, SocketAddr};
+
+use myelin_observe::proto::flow::{
+    Endpoint, Flow, Http, HttpHeader, Ip, IpVersion, L7FlowType, Layer4, Layer7, Tcp,
+    TrafficDirection, Verdict, Workload, layer4, layer7,
+};
+use myelin_proxy::event::{L7Event, L7EventKind};
+
+/// What the agent knows of the endpoint behind an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// Endpoint id (0 for addresses that are not local pods).
+    pub id: u32,
+    /// Security identity.
+    pub identity: u32,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// The identity's labels (`k8s:app=x` ...).
+    pub labels: Vec<String>,
+}
+
+impl EndpointMeta {
+    /// Hubble's endpoint message.
+    pub fn to_proto(&self) -> Endpoint {
+        Endpoint {
+            id: self.id,
+            identity: self.identity,
+            namespace: self.namespace.clone(),
+            labels: self.labels.clone(),
+            pod_name: self.pod.clone(),
+            workloads: workload(&self.pod, &self.labels),
+            ..Endpoint::default()
+        }
+    }
+}
+
+/// A pod of a Deployment is named `<deployment>-<template hash>-<suffix>`
+/// and carries the `pod-template-hash` label; Hubble names the workload.
+fn workload(pod: &str, labels: &[String]) -> Vec<Workload> {
+    let hash = labels
+        .iter()
+        .find_map(|l| l.strip_prefix("k8s:pod-template-hash="));
+    let name = match hash {
+        Some(hash) => pod
+            .split_once(&format!("-{hash}-"))
+            .map(|(name, _)| name.to_string()),
+        None => None,
+    };
+    name.map(|name| Workload {
+        name,
+        kind: "Deployment".to_string(),
+    })
+    .into_iter()
+    .collect()
+}
+
+fn ip_version(address: IpAddr) -> i32 {
+    match address {
+        IpAddr::V4(_) => IpVersion::IPv4 as i32,
+        IpAddr::V6(_) => IpVersion::IPv6 as i32,
+    }
+}
+
+fn tcp(source: SocketAddr, destination: SocketAddr) -> Layer4 {
+    Layer4 {
+        protocol: Some(layer4::Protocol::Tcp(Tcp {
+            source_port: u32::from(source.port()),
+            destination_port: u32::from(destination.port()),
+            flags: None,
+        })),
+    }
+}
+
+fn peer_meta(peer: &myelin_proxy::event::Peer) -> EndpointMeta {
+    EndpointMeta {
+        id: 0,
+        identity: peer.identity.unwrap_or(myelin_policy::identity::WORLD),
+        namespace: peer.namespace.clone().unwrap_or_default(),
+        pod: peer.pod_name.clone().unwrap_or_default(),
+        labels: peer.labels.clone(),
+    }
+}
+
+/// The flow of one proxy event. `local` gives the endpoint id of local pods.
+pub fn l7_flow(event: &L7Event, local: impl Fn(IpAddr) -> Option<u32>) -> Flow {
+    let (source, destination) = (&event.source, &event.destination);
+    let mut source_meta = peer_meta(source);
+    source_meta.id = local(source.address.ip()).unwrap_or(0);
+    let mut destination_meta = peer_meta(destination);
+    destination_meta.id = local(destination.address.ip()).unwrap_or(0);
+    let mut flow = Flow {
+        time: Some(prost_types::Timestamp {
+            seconds: (event.time_unix_nanos / 1_000_000_000) as i64,
+            nanos: (event.time_unix_nanos % 1_000_000_000) as i32,
+        }),
+        verdict: match event.verdict {
+            myelin_proxy::event::Verdict::Forwarded => Verdict::Forwarded as i32,
+            myelin_proxy::event::Verdict::Dropped => Verdict::Dropped as i32,
+        },
+        ip: Some(Ip {
+            source: source.address.ip().to_string(),
+            destination: destination.address.ip().to_string(),
+            ip_version: ip_version(source.address.ip()),
+            ..Ip::default()
+        }),
+        l4: Some(tcp(source.address, destination.address)),
+        source: Some(source_meta.to_proto()),
+        destination: Some(destination_meta.to_proto()),
+        is_reply: Some(event.is_reply),
+        traffic_direction: match event.direction {
+            myelin_proxy::config::Direction::Ingress => TrafficDirection::Ingress as i32,
+            myelin_proxy::config::Direction::Egress => TrafficDirection::Egress as i32,
+        },
+        ..Flow::default()
+    };
+    let l7_type = match event.kind {
+        L7EventKind::HttpRequest => L7FlowType::Request,
+        L7EventKind::HttpResponse => L7FlowType::Response,
+        L7EventKind::NonHttp => L7FlowType::Request,
+    };
+    let record = event.http.as_ref().map(|http| {
+        layer7::Record::Http(Http {
+            code: u32::from(http.code),
+            method: http.method.clone(),
+            url: http.url.clone(),
+            protocol: http.protocol.clone(),
+            headers: http
+                .headers
+                .iter()
+                .map(|h| HttpHeader {
+                    key: h.key.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+        })
+    });
+    myelin_observe::flows::mark_l7(
+        &mut flow,
+        Layer7 {
+            r#type: l7_type as i32,
+            latency_ns: event.latency_ns.unwrap_or(0),
+            record,
+        },
+    );
+    if let Some(summary) = &event.summary {
+        flow.summary = summary.clone();
+    }
+    myelin_observe::flows::complete(&mut flow);
+    flow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use myelin_proxy::event::{HttpInfo, Peer};
+
+    fn peer(address: &str, pod: &str, identity: u32) -> Peer {
+        Peer {
+            address: address.parse().expect("address"),
+            identity: Some(identity),
+            labels: vec!["k8s:org=empire".into()],
+            namespace: Some("default".into()),
+            pod_name: Some(pod.into()),
+        }
+    }
+
+    #[test]
+    fn a_denied_request_reads_like_hubble() {
+        let event = L7Event {
+            time_unix_nanos: 1_700_000_000_123_000_000,
+            kind: L7EventKind::HttpRequest,
+            verdict: myelin_proxy::event::Verdict::Dropped,
+            direction: myelin_proxy::config::Direction::Ingress,
+            is_reply: false,
+            source: peer("10.244.1.4:42742", "tiefighter", 257),
+            destination: peer("10.244.1.2:80", "deathstar-57ncjppv6c-fdp7q", 256),
+            http: Some(HttpInfo {
+                code: 0,
+                method: "PUT".into(),
+                url: "http://deathstar.default.svc.cluster.local/v1/exhaust-port".into(),
+                protocol: "HTTP/1.1".into(),
+                headers: vec![],
+            }),
+            latency_ns: None,
+            summary: None,
+        };
+        let flow = l7_flow(&event, |ip| (ip.to_string() == "10.244.1.2").then_some(7));
+        assert_eq!(flow.verdict, Verdict::Dropped as i32);
+        assert_eq!(flow.destination.as_ref().map(|d| d.id), Some(7));
+        assert_eq!(
+            flow.summary,
+            "HTTP/1.1 PUT http://deathstar.default.svc.cluster.local/v1/exhaust-port"
+        );
+        let line =
+            myelin_observe::printer::compact_line(&flow, &myelin_observe::PrintOptions::default());
+        assert!(
+            line.contains("default/tiefighter:42742 (ID:257) -> default/deathstar-57ncjppv6c-fdp7q:80 (ID:256) http-request DROPPED"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn deployment_pods_name_their_workload() {
+        let labels = vec!["k8s:pod-template-hash=57ncjppv6c".to_string()];
+        let w = workload("deathstar-57ncjppv6c-fdp7q", &labels);
+        assert_eq!(w[0].name, "deathstar");
+        assert!(workload("xwing", &[]).is_empty());
+    }
+}
+
+/// Converts the kernel's monotonic timestamps (bpf_ktime_get_ns) to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelClock {
+    offset_ns: i128,
+}
+
+impl KernelClock {
+    /// The offset between the monotonic clock and the wall clock, now.
+    pub fn now() -> Self {
+        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+            .unwrap_or(0);
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Self {
+            offset_ns: wall - monotonic,
+        }
+    }
+
+    /// The wall-clock time of a kernel timestamp.
+    pub fn timestamp(&self, ktime_ns: u64) -> prost_types::Timestamp {
+        let ns = i128::from(ktime_ns) + self.offset_ns;
+        prost_types::Timestamp {
+            seconds: (ns / 1_000_000_000) as i64,
+            nanos: (ns % 1_000_000_000) as i32,
+        }
+    }
+}
+
+fn address(bytes: &[u8; 16], version: u8) -> IpAddr {
+    if version == 4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
+}
+
+/// The flow of one kernel event; `meta` says what the node knows of an
+/// address. `None` for events without an IP header (nothing to show).
+pub fn kernel_flow(
+    event: &myelin_common::TraceEvent,
+    clock: &KernelClock,
+    meta: impl Fn(IpAddr) -> EndpointMeta,
+) -> Option<Flow> {
+    use myelin_common::{EventKind, ObservationPoint};
+    use myelin_observe::proto::flow::{IcmPv4, IcmPv6, TcpFlags, TraceObservationPoint, Udp};
+    if event.ip_version != 4 && event.ip_version != 6 {
+        return None;
+    }
+    let source = address(&event.source, event.ip_version);
+    let destination = address(&event.destination, event.ip_version);
+    let flags = event.tcp_flags;
+    let l4 = match event.protocol {
+        6 => Some(layer4::Protocol::Tcp(Tcp {
+            source_port: u32::from(event.source_port),
+            destination_port: u32::from(event.destination_port),
+            flags: Some(TcpFlags {
+                fin: flags & 0x01 != 0,
+                syn: flags & 0x02 != 0,
+                rst: flags & 0x04 != 0,
+                psh: flags & 0x08 != 0,
+                ack: flags & 0x10 != 0,
+                urg: flags & 0x20 != 0,
+                ece: flags & 0x40 != 0,
+                cwr: flags & 0x80 != 0,
+                ns: false,
+            }),
+        })),
+        17 => Some(layer4::Protocol::Udp(Udp {
+            source_port: u32::from(event.source_port),
+            destination_port: u32::from(event.destination_port),
+        })),
+        1 => Some(layer4::Protocol::IcmPv4(IcmPv4 {
+            r#type: u32::from(event.tcp_flags),
+            code: u32::from(event.icmp_code),
+        })),
+        58 => Some(layer4::Protocol::IcmPv6(IcmPv6 {
+            r#type: u32::from(event.tcp_flags),
+            code: u32::from(event.icmp_code),
+        })),
+        _ => None,
+    };
+    let mut flow = Flow {
+        time: Some(clock.timestamp(event.ktime_ns)),
+        verdict: Verdict::Forwarded as i32,
+        ip: Some(Ip {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            ip_version: ip_version(source),
+            ..Ip::default()
+        }),
+        l4: l4.map(|protocol| Layer4 {
+            protocol: Some(protocol),
+        }),
+        source: Some(meta(source).to_proto()),
+        destination: Some(meta(destination).to_proto()),
+        ..Flow::default()
+    };
+    match (
+        EventKind::from_u8(event.kind),
+        ObservationPoint::from_u8(event.observation_point),
+    ) {
+        (Some(EventKind::Trace), Some(point)) => {
+            let point = match point {
+                ObservationPoint::ToEndpoint => TraceObservationPoint::ToEndpoint,
+                ObservationPoint::ToStack => TraceObservationPoint::ToStack,
+                ObservationPoint::ToProxy => TraceObservationPoint::ToProxy,
+            };
+            myelin_observe::flows::mark_trace(&mut flow, point);
+        }
+        (Some(EventKind::Drop), _) => {
+            let reason =
+                myelin_observe::proto::flow::DropReason::try_from(i32::from(event.drop_reason))
+                    .unwrap_or(myelin_observe::proto::flow::DropReason::Unknown);
+            myelin_observe::flows::mark_drop(&mut flow, reason);
+        }
+        _ => return None,
+    }
+    myelin_observe::flows::complete(&mut flow);
+    Some(flow)
+}

@@ -1,0 +1,170 @@
+//! The node proxy's configuration, derived from resolved policy: one
+//! transparent listener per direction and family, and an L7 policy for every
+//! (endpoint address, port, direction) whose entry redirects to the proxy.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use myelin_policy::{Action, Direction, EndpointPolicy, PolicyEngine};
+use myelin_proxy::config::{
+    self as proxy, HeaderMatch, HttpRule, IdentityEntry, L7Policy, Listener, ListenerUpstream,
+    MismatchAction, MissingPolicy, PolicyKey, Snapshot,
+};
+
+use crate::api::EndpointSpec;
+
+/// The proxy port that ingress redirects go to.
+pub const INGRESS_PROXY_PORT: u16 = 15001;
+/// The proxy port that egress redirects go to.
+pub const EGRESS_PROXY_PORT: u16 = 15002;
+
+/// The proxy port for a direction.
+pub fn proxy_port(direction: Direction) -> u16 {
+    match direction {
+        Direction::Ingress => INGRESS_PROXY_PORT,
+        Direction::Egress => EGRESS_PROXY_PORT,
+    }
+}
+
+fn listeners() -> Vec<Listener> {
+    let mut out = Vec::new();
+    for (direction, port, name) in [
+        (proxy::Direction::Ingress, INGRESS_PROXY_PORT, "ingress"),
+        (proxy::Direction::Egress, EGRESS_PROXY_PORT, "egress"),
+    ] {
+        for (family, ip) in [
+            ("v4", IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            ("v6", IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        ] {
+            out.push(Listener {
+                name: format!("{name}-{family}"),
+                address: SocketAddr::new(ip, port),
+                upstream: ListenerUpstream::Transparent,
+                direction,
+                missing_policy: MissingPolicy::Deny,
+            });
+        }
+    }
+    out
+}
+
+fn rule(model: &myelin_model::policy::HttpRule, peer: u32) -> HttpRule {
+    HttpRule {
+        peers: if peer == myelin_policy::identity::ANY {
+            Vec::new()
+        } else {
+            vec![peer]
+        },
+        method: model.method.clone(),
+        path: model.path.clone(),
+        host: model.host.clone(),
+        headers: model.headers.clone(),
+        header_matches: model
+            .header_matches
+            .iter()
+            .map(|m| HeaderMatch {
+                name: m.name.clone(),
+                value: m.value.clone().unwrap_or_default(),
+                mismatch: m.mismatch.as_ref().map(|a| match a {
+                    myelin_model::policy::MismatchAction::Log => MismatchAction::Log,
+                    myelin_model::policy::MismatchAction::Add => MismatchAction::Add,
+                    myelin_model::policy::MismatchAction::Delete => MismatchAction::Delete,
+                    myelin_model::policy::MismatchAction::Replace => MismatchAction::Replace,
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// The L7 policies of one endpoint, keyed by (address, port, direction).
+fn endpoint_policies(
+    policy: &EndpointPolicy,
+    addresses: &[IpAddr],
+    out: &mut BTreeMap<PolicyKey, Vec<HttpRule>>,
+) {
+    for (direction, table) in [
+        (Direction::Ingress, &policy.ingress),
+        (Direction::Egress, &policy.egress),
+    ] {
+        for entry in table.entry_list() {
+            let Action::Redirect(l7) = &entry.value.action else {
+                continue;
+            };
+            let rules: Vec<HttpRule> = if l7.allow_all {
+                vec![rule(
+                    &myelin_model::policy::HttpRule::default(),
+                    entry.key.peer,
+                )]
+            } else {
+                l7.http
+                    .iter()
+                    .map(|r| rule(&r.rule, entry.key.peer))
+                    .collect()
+            };
+            for address in addresses {
+                for port in entry.key.ports.start..=entry.key.ports.end {
+                    let key = PolicyKey {
+                        endpoint: *address,
+                        port,
+                        direction: match direction {
+                            Direction::Ingress => proxy::Direction::Ingress,
+                            Direction::Egress => proxy::Direction::Egress,
+                        },
+                    };
+                    let slot = out.entry(key).or_default();
+                    for r in &rules {
+                        if !slot.contains(r) {
+                            slot.push(r.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The snapshot for the node's proxy at `version`.
+pub fn snapshot<'a>(
+    engine: &PolicyEngine,
+    endpoints: impl Iterator<Item = &'a EndpointSpec>,
+    version: u64,
+) -> Snapshot {
+    let mut policies = BTreeMap::new();
+    let mut identities = Vec::new();
+    for spec in endpoints {
+        let addresses: Vec<IpAddr> = [spec.ipv4.map(IpAddr::V4), spec.ipv6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(policy) =
+            engine.policy(&myelin_policy::EndpointKey::new(&spec.namespace, &spec.pod))
+        else {
+            continue;
+        };
+        endpoint_policies(policy, &addresses, &mut policies);
+        let labels = engine
+            .identity_labels(policy.identity)
+            .map(|l| l.to_strings())
+            .unwrap_or_default();
+        for ip in addresses {
+            identities.push(IdentityEntry {
+                ip,
+                identity: policy.identity,
+                labels: labels.clone(),
+                namespace: Some(spec.namespace.clone()),
+                pod_name: Some(spec.pod.clone()),
+            });
+        }
+    }
+    Snapshot {
+        version,
+        listeners: listeners(),
+        clusters: Vec::new(),
+        l7_policies: policies
+            .into_iter()
+            .map(|(key, http)| L7Policy { key, http })
+            .collect(),
+        identities,
+        event_headers: Vec::new(),
+    }
+}
