@@ -8,5 +8,28 @@
 pub mod event;
 pub mod maps;
 
-pub use event::{EventKind, ObservationPoint, TraceEvent};
-pub use maps::{Direction, EndpointInfo, PacketStats, StatsKey};
+pub use event::{EventKind, ObservationPoint, TraceEvent, TrafficDirection, Verdict, drop_reason};
+pub use maps::{
+    CtEntry, CtKey, Direction, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey,
+    L4Addr, PacketStats, PolicyAction, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey, StatsKey,
+};
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    /// The kernel and user space read the same bytes: sizes are part of the ABI.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<TraceEvent>(), 104);
+        assert_eq!(size_of::<CtKey>(), 40);
+        assert_eq!(size_of::<CtEntry>(), 56);
+        assert_eq!(size_of::<PolicyKey>(), 16);
+        assert_eq!(size_of::<IpcacheKey>(), 20);
+        assert_eq!(size_of::<ServiceKey>(), 24);
+        assert_eq!(size_of::<L4Addr>(), 20);
+        assert_eq!(size_of::<EndpointInfo>(), 32);
+    }
+}

@@ -1,4 +1,13 @@
-//! Map keys and values.
+//! Map keys and values, shared by the kernel programs and user space.
+//!
+//! Addresses are 16 bytes in network byte order; an IPv4 address occupies
+//! the first four bytes and `family` says which one it is. Ports are in host
+//! byte order unless a field says otherwise.
+
+/// Address family tag of IPv4 keys ([`IpKey::family`], [`CtKey::family`], ...).
+pub const FAMILY_IPV4: u8 = 4;
+/// Address family tag of IPv6 keys.
+pub const FAMILY_IPV6: u8 = 6;
 
 /// Which way a packet crosses a pod's veth.
 #[repr(u32)]
@@ -11,7 +20,8 @@ pub enum Direction {
 }
 
 /// What the agent tells the kernel about the pod behind a host-side veth;
-/// the endpoints map is keyed by that veth's ifindex.
+/// the endpoints map is keyed by that veth's ifindex, the by-address map by
+/// each of the pod's addresses.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EndpointInfo {
@@ -19,13 +29,271 @@ pub struct EndpointInfo {
     pub endpoint_id: u32,
     /// The pod's security identity.
     pub identity: u32,
-    /// The pod's IPv4 address, network byte order.
+    /// The pod's IPv4 address, network byte order; all zero when it has none.
     pub ipv4: [u8; 4],
-    /// Flags, reserved for the datapath issue's enforcement bits.
+    /// Reserved, written as 0. Enforcement is per policy, not per endpoint
+    /// record ([`EndpointPolicy::flags`]), so that re-registering an endpoint
+    /// (an agent restart) can never switch enforcement off.
     pub flags: u32,
-    /// The pod's IPv6 address.
+    /// The pod's IPv6 address; all zero when it has none.
     pub ipv6: [u8; 16],
 }
+
+/// Key of the endpoints-by-address and ipcache-style exact maps.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpKey {
+    /// The address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub _pad: [u8; 3],
+}
+
+/// Ingress (to the pod) is enforced: traffic not allowed by the policy is dropped.
+pub const POLICY_FLAG_INGRESS: u32 = 1;
+/// Egress (from the pod) is enforced.
+pub const POLICY_FLAG_EGRESS: u32 = 2;
+
+/// The policy in force for one endpoint: which generation of policy entries
+/// the programs read and which directions are enforced. Written in one map
+/// update, so a new policy takes effect all at once.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EndpointPolicy {
+    /// Generation of the entries in force ([`PolicyKey::generation`]).
+    pub generation: u32,
+    /// [`POLICY_FLAG_INGRESS`] | [`POLICY_FLAG_EGRESS`].
+    pub flags: u32,
+}
+
+/// Data of the policy LPM key, compared bit by bit from the first byte: the
+/// fixed part (endpoint, generation, direction, peer) is always matched in
+/// full; protocol and port may be wildcarded by a shorter prefix.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyKey {
+    /// Endpoint id, big endian (so the prefix compares it whole).
+    pub endpoint_id: [u8; 4],
+    /// Policy generation, big endian.
+    pub generation: [u8; 4],
+    /// [`Direction`] as u8: 0 egress (from the pod), 1 ingress (to the pod).
+    pub direction: u8,
+    /// Peer identity, big endian; 0 matches any peer.
+    pub peer_identity: [u8; 4],
+    /// IP protocol; matched only when the prefix covers it.
+    pub protocol: u8,
+    /// Destination port, big endian; matched up to the prefix.
+    pub port: [u8; 2],
+}
+
+/// Prefix length (bits) of a policy key matching any protocol and port.
+pub const POLICY_PREFIX_ANY_PROTOCOL: u32 = 104;
+/// Prefix length (bits) of a policy key matching one protocol, any port.
+pub const POLICY_PREFIX_ANY_PORT: u32 = 112;
+/// Prefix length (bits) of a policy key matching one protocol and one port.
+pub const POLICY_PREFIX_FULL: u32 = 128;
+
+/// What a policy entry does to the traffic it matches.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// Forward.
+    Allow = 1,
+    /// Drop ("Policy denied by denylist").
+    Deny = 2,
+    /// Hand the connection to the node's L7 proxy on `proxy_port`.
+    Redirect = 3,
+}
+
+impl PolicyAction {
+    /// Decodes the wire value.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Allow),
+            2 => Some(Self::Deny),
+            3 => Some(Self::Redirect),
+            _ => None,
+        }
+    }
+}
+
+/// Value of the policy map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PolicyEntry {
+    /// The rule that produced the entry, reported in policy-verdict events.
+    pub rule_id: u32,
+    /// Proxy port (host order) for [`PolicyAction::Redirect`], else 0.
+    pub proxy_port: u16,
+    /// [`PolicyAction`] as u8.
+    pub action: u8,
+    /// Hubble's policy match type of the entry (1 L3-Only, 2 L3-L4,
+    /// 3 L4-Only, 4 all, 5 L3-Proto, 6 Proto-Only).
+    pub match_type: u8,
+}
+
+/// Data of the ipcache LPM key: the family byte first, so IPv4 and IPv6
+/// prefixes live in one trie (prefix length = 8 + the IP prefix length).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpcacheKey {
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// The address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// Explicit padding, zero; beyond every prefix.
+    pub _pad: [u8; 3],
+}
+
+/// Value of the ipcache: the identity of a prefix.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IpcacheEntry {
+    /// Security identity of the addresses under the prefix.
+    pub identity: u32,
+}
+
+/// Key of the services map: a frontend (VIP, port, protocol) and a slot.
+/// Slot 0 holds the frontend's backend count and reverse-NAT index; slots
+/// 1..=count hold backend ids.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceKey {
+    /// The service address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// Service port, host order.
+    pub port: u16,
+    /// 0 for the frontend record, 1..=count for backends.
+    pub slot: u16,
+    /// IP protocol (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub _pad: [u8; 2],
+}
+
+/// Value of the services map (see [`ServiceKey`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    /// Backend id (slots >= 1).
+    pub backend_id: u32,
+    /// Number of backends (slot 0).
+    pub count: u16,
+    /// Reverse-NAT index of the frontend (slot 0).
+    pub rev_nat_index: u16,
+}
+
+/// An address and port: a backend, or a frontend in the reverse-NAT map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct L4Addr {
+    /// The address (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    /// Port, host order.
+    pub port: u16,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub _pad: u8,
+}
+
+/// Conntrack scope of entries created where a pod sends (from-container).
+pub const CT_SCOPE_EGRESS: u8 = 0;
+/// Conntrack scope of entries created where a pod receives (to-container).
+pub const CT_SCOPE_INGRESS: u8 = 1;
+/// Conntrack scope of service entries: the client's tuple to the VIP,
+/// remembering the chosen backend.
+pub const CT_SCOPE_SERVICE: u8 = 2;
+
+/// Conntrack key: the tuple of the flow's first packet (its originator's
+/// view). A reply is found by swapping addresses and ports. For ICMP echo
+/// the identifier is the source port of requests and the destination port
+/// of replies.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtKey {
+    /// Source address.
+    pub saddr: [u8; 16],
+    /// Destination address.
+    pub daddr: [u8; 16],
+    /// Source port, host order.
+    pub sport: u16,
+    /// Destination port, host order.
+    pub dport: u16,
+    /// IP protocol.
+    pub protocol: u8,
+    /// [`CT_SCOPE_EGRESS`], [`CT_SCOPE_INGRESS`] or [`CT_SCOPE_SERVICE`].
+    pub scope: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub _pad: u8,
+}
+
+/// The originator sent a RST or FIN and the responder a FIN: the entry only
+/// lingers for the close timeout.
+pub const CT_FLAG_CLOSING: u8 = 1;
+/// The responder has answered (a reply was seen).
+pub const CT_FLAG_REPLIED: u8 = 2;
+
+/// Conntrack value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) after which the entry is dead.
+    pub expires_ns: u64,
+    /// When a trace event was last reported for the flow (aggregation).
+    pub last_report_ns: u64,
+    /// Packets seen, both directions.
+    pub packets: u64,
+    /// Bytes seen, both directions.
+    pub bytes: u64,
+    /// Identity of the peer the policy was evaluated against.
+    pub peer_identity: u32,
+    /// Rule id of the policy entry that allowed the flow (0: none/enforcement off).
+    pub rule_id: u32,
+    /// Backend id chosen for the connection ([`CT_SCOPE_SERVICE`] entries).
+    pub backend_id: u32,
+    /// Reverse-NAT index to apply to replies (0: none).
+    pub rev_nat_index: u16,
+    /// Proxy port when the verdict is a redirect.
+    pub proxy_port: u16,
+    /// [`PolicyAction`] as u8 (Allow or Redirect; denied flows get no entry).
+    pub verdict: u8,
+    /// TCP flags seen from the originator (OR of all).
+    pub flags_forward: u8,
+    /// TCP flags seen from the responder (OR of all).
+    pub flags_reply: u8,
+    /// [`CT_FLAG_CLOSING`] | [`CT_FLAG_REPLIED`].
+    pub state: u8,
+    /// Explicit padding, zero.
+    pub _pad: [u8; 4],
+}
+
+/// Timeout of a TCP flow that has not completed its handshake.
+pub const CT_TIMEOUT_SYN_NS: u64 = 60 * 1_000_000_000;
+/// Timeout of an established TCP flow (idle).
+pub const CT_TIMEOUT_TCP_NS: u64 = 21_600 * 1_000_000_000;
+/// Timeout of a closing TCP flow (FIN both ways, or RST).
+pub const CT_TIMEOUT_CLOSE_NS: u64 = 10 * 1_000_000_000;
+/// Timeout of UDP and ICMP flows (idle).
+pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
+/// A busy established flow reports a trace event at most this often.
+pub const TRACE_REPORT_INTERVAL_NS: u64 = 5 * 1_000_000_000;
+
+/// Packets carrying this mark (under [`PROXY_MARK_MASK`]) come from the L7
+/// proxy: never redirected again. Bits 16..31 may carry the source identity
+/// of the endpoint the proxy acts for.
+pub const PROXY_MARK_EGRESS: u32 = 0xb00;
+/// Mark set on packets handed to the proxy; the node's policy routing
+/// (`fwmark 0x200/0xf00 lookup 2004`) delivers them locally.
+pub const PROXY_MARK_TO_PROXY: u32 = 0x200;
+/// Mask of the proxy marks.
+pub const PROXY_MARK_MASK: u32 = 0xf00;
 
 /// Packet and byte counters of one endpoint and direction (per CPU).
 #[repr(C)]
@@ -49,8 +317,19 @@ pub struct StatsKey {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (all three): repr(C), integers and byte arrays only, no implicit padding.
+    // SAFETY (all): repr(C), integers and byte arrays only, padding explicit.
     unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::IpKey {}
+    unsafe impl aya::Pod for super::EndpointPolicy {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyEntry {}
+    unsafe impl aya::Pod for super::IpcacheKey {}
+    unsafe impl aya::Pod for super::IpcacheEntry {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceEntry {}
+    unsafe impl aya::Pod for super::L4Addr {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::PacketStats {}
     unsafe impl aya::Pod for super::StatsKey {}
 }
@@ -59,6 +338,22 @@ mod user {
 pub mod names {
     /// ifindex → [`super::EndpointInfo`].
     pub const ENDPOINTS: &str = "MYELIN_ENDPOINTS";
+    /// [`super::IpKey`] → [`super::EndpointInfo`]: local pods by address.
+    pub const ENDPOINTS_BY_IP: &str = "MYELIN_EP_BY_IP";
+    /// endpoint id → [`super::EndpointPolicy`].
+    pub const ENDPOINT_POLICY: &str = "MYELIN_EP_POLICY";
+    /// LPM [`super::PolicyKey`] → [`super::PolicyEntry`].
+    pub const POLICY: &str = "MYELIN_POLICY";
+    /// LPM [`super::IpcacheKey`] → [`super::IpcacheEntry`].
+    pub const IPCACHE: &str = "MYELIN_IPCACHE";
+    /// [`super::ServiceKey`] → [`super::ServiceEntry`].
+    pub const SERVICES: &str = "MYELIN_SERVICES";
+    /// backend id → [`super::L4Addr`].
+    pub const BACKENDS: &str = "MYELIN_BACKENDS";
+    /// reverse-NAT index (u32) → [`super::L4Addr`] of the frontend.
+    pub const REV_NAT: &str = "MYELIN_REV_NAT";
+    /// LRU [`super::CtKey`] → [`super::CtEntry`].
+    pub const CONNTRACK: &str = "MYELIN_CT";
     /// [`super::StatsKey`] → [`super::PacketStats`] per CPU.
     pub const STATS: &str = "MYELIN_STATS";
     /// The event ring buffer.

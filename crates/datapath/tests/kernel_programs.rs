@@ -6,6 +6,7 @@ use myelin_datapath::{Datapath, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER};
 use myelin_test_support::{ScratchBpffs, privileged};
 
 const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
 
 fn ipv4_tcp(flags: u8, ihl_words: u8) -> Vec<u8> {
     let mut f = vec![0u8; 14];
@@ -148,8 +149,8 @@ async fn ipv6_udp_is_traced() {
 }
 
 #[tokio::test]
-async fn truncated_frames_pass_and_are_reported_without_l4() {
-    if !privileged("truncated_frames_pass_and_are_reported_without_l4") {
+async fn truncated_and_bogus_headers_are_dropped_with_their_reason() {
+    if !privileged("truncated_and_bogus_headers_are_dropped_with_their_reason") {
         return;
     }
     let bpffs = ScratchBpffs::mount().expect("mount bpffs");
@@ -159,17 +160,19 @@ async fn truncated_frames_pass_and_are_reported_without_l4() {
     frame.truncate(14 + 20 + 4);
     let (verdict, events) =
         run_and_read(&mut datapath, &mut reader, PROGRAM_FROM_CONTAINER, &frame).await;
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(EventKind::from_u8(events[0].kind), Some(EventKind::Drop));
     assert_eq!(
-        events[0].tcp_flags, 0,
-        "flags lie beyond the truncated header"
+        events[0].drop_reason, 135,
+        "CT: Truncated or invalid header"
     );
     // A bogus IHL below 5 is not parsed as IP at all.
     let mut bogus = ipv4_tcp(0x02, 5);
     bogus[14] = 0x42;
     let (verdict, events) =
         run_and_read(&mut datapath, &mut reader, PROGRAM_FROM_CONTAINER, &bogus).await;
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(events[0].drop_reason, 134, "Invalid packet");
     assert_eq!(events[0].ip_version, 0);
 }
 
