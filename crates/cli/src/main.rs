@@ -101,6 +101,20 @@ enum App {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Lab(_)
+            | Command::Apply(_)
+            | Command::Delete(_)
+            | Command::Policy(_)
+            | Command::Observe(_)
+    ) {
+        // Commands that print end quietly when their reader goes away
+        // (`myelin observe | head`), as Unix tools do. Daemons keep Rust's
+        // default: a peer closing a socket must not kill them.
+        // SAFETY: restoring a default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -41,6 +41,8 @@ struct Supervisor {
     exe: PathBuf,
     state: LabState,
     exits: mpsc::UnboundedSender<(String, u32, Option<i32>)>,
+    /// Set once teardown begins: exits are expected then, not restarted.
+    stopping: bool,
 }
 
 /// Runs the supervisor of lab `lab` in the foreground until `lab down` (or
@@ -61,6 +63,7 @@ pub async fn supervise(lab: &str, exe: PathBuf) -> anyhow::Result<()> {
             ..LabState::default()
         },
         exits,
+        stopping: false,
     };
     supervisor.save()?;
     // On failure `lab up` reads this process's log, then tears the lab down.
@@ -97,11 +100,12 @@ pub async fn supervise(lab: &str, exe: PathBuf) -> anyhow::Result<()> {
                 }));
             }
             Some((pod, pid, code)) = exit_events.recv() => {
-                supervisor.lock().await.container_exited(&pod, pid, code).await;
+                supervisor.lock().await.process_exited(&pod, pid, code).await;
             }
             _ = down_rx.recv() => break,
             _ = terminate.recv() => {
-                let supervisor = supervisor.lock().await;
+                let mut supervisor = supervisor.lock().await;
+                supervisor.stopping = true;
                 teardown::teardown(&names, Some(&supervisor.state));
                 break;
             }
@@ -220,13 +224,24 @@ impl Supervisor {
             "-n", &netns, "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "2004",
         ])?;
 
-        let node_dir = self.names.node_dir(name);
-        std::fs::create_dir_all(&node_dir)?;
+        std::fs::create_dir_all(self.names.node_dir(name))?;
         crate::bpffs::ensure_mounted(&self.names.bpffs())?;
-        let log = std::fs::File::create(node_dir.join("agent.log"))?;
+        self.spawn_agent(name).await?;
+        self.start_proxy(name)
+    }
+
+    /// Starts (or restarts) a node's agent and waits until it answers.
+    async fn spawn_agent(&mut self, name: &str) -> anyhow::Result<()> {
+        let record = self.node(name)?.clone();
+        let node_dir = self.names.node_dir(name);
+        // Appended: a restarted agent's log follows its predecessor's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node_dir.join("agent.log"))?;
         let mut command = tokio::process::Command::new(&self.exe);
         command
-            .args(["agent", "--node", name, "--netns", &netns])
+            .args(["agent", "--node", name, "--netns", &record.netns])
             .arg("--api-socket")
             .arg(self.agent_socket(name))
             .arg("--bpffs")
@@ -255,7 +270,7 @@ impl Supervisor {
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("the agent exited at once"))?;
-        self.watch(child, format!("node/{name}"), pid);
+        self.watch(child, format!("agent/{name}"), pid);
         if let Some(node) = self.state.nodes.iter_mut().find(|n| n.name == name) {
             node.agent = Some(record_process(pid, format!("agent of {name}")));
         }
@@ -266,7 +281,7 @@ impl Supervisor {
                 .await
                 .is_ok()
             {
-                return self.start_proxy(name, &netns, &node_dir);
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -286,11 +301,16 @@ impl Supervisor {
     }
 
     /// Starts the node's L7 proxy; it connects to the agent by itself.
-    fn start_proxy(&mut self, name: &str, netns: &str, node_dir: &Path) -> anyhow::Result<()> {
-        let log = std::fs::File::create(node_dir.join("proxy.log"))?;
+    fn start_proxy(&mut self, name: &str) -> anyhow::Result<()> {
+        let netns = self.node(name)?.netns.clone();
+        let node_dir = self.names.node_dir(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node_dir.join("proxy.log"))?;
         let mut command = tokio::process::Command::new(&self.exe);
         command
-            .args(["proxy", "--netns", netns])
+            .args(["proxy", "--netns", &netns])
             .arg("--control-socket")
             .arg(node_dir.join("proxy.sock"))
             .arg("--snapshot-file")
@@ -303,7 +323,7 @@ impl Supervisor {
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("the proxy exited at once"))?;
-        self.watch(child, format!("node/{name}"), pid);
+        self.watch(child, format!("proxy/{name}"), pid);
         if let Some(node) = self.state.nodes.iter_mut().find(|n| n.name == name) {
             node.proxy = Some(record_process(pid, format!("proxy of {name}")));
         }
@@ -319,11 +339,43 @@ impl Supervisor {
         });
     }
 
-    async fn container_exited(&mut self, owner: &str, pid: u32, code: Option<i32>) {
-        let Some(record) = self.state.pods.get_mut(owner) else {
-            if owner.starts_with("node/") {
-                tracing::error!(owner, ?code, "an agent exited");
+    /// A child exited: a node's agent or proxy is started again (as a
+    /// DaemonSet would), a pod's container marks the pod failed.
+    async fn process_exited(&mut self, owner: &str, pid: u32, code: Option<i32>) {
+        if self.stopping {
+            return;
+        }
+        if let Some(node) = owner.strip_prefix("agent/") {
+            let current = self
+                .node(node)
+                .ok()
+                .and_then(|n| n.agent.as_ref())
+                .is_some_and(|p| p.pid == pid);
+            if current {
+                tracing::warn!(node, ?code, "the agent exited; starting it again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Err(e) = self.spawn_agent(node).await {
+                    tracing::error!(node, "the agent could not be started again: {e:#}");
+                }
             }
+            return;
+        }
+        if let Some(node) = owner.strip_prefix("proxy/") {
+            let current = self
+                .node(node)
+                .ok()
+                .and_then(|n| n.proxy.as_ref())
+                .is_some_and(|p| p.pid == pid);
+            if current {
+                tracing::warn!(node, ?code, "the proxy exited; starting it again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Err(e) = self.start_proxy(node) {
+                    tracing::error!(node, "the proxy could not be started again: {e:#}");
+                }
+            }
+            return;
+        }
+        let Some(record) = self.state.pods.get_mut(owner) else {
             return;
         };
         if !record.processes.iter().any(|p| p.pid == pid) {
@@ -359,6 +411,7 @@ impl Supervisor {
                 .map(|lines| LabResponse::Changes { lines }),
             LabRequest::Status => Ok(LabResponse::Status(self.status().await)),
             LabRequest::Down => {
+                self.stopping = true;
                 teardown::teardown(&self.names, Some(&self.state));
                 Ok(LabResponse::Ok)
             }
