@@ -60,6 +60,13 @@ pub struct ManifestArgs {
     name: String,
 }
 
+impl LabArgs {
+    /// Whether this runs the lab supervisor daemon.
+    pub fn is_supervisor(&self) -> bool {
+        matches!(self.command, LabCommand::Supervise)
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
