@@ -433,3 +433,83 @@ fn bad_manifests_create_nothing() {
     );
     assert_eq!(lab.netns(), before);
 }
+
+#[test]
+fn flows_and_metrics_come_from_the_agent() {
+    if !privileged("flows_and_metrics_come_from_the_agent") {
+        return;
+    }
+    let lab = Lab::named();
+    lab.up(&starwars());
+    let v4 = lab.pod_address("deathstar-", 4);
+    assert_eq!(
+        curl(
+            &lab,
+            "tiefighter",
+            "POST",
+            &format!("http://{v4}/v1/request-landing")
+        ),
+        "Ship landed\n"
+    );
+
+    // Through the observer API, as `hubble observe` would ask.
+    let compact = lab.ok(&[
+        "observe",
+        "--last",
+        "200",
+        "--from-pod",
+        "default/tiefighter",
+        "--protocol",
+        "tcp",
+    ]);
+    let syn = compact
+        .lines()
+        .find(|l| l.contains("TCP Flags: SYN") && !l.contains("ACK"))
+        .unwrap_or_else(|| panic!("no SYN of tiefighter in:\n{compact}"));
+    assert!(syn.contains("default/tiefighter:"), "{syn}");
+    assert!(syn.contains(":80 "), "{syn}");
+    let json = lab.ok(&[
+        "observe",
+        "--last",
+        "50",
+        "--to-pod",
+        "default/tiefighter",
+        "-o",
+        "json",
+    ]);
+    let first: serde_json::Value =
+        serde_json::from_str(json.lines().next().expect("a JSON line")).expect("JSON flow");
+    assert_eq!(
+        first["flow"]["destination"]["pod_name"], "tiefighter",
+        "{first}"
+    );
+
+    // Hubble's metric families, scraped inside the node.
+    let node = format!("ml-{}_node1", lab.name);
+    let metrics = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node,
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "http://127.0.0.1:9965/metrics",
+        ])
+        .output()
+        .expect("curl");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let processed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("hubble_flows_processed_total{") && l.contains("verdict=\"FORWARDED\"")
+        })
+        .unwrap_or_else(|| panic!("no hubble_flows_processed_total in:\n{metrics}"));
+    let count: f64 = processed
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!(count > 0.0, "{processed}");
+}
