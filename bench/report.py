@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's raw measurements into results.json, results.md and results.svg.
+
+Medians with min/max over rounds; every ratio is paired with the baseline of the same round
+(then the median of the per-round ratios is taken), so machine drift between rounds cancels.
+Standard library only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+from html import escape
+
+SCENARIOS = [
+    ("no-mesh", "no mesh (baseline)"),
+    ("myelin-l34", "Myelin L3/L4 (TC programs)"),
+    ("myelin-l7-node", "Myelin L7 node proxy"),
+    ("sidecar-myelin", "sidecars: Myelin proxy ×2"),
+    ("sidecar-nginx", "sidecars: nginx ×2"),
+    ("sidecar-haproxy", "sidecars: HAProxy ×2"),
+    ("node-nginx", "nginx node proxy"),
+    ("node-haproxy", "HAProxy node proxy"),
+]
+LABEL = dict(SCENARIOS)
+
+# metric name -> how to read it from one raw line
+METRICS = {
+    "rps": lambda r: r["rps"],
+    "conn_rate": lambda r: r["conn_rate"],
+    "p50": lambda r: r["load"]["latency_ms"]["p50"],
+    "p90": lambda r: r["load"]["latency_ms"]["p90"],
+    "p99": lambda r: r["load"]["latency_ms"]["p99"],
+    "p999": lambda r: r["load"]["latency_ms"]["p999"],
+    "cpu": lambda r: r["load"]["total_cpu_us_per_req"],
+    "other_cores": lambda r: r["load"]["other_cores"],
+    "iperf": lambda r: r["iperf_gbps"],
+    "rss": lambda r: r["mesh_rss_kib"],
+}
+
+PENDING = [
+    ("Myelin L3/L4 through a ClusterIP with policy enforced",
+     "the datapath's conntrack, service LB and policy are being built; scenario 2 today runs "
+     "the programs that exist (pass, count, trace) on both pod veths"),
+    ("Myelin L7 via the datapath's sk_assign redirect",
+     "scenario 3 today is Myelin's proxy as a fixed-upstream node listener (the client "
+     "connects to the node address); the transparent redirect plugs in when it lands"),
+    ("pod-ready time p50/p99 over 100 pods (goal: p50 < 100 ms)", "not measured yet"),
+    ("agent + proxy memory measured at 10 and 100 pods", "estimated from one pod pair (see memory)"),
+    ("gRPC unary requests/s through the L7 path", "not measured yet"),
+    ("policy resolution time; kernel events/s", "not measured yet"),
+]
+
+
+def load_raw(path):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def stats(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def by_round(rows, scenario, metric):
+    out = {}
+    for r in rows:
+        if r["scenario"] == scenario:
+            v = METRICS[metric](r)
+            if v is not None:
+                out[r["round"]] = v
+    return out
+
+
+def paired_ratio(rows, scenario, base, metric):
+    """Median over rounds of scenario/base, each ratio within one round."""
+    a, b = by_round(rows, scenario, metric), by_round(rows, base, metric)
+    ratios = [a[k] / b[k] for k in a if k in b and b[k]]
+    return stats(ratios)
+
+
+def paired_diff(rows, scenario, base, metric):
+    """Median over rounds of scenario - base, each difference within one round."""
+    a, b = by_round(rows, scenario, metric), by_round(rows, base, metric)
+    return stats([a[k] - b[k] for k in a if k in b])
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.{digits}f}"
+
+
+def cell(s, digits=2):
+    if s is None:
+        return "—"
+    if s["n"] == 1:
+        return fmt(s["median"], digits)
+    return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}–{fmt(s['max'], digits)})"
+
+
+def goals(rows, present):
+    """Each goal of issue 7: (text, measured, target, met) with met None when not measurable."""
+    out = []
+
+    def ratio_goal(text, scen, base, metric, target, at_least):
+        if scen not in present or base not in present:
+            out.append({"goal": text, "measured": None, "target": target, "met": None,
+                        "op": "≥" if at_least else "≤"})
+            return
+        s = paired_ratio(rows, scen, base, metric)
+        v = s["median"] if s else None
+        met = None if v is None else (v >= target if at_least else v <= target)
+        out.append({"goal": text, "measured": v, "range": s, "target": target, "met": met,
+                    "op": "≥" if at_least else "≤"})
+
+    ratio_goal("L3/L4 req/s vs no mesh", "myelin-l34", "no-mesh", "rps", 0.97, True)
+    ratio_goal("L3/L4 p99 vs no mesh", "myelin-l34", "no-mesh", "p99", 1.05, False)
+    ratio_goal("L7 node req/s vs Myelin sidecars", "myelin-l7-node", "sidecar-myelin", "rps", 2.0, True)
+    ratio_goal("L7 node p50 vs Myelin sidecars", "myelin-l7-node", "sidecar-myelin", "p50", 0.5, False)
+    ratio_goal("Myelin proxy req/s vs nginx (node role)", "myelin-l7-node", "node-nginx", "rps", 1.2, True)
+    ratio_goal("Myelin proxy req/s vs HAProxy (node role)", "myelin-l7-node", "node-haproxy", "rps", 1.2, True)
+    ratio_goal("Myelin proxy p99 vs nginx (node role)", "myelin-l7-node", "node-nginx", "p99", 1.0, False)
+    ratio_goal("Myelin proxy p99 vs HAProxy (node role)", "myelin-l7-node", "node-haproxy", "p99", 1.0, False)
+
+    mem = memory_estimate(rows, present)
+    if mem:
+        v = mem["ratio"]
+        out.append({"goal": "agent + proxy memory at 100 pods vs sidecars (estimate)", "measured": v,
+                    "target": 0.1, "met": v <= 0.1, "op": "≤", "estimate": True})
+    else:
+        out.append({"goal": "agent + proxy memory at 100 pods vs sidecars", "measured": None,
+                    "target": 0.1, "met": None, "op": "≤"})
+    out.append({"goal": "pod ready p50 (ms)", "measured": None, "target": 100, "met": None, "op": "<"})
+    return out
+
+
+def memory_estimate(rows, present):
+    """Node: agent stand-in + node proxy + datapath process, measured; sidecars: 100 × one
+    sidecar (half of the measured pair). Growth of the agent with pods is not measured."""
+    need = {"myelin-l7-node", "sidecar-myelin"}
+    if not need <= present:
+        return None
+    node = stats([METRICS["rss"](r) for r in rows if r["scenario"] == "myelin-l7-node"])["median"]
+    dp = stats([METRICS["rss"](r) for r in rows if r["scenario"] == "myelin-l34"])
+    node += dp["median"] if dp else 0
+    per_sidecar = stats([METRICS["rss"](r) for r in rows if r["scenario"] == "sidecar-myelin"])["median"] / 2
+    sidecars = 100 * per_sidecar
+    return {"node_kib": node, "per_sidecar_kib": per_sidecar, "sidecars_100_kib": sidecars,
+            "ratio": node / sidecars if sidecars else None}
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "kernel": platform.release(), "cpu": model}
+
+
+def markdown(meta, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu):
+    m = meta["machine"]
+    lines = [
+        f"## Benchmark results — {meta['started'][:10]}",
+        "",
+        f"- date: {meta['started']} ({meta['seconds']} s); machine: {m['cores']} cores ({m['cpu']}), kernel {m['kernel']}",
+        f"- command: `{meta['command']}`",
+        f"- server: {meta['server']} (one worker), client and server in their own network namespaces, routed "
+        f"through a node namespace; system under test pinned to cpu0, generator to cpu1; "
+        f"{meta['rounds']} interleaved round(s); medians (min–max).",
+        f"- noisy: {meta['noisy_runs']} of {meta['runs']} runs had other work on the machine "
+        f"(compilers seen or > 0.05 foreign cores during the open-loop window): "
+        f"{'numbers are noisy' if meta['noisy_runs'] else 'quiet machine'}.",
+    ]
+    if smoke:
+        lines.append("- **smoke run**: one short round, numbers only prove the harness works.")
+    lines += [
+        "",
+        "### Goals (issue 7), ratios paired within each round",
+        "",
+        "| goal | measured | target | status |",
+        "| --- | --- | --- | --- |",
+    ]
+    for g in goal_rows:
+        status = "pending" if g["met"] is None else ("met" if g["met"] else "**NOT met**")
+        measured = "—" if g["measured"] is None else f"{g['measured']:.2f}"
+        if g.get("range") and g["range"]["n"] > 1:
+            measured += f" ({g['range']['min']:.2f}–{g['range']['max']:.2f})"
+        if g.get("estimate"):
+            measured += " (estimate)"
+        lines.append(f"| {g['goal']} | {measured} | {g.get('op', '')} {g['target']} | {status} |")
+    lines += [
+        "",
+        f"### Figures",
+        "",
+        f"req/s: wrk -t1 -c64, keep-alive (closed loop). Latency: open loop at {meta['rate']:.0f} req/s, "
+        "64 connections, from intended send time (coordinated omission accounted for). "
+        "CPU: run time of everything the benchmark runs (system under test, generator, ksoftirqd: "
+        "softirq work is charged to the sender here) per request at that rate; 'mesh CPU' subtracts "
+        "the no-mesh figure of the same round, i.e. what the mesh adds per request. "
+        "conn/s: wrk -c32 with `Connection: close`. RSS: the mesh's own processes.",
+        "",
+        "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req | iperf3 Gbit/s | mesh RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, label in SCENARIOS:
+        if key not in present:
+            continue
+        s = summary[key]
+        r = ratios.get(key, {}).get("rps")
+        rss = s["rss"]
+        rss_mib = None if rss is None else {k: (v / 1024 if k != "n" else v) for k, v in rss.items()}
+        lines.append(
+            f"| {label} | {cell(s['rps'])} | {fmt(r['median']) if r else '—'} | {cell(s['conn_rate'])} | "
+            f"{cell(s['p50'], 3)} | {cell(s['p90'], 3)} | {cell(s['p99'], 3)} | {cell(s['p999'], 3)} | "
+            f"{cell(s['cpu'], 1)} | {cell(mesh_cpu.get(key), 1)} | {cell(s['iperf'])} | "
+            f"{'—' if not rss or rss['median'] == 0 else cell(rss_mib, 1)} |"
+        )
+    if mem:
+        lines += [
+            "",
+            f"Memory estimate at 100 pods: Myelin node (agent stand-in + node proxy + datapath process) "
+            f"{mem['node_kib'] / 1024:.1f} MiB vs 100 Myelin sidecars at {mem['per_sidecar_kib'] / 1024:.1f} MiB each = "
+            f"{mem['sidecars_100_kib'] / 1024:.0f} MiB (ratio {mem['ratio']:.3f}). The agent's growth with pods is "
+            "not measured yet.",
+        ]
+    lines += ["", "### Pending", ""]
+    lines += [f"- {what}: {why}." for what, why in PENDING]
+    return "\n".join(lines) + "\n"
+
+
+def svg(summary, present, meta):
+    """Three horizontal bar panels: req/s, p50/p99 latency, CPU per request."""
+    rows = [(k, l) for k, l in SCENARIOS if k in present]
+    bar_h, gap, label_w, panel_w, pad = 16, 8, 210, 300, 20
+    panels = [
+        ("keep-alive req/s (wrk -c64)", [("rps", "#3b6ea8")]),
+        (f"latency ms at {meta['rate']:.0f} req/s open loop: p50, p99", [("p50", "#3b6ea8"), ("p99", "#c0504d")]),
+        ("CPU µs per request (all benchmark processes)", [("cpu", "#6a9a3b")]),
+    ]
+    height = pad * 2 + 30 + len(rows) * (bar_h * 2 + gap)
+    width = label_w + len(panels) * (panel_w + pad) + pad
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="100%" height="100%" fill="white"/>',
+           f'<text x="{pad}" y="{pad}" font-size="13" font-weight="bold">Myelin benchmarks — '
+           f'{escape(meta["started"][:10])}, {meta["machine"]["cores"]} cores, kernel {escape(meta["machine"]["kernel"])}, '
+           f'medians with min–max</text>']
+    top = pad + 30
+    for i, (key, label) in enumerate(rows):
+        y = top + i * (bar_h * 2 + gap)
+        out.append(f'<text x="{pad}" y="{y + bar_h + 4}">{escape(label)}</text>')
+    for p, (title, metrics) in enumerate(panels):
+        x0 = label_w + p * (panel_w + pad)
+        out.append(f'<text x="{x0}" y="{top - 8}" font-weight="bold">{escape(title)}</text>')
+        vmax = max((summary[k][m]["max"] for k, _ in rows for m, _ in metrics if summary[k][m]), default=1) or 1
+        for i, (key, _) in enumerate(rows):
+            for j, (metric, color) in enumerate(metrics):
+                s = summary[key][metric]
+                if not s:
+                    continue
+                h = bar_h * 2 // len(metrics)
+                y = top + i * (bar_h * 2 + gap) + j * h
+                w = panel_w * 0.8 * s["median"] / vmax
+                out.append(f'<rect x="{x0}" y="{y}" width="{w:.1f}" height="{h - 2}" fill="{color}"/>')
+                lo, hi = (panel_w * 0.8 * s[b] / vmax for b in ("min", "max"))
+                ym = y + (h - 2) / 2
+                out.append(f'<line x1="{x0 + lo:.1f}" x2="{x0 + hi:.1f}" y1="{ym:.1f}" y2="{ym:.1f}" stroke="black"/>')
+                out.append(f'<text x="{x0 + max(w, hi) + 4:.1f}" y="{y + h - 4}">{fmt(s["median"], 2)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def check_smoke(rows, present):
+    """Every scenario produced numbers: req/s, conn/s, answered open-loop requests, iperf3 where due."""
+    problems = []
+    for key in present:
+        for r in (r for r in rows if r["scenario"] == key):
+            if not r["rps"] > 0 or r["rps_non_2xx"]:
+                problems.append(f"{key}: keep-alive run gave {r['rps']} req/s, {r['rps_non_2xx']} non-2xx")
+            if not r["conn_rate"] > 0 or r["conn_non_2xx"]:
+                problems.append(f"{key}: connection-rate run gave {r['conn_rate']} conn/s, {r['conn_non_2xx']} non-2xx")
+            load = r["load"]
+            if not load["ok"] > 0 or load["non_2xx"] or load["errors"]:
+                problems.append(f"{key}: open-loop run: {load['ok']} ok, {load['non_2xx']} non-2xx, {load['errors']} errors")
+            if key in ("no-mesh", "myelin-l34") and not (r["iperf_gbps"] or 0) > 0:
+                problems.append(f"{key}: no iperf3 throughput")
+            if key not in ("no-mesh",) and not r["mesh_rss_kib"] > 0:
+                problems.append(f"{key}: no mesh RSS")
+    return problems
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--started", required=True)
+    ap.add_argument("--seconds", type=int, required=True)
+    ap.add_argument("--command", required=True)
+    ap.add_argument("--rate", type=float, required=True)
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--readme", help="README whose results section is replaced by the table")
+    args = ap.parse_args()
+
+    rows = load_raw(args.raw)
+    present = {r["scenario"] for r in rows}
+    summary = {k: {m: stats([f(r) for r in rows if r["scenario"] == k]) for m, f in METRICS.items()}
+               for k in present}
+    ratios = {}
+    if "no-mesh" in present:
+        for k in present:
+            ratios[k] = {m: paired_ratio(rows, k, "no-mesh", m) for m in ("rps", "conn_rate", "p50", "p99", "cpu")}
+    noisy = sum(1 for r in rows if r["compilers_running"] > 0 or r["load"]["other_cores"] > 0.05)
+    meta = {"started": args.started, "seconds": args.seconds, "command": args.command, "rate": args.rate,
+            "server": args.server, "machine": machine(), "rounds": max((r["round"] for r in rows), default=0),
+            "runs": len(rows), "noisy_runs": noisy, "smoke": args.smoke}
+    goal_rows = goals(rows, present)
+    mem = memory_estimate(rows, present)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "summary": summary, "ratios_vs_no_mesh": ratios,
+                   "mesh_cpu_us_per_req": {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present
+                                           if "no-mesh" in present},
+                   "goals": goal_rows,
+                   "memory_estimate": mem, "raw": rows}, f, indent=1)
+    mesh_cpu = {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present if "no-mesh" in present}
+    md = markdown(meta, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu)
+    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    with open(os.path.join(args.out, "results.svg"), "w", encoding="utf-8") as f:
+        f.write(svg(summary, present, meta))
+    if args.readme:
+        with open(args.readme, encoding="utf-8") as f:
+            readme = f.read()
+        start, end = "<!-- results:start -->", "<!-- results:end -->"
+        if start in readme and end in readme:
+            head, rest = readme.split(start, 1)
+            _, tail = rest.split(end, 1)
+            with open(args.readme, "w", encoding="utf-8") as f:
+                f.write(f"{head}{start}\n{md}{end}{tail}")
+    print(md)
+    if args.smoke:
+        problems = check_smoke(rows, present)
+        if problems:
+            print("smoke: FAILED\n  " + "\n  ".join(problems), file=sys.stderr)
+            sys.exit(1)
+        print(f"smoke: every scenario produced numbers ({', '.join(sorted(present))})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

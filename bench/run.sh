@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# Myelin's benchmarks: every scenario side by side, interleaved in rounds, on a topology of
+# network namespaces this script builds and removes (bench/README.md explains the method).
+#
+#   bench/run.sh                       all scenarios, 3 rounds, results in bench/results/
+#   bench/run.sh --scenario node-nginx one scenario (repeat the flag or use commas for more)
+#   bench/run.sh --smoke               ~2 s per figure, asserts only that every scenario
+#                                      produces numbers; results stay in the temp dir
+#   options: --rounds N  --rate REQ_PER_S  --duration SECONDS (whole)  --server nginx|deathstar
+#            --no-build  --out DIR  --keep (keep the temp dir with the logs)
+#
+# Run as root. Nothing leaves the namespaces created here (mb-<pid>-client, -server, -node);
+# they and every process started here are removed by name/PID on exit, failure or Ctrl-C.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ALL_SCENARIOS=(no-mesh myelin-l34 myelin-l7-node sidecar-myelin sidecar-nginx sidecar-haproxy node-nginx node-haproxy)
+
+SMOKE=0
+ROUNDS=3
+RATE=""
+DURATION=""
+SERVER=nginx
+BUILD=1
+OUT=""
+KEEP=0
+SCENARIOS=()
+
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --scenario) shift; IFS=',' read -r -a more <<<"${1:?--scenario needs a name}"; SCENARIOS+=("${more[@]}") ;;
+    --rounds) shift; ROUNDS=${1:?--rounds needs a number} ;;
+    --rate) shift; RATE=${1:?--rate needs requests per second} ;;
+    --duration) shift; DURATION=${1:?--duration needs seconds} ;;
+    --server) shift; SERVER=${1:?--server needs nginx or deathstar} ;;
+    --no-build) BUILD=0 ;;
+    --out) shift; OUT=${1:?--out needs a directory} ;;
+    --keep) KEEP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+[ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=("${ALL_SCENARIOS[@]}")
+for s in "${SCENARIOS[@]}"; do
+  case " ${ALL_SCENARIOS[*]} " in
+    *" $s "*) ;;
+    *) echo "bench: unknown scenario '$s' (known: ${ALL_SCENARIOS[*]})" >&2; exit 2 ;;
+  esac
+done
+case "$SERVER" in
+  nginx) REQ_PATH=/ ;;
+  deathstar) REQ_PATH=/v1/healthz ;;
+  *) echo "bench: --server must be nginx or deathstar" >&2; exit 2 ;;
+esac
+
+if [ "$SMOKE" = 1 ]; then
+  ROUNDS=1; WARMUP=1; DURATION=${DURATION:-1}; RATE=${RATE:-1000}
+else
+  WARMUP=2; DURATION=${DURATION:-5}; RATE=${RATE:-5000}
+fi
+CONNS=64          # keep-alive connections, closed loop and open loop alike
+CONN_RATE_CONNS=32
+SUT_CPU=0         # server, proxies, agent stand-in
+GEN_CPU=1         # wrk, iperf3 client, the open-loop generator
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, eBPF): run it with sudo"
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (system under test on cpu$SUT_CPU, generator on cpu$GEN_CPU)"
+
+# --- tools ------------------------------------------------------------------------------
+install_tools() {
+  local missing=() pkg
+  for pkg in nginx-light haproxy wrk iperf3 iproute2 util-linux python3; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  # nginx-light's nginx counts as nginx; any nginx flavour will do.
+  if command -v nginx >/dev/null; then
+    local filtered=(); for pkg in "${missing[@]}"; do [ "$pkg" = nginx-light ] || filtered+=("$pkg"); done
+    missing=("${filtered[@]+"${filtered[@]}"}")
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    # Debian starts packaged daemons on install unless policy-rc.d says no: say no.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    [ "$created" = 0 ] || rm -f "$policy"
+  fi
+}
+install_tools
+
+BIN="$ROOT/target/release"
+if [ "$BUILD" = 1 ]; then
+  say "building (release)"
+  (cd "$ROOT" && cargo build --release --bin myelin --bin myelin-bench)
+fi
+NEED_BINS=(myelin-bench); [ "$SERVER" != deathstar ] || NEED_BINS+=(myelin)
+for b in "${NEED_BINS[@]}"; do [ -x "$BIN/$b" ] || die "$BIN/$b missing: build with cargo build --release --bin $b"; done
+
+# --- temp dir, namespaces, cleanup -------------------------------------------------------
+ID=$$
+TMP=$(mktemp -d "/tmp/myelin-bench.$ID.XXXX")
+NS_C="mb-$ID-client"; NS_S="mb-$ID-server"; NS_N="mb-$ID-node"
+VETH_C="mb${ID}c"; VETH_S="mb${ID}s"
+BPFFS="$TMP/bpffs"
+PIDS=()        # every process started here, stopped by PID
+FAILED=1
+
+stop_pids() {
+  local pid
+  for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
+cleanup() {
+  set +e
+  [ "${#PIDS[@]}" -eq 0 ] || stop_pids "${PIDS[@]}"
+  mountpoint -q "$BPFFS" 2>/dev/null && umount "$BPFFS"
+  local ns
+  for ns in "$NS_C" "$NS_S" "$NS_N"; do
+    ip netns list | grep -qw "^$ns" && ip netns del "$ns"
+  done
+  if [ "$FAILED" = 1 ] || [ "$KEEP" = 1 ]; then
+    echo "bench: logs kept in $TMP" >&2
+  else
+    rm -rf "$TMP"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+topology() {
+  say "topology: $NS_C, $NS_S, $NS_N"
+  local ns
+  for ns in "$NS_C" "$NS_S" "$NS_N"; do
+    ip netns add "$ns"
+    in_ns "$ns" ip link set lo up
+    in_ns "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 \
+      net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
+  done
+  in_ns "$NS_N" sysctl -qw net.ipv4.ip_forward=1
+  # Routed pods, as Myelin's nodes do: a veth per pod, the host side in the node.
+  ip link add "$VETH_C" netns "$NS_N" type veth peer name eth0 netns "$NS_C"
+  ip link add "$VETH_S" netns "$NS_N" type veth peer name eth0 netns "$NS_S"
+  in_ns "$NS_N" ip addr add 10.250.1.1/24 dev "$VETH_C"
+  in_ns "$NS_N" ip addr add 10.250.2.1/24 dev "$VETH_S"
+  in_ns "$NS_N" ip link set "$VETH_C" up
+  in_ns "$NS_N" ip link set "$VETH_S" up
+  in_ns "$NS_C" ip addr add 10.250.1.2/24 dev eth0
+  in_ns "$NS_C" ip link set eth0 up
+  in_ns "$NS_C" ip route add default via 10.250.1.1
+  in_ns "$NS_S" ip addr add 10.250.2.2/24 dev eth0
+  in_ns "$NS_S" ip link set eth0 up
+  in_ns "$NS_S" ip route add default via 10.250.2.1
+  mkdir -p "$BPFFS"
+  mount -t bpf bpf "$BPFFS"
+}
+
+CLIENT_IP=10.250.1.2; SERVER_IP=10.250.2.2; NODE_IP=10.250.1.1
+NODE_PORT=8080; CLIENT_SIDECAR=127.0.0.1:15001; SERVER_SIDECAR="$SERVER_IP:15006"
+
+# --- processes --------------------------------------------------------------------------
+SC_PIDS=()     # processes of the running scenario (system under test)
+MESH_PIDS=()   # of those, the mesh's own (proxies, agent stand-in, datapath): for RSS
+LAST_PID=""
+
+# start NAME NS CMD...: runs CMD in NS pinned to the SUT CPU, logs to $TMP/NAME.log.
+start() {
+  local name=$1 ns=$2; shift 2
+  ip netns exec "$ns" taskset -c "$SUT_CPU" "$@" >"$TMP/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID"); SC_PIDS+=("$LAST_PID")
+}
+
+wait_tcp() {
+  local ns=$1 addr=$2 i
+  for i in $(seq 100); do
+    if ip netns exec "$ns" bash -c "exec 3<>/dev/tcp/${addr%:*}/${addr##*:}" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  die "nothing listens on $addr in $ns (logs: $TMP)"
+}
+
+wait_log() {
+  local file=$1 pattern=$2 pid=$3 i
+  for i in $(seq 200); do
+    grep -q "$pattern" "$file" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || die "$(basename "$file" .log) exited: $(tail -n 5 "$file")"
+    sleep 0.05
+  done
+  die "timed out waiting for '$pattern' in $file"
+}
+
+stop_scenario() {
+  [ "${#SC_PIDS[@]}" -eq 0 ] || stop_pids "${SC_PIDS[@]}"
+  local keep=() pid s
+  for pid in "${PIDS[@]}"; do
+    s=1; for d in "${SC_PIDS[@]}"; do [ "$pid" = "$d" ] && s=0; done
+    [ "$s" = 0 ] || keep+=("$pid")
+  done
+  PIDS=("${keep[@]+"${keep[@]}"}"); SC_PIDS=(); MESH_PIDS=()
+}
+
+nginx_conf() { # nginx_conf FILE BODY: one worker, keep-alive, no logs
+  local file=$1 body=$2 dir
+  dir=$(dirname "$file")/$(basename "$file" .conf)
+  mkdir -p "$dir"
+  cat >"$file" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+  uwsgi_temp_path $dir; scgi_temp_path $dir;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+$body
+}
+EOF
+}
+
+start_server() {
+  case "$SERVER" in
+    nginx)
+      nginx_conf "$TMP/server.conf" '  server { listen 80 backlog=8192; location / { return 200 "ok\n"; } }'
+      start server "$NS_S" nginx -c "$TMP/server.conf" ;;
+    deathstar)
+      start server "$NS_S" "$BIN/myelin" app deathstar ;;
+  esac
+  wait_tcp "$NS_S" "$SERVER_IP:80"
+}
+
+# proxy_nginx NAME NS LISTEN UPSTREAM
+proxy_nginx() {
+  local name=$1 ns=$2 listen=$3 upstream=$4
+  nginx_conf "$TMP/$name.conf" "  upstream up { server $upstream; keepalive 128; keepalive_requests 10000000; }
+  server {
+    listen $listen backlog=8192;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
+  start "$name" "$ns" nginx -c "$TMP/$name.conf"
+  MESH_PIDS+=("$LAST_PID")
+  wait_tcp "$ns" "$listen"
+}
+
+# proxy_haproxy NAME NS LISTEN UPSTREAM
+proxy_haproxy() {
+  local name=$1 ns=$2 listen=$3 upstream=$4
+  cat >"$TMP/$name.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  http-reuse always
+frontend f
+  bind $listen
+  default_backend b
+backend b
+  server s1 $upstream
+EOF
+  start "$name" "$ns" haproxy -db -f "$TMP/$name.cfg"
+  MESH_PIDS+=("$LAST_PID")
+  wait_tcp "$ns" "$listen"
+}
+
+# proxy_myelin NAME NS LISTEN UPSTREAM [--l7-policy]: the sidecar role (no agent)
+proxy_myelin() {
+  local name=$1 ns=$2 listen=$3 upstream=$4; shift 4
+  start "$name" "$ns" "$BIN/myelin-bench" proxy --listen "$listen" --upstream "$upstream" "$@"
+  MESH_PIDS+=("$LAST_PID")
+  wait_tcp "$ns" "$listen"
+}
+
+# Brings scenario $1 up; sets TARGET (what the client connects to) and IPERF (1 when a raw
+# TCP stream crosses the same path).
+up() {
+  TARGET="$SERVER_IP:80"; IPERF=0
+  start_server
+  case "$1" in
+    no-mesh) IPERF=1 ;;
+    myelin-l34)
+      IPERF=1
+      start datapath "$NS_N" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node" \
+        --endpoint "$VETH_C=$CLIENT_IP" --endpoint "$VETH_S=$SERVER_IP"
+      MESH_PIDS+=("$LAST_PID")
+      wait_log "$TMP/datapath.log" "datapath attached" "$LAST_PID" ;;
+    myelin-l7-node)
+      start agent "$NS_N" "$BIN/myelin-bench" agent --control-socket "$TMP/control.sock" \
+        --listen "$NODE_IP:$NODE_PORT" --upstream "$SERVER_IP:80" --l7-policy
+      MESH_PIDS+=("$LAST_PID")
+      wait_log "$TMP/agent.log" "agent serving" "$LAST_PID"
+      start proxy "$NS_N" "$BIN/myelin-bench" proxy --control-socket "$TMP/control.sock"
+      MESH_PIDS+=("$LAST_PID")
+      wait_tcp "$NS_N" "$NODE_IP:$NODE_PORT"
+      TARGET="$NODE_IP:$NODE_PORT" ;;
+    sidecar-myelin)
+      proxy_myelin sidecar-server "$NS_S" "$SERVER_SIDECAR" 127.0.0.1:80 --l7-policy
+      proxy_myelin sidecar-client "$NS_C" "$CLIENT_SIDECAR" "$SERVER_SIDECAR"
+      TARGET=$CLIENT_SIDECAR ;;
+    sidecar-nginx)
+      proxy_nginx sidecar-server "$NS_S" "$SERVER_SIDECAR" 127.0.0.1:80
+      proxy_nginx sidecar-client "$NS_C" "$CLIENT_SIDECAR" "$SERVER_SIDECAR"
+      TARGET=$CLIENT_SIDECAR ;;
+    sidecar-haproxy)
+      proxy_haproxy sidecar-server "$NS_S" "$SERVER_SIDECAR" 127.0.0.1:80
+      proxy_haproxy sidecar-client "$NS_C" "$CLIENT_SIDECAR" "$SERVER_SIDECAR"
+      TARGET=$CLIENT_SIDECAR ;;
+    node-nginx)
+      proxy_nginx node-proxy "$NS_N" "$NODE_IP:$NODE_PORT" "$SERVER_IP:80"
+      TARGET="$NODE_IP:$NODE_PORT" ;;
+    node-haproxy)
+      proxy_haproxy node-proxy "$NS_N" "$NODE_IP:$NODE_PORT" "$SERVER_IP:80"
+      TARGET="$NODE_IP:$NODE_PORT" ;;
+  esac
+}
+
+# --- measurements -----------------------------------------------------------------------
+gen() { ip netns exec "$NS_C" taskset -c "$GEN_CPU" "$@"; }
+
+# wrk_run SECONDS CONNS [extra wrk args]: prints "req_per_s non_2xx socket_errors"
+wrk_run() {
+  local secs=$1 conns=$2; shift 2
+  local out
+  out=$(gen wrk -t1 -c"$conns" -d"${secs}s" "$@" "http://$TARGET$REQ_PATH") || die "wrk failed against $TARGET: $out"
+  echo "$out" >>"$TMP/wrk.log"
+  local rps non2xx errs
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$out")
+  errs=$(awk -F'[ ,]+' '/Socket errors:/ {print $4+$6+$8+$10}' <<<"$out")
+  echo "${rps:-0} ${non2xx:-0} ${errs:-0}"
+}
+
+rss_kib() { # total VmRSS of the given PIDs and their descendants
+  local total=0 pid child
+  for pid in "$@"; do
+    for child in $pid $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+      total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$child/status" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+
+others_compiling() { ps -eo comm= | grep -cE '^(rustc|cc1|cc1plus|ld|cargo)$' || true; }
+
+measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
+  local scenario=$1 round=$2
+  up "$scenario"
+  wrk_run "$WARMUP" "$CONNS" >/dev/null
+  local busy_before busy_after
+  busy_before=$(others_compiling)
+  read -r rps non2xx errs < <(wrk_run "$DURATION" "$CONNS")
+  local load
+  load=$(gen "$BIN/myelin-bench" load --target "$TARGET" --path "$REQ_PATH" --rate "$RATE" \
+    --connections "$CONNS" --warmup 1 --duration "$DURATION" \
+    --sut-pids "$(IFS=,; echo "${SC_PIDS[*]}")") || die "the open-loop generator failed against $TARGET"
+  read -r cps cnon2xx cerrs < <(wrk_run "$DURATION" "$CONN_RATE_CONNS" -H "Connection: close")
+  local iperf=null
+  if [ "$IPERF" = 1 ]; then
+    start iperf-server "$NS_S" iperf3 -s -B "$SERVER_IP"
+    wait_tcp "$NS_S" "$SERVER_IP:5201"
+    iperf=$(gen iperf3 -c "$SERVER_IP" -t "$DURATION" -J | python3 -c \
+      'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 3))')
+  fi
+  busy_after=$(others_compiling)
+  local rss=0
+  [ "${#MESH_PIDS[@]}" -eq 0 ] || rss=$(rss_kib "${MESH_PIDS[@]}")
+  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"compilers_running":%d,"load":%s}\n' \
+    "$scenario" "$round" "$rps" "$non2xx" "$errs" "$cps" "$cnon2xx" "$cerrs" "$iperf" "$rss" \
+    "${#MESH_PIDS[@]}" "$((busy_before + busy_after))" "$load" >>"$RAW"
+  printf '    %-16s %9.0f req/s  %8.0f conn/s  p50 %s ms  p99 %s ms  cpu %s us/req\n' "$scenario" "$rps" "$cps" \
+    "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_ms"]["p50"])' "$load")" \
+    "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$load")" \
+    "$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["total_cpu_us_per_req"],1))' "$load")" >&2
+  stop_scenario
+}
+
+# --- run --------------------------------------------------------------------------------
+topology
+RAW="$TMP/raw.jsonl"
+: >"$RAW"
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+T0=$(date +%s)
+for round in $(seq "$ROUNDS"); do
+  say "round $round/$ROUNDS"
+  for scenario in "${SCENARIOS[@]}"; do measure "$scenario" "$round"; done
+done
+
+if [ "$SMOKE" = 1 ]; then
+  DEST=${OUT:-$TMP/results}
+else
+  DEST=${OUT:-$ROOT/bench/results}
+fi
+mkdir -p "$DEST"
+COMMAND="bench/run.sh"
+[ "$SMOKE" = 0 ] || COMMAND+=" --smoke"
+[ "${#SCENARIOS[@]}" -eq "${#ALL_SCENARIOS[@]}" ] || COMMAND+=" --scenario $(IFS=,; echo "${SCENARIOS[*]}")"
+python3 "$ROOT/bench/report.py" --raw "$RAW" --out "$DEST" \
+  --started "$STARTED" --seconds "$(( $(date +%s) - T0 ))" --command "$COMMAND --rounds $ROUNDS --rate $RATE --duration $DURATION --server $SERVER" \
+  --rate "$RATE" --server "$SERVER" $([ "$SMOKE" = 1 ] && echo --smoke) \
+  $([ "$SMOKE" = 0 ] && [ -z "$OUT" ] && [ "${#SCENARIOS[@]}" -eq "${#ALL_SCENARIOS[@]}" ] && echo --readme "$ROOT/bench/README.md")
+FAILED=0
+say "results in $DEST"

@@ -1,0 +1,72 @@
+//! `myelin-bench`: the programs `bench/run.sh` drives.
+//!
+//! - `load`: an open-loop HTTP/1.1 generator at a constant request rate, with latency
+//!   measured from each request's *intended* send time (coordinated omission accounted
+//!   for) and the CPU the system under test spent per request;
+//! - `proxy`: Myelin's L7 proxy with a fixed-upstream listener (node proxy or sidecar);
+//! - `agent`: a stand-in for the agent's proxy side: it serves the control socket, pushes
+//!   the snapshot and consumes the proxy's L7 events, as the agent does;
+//! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths.
+
+mod cpu;
+mod kernel;
+mod load;
+mod mesh;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmark helpers for `bench/run.sh`.
+#[derive(Parser)]
+#[command(name = "myelin-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open-loop HTTP load at a constant rate; prints one JSON report on stdout.
+    Load(load::LoadArgs),
+    /// Myelin's L7 proxy with one fixed-upstream listener.
+    Proxy(mesh::ProxyArgs),
+    /// The agent's side of the proxy control channel: snapshot push and event intake.
+    Agent(mesh::AgentArgs),
+    /// Attach Myelin's kernel programs to pod veths until SIGTERM/SIGINT.
+    Datapath(kernel::DatapathArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match Cli::parse().command {
+        Command::Load(args) => load::run(&args),
+        Command::Proxy(args) => mesh::run_proxy(&args),
+        Command::Agent(args) => mesh::run_agent(&args),
+        Command::Datapath(args) => kernel::run(&args),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("myelin-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, the way `bench/run.sh` stops its helpers.
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Myelin's L7 proxy in the benchmark's roles, and a stand-in for the agent's side of it.
+//!
+//! The node-proxy role is the proxy configured by the agent over the control socket (the
+//! agent stand-in pushes a snapshot and consumes every L7 event, as the agent does). Until
+//! the datapath's transparent redirect lands, the listener is a fixed-upstream cluster
+//! listener: the client connects to the node's address instead of being redirected.
+//! The sidecar role is the same proxy without an agent: it applies its snapshot itself and
+//! drops its L7 events (a one-slot queue), which spares the sidecar model the cost of
+//! visibility.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use myelin_proxy::config::{
+    Cluster, Direction, HttpRule, L7Policy, Listener, ListenerUpstream, MissingPolicy, PolicyKey,
+    Snapshot,
+};
+use myelin_proxy::control::{ControlServer, ProxyMessage};
+use myelin_proxy::{Proxy, ProxyConfig};
+use tokio::sync::broadcast::error::RecvError;
+
+/// The listener's name in the benchmark's snapshots.
+const LISTENER: &str = "bench";
+/// The cluster's name in the benchmark's snapshots.
+const CLUSTER: &str = "upstream";
+/// How long the proxy waits for its first snapshot from the agent.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(10);
+
+/// One listener forwarding to one upstream, optionally with an L7 policy.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Route {
+    /// Address the listener binds.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The upstream every connection goes to.
+    #[arg(long)]
+    upstream: Option<SocketAddr>,
+    /// Put an ingress L7 policy on the upstream (allow `GET` on any path, deny the rest),
+    /// so every request is evaluated as with a CiliumNetworkPolicy `rules.http` entry.
+    #[arg(long)]
+    l7_policy: bool,
+}
+
+impl Route {
+    /// The snapshot serving this route.
+    fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let listen = self.listen.context("--listen is required here")?;
+        let upstream = self.upstream.context("--upstream is required here")?;
+        let l7_policies = if self.l7_policy {
+            vec![L7Policy {
+                key: PolicyKey {
+                    endpoint: upstream.ip(),
+                    port: upstream.port(),
+                    direction: Direction::Ingress,
+                },
+                http: vec![HttpRule {
+                    method: Some("GET".into()),
+                    path: Some("/.*".into()),
+                    ..HttpRule::default()
+                }],
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(Snapshot {
+            version: 1,
+            listeners: vec![Listener {
+                name: LISTENER.into(),
+                address: listen,
+                upstream: ListenerUpstream::Cluster(CLUSTER.into()),
+                direction: Direction::Ingress,
+                missing_policy: if self.l7_policy {
+                    MissingPolicy::Deny
+                } else {
+                    MissingPolicy::Allow
+                },
+            }],
+            clusters: vec![Cluster {
+                name: CLUSTER.into(),
+                endpoints: vec![upstream],
+            }],
+            l7_policies,
+            ..Snapshot::default()
+        })
+    }
+}
+
+/// Arguments of `myelin-bench proxy`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// Runtime worker threads (nginx and HAProxy run with one worker in the comparison).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Take the configuration from the agent on this control socket (node-proxy role);
+    /// without it the proxy applies the route below itself (sidecar role).
+    #[arg(long, conflicts_with_all = ["listen", "upstream", "l7_policy"])]
+    control_socket: Option<PathBuf>,
+    #[command(flatten)]
+    route: Route,
+}
+
+/// Arguments of `myelin-bench agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The control socket to serve.
+    #[arg(long)]
+    control_socket: PathBuf,
+    #[command(flatten)]
+    route: Route,
+}
+
+/// Runs the proxy until SIGTERM/SIGINT.
+pub fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let proxy = match &args.control_socket {
+            Some(socket) => {
+                let proxy = Proxy::new(ProxyConfig::new(socket));
+                proxy.start()?;
+                tokio::time::timeout(SNAPSHOT_WAIT, proxy.wait_for_version(1))
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "no snapshot from the agent on {} within {SNAPSHOT_WAIT:?}",
+                            socket.display()
+                        )
+                    })?;
+                proxy
+            }
+            None => {
+                let snapshot = args.route.snapshot()?;
+                // Never connected: `start()` is not called, so the socket path is unused.
+                let mut config = ProxyConfig::new("/nonexistent/myelin-bench-sidecar.sock");
+                config.event_queue = 1;
+                let proxy = Proxy::new(config);
+                proxy
+                    .apply(snapshot)
+                    .map_err(|e| anyhow::anyhow!("the proxy rejected the snapshot: {e}"))?;
+                proxy
+            }
+        };
+        let address = proxy
+            .listener_addr(LISTENER)
+            .context("the listener is not bound")?;
+        println!("proxy listening on {address}");
+        crate::wait_for_stop().await?;
+        proxy.shutdown();
+        Ok(())
+    })
+}
+
+/// Serves the control socket until SIGTERM/SIGINT: pushes the route's snapshot and consumes
+/// the proxy's messages, counting L7 events.
+pub fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
+    let snapshot = args.route.snapshot()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let server = ControlServer::bind(&args.control_socket)
+            .with_context(|| format!("binding {}", args.control_socket.display()))?;
+        let mut messages = server.subscribe();
+        server.push(snapshot);
+        println!("agent serving {}", args.control_socket.display());
+        let (mut events, mut lagged) = (0_u64, 0_u64);
+        let stop = crate::wait_for_stop();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                stopped = &mut stop => {
+                    stopped?;
+                    break;
+                }
+                message = messages.recv() => match message {
+                    Ok(ProxyMessage::Event(_)) => events += 1,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(n)) => lagged += n,
+                    Err(RecvError::Closed) => break,
+                },
+            }
+        }
+        eprintln!("agent: {events} L7 events consumed, {lagged} lost to lag");
+        Ok(())
+    })
+}
