@@ -62,6 +62,32 @@ pub enum DatapathError {
         /// The cause.
         source: nix::Error,
     },
+    /// A policy table the kernel cannot enforce as written.
+    #[error("policy rule #{rule} (rule id {rule_id}): {reason}")]
+    InvalidPolicy {
+        /// Index of the rule in the table.
+        rule: usize,
+        /// Its rule id.
+        rule_id: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A service the kernel cannot serve as written.
+    #[error("service {frontend}: {reason}")]
+    InvalidService {
+        /// The frontend.
+        frontend: std::net::SocketAddr,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An ipcache prefix longer than its address.
+    #[error("ipcache prefix {address}/{prefix_len} is longer than the address")]
+    InvalidPrefix {
+        /// The address.
+        address: std::net::IpAddr,
+        /// The prefix length given.
+        prefix_len: u8,
+    },
     /// Setting up the asynchronous event reader failed.
     #[error("event ring: {0}")]
     Events(std::io::Error),

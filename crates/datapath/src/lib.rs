@@ -7,14 +7,23 @@
 
 mod error;
 mod events;
+mod handles;
 mod loader;
+mod tables;
 
 pub use error::DatapathError;
 pub use events::EventReader;
 pub use loader::{
     Datapath, EndpointAttachment, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER, TestRunOutcome,
 };
-pub use myelin_common::{EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent};
+pub use myelin_common::{
+    EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,
+    drop_reason,
+};
+pub use tables::{
+    BackendRecord, CtRecord, CtScope, EndpointRecord, IpcacheRecord, PolicyDirection, PolicyRecord,
+    PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol, ServiceRecord,
+};
 
 /// The kernel programs as built for this binary; empty in a lint-only build.
 pub(crate) static KERNEL_OBJECT: &[u8] =

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuHashMap};
 use aya::programs::LinkOrder;
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
 use aya::programs::tc::{TcAttachOptions, TcAttachType};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
@@ -31,7 +32,7 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
 
 /// The loaded kernel programs and maps of one node.
 pub struct Datapath {
-    ebpf: Ebpf,
+    pub(crate) ebpf: Ebpf,
     pin_dir: PathBuf,
 }
 
@@ -43,8 +44,11 @@ pub struct EndpointAttachment {
     /// Its ifindex in the node's network namespace.
     pub ifindex: u32,
     /// True when the programs were already attached (found pinned after an
-    /// agent restart) and were kept as they were.
+    /// agent restart) and were kept: traffic never saw a gap.
     pub readopted: bool,
+    /// True when some attached program differed from this binary's (an
+    /// upgrade) and was replaced in place, atomically (TCX link update).
+    pub replaced: bool,
 }
 
 impl Datapath {
@@ -100,25 +104,32 @@ impl Datapath {
                 name: ifname.to_string(),
                 source,
             })?;
-        self.endpoints_map()?
-            .insert(ifindex, info, 0)
-            .map_err(|source| DatapathError::Map {
-                map: names::ENDPOINTS,
-                source,
-            })?;
+        self.upsert_endpoint(ifindex, info)?;
         let link_dir = self.pin_dir.join("links").join(ifname);
         std::fs::create_dir_all(&link_dir).map_err(|source| DatapathError::PinDirectory {
             path: link_dir.clone(),
             source,
         })?;
         let mut readopted = true;
+        let mut replaced = false;
         for (program, attach_type, suffix) in HOOKS {
             let pin = self.link_pin(ifname, suffix);
             if pin.exists() {
-                if attached_here(ifname, attach_type, program) {
-                    continue;
+                let ours = classifier(&mut self.ebpf, program)?
+                    .info()
+                    .map_err(|source| DatapathError::Program { program, source })?
+                    .tag();
+                match attached_tag(ifname, attach_type, program) {
+                    Some(tag) if tag == ours => continue,
+                    Some(_) => {
+                        // Another build of our program: swap it in the same
+                        // link, so the hook is never empty.
+                        self.update_link(program, &pin)?;
+                        replaced = true;
+                        continue;
+                    }
+                    None => unpin(&pin)?,
                 }
-                unpin(&pin)?;
             }
             readopted = false;
             let prog = classifier(&mut self.ebpf, program)?;
@@ -145,7 +156,27 @@ impl Datapath {
             ifname: ifname.to_string(),
             ifindex,
             readopted,
+            replaced,
         })
+    }
+
+    /// Points the pinned TCX link at `pin` to this binary's `program`
+    /// (bpf_link_update: atomic, the hook is never empty).
+    fn update_link(&mut self, program: &'static str, pin: &Path) -> Result<(), DatapathError> {
+        let pinned = PinnedLink::from_pin(pin).map_err(|e| DatapathError::Pin {
+            path: pin.to_path_buf(),
+            message: with_sources(&e),
+        })?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| {
+            DatapathError::Pin {
+                path: pin.to_path_buf(),
+                message: format!("the pinned link is not a TCX link: {e}"),
+            }
+        })?;
+        classifier(&mut self.ebpf, program)?
+            .attach_to_link(link)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        Ok(())
     }
 
     /// Detaches the programs from `ifname` and forgets the endpoint. Works
@@ -158,8 +189,9 @@ impl Datapath {
             }
         }
         let _ = std::fs::remove_dir(self.pin_dir.join("links").join(ifname));
-        // Entries may already be absent: removal is idempotent.
-        let _ = self.endpoints_map()?.remove(&ifindex);
+        if ifindex != 0 {
+            self.delete_endpoint(ifindex)?;
+        }
         let mut stats = self.stats_map()?;
         for direction in [Direction::FromContainer, Direction::ToContainer] {
             let _ = stats.remove(&StatsKey {
@@ -229,19 +261,37 @@ impl Datapath {
 
     /// Runs a program once on a crafted Ethernet frame with
     /// `BPF_PROG_TEST_RUN`, returning the TC verdict and the frame as the
-    /// program left it. `repeat` > 1 measures per-packet cost.
+    /// program left it. `repeat` > 1 measures per-packet cost. The kernel
+    /// runs it with skb->ifindex of loopback (1).
     pub fn test_run(
         &mut self,
         program: &'static str,
         frame: &[u8],
         repeat: u32,
     ) -> Result<TestRunOutcome, DatapathError> {
+        self.test_run_marked(program, frame, 0, repeat)
+    }
+
+    /// [`Datapath::test_run`] with `skb->mark` set to `mark` (e.g. the
+    /// proxy's 0xb00, with an identity in the upper 16 bits).
+    pub fn test_run_marked(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        mark: u32,
+        repeat: u32,
+    ) -> Result<TestRunOutcome, DatapathError> {
         let prog = classifier(&mut self.ebpf, program)?;
         let mut out = vec![0u8; frame.len() + 256];
+        // struct __sk_buff up to and including ifindex; only mark is set
+        // (offset 8), everything else must stay zero for the kernel.
+        let mut ctx = [0u8; 44];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
         let result = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
                 repeat: repeat.max(1),
                 ..TestRunOptions::default()
             })
@@ -251,17 +301,6 @@ impl Datapath {
             verdict: result.return_value as i32,
             frame: out,
             duration: result.duration,
-        })
-    }
-
-    fn endpoints_map(&mut self) -> Result<HashMap<&mut MapData, u32, EndpointInfo>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(names::ENDPOINTS)
-            .ok_or(DatapathError::MissingMap(names::ENDPOINTS))?;
-        HashMap::try_from(map).map_err(|source| DatapathError::Map {
-            map: names::ENDPOINTS,
-            source,
         })
     }
 
@@ -304,14 +343,16 @@ fn classifier<'a>(
     })
 }
 
-/// Whether a program of ours is attached to `ifname` at `attach_type`.
-fn attached_here(ifname: &str, attach_type: TcAttachType, program: &str) -> bool {
-    SchedClassifier::query_tcx(ifname, attach_type).is_ok_and(|(_, programs)| {
-        programs.iter().any(|p| {
+/// The tag of our program attached to `ifname` at `attach_type`, if any.
+fn attached_tag(ifname: &str, attach_type: TcAttachType, program: &str) -> Option<u64> {
+    let (_, programs) = SchedClassifier::query_tcx(ifname, attach_type).ok()?;
+    programs
+        .iter()
+        .find(|p| {
             p.name_as_str()
                 .is_some_and(|n| program.starts_with(n) || n.starts_with(program))
         })
-    })
+        .map(aya::programs::ProgramInfo::tag)
 }
 
 /// An error with its causes, which aya keeps in `source()`.

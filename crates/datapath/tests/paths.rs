@@ -1,0 +1,739 @@
+//! The kernel programs' decisions on crafted frames (BPF_PROG_TEST_RUN):
+//! conntrack, replies, services (DNAT, reverse NAT, checksums), policy,
+//! anti-spoofing, ICMP, malformed input, and the events each one reports.
+//! The test pod is registered on ifindex 1, where test runs execute.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use myelin_common::event::{
+    EVENT_FLAG_FRAGMENT, EVENT_FLAG_FROM_PROXY, EVENT_FLAG_RELATED, EVENT_FLAG_REPLY,
+    EVENT_FLAG_SERVICE,
+};
+use myelin_datapath::{
+    CtScope, EventKind, ObservationPoint, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
+    PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol, TraceEvent,
+    TrafficDirection, Verdict, drop_reason,
+};
+use myelin_test_support::privileged;
+use support::*;
+
+const PEER_IDENTITY: u32 = 2002;
+
+fn kind(e: &TraceEvent) -> Option<EventKind> {
+    EventKind::from_u8(e.kind)
+}
+
+fn find(events: &[TraceEvent], k: EventKind) -> TraceEvent {
+    *events
+        .iter()
+        .find(|e| kind(e) == Some(k))
+        .unwrap_or_else(|| panic!("no {k:?} event in {events:#?}"))
+}
+
+fn rule(
+    direction: PolicyDirection,
+    peer: u32,
+    protocol: u8,
+    ports: Option<(u16, u16)>,
+    action: RuleAction,
+    rule_id: u32,
+) -> PolicyRule {
+    PolicyRule {
+        direction,
+        peer_identity: peer,
+        protocol,
+        ports,
+        action,
+        rule_id,
+    }
+}
+
+fn egress_policy(rules: Vec<PolicyRule>) -> PolicyTable {
+    PolicyTable {
+        ingress_enforced: false,
+        egress_enforced: true,
+        rules,
+    }
+}
+
+/// A harness whose pod talks to a peer 10.244.2.7 of identity PEER_IDENTITY.
+fn harness() -> Harness {
+    let mut h = Harness::with_pod();
+    h.datapath
+        .ipcache_upsert(ip("10.244.2.0"), 24, PEER_IDENTITY)
+        .expect("ipcache v4");
+    h.datapath
+        .ipcache_upsert(ip("fd00:10:244:2::"), 64, PEER_IDENTITY)
+        .expect("ipcache v6");
+    h
+}
+
+#[tokio::test]
+async fn a_new_tcp_flow_is_tracked_and_its_established_packets_aggregated() {
+    if !privileged("a_new_tcp_flow_is_tracked_and_its_established_packets_aggregated") {
+        return;
+    }
+    let mut h = harness();
+    let syn = Pkt::tcp(POD_V4, 40000, "10.244.2.7", 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let trace = find(&events, EventKind::Trace);
+    assert_eq!(
+        ObservationPoint::from_u8(trace.observation_point),
+        Some(ObservationPoint::ToStack)
+    );
+    assert_eq!(trace.endpoint_id, POD_ENDPOINT);
+    assert_eq!(
+        (trace.source_identity, trace.destination_identity),
+        (POD_IDENTITY, PEER_IDENTITY)
+    );
+    assert_eq!((trace.source_port, trace.destination_port), (40000, 80));
+    assert_eq!(trace.tcp_flags, SYN);
+    assert_eq!(trace.verdict, Verdict::Forwarded as u8);
+    // No policy installed: no policy-verdict event.
+    assert!(
+        events
+            .iter()
+            .all(|e| kind(e) != Some(EventKind::PolicyVerdict))
+    );
+
+    let ct = h.datapath.conntrack().expect("conntrack");
+    let entry = ct
+        .iter()
+        .find(|c| c.scope == CtScope::Egress && c.destination.port() == 80)
+        .expect("an egress entry");
+    assert_eq!(entry.peer_identity, PEER_IDENTITY);
+    assert!(entry.expires_in.is_some());
+
+    // Same flags again: aggregated, no event.
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert!(
+        events.is_empty(),
+        "a repeated SYN is aggregated: {events:?}"
+    );
+    // A new flag (ACK) is reported.
+    let ack = Pkt::tcp(POD_V4, 40000, "10.244.2.7", 80, ACK).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &ack).await;
+    assert_eq!(events.len(), 1);
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &ack).await;
+    assert!(events.is_empty(), "established packets are aggregated");
+    assert_eq!(h.datapath.conntrack_gc().expect("gc"), 0, "nothing expired");
+}
+
+#[tokio::test]
+async fn replies_of_an_allowed_flow_pass_without_a_policy_lookup() {
+    if !privileged("replies_of_an_allowed_flow_pass_without_a_policy_lookup") {
+        return;
+    }
+    let mut h = harness();
+    // Ingress enforced with no rule: only replies may come in.
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: false,
+                rules: vec![],
+            },
+        )
+        .expect("policy");
+    let syn = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 443, SYN).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &syn).await.0, TC_ACT_OK);
+    let syn_ack = Pkt::tcp("10.244.2.7", 443, POD_V4, 40001, SYN_ACK).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &syn_ack).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let trace = find(&events, EventKind::Trace);
+    assert_ne!(trace.flags & EVENT_FLAG_REPLY, 0);
+    assert_eq!(
+        ObservationPoint::from_u8(trace.observation_point),
+        Some(ObservationPoint::ToEndpoint)
+    );
+    assert_eq!(trace.source_identity, PEER_IDENTITY);
+    assert!(
+        events
+            .iter()
+            .all(|e| kind(e) != Some(EventKind::PolicyVerdict))
+    );
+    // A new connection from the same peer is not a reply: denied.
+    let other = Pkt::tcp("10.244.2.7", 5555, POD_V4, 22, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &other).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(drop.drop_reason, drop_reason::POLICY_DENIED);
+    let pv = find(&events, EventKind::PolicyVerdict);
+    assert_eq!(pv.traffic_direction, TrafficDirection::Ingress as u8);
+    assert_eq!(pv.verdict, Verdict::Dropped as u8);
+    // FIN both ways closes the entry to the short timeout.
+    let fin = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 443, FIN_ACK).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &fin).await.0, TC_ACT_OK);
+    let fin_back = Pkt::tcp("10.244.2.7", 443, POD_V4, 40001, FIN_ACK).build();
+    assert_eq!(h.run(PROGRAM_TO_CONTAINER, &fin_back).await.0, TC_ACT_OK);
+    let ct = h.datapath.conntrack().expect("conntrack");
+    let entry = ct
+        .iter()
+        .find(|c| c.destination.port() == 443)
+        .expect("entry");
+    assert!(entry.replied);
+    assert!(
+        entry.expires_in.expect("live") <= std::time::Duration::from_secs(10),
+        "closing timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_source_address_is_dropped() {
+    if !privileged("a_forged_source_address_is_dropped") {
+        return;
+    }
+    let mut h = harness();
+    for frame in [
+        Pkt::tcp("10.244.1.99", 1234, "10.244.2.7", 80, SYN).build(),
+        Pkt::udp("fd00:10:244:1::99", 1234, "fd00:10:244:2::7", 53).build(),
+    ] {
+        let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &frame).await;
+        assert_eq!(verdict, TC_ACT_SHOT);
+        let drop = find(&events, EventKind::Drop);
+        assert_eq!(drop.drop_reason, drop_reason::INVALID_SOURCE_IP);
+        assert_eq!(drop.verdict, Verdict::Dropped as u8);
+    }
+    // Neighbour discovery from the link-local address passes.
+    let ns = Pkt::echo("fe80::5", "ff02::1:ff00:1", 0, false);
+    let ns = Pkt {
+        icmp: (135, 0),
+        ..ns
+    }
+    .build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &ns).await.0, TC_ACT_OK);
+}
+
+#[tokio::test]
+async fn egress_policy_allow_deny_deny_wins_ranges_and_wildcards() {
+    if !privileged("egress_policy_allow_deny_deny_wins_ranges_and_wildcards") {
+        return;
+    }
+    let mut h = harness();
+    let e = PolicyDirection::Egress;
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &egress_policy(vec![
+                rule(e, PEER_IDENTITY, TCP, Some((80, 80)), RuleAction::Allow, 11),
+                rule(
+                    e,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((8000, 8100)),
+                    RuleAction::Allow,
+                    12,
+                ),
+                // Any peer, UDP 53.
+                rule(e, 0, UDP, Some((53, 53)), RuleAction::Allow, 13),
+                // Deny TCP 8080 to anyone: wins over the range above.
+                rule(e, 0, TCP, Some((8080, 8080)), RuleAction::Deny, 14),
+            ]),
+        )
+        .expect("policy");
+    let cases: [(Pkt, i32, u8, u32, u8); 6] = [
+        (
+            Pkt::tcp(POD_V4, 41000, "10.244.2.7", 80, SYN),
+            TC_ACT_OK,
+            0,
+            11,
+            2,
+        ),
+        (
+            Pkt::tcp(POD_V4, 41001, "10.244.2.7", 8050, SYN),
+            TC_ACT_OK,
+            0,
+            12,
+            2,
+        ),
+        (
+            Pkt::tcp(POD_V4, 41002, "10.244.2.7", 8101, SYN),
+            TC_ACT_SHOT,
+            drop_reason::POLICY_DENIED,
+            0,
+            0,
+        ),
+        (
+            Pkt::tcp(POD_V4, 41003, "10.244.2.7", 8080, SYN),
+            TC_ACT_SHOT,
+            drop_reason::POLICY_DENY,
+            14,
+            3,
+        ),
+        (Pkt::udp(POD_V4, 41004, "10.9.9.9", 53), TC_ACT_OK, 0, 13, 3),
+        (
+            Pkt::udp(POD_V6, 41005, "fd00:10:244:2::7", 54),
+            TC_ACT_SHOT,
+            drop_reason::POLICY_DENIED,
+            0,
+            0,
+        ),
+    ];
+    for (pkt, want, reason, rule_id, match_type) in cases {
+        let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &pkt.build()).await;
+        assert_eq!(verdict, want, "{pkt:?}");
+        let pv = find(&events, EventKind::PolicyVerdict);
+        assert_eq!(pv.traffic_direction, TrafficDirection::Egress as u8);
+        assert_eq!(pv.rule_id, rule_id, "{pkt:?}");
+        assert_eq!(pv.match_type, match_type, "{pkt:?}");
+        if want == TC_ACT_SHOT {
+            assert_eq!(
+                find(&events, EventKind::Drop).drop_reason,
+                reason,
+                "{pkt:?}"
+            );
+            assert_eq!(pv.verdict, Verdict::Dropped as u8);
+        } else {
+            assert_eq!(pv.verdict, Verdict::Forwarded as u8);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wider_deny_beats_a_narrower_allow_of_the_same_peer() {
+    if !privileged("a_wider_deny_beats_a_narrower_allow_of_the_same_peer") {
+        return;
+    }
+    let mut h = harness();
+    let e = PolicyDirection::Egress;
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &egress_policy(vec![
+                rule(e, PEER_IDENTITY, TCP, Some((80, 80)), RuleAction::Allow, 1),
+                rule(e, PEER_IDENTITY, 0, None, RuleAction::Deny, 2),
+            ]),
+        )
+        .expect("policy");
+    let syn = Pkt::tcp(POD_V4, 42000, "10.244.2.7", 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(
+        (drop.drop_reason, drop.rule_id),
+        (drop_reason::POLICY_DENY, 2)
+    );
+}
+
+#[tokio::test]
+async fn enforcement_off_is_allow_all_and_replacing_policy_flips_generations() {
+    if !privileged("enforcement_off_is_allow_all_and_replacing_policy_flips_generations") {
+        return;
+    }
+    let mut h = harness();
+    let deny_all = egress_policy(vec![]);
+    h.datapath
+        .replace_policy(POD_ENDPOINT, &deny_all)
+        .expect("policy");
+    let syn = Pkt::tcp(POD_V4, 43000, "10.244.2.7", 80, SYN).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &syn).await.0, TC_ACT_SHOT);
+    // Same rules, enforcement off: everything passes, no verdict events.
+    let open = PolicyTable {
+        egress_enforced: false,
+        rules: vec![rule(
+            PolicyDirection::Egress,
+            9,
+            TCP,
+            Some((1, 1)),
+            RuleAction::Allow,
+            1,
+        )],
+        ..PolicyTable::default()
+    };
+    h.datapath
+        .replace_policy(POD_ENDPOINT, &open)
+        .expect("policy");
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert!(
+        events
+            .iter()
+            .all(|e| kind(e) != Some(EventKind::PolicyVerdict))
+    );
+    let endpoints = h.datapath.endpoints().expect("endpoints");
+    let ep = endpoints
+        .iter()
+        .find(|e| e.endpoint_id == POD_ENDPOINT)
+        .expect("the pod");
+    assert_eq!(ep.policy_generation, 2);
+    assert!(!ep.egress_enforced);
+    // Only the new generation's entries remain.
+    let policy = h.datapath.policy(POD_ENDPOINT).expect("policy");
+    assert_eq!(policy.len(), 1);
+    assert_eq!(policy[0].peer_identity, 9);
+    // Removing the endpoint removes its policy.
+    h.datapath.delete_endpoint(TEST_IFINDEX).expect("delete");
+    assert!(h.datapath.policy(POD_ENDPOINT).expect("policy").is_empty());
+    assert!(h.datapath.endpoints().expect("endpoints").is_empty());
+}
+
+#[tokio::test]
+async fn ingress_uses_the_ipcache_identity_and_the_proxy_mark() {
+    if !privileged("ingress_uses_the_ipcache_identity_and_the_proxy_mark") {
+        return;
+    }
+    let mut h = harness();
+    let i = PolicyDirection::Ingress;
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: false,
+                rules: vec![rule(
+                    i,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((80, 80)),
+                    RuleAction::Allow,
+                    21,
+                )],
+            },
+        )
+        .expect("policy");
+    let from_peer = Pkt::tcp("10.244.2.7", 50000, POD_V4, 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &from_peer).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let pv = find(&events, EventKind::PolicyVerdict);
+    assert_eq!((pv.rule_id, pv.source_identity), (21, PEER_IDENTITY));
+    // From the world: denied.
+    let from_world = Pkt::tcp("192.0.2.1", 50000, POD_V4, 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &from_world).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(find(&events, EventKind::Drop).source_identity, 2);
+    // The proxy's upstream, from the node's address, acting for the peer.
+    let from_proxy = Pkt::tcp("192.0.2.1", 50001, POD_V4, 80, SYN).build();
+    let mark = 0xb00 | (PEER_IDENTITY << 16);
+    let (verdict, _, events) = h.run_marked(PROGRAM_TO_CONTAINER, &from_proxy, mark).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let trace = find(&events, EventKind::Trace);
+    assert_eq!(trace.source_identity, PEER_IDENTITY);
+    assert_ne!(trace.flags & EVENT_FLAG_FROM_PROXY, 0);
+}
+
+#[tokio::test]
+async fn ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksums() {
+    if !privileged("ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksums") {
+        return;
+    }
+    let mut h = harness();
+    let vip: SocketAddr = "10.96.0.10:80".parse().expect("vip");
+    let backend: SocketAddr = "10.244.2.7:8080".parse().expect("backend");
+    let record = h
+        .datapath
+        .upsert_service(&Service {
+            frontend: vip,
+            protocol: ServiceProtocol::Tcp,
+            backends: vec![backend],
+        })
+        .expect("service");
+    assert_eq!(record.backends.len(), 1);
+    let syn = Pkt::tcp(POD_V4, 44000, "10.96.0.10", 80, SYN)
+        .with_payload(b"hello")
+        .build();
+    let (verdict, out, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        tuple(&out),
+        (ip(POD_V4), ip("10.244.2.7"), 44000, 8080),
+        "DNAT to the backend"
+    );
+    assert!(checksums_valid(&out), "IPv4 and TCP checksums after DNAT");
+    let trace = find(&events, EventKind::Trace);
+    assert_ne!(trace.flags & EVENT_FLAG_SERVICE, 0);
+    assert_eq!(&trace.service_address[..4], &[10, 96, 0, 10]);
+    assert_eq!(trace.service_port, 80);
+    assert_eq!(trace.destination_port, 8080);
+    assert_eq!(trace.destination_identity, PEER_IDENTITY);
+
+    let reply = Pkt::tcp("10.244.2.7", 8080, POD_V4, 44000, SYN_ACK)
+        .with_payload(b"world")
+        .build();
+    let (verdict, out, events) = h.run(PROGRAM_TO_CONTAINER, &reply).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        tuple(&out),
+        (ip("10.96.0.10"), ip(POD_V4), 80, 44000),
+        "reverse NAT to the VIP"
+    );
+    assert!(checksums_valid(&out), "checksums after reverse NAT");
+    let trace = find(&events, EventKind::Trace);
+    assert_ne!(trace.flags & EVENT_FLAG_REPLY, 0);
+    assert_ne!(trace.flags & EVENT_FLAG_SERVICE, 0);
+
+    let services = h.datapath.services().expect("services");
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].frontend, vip);
+    h.datapath
+        .delete_service(vip, ServiceProtocol::Tcp)
+        .expect("delete");
+    assert!(h.datapath.services().expect("services").is_empty());
+}
+
+#[tokio::test]
+async fn ipv6_udp_service_is_translated_both_ways() {
+    if !privileged("ipv6_udp_service_is_translated_both_ways") {
+        return;
+    }
+    let mut h = harness();
+    let vip: SocketAddr = "[fd00:10:96::a]:53".parse().expect("vip");
+    let backend: SocketAddr = "[fd00:10:244:2::7]:5353".parse().expect("backend");
+    h.datapath
+        .upsert_service(&Service {
+            frontend: vip,
+            protocol: ServiceProtocol::Udp,
+            backends: vec![backend],
+        })
+        .expect("service");
+    let query = Pkt::udp(POD_V6, 45000, "fd00:10:96::a", 53)
+        .with_payload(b"query")
+        .build();
+    let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &query).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(
+        tuple(&out),
+        (ip(POD_V6), ip("fd00:10:244:2::7"), 45000, 5353)
+    );
+    assert!(checksums_valid(&out), "UDP checksum after IPv6 DNAT");
+    let answer = Pkt::udp("fd00:10:244:2::7", 5353, POD_V6, 45000)
+        .with_payload(b"answer!")
+        .build();
+    let (verdict, out, _) = h.run(PROGRAM_TO_CONTAINER, &answer).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(tuple(&out), (ip("fd00:10:96::a"), ip(POD_V6), 53, 45000));
+    assert!(checksums_valid(&out), "UDP checksum after IPv6 reverse NAT");
+}
+
+#[tokio::test]
+async fn backends_are_sticky_and_removing_one_disturbs_only_its_connections() {
+    if !privileged("backends_are_sticky_and_removing_one_disturbs_only_its_connections") {
+        return;
+    }
+    let mut h = harness();
+    let vip: SocketAddr = "10.96.0.20:80".parse().expect("vip");
+    let a: SocketAddr = "10.244.2.7:80".parse().expect("a");
+    let b: SocketAddr = "10.244.2.8:80".parse().expect("b");
+    let service = |backends: Vec<SocketAddr>| Service {
+        frontend: vip,
+        protocol: ServiceProtocol::Tcp,
+        backends,
+    };
+    h.datapath
+        .upsert_service(&service(vec![a, b]))
+        .expect("service");
+    // Many connections: each sticks to its first choice; both backends used.
+    let mut chosen = Vec::new();
+    for port in 46000..46032u16 {
+        let syn = Pkt::tcp(POD_V4, port, "10.96.0.20", 80, SYN).build();
+        let (_, out, _) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+        let first = tuple(&out).1;
+        let (_, out, _) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+        assert_eq!(tuple(&out).1, first, "sticky");
+        chosen.push((port, first));
+    }
+    assert!(chosen.iter().any(|(_, d)| *d == a.ip()));
+    assert!(chosen.iter().any(|(_, d)| *d == b.ip()));
+    // Remove b: a's connections stay on a, b's move to a.
+    let record = h
+        .datapath
+        .upsert_service(&service(vec![a]))
+        .expect("update");
+    assert_eq!(record.backends.len(), 1);
+    for (port, before) in chosen {
+        let ack = Pkt::tcp(POD_V4, port, "10.96.0.20", 80, ACK).build();
+        let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &ack).await;
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(tuple(&out).1, a.ip(), "was {before}");
+    }
+}
+
+#[tokio::test]
+async fn a_service_without_backends_is_dropped_with_its_reason() {
+    if !privileged("a_service_without_backends_is_dropped_with_its_reason") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .upsert_service(&Service {
+            frontend: "10.96.0.30:80".parse().expect("vip"),
+            protocol: ServiceProtocol::Tcp,
+            backends: vec![],
+        })
+        .expect("service");
+    let syn = Pkt::tcp(POD_V4, 47000, "10.96.0.30", 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(drop.drop_reason, drop_reason::NO_SERVICE);
+    assert_ne!(drop.flags & EVENT_FLAG_SERVICE, 0);
+    assert_eq!(drop.service_port, 80);
+}
+
+#[tokio::test]
+async fn icmp_echo_and_related_errors_follow_their_flows() {
+    if !privileged("icmp_echo_and_related_errors_follow_their_flows") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: false,
+                rules: vec![],
+            },
+        )
+        .expect("policy");
+    for (src, dst) in [(POD_V4, "10.244.2.7"), (POD_V6, "fd00:10:244:2::7")] {
+        let request = Pkt::echo(src, dst, 77, false).build();
+        let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &request).await;
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(find(&events, EventKind::Trace).source_port, 77, "echo id");
+        let reply = Pkt::echo(dst, src, 77, true).build();
+        let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &reply).await;
+        assert_eq!(verdict, TC_ACT_OK, "echo reply of {src}");
+        assert_ne!(find(&events, EventKind::Trace).flags & EVENT_FLAG_REPLY, 0);
+        // An unsolicited echo request into the pod is denied.
+        let unsolicited = Pkt::echo(dst, src, 78, false).build();
+        assert_eq!(
+            h.run(PROGRAM_TO_CONTAINER, &unsolicited).await.0,
+            TC_ACT_SHOT
+        );
+    }
+    // UDP out, port unreachable back: related, passes.
+    let query = Pkt::udp(POD_V4, 48000, "10.244.2.7", 53);
+    assert_eq!(
+        h.run(PROGRAM_FROM_CONTAINER, &query.build()).await.0,
+        TC_ACT_OK
+    );
+    let error = Pkt::icmp_error("10.244.2.7", POD_V4, 3, 3, &query).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &error).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_ne!(
+        find(&events, EventKind::Trace).flags & EVENT_FLAG_RELATED,
+        0
+    );
+    // An error about a flow that never was: policed, denied.
+    let stranger = Pkt::udp(POD_V4, 48001, "10.244.2.9", 53);
+    let error = Pkt::icmp_error("10.244.2.9", POD_V4, 3, 3, &stranger).build();
+    assert_eq!(h.run(PROGRAM_TO_CONTAINER, &error).await.0, TC_ACT_SHOT);
+    // IPv6 packet-too-big about a TCP flow of the pod.
+    let syn = Pkt::tcp(POD_V6, 48002, "fd00:10:244:2::7", 443, SYN);
+    assert_eq!(
+        h.run(PROGRAM_FROM_CONTAINER, &syn.build()).await.0,
+        TC_ACT_OK
+    );
+    let ptb = Pkt::icmp_error("fd00:10:244:2::7", POD_V6, 2, 0, &syn).build();
+    assert_eq!(h.run(PROGRAM_TO_CONTAINER, &ptb).await.0, TC_ACT_OK);
+}
+
+#[tokio::test]
+async fn malformed_and_unusual_headers() {
+    if !privileged("malformed_and_unusual_headers") {
+        return;
+    }
+    let mut h = harness();
+    // IPv4 options: ports still found.
+    let mut opts = Pkt::tcp(POD_V4, 49000, "10.244.2.7", 80, SYN);
+    opts.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &opts.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(find(&events, EventKind::Trace).destination_port, 80);
+    // IPv6 hop-by-hop and destination options before TCP.
+    let mut ext = Pkt::tcp(POD_V6, 49001, "fd00:10:244:2::7", 8443, SYN);
+    ext.ipv6_extensions = vec![
+        (0, vec![0, 1, 4, 0, 0, 0, 0]),
+        (60, vec![0, 1, 4, 0, 0, 0, 0]),
+    ];
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &ext.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let trace = find(&events, EventKind::Trace);
+    assert_eq!((trace.protocol, trace.destination_port), (TCP, 8443));
+    // Too many extension headers: dropped.
+    let mut many = Pkt::udp(POD_V6, 49002, "fd00:10:244:2::7", 53);
+    many.ipv6_extensions = (0..8).map(|_| (60, vec![0, 1, 4, 0, 0, 0, 0])).collect();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &many.build()).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::INVALID_IPV6_EXTENSION_HEADER
+    );
+    // A truncated extension header.
+    let mut cut = ext.build();
+    cut.truncate(14 + 40 + 1);
+    let (verdict, _, _) = h.run(PROGRAM_FROM_CONTAINER, &cut).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    // IPv4 non-first fragment: no ports, passed and flagged.
+    let mut frag = Pkt::udp(POD_V4, 0, "10.244.2.7", 0).with_payload(&[7u8; 16]);
+    frag.fragment = (185, false);
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &frag.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let trace = find(&events, EventKind::Trace);
+    assert_ne!(trace.flags & EVENT_FLAG_FRAGMENT, 0);
+    assert_eq!(trace.destination_port, 0);
+    // IPv6 fragment header of a later fragment.
+    let mut frag6 = Pkt::udp(POD_V6, 0, "fd00:10:244:2::7", 0).with_payload(&[7u8; 16]);
+    frag6.ipv6_extensions = vec![(44, vec![0, 0x05, 0x00, 0, 0, 0, 1])];
+    let frame = frag6.build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &frame).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_ne!(
+        find(&events, EventKind::Trace).flags & EVENT_FLAG_FRAGMENT,
+        0
+    );
+    // Zero-length payloads (bare UDP header, bare TCP header).
+    let empty = Pkt::udp(POD_V4, 49003, "10.244.2.7", 9).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &empty).await.0, TC_ACT_OK);
+    // A truncated UDP header.
+    let mut short = empty.clone();
+    short.truncate(14 + 20 + 4);
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &short).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::CT_TRUNCATED_OR_INVALID_HEADER
+    );
+    // A runt frame and ARP pass untouched and unreported.
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &[0u8; 10]).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert!(events.is_empty());
+    let mut arp = vec![0u8; 42];
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert_eq!(h.run(PROGRAM_TO_CONTAINER, &arp).await.0, TC_ACT_OK);
+}
+
+#[tokio::test]
+async fn a_redirect_without_a_proxy_listener_fails_closed() {
+    if !privileged("a_redirect_without_a_proxy_listener_fails_closed") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &egress_policy(vec![rule(
+                PolicyDirection::Egress,
+                PEER_IDENTITY,
+                TCP,
+                Some((80, 80)),
+                RuleAction::Redirect { proxy_port: 1 },
+                31,
+            )]),
+        )
+        .expect("policy");
+    let syn = Pkt::tcp(POD_V4, 50000, "10.244.2.7", 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let pv = find(&events, EventKind::PolicyVerdict);
+    assert_eq!((pv.verdict, pv.proxy_port), (Verdict::Redirected as u8, 1));
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::SOCKET_LOOKUP_FAILED
+    );
+}
