@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod observer;
 pub mod printer;
 pub mod server;
+pub mod servicemap;
 
 pub use cli::{ObserveArgs, run};
 pub use filter::{FilterError, FilterSet};
