@@ -699,13 +699,15 @@ async fn malformed_and_unusual_headers() {
         find(&events, EventKind::Drop).drop_reason,
         drop_reason::CT_TRUNCATED_OR_INVALID_HEADER
     );
-    // A runt frame and ARP pass untouched and unreported.
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &[0u8; 10]).await;
-    assert_eq!(verdict, TC_ACT_OK);
-    assert!(events.is_empty());
+    // (An IPv4 header shorter than 20 bytes cannot be tested here:
+    // BPF_PROG_TEST_RUN itself refuses such frames with EINVAL. The parser
+    // loads the header in one piece and drops it as "Invalid packet".)
+    // ARP passes untouched and unreported.
     let mut arp = vec![0u8; 42];
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    assert_eq!(h.run(PROGRAM_TO_CONTAINER, &arp).await.0, TC_ACT_OK);
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &arp).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert!(events.is_empty());
 }
 
 #[tokio::test]

@@ -964,7 +964,8 @@ fn new_entry(pkt: &Packet, len: u32, now: u64) -> CtEntry {
 }
 
 /// Updates a flow's state with one packet; true when the packet should be
-/// reported (new TCP flags in its direction, or the report interval passed).
+/// reported (new TCP flags in its direction, the first reply, or the report
+/// interval passed).
 fn ct_update(entry: *mut CtEntry, pkt: &Packet, len: u32, reply: bool, now: u64) -> bool {
     // SAFETY: entry points into the map value; concurrent updates from other
     // CPUs may lose an increment, which only blurs counters.
@@ -976,6 +977,8 @@ fn ct_update(entry: *mut CtEntry, pkt: &Packet, len: u32, reply: bool, now: u64)
         e.flags_forward
     };
     let news = flags & !seen & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK);
+    // The first answer of a flow is news too (UDP and ICMP have no flags).
+    let first_reply = reply && e.state & CT_FLAG_REPLIED == 0;
     if reply {
         e.flags_reply |= flags;
         e.state |= CT_FLAG_REPLIED;
@@ -988,7 +991,9 @@ fn ct_update(entry: *mut CtEntry, pkt: &Packet, len: u32, reply: bool, now: u64)
     e.expires_ns = now + timeout(pkt, e.flags_forward, e.flags_reply, e.state);
     e.packets += 1;
     e.bytes += u64::from(len);
-    let report = news != 0 || now.saturating_sub(e.last_report_ns) >= TRACE_REPORT_INTERVAL_NS;
+    let report = news != 0
+        || first_reply
+        || now.saturating_sub(e.last_report_ns) >= TRACE_REPORT_INTERVAL_NS;
     if report {
         e.last_report_ns = now;
     }
