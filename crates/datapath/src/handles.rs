@@ -211,7 +211,7 @@ impl Datapath {
                 }
             })
             .collect();
-        out.sort_by(|a, b| (a.address, a.prefix_len).cmp(&(b.address, b.prefix_len)));
+        out.sort_by_key(|r| (r.address, r.prefix_len));
         Ok(out)
     }
 
@@ -537,7 +537,7 @@ impl Datapath {
                 out.push(record);
             }
         }
-        out.sort_by(|a, b| (a.frontend, a.protocol).cmp(&(b.frontend, b.protocol)));
+        out.sort_by_key(|r| (r.frontend, r.protocol));
         Ok(out)
     }
 

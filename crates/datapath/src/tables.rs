@@ -8,9 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use myelin_common::maps::{
-    CT_FLAG_CLOSING, CT_FLAG_REPLIED, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CT_SCOPE_SERVICE,
-    FAMILY_IPV4, FAMILY_IPV6, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, POLICY_PREFIX_ANY_PORT,
-    POLICY_PREFIX_ANY_PROTOCOL,
+    CT_FLAG_CLOSING, CT_FLAG_REPLIED, CT_SCOPE_INGRESS, CT_SCOPE_SERVICE, FAMILY_IPV4, FAMILY_IPV6,
+    POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTOCOL,
 };
 use myelin_common::{
     CtEntry, CtKey, Direction, EndpointInfo, IpKey, L4Addr, PolicyAction, PolicyEntry, PolicyKey,
@@ -581,7 +580,8 @@ pub(crate) fn ct_record(key: &CtKey, entry: &CtEntry, now_ns: u64) -> CtRecord {
         scope: match key.scope {
             CT_SCOPE_INGRESS => CtScope::Ingress,
             CT_SCOPE_SERVICE => CtScope::Service,
-            CT_SCOPE_EGRESS | _ => CtScope::Egress,
+            // CT_SCOPE_EGRESS; nothing else is ever written.
+            _ => CtScope::Egress,
         },
         protocol: key.protocol,
         source: SocketAddr::new(ip_from(key.family, &key.saddr), key.sport),
