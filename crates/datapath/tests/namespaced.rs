@@ -1,0 +1,313 @@
+//! The programs attached to a real veth in network namespaces of our own:
+//! a pod's TCP connection redirected to a transparent proxy listener with
+//! `bpf_sk_assign`, kept across a datapath reload (pins re-adopted, no
+//! detach, conntrack kept). Namespaces are named `mdp-<pid>-*` and deleted
+//! by name on drop, also when the test fails.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsFd, FromRawFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use myelin_datapath::{
+    CtScope, Datapath, EndpointInfo, PolicyDirection, PolicyRule, PolicyTable, RuleAction,
+};
+use myelin_test_support::{ScratchBpffs, privileged};
+use nix::sched::{CloneFlags, setns};
+
+const PROXY_PORT: u16 = 15001;
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().expect("run ip");
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
+fn in_ns(ns: &str, args: &[&str]) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .status()
+        .expect("run ip netns exec");
+    assert!(status.success(), "{ns}: {}", args.join(" "));
+}
+
+/// Network namespaces created by this test, deleted by name on drop.
+struct Namespaces {
+    names: Vec<String>,
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// Moves the current thread into namespace `name`.
+fn enter(name: &str) {
+    let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
+    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// A transparent IPv4 listener (IP_TRANSPARENT: it answers for addresses
+/// that are not the node's, as the proxy does).
+fn transparent_listener(port: u16) -> TcpListener {
+    // SAFETY: plain socket syscalls on a descriptor we own; errors checked.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let one: libc::c_int = 1;
+        for opt in [libc::IP_TRANSPARENT] {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_IP,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "IP_TRANSPARENT");
+        }
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_REUSEADDR");
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "bind");
+        assert_eq!(libc::listen(fd, 16), 0, "listen");
+        TcpListener::from_raw_fd(fd)
+    }
+}
+
+fn accept_within(listener: &TcpListener, limit: Duration) -> (TcpStream, SocketAddr) {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + limit;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).expect("blocking");
+                let local = stream.local_addr().expect("local addr");
+                return (stream, local);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no redirected connection within {limit:?}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_redirected_connection_reaches_the_proxy_and_survives_a_reload() {
+    if !privileged("a_redirected_connection_reaches_the_proxy_and_survives_a_reload") {
+        return;
+    }
+    let pid = std::process::id();
+    let node = format!("mdp-{pid}-n");
+    let pod = format!("mdp-{pid}-p");
+    let host_veth = format!("mdp{pid}h");
+    let guard = Namespaces {
+        names: vec![node.clone(), pod.clone()],
+    };
+    for ns in &guard.names {
+        ip(&["netns", "add", ns]);
+        in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+    }
+    in_ns(
+        &node,
+        &[
+            "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
+        ],
+    );
+    in_ns(&node, &["ip", "link", "set", &host_veth, "up"]);
+    in_ns(&node, &["ip", "addr", "add", "10.244.1.1/32", "dev", "lo"]);
+    in_ns(
+        &node,
+        &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
+    );
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        in_ns(&node, &["sysctl", "-qw", sysctl]);
+    }
+    // The proxy's policy routing (reference/l7-redirect.md).
+    in_ns(
+        &node,
+        &[
+            "ip",
+            "rule",
+            "add",
+            "fwmark",
+            "0x200/0xf00",
+            "lookup",
+            "2004",
+            "pref",
+            "100",
+        ],
+    );
+    in_ns(
+        &node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "2004",
+        ],
+    );
+    in_ns(&pod, &["ip", "link", "set", "eth0", "up"]);
+    in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
+    in_ns(
+        &pod,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.1.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    );
+
+    let bpffs = ScratchBpffs::mount().expect("bpffs");
+    let pin_dir = bpffs.path_buf();
+    let node_for_thread = node.clone();
+    let pod_for_client = pod.clone();
+    let host_veth_for_thread = host_veth.clone();
+    // Everything in the node namespace runs on one thread that entered it.
+    let result = std::thread::spawn(move || {
+        enter(&node_for_thread);
+        let mut datapath = Datapath::load(&pin_dir).expect("load");
+        let info = EndpointInfo {
+            endpoint_id: 5,
+            identity: 1001,
+            ipv4: [10, 244, 1, 5],
+            ..EndpointInfo::default()
+        };
+        let attachment = datapath
+            .attach_endpoint(&host_veth_for_thread, &info)
+            .expect("attach");
+        assert!(!attachment.readopted);
+        datapath
+            .ipcache_upsert("10.244.9.0".parse().expect("addr"), 24, 2002)
+            .expect("ipcache");
+        datapath
+            .replace_policy(
+                5,
+                &PolicyTable {
+                    ingress_enforced: false,
+                    egress_enforced: true,
+                    rules: vec![PolicyRule {
+                        direction: PolicyDirection::Egress,
+                        peer_identity: 2002,
+                        protocol: 6,
+                        ports: Some((80, 80)),
+                        action: RuleAction::Redirect {
+                            proxy_port: PROXY_PORT,
+                        },
+                        rule_id: 41,
+                    }],
+                },
+            )
+            .expect("policy");
+        let listener = transparent_listener(PROXY_PORT);
+
+        // The pod connects to an address nobody has: only the redirect can
+        // answer.
+        let client = std::thread::spawn(move || {
+            enter(&pod_for_client);
+            let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 244, 9, 9), 80));
+            let mut stream =
+                TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            stream.write_all(b"ping").expect("write");
+            let mut buf = [0u8; 4];
+            stream.read_exact(&mut buf).expect("first answer");
+            assert_eq!(&buf, b"pong");
+            stream
+        });
+        let (mut upstream, original) = accept_within(&listener, Duration::from_secs(5));
+        assert_eq!(
+            original,
+            "10.244.9.9:80".parse::<SocketAddr>().expect("addr"),
+            "the proxy sees the original destination"
+        );
+        let mut buf = [0u8; 4];
+        upstream.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"ping");
+        upstream.write_all(b"pong").expect("write");
+        let mut stream = client.join().expect("client thread");
+
+        let ct = datapath.conntrack().expect("conntrack");
+        assert!(ct.iter().any(|c| c.scope == CtScope::Egress
+            && matches!(
+                c.verdict,
+                RuleAction::Redirect {
+                    proxy_port: PROXY_PORT
+                }
+            )));
+
+        // The agent goes away and comes back: programs stay attached, maps
+        // and conntrack are re-adopted.
+        drop(datapath);
+        stream
+            .write_all(b"ping")
+            .expect("write while the agent is away");
+        upstream.read_exact(&mut buf).expect("read while away");
+        let mut datapath = Datapath::load(&pin_dir).expect("reload");
+        let attachment = datapath
+            .attach_endpoint(&host_veth_for_thread, &info)
+            .expect("re-attach");
+        assert!(attachment.readopted, "pinned programs were kept");
+        assert!(!attachment.replaced, "same program object");
+        assert!(!datapath.conntrack().expect("conntrack").is_empty());
+        upstream.write_all(b"pong").expect("write");
+        stream
+            .read_exact(&mut buf)
+            .expect("answer after the reload");
+        assert_eq!(&buf, b"pong");
+        assert_eq!(
+            datapath.pinned_interfaces(),
+            vec![host_veth_for_thread.clone()]
+        );
+        datapath
+            .detach_endpoint(&host_veth_for_thread, attachment.ifindex)
+            .expect("detach");
+        assert!(datapath.pinned_interfaces().is_empty());
+    })
+    .join();
+    drop(guard);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
