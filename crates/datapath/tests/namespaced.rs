@@ -59,16 +59,14 @@ fn transparent_listener(port: u16) -> TcpListener {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         assert!(fd >= 0, "socket");
         let one: libc::c_int = 1;
-        for opt in [libc::IP_TRANSPARENT] {
-            let rc = libc::setsockopt(
-                fd,
-                libc::SOL_IP,
-                opt,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-            assert_eq!(rc, 0, "IP_TRANSPARENT");
-        }
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_IP,
+            libc::IP_TRANSPARENT,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "IP_TRANSPARENT");
         let rc = libc::setsockopt(
             fd,
             libc::SOL_SOCKET,

@@ -553,25 +553,50 @@ async fn backends_are_sticky_and_removing_one_disturbs_only_its_connections() {
 }
 
 #[tokio::test]
-async fn a_service_without_backends_is_dropped_with_its_reason() {
-    if !privileged("a_service_without_backends_is_dropped_with_its_reason") {
+async fn a_service_without_backends_resets_tcp_clients_and_drops_udp() {
+    if !privileged("a_service_without_backends_resets_tcp_clients_and_drops_udp") {
         return;
     }
     let mut h = harness();
-    h.datapath
-        .upsert_service(&Service {
-            frontend: "10.96.0.30:80".parse().expect("vip"),
-            protocol: ServiceProtocol::Tcp,
-            backends: vec![],
-        })
-        .expect("service");
-    let syn = Pkt::tcp(POD_V4, 47000, "10.96.0.30", 80, SYN).build();
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    for (vip, protocol) in [
+        ("10.96.0.30:80", ServiceProtocol::Tcp),
+        ("10.96.0.30:53", ServiceProtocol::Udp),
+        ("[fd00:10:96::30]:80", ServiceProtocol::Tcp),
+    ] {
+        h.datapath
+            .upsert_service(&Service {
+                frontend: vip.parse().expect("vip"),
+                protocol,
+                backends: vec![],
+            })
+            .expect("service");
+    }
+    for (client, vip) in [(POD_V4, "10.96.0.30"), (POD_V6, "fd00:10:96::30")] {
+        let syn = Pkt::tcp(client, 47000, vip, 80, SYN).build();
+        let (verdict, out, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+        assert_eq!(verdict, TC_ACT_REDIRECT, "the reset goes back to the pod");
+        let drop = find(&events, EventKind::Drop);
+        assert_eq!(drop.drop_reason, drop_reason::NO_SERVICE);
+        assert_ne!(drop.flags & EVENT_FLAG_SERVICE, 0);
+        assert_eq!(drop.service_port, 80);
+        assert_eq!(tuple(&out), (ip(vip), ip(client), 80, 47000), "{client}");
+        assert!(checksums_valid(&out), "reset checksums ({client})");
+        let l4 = out.len() - 20;
+        assert_eq!(out[l4 + 13], 0x14, "RST|ACK");
+        assert_eq!(
+            u32::from_be_bytes(out[l4 + 8..l4 + 12].try_into().expect("4 bytes")),
+            1001,
+            "acknowledges the SYN"
+        );
+        assert_eq!(&out[0..6], &syn[6..12], "MACs swapped");
+    }
+    let query = Pkt::udp(POD_V4, 47001, "10.96.0.30", 53).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &query).await;
     assert_eq!(verdict, TC_ACT_SHOT);
-    let drop = find(&events, EventKind::Drop);
-    assert_eq!(drop.drop_reason, drop_reason::NO_SERVICE);
-    assert_ne!(drop.flags & EVENT_FLAG_SERVICE, 0);
-    assert_eq!(drop.service_port, 80);
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::NO_SERVICE
+    );
 }
 
 #[tokio::test]

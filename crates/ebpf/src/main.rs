@@ -20,12 +20,13 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
-        BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_sock_tuple,
+        bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
-        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_sk_assign, bpf_sk_release,
-        bpf_skc_lookup_tcp,
+        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_sk_assign,
+        bpf_sk_release, bpf_skb_change_tail, bpf_skc_lookup_tcp,
     },
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
@@ -322,7 +323,15 @@ fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
     if st.pkt.protocol == IPPROTO_TCP || st.pkt.protocol == IPPROTO_UDP {
         match service_translate(ctx, st, now) {
             Ok(index) => rev_nat_index = index,
-            Err(reason) => return drop_packet(ctx, st, point, reason, 0),
+            Err(reason) => {
+                let verdict = drop_packet(ctx, st, point, reason, 0);
+                if reason == drop_reason::NO_SERVICE {
+                    // Fail fast: the client gets a reset instead of retrying
+                    // its SYN into the void.
+                    return reset_client(ctx, &st.pkt, ifindex).unwrap_or(verdict);
+                }
+                return verdict;
+            }
         }
     }
 
@@ -1234,6 +1243,108 @@ fn rewrite(ctx: &TcContext, pkt: &mut Packet, source: bool, target: &L4Addr) -> 
         pkt.dport = port;
     }
     Ok(())
+}
+
+/// Turns a TCP SYN into the RST|ACK its destination would have answered
+/// and sends it back into the pod through the same veth. Only plain headers
+/// (IPv4 without options, IPv6 without extensions) and a SYN without ACK are
+/// answered; anything else stays a silent drop (`None`).
+// A separate BPF function: the header buffers need their own frame.
+#[inline(never)]
+fn reset_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) -> Option<i32> {
+    if pkt.protocol != IPPROTO_TCP || pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
+        return None;
+    }
+    let v4 = pkt.family == FAMILY_IPV4;
+    let ip_len = if v4 { 20 } else { 40 };
+    if pkt.l4_offset != ETH_HLEN + ip_len {
+        return None;
+    }
+    let macs: [u8; 12] = ctx.load(0).ok()?;
+    let seq: [u8; 4] = ctx.load(pkt.l4_offset + 4).ok()?;
+    let ack = u32::from_be_bytes(seq).wrapping_add(1).to_be_bytes();
+    let total = (ETH_HLEN + ip_len + 20) as u32;
+    // SAFETY: the context is this program's skb; the helper checks the length.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb.cast(), total, 0) } != 0 {
+        return None;
+    }
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0).ok()?;
+    // Pseudo-header (for the checksum) followed by the TCP header.
+    let mut buf = [0u8; 60];
+    let tcp_at = if v4 { 12 } else { 40 };
+    if v4 {
+        buf[..4].copy_from_slice(&pkt.daddr[..4]);
+        buf[4..8].copy_from_slice(&pkt.saddr[..4]);
+        buf[9] = IPPROTO_TCP;
+        buf[11] = 20;
+    } else {
+        buf[..16].copy_from_slice(&pkt.daddr);
+        buf[16..32].copy_from_slice(&pkt.saddr);
+        buf[35] = 20;
+        buf[39] = IPPROTO_TCP;
+    }
+    buf[tcp_at..tcp_at + 2].copy_from_slice(&pkt.dport.to_be_bytes());
+    buf[tcp_at + 2..tcp_at + 4].copy_from_slice(&pkt.sport.to_be_bytes());
+    buf[tcp_at + 8..tcp_at + 12].copy_from_slice(&ack);
+    buf[tcp_at + 12] = 5 << 4;
+    buf[tcp_at + 13] = TCP_RST | TCP_ACK;
+    let sum_len = (tcp_at + 20) as u32;
+    // SAFETY: the buffer is on this stack frame and at least sum_len bytes.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            buf.as_mut_ptr().cast(),
+            sum_len,
+            0,
+        )
+    };
+    let csum = !fold_csum(u64::from(sum as u32));
+    buf[tcp_at + 16..tcp_at + 18].copy_from_slice(&csum.to_ne_bytes());
+    let mut ip = [0u8; 40];
+    if v4 {
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = IPPROTO_TCP;
+        ip[12..16].copy_from_slice(&pkt.daddr[..4]);
+        ip[16..20].copy_from_slice(&pkt.saddr[..4]);
+        // SAFETY: as above, 20 bytes.
+        let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ip.as_mut_ptr().cast(), 20, 0) };
+        let csum = !fold_csum(u64::from(sum as u32));
+        ip[10..12].copy_from_slice(&csum.to_ne_bytes());
+        let header: [u8; 20] = [
+            ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11],
+            ip[12], ip[13], ip[14], ip[15], ip[16], ip[17], ip[18], ip[19],
+        ];
+        ctx.store(ETH_HLEN, &header, 0).ok()?;
+    } else {
+        ip[0] = 0x60;
+        ip[5] = 20;
+        ip[6] = IPPROTO_TCP;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&pkt.daddr);
+        ip[24..40].copy_from_slice(&pkt.saddr);
+        ctx.store(ETH_HLEN, &ip, 0).ok()?;
+    }
+    let mut tcp = [0u8; 20];
+    tcp.copy_from_slice(&buf[tcp_at..tcp_at + 20]);
+    ctx.store(ETH_HLEN + ip_len, &tcp, 0).ok()?;
+    // Out of this veth again: towards the pod.
+    // SAFETY: a helper taking plain integers.
+    unsafe { bpf_redirect(ifindex, 0) };
+    Some(TC_ACT_REDIRECT as i32)
+}
+
+/// Folds a 32-bit one's-complement sum to 16 bits (network order in memory).
+fn fold_csum(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
 }
 
 /// Hands the packet's connection to the proxy listening on `proxy_port`

@@ -12,6 +12,7 @@ use myelin_test_support::ScratchBpffs;
 
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
