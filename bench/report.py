@@ -23,6 +23,7 @@ SCENARIOS = [
     ("sidecar-haproxy", "sidecars: HAProxy ×2"),
     ("node-nginx", "nginx node proxy"),
     ("node-haproxy", "HAProxy node proxy"),
+    ("myelin-l7-node-noagent", "Myelin L7 node proxy, no agent (events dropped)"),
 ]
 LABEL = dict(SCENARIOS)
 

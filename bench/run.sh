@@ -15,6 +15,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ALL_SCENARIOS=(no-mesh myelin-l34 myelin-l7-node sidecar-myelin sidecar-nginx sidecar-haproxy node-nginx node-haproxy)
+# Diagnostics, run only when named: Myelin's node proxy as a fixed-upstream listener the
+# client connects to (no datapath), with the agent stand-in and without it (events dropped).
+EXTRA_SCENARIOS=(myelin-l7-node-fixed myelin-l7-node-noagent)
 
 SMOKE=0
 ROUNDS=3
@@ -47,9 +50,9 @@ done
 
 [ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=("${ALL_SCENARIOS[@]}")
 for s in "${SCENARIOS[@]}"; do
-  case " ${ALL_SCENARIOS[*]} " in
+  case " ${ALL_SCENARIOS[*]} ${EXTRA_SCENARIOS[*]} " in
     *" $s "*) ;;
-    *) echo "bench: unknown scenario '$s' (known: ${ALL_SCENARIOS[*]})" >&2; exit 2 ;;
+    *) echo "bench: unknown scenario '$s' (known: ${ALL_SCENARIOS[*]} ${EXTRA_SCENARIOS[*]})" >&2; exit 2 ;;
   esac
 done
 case "$SERVER" in
@@ -153,6 +156,10 @@ topology() {
       net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
   done
   in_ns "$NS_N" sysctl -qw net.ipv4.ip_forward=1
+  # The L7 redirect's local delivery (shared/reference/l7-redirect.md): packets the datapath
+  # hands to the proxy carry mark 0x200/0xf00 and are delivered locally.
+  in_ns "$NS_N" ip rule add fwmark 0x200/0xf00 lookup 2004 pref 100
+  in_ns "$NS_N" ip route add local 0.0.0.0/0 dev lo table 2004
   # Routed pods, as Myelin's nodes do: a veth per pod, the host side in the node.
   ip link add "$VETH_C" netns "$NS_N" type veth peer name eth0 netns "$NS_C"
   ip link add "$VETH_S" netns "$NS_N" type veth peer name eth0 netns "$NS_S"
@@ -171,7 +178,8 @@ topology() {
 }
 
 CLIENT_IP=10.250.1.2; SERVER_IP=10.250.2.2; NODE_IP=10.250.1.1
-NODE_PORT=8080; CLIENT_SIDECAR=127.0.0.1:15001; SERVER_SIDECAR="$SERVER_IP:15006"
+VIP=10.96.0.10   # the server's ClusterIP: exists only as a translation in Myelin's programs
+NODE_PORT=8080; PROXY_PORT=15001; CLIENT_SIDECAR=127.0.0.1:15001; SERVER_SIDECAR="$SERVER_IP:15006"
 
 # --- processes --------------------------------------------------------------------------
 SC_PIDS=()     # processes of the running scenario (system under test)
@@ -293,32 +301,56 @@ proxy_myelin() {
   wait_tcp "$ns" "$listen"
 }
 
-# Brings scenario $1 up; sets TARGET (what the client connects to) and IPERF (1 when a raw
-# TCP stream crosses the same path).
+# datapath RULES...: Myelin's programs on both pod veths, the server's ClusterIP (for HTTP
+# and iperf3) and the given ingress rules (myelin-bench datapath --help).
+datapath() {
+  local rule args=()
+  for rule in "$@"; do args+=(--ingress "$rule"); done
+  start datapath "$NS_N" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node-$RANDOM" \
+    --endpoint "$VETH_C=$CLIENT_IP" --endpoint "$VETH_S=$SERVER_IP" \
+    --service "$VIP:80=$SERVER_IP:80" --service "$VIP:5201=$SERVER_IP:5201" "${args[@]}"
+  MESH_PIDS+=("$LAST_PID")
+  wait_log "$TMP/datapath.log" "datapath attached" "$LAST_PID"
+}
+
+# agent_and_proxy ROUTE...: the agent stand-in with that route, and the node proxy it feeds.
+agent_and_proxy() {
+  start agent "$NS_N" "$BIN/myelin-bench" agent --control-socket "$TMP/control.sock" "$@"
+  MESH_PIDS+=("$LAST_PID")
+  wait_log "$TMP/agent.log" "agent serving" "$LAST_PID"
+  start proxy "$NS_N" "$BIN/myelin-bench" proxy --control-socket "$TMP/control.sock"
+  MESH_PIDS+=("$LAST_PID")
+  wait_log "$TMP/proxy.log" "proxy listening" "$LAST_PID"
+}
+
+# Brings scenario $1 up; sets TARGET (what the client connects to), IPERF_TARGET (when a
+# raw TCP stream crosses the same path), L4_POLICY and L7_POLICY (what the path enforces).
 up() {
-  TARGET="$SERVER_IP:80"; IPERF=0
+  TARGET="$SERVER_IP:80"; IPERF_TARGET=""; L4_POLICY=0; L7_POLICY=0
   start_server
   case "$1" in
-    no-mesh) IPERF=1 ;;
+    no-mesh) IPERF_TARGET=$SERVER_IP ;;
     myelin-l34)
-      IPERF=1
-      start datapath "$NS_N" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node" \
-        --endpoint "$VETH_C=$CLIENT_IP" --endpoint "$VETH_S=$SERVER_IP"
-      MESH_PIDS+=("$LAST_PID")
-      wait_log "$TMP/datapath.log" "datapath attached" "$LAST_PID" ;;
+      # Through the ClusterIP; the server admits the client's identity on 80 and 5201 only.
+      datapath "$VETH_S:$VETH_C:80" "$VETH_S:$VETH_C:5201"
+      TARGET="$VIP:80"; IPERF_TARGET=$VIP; L4_POLICY=1 ;;
     myelin-l7-node)
-      start agent "$NS_N" "$BIN/myelin-bench" agent --control-socket "$TMP/control.sock" \
-        --listen "$NODE_IP:$NODE_PORT" --upstream "$SERVER_IP:80" --l7-policy
-      MESH_PIDS+=("$LAST_PID")
-      wait_log "$TMP/agent.log" "agent serving" "$LAST_PID"
-      start proxy "$NS_N" "$BIN/myelin-bench" proxy --control-socket "$TMP/control.sock"
-      MESH_PIDS+=("$LAST_PID")
+      # Through the ClusterIP; the server's port 80 has L7 rules: the datapath redirects
+      # the connection to the node proxy's transparent listener (bpf_sk_assign).
+      datapath "$VETH_S:any:80:$PROXY_PORT"
+      agent_and_proxy --listen "0.0.0.0:$PROXY_PORT" --transparent --upstream "$SERVER_IP:80" --l7-policy
+      TARGET="$VIP:80"; L4_POLICY=1; L7_POLICY=1 ;;
+    myelin-l7-node-fixed)
+      agent_and_proxy --listen "$NODE_IP:$NODE_PORT" --upstream "$SERVER_IP:80" --l7-policy
       wait_tcp "$NS_N" "$NODE_IP:$NODE_PORT"
-      TARGET="$NODE_IP:$NODE_PORT" ;;
+      TARGET="$NODE_IP:$NODE_PORT"; L7_POLICY=1 ;;
+    myelin-l7-node-noagent)
+      proxy_myelin node-proxy "$NS_N" "$NODE_IP:$NODE_PORT" "$SERVER_IP:80" --l7-policy
+      TARGET="$NODE_IP:$NODE_PORT"; L7_POLICY=1 ;;
     sidecar-myelin)
       proxy_myelin sidecar-server "$NS_S" "$SERVER_SIDECAR" 127.0.0.1:80 --l7-policy
       proxy_myelin sidecar-client "$NS_C" "$CLIENT_SIDECAR" "$SERVER_SIDECAR"
-      TARGET=$CLIENT_SIDECAR ;;
+      TARGET=$CLIENT_SIDECAR; L7_POLICY=1 ;;
     sidecar-nginx)
       proxy_nginx sidecar-server "$NS_S" "$SERVER_SIDECAR" 127.0.0.1:80
       proxy_nginx sidecar-client "$NS_C" "$CLIENT_SIDECAR" "$SERVER_SIDECAR"
@@ -362,6 +394,23 @@ rss_kib() { # total VmRSS of the given PIDs and their descendants
   echo "$total"
 }
 
+# l4_denies: 1 when a connection the policy does not admit (server port 81) is dropped,
+# 0 when it is refused by the server's stack (no policy on the path).
+l4_denies() {
+  local rc=0
+  ip netns exec "$NS_C" timeout 1 bash -c "exec 3<>/dev/tcp/$SERVER_IP/81" 2>/dev/null || rc=$?
+  [ "$rc" = 124 ] && echo 1 || echo 0
+}
+
+# l7_denies: 1 when a request the L7 rules do not allow (POST) is answered 403.
+l7_denies() {
+  local status
+  status=$(ip netns exec "$NS_C" timeout 2 bash -c "exec 3<>/dev/tcp/${TARGET%:*}/${TARGET##*:}
+    printf 'POST $REQ_PATH HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
+    head -n1 <&3" 2>/dev/null || true)
+  case "$status" in *" 403 "*) echo 1 ;; *) echo 0 ;; esac
+}
+
 others_compiling() { ps -eo comm= | grep -cE '^(rustc|cc1|cc1plus|ld|cargo)$' || true; }
 
 measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
@@ -377,18 +426,23 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
     --sut-pids "$(IFS=,; echo "${SC_PIDS[*]}")") || die "the open-loop generator failed against $TARGET"
   read -r cps cnon2xx cerrs < <(wrk_run "$DURATION" "$CONN_RATE_CONNS" -H "Connection: close")
   local iperf=null
-  if [ "$IPERF" = 1 ]; then
+  if [ -n "$IPERF_TARGET" ]; then
     start iperf-server "$NS_S" iperf3 -s -B "$SERVER_IP"
     wait_tcp "$NS_S" "$SERVER_IP:5201"
-    iperf=$(gen iperf3 -c "$SERVER_IP" -t "$DURATION" -J | python3 -c \
+    iperf=$(gen iperf3 -c "$IPERF_TARGET" -t "$DURATION" -J | python3 -c \
       'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 3))')
   fi
   busy_after=$(others_compiling)
+  local l4=null l7=null
+  [ "$L4_POLICY" = 0 ] || l4=$(l4_denies)
+  [ "$L7_POLICY" = 0 ] || l7=$(l7_denies)
   local rss=0
   [ "${#MESH_PIDS[@]}" -eq 0 ] || rss=$(rss_kib "${MESH_PIDS[@]}")
-  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"compilers_running":%d,"load":%s}\n' \
+  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"load":%s}\n' \
     "$scenario" "$round" "$rps" "$non2xx" "$errs" "$cps" "$cnon2xx" "$cerrs" "$iperf" "$rss" \
-    "${#MESH_PIDS[@]}" "$((busy_before + busy_after))" "$load" >>"$RAW"
+    "${#MESH_PIDS[@]}" "$l4" "$l7" "$((busy_before + busy_after))" "$load" >>"$RAW"
+  [ "$l4" != 0 ] || say "WARNING: $scenario: a connection the L3/L4 policy does not admit got through"
+  [ "$l7" != 0 ] || say "WARNING: $scenario: a request the L7 rules deny was not answered 403"
   printf '    %-16s %9.0f req/s  %8.0f conn/s  p50 %s ms  p99 %s ms  cpu %s us/req\n' "$scenario" "$rps" "$cps" \
     "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_ms"]["p50"])' "$load")" \
     "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$load")" \

@@ -1,17 +1,20 @@
-//! Myelin's kernel programs on the benchmark's pod veths (the L3/L4 scenario).
+//! Myelin's kernel programs on the benchmark's pod veths (the L3/L4 and L7 scenarios).
 //!
 //! The programs are loaded and attached exactly as the agent does
-//! ([`myelin_datapath::Datapath`]), and their trace events are read from the ring buffer as
-//! the agent's observer does, so the figure includes the cost of visibility. Whatever the
-//! programs enforce (conntrack, service load balancing, policy) comes with them as they grow.
+//! ([`myelin_datapath::Datapath`]), the endpoints get an ingress policy (identity-based
+//! allow rules, or a redirect to the node's L7 proxy) and ClusterIP services, and the trace
+//! and policy-verdict events are read from the ring buffer as the agent's observer does, so
+//! the figures include conntrack, service translation, policy and visibility.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::Context as _;
 use myelin_common::EndpointInfo;
-use myelin_datapath::Datapath;
+use myelin_datapath::{
+    Datapath, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol,
+};
 
 /// A pod's host-side veth and its IPv4 address, written `IFNAME=IP`.
 #[derive(Debug, Clone)]
@@ -41,6 +44,72 @@ impl FromStr for Endpoint {
     }
 }
 
+/// An ingress rule, written `DEST_IF:PEER_IF:PORT[:PROXY_PORT]`: the endpoint behind
+/// `DEST_IF` accepts TCP to `PORT` from the endpoint behind `PEER_IF` (`any`: from every
+/// identity); with `PROXY_PORT` the connection is redirected to the node's L7 proxy.
+#[derive(Debug, Clone)]
+pub struct IngressRule {
+    dest: String,
+    peer: Option<String>,
+    port: u16,
+    proxy_port: Option<u16>,
+}
+
+/// Why an `--ingress` value is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--ingress {0:?}: expected DEST_IF:PEER_IF|any:PORT[:PROXY_PORT], for example mb1s:mb1c:80"
+)]
+pub struct BadIngress(String);
+
+impl FromStr for IngressRule {
+    type Err = BadIngress;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadIngress(s.into());
+        let parts: Vec<&str> = s.split(':').collect();
+        let (dest, peer, port, proxy) = match parts.as_slice() {
+            [dest, peer, port] => (*dest, *peer, *port, None),
+            [dest, peer, port, proxy] => (*dest, *peer, *port, Some(*proxy)),
+            _ => return Err(bad()),
+        };
+        if dest.is_empty() || peer.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            dest: dest.into(),
+            peer: (peer != "any").then(|| peer.to_string()),
+            port: port.parse().map_err(|_| bad())?,
+            proxy_port: proxy.map(str::parse).transpose().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A ClusterIP service with one backend, written `VIP:PORT=BACKEND:PORT` (TCP).
+#[derive(Debug, Clone)]
+pub struct ServiceArg {
+    frontend: SocketAddr,
+    backend: SocketAddr,
+}
+
+/// Why a `--service` value is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("--service {0:?}: expected VIP:PORT=BACKEND:PORT, for example 10.96.0.10:80=10.250.2.2:80")]
+pub struct BadService(String);
+
+impl FromStr for ServiceArg {
+    type Err = BadService;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadService(s.into());
+        let (frontend, backend) = s.split_once('=').ok_or_else(bad)?;
+        Ok(Self {
+            frontend: frontend.parse().map_err(|_| bad())?,
+            backend: backend.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// Arguments of `myelin-bench datapath`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DatapathArgs {
@@ -50,6 +119,76 @@ pub struct DatapathArgs {
     /// Endpoints to attach, `IFNAME=IPV4`, in the current network namespace.
     #[arg(long = "endpoint", required = true)]
     endpoints: Vec<Endpoint>,
+    /// Ingress rules; an endpoint with at least one has its ingress enforced (default deny).
+    #[arg(long = "ingress")]
+    ingress: Vec<IngressRule>,
+    /// ClusterIP services (TCP).
+    #[arg(long = "service")]
+    services: Vec<ServiceArg>,
+}
+
+/// Endpoint id and identity of the endpoint behind `ifname`, numbered in `--endpoint` order.
+fn numbering(endpoints: &[Endpoint], ifname: &str) -> anyhow::Result<(u32, u32)> {
+    let n = (1_u32..)
+        .zip(endpoints)
+        .find(|(_, e)| e.ifname == ifname)
+        .map(|(n, _)| n)
+        .with_context(|| format!("{ifname} is not one of the --endpoint interfaces"))?;
+    Ok((n, identity(n)))
+}
+
+/// The security identity the benchmark gives endpoint number `n`.
+fn identity(n: u32) -> u32 {
+    10_000 + n
+}
+
+/// Writes the ingress policies and the services.
+fn program(datapath: &mut Datapath, args: &DatapathArgs) -> anyhow::Result<()> {
+    let mut tables: Vec<(u32, PolicyTable)> = Vec::new();
+    for (rule_id, rule) in (1_u32..).zip(&args.ingress) {
+        let (endpoint_id, _) = numbering(&args.endpoints, &rule.dest)?;
+        let peer_identity = match &rule.peer {
+            Some(peer) => numbering(&args.endpoints, peer)?.1,
+            None => 0,
+        };
+        let rule = PolicyRule {
+            direction: PolicyDirection::Ingress,
+            peer_identity,
+            protocol: 6,
+            ports: Some((rule.port, rule.port)),
+            action: match rule.proxy_port {
+                Some(proxy_port) => RuleAction::Redirect { proxy_port },
+                None => RuleAction::Allow,
+            },
+            rule_id,
+        };
+        match tables.iter_mut().find(|(id, _)| *id == endpoint_id) {
+            Some((_, table)) => table.rules.push(rule),
+            None => tables.push((
+                endpoint_id,
+                PolicyTable {
+                    ingress_enforced: true,
+                    egress_enforced: false,
+                    rules: vec![rule],
+                },
+            )),
+        }
+    }
+    for (endpoint_id, table) in &tables {
+        datapath
+            .replace_policy(*endpoint_id, table)
+            .with_context(|| format!("writing the policy of endpoint {endpoint_id}"))?;
+    }
+    for service in &args.services {
+        datapath
+            .upsert_service(&Service {
+                frontend: service.frontend,
+                protocol: ServiceProtocol::Tcp,
+                backends: vec![service.backend],
+            })
+            .with_context(|| format!("writing service {}", service.frontend))?;
+    }
+    Ok(())
 }
 
 /// Attaches the programs, reads trace events until SIGTERM/SIGINT, then detaches.
@@ -65,7 +204,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
         for (n, endpoint) in (1_u32..).zip(&args.endpoints) {
             let info = EndpointInfo {
                 endpoint_id: n,
-                identity: 10_000 + n,
+                identity: identity(n),
                 ipv4: endpoint.ipv4.octets(),
                 flags: 0,
                 ipv6: [0; 16],
@@ -75,10 +214,16 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("attaching to {}", endpoint.ifname))?;
             attached.push(attachment);
         }
+        program(&mut datapath, args)?;
         let mut reader = datapath
             .event_reader()
             .context("opening the event ring buffer")?;
-        println!("datapath attached to {} endpoints", attached.len());
+        println!(
+            "datapath attached to {} endpoints, {} ingress rules, {} services",
+            attached.len(),
+            args.ingress.len(),
+            args.services.len()
+        );
         let mut events = Vec::new();
         let mut seen = 0_u64;
         let stop = crate::wait_for_stop();

@@ -1,9 +1,9 @@
 //! Myelin's L7 proxy in the benchmark's roles, and a stand-in for the agent's side of it.
 //!
 //! The node-proxy role is the proxy configured by the agent over the control socket (the
-//! agent stand-in pushes a snapshot and consumes every L7 event, as the agent does). Until
-//! the datapath's transparent redirect lands, the listener is a fixed-upstream cluster
-//! listener: the client connects to the node's address instead of being redirected.
+//! agent stand-in pushes a snapshot and consumes every L7 event, as the agent does), with a
+//! transparent listener the datapath hands connections to (`bpf_sk_assign`), or a
+//! fixed-upstream cluster listener the client connects to directly (diagnostics).
 //! The sidecar role is the same proxy without an agent: it applies its snapshot itself and
 //! drops its L7 events (a one-slot queue), which spares the sidecar model the cost of
 //! visibility.
@@ -34,9 +34,14 @@ pub struct Route {
     /// Address the listener binds.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// The upstream every connection goes to.
+    /// The upstream every connection goes to; with `--transparent`, the server whose
+    /// connections the datapath redirects here (the key of the L7 policy).
     #[arg(long)]
     upstream: Option<SocketAddr>,
+    /// A transparent listener (TPROXY semantics, `IP_TRANSPARENT`): connections arrive from
+    /// the datapath's redirect and go to their original destination.
+    #[arg(long)]
+    transparent: bool,
     /// Put an ingress L7 policy on the upstream (allow `GET` on any path, deny the rest),
     /// so every request is evaluated as with a CiliumNetworkPolicy `rules.http` entry.
     #[arg(long)]
@@ -64,12 +69,23 @@ impl Route {
         } else {
             Vec::new()
         };
+        let (listener_upstream, clusters) = if self.transparent {
+            (ListenerUpstream::Transparent, Vec::new())
+        } else {
+            (
+                ListenerUpstream::Cluster(CLUSTER.into()),
+                vec![Cluster {
+                    name: CLUSTER.into(),
+                    endpoints: vec![upstream],
+                }],
+            )
+        };
         Ok(Snapshot {
             version: 1,
             listeners: vec![Listener {
                 name: LISTENER.into(),
                 address: listen,
-                upstream: ListenerUpstream::Cluster(CLUSTER.into()),
+                upstream: listener_upstream,
                 direction: Direction::Ingress,
                 missing_policy: if self.l7_policy {
                     MissingPolicy::Deny
@@ -77,10 +93,7 @@ impl Route {
                     MissingPolicy::Allow
                 },
             }],
-            clusters: vec![Cluster {
-                name: CLUSTER.into(),
-                endpoints: vec![upstream],
-            }],
+            clusters,
             l7_policies,
             ..Snapshot::default()
         })
@@ -95,7 +108,7 @@ pub struct ProxyArgs {
     workers: usize,
     /// Take the configuration from the agent on this control socket (node-proxy role);
     /// without it the proxy applies the route below itself (sidecar role).
-    #[arg(long, conflicts_with_all = ["listen", "upstream", "l7_policy"])]
+    #[arg(long, conflicts_with_all = ["listen", "upstream", "l7_policy", "transparent"])]
     control_socket: Option<PathBuf>,
     #[command(flatten)]
     route: Route,
