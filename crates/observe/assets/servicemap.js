@@ -93,6 +93,11 @@ function layout(view, width, height) {
   const pos = new Map();
   const preds = new Map(ids.map((id) => [id, []]));
   for (const [from, tos] of out) for (const to of tos) preds.get(to).push(from);
+  // A map larger than the panel gets the room it needs and scrolls, rather
+  // than drawing nodes on top of each other.
+  const tallest = Math.max(1, ...columns.map((c) => c.length));
+  width = Math.max(width, columns.length * (NODE_W + 150) + 2 * MARGIN);
+  height = Math.max(height, tallest * (NODE_H + 30) + 2 * MARGIN);
   const colWidth = (width - 2 * MARGIN) / Math.max(columns.length, 1);
   columns.forEach((column, c) => {
     // Order a column by where its callers sit, to keep edges short.
@@ -109,7 +114,7 @@ function layout(view, width, height) {
       });
     });
   });
-  return pos;
+  return { pos, width, height };
 }
 
 // Where the segment from a node's centre toward `to` leaves its shape.
@@ -272,14 +277,16 @@ function geometries(view, pos, nodes) {
 
 function drawGraph(view) {
   const svg = document.getElementById("map");
-  const { width, height } = svg.getBoundingClientRect();
-  const w = Math.max(width, 2 * NODE_W);
-  const h = Math.max(height, 2 * NODE_H);
+  const panel = document.getElementById("graph");
+  // The panel's inner size, less a little so that no scroll bar appears
+  // when the map fits.
+  const { pos, width: w, height: h } = layout(view, panel.clientWidth - 2, panel.clientHeight - 2);
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("width", w);
+  svg.setAttribute("height", h);
   svg.replaceChildren();
   document.getElementById("empty").hidden = view.edges.length > 0;
   drawDefs(svg);
-  const pos = layout(view, w, h);
   const nodes = new Map(view.nodes.map((n) => [n.id, n]));
   const edgeLayer = el("g", { class: "edges" }, svg);
   const nodeLayer = el("g", { class: "nodes" }, svg);

@@ -505,3 +505,28 @@ async fn shared_map_follows_the_observer_and_counts_lag() {
         .unwrap_or_else(|_| panic!("the follower did not end"))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn cli_flags() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServiceMapArgs,
+    }
+    let parse = |argv: &[&str]| {
+        Cli::try_parse_from(argv)
+            .map(|c| c.args)
+            .map_err(|e| e.to_string())
+    };
+    let defaults = parse(&["servicemap"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(defaults.server, DEFAULT_SERVER);
+    assert_eq!(defaults.output, MapFormat::Text);
+    let dot = parse(&["servicemap", "-o", "dot", "--server", "http://127.0.0.1:9"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (dot.server.as_str(), dot.output),
+        ("http://127.0.0.1:9", MapFormat::Dot)
+    );
+    assert!(parse(&["servicemap", "-o", "svg"]).is_err());
+}
