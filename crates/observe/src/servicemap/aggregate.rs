@@ -14,10 +14,16 @@ use crate::proto::flow::{DropReason, Endpoint, Flow, Verdict, layer4, layer7};
 
 use super::view::{EdgeStatus, EdgeView, MapView, NodeKind, NodeView};
 
+/// Shortest rate window: rates are kept per second.
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// Longest rate window: every edge holds one bucket per second of it.
+const MAX_WINDOW: Duration = Duration::from_secs(3600);
+
 /// Limits and windows of a [`ServiceMap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceMapConfig {
-    /// Rates are computed over this sliding window (whole seconds, at least one).
+    /// Rates are computed over this sliding window (whole seconds, from one
+    /// second to an hour).
     pub window: Duration,
     /// An edge that saw no flow for this long is removed, and with it the
     /// workloads no other edge references.
@@ -167,7 +173,7 @@ impl ServiceMap {
     /// An empty map.
     pub fn new(config: ServiceMapConfig) -> Self {
         let config = ServiceMapConfig {
-            window: config.window.max(Duration::from_secs(1)),
+            window: config.window.clamp(MIN_WINDOW, MAX_WINDOW),
             max_nodes: config.max_nodes.max(2),
             max_edges: config.max_edges.max(1),
             ..config
@@ -258,18 +264,18 @@ impl ServiceMap {
         destination: NodeView,
         now: Duration,
     ) -> u64 {
-        while self.edges.len() >= self.config.max_edges {
-            self.evict_oldest();
-        }
-        let new_nodes = [&source.id, &destination.id]
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter(|id| !self.nodes.contains_key(*id))
-            .count();
-        while self.nodes.len() + new_nodes > self.config.max_nodes && !self.edges.is_empty() {
-            self.evict_oldest();
-        }
+        while self.edges.len() >= self.config.max_edges && self.evict_oldest() {}
+        // Recounted after every eviction: an eviction may remove a node this
+        // edge was about to reuse.
+        let missing = |map: &Self| {
+            [&source.id, &destination.id]
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|id| !map.nodes.contains_key(*id))
+                .count()
+        };
+        while self.nodes.len() + missing(self) > self.config.max_nodes && self.evict_oldest() {}
         let id = self.next_id;
         self.next_id += 1;
         for node in [source, destination] {
@@ -281,7 +287,8 @@ impl ServiceMap {
                 })
                 .edges += 1;
         }
-        let window = usize::try_from(self.window_seconds()).unwrap_or(usize::MAX);
+        // At most MAX_WINDOW seconds: fits any usize.
+        let window = usize::try_from(self.window_seconds()).unwrap_or(1);
         self.ids.insert(key.clone(), id);
         self.by_activity.insert((now, id));
         self.edges.insert(
@@ -299,11 +306,14 @@ impl ServiceMap {
         id
     }
 
-    fn evict_oldest(&mut self) {
-        if let Some(&(_, id)) = self.by_activity.first() {
-            self.remove_edge(id);
-            self.counters.evicted_edges += 1;
-        }
+    /// Evicts the least recently active edge; false if there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some(&(_, id)) = self.by_activity.first() else {
+            return false;
+        };
+        self.remove_edge(id);
+        self.counters.evicted_edges += 1;
+        true
     }
 
     fn remove_edge(&mut self, id: u64) {

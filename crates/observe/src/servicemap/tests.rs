@@ -312,6 +312,24 @@ fn nodes_are_capped_by_evicting_edges() {
 }
 
 #[test]
+fn node_cap_holds_when_an_eviction_frees_a_reused_node() {
+    let config = ServiceMapConfig {
+        max_nodes: 3,
+        ..ServiceMapConfig::default()
+    };
+    let mut map = ServiceMap::new(config);
+    record(&mut map, trace(peer(0), deathstar()), 0);
+    record(&mut map, trace(peer(1), deathstar()), 1);
+    // client-0 calls a new server: evicting client-0 -> deathstar also drops
+    // client-0, which this edge needs again, so a second eviction is due.
+    record(&mut map, trace(peer(0), xwing()), 2);
+    let view = map.view(secs(2));
+    let ids: Vec<&str> = view.nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["default/client-0", "default/xwing"]);
+    assert_eq!(view.evicted_edges, 2);
+}
+
+#[test]
 fn idle_edges_expire_with_their_nodes() {
     let config = ServiceMapConfig {
         idle_timeout: secs(10),
