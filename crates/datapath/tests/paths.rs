@@ -764,3 +764,46 @@ async fn a_redirect_without_a_proxy_listener_fails_closed() {
         drop_reason::SOCKET_LOOKUP_FAILED
     );
 }
+
+#[tokio::test]
+async fn repeated_drops_are_aggregated_per_flow() {
+    if !privileged("repeated_drops_are_aggregated_per_flow") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(POD_ENDPOINT, &egress_policy(vec![]))
+        .expect("policy");
+    let syn = Pkt::tcp(POD_V4, 51000, "10.244.2.7", 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(events.len(), 2, "policy verdict and drop: {events:?}");
+    // The retransmitted SYN is dropped again, silently.
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert!(events.is_empty(), "aggregated: {events:?}");
+    // Another flow is reported.
+    let other = Pkt::tcp(POD_V4, 51001, "10.244.2.7", 80, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &other).await;
+    assert_eq!(events.len(), 2);
+}
+
+#[tokio::test]
+async fn events_the_ring_cannot_take_are_counted_as_lost() {
+    if !privileged("events_the_ring_cannot_take_are_counted_as_lost") {
+        return;
+    }
+    let mut h = harness();
+    assert_eq!(h.reader.lost(), 0);
+    // Each new flow reports one trace; the 4 MiB ring holds about 37,000
+    // records and nobody reads it meanwhile.
+    for i in 0..40_000u32 {
+        let src_port = 1024 + (i % 60_000) as u16;
+        let dst = format!("10.244.2.{}", 1 + i / 60_000);
+        let syn = Pkt::tcp(POD_V4, src_port, &dst, 80, SYN).build();
+        h.datapath
+            .test_run(PROGRAM_FROM_CONTAINER, &syn, 1)
+            .expect("test run");
+    }
+    assert!(h.reader.lost() > 0, "lost events are counted");
+}

@@ -21,8 +21,7 @@ use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
         BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_sock_tuple,
-        bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
         bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_sk_assign,
@@ -97,6 +96,16 @@ static EVENTS: RingBuf = RingBuf::pinned(1 << 22, 0);
 /// Events that found the ring full (index 0), so the agent can report loss.
 #[map(name = "MYELIN_LOST")]
 static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// When events without a conntrack entry to aggregate them (drops,
+/// fragments) were last reported, per tuple and reason: a denied flood or
+/// a fragment storm reports once per interval instead of filling the ring.
+/// Not pinned: losing it on reload only repeats a report.
+#[map(name = "MYELIN_REPORTS")]
+static REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Tag of fragment traces in [`REPORTS`] (drop reasons are the other tags).
+const REPORT_TAG_FRAGMENT: u8 = 255;
 
 /// Scratch space for the event being built: it does not fit the 512-byte
 /// stack next to the keys.
@@ -202,6 +211,9 @@ struct State {
     meta: Context,
     /// The proxy port when a new flow is to be redirected.
     redirect_port: u16,
+    /// Conntrack key and entry being written (off the stack).
+    key: CtKey,
+    entry: CtEntry,
 }
 
 /// Returned by `from_container_new` when the caller must hand the packet to
@@ -311,8 +323,10 @@ fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
         // fragment carried the verdict; without it the receiver cannot
         // reassemble, and overlapping fragments are discarded by Linux.
         st.meta.flags |= EVENT_FLAG_FRAGMENT;
-        st.meta.dst_identity = identity_of(st.pkt.family, &st.pkt.daddr);
-        emit(ctx, st, &Outcome::trace(point));
+        if !recently_reported(st, REPORT_TAG_FRAGMENT) {
+            st.meta.dst_identity = identity_of(st.pkt.family, &st.pkt.daddr);
+            emit(ctx, st, &Outcome::trace(point));
+        }
         return TC_ACT_OK;
     }
     // SAFETY: the program's own monotonic clock.
@@ -404,12 +418,11 @@ fn from_container_new(
         ),
         None => Decision::OPEN,
     };
+    if egress.drop_reason() != 0 {
+        return deny(ctx, st, point, &egress, TrafficDirection::Egress);
+    }
     if egress.enforced {
         emit_verdict(ctx, st, point, &egress, TrafficDirection::Egress);
-    }
-    let reason = egress.drop_reason();
-    if reason != 0 {
-        return drop_packet(ctx, st, point, reason, egress.rule_id);
     }
     let ingress = match local_peer {
         Some(peer) => decide(
@@ -420,12 +433,11 @@ fn from_container_new(
         ),
         None => Decision::OPEN,
     };
+    if ingress.drop_reason() != 0 {
+        return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
+    }
     if ingress.enforced {
         emit_verdict(ctx, st, point, &ingress, TrafficDirection::Ingress);
-    }
-    let reason = ingress.drop_reason();
-    if reason != 0 {
-        return drop_packet(ctx, st, point, reason, ingress.rule_id);
     }
     // The egress redirect wins: one proxy on the node serves both sides.
     let redirect = if egress.action == PolicyAction::Redirect as u8 {
@@ -438,26 +450,26 @@ fn from_container_new(
     if redirect.is_some() && st.pkt.protocol != IPPROTO_TCP {
         return drop_packet(ctx, st, point, drop_reason::PROXY_UNSUPPORTED_PROTOCOL, 0);
     }
-    let mut entry = new_entry(&st.pkt, ctx.len(), now);
-    entry.peer_identity = st.meta.dst_identity;
-    entry.rule_id = egress.rule_id;
-    entry.rev_nat_index = rev_nat_index;
+    st.entry = new_entry(&st.pkt, ctx.len(), now);
+    st.entry.peer_identity = st.meta.dst_identity;
+    st.entry.rule_id = egress.rule_id;
+    st.entry.rev_nat_index = rev_nat_index;
     if let Some(port) = redirect {
-        entry.verdict = PolicyAction::Redirect as u8;
-        entry.proxy_port = port;
+        st.entry.verdict = PolicyAction::Redirect as u8;
+        st.entry.proxy_port = port;
     }
-    let forward = ct_key(&st.pkt, CT_SCOPE_EGRESS, false);
-    if CONNTRACK.insert(&forward, &entry, 0).is_err() {
+    st.key = ct_key(&st.pkt, CT_SCOPE_EGRESS, false);
+    if CONNTRACK.insert(&st.key, &st.entry, 0).is_err() {
         return drop_packet(ctx, st, point, drop_reason::CT_MAP_INSERTION_FAILED, 0);
     }
     if let (Some(_), None) = (local_peer, redirect) {
         // Admit the flow at the receiver's to_container too, so its ingress
         // policy is evaluated once, here.
-        entry.peer_identity = st.meta.src_identity;
-        entry.rule_id = ingress.rule_id;
-        entry.rev_nat_index = 0;
-        let key = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
-        if CONNTRACK.insert(&key, &entry, 0).is_err() {
+        st.entry.peer_identity = st.meta.src_identity;
+        st.entry.rule_id = ingress.rule_id;
+        st.entry.rev_nat_index = 0;
+        st.key.scope = CT_SCOPE_INGRESS;
+        if CONNTRACK.insert(&st.key, &st.entry, 0).is_err() {
             return drop_packet(ctx, st, point, drop_reason::CT_MAP_INSERTION_FAILED, 0);
         }
     }
@@ -489,8 +501,10 @@ fn to_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
     }
     if st.pkt.fragment {
         st.meta.flags |= EVENT_FLAG_FRAGMENT;
-        st.meta.src_identity = identity_of(st.pkt.family, &st.pkt.saddr);
-        emit(ctx, st, &Outcome::trace(point));
+        if !recently_reported(st, REPORT_TAG_FRAGMENT) {
+            st.meta.src_identity = identity_of(st.pkt.family, &st.pkt.saddr);
+            emit(ctx, st, &Outcome::trace(point));
+        }
         return TC_ACT_OK;
     }
     if st.pkt.icmp_error {
@@ -568,23 +582,28 @@ fn to_container_new(
         // The proxy already applied the L7 rules: never loop back to it.
         ingress.action = PolicyAction::Allow as u8;
     }
+    if ingress.drop_reason() != 0 {
+        return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
+    }
     if ingress.enforced {
         emit_verdict(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
-    let mut reason = ingress.drop_reason();
-    if reason == 0 && ingress.action == PolicyAction::Redirect as u8 {
+    if ingress.action == PolicyAction::Redirect as u8 {
         // bpf_sk_assign works only at TC ingress: a redirect can be honoured
         // only where a local pod sends (from_container). Fail closed.
-        reason = drop_reason::PROXY_UNSUPPORTED_PROTOCOL;
+        return drop_packet(
+            ctx,
+            st,
+            point,
+            drop_reason::PROXY_UNSUPPORTED_PROTOCOL,
+            ingress.rule_id,
+        );
     }
-    if reason != 0 {
-        return drop_packet(ctx, st, point, reason, ingress.rule_id);
-    }
-    let mut entry = new_entry(&st.pkt, ctx.len(), now);
-    entry.peer_identity = st.meta.src_identity;
-    entry.rule_id = ingress.rule_id;
-    let forward = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
-    if CONNTRACK.insert(&forward, &entry, 0).is_err() {
+    st.entry = new_entry(&st.pkt, ctx.len(), now);
+    st.entry.peer_identity = st.meta.src_identity;
+    st.entry.rule_id = ingress.rule_id;
+    st.key = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
+    if CONNTRACK.insert(&st.key, &st.entry, 0).is_err() {
         return drop_packet(ctx, st, point, drop_reason::CT_MAP_INSERTION_FAILED, 0);
     }
     emit(ctx, st, &Outcome::trace(point));
@@ -1136,9 +1155,9 @@ fn service_translate(ctx: &TcContext, st: &mut State, now: u64) -> Result<u16, u
     if frontend.count == 0 {
         return Err(drop_reason::NO_SERVICE);
     }
-    let service_key = ct_key(pkt, CT_SCOPE_SERVICE, false);
+    st.key = ct_key(pkt, CT_SCOPE_SERVICE, false);
     let mut backend = None;
-    if let Some(entry) = live_entry(&service_key, now) {
+    if let Some(entry) = live_entry(&st.key, now) {
         // SAFETY: entry points into the map value.
         let id = unsafe { (*entry).backend_id };
         // SAFETY: read-only lookup, copied out.
@@ -1163,14 +1182,14 @@ fn service_translate(ctx: &TcContext, st: &mut State, now: u64) -> Result<u16, u
             let b = unsafe { BACKENDS.get(&slot.backend_id) }
                 .copied()
                 .ok_or(drop_reason::NO_SERVICE)?;
-            let entry = CtEntry {
+            st.entry = CtEntry {
                 expires_ns: now + service_timeout(pkt),
                 backend_id: slot.backend_id,
                 rev_nat_index: frontend.rev_nat_index,
                 ..CtEntry::default()
             };
             CONNTRACK
-                .insert(&service_key, &entry, 0)
+                .insert(&st.key, &st.entry, 0)
                 .map_err(|_| drop_reason::CT_MAP_INSERTION_FAILED)?;
             b
         }
@@ -1384,28 +1403,24 @@ fn sock_tuple(pkt: &Packet, exact: bool, dport: u16) -> (bpf_sock_tuple, u32) {
     } else {
         ([0; 4], [0; 4], 0)
     };
+    // Zeroed first: the helper reads the whole union, and bytes an IPv4
+    // tuple leaves unset would otherwise be uninitialised to the verifier.
+    // SAFETY: bpf_sock_tuple is plain data; all-zero is a valid value.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     if pkt.family == FAMILY_IPV4 {
-        let tuple = bpf_sock_tuple {
-            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-                ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                    saddr: saddr[0],
-                    daddr: daddr[0],
-                    sport,
-                    dport: dport.to_be(),
-                },
-            },
+        tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+            saddr: saddr[0],
+            daddr: daddr[0],
+            sport,
+            dport: dport.to_be(),
         };
         (tuple, 12)
     } else {
-        let tuple = bpf_sock_tuple {
-            __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-                ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
-                    saddr,
-                    daddr,
-                    sport,
-                    dport: dport.to_be(),
-                },
-            },
+        tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+            saddr,
+            daddr,
+            sport,
+            dport: dport.to_be(),
         };
         (tuple, 36)
     }
@@ -1474,13 +1489,53 @@ fn drop_packet(
     reason: u8,
     rule_id: u32,
 ) -> i32 {
+    if !recently_reported(st, reason) {
+        emit_drop(ctx, st, point, reason, rule_id);
+    }
+    TC_ACT_SHOT as i32
+}
+
+fn emit_drop(ctx: &TcContext, st: &State, point: ObservationPoint, reason: u8, rule_id: u32) {
     let mut out = Outcome::trace(point);
     out.kind = EventKind::Drop;
     out.verdict = Verdict::Dropped;
     out.drop_reason = reason;
     out.rule_id = rule_id;
     emit(ctx, st, &out);
+}
+
+/// Drops a new flow the policy denies, reporting the policy verdict and the
+/// drop (once per interval for the same tuple).
+fn deny(
+    ctx: &TcContext,
+    st: &State,
+    point: ObservationPoint,
+    decision: &Decision,
+    direction: TrafficDirection,
+) -> i32 {
+    let reason = decision.drop_reason();
+    if !recently_reported(st, reason) {
+        emit_verdict(ctx, st, point, decision, direction);
+        emit_drop(ctx, st, point, reason, decision.rule_id);
+    }
     TC_ACT_SHOT as i32
+}
+
+/// True when an event for this packet's tuple and `tag` was reported less
+/// than the report interval ago; otherwise records now and returns false.
+fn recently_reported(st: &State, tag: u8) -> bool {
+    let key = ct_key(&st.pkt, tag, false);
+    // SAFETY: the program's own monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: read-only lookup, copied out.
+    if let Some(last) = unsafe { REPORTS.get(&key) }.copied()
+        && now.saturating_sub(last) < TRACE_REPORT_INTERVAL_NS
+    {
+        return true;
+    }
+    // A failed insert only means one more report.
+    let _ = REPORTS.insert(&key, &now, 0);
+    false
 }
 
 fn emit_verdict(
