@@ -24,3 +24,10 @@ lint:
 # Removes the demo's lab.
 down:
 	./target/release/myelin lab down
+
+# Benchmarks (bench/README.md): every scenario interleaved in rounds, results in
+# bench/results/. One scenario: `make bench SCENARIO=node-nginx`; a quick check that
+# every scenario produces numbers: `make bench BENCH_ARGS=--smoke`.
+.PHONY: bench
+bench: setup
+	@bash bench/run.sh $(if $(SCENARIO),--scenario $(SCENARIO)) $(BENCH_ARGS)

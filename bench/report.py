@@ -16,14 +16,15 @@ from html import escape
 
 SCENARIOS = [
     ("no-mesh", "no mesh (baseline)"),
-    ("myelin-l34", "Myelin L3/L4 (TC programs)"),
-    ("myelin-l7-node", "Myelin L7 node proxy"),
+    ("myelin-l34", "Myelin L3/L4 (ClusterIP, policy in the kernel)"),
+    ("myelin-l7-node", "Myelin L7 node proxy (sk_assign redirect)"),
     ("sidecar-myelin", "sidecars: Myelin proxy ×2"),
     ("sidecar-nginx", "sidecars: nginx ×2"),
     ("sidecar-haproxy", "sidecars: HAProxy ×2"),
     ("node-nginx", "nginx node proxy"),
     ("node-haproxy", "HAProxy node proxy"),
-    ("myelin-l7-node-noagent", "Myelin L7 node proxy, no agent (events dropped)"),
+    ("myelin-l7-node-fixed", "Myelin node proxy, fixed upstream (diagnostic)"),
+    ("myelin-l7-node-noagent", "Myelin node proxy, fixed upstream, no agent (diagnostic)"),
 ]
 LABEL = dict(SCENARIOS)
 
@@ -42,12 +43,6 @@ METRICS = {
 }
 
 PENDING = [
-    ("Myelin L3/L4 through a ClusterIP with policy enforced",
-     "the datapath's conntrack, service LB and policy are being built; scenario 2 today runs "
-     "the programs that exist (pass, count, trace) on both pod veths"),
-    ("Myelin L7 via the datapath's sk_assign redirect",
-     "scenario 3 today is Myelin's proxy as a fixed-upstream node listener (the client "
-     "connects to the node address); the transparent redirect plugs in when it lands"),
     ("pod-ready time p50/p99 over 100 pods (goal: p50 < 100 ms)", "not measured yet"),
     ("agent + proxy memory measured at 10 and 100 pods", "estimated from one pod pair (see memory)"),
     ("gRPC unary requests/s through the L7 path", "not measured yet"),
@@ -156,8 +151,6 @@ def memory_estimate(rows, present):
     if not need <= present:
         return None
     node = stats([METRICS["rss"](r) for r in rows if r["scenario"] == "myelin-l7-node"])["median"]
-    dp = stats([METRICS["rss"](r) for r in rows if r["scenario"] == "myelin-l34"])
-    node += dp["median"] if dp else 0
     per_sidecar = stats([METRICS["rss"](r) for r in rows if r["scenario"] == "sidecar-myelin"])["median"] / 2
     sidecars = 100 * per_sidecar
     return {"node_kib": node, "per_sidecar_kib": per_sidecar, "sidecars_100_kib": sidecars,
@@ -177,7 +170,18 @@ def machine():
     return {"cores": os.cpu_count(), "kernel": platform.release(), "cpu": model}
 
 
-def markdown(meta, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu):
+def enforcement(rows, key):
+    """What the path was seen to enforce in every run: L4 drop, L7 403."""
+    mine = [r for r in rows if r["scenario"] == key]
+    seen = []
+    for field, name in (("l4_denies", "L4 drop"), ("l7_denies", "L7 403")):
+        values = [r.get(field) for r in mine]
+        if any(v is not None for v in values):
+            seen.append(name if all(v == 1 for v in values) else f"{name} FAILED")
+    return ", ".join(seen) or "none"
+
+
+def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu):
     m = meta["machine"]
     lines = [
         f"## Benchmark results — {meta['started'][:10]}",
@@ -217,10 +221,12 @@ def markdown(meta, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu):
         "CPU: run time of everything the benchmark runs (system under test, generator, ksoftirqd: "
         "softirq work is charged to the sender here) per request at that rate; 'mesh CPU' subtracts "
         "the no-mesh figure of the same round, i.e. what the mesh adds per request. "
-        "conn/s: wrk -c32 with `Connection: close`. RSS: the mesh's own processes.",
+        "conn/s: wrk -c32 with `Connection: close`. RSS: the mesh's own processes. "
+        "Policy checked: after each run, a connection to a port the L3/L4 policy does not admit was "
+        "dropped (L4 drop) and a request the L7 rules deny (POST) was answered 403 (L7 403).",
         "",
-        "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req | iperf3 Gbit/s | mesh RSS MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req | iperf3 Gbit/s | mesh RSS MiB | policy checked |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, label in SCENARIOS:
         if key not in present:
@@ -233,12 +239,13 @@ def markdown(meta, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu):
             f"| {label} | {cell(s['rps'])} | {fmt(r['median']) if r else '—'} | {cell(s['conn_rate'])} | "
             f"{cell(s['p50'], 3)} | {cell(s['p90'], 3)} | {cell(s['p99'], 3)} | {cell(s['p999'], 3)} | "
             f"{cell(s['cpu'], 1)} | {cell(mesh_cpu.get(key), 1)} | {cell(s['iperf'])} | "
-            f"{'—' if not rss or rss['median'] == 0 else cell(rss_mib, 1)} |"
+            f"{'—' if not rss or rss['median'] == 0 else cell(rss_mib, 1)} | {enforcement(rows, key)} |"
         )
     if mem:
         lines += [
             "",
-            f"Memory estimate at 100 pods: Myelin node (agent stand-in + node proxy + datapath process) "
+            f"Memory estimate at 100 pods: Myelin node (agent stand-in + node proxy + datapath process, "
+            f"measured in the L7 scenario) "
             f"{mem['node_kib'] / 1024:.1f} MiB vs 100 Myelin sidecars at {mem['per_sidecar_kib'] / 1024:.1f} MiB each = "
             f"{mem['sidecars_100_kib'] / 1024:.0f} MiB (ratio {mem['ratio']:.3f}). The agent's growth with pods is "
             "not measured yet.",
@@ -306,6 +313,10 @@ def check_smoke(rows, present):
                 problems.append(f"{key}: no iperf3 throughput")
             if key not in ("no-mesh",) and not r["mesh_rss_kib"] > 0:
                 problems.append(f"{key}: no mesh RSS")
+            if r.get("l4_denies") == 0:
+                problems.append(f"{key}: a connection the L3/L4 policy does not admit got through")
+            if r.get("l7_denies") == 0:
+                problems.append(f"{key}: a request the L7 rules deny was not answered 403")
     return problems
 
 
@@ -345,7 +356,7 @@ def main():
                    "goals": goal_rows,
                    "memory_estimate": mem, "raw": rows}, f, indent=1)
     mesh_cpu = {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present if "no-mesh" in present}
-    md = markdown(meta, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu)
+    md = markdown(meta, rows, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(args.out, "results.svg"), "w", encoding="utf-8") as f:
