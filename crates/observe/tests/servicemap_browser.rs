@@ -166,7 +166,9 @@ async fn chromium_renders_the_starwars_map() {
         }
     });
 
-    let url = format!("http://{}/", server.addr);
+    // Opened on the denied edge (#edge=N selects it, as a click does), so
+    // that its recent flows are listed too.
+    let url = format!("http://{}/#edge={xwing}", server.addr);
     let dom = run_chromium(
         &browser,
         &[
@@ -239,6 +241,33 @@ async fn chromium_renders_the_starwars_map() {
         !dom.contains("cannot reach the agent"),
         "the page lost the agent"
     );
+    let selected: Vec<&str> = groups
+        .iter()
+        .filter(|g| has_class(g, "edge") && has_class(g, "selected"))
+        .filter_map(|g| g.get("data-edge-id").map(String::as_str))
+        .collect();
+    assert_eq!(selected, [xwing.to_string().as_str()], "selected edge");
+    assert!(
+        dom.contains("Recent flows: default/xwing → default/deathstar TCP/80"),
+        "flows panel title"
+    );
+    // Text in the dumped DOM is HTML-escaped ("<>" reads "&lt;&gt;").
+    let listed =
+        regex::Regex::new(r#"<li class="(\w+)">([^<]*)</li>"#).unwrap_or_else(|e| panic!("{e}"));
+    let flows: Vec<(String, String)> = listed
+        .captures_iter(&dom)
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .collect();
+    assert!(!flows.is_empty(), "no flows listed for the selected edge");
+    for (verdict, line) in &flows {
+        assert!(
+            ["DROPPED", "DENIED"].contains(&verdict.as_str())
+                && line.contains(
+                    "default/xwing:42818 (ID:22654) &lt;&gt; default/deathstar-c74d84667-cx5kp:80"
+                ),
+            "unexpected flow on the xwing edge: {verdict} {line}"
+        );
+    }
 
     // The screenshot, with the denied edge selected so its flows are listed.
     let png_path = dir.join("servicemap.png");
@@ -249,7 +278,7 @@ async fn chromium_renders_the_starwars_map() {
             "--virtual-time-budget=5000".to_string(),
             format!("--screenshot={}", png_path.display()),
             "--window-size=1200,800".to_string(),
-            format!("{url}#edge={xwing}"),
+            url,
         ],
     )
     .await;
