@@ -5,7 +5,7 @@
 //! by name on drop, also when the test fails.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -115,20 +115,39 @@ fn accept_within(listener: &TcpListener, limit: Duration) -> (TcpStream, SocketA
 }
 
 #[test]
-fn a_redirected_connection_reaches_the_proxy_and_survives_a_reload() {
-    if !privileged("a_redirected_connection_reaches_the_proxy_and_survives_a_reload") {
+fn a_redirected_ipv4_connection_reaches_the_proxy_and_survives_a_reload() {
+    if !privileged("a_redirected_ipv4_connection_reaches_the_proxy_and_survives_a_reload") {
         return;
     }
+    redirected_connection(false);
+}
+
+#[test]
+fn a_redirected_ipv6_connection_reaches_the_proxy_and_survives_a_reload() {
+    if !privileged("a_redirected_ipv6_connection_reaches_the_proxy_and_survives_a_reload") {
+        return;
+    }
+    redirected_connection(true);
+}
+
+/// A node namespace with a pod behind a routed veth (as the lab builds
+/// them), the programs attached, an egress policy redirecting the pod's TCP
+/// to port 80 of 10.244.9.0/24 (fd00:10:244:9::/64) to a transparent proxy
+/// listener, and a connection to an address nobody has: only the redirect
+/// can answer it.
+fn redirected_connection(v6: bool) {
     let pid = std::process::id();
-    let node = format!("mdp-{pid}-n");
-    let pod = format!("mdp-{pid}-p");
-    let host_veth = format!("mdp{pid}h");
+    let tag = if v6 { "6" } else { "4" };
+    let node = format!("mdp-{pid}-n{tag}");
+    let pod = format!("mdp-{pid}-p{tag}");
+    let host_veth = format!("mdp{pid}h{tag}");
     let guard = Namespaces {
         names: vec![node.clone(), pod.clone()],
     };
     for ns in &guard.names {
         ip(&["netns", "add", ns]);
         in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+        in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
     }
     in_ns(
         &node,
@@ -137,63 +156,137 @@ fn a_redirected_connection_reaches_the_proxy_and_survives_a_reload() {
         ],
     );
     in_ns(&node, &["ip", "link", "set", &host_veth, "up"]);
-    in_ns(&node, &["ip", "addr", "add", "10.244.1.1/32", "dev", "lo"]);
-    in_ns(
-        &node,
-        &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
-    );
     for sysctl in [
         "net.ipv4.ip_forward=1",
+        "net.ipv6.conf.all.forwarding=1",
         "net.ipv4.conf.all.rp_filter=0",
         "net.ipv4.conf.default.rp_filter=0",
     ] {
         in_ns(&node, &["sysctl", "-qw", sysctl]);
     }
-    // The proxy's policy routing (reference/l7-redirect.md).
-    in_ns(
-        &node,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "fwmark",
-            "0x200/0xf00",
-            "lookup",
-            "2004",
-            "pref",
-            "100",
-        ],
-    );
-    in_ns(
-        &node,
-        &[
-            "ip",
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "2004",
-        ],
-    );
     in_ns(&pod, &["ip", "link", "set", "eth0", "up"]);
-    in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
-    in_ns(
-        &pod,
-        &[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.244.1.1",
-            "dev",
-            "eth0",
-            "onlink",
-        ],
-    );
+    let (pod_addr, target) = if v6 {
+        in_ns(
+            &node,
+            &[
+                "ip",
+                "addr",
+                "add",
+                "fe80::1/64",
+                "dev",
+                &host_veth,
+                "nodad",
+            ],
+        );
+        in_ns(
+            &node,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "fd00:10:244:1::5/128",
+                "dev",
+                &host_veth,
+            ],
+        );
+        in_ns(
+            &node,
+            &[
+                "ip",
+                "-6",
+                "rule",
+                "add",
+                "fwmark",
+                "0x200/0xf00",
+                "lookup",
+                "2004",
+                "pref",
+                "100",
+            ],
+        );
+        in_ns(
+            &node,
+            &[
+                "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "2004",
+            ],
+        );
+        in_ns(
+            &pod,
+            &[
+                "ip",
+                "addr",
+                "add",
+                "fd00:10:244:1::5/128",
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
+        in_ns(
+            &pod,
+            &[
+                "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ],
+        );
+        (
+            "fd00:10:244:1::5".parse::<IpAddr>().expect("addr"),
+            "[fd00:10:244:9::9]:80".parse::<SocketAddr>().expect("addr"),
+        )
+    } else {
+        in_ns(&node, &["ip", "addr", "add", "10.244.1.1/32", "dev", "lo"]);
+        in_ns(
+            &node,
+            &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
+        );
+        in_ns(
+            &node,
+            &[
+                "ip",
+                "rule",
+                "add",
+                "fwmark",
+                "0x200/0xf00",
+                "lookup",
+                "2004",
+                "pref",
+                "100",
+            ],
+        );
+        in_ns(
+            &node,
+            &[
+                "ip",
+                "route",
+                "add",
+                "local",
+                "0.0.0.0/0",
+                "dev",
+                "lo",
+                "table",
+                "2004",
+            ],
+        );
+        in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
+        in_ns(
+            &pod,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.244.1.1",
+                "dev",
+                "eth0",
+                "onlink",
+            ],
+        );
+        (
+            "10.244.1.5".parse::<IpAddr>().expect("addr"),
+            "10.244.9.9:80".parse::<SocketAddr>().expect("addr"),
+        )
+    };
 
     let bpffs = ScratchBpffs::mount().expect("bpffs");
     let pin_dir = bpffs.path_buf();
@@ -204,18 +297,26 @@ fn a_redirected_connection_reaches_the_proxy_and_survives_a_reload() {
     let result = std::thread::spawn(move || {
         enter(&node_for_thread);
         let mut datapath = Datapath::load(&pin_dir).expect("load");
-        let info = EndpointInfo {
+        let mut info = EndpointInfo {
             endpoint_id: 5,
             identity: 1001,
-            ipv4: [10, 244, 1, 5],
             ..EndpointInfo::default()
         };
+        match pod_addr {
+            IpAddr::V4(v4) => info.ipv4 = v4.octets(),
+            IpAddr::V6(v6) => info.ipv6 = v6.octets(),
+        }
         let attachment = datapath
             .attach_endpoint(&host_veth_for_thread, &info)
             .expect("attach");
         assert!(!attachment.readopted);
+        let (prefix, len) = if v6 {
+            ("fd00:10:244:9::", 64)
+        } else {
+            ("10.244.9.0", 24)
+        };
         datapath
-            .ipcache_upsert("10.244.9.0".parse().expect("addr"), 24, 2002)
+            .ipcache_upsert(prefix.parse().expect("addr"), len, 2002)
             .expect("ipcache");
         datapath
             .replace_policy(
@@ -236,13 +337,16 @@ fn a_redirected_connection_reaches_the_proxy_and_survives_a_reload() {
                 },
             )
             .expect("policy");
-        let listener = transparent_listener(PROXY_PORT);
+        let listener = if v6 {
+            // IPv6 needs no IPV6_TRANSPARENT for the assigned socket
+            // (reference/l7-redirect.md).
+            TcpListener::bind(("::", PROXY_PORT)).expect("listen")
+        } else {
+            transparent_listener(PROXY_PORT)
+        };
 
-        // The pod connects to an address nobody has: only the redirect can
-        // answer.
         let client = std::thread::spawn(move || {
             enter(&pod_for_client);
-            let target = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 244, 9, 9), 80));
             let mut stream =
                 TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect");
             stream
@@ -255,11 +359,7 @@ fn a_redirected_connection_reaches_the_proxy_and_survives_a_reload() {
             stream
         });
         let (mut upstream, original) = accept_within(&listener, Duration::from_secs(5));
-        assert_eq!(
-            original,
-            "10.244.9.9:80".parse::<SocketAddr>().expect("addr"),
-            "the proxy sees the original destination"
-        );
+        assert_eq!(original, target, "the proxy sees the original destination");
         let mut buf = [0u8; 4];
         upstream.read_exact(&mut buf).expect("read");
         assert_eq!(&buf, b"ping");
