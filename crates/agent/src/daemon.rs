@@ -19,6 +19,7 @@ use crate::api::{
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
 use crate::{flows, l7, policy};
+use myelin_observe::servicemap::{ServiceMapConfig, SharedServiceMap, serve_servicemap};
 use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
 use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
 use myelin_proxy::control::{ControlServer, ProxyMessage};
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     pub observer_tcp: Option<SocketAddr>,
     /// TCP address of the Prometheus metrics endpoint.
     pub metrics_addr: Option<SocketAddr>,
+    /// TCP address of the live service map page.
+    pub servicemap_addr: Option<SocketAddr>,
 }
 
 struct Node {
@@ -127,6 +130,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .await
             .context("starting the observer API")?;
         tokio::spawn(server.run(std::future::pending()));
+    }
+    if let Some(address) = config.servicemap_addr {
+        let map = SharedServiceMap::new(ServiceMapConfig::default());
+        map.follow(&observer);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the service map page {address}"))?;
+        tokio::spawn(serve_servicemap(listener, map));
     }
     if let Some(address) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(address)

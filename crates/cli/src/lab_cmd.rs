@@ -174,6 +174,14 @@ fn print_status(status: &myelin_lab::LabStatus) {
             addresses.join(",")
         );
     }
+    for (what, address) in &status.exposed {
+        let url = if what == "servicemap" {
+            format!("http://{address}/")
+        } else {
+            address.to_string()
+        };
+        println!("{what:<10} {url}");
+    }
     println!("\nNAMESPACE    SERVICE          CLUSTER-IPS                  PORTS");
     for service in &status.services {
         let ips: Vec<String> = service

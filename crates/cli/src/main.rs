@@ -27,6 +27,8 @@ enum Command {
     Delete(lab_cmd::ManifestArgs),
     /// Validate, inspect and explain network policy.
     Policy(policy_cmd::PolicyArgs),
+    /// The service map: who talks to whom, with rates, errors and drops.
+    Servicemap(myelin_observe::servicemap::ServiceMapArgs),
     /// Observe flows, as `hubble observe` does.
     Observe(Box<myelin_observe::ObserveArgs>),
     /// Run a node's agent (the lab starts it; so does a DaemonSet).
@@ -76,6 +78,9 @@ struct AgentArgs {
     /// TCP address of the Prometheus metrics endpoint.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// TCP address of the live service map page.
+    #[arg(long)]
+    servicemap: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -101,14 +106,16 @@ enum App {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Lab(_)
-            | Command::Apply(_)
-            | Command::Delete(_)
-            | Command::Policy(_)
-            | Command::Observe(_)
-    ) {
+    let prints = match &cli.command {
+        Command::Lab(args) => !args.is_supervisor(),
+        Command::Apply(_)
+        | Command::Delete(_)
+        | Command::Policy(_)
+        | Command::Observe(_)
+        | Command::Servicemap(_) => true,
+        Command::Agent(_) | Command::Proxy(_) | Command::App { .. } => false,
+    };
+    if prints {
         // Commands that print end quietly when their reader goes away
         // (`myelin observe | head`), as Unix tools do. Daemons keep Rust's
         // default: a peer closing a socket must not kill them.
@@ -156,6 +163,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Apply(args) => lab_cmd::run_apply(args),
         Command::Delete(args) => lab_cmd::run_delete(args),
         Command::Policy(args) => policy_cmd::run(args),
+        Command::Servicemap(args) => {
+            runtime()?.block_on(myelin_observe::servicemap::run(&args))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Observe(mut args) => {
             // Without a server named, observe the lab's node.
             if args.server == "localhost:4245" && std::env::var_os("HUBBLE_SERVER").is_none() {
@@ -181,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 observer_socket: args.observer_socket,
                 observer_tcp: args.observer_tcp,
                 metrics_addr: args.metrics,
+                servicemap_addr: args.servicemap,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

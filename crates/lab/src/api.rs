@@ -52,6 +52,9 @@ pub struct LabStatus {
     pub pods: Vec<PodStatus>,
     /// Services.
     pub services: Vec<ServiceSummary>,
+    /// Node services reachable from this machine (`observer` → 127.0.0.1:4245, ...).
+    #[serde(default)]
+    pub exposed: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// A node.

@@ -9,6 +9,7 @@
 
 pub mod api;
 mod bpffs;
+mod forward;
 pub mod ipam;
 pub mod names;
 mod net;

@@ -20,11 +20,11 @@ use myelin_model::{Document, Metadata, Resource, ResourceKey};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::api::{LabRequest, LabResponse, LabStatus, NodeStatus, PodStatus, ServiceSummary};
-use crate::ipam;
 use crate::names::{LabNames, host_veth};
 use crate::net;
 use crate::state::{self, LabState, NodeRecord, PodRecord, ServiceRecord, record_process};
 use crate::teardown;
+use crate::{forward, ipam};
 
 /// The namespaces every lab starts with.
 const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
@@ -43,6 +43,8 @@ struct Supervisor {
     exits: mpsc::UnboundedSender<(String, u32, Option<i32>)>,
     /// Set once teardown begins: exits are expected then, not restarted.
     stopping: bool,
+    /// Node services forwarded to the host's loopback.
+    exposed: Vec<(String, std::net::SocketAddr)>,
 }
 
 /// Runs the supervisor of lab `lab` in the foreground until `lab down` (or
@@ -64,6 +66,7 @@ pub async fn supervise(lab: &str, exe: PathBuf) -> anyhow::Result<()> {
         },
         exits,
         stopping: false,
+        exposed: Vec::new(),
     };
     supervisor.save()?;
     // On failure `lab up` reads this process's log, then tears the lab down.
@@ -71,6 +74,15 @@ pub async fn supervise(lab: &str, exe: PathBuf) -> anyhow::Result<()> {
         .start_node("node1", 1)
         .await
         .context("starting the lab's node")?;
+    for (what, port) in ["observer", "servicemap"]
+        .into_iter()
+        .zip(forward::EXPOSED_PORTS)
+    {
+        match forward::expose(names.node_netns("node1"), port).await {
+            Some(address) => supervisor.exposed.push((what.to_string(), address)),
+            None => tracing::info!(port, "port taken on this machine; {what} not exposed"),
+        }
+    }
     let supervisor = Arc::new(Mutex::new(supervisor));
 
     let socket = names.socket();
@@ -1056,6 +1068,7 @@ impl Supervisor {
                         .collect(),
                 })
                 .collect(),
+            exposed: self.exposed.clone(),
         }
     }
 }
