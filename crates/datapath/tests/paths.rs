@@ -553,8 +553,8 @@ async fn backends_are_sticky_and_removing_one_disturbs_only_its_connections() {
 }
 
 #[tokio::test]
-async fn a_service_without_backends_resets_tcp_clients_and_drops_udp() {
-    if !privileged("a_service_without_backends_resets_tcp_clients_and_drops_udp") {
+async fn a_service_without_backends_refuses_tcp_and_udp_clients() {
+    if !privileged("a_service_without_backends_refuses_tcp_and_udp_clients") {
         return;
     }
     let mut h = harness();
@@ -590,13 +590,38 @@ async fn a_service_without_backends_resets_tcp_clients_and_drops_udp() {
         );
         assert_eq!(&out[0..6], &syn[6..12], "MACs swapped");
     }
-    let query = Pkt::udp(POD_V4, 47001, "10.96.0.30", 53).build();
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &query).await;
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(
-        find(&events, EventKind::Drop).drop_reason,
-        drop_reason::NO_SERVICE
-    );
+    // UDP: an ICMP port unreachable quoting the datagram, from the VIP.
+    h.datapath
+        .upsert_service(&Service {
+            frontend: "[fd00:10:96::30]:53".parse().expect("vip"),
+            protocol: ServiceProtocol::Udp,
+            backends: vec![],
+        })
+        .expect("service");
+    for (client, vip, proto, kind, code) in [
+        (POD_V4, "10.96.0.30", ICMP, 3, 3),
+        (POD_V6, "fd00:10:96::30", ICMPV6, 1, 4),
+    ] {
+        let query = Pkt::udp(client, 47001, vip, 53).with_payload(b"a dns query");
+        let frame = query.build();
+        let (verdict, out, events) = h.run(PROGRAM_FROM_CONTAINER, &frame).await;
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{client}");
+        assert_eq!(
+            find(&events, EventKind::Drop).drop_reason,
+            drop_reason::NO_SERVICE
+        );
+        let v4 = proto == ICMP;
+        let ip_len = if v4 { 20 } else { 40 };
+        let l4 = 14 + ip_len;
+        assert_eq!(out[if v4 { 23 } else { 20 }], proto);
+        assert_eq!((out[l4], out[l4 + 1]), (kind, code), "port unreachable");
+        assert!(icmp_checksums_valid(&out), "ICMP checksums ({client})");
+        // The quoted packet is the client's datagram as it sent it.
+        assert_eq!(&out[l4 + 8..], &frame[14..14 + ip_len + 8]);
+        assert_eq!(out.len(), 14 + 2 * ip_len + 16);
+        let (src, dst, _, _) = tuple(&out);
+        assert_eq!((src, dst), (ip(vip), ip(client)));
+    }
 }
 
 #[tokio::test]

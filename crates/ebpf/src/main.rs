@@ -20,12 +20,14 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
-        BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_sock_tuple,
+        BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_sock_tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
         bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_sk_assign,
-        bpf_sk_release, bpf_skb_change_tail, bpf_skc_lookup_tcp,
+        bpf_sk_release, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_store_bytes, bpf_skc_lookup_tcp,
     },
     macros::{classifier, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
@@ -340,9 +342,14 @@ fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
             Err(reason) => {
                 let verdict = drop_packet(ctx, st, point, reason, 0);
                 if reason == drop_reason::NO_SERVICE {
-                    // Fail fast: the client gets a reset instead of retrying
-                    // its SYN into the void.
-                    return reset_client(ctx, &st.pkt, ifindex).unwrap_or(verdict);
+                    // Fail fast: the client gets a reset (TCP) or a port
+                    // unreachable (UDP) instead of retrying into the void.
+                    let refused = if st.pkt.protocol == IPPROTO_TCP {
+                        reset_client(ctx, &st.pkt, ifindex)
+                    } else {
+                        unreachable_client(ctx, &st.pkt, ifindex)
+                    };
+                    return refused.unwrap_or(verdict);
                 }
                 return verdict;
             }
@@ -1357,6 +1364,129 @@ fn reset_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) -> Option<i32> {
     // SAFETY: a helper taking plain integers.
     unsafe { bpf_redirect(ifindex, 0) };
     Some(TC_ACT_REDIRECT as i32)
+}
+
+/// Turns a UDP datagram into the ICMP port unreachable its destination
+/// would have answered (quoting the IP header and the UDP header, as RFC 792
+/// and RFC 4443 ask) and sends it back into the pod. Plain headers only
+/// (IPv4 without options, IPv6 without extensions); `None` otherwise.
+// A separate BPF function: the header buffers need their own frame.
+#[inline(never)]
+fn unreachable_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) -> Option<i32> {
+    let v4 = pkt.family == FAMILY_IPV4;
+    let ip_len = if v4 { 20 } else { 40 };
+    if pkt.protocol != IPPROTO_UDP || pkt.l4_offset != ETH_HLEN + ip_len {
+        return None;
+    }
+    let macs: [u8; 12] = ctx.load(0).ok()?;
+    // Pseudo-header (IPv6 only), ICMP header, quoted IP and UDP headers: the
+    // one buffer of this frame, checksummed and stored in place.
+    let mut buf = [0u8; 96];
+    let icmp_at = if v4 { 0 } else { 40 };
+    let quoted_at = icmp_at + 8;
+    let quoted_len = ip_len + 8;
+    load_slice(ctx, ETH_HLEN, &mut buf[quoted_at..quoted_at + quoted_len])?;
+    if v4 {
+        buf[icmp_at] = 3; // destination unreachable
+        buf[icmp_at + 1] = 3; // port unreachable
+    } else {
+        buf[..16].copy_from_slice(&pkt.daddr);
+        buf[16..32].copy_from_slice(&pkt.saddr);
+        buf[35] = (8 + quoted_len) as u8;
+        buf[39] = IPPROTO_ICMPV6;
+        buf[icmp_at] = 1; // destination unreachable
+        buf[icmp_at + 1] = 4; // port unreachable
+    }
+    let sum_len = (quoted_at + quoted_len) as u32;
+    // SAFETY: the buffer is on this stack frame and at least sum_len bytes.
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            buf.as_mut_ptr().cast(),
+            sum_len,
+            0,
+        )
+    };
+    let csum = !fold_csum(u64::from(sum as u32));
+    buf[icmp_at + 2..icmp_at + 4].copy_from_slice(&csum.to_ne_bytes());
+
+    let skb = ctx.skb.skb.cast();
+    // Keep the headers only, then make room for the new IP and ICMP headers
+    // right after the old IP header (which becomes the quoted one's place).
+    // SAFETY: the context is this program's skb; the helpers check sizes.
+    unsafe {
+        if bpf_skb_change_tail(skb, (ETH_HLEN + quoted_len) as u32, 0) != 0 {
+            return None;
+        }
+        if bpf_skb_adjust_room(skb, quoted_len as i32, BPF_ADJ_ROOM_NET, 0) != 0 {
+            return None;
+        }
+    }
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0).ok()?;
+    let total = 8 + quoted_len;
+    if v4 {
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + total) as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = IPPROTO_ICMP;
+        ip[12..16].copy_from_slice(&pkt.daddr[..4]);
+        ip[16..20].copy_from_slice(&pkt.saddr[..4]);
+        // SAFETY: as above, 20 bytes.
+        let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ip.as_mut_ptr().cast(), 20, 0) };
+        let csum = !fold_csum(u64::from(sum as u32));
+        ip[10..12].copy_from_slice(&csum.to_ne_bytes());
+        ctx.store(ETH_HLEN, &ip, 0).ok()?;
+    } else {
+        let mut head = [0u8; 8];
+        head[0] = 0x60;
+        head[4..6].copy_from_slice(&(total as u16).to_be_bytes());
+        head[6] = IPPROTO_ICMPV6;
+        head[7] = 64;
+        ctx.store(ETH_HLEN, &head, 0).ok()?;
+        // The addresses are the pseudo-header's.
+        store_slice(ctx, ETH_HLEN + 8, &buf[..32])?;
+    }
+    store_slice(ctx, ETH_HLEN + ip_len, &buf[icmp_at..icmp_at + total])?;
+    // SAFETY: a helper taking plain integers.
+    unsafe { bpf_redirect(ifindex, 0) };
+    Some(TC_ACT_REDIRECT as i32)
+}
+
+/// Reads exactly `out.len()` packet bytes at `offset` (aya's `load_bytes`
+/// may read fewer, which the verifier refuses as a possibly empty read).
+fn load_slice(ctx: &TcContext, offset: usize, out: &mut [u8]) -> Option<()> {
+    // SAFETY: the slice is valid for its length; the helper bounds-checks
+    // the packet side.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            out.as_mut_ptr().cast(),
+            out.len() as u32,
+        )
+    };
+    (rc == 0).then_some(())
+}
+
+/// Writes `bytes` into the packet at `offset`.
+fn store_slice(ctx: &TcContext, offset: usize, bytes: &[u8]) -> Option<()> {
+    // SAFETY: the slice is valid for its length; the helper bounds-checks
+    // the packet side.
+    let rc = unsafe {
+        bpf_skb_store_bytes(
+            ctx.skb.skb.cast(),
+            offset as u32,
+            bytes.as_ptr().cast(),
+            bytes.len() as u32,
+            0,
+        )
+    };
+    (rc == 0).then_some(())
 }
 
 /// Folds a 32-bit one's-complement sum to 16 bits (network order in memory).

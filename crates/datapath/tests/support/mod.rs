@@ -291,6 +291,21 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
     fold(sum16(segment, pseudo(&src, &dst, protocol, segment.len()))) == 0xffff
 }
 
+/// Verifies the IPv4 header checksum and the ICMP (no pseudo-header) or
+/// ICMPv6 (pseudo-header) checksum of a frame.
+pub fn icmp_checksums_valid(frame: &[u8]) -> bool {
+    let (v4, l4) = layout(frame);
+    let segment = &frame[l4..];
+    if v4 {
+        fold(sum16(&frame[14..l4], 0)) == 0xffff && fold(sum16(segment, 0)) == 0xffff
+    } else {
+        let s: [u8; 16] = frame[22..38].try_into().expect("16 bytes");
+        let d: [u8; 16] = frame[38..54].try_into().expect("16 bytes");
+        let acc = pseudo(&IpAddr::from(s), &IpAddr::from(d), ICMPV6, segment.len());
+        fold(sum16(segment, acc)) == 0xffff
+    }
+}
+
 /// A loaded datapath on a scratch bpffs with its event reader.
 pub struct Harness {
     pub datapath: Datapath,
