@@ -181,6 +181,18 @@ async fn replies_of_an_allowed_flow_pass_without_a_policy_lookup() {
         entry.expires_in.expect("live") <= std::time::Duration::from_secs(10),
         "closing timeout"
     );
+    // The same tuple reused by a new connection starts afresh.
+    let again = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 443, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &again).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(find(&events, EventKind::Trace).tcp_flags, SYN, "reported");
+    let ct = h.datapath.conntrack().expect("conntrack");
+    let entry = ct
+        .iter()
+        .find(|c| c.scope == CtScope::Egress && c.destination.port() == 443)
+        .expect("entry");
+    assert!(!entry.closing && !entry.replied);
+    assert!(entry.expires_in.expect("live") > std::time::Duration::from_secs(10));
 }
 
 #[tokio::test]

@@ -959,12 +959,13 @@ fn live_entry(key: &CtKey, now: u64) -> Option<*mut CtEntry> {
     Some(entry)
 }
 
-fn timeout(pkt: &Packet, forward_flags: u8, reply_flags: u8, state: u8) -> u64 {
+/// Idle timeout of a flow in its state: closing TCP (RST, FIN both ways)
+/// lingers briefly, established TCP long, a handshake and UDP/ICMP shortly.
+fn timeout(pkt: &Packet, forward_flags: u8, state: u8) -> u64 {
     if pkt.protocol != IPPROTO_TCP {
         return CT_TIMEOUT_OTHER_NS;
     }
-    let both_fin = forward_flags & reply_flags & TCP_FIN != 0;
-    if state & CT_FLAG_CLOSING != 0 || both_fin {
+    if state & CT_FLAG_CLOSING != 0 {
         CT_TIMEOUT_CLOSE_NS
     } else if state & CT_FLAG_REPLIED != 0 && forward_flags & TCP_ACK != 0 {
         CT_TIMEOUT_TCP_NS
@@ -994,7 +995,7 @@ fn new_entry(pkt: &Packet, len: u32, now: u64) -> CtEntry {
         },
         _pad: [0; 4],
     };
-    entry.expires_ns = now + timeout(pkt, entry.flags_forward, 0, entry.state);
+    entry.expires_ns = now + timeout(pkt, entry.flags_forward, entry.state);
     entry
 }
 
@@ -1006,6 +1007,13 @@ fn ct_update(entry: *mut CtEntry, pkt: &Packet, len: u32, reply: bool, now: u64)
     // CPUs may lose an increment, which only blurs counters.
     let e = unsafe { &mut *entry };
     let flags = pkt.tcp_flags;
+    if !reply && flags & (TCP_SYN | TCP_ACK) == TCP_SYN && e.state & CT_FLAG_CLOSING != 0 {
+        // The same tuple opens a new connection (port reuse after close):
+        // start its state afresh instead of inheriting the close timeout.
+        e.flags_forward = 0;
+        e.flags_reply = 0;
+        e.state = 0;
+    }
     let seen = if reply {
         e.flags_reply
     } else {
@@ -1020,10 +1028,10 @@ fn ct_update(entry: *mut CtEntry, pkt: &Packet, len: u32, reply: bool, now: u64)
     } else {
         e.flags_forward |= flags;
     }
-    if flags & TCP_RST != 0 {
+    if flags & TCP_RST != 0 || e.flags_forward & e.flags_reply & TCP_FIN != 0 {
         e.state |= CT_FLAG_CLOSING;
     }
-    e.expires_ns = now + timeout(pkt, e.flags_forward, e.flags_reply, e.state);
+    e.expires_ns = now + timeout(pkt, e.flags_forward, e.state);
     e.packets += 1;
     e.bytes += u64::from(len);
     let report = news != 0
