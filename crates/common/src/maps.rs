@@ -234,8 +234,8 @@ pub struct CtKey {
     pub _pad: u8,
 }
 
-/// The originator sent a RST or FIN and the responder a FIN: the entry only
-/// lingers for the close timeout.
+/// A RST was seen, or a FIN in both directions: the entry only lingers for
+/// the close timeout (a new SYN on the tuple starts afresh).
 pub const CT_FLAG_CLOSING: u8 = 1;
 /// The responder has answered (a reply was seen).
 pub const CT_FLAG_REPLIED: u8 = 2;
