@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use myelin_datapath::{
-    CtScope, Datapath, EndpointInfo, PolicyDirection, PolicyRule, PolicyTable, RuleAction,
+    CtScope, Datapath, EndpointInfo, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Verdict,
+    drop_reason,
 };
 use myelin_test_support::{ScratchBpffs, privileged};
 use nix::sched::{CloneFlags, setns};
@@ -407,5 +408,109 @@ fn redirected_connection(v6: bool) {
     drop(guard);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// In a test run the proxy's listener is found (in the calling thread's
+/// namespace), but `bpf_sk_assign` refuses: the test-run skb is not at TC
+/// ingress. That is "Socket assign failed" (179), a verdict real traffic
+/// never gets (see the tests above), and a fail-closed one.
+#[test]
+fn in_a_test_run_the_listener_is_found_and_sk_assign_refused() {
+    if !privileged("in_a_test_run_the_listener_is_found_and_sk_assign_refused") {
+        return;
+    }
+    let ns = format!("mdp-{}-t", std::process::id());
+    let guard = Namespaces {
+        names: vec![ns.clone()],
+    };
+    ip(&["netns", "add", &ns]);
+    in_ns(&ns, &["ip", "link", "set", "lo", "up"]);
+    let ns_for_thread = ns.clone();
+    let result = std::thread::spawn(move || {
+        // Test runs use the calling thread's namespace for socket lookups.
+        enter(&ns_for_thread);
+        let bpffs = ScratchBpffs::mount().expect("bpffs");
+        let mut datapath = Datapath::load(bpffs.path()).expect("load");
+        datapath
+            .upsert_endpoint(
+                1,
+                &EndpointInfo {
+                    endpoint_id: 5,
+                    identity: 1001,
+                    ipv4: [10, 244, 1, 5],
+                    ..EndpointInfo::default()
+                },
+            )
+            .expect("endpoint");
+        let listener = transparent_listener(PROXY_PORT);
+        datapath
+            .replace_policy(
+                5,
+                &PolicyTable {
+                    ingress_enforced: false,
+                    egress_enforced: true,
+                    rules: vec![PolicyRule {
+                        direction: PolicyDirection::Egress,
+                        peer_identity: 0,
+                        protocol: 6,
+                        ports: Some((80, 80)),
+                        action: RuleAction::Redirect {
+                            proxy_port: PROXY_PORT,
+                        },
+                        rule_id: 1,
+                    }],
+                },
+            )
+            .expect("policy");
+        let mut frame = vec![0u8; 14 + 20 + 20];
+        frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        frame[14] = 0x45;
+        frame[16..18].copy_from_slice(&40u16.to_be_bytes());
+        frame[22] = 64;
+        frame[23] = 6;
+        frame[26..30].copy_from_slice(&[10, 244, 1, 5]);
+        frame[30..34].copy_from_slice(&[10, 244, 9, 9]);
+        frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        frame[36..38].copy_from_slice(&80u16.to_be_bytes());
+        frame[46] = 5 << 4;
+        frame[47] = 0x02;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut reader = runtime.block_on(async { datapath.event_reader().expect("reader") });
+        let outcome = datapath
+            .test_run(myelin_datapath::PROGRAM_FROM_CONTAINER, &frame, 1)
+            .expect("test run");
+        let mut events = Vec::new();
+        runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), reader.read(&mut events)).await
+            })
+            .expect("events")
+            .expect("read");
+        drop(listener);
+        (outcome.verdict, events)
+    })
+    .join();
+    drop(guard);
+    match result {
+        Ok((verdict, events)) => {
+            assert_eq!(verdict, 2, "TC_ACT_SHOT");
+            let verdicts: Vec<(u8, u8, u8)> = events
+                .iter()
+                .map(|e| (e.kind, e.verdict, e.drop_reason))
+                .collect();
+            assert_eq!(
+                verdicts,
+                vec![
+                    (5, Verdict::Redirected as u8, 0),
+                    (1, Verdict::Dropped as u8, drop_reason::SOCKET_ASSIGN_FAILED)
+                ],
+                "policy verdict, then the assign failure (not a lookup failure)"
+            );
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }

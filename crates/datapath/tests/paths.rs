@@ -844,3 +844,42 @@ async fn events_the_ring_cannot_take_are_counted_as_lost() {
     }
     assert!(h.reader.lost() > 0, "lost events are counted");
 }
+
+#[tokio::test]
+async fn an_ingress_redirect_for_a_client_off_this_node_fails_closed() {
+    if !privileged("an_ingress_redirect_for_a_client_off_this_node_fails_closed") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: false,
+                rules: vec![rule(
+                    PolicyDirection::Ingress,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((80, 80)),
+                    RuleAction::Redirect { proxy_port: 15001 },
+                    61,
+                )],
+            },
+        )
+        .expect("policy");
+    // From a pod of another node: to_container cannot hand it to the proxy.
+    let syn = Pkt::tcp("10.244.2.7", 52000, POD_V4, 80, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(
+        (drop.drop_reason, drop.rule_id),
+        (drop_reason::PROXY_UNSUPPORTED_PROTOCOL, 61)
+    );
+    // The proxy's own upstream for that peer is let in.
+    let upstream = Pkt::tcp("192.0.2.1", 52001, POD_V4, 80, SYN).build();
+    let mark = 0xb00 | (PEER_IDENTITY << 16);
+    let (verdict, _, _) = h.run_marked(PROGRAM_TO_CONTAINER, &upstream, mark).await;
+    assert_eq!(verdict, TC_ACT_OK);
+}
