@@ -478,6 +478,16 @@ async fn ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksu
     assert_ne!(trace.flags & EVENT_FLAG_REPLY, 0);
     assert_ne!(trace.flags & EVENT_FLAG_SERVICE, 0);
 
+    // IPv4 options before TCP: the same translation, checksums still right.
+    let mut with_options = Pkt::tcp(POD_V4, 44001, "10.96.0.10", 80, SYN);
+    with_options.ip_options = vec![1, 1, 1, 0];
+    let (verdict, out, _) = h
+        .run(PROGRAM_FROM_CONTAINER, &with_options.build())
+        .await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(tuple(&out), (ip(POD_V4), ip("10.244.2.7"), 44001, 8080));
+    assert!(checksums_valid(&out), "checksums with IPv4 options");
+
     let services = h.datapath.services().expect("services");
     assert_eq!(services.len(), 1);
     assert_eq!(services[0].frontend, vip);
