@@ -481,9 +481,7 @@ async fn ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksu
     // IPv4 options before TCP: the same translation, checksums still right.
     let mut with_options = Pkt::tcp(POD_V4, 44001, "10.96.0.10", 80, SYN);
     with_options.ip_options = vec![1, 1, 1, 0];
-    let (verdict, out, _) = h
-        .run(PROGRAM_FROM_CONTAINER, &with_options.build())
-        .await;
+    let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &with_options.build()).await;
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(tuple(&out), (ip(POD_V4), ip("10.244.2.7"), 44001, 8080));
     assert!(checksums_valid(&out), "checksums with IPv4 options");
@@ -892,4 +890,59 @@ async fn an_ingress_redirect_for_a_client_off_this_node_fails_closed() {
     let mark = 0xb00 | (PEER_IDENTITY << 16);
     let (verdict, _, _) = h.run_marked(PROGRAM_TO_CONTAINER, &upstream, mark).await;
     assert_eq!(verdict, TC_ACT_OK);
+}
+
+#[tokio::test]
+async fn icmp_errors_about_a_service_connection_are_reverse_nated() {
+    if !privileged("icmp_errors_about_a_service_connection_are_reverse_nated") {
+        return;
+    }
+    let mut h = harness();
+    for (vip, backend, client, kind, code) in [
+        ("10.96.0.40:53", "10.244.2.7:5353", POD_V4, 3, 3),
+        (
+            "[fd00:10:96::40]:53",
+            "[fd00:10:244:2::7]:5353",
+            POD_V6,
+            1,
+            4,
+        ),
+    ] {
+        let vip: SocketAddr = vip.parse().expect("vip");
+        let backend: SocketAddr = backend.parse().expect("backend");
+        h.datapath
+            .upsert_service(&Service {
+                frontend: vip,
+                protocol: ServiceProtocol::Udp,
+                backends: vec![backend],
+            })
+            .expect("service");
+        let query = Pkt::udp(client, 47100, &vip.ip().to_string(), 53).with_payload(b"q");
+        let (verdict, sent, _) = h.run(PROGRAM_FROM_CONTAINER, &query.build()).await;
+        assert_eq!(verdict, TC_ACT_OK);
+        // The backend's port is closed: it answers with port unreachable,
+        // quoting the datagram as it received it (to the backend).
+        let mut as_received = query.clone();
+        as_received.dst = backend.ip();
+        as_received.dport = backend.port();
+        assert_eq!(&as_received.build()[14..], &sent[14..], "DNAT'd datagram");
+        let error = Pkt::icmp_error(&backend.ip().to_string(), client, kind, code, &as_received);
+        let (verdict, out, events) = h.run(PROGRAM_TO_CONTAINER, &error.build()).await;
+        assert_eq!(verdict, TC_ACT_OK);
+        let trace = find(&events, EventKind::Trace);
+        assert_ne!(trace.flags & EVENT_FLAG_RELATED, 0);
+        assert_ne!(trace.flags & EVENT_FLAG_SERVICE, 0);
+        // Now it comes from the VIP and quotes the datagram the pod sent.
+        assert_eq!(tuple(&out).0, vip.ip(), "outer source");
+        let l4 = if vip.is_ipv4() { 34 } else { 54 };
+        let quoted = &out[l4 + 8..];
+        let original = &query.build()[14..];
+        let udp_csum = if vip.is_ipv4() { 26 } else { 46 };
+        // Addresses, ports and the quoted IPv4 header checksum are the
+        // pod's; the quoted UDP checksum is left as the backend computed it
+        // (no stack verifies a quoted L4 checksum).
+        assert_eq!(&quoted[..udp_csum], &original[..udp_csum], "quoted as sent");
+        assert_eq!(&quoted[udp_csum + 2..], &original[udp_csum + 2..]);
+        assert!(icmp_checksums_valid(&out), "ICMP checksum after rewrite");
+    }
 }

@@ -161,6 +161,11 @@ struct Packet {
     inner_sport: u16,
     inner_dport: u16,
     inner_protocol: u8,
+    inner_saddr: [u8; 16],
+    inner_daddr: [u8; 16],
+    /// Offsets of the quoted IP and L4 headers.
+    inner_l3: usize,
+    inner_l4: usize,
 }
 
 /// A policy decision for one direction.
@@ -718,6 +723,10 @@ fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, u8> {
         inner_sport: 0,
         inner_dport: 0,
         inner_protocol: 0,
+        inner_saddr: [0; 16],
+        inner_daddr: [0; 16],
+        inner_l3: 0,
+        inner_l4: 0,
     };
     match ethertype {
         ETH_P_IP => {
@@ -849,15 +858,21 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), u8> {
 /// conntrack by the caller through `inner_*` and the swapped outer addresses.
 fn parse_quoted(ctx: &TcContext, pkt: &mut Packet, offset: usize) -> Result<(), u8> {
     const TRUNCATED: u8 = drop_reason::CT_TRUNCATED_OR_INVALID_HEADER;
+    pkt.inner_l3 = offset;
     let l4 = if pkt.family == FAMILY_IPV4 {
         let h: [u8; 20] = ctx.load(offset).map_err(|_| TRUNCATED)?;
         pkt.inner_protocol = h[9];
+        pkt.inner_saddr[..4].copy_from_slice(&h[12..16]);
+        pkt.inner_daddr[..4].copy_from_slice(&h[16..20]);
         offset + usize::from(h[0] & 0x0f) * 4
     } else {
-        let h: [u8; 40] = ctx.load(offset).map_err(|_| TRUNCATED)?;
+        let h: [u8; 8] = ctx.load(offset).map_err(|_| TRUNCATED)?;
         pkt.inner_protocol = h[6];
+        pkt.inner_saddr = ctx.load(offset + 8).map_err(|_| TRUNCATED)?;
+        pkt.inner_daddr = ctx.load(offset + 24).map_err(|_| TRUNCATED)?;
         offset + 40
     };
+    pkt.inner_l4 = l4;
     // ICMP quotes at least 8 bytes of the original L4 header.
     let h: [u8; 8] = ctx.load(l4).map_err(|_| TRUNCATED)?;
     match pkt.inner_protocol {
@@ -875,17 +890,17 @@ fn parse_quoted(ctx: &TcContext, pkt: &mut Packet, offset: usize) -> Result<(), 
 
 /// An ICMP error passes when it quotes a packet of a tracked flow (in either
 /// scope, either way round); otherwise it is policed as ICMP with no port,
-/// like a new flow: an endpoint that enforces needs an ICMP rule for it.
+/// like a new flow: an endpoint that enforces needs an ICMP rule for it. An
+/// error about a pod's connection to a service is reverse-NAT'd like the
+/// replies, so the pod's socket recognises it.
 // A separate BPF function: its locals get their own frame instead of
 // adding to the caller's 512 bytes.
 #[inline(never)]
 fn related_error(ctx: &TcContext, st: &mut State, point: ObservationPoint) -> i32 {
     let pkt = &st.pkt;
-    // The quoted packet went from the error's destination to its source
-    // (for the host that generated the error, it is what it received).
-    let mut key = CtKey {
-        saddr: pkt.daddr,
-        daddr: pkt.saddr,
+    st.key = CtKey {
+        saddr: pkt.inner_saddr,
+        daddr: pkt.inner_daddr,
         sport: pkt.inner_sport,
         dport: pkt.inner_dport,
         protocol: pkt.inner_protocol,
@@ -895,17 +910,31 @@ fn related_error(ctx: &TcContext, st: &mut State, point: ObservationPoint) -> i3
     };
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
+    // The pod's own connection, as it sent it (after DNAT).
+    let mut rev_nat_index = 0;
     let mut found = false;
-    for scope in [CT_SCOPE_EGRESS, CT_SCOPE_INGRESS] {
-        key.scope = scope;
-        if live_entry(&key, now).is_some() || live_entry(&swap(&key), now).is_some() {
-            found = true;
-        }
+    if let Some(entry) = live_entry(&st.key, now) {
+        found = true;
+        // SAFETY: entry points into the map value.
+        rev_nat_index = unsafe { (*entry).rev_nat_index };
+    }
+    st.key.scope = CT_SCOPE_INGRESS;
+    if live_entry(&st.key, now).is_some() || live_entry(&swap(&st.key), now).is_some() {
+        found = true;
+    }
+    st.key.scope = CT_SCOPE_EGRESS;
+    if live_entry(&swap(&st.key), now).is_some() {
+        found = true;
     }
     st.meta.src_identity = identity_of(st.pkt.family, &st.pkt.saddr);
     st.meta.dst_identity = identity_of(st.pkt.family, &st.pkt.daddr);
     if found {
         st.meta.flags |= EVENT_FLAG_RELATED;
+        if rev_nat_index != 0 && point == ObservationPoint::ToEndpoint {
+            if let Err(reason) = rev_nat_error(ctx, st, rev_nat_index) {
+                return drop_packet(ctx, st, point, reason, 0);
+            }
+        }
     } else {
         let (direction, peer) = if point == ObservationPoint::ToStack {
             (Direction::FromContainer, st.meta.dst_identity)
@@ -920,6 +949,85 @@ fn related_error(ctx: &TcContext, st: &mut State, point: ObservationPoint) -> i3
     }
     emit(ctx, st, &Outcome::trace(point));
     TC_ACT_OK
+}
+
+/// Rewrites an ICMP error about a service connection so that it quotes the
+/// packet the pod sent (to the frontend) and, when the backend itself
+/// reports, comes from the frontend: the quoted destination, the quoted IPv4
+/// header checksum, the outer source, and the ICMP checksum over all of it.
+#[inline(never)]
+fn rev_nat_error(ctx: &TcContext, st: &mut State, index: u16) -> Result<(), u8> {
+    // SAFETY: read-only lookup, copied out.
+    let Some(frontend) = (unsafe { REV_NAT.get(&u32::from(index)) }).copied() else {
+        return Ok(());
+    };
+    let pkt = &mut st.pkt;
+    let icmp_csum = pkt.l4_offset + 2;
+    let backend = pkt.inner_daddr;
+    let from_backend = pkt.saddr == backend;
+    if pkt.family == FAMILY_IPV4 {
+        let old = u32::from_ne_bytes([backend[0], backend[1], backend[2], backend[3]]);
+        let new = u32::from_ne_bytes([
+            frontend.addr[0],
+            frontend.addr[1],
+            frontend.addr[2],
+            frontend.addr[3],
+        ]);
+        let inner_csum = pkt.inner_l3 + 10;
+        let before: u16 = ctx.load(inner_csum).map_err(|_| drop_reason::WRITE_ERROR)?;
+        ctx.l3_csum_replace(inner_csum, u64::from(old), u64::from(new), 4)
+            .map_err(|_| drop_reason::CSUM_L3)?;
+        let after: u16 = ctx.load(inner_csum).map_err(|_| drop_reason::WRITE_ERROR)?;
+        ctx.store(pkt.inner_l3 + 16, &new, 0)
+            .map_err(|_| drop_reason::WRITE_ERROR)?;
+        // ICMPv4 sums the message only: the quoted address and checksum.
+        ctx.l4_csum_replace(icmp_csum, u64::from(old), u64::from(new), 4)
+            .map_err(|_| drop_reason::CSUM_L4)?;
+        ctx.l4_csum_replace(icmp_csum, u64::from(before), u64::from(after), 2)
+            .map_err(|_| drop_reason::CSUM_L4)?;
+        if from_backend {
+            ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(old), u64::from(new), 4)
+                .map_err(|_| drop_reason::CSUM_L3)?;
+            ctx.store(ETH_HLEN + 12, &new, 0)
+                .map_err(|_| drop_reason::WRITE_ERROR)?;
+        }
+    } else {
+        let mut old = backend;
+        let mut new = frontend.addr;
+        // SAFETY: both buffers are 16 bytes on this stack frame.
+        let diff =
+            unsafe { bpf_csum_diff(old.as_mut_ptr().cast(), 16, new.as_mut_ptr().cast(), 16, 0) };
+        if diff < 0 {
+            return Err(drop_reason::CSUM_L4);
+        }
+        ctx.store(pkt.inner_l3 + 24, &new, 0)
+            .map_err(|_| drop_reason::WRITE_ERROR)?;
+        ctx.l4_csum_replace(icmp_csum, 0, diff as u64, 0)
+            .map_err(|_| drop_reason::CSUM_L4)?;
+        if from_backend {
+            // The outer source is in ICMPv6's pseudo-header.
+            ctx.l4_csum_replace(icmp_csum, 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR))
+                .map_err(|_| drop_reason::CSUM_L4)?;
+            ctx.store(ETH_HLEN + 8, &new, 0)
+                .map_err(|_| drop_reason::WRITE_ERROR)?;
+        }
+    }
+    if pkt.inner_dport != frontend.port
+        && (pkt.inner_protocol == IPPROTO_TCP || pkt.inner_protocol == IPPROTO_UDP)
+    {
+        let from = u16::from_ne_bytes(pkt.inner_dport.to_be_bytes());
+        let to = u16::from_ne_bytes(frontend.port.to_be_bytes());
+        ctx.l4_csum_replace(icmp_csum, u64::from(from), u64::from(to), 2)
+            .map_err(|_| drop_reason::CSUM_L4)?;
+        ctx.store(pkt.inner_l4 + 2, &to, 0)
+            .map_err(|_| drop_reason::WRITE_ERROR)?;
+    }
+    if from_backend {
+        pkt.saddr = frontend.addr;
+    }
+    st.meta.flags |= EVENT_FLAG_SERVICE;
+    st.meta.service = frontend;
+    Ok(())
 }
 
 fn swap(key: &CtKey) -> CtKey {
