@@ -701,6 +701,18 @@ async fn icmp_echo_and_related_errors_follow_their_flows() {
     );
     let ptb = Pkt::icmp_error("fd00:10:244:2::7", POD_V6, 2, 0, &syn).build();
     assert_eq!(h.run(PROGRAM_TO_CONTAINER, &ptb).await.0, TC_ACT_OK);
+    // Time exceeded from a router on the way: matched on the quoted tuple.
+    let syn = Pkt::tcp(POD_V4, 48003, "10.244.2.7", 443, SYN);
+    assert_eq!(
+        h.run(PROGRAM_FROM_CONTAINER, &syn.build()).await.0,
+        TC_ACT_OK
+    );
+    let exceeded = Pkt::icmp_error("192.0.2.254", POD_V4, 11, 0, &syn).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &exceeded).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let trace = find(&events, EventKind::Trace);
+    assert_ne!(trace.flags & EVENT_FLAG_RELATED, 0);
+    assert_eq!((trace.icmp_type, trace.icmp_code), (11, 0));
 }
 
 #[tokio::test]
