@@ -179,9 +179,18 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches the programs from `ifname` and forgets the endpoint. Works
-    /// also when the interface is already gone.
+    /// Detaches the programs from `ifname` and forgets the endpoint (its
+    /// records, policy and counters). Works also when the interface is
+    /// already gone. `ifindex` 0 means unknown: it is looked up by name if
+    /// the interface still exists; otherwise the records of a vanished
+    /// interface stay until [`Datapath::delete_endpoint`] is called with the
+    /// ifindex [`Datapath::endpoints`] shows.
     pub fn detach_endpoint(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        let ifindex = if ifindex == 0 {
+            nix::net::if_::if_nametoindex(ifname).unwrap_or(0)
+        } else {
+            ifindex
+        };
         for (_, _, suffix) in HOOKS {
             let pin = self.link_pin(ifname, suffix);
             if pin.exists() {
@@ -189,9 +198,10 @@ impl Datapath {
             }
         }
         let _ = std::fs::remove_dir(self.pin_dir.join("links").join(ifname));
-        if ifindex != 0 {
-            self.delete_endpoint(ifindex)?;
+        if ifindex == 0 {
+            return Ok(());
         }
+        self.delete_endpoint(ifindex)?;
         let mut stats = self.stats_map()?;
         for direction in [Direction::FromContainer, Direction::ToContainer] {
             let _ = stats.remove(&StatsKey {
