@@ -958,3 +958,28 @@ async fn icmp_errors_about_a_service_connection_are_reverse_nated() {
         assert!(icmp_checksums_valid(&out), "ICMP checksum after rewrite");
     }
 }
+
+#[tokio::test]
+async fn expired_entries_are_garbage_collected() {
+    if !privileged("expired_entries_are_garbage_collected") {
+        return;
+    }
+    let mut h = harness();
+    let syn = Pkt::tcp(POD_V4, 53000, "10.244.2.7", 80, SYN).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &syn).await.0, TC_ACT_OK);
+    let rst = Pkt::tcp("10.244.2.7", 80, POD_V4, 53000, 0x14).build();
+    assert_eq!(h.run(PROGRAM_TO_CONTAINER, &rst).await.0, TC_ACT_OK);
+    let find_entry = |h: &Harness| {
+        h.datapath
+            .conntrack()
+            .expect("conntrack")
+            .into_iter()
+            .find(|c| c.source.port() == 53000)
+    };
+    assert!(find_entry(&h).expect("entry").closing);
+    // The close timeout is 10 s.
+    tokio::time::sleep(std::time::Duration::from_millis(10_500)).await;
+    assert_eq!(find_entry(&h).expect("still there").expires_in, None);
+    assert!(h.datapath.conntrack_gc().expect("gc") >= 1);
+    assert!(find_entry(&h).is_none(), "collected");
+}
