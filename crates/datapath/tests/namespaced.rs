@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use myelin_datapath::{
-    CtScope, Datapath, EndpointInfo, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Verdict,
-    drop_reason,
+    CtScope, Datapath, EndpointInfo, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service,
+    ServiceProtocol, Verdict, drop_reason,
 };
 use myelin_test_support::{ScratchBpffs, privileged};
 use nix::sched::{CloneFlags, setns};
@@ -512,5 +512,223 @@ fn in_a_test_run_the_listener_is_found_and_sk_assign_refused() {
             );
         }
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs `f` on a new thread inside namespace `ns` and returns its result.
+fn in_thread<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter(&ns);
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+/// Two pods of one node through real sockets: a ClusterIP translated both
+/// ways, refused at once when it has no backend (TCP reset, UDP port
+/// unreachable), and the server's ingress policy: a long-lived connection
+/// survives policy changes, a new connection the new policy denies times
+/// out.
+#[test]
+fn services_and_policy_through_real_sockets() {
+    if !privileged("services_and_policy_through_real_sockets") {
+        return;
+    }
+    let pid = std::process::id();
+    let node = format!("mdp-{pid}-sn");
+    let client_ns = format!("mdp-{pid}-sa");
+    let server_ns = format!("mdp-{pid}-sb");
+    let (veth_a, veth_b) = (format!("mdp{pid}sa"), format!("mdp{pid}sb"));
+    let guard = Namespaces {
+        names: vec![node.clone(), client_ns.clone(), server_ns.clone()],
+    };
+    for ns in &guard.names {
+        ip(&["netns", "add", ns]);
+        in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+    }
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        in_ns(&node, &["sysctl", "-qw", sysctl]);
+    }
+    in_ns(&node, &["ip", "addr", "add", "10.244.1.1/32", "dev", "lo"]);
+    for (veth, pod, addr) in [
+        (&veth_a, &client_ns, "10.244.1.5"),
+        (&veth_b, &server_ns, "10.244.1.6"),
+    ] {
+        in_ns(
+            &node,
+            &[
+                "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", pod,
+            ],
+        );
+        in_ns(&node, &["ip", "link", "set", veth, "up"]);
+        in_ns(
+            &node,
+            &["ip", "route", "add", &format!("{addr}/32"), "dev", veth],
+        );
+        in_ns(pod, &["ip", "link", "set", "eth0", "up"]);
+        in_ns(
+            pod,
+            &["ip", "addr", "add", &format!("{addr}/32"), "dev", "eth0"],
+        );
+        in_ns(
+            pod,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                "10.244.1.1",
+                "dev",
+                "eth0",
+                "onlink",
+            ],
+        );
+    }
+
+    let bpffs = ScratchBpffs::mount().expect("bpffs");
+    let pin_dir = bpffs.path_buf();
+    let (node_t, client_t, server_t) = (node.clone(), client_ns.clone(), server_ns.clone());
+    let result = std::thread::spawn(move || {
+        enter(&node_t);
+        let mut datapath = Datapath::load(&pin_dir).expect("load");
+        for (veth, id, identity, addr) in [
+            (&veth_a, 5, 1001, [10, 244, 1, 5]),
+            (&veth_b, 6, 1002, [10, 244, 1, 6]),
+        ] {
+            let info = EndpointInfo {
+                endpoint_id: id,
+                identity,
+                ipv4: addr,
+                ..EndpointInfo::default()
+            };
+            datapath.attach_endpoint(veth, &info).expect("attach");
+        }
+        let allow_from = |peer: u32, rule_id: u32| PolicyRule {
+            direction: PolicyDirection::Ingress,
+            peer_identity: peer,
+            protocol: 6,
+            ports: Some((8080, 8080)),
+            action: RuleAction::Allow,
+            rule_id,
+        };
+        let ingress = |rules: Vec<PolicyRule>| PolicyTable {
+            ingress_enforced: true,
+            egress_enforced: false,
+            rules,
+        };
+        datapath
+            .replace_policy(6, &ingress(vec![allow_from(1001, 1)]))
+            .expect("policy");
+        for (frontend, protocol, backends) in [
+            (
+                "10.96.0.10:80",
+                ServiceProtocol::Tcp,
+                vec!["10.244.1.6:8080"],
+            ),
+            ("10.96.0.11:80", ServiceProtocol::Tcp, vec![]),
+            ("10.96.0.11:53", ServiceProtocol::Udp, vec![]),
+        ] {
+            datapath
+                .upsert_service(&Service {
+                    frontend: frontend.parse().expect("frontend"),
+                    protocol,
+                    backends: backends
+                        .iter()
+                        .map(|b| b.parse().expect("backend"))
+                        .collect(),
+                })
+                .expect("service");
+        }
+        // The server echoes every connection until the test ends.
+        let listener = in_thread(&server_t, || {
+            TcpListener::bind("0.0.0.0:8080").expect("server listens")
+        });
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4];
+                    while stream.read_exact(&mut buf).is_ok() {
+                        if stream.write_all(&buf).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let vip: SocketAddr = "10.96.0.10:80".parse().expect("vip");
+        let connect = move || {
+            let mut s = TcpStream::connect_timeout(&vip, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"ping")?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf)?;
+            assert_eq!(&buf, b"ping");
+            Ok::<_, std::io::Error>(s)
+        };
+        let mut long_lived = in_thread(&client_t, move || {
+            let s = connect().expect("connect through the ClusterIP");
+            assert_eq!(s.peer_addr().expect("peer"), vip, "the client sees the VIP");
+            s
+        });
+        let echo = |s: &mut TcpStream| {
+            s.write_all(b"more")?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf)?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        // No backend: refused at once, TCP and UDP.
+        let (tcp, udp, elapsed) = in_thread(&client_t, || {
+            let started = Instant::now();
+            let tcp = TcpStream::connect_timeout(
+                &"10.96.0.11:80".parse().expect("vip"),
+                Duration::from_secs(3),
+            )
+            .map(drop)
+            .map_err(|e| e.kind());
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+            socket.connect("10.96.0.11:53").expect("connect udp");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            socket.send(b"query").expect("send");
+            let mut buf = [0u8; 16];
+            let udp = socket.recv(&mut buf).map(drop).map_err(|e| e.kind());
+            (tcp, udp, started.elapsed())
+        });
+        assert_eq!(tcp, Err(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(udp, Err(std::io::ErrorKind::ConnectionRefused));
+        assert!(elapsed < Duration::from_secs(1), "fails fast: {elapsed:?}");
+
+        // A policy change that still allows the client: nothing changes.
+        datapath
+            .replace_policy(6, &ingress(vec![allow_from(1001, 2), allow_from(7, 3)]))
+            .expect("policy");
+        assert_eq!(&echo(&mut long_lived).expect("still flowing"), b"more");
+        // A policy that no longer allows it: new connections time out, the
+        // established one keeps its conntrack verdict.
+        datapath
+            .replace_policy(6, &ingress(vec![allow_from(7, 4)]))
+            .expect("policy");
+        let denied = in_thread(&client_t, move || connect().map(drop).map_err(|e| e.kind()));
+        assert_eq!(denied, Err(std::io::ErrorKind::TimedOut));
+        assert_eq!(&echo(&mut long_lived).expect("established flow"), b"more");
+        let ct = datapath.conntrack().expect("conntrack");
+        assert!(
+            ct.iter()
+                .any(|c| c.scope == CtScope::Service && c.backend_id != 0)
+        );
+    })
+    .join();
+    drop(guard);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
