@@ -7,7 +7,8 @@
 #   bench/run.sh --smoke               ~2 s per figure, asserts only that every scenario
 #                                      produces numbers; results stay in the temp dir
 #   options: --rounds N  --rate REQ_PER_S  --duration SECONDS (whole)  --server nginx|deathstar
-#            --no-build  --out DIR  --keep (keep the temp dir with the logs)
+#            --podready PODS (pod-ready time in a lab of its own; default 100, 3 with --smoke,
+#            0 with --scenario)  --no-build  --out DIR  --keep (keep the temp dir with the logs)
 #
 # Run as root. Nothing leaves the namespaces created here (mb-<pid>-client, -server, -node);
 # they and every process started here are removed by name/PID on exit, failure or Ctrl-C.
@@ -27,6 +28,7 @@ SERVER=nginx
 BUILD=1
 OUT=""
 KEEP=0
+PODREADY=""
 SCENARIOS=()
 
 usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --rate) shift; RATE=${1:?--rate needs requests per second} ;;
     --duration) shift; DURATION=${1:?--duration needs seconds} ;;
     --server) shift; SERVER=${1:?--server needs nginx or deathstar} ;;
+    --podready) shift; PODREADY=${1:?--podready needs a number of pods} ;;
     --no-build) BUILD=0 ;;
     --out) shift; OUT=${1:?--out needs a directory} ;;
     --keep) KEEP=1 ;;
@@ -48,7 +51,11 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-[ "${#SCENARIOS[@]}" -gt 0 ] || SCENARIOS=("${ALL_SCENARIOS[@]}")
+if [ "${#SCENARIOS[@]}" -gt 0 ]; then
+  PODREADY=${PODREADY:-0}
+else
+  SCENARIOS=("${ALL_SCENARIOS[@]}")
+fi
 for s in "${SCENARIOS[@]}"; do
   case " ${ALL_SCENARIOS[*]} ${EXTRA_SCENARIOS[*]} " in
     *" $s "*) ;;
@@ -62,9 +69,9 @@ case "$SERVER" in
 esac
 
 if [ "$SMOKE" = 1 ]; then
-  ROUNDS=1; WARMUP=1; DURATION=${DURATION:-1}; RATE=${RATE:-1000}
+  ROUNDS=1; WARMUP=1; DURATION=${DURATION:-1}; RATE=${RATE:-1000}; PODREADY=${PODREADY:-3}
 else
-  WARMUP=2; DURATION=${DURATION:-5}; RATE=${RATE:-5000}
+  WARMUP=2; DURATION=${DURATION:-5}; RATE=${RATE:-5000}; PODREADY=${PODREADY:-100}
 fi
 CONNS=64          # keep-alive connections, closed loop and open loop alike
 CONN_RATE_CONNS=32
@@ -105,7 +112,7 @@ if [ "$BUILD" = 1 ]; then
   say "building (release)"
   (cd "$ROOT" && cargo build --release --bin myelin --bin myelin-bench)
 fi
-NEED_BINS=(myelin-bench); [ "$SERVER" != deathstar ] || NEED_BINS+=(myelin)
+NEED_BINS=(myelin-bench); [ "$SERVER" != deathstar ] && [ "$PODREADY" = 0 ] || NEED_BINS+=(myelin)
 for b in "${NEED_BINS[@]}"; do [ -x "$BIN/$b" ] || die "$BIN/$b missing: build with cargo build --release --bin $b"; done
 
 # --- temp dir, namespaces, cleanup -------------------------------------------------------
@@ -461,6 +468,13 @@ for round in $(seq "$ROUNDS"); do
   for scenario in "${SCENARIOS[@]}"; do measure "$scenario" "$round"; done
 done
 
+PODREADY_ARGS=()
+if [ "$PODREADY" != 0 ]; then
+  say "pod-ready time over $PODREADY pods (bench/podready.sh)"
+  bash "$ROOT/bench/podready.sh" "$PODREADY" "$TMP/podready.json" >&2
+  PODREADY_ARGS=(--podready "$TMP/podready.json")
+fi
+
 if [ "$SMOKE" = 1 ]; then
   DEST=${OUT:-$TMP/results}
 else
@@ -472,7 +486,7 @@ COMMAND="bench/run.sh"
 [ "${#SCENARIOS[@]}" -eq "${#ALL_SCENARIOS[@]}" ] || COMMAND+=" --scenario $(IFS=,; echo "${SCENARIOS[*]}")"
 python3 "$ROOT/bench/report.py" --raw "$RAW" --out "$DEST" \
   --started "$STARTED" --seconds "$(( $(date +%s) - T0 ))" --command "$COMMAND --rounds $ROUNDS --rate $RATE --duration $DURATION --server $SERVER" \
-  --rate "$RATE" --server "$SERVER" $([ "$SMOKE" = 1 ] && echo --smoke) \
+  --rate "$RATE" --server "$SERVER" $([ "$SMOKE" = 1 ] && echo --smoke) "${PODREADY_ARGS[@]+"${PODREADY_ARGS[@]}"}" \
   $([ "$SMOKE" = 0 ] && [ -z "$OUT" ] && [ "${#SCENARIOS[@]}" -eq "${#ALL_SCENARIOS[@]}" ] && echo --readme "$ROOT/bench/README.md")
 FAILED=0
 say "results in $DEST"
