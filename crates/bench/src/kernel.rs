@@ -255,3 +255,61 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        let e: Endpoint = "mb1c=10.250.1.2".parse().expect("valid");
+        assert_eq!(e.ifname, "mb1c");
+        assert_eq!(e.ipv4, Ipv4Addr::new(10, 250, 1, 2));
+        for bad in ["mb1c", "=10.0.0.1", "mb1c=10.0.0", "mb1c=::1"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ingress_rules_parse() {
+        let r: IngressRule = "mb1s:mb1c:80".parse().expect("valid");
+        assert_eq!(
+            (r.dest.as_str(), r.peer.as_deref(), r.port, r.proxy_port),
+            ("mb1s", Some("mb1c"), 80, None)
+        );
+        let r: IngressRule = "mb1s:any:80:15001".parse().expect("valid");
+        assert_eq!((r.peer, r.proxy_port), (None, Some(15001)));
+        for bad in [
+            "mb1s:mb1c",
+            "mb1s:mb1c:http",
+            "mb1s:mb1c:80:x",
+            ":mb1c:80",
+            "a:b:1:2:3",
+        ] {
+            assert!(bad.parse::<IngressRule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn services_parse() {
+        let s: ServiceArg = "10.96.0.10:80=10.250.2.2:8080".parse().expect("valid");
+        assert_eq!(s.frontend, "10.96.0.10:80".parse().expect("addr"));
+        assert_eq!(s.backend, "10.250.2.2:8080".parse().expect("addr"));
+        for bad in ["10.96.0.10:80", "10.96.0.10=10.250.2.2:80", "x=y"] {
+            assert!(bad.parse::<ServiceArg>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules_refer_to_known_endpoints() {
+        let endpoints: Vec<Endpoint> = vec![
+            "mb1c=10.250.1.2".parse().expect("valid"),
+            "mb1s=10.250.2.2".parse().expect("valid"),
+        ];
+        assert_eq!(
+            numbering(&endpoints, "mb1s").expect("known"),
+            (2, identity(2))
+        );
+        assert!(numbering(&endpoints, "mb9x").is_err());
+    }
+}

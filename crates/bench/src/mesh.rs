@@ -203,3 +203,44 @@ pub fn run_agent(args: &AgentArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(transparent: bool, l7_policy: bool) -> Route {
+        Route {
+            listen: Some("0.0.0.0:15001".parse().expect("addr")),
+            upstream: Some("10.250.2.2:80".parse().expect("addr")),
+            transparent,
+            l7_policy,
+        }
+    }
+
+    #[test]
+    fn fixed_upstream_snapshot_compiles() {
+        let snapshot = route(false, false).snapshot().expect("snapshot");
+        assert_eq!(snapshot.clusters.len(), 1);
+        assert_eq!(snapshot.listeners[0].missing_policy, MissingPolicy::Allow);
+        myelin_proxy::rules::CompiledSnapshot::compile(snapshot).expect("compiles");
+    }
+
+    #[test]
+    fn transparent_snapshot_with_policy_compiles() {
+        let snapshot = route(true, true).snapshot().expect("snapshot");
+        assert!(snapshot.clusters.is_empty());
+        assert_eq!(
+            snapshot.listeners[0].upstream,
+            ListenerUpstream::Transparent
+        );
+        assert_eq!(snapshot.l7_policies[0].key.port, 80);
+        myelin_proxy::rules::CompiledSnapshot::compile(snapshot).expect("compiles");
+    }
+
+    #[test]
+    fn a_route_needs_both_addresses() {
+        let mut r = route(false, false);
+        r.upstream = None;
+        assert!(r.snapshot().is_err());
+    }
+}
