@@ -270,8 +270,10 @@ pub struct CtEntry {
     pub flags_reply: u8,
     /// [`CT_FLAG_CLOSING`] | [`CT_FLAG_REPLIED`].
     pub state: u8,
-    /// Explicit padding, zero.
-    pub _pad: [u8; 4],
+    /// The policy revision ([`names::POLICY_REVISION`]) the verdict was
+    /// decided under; a flow decided under an older one is checked again on
+    /// its next packet from the originator.
+    pub policy_revision: u32,
 }
 
 /// Timeout of a TCP flow that has not completed its handshake.
@@ -352,6 +354,9 @@ pub mod names {
     pub const BACKENDS: &str = "MYELIN_BACKENDS";
     /// reverse-NAT index (u32) → [`super::L4Addr`] of the frontend.
     pub const REV_NAT: &str = "MYELIN_REV_NAT";
+    /// Array of one u32: the policy revision, bumped by user space on every
+    /// policy change.
+    pub const POLICY_REVISION: &str = "MYELIN_POLICY_REV";
     /// LRU [`super::CtKey`] → [`super::CtEntry`].
     pub const CONNTRACK: &str = "MYELIN_CT";
     /// [`super::StatsKey`] → [`super::PacketStats`] per CPU.

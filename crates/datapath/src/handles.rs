@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::Pod;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use myelin_common::maps::{FAMILY_IPV4, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, names};
 use myelin_common::{
     CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, L4Addr,
@@ -265,13 +265,33 @@ impl Datapath {
                 0,
             )
             .map_err(map_error(names::ENDPOINT_POLICY))?;
+        self.bump_policy_revision()?;
         self.delete_policy_entries(endpoint_id, Some(generation))
+    }
+
+    /// Makes every established flow check its policy again on its next
+    /// packet from the originator: policy changes apply to existing
+    /// connections too (a denied one is cut, an allowed one goes on).
+    fn bump_policy_revision(&mut self) -> Result<(), DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(names::POLICY_REVISION)
+            .ok_or(DatapathError::MissingMap(names::POLICY_REVISION))?;
+        let mut revision: Array<&mut MapData, u32> =
+            Array::try_from(map).map_err(map_error(names::POLICY_REVISION))?;
+        let current = revision
+            .get(&0, 0)
+            .map_err(map_error(names::POLICY_REVISION))?;
+        revision
+            .set(0, current.wrapping_add(1), 0)
+            .map_err(map_error(names::POLICY_REVISION))
     }
 
     /// Removes the endpoint's policy: both directions become allow-all.
     pub fn remove_policy(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
         let mut state = self.hash_mut::<u32, EndpointPolicy>(names::ENDPOINT_POLICY)?;
         removed(state.remove(&endpoint_id), names::ENDPOINT_POLICY)?;
+        self.bump_policy_revision()?;
         self.delete_policy_entries(endpoint_id, None)
     }
 

@@ -712,14 +712,14 @@ fn services_and_policy_through_real_sockets() {
             .replace_policy(6, &ingress(vec![allow_from(1001, 2), allow_from(7, 3)]))
             .expect("policy");
         assert_eq!(&echo(&mut long_lived).expect("still flowing"), b"more");
-        // A policy that no longer allows it: new connections time out, the
-        // established one keeps its conntrack verdict.
+        // A policy that no longer allows it: new connections time out, and
+        // the established one is cut on its next packet.
         datapath
             .replace_policy(6, &ingress(vec![allow_from(7, 4)]))
             .expect("policy");
         let denied = in_thread(&client_t, move || connect().map(drop).map_err(|e| e.kind()));
         assert_eq!(denied, Err(std::io::ErrorKind::TimedOut));
-        assert_eq!(&echo(&mut long_lived).expect("established flow"), b"more");
+        assert!(echo(&mut long_lived).is_err(), "the revoked flow is cut");
         let ct = datapath.conntrack().expect("conntrack");
         assert!(
             ct.iter()

@@ -983,3 +983,55 @@ async fn expired_entries_are_garbage_collected() {
     assert!(h.datapath.conntrack_gc().expect("gc") >= 1);
     assert!(find_entry(&h).is_none(), "collected");
 }
+
+#[tokio::test]
+async fn a_policy_change_is_applied_to_established_flows() {
+    if !privileged("a_policy_change_is_applied_to_established_flows") {
+        return;
+    }
+    let mut h = harness();
+    let e = PolicyDirection::Egress;
+    let allow_80 = |rule_id| {
+        rule(
+            e,
+            PEER_IDENTITY,
+            TCP,
+            Some((80, 80)),
+            RuleAction::Allow,
+            rule_id,
+        )
+    };
+    h.datapath
+        .replace_policy(POD_ENDPOINT, &egress_policy(vec![allow_80(1)]))
+        .expect("policy");
+    let syn = Pkt::tcp(POD_V4, 54000, "10.244.2.7", 80, SYN).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &syn).await.0, TC_ACT_OK);
+    let ack = Pkt::tcp(POD_V4, 54000, "10.244.2.7", 80, ACK).build();
+    // Still allowed under a new policy: goes on, silently.
+    h.datapath
+        .replace_policy(POD_ENDPOINT, &egress_policy(vec![allow_80(2)]))
+        .expect("policy");
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &ack).await.0, TC_ACT_OK);
+    // No longer allowed: the next packet of the flow is dropped and reported.
+    h.datapath
+        .replace_policy(POD_ENDPOINT, &egress_policy(vec![]))
+        .expect("policy");
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &ack).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::POLICY_DENIED
+    );
+    assert_eq!(
+        find(&events, EventKind::PolicyVerdict).traffic_direction,
+        TrafficDirection::Egress as u8
+    );
+    assert!(
+        h.datapath
+            .conntrack()
+            .expect("conntrack")
+            .iter()
+            .all(|c| c.source.port() != 54000),
+        "the revoked flow's entry is gone"
+    );
+}

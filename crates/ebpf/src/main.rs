@@ -30,7 +30,9 @@ use aya_ebpf::{
         bpf_skb_store_bytes, bpf_skc_lookup_tcp,
     },
     macros::{classifier, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
     programs::TcContext,
 };
 use myelin_common::{
@@ -81,6 +83,11 @@ static BACKENDS: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
 /// Reverse-NAT index → the frontend replies must appear to come from.
 #[map(name = "MYELIN_REV_NAT")]
 static REV_NAT: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
+
+/// The policy revision (index 0), bumped by the agent on every policy
+/// change: flows decided under an older revision are checked again.
+#[map(name = "MYELIN_POLICY_REV")]
+static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
 
 /// Connection tracking; LRU so a full table evicts the oldest flows instead
 /// of refusing new ones.
@@ -367,6 +374,14 @@ fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
 
     let forward = ct_key(&st.pkt, CT_SCOPE_EGRESS, false);
     if let Some(entry) = live_entry(&forward, now) {
+        // SAFETY: entry points into the map value, valid for this run.
+        if unsafe { (*entry).policy_revision } != policy_revision() {
+            let verdict = recheck_from_container(ctx, st, endpoint.as_ref(), entry);
+            if verdict != TC_ACT_OK {
+                let _ = CONNTRACK.remove(&forward);
+                return verdict;
+            }
+        }
         let report = ct_update(entry, &st.pkt, ctx.len(), false, now);
         // SAFETY: entry points into the map value, valid for this run.
         let (verdict, proxy_port, peer) = unsafe {
@@ -493,6 +508,77 @@ fn from_container_new(
     TC_ACT_OK
 }
 
+/// The policy changed since this flow was decided: checks the sender's
+/// egress and a local receiver's ingress again. A flow still allowed goes
+/// on (keeping its allow or redirect verdict: a connection is not moved to
+/// or from the proxy mid-stream); a denied one is dropped.
+// A separate BPF function: its locals get their own frame.
+#[inline(never)]
+fn recheck_from_container(
+    ctx: &TcContext,
+    st: &mut State,
+    endpoint: Option<&EndpointInfo>,
+    entry: *mut CtEntry,
+) -> i32 {
+    let point = ObservationPoint::ToStack;
+    // SAFETY: entry points into the map value, valid for this run.
+    st.meta.dst_identity = unsafe { (*entry).peer_identity };
+    if let Some(ep) = endpoint {
+        let egress = decide(
+            ep.endpoint_id,
+            Direction::FromContainer,
+            st.meta.dst_identity,
+            &st.pkt,
+        );
+        if egress.drop_reason() != 0 {
+            return deny(ctx, st, point, &egress, TrafficDirection::Egress);
+        }
+    }
+    // SAFETY: read-only lookup, copied out.
+    if let Some(peer) = unsafe { ENDPOINTS_BY_IP.get(&ip_key(st.pkt.family, &st.pkt.daddr)) } {
+        let ingress = decide(
+            peer.endpoint_id,
+            Direction::ToContainer,
+            st.meta.src_identity,
+            &st.pkt,
+        );
+        if ingress.drop_reason() != 0 {
+            return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).policy_revision = policy_revision() };
+    TC_ACT_OK
+}
+
+/// The receiving side of [`recheck_from_container`]: the pod's ingress
+/// policy for a flow into it, against the peer identity it was decided for.
+#[inline(never)]
+fn recheck_to_container(
+    ctx: &TcContext,
+    st: &mut State,
+    endpoint: Option<&EndpointInfo>,
+    entry: *mut CtEntry,
+) -> i32 {
+    // SAFETY: entry points into the map value, valid for this run.
+    st.meta.src_identity = unsafe { (*entry).peer_identity };
+    if let Some(ep) = endpoint {
+        let ingress = decide(
+            ep.endpoint_id,
+            Direction::ToContainer,
+            st.meta.src_identity,
+            &st.pkt,
+        );
+        if ingress.drop_reason() != 0 {
+            let point = ObservationPoint::ToEndpoint;
+            return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).policy_revision = policy_revision() };
+    TC_ACT_OK
+}
+
 fn to_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
     let point = ObservationPoint::ToEndpoint;
     // SAFETY: read-only lookup, copied out.
@@ -550,6 +636,14 @@ fn to_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
     }
     let forward = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
     if let Some(entry) = live_entry(&forward, now) {
+        // SAFETY: entry points into the map value, valid for this run.
+        if unsafe { (*entry).policy_revision } != policy_revision() {
+            let verdict = recheck_to_container(ctx, st, endpoint.as_ref(), entry);
+            if verdict != TC_ACT_OK {
+                let _ = CONNTRACK.remove(&forward);
+                return verdict;
+            }
+        }
         if ct_update(entry, &st.pkt, ctx.len(), false, now) {
             // SAFETY: as above.
             st.meta.src_identity = unsafe { (*entry).peer_identity };
@@ -1101,7 +1195,7 @@ fn new_entry(pkt: &Packet, len: u32, now: u64) -> CtEntry {
         } else {
             0
         },
-        _pad: [0; 4],
+        policy_revision: policy_revision(),
     };
     entry.expires_ns = now + timeout(pkt, entry.flags_forward, entry.state);
     entry
@@ -1149,6 +1243,10 @@ fn ct_update(entry: *mut CtEntry, pkt: &Packet, len: u32, reply: bool, now: u64)
         e.last_report_ns = now;
     }
     report
+}
+
+fn policy_revision() -> u32 {
+    POLICY_REVISION.get(0).copied().unwrap_or(0)
 }
 
 fn ip_key(family: u8, addr: &[u8; 16]) -> IpKey {
