@@ -131,6 +131,9 @@ async fn per_packet_cost() {
             .test_run(program, frame, REPEAT)
             .expect("test run");
         assert_eq!(outcome.verdict, verdict, "{name}");
+        if frame == via_service.as_slice() {
+            assert_ne!(tuple(&outcome.frame).1, ip("10.96.0.10"), "DNAT'd");
+        }
         println!("  {name:<48} {:>6} ns/packet", outcome.duration.as_nanos());
     }
 }
