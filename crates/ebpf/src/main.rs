@@ -13,6 +13,12 @@
 //! pass) → on a new flow (from the node, the proxy or elsewhere) the pod's
 //! ingress policy → deliver.
 //!
+//! Established flows skip policy until the agent bumps the policy revision;
+//! then each is checked once more on its next packet from the originator.
+//! A service without backends refuses the client at once (TCP reset, ICMP
+//! port unreachable) back through the same veth. Events are aggregated per
+//! flow (conntrack) or per tuple and reason (drops).
+//!
 //! Everything per endpoint comes from maps; the agent never recompiles.
 #![no_std]
 #![no_main]
