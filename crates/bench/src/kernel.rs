@@ -191,6 +191,38 @@ fn program(datapath: &mut Datapath, args: &DatapathArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Counts of the events read, by kind, and drops by reason.
+#[derive(Debug, Default)]
+struct EventTally {
+    traces: u64,
+    verdicts: u64,
+    other: u64,
+    drops: std::collections::BTreeMap<u8, u64>,
+}
+
+impl EventTally {
+    fn add(&mut self, event: &myelin_common::TraceEvent) {
+        match myelin_common::EventKind::from_u8(event.kind) {
+            Some(myelin_common::EventKind::Trace) => self.traces += 1,
+            Some(myelin_common::EventKind::PolicyVerdict) => self.verdicts += 1,
+            Some(myelin_common::EventKind::Drop) => {
+                *self.drops.entry(event.drop_reason).or_default() += 1;
+            }
+            None => self.other += 1,
+        }
+    }
+}
+
+impl std::fmt::Display for EventTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "events read: {} trace, {} policy-verdict, {} other, drops by reason {:?}",
+            self.traces, self.verdicts, self.other, self.drops
+        )
+    }
+}
+
 /// Attaches the programs, reads trace events until SIGTERM/SIGINT, then detaches.
 pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -225,7 +257,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
             args.services.len()
         );
         let mut events = Vec::new();
-        let mut seen = 0_u64;
+        let mut tally = EventTally::default();
         let stop = crate::wait_for_stop();
         tokio::pin!(stop);
         loop {
@@ -236,8 +268,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
                 }
                 read = reader.read(&mut events) => {
                     read.context("reading trace events")?;
-                    seen += events.len() as u64;
-                    events.clear();
+                    events.drain(..).for_each(|e| tally.add(&e));
                 }
             }
         }
@@ -251,7 +282,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
                 .detach_endpoint(&attachment.ifname, attachment.ifindex)
                 .with_context(|| format!("detaching from {}", attachment.ifname))?;
         }
-        eprintln!("datapath: {seen} trace events read, {} lost", reader.lost());
+        eprintln!("datapath: {tally}, {} lost", reader.lost());
         Ok(())
     })
 }
