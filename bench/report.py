@@ -202,8 +202,9 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         f"through a node namespace; system under test pinned to cpu0, generator to cpu1; "
         f"{meta['rounds']} interleaved round(s); medians (min–max).",
         f"- noisy: {meta['noisy_runs']} of {meta['runs']} runs had other work on the machine "
-        f"(compilers seen or > 0.05 foreign cores during the open-loop window): "
-        f"{'numbers are noisy' if meta['noisy_runs'] else 'quiet machine'}.",
+        f"(more than 0.05 cores busy with work not started by the harness during the open-loop window; "
+        f"median {meta['other_cores_median']:.2f} cores): "
+        f"{'numbers are noisy, the other engineers were building and testing on the same 2 cores' if meta['noisy_runs'] else 'quiet machine'}.",
     ]
     if smoke:
         lines.append("- **smoke run**: one short round, numbers only prove the harness works.")
@@ -371,9 +372,10 @@ def main():
         for k in present:
             ratios[k] = {m: paired_ratio(rows, k, "no-mesh", m) for m in ("rps", "conn_rate", "p50", "p99", "cpu")}
     noisy = sum(1 for r in rows if r["compilers_running"] > 0 or r["load"]["other_cores"] > 0.05)
+    other = statistics.median([r["load"]["other_cores"] for r in rows]) if rows else 0
     meta = {"started": args.started, "seconds": args.seconds, "command": args.command, "rate": args.rate,
             "server": args.server, "machine": machine(), "rounds": max((r["round"] for r in rows), default=0),
-            "runs": len(rows), "noisy_runs": noisy, "smoke": args.smoke}
+            "runs": len(rows), "noisy_runs": noisy, "other_cores_median": other, "smoke": args.smoke}
     podready = None
     if args.podready:
         with open(args.podready, encoding="utf-8") as f:

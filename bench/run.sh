@@ -193,10 +193,12 @@ SC_PIDS=()     # processes of the running scenario (system under test)
 MESH_PIDS=()   # of those, the mesh's own (proxies, agent stand-in, datapath): for RSS
 LAST_PID=""
 
-# start NAME NS CMD...: runs CMD in NS pinned to the SUT CPU, logs to $TMP/NAME.log.
+LOGS="$TMP/logs"  # the running scenario's logs (measure sets one directory per run)
+# start NAME NS CMD...: runs CMD in NS pinned to the SUT CPU, logs to $LOGS/NAME.log.
 start() {
   local name=$1 ns=$2; shift 2
-  ip netns exec "$ns" taskset -c "$SUT_CPU" "$@" >"$TMP/$name.log" 2>&1 &
+  mkdir -p "$LOGS"
+  ip netns exec "$ns" taskset -c "$SUT_CPU" "$@" >"$LOGS/$name.log" 2>&1 &
   LAST_PID=$!
   PIDS+=("$LAST_PID"); SC_PIDS+=("$LAST_PID")
 }
@@ -317,17 +319,17 @@ datapath() {
     --endpoint "$VETH_C=$CLIENT_IP" --endpoint "$VETH_S=$SERVER_IP" \
     --service "$VIP:80=$SERVER_IP:80" --service "$VIP:5201=$SERVER_IP:5201" "${args[@]}"
   MESH_PIDS+=("$LAST_PID")
-  wait_log "$TMP/datapath.log" "datapath attached" "$LAST_PID"
+  wait_log "$LOGS/datapath.log" "datapath attached" "$LAST_PID"
 }
 
 # agent_and_proxy ROUTE...: the agent stand-in with that route, and the node proxy it feeds.
 agent_and_proxy() {
   start agent "$NS_N" "$BIN/myelin-bench" agent --control-socket "$TMP/control.sock" "$@"
   MESH_PIDS+=("$LAST_PID")
-  wait_log "$TMP/agent.log" "agent serving" "$LAST_PID"
+  wait_log "$LOGS/agent.log" "agent serving" "$LAST_PID"
   start proxy "$NS_N" "$BIN/myelin-bench" proxy --control-socket "$TMP/control.sock"
   MESH_PIDS+=("$LAST_PID")
-  wait_log "$TMP/proxy.log" "proxy listening" "$LAST_PID"
+  wait_log "$LOGS/proxy.log" "proxy listening" "$LAST_PID"
 }
 
 # Brings scenario $1 up; sets TARGET (what the client connects to), IPERF_TARGET (when a
@@ -420,8 +422,16 @@ l7_denies() {
 
 others_compiling() { ps -eo comm= | grep -cE '^(rustc|cc1|cc1plus|ld|cargo)$' || true; }
 
+# summary FILE PATTERN: the helper's closing line matching PATTERN, as a JSON string.
+summary() {
+  python3 -c 'import json,sys
+lines = [l.strip() for l in open(sys.argv[1], errors="replace") if sys.argv[2] in l] if __import__("os").path.exists(sys.argv[1]) else []
+print(json.dumps(" | ".join(lines)) if lines else "null")' "$1" "$2"
+}
+
 measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   local scenario=$1 round=$2
+  LOGS="$TMP/logs/$scenario-r$round"
   up "$scenario"
   wrk_run "$WARMUP" "$CONNS" >/dev/null
   local busy_before busy_after
@@ -443,18 +453,22 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   local l4=null l7=null
   [ "$L4_POLICY" = 0 ] || l4=$(l4_denies)
   [ "$L7_POLICY" = 0 ] || l7=$(l7_denies)
-  local rss=0
-  [ "${#MESH_PIDS[@]}" -eq 0 ] || rss=$(rss_kib "${MESH_PIDS[@]}")
-  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"load":%s}\n' \
+  local rss=0 meshes=${#MESH_PIDS[@]}
+  [ "$meshes" -eq 0 ] || rss=$(rss_kib "${MESH_PIDS[@]}")
+  stop_scenario
+  # The helpers' closing lines: packets and events the datapath saw, L7 events consumed.
+  local dp ag
+  dp=$(summary "$LOGS/datapath.log" "events read")
+  ag=$(summary "$LOGS/agent.log" "L7 events consumed")
+  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"datapath_events":%s,"agent_events":%s,"load":%s}\n' \
     "$scenario" "$round" "$rps" "$non2xx" "$errs" "$cps" "$cnon2xx" "$cerrs" "$iperf" "$rss" \
-    "${#MESH_PIDS[@]}" "$l4" "$l7" "$((busy_before + busy_after))" "$load" >>"$RAW"
+    "$meshes" "$l4" "$l7" "$((busy_before + busy_after))" "$dp" "$ag" "$load" >>"$RAW"
   [ "$l4" != 0 ] || say "WARNING: $scenario: a connection the L3/L4 policy does not admit got through"
   [ "$l7" != 0 ] || say "WARNING: $scenario: a request the L7 rules deny was not answered 403"
   printf '    %-16s %9.0f req/s  %8.0f conn/s  p50 %s ms  p99 %s ms  cpu %s us/req\n' "$scenario" "$rps" "$cps" \
     "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_ms"]["p50"])' "$load")" \
     "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["latency_ms"]["p99"])' "$load")" \
     "$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["total_cpu_us_per_req"],1))' "$load")" >&2
-  stop_scenario
 }
 
 # --- run --------------------------------------------------------------------------------
