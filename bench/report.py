@@ -44,7 +44,8 @@ METRICS = {
 
 PENDING = [
     ("gRPC unary requests/s through the L7 path", "not measured yet"),
-    ("policy resolution time; kernel events/s", "not measured yet"),
+    ("kernel events/s from the observability issue", "not measured yet (each run's datapath event "
+     "counts are in results.json)"),
 ]
 
 
@@ -191,7 +192,7 @@ def enforcement(rows, key):
     return ", ".join(seen) or "none"
 
 
-def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu, podready):
+def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_cpu, podready, resolve):
     m = meta["machine"]
     lines = [
         f"## Benchmark results — {meta['started'][:10]}",
@@ -270,6 +271,9 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
             f"(min {podready['min_ms']}, max {podready['max_ms']}); policed: {podready['policed']}. "
             f"Lab node agent + proxy RSS: {rss}.",
         ]
+    if resolve:
+        lines += ["", "Policy resolution (`cargo run --release -p myelin-policy --example resolve_bench`, on cpu0): "
+                  + "; ".join(resolve) + "."]
     lines += ["", "### Pending", ""]
     lines += [f"- {what}: {why}." for what, why in PENDING]
     return "\n".join(lines) + "\n"
@@ -361,6 +365,7 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--readme", help="README whose results section is replaced by the table")
     ap.add_argument("--podready", help="bench/podready.sh's JSON")
+    ap.add_argument("--resolve", help="output of myelin-policy's resolve_bench example")
     args = ap.parse_args()
 
     rows = load_raw(args.raw)
@@ -380,6 +385,10 @@ def main():
     if args.podready:
         with open(args.podready, encoding="utf-8") as f:
             podready = json.load(f)
+    resolve = None
+    if args.resolve:
+        with open(args.resolve, encoding="utf-8") as f:
+            resolve = [l.strip() for l in f if ":" in l and not l.startswith(("warning", "error"))]
     goal_rows = goals(rows, present, podready)
     mem = memory_estimate(rows, present)
 
@@ -389,9 +398,10 @@ def main():
                    "mesh_cpu_us_per_req": {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present
                                            if "no-mesh" in present},
                    "goals": goal_rows,
-                   "memory_estimate": mem, "podready": podready, "raw": rows}, f, indent=1)
+                   "memory_estimate": mem, "podready": podready,
+                   "policy_resolution": resolve, "raw": rows}, f, indent=1)
     mesh_cpu = {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present if "no-mesh" in present}
-    md = markdown(meta, rows, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu, podready)
+    md = markdown(meta, rows, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu, podready, resolve)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(args.out, "results.svg"), "w", encoding="utf-8") as f:
