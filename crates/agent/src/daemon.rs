@@ -18,7 +18,7 @@ use crate::api::{
 };
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
-use crate::{flows, l7, policy};
+use crate::{flows, l7, policy, reconcile};
 use myelin_observe::servicemap::{ServiceMapConfig, SharedServiceMap, serve_servicemap};
 use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
 use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
@@ -66,6 +66,9 @@ struct Node {
     observer: Observer,
     proxy: Option<ControlServer>,
     proxy_version: u64,
+    applied: reconcile::Applied,
+    /// The node's own addresses (the host identity in the ipcache).
+    addresses: Vec<IpAddr>,
 }
 
 struct Endpoint {
@@ -110,6 +113,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         proxy_version: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        applied: reconcile::Applied::default(),
+        addresses: config.dns_listen.clone(),
     }));
     restore(&node).await?;
     if let Some(events) = node
@@ -157,6 +162,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
     tokio::spawn(read_events(reader, node.clone()));
+    tokio::spawn(collect_conntrack_garbage(node.clone()));
 
     if config.api_socket.exists() {
         std::fs::remove_file(&config.api_socket)
@@ -224,7 +230,7 @@ async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
         tracing::info!(%ifname, "detaching programs of an endpoint that no longer exists");
         node.datapath.detach_endpoint(&ifname, 0)?;
     }
-    node.sync();
+    node.sync()?;
     node.persist()
 }
 
@@ -270,10 +276,32 @@ impl Node {
         )
     }
 
-    /// Brings everything derived from the node's state up to date: the DNS
-    /// names and the proxy's configuration.
-    fn sync(&mut self) {
+    /// Brings everything derived from the node's state up to date: the
+    /// datapath's policy, ipcache and services, the DNS names and the
+    /// proxy's configuration.
+    fn sync(&mut self) -> anyhow::Result<()> {
         self.refresh_zone();
+        let mut policies = BTreeMap::new();
+        for endpoint in self.endpoints.values() {
+            let key = EndpointKey::new(&endpoint.spec.namespace, &endpoint.spec.pod);
+            if let Some(resolved) = self.engine.policy(&key) {
+                policies.insert(
+                    endpoint.id,
+                    reconcile::policy_table(resolved, &mut self.applied.rule_ids),
+                );
+            }
+        }
+        let specs: Vec<&EndpointSpec> = self.endpoints.values().map(|e| &e.spec).collect();
+        let services = reconcile::desired_services(self.services.values(), specs.iter().copied());
+        let ipcache = reconcile::desired_ipcache(self.engine.ipcache(), &self.addresses);
+        reconcile::reconcile(
+            &mut self.datapath,
+            &mut self.applied,
+            &policies,
+            &services,
+            &ipcache,
+        )
+        .context("programming the datapath")?;
         if let Some(proxy) = &self.proxy {
             self.proxy_version += 1;
             let snapshot = l7::snapshot(
@@ -283,6 +311,7 @@ impl Node {
             );
             proxy.push(snapshot);
         }
+        Ok(())
     }
 
     /// The endpoint id of a pod of this node by address.
@@ -291,10 +320,12 @@ impl Node {
             e.spec.ipv4.map(IpAddr::V4) == Some(ip) || e.spec.ipv6.map(IpAddr::V6) == Some(ip)
         })
     }
+}
 
+impl flows::FlowContext for Node {
     /// What the node knows of an address: a local pod, a pod elsewhere, or
     /// a reserved identity such as world.
-    fn meta_of(&self, ip: IpAddr) -> flows::EndpointMeta {
+    fn endpoint(&self, ip: IpAddr) -> flows::EndpointMeta {
         let identity = self.engine.identity_of_ip(ip);
         let labels = self
             .engine
@@ -317,6 +348,22 @@ impl Node {
         }
     }
 
+    fn rule(&self, id: u32) -> Option<myelin_policy::Provenance> {
+        self.applied.rule_ids.rule(id).cloned()
+    }
+
+    fn service(&self, frontend: SocketAddr) -> Option<(String, String)> {
+        self.services
+            .values()
+            .find(|s| {
+                s.cluster_ips.contains(&frontend.ip())
+                    && s.ports.iter().any(|p| p.port == frontend.port())
+            })
+            .map(|s| (s.namespace.clone(), s.name.clone()))
+    }
+}
+
+impl Node {
     fn refresh_zone(&self) {
         let zone = services::zone(
             self.services.values(),
@@ -375,7 +422,7 @@ impl Node {
                 })?;
                 self.endpoints
                     .insert(key.clone(), Endpoint { id, ifindex, spec });
-                self.sync();
+                self.sync()?;
                 self.persist()?;
                 let endpoint = &self.endpoints[&key];
                 Response::Endpoint(self.endpoint_status(endpoint))
@@ -386,7 +433,7 @@ impl Node {
                 if let Some(endpoint) = self.endpoints.remove(&(namespace, pod)) {
                     self.datapath
                         .detach_endpoint(&endpoint.spec.ifname, endpoint.ifindex)?;
-                    self.sync();
+                    self.sync()?;
                     self.persist()?;
                 }
                 Response::Ok
@@ -394,13 +441,13 @@ impl Node {
             Request::ServiceUpsert(spec) => {
                 self.services
                     .insert((spec.namespace.clone(), spec.name.clone()), spec);
-                self.sync();
+                self.sync()?;
                 self.persist()?;
                 Response::Ok
             }
             Request::ServiceDelete { namespace, name } => {
                 self.services.remove(&(namespace, name));
-                self.sync();
+                self.sync()?;
                 self.persist()?;
                 Response::Ok
             }
@@ -412,7 +459,7 @@ impl Node {
                         self.resources.insert(outcome.key.clone(), document);
                     }
                 }
-                self.sync();
+                self.sync()?;
                 self.persist()?;
                 Response::Resources { outcomes }
             }
@@ -422,7 +469,7 @@ impl Node {
                         self.forget(&document.resource);
                     }
                 }
-                self.sync();
+                self.sync()?;
                 self.persist()?;
                 Response::Ok
             }
@@ -509,7 +556,7 @@ async fn read_events(mut reader: EventReader, node: Arc<Mutex<Node>>) {
         }
         let mut node = node.lock().await;
         for event in &batch {
-            if let Some(flow) = flows::kernel_flow(event, &clock, |ip| node.meta_of(ip)) {
+            if let Some(flow) = flows::kernel_flow(event, &clock, &*node) {
                 node.observer.push(flow);
             }
         }
@@ -564,6 +611,21 @@ async fn read_proxy_messages(
                 );
             }
             Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Removes expired conntrack entries now and then; a full table also
+/// degrades by LRU eviction, so this only keeps it tidy.
+async fn collect_conntrack_garbage(node: Arc<Mutex<Node>>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        every.tick().await;
+        let mut node = node.lock().await;
+        match node.datapath.conntrack_gc() {
+            Ok(removed) if removed > 0 => tracing::debug!(removed, "conntrack entries expired"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("conntrack garbage collection: {e}"),
         }
     }
 }

@@ -3,9 +3,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use myelin_common::event::{EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE};
+use myelin_common::{EventKind, ObservationPoint, TraceEvent};
+use myelin_observe::flows::PolicyMatch;
 use myelin_observe::proto::flow::{
-    Endpoint, Flow, Http, HttpHeader, Ip, IpVersion, L7FlowType, Layer4, Layer7, Tcp,
-    TrafficDirection, Verdict, Workload, layer4, layer7,
+    DropReason, Endpoint, Flow, Http, HttpHeader, IcmPv4, IcmPv6, Ip, IpVersion, L7FlowType,
+    Layer4, Layer7, Policy, Service, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Udp,
+    Verdict, Workload, layer4, layer7,
 };
 use myelin_proxy::event::{L7Event, L7EventKind};
 
@@ -154,6 +158,199 @@ pub fn l7_flow(event: &L7Event, local: impl Fn(IpAddr) -> Option<u32>) -> Flow {
     flow
 }
 
+/// Converts the kernel's monotonic timestamps (bpf_ktime_get_ns) to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelClock {
+    offset_ns: i128,
+}
+
+impl KernelClock {
+    /// The offset between the monotonic clock and the wall clock, now.
+    pub fn now() -> Self {
+        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+            .unwrap_or(0);
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Self {
+            offset_ns: wall - monotonic,
+        }
+    }
+
+    /// The wall-clock time of a kernel timestamp.
+    pub fn timestamp(&self, ktime_ns: u64) -> prost_types::Timestamp {
+        let ns = i128::from(ktime_ns) + self.offset_ns;
+        prost_types::Timestamp {
+            seconds: (ns / 1_000_000_000) as i64,
+            nanos: (ns % 1_000_000_000) as i32,
+        }
+    }
+}
+
+fn address(bytes: &[u8; 16], version: u8) -> IpAddr {
+    if version == 4 {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    } else {
+        IpAddr::from(*bytes)
+    }
+}
+
+/// What the node knows, for turning kernel events into flows.
+pub trait FlowContext {
+    /// The endpoint (or identity) behind an address.
+    fn endpoint(&self, ip: IpAddr) -> EndpointMeta;
+    /// The policy rule behind a rule id of a policy-verdict event.
+    fn rule(&self, id: u32) -> Option<myelin_policy::Provenance>;
+    /// The service (namespace, name) of a cluster IP and port.
+    fn service(&self, frontend: SocketAddr) -> Option<(String, String)>;
+}
+
+fn l4(event: &TraceEvent) -> Option<layer4::Protocol> {
+    let flags = event.tcp_flags;
+    match event.protocol {
+        6 => Some(layer4::Protocol::Tcp(Tcp {
+            source_port: u32::from(event.source_port),
+            destination_port: u32::from(event.destination_port),
+            flags: Some(TcpFlags {
+                fin: flags & 0x01 != 0,
+                syn: flags & 0x02 != 0,
+                rst: flags & 0x04 != 0,
+                psh: flags & 0x08 != 0,
+                ack: flags & 0x10 != 0,
+                urg: flags & 0x20 != 0,
+                ece: flags & 0x40 != 0,
+                cwr: flags & 0x80 != 0,
+                ns: false,
+            }),
+        })),
+        17 => Some(layer4::Protocol::Udp(Udp {
+            source_port: u32::from(event.source_port),
+            destination_port: u32::from(event.destination_port),
+        })),
+        1 => Some(layer4::Protocol::IcmPv4(IcmPv4 {
+            r#type: u32::from(event.icmp_type),
+            code: u32::from(event.icmp_code),
+        })),
+        58 => Some(layer4::Protocol::IcmPv6(IcmPv6 {
+            r#type: u32::from(event.icmp_type),
+            code: u32::from(event.icmp_code),
+        })),
+        _ => None,
+    }
+}
+
+fn policy_of(provenance: &myelin_policy::Provenance) -> Policy {
+    Policy {
+        name: provenance.policy.name.clone(),
+        namespace: provenance.policy.namespace.clone(),
+        kind: format!("{:?}", provenance.policy.kind),
+        ..Policy::default()
+    }
+}
+
+/// The flow of one kernel event. `None` for events without an IP header
+/// (nothing a flow could show).
+pub fn kernel_flow(
+    event: &TraceEvent,
+    clock: &KernelClock,
+    context: &impl FlowContext,
+) -> Option<Flow> {
+    if event.ip_version != 4 && event.ip_version != 6 {
+        return None;
+    }
+    let source = address(&event.source, event.ip_version);
+    let destination = address(&event.destination, event.ip_version);
+    let mut source_meta = context.endpoint(source);
+    if event.source_identity != 0 {
+        source_meta.identity = event.source_identity;
+    }
+    let mut destination_meta = context.endpoint(destination);
+    if event.destination_identity != 0 {
+        destination_meta.identity = event.destination_identity;
+    }
+    let is_reply = event.flags & EVENT_FLAG_REPLY != 0;
+    let direction = match event.traffic_direction {
+        1 => TrafficDirection::Ingress,
+        2 => TrafficDirection::Egress,
+        _ => TrafficDirection::Unknown,
+    };
+    let verdict = match event.verdict {
+        2 => Verdict::Dropped,
+        5 => Verdict::Redirected,
+        _ => Verdict::Forwarded,
+    };
+    let mut flow = Flow {
+        time: Some(clock.timestamp(event.ktime_ns)),
+        verdict: verdict as i32,
+        ip: Some(Ip {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            ip_version: ip_version(source),
+            ..Ip::default()
+        }),
+        l4: l4(event).map(|protocol| Layer4 {
+            protocol: Some(protocol),
+        }),
+        source: Some(source_meta.to_proto()),
+        destination: Some(destination_meta.to_proto()),
+        traffic_direction: direction as i32,
+        proxy_port: u32::from(event.proxy_port),
+        ..Flow::default()
+    };
+    if event.flags & EVENT_FLAG_SERVICE != 0 && event.service_port != 0 {
+        let frontend = SocketAddr::new(
+            address(&event.service_address, event.ip_version),
+            event.service_port,
+        );
+        flow.destination_service = context
+            .service(frontend)
+            .map(|(namespace, name)| Service { name, namespace });
+    }
+    match EventKind::from_u8(event.kind)? {
+        EventKind::Trace => {
+            let point = match ObservationPoint::from_u8(event.observation_point)? {
+                ObservationPoint::ToEndpoint => TraceObservationPoint::ToEndpoint,
+                ObservationPoint::ToStack => TraceObservationPoint::ToStack,
+                ObservationPoint::ToProxy => TraceObservationPoint::ToProxy,
+            };
+            myelin_observe::flows::mark_trace(&mut flow, point);
+            flow.is_reply = Some(is_reply);
+        }
+        EventKind::Drop => {
+            let reason =
+                DropReason::try_from(i32::from(event.drop_reason)).unwrap_or(DropReason::Unknown);
+            myelin_observe::flows::mark_drop(&mut flow, reason);
+        }
+        EventKind::PolicyVerdict => {
+            let matched = match event.match_type {
+                1 => PolicyMatch::L3Only,
+                2 => PolicyMatch::L3L4,
+                3 => PolicyMatch::L4Only,
+                4 => PolicyMatch::All,
+                5 => PolicyMatch::L3Proto,
+                6 => PolicyMatch::ProtoOnly,
+                _ => PolicyMatch::None,
+            };
+            myelin_observe::flows::mark_policy_verdict(&mut flow, direction, matched, verdict);
+            flow.is_reply = Some(false);
+            if let Some(rule) = context.rule(event.rule_id) {
+                let policies = vec![policy_of(&rule)];
+                match (direction, verdict) {
+                    (TrafficDirection::Ingress, Verdict::Dropped) => {
+                        flow.ingress_denied_by = policies
+                    }
+                    (TrafficDirection::Ingress, _) => flow.ingress_allowed_by = policies,
+                    (_, Verdict::Dropped) => flow.egress_denied_by = policies,
+                    (_, _) => flow.egress_allowed_by = policies,
+                }
+            }
+        }
+    }
+    myelin_observe::flows::complete(&mut flow);
+    Some(flow)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,127 +408,4 @@ mod tests {
         assert_eq!(w[0].name, "deathstar");
         assert!(workload("xwing", &[]).is_empty());
     }
-}
-
-/// Converts the kernel's monotonic timestamps (bpf_ktime_get_ns) to wall-clock time.
-#[derive(Debug, Clone, Copy)]
-pub struct KernelClock {
-    offset_ns: i128,
-}
-
-impl KernelClock {
-    /// The offset between the monotonic clock and the wall clock, now.
-    pub fn now() -> Self {
-        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-            .unwrap_or(0);
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        Self {
-            offset_ns: wall - monotonic,
-        }
-    }
-
-    /// The wall-clock time of a kernel timestamp.
-    pub fn timestamp(&self, ktime_ns: u64) -> prost_types::Timestamp {
-        let ns = i128::from(ktime_ns) + self.offset_ns;
-        prost_types::Timestamp {
-            seconds: (ns / 1_000_000_000) as i64,
-            nanos: (ns % 1_000_000_000) as i32,
-        }
-    }
-}
-
-fn address(bytes: &[u8; 16], version: u8) -> IpAddr {
-    if version == 4 {
-        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    } else {
-        IpAddr::from(*bytes)
-    }
-}
-
-/// The flow of one kernel event; `meta` says what the node knows of an
-/// address. `None` for events without an IP header (nothing to show).
-pub fn kernel_flow(
-    event: &myelin_common::TraceEvent,
-    clock: &KernelClock,
-    meta: impl Fn(IpAddr) -> EndpointMeta,
-) -> Option<Flow> {
-    use myelin_common::{EventKind, ObservationPoint};
-    use myelin_observe::proto::flow::{IcmPv4, IcmPv6, TcpFlags, TraceObservationPoint, Udp};
-    if event.ip_version != 4 && event.ip_version != 6 {
-        return None;
-    }
-    let source = address(&event.source, event.ip_version);
-    let destination = address(&event.destination, event.ip_version);
-    let flags = event.tcp_flags;
-    let l4 = match event.protocol {
-        6 => Some(layer4::Protocol::Tcp(Tcp {
-            source_port: u32::from(event.source_port),
-            destination_port: u32::from(event.destination_port),
-            flags: Some(TcpFlags {
-                fin: flags & 0x01 != 0,
-                syn: flags & 0x02 != 0,
-                rst: flags & 0x04 != 0,
-                psh: flags & 0x08 != 0,
-                ack: flags & 0x10 != 0,
-                urg: flags & 0x20 != 0,
-                ece: flags & 0x40 != 0,
-                cwr: flags & 0x80 != 0,
-                ns: false,
-            }),
-        })),
-        17 => Some(layer4::Protocol::Udp(Udp {
-            source_port: u32::from(event.source_port),
-            destination_port: u32::from(event.destination_port),
-        })),
-        1 => Some(layer4::Protocol::IcmPv4(IcmPv4 {
-            r#type: u32::from(event.tcp_flags),
-            code: u32::from(event.icmp_code),
-        })),
-        58 => Some(layer4::Protocol::IcmPv6(IcmPv6 {
-            r#type: u32::from(event.tcp_flags),
-            code: u32::from(event.icmp_code),
-        })),
-        _ => None,
-    };
-    let mut flow = Flow {
-        time: Some(clock.timestamp(event.ktime_ns)),
-        verdict: Verdict::Forwarded as i32,
-        ip: Some(Ip {
-            source: source.to_string(),
-            destination: destination.to_string(),
-            ip_version: ip_version(source),
-            ..Ip::default()
-        }),
-        l4: l4.map(|protocol| Layer4 {
-            protocol: Some(protocol),
-        }),
-        source: Some(meta(source).to_proto()),
-        destination: Some(meta(destination).to_proto()),
-        ..Flow::default()
-    };
-    match (
-        EventKind::from_u8(event.kind),
-        ObservationPoint::from_u8(event.observation_point),
-    ) {
-        (Some(EventKind::Trace), Some(point)) => {
-            let point = match point {
-                ObservationPoint::ToEndpoint => TraceObservationPoint::ToEndpoint,
-                ObservationPoint::ToStack => TraceObservationPoint::ToStack,
-                ObservationPoint::ToProxy => TraceObservationPoint::ToProxy,
-            };
-            myelin_observe::flows::mark_trace(&mut flow, point);
-        }
-        (Some(EventKind::Drop), _) => {
-            let reason =
-                myelin_observe::proto::flow::DropReason::try_from(i32::from(event.drop_reason))
-                    .unwrap_or(myelin_observe::proto::flow::DropReason::Unknown);
-            myelin_observe::flows::mark_drop(&mut flow, reason);
-        }
-        _ => return None,
-    }
-    myelin_observe::flows::complete(&mut flow);
-    Some(flow)
 }

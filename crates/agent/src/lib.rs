@@ -11,6 +11,7 @@ pub mod flows;
 pub mod l7;
 mod netns;
 mod policy;
+mod reconcile;
 pub mod rpc;
 mod services;
 mod state;

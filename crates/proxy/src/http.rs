@@ -94,8 +94,14 @@ impl tower_service::Service<Uri> for MarkedConnector {
 /// The server and client machinery, built once per proxy.
 pub(crate) struct Engine {
     server: auto::Builder<TokioExecutor>,
-    http1: Client<MarkedConnector, Incoming>,
-    http2: Client<MarkedConnector, Incoming>,
+    /// Upstream clients (HTTP/1.1 and HTTP/2 prior knowledge) per source identity: the
+    /// identity travels in the upstream socket's mark (`mark | identity << 16`) so the
+    /// datapath applies the destination's policy to the client the proxy acts for, and
+    /// connections of different identities never share a pool.
+    clients:
+        std::sync::Mutex<std::collections::HashMap<(u32, bool), Client<MarkedConnector, Incoming>>>,
+    mark: u32,
+    limits: crate::proxy::Limits,
 }
 
 impl Engine {
@@ -114,23 +120,40 @@ impl Engine {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(limits.max_concurrent_streams);
-        let connector = MarkedConnector {
-            mark: config.mark,
-            timeout: limits.upstream_connect_timeout,
-        };
-        let client = |http2_only: bool| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(limits.upstream_idle_timeout)
-                .http2_only(http2_only)
-                .build(connector.clone())
-        };
         Self {
             server,
-            http1: client(false),
-            http2: client(true),
+            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+            mark: config.mark,
+            limits: limits.clone(),
         }
+    }
+
+    /// The upstream client for connections made on behalf of `identity` (0: unknown).
+    fn client(&self, identity: u32, http2_only: bool) -> Client<MarkedConnector, Incoming> {
+        let mut clients = match self.clients.lock() {
+            Ok(clients) => clients,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry((identity, http2_only))
+            .or_insert_with(|| {
+                let mark = if self.mark == 0 {
+                    0
+                } else {
+                    self.mark | (identity << 16)
+                };
+                let connector = MarkedConnector {
+                    mark,
+                    timeout: self.limits.upstream_connect_timeout,
+                };
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(self.limits.upstream_idle_timeout)
+                    .http2_only(http2_only)
+                    .build(connector)
+            })
+            .clone()
     }
 }
 
@@ -617,12 +640,11 @@ async fn handle(
     };
 
     let in_flight = connection.activity.request();
-    let client = if http2 {
-        &shared.engine.http2
-    } else {
-        &shared.engine.http1
-    };
-    let upstream = client.request(request).await;
+    let identity = exchange
+        .snapshot
+        .identity(connection.source.ip())
+        .map_or(0, |i| i.identity);
+    let upstream = shared.engine.client(identity, http2).request(request).await;
     drop(in_flight);
     let mut response = match upstream {
         Ok(response) => response,
