@@ -67,6 +67,14 @@ show "$M observe --last 20"
 show "$M observe --verdict DROPPED --last 5"
 "$M" observe --verdict DROPPED --last 5
 
+bold "6. The service map: who talks to whom, what was denied"
+show "$M servicemap"
+"$M" servicemap
+MAP=$("$M" lab status -o json | python3 -c 'import json,sys; print(next((a for w,a in json.load(sys.stdin).get("exposed",[]) if w=="servicemap"), ""))')
+if [ -n "$MAP" ]; then
+  echo "Live page: http://$MAP/   (the flows above, drawn; click an edge for its flows)"
+fi
+
 bold "Try next"
 cat <<TRY
   $M lab exec xwing -- curl -s -XPOST $URL/request-landing     # still blocked

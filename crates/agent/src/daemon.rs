@@ -333,19 +333,58 @@ impl flows::FlowContext for Node {
             .map(|l| l.to_strings())
             .unwrap_or_default();
         match self.engine.endpoint_of_ip(ip) {
-            Some(key) => flows::EndpointMeta {
-                id: self.local_endpoint(ip).map_or(0, |e| e.id),
-                identity,
-                namespace: key.namespace,
-                pod: key.name,
-                labels,
-            },
+            Some(key) => {
+                let local = self.local_endpoint(ip);
+                flows::EndpointMeta {
+                    id: local.map_or(0, |e| e.id),
+                    identity,
+                    workload: local.and_then(|e| flows::workload_of(&e.spec.pod, &e.spec.labels)),
+                    namespace: key.namespace,
+                    pod: key.name,
+                    labels,
+                }
+            }
             None => flows::EndpointMeta {
                 identity,
                 labels,
                 ..flows::EndpointMeta::default()
             },
         }
+    }
+
+    fn local_identity(&self, identity: u32) -> Option<flows::EndpointMeta> {
+        let metas: Vec<flows::EndpointMeta> = self
+            .endpoints
+            .values()
+            .filter_map(|e| {
+                let ip = e
+                    .spec
+                    .ipv4
+                    .map(IpAddr::V4)
+                    .or(e.spec.ipv6.map(IpAddr::V6))?;
+                Some(flows::FlowContext::endpoint(self, ip))
+            })
+            .filter(|m| m.identity == identity)
+            .collect();
+        let first = metas.first()?.clone();
+        if metas.len() == 1 {
+            return Some(first);
+        }
+        let shared = metas
+            .iter()
+            .all(|m| m.workload.is_some() && m.workload == first.workload);
+        shared.then(|| flows::EndpointMeta {
+            id: 0,
+            pod: String::new(),
+            ..first
+        })
+    }
+
+    fn identity_labels(&self, identity: u32) -> Vec<String> {
+        self.engine
+            .identity_labels(identity)
+            .map(|l| l.to_strings())
+            .unwrap_or_default()
     }
 
     fn rule(&self, id: u32) -> Option<myelin_policy::Provenance> {
@@ -595,7 +634,7 @@ async fn read_proxy_messages(
         match messages.recv().await {
             Ok(ProxyMessage::Event(event)) => {
                 let node = node.lock().await;
-                let flow = flows::l7_flow(&event, |ip| node.local_endpoint(ip).map(|e| e.id));
+                let flow = flows::l7_flow(&event, &*node);
                 node.observer.push(flow);
             }
             Ok(ProxyMessage::Nack { version, error }) => {

@@ -26,6 +26,8 @@ pub struct EndpointMeta {
     pub pod: String,
     /// The identity's labels (`k8s:app=x` ...).
     pub labels: Vec<String>,
+    /// The Deployment (or other controller) the pod belongs to.
+    pub workload: Option<String>,
 }
 
 impl EndpointMeta {
@@ -37,30 +39,29 @@ impl EndpointMeta {
             namespace: self.namespace.clone(),
             labels: self.labels.clone(),
             pod_name: self.pod.clone(),
-            workloads: workload(&self.pod, &self.labels),
+            workloads: self
+                .workload
+                .iter()
+                .map(|name| Workload {
+                    name: name.clone(),
+                    kind: "Deployment".to_string(),
+                })
+                .collect(),
             ..Endpoint::default()
         }
     }
 }
 
-/// A pod of a Deployment is named `<deployment>-<template hash>-<suffix>`
-/// and carries the `pod-template-hash` label; Hubble names the workload.
-fn workload(pod: &str, labels: &[String]) -> Vec<Workload> {
-    let hash = labels
-        .iter()
-        .find_map(|l| l.strip_prefix("k8s:pod-template-hash="));
-    let name = match hash {
-        Some(hash) => pod
-            .split_once(&format!("-{hash}-"))
-            .map(|(name, _)| name.to_string()),
-        None => None,
-    };
-    name.map(|name| Workload {
-        name,
-        kind: "Deployment".to_string(),
-    })
-    .into_iter()
-    .collect()
+/// The Deployment of a pod, from its full labels: a Deployment's pod is
+/// named `<deployment>-<template hash>-<suffix>` and carries the
+/// `pod-template-hash` label (which identities leave out, as volatile).
+pub fn workload_of(
+    pod: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    let hash = labels.get("pod-template-hash")?;
+    pod.split_once(&format!("-{hash}-"))
+        .map(|(name, _)| name.to_string())
 }
 
 fn ip_version(address: IpAddr) -> i32 {
@@ -80,23 +81,24 @@ fn tcp(source: SocketAddr, destination: SocketAddr) -> Layer4 {
     }
 }
 
-fn peer_meta(peer: &myelin_proxy::event::Peer) -> EndpointMeta {
-    EndpointMeta {
-        id: 0,
-        identity: peer.identity.unwrap_or(myelin_policy::identity::WORLD),
-        namespace: peer.namespace.clone().unwrap_or_default(),
-        pod: peer.pod_name.clone().unwrap_or_default(),
-        labels: peer.labels.clone(),
+/// What the node knows of a proxy event's peer; the proxy's own view of
+/// the identity wins (the proxy saw the connection's real client).
+fn peer_meta(peer: &myelin_proxy::event::Peer, context: &impl FlowContext) -> EndpointMeta {
+    let mut meta = context.endpoint(peer.address.ip());
+    if let Some(identity) = peer.identity
+        && identity != meta.identity
+    {
+        meta.identity = identity;
+        meta.labels = peer.labels.clone();
     }
+    meta
 }
 
-/// The flow of one proxy event. `local` gives the endpoint id of local pods.
-pub fn l7_flow(event: &L7Event, local: impl Fn(IpAddr) -> Option<u32>) -> Flow {
+/// The flow of one proxy event.
+pub fn l7_flow(event: &L7Event, context: &impl FlowContext) -> Flow {
     let (source, destination) = (&event.source, &event.destination);
-    let mut source_meta = peer_meta(source);
-    source_meta.id = local(source.address.ip()).unwrap_or(0);
-    let mut destination_meta = peer_meta(destination);
-    destination_meta.id = local(destination.address.ip()).unwrap_or(0);
+    let source_meta = peer_meta(source, context);
+    let destination_meta = peer_meta(destination, context);
     let mut flow = Flow {
         time: Some(prost_types::Timestamp {
             seconds: (event.time_unix_nanos / 1_000_000_000) as i64,
@@ -204,6 +206,11 @@ pub trait FlowContext {
     fn rule(&self, id: u32) -> Option<myelin_policy::Provenance>;
     /// The service (namespace, name) of a cluster IP and port.
     fn service(&self, frontend: SocketAddr) -> Option<(String, String)>;
+    /// The labels of an identity.
+    fn identity_labels(&self, identity: u32) -> Vec<String>;
+    /// The pods of this node that carry `identity`, as one endpoint: the
+    /// pod when there is one, the shared workload when there are several.
+    fn local_identity(&self, identity: u32) -> Option<EndpointMeta>;
 }
 
 fn l4(event: &TraceEvent) -> Option<layer4::Protocol> {
@@ -261,14 +268,22 @@ pub fn kernel_flow(
     }
     let source = address(&event.source, event.ip_version);
     let destination = address(&event.destination, event.ip_version);
-    let mut source_meta = context.endpoint(source);
-    if event.source_identity != 0 {
-        source_meta.identity = event.source_identity;
-    }
-    let mut destination_meta = context.endpoint(destination);
-    if event.destination_identity != 0 {
-        destination_meta.identity = event.destination_identity;
-    }
+    // The datapath knows identities the address alone does not tell: a
+    // cluster IP's backend after reverse NAT, the client behind the proxy.
+    let with_identity = |meta: EndpointMeta, identity: u32| {
+        if identity == 0 || identity == meta.identity {
+            return meta;
+        }
+        // The proxy's upstream leaves from the node's address with the
+        // client's identity: name the client's pod (or workload) by it.
+        context.local_identity(identity).unwrap_or(EndpointMeta {
+            identity,
+            labels: context.identity_labels(identity),
+            ..meta
+        })
+    };
+    let source_meta = with_identity(context.endpoint(source), event.source_identity);
+    let destination_meta = with_identity(context.endpoint(destination), event.destination_identity);
     let is_reply = event.flags & EVENT_FLAG_REPLY != 0;
     let direction = match event.traffic_direction {
         1 => TrafficDirection::Ingress,
@@ -298,14 +313,31 @@ pub fn kernel_flow(
         proxy_port: u32::from(event.proxy_port),
         ..Flow::default()
     };
+    let service = |ip: IpAddr, port: u16| {
+        context
+            .service(SocketAddr::new(ip, port))
+            .map(|(namespace, name)| Service { name, namespace })
+    };
     if event.flags & EVENT_FLAG_SERVICE != 0 && event.service_port != 0 {
-        let frontend = SocketAddr::new(
+        // The service is the side the client addressed: the destination of
+        // a request, the source of its replies.
+        let named = service(
             address(&event.service_address, event.ip_version),
             event.service_port,
         );
-        flow.destination_service = context
-            .service(frontend)
-            .map(|(namespace, name)| Service { name, namespace });
+        if is_reply {
+            flow.source_service = named;
+        } else {
+            flow.destination_service = named;
+        }
+    }
+    // A cluster IP on either side (replies after reverse NAT) is named by
+    // its service, as Hubble does, rather than shown as a bare address.
+    if flow.source_service.is_none() {
+        flow.source_service = service(source, event.source_port);
+    }
+    if flow.destination_service.is_none() {
+        flow.destination_service = service(destination, event.destination_port);
     }
     match EventKind::from_u8(event.kind)? {
         EventKind::Trace => {
@@ -316,6 +348,9 @@ pub fn kernel_flow(
             };
             myelin_observe::flows::mark_trace(&mut flow, point);
             flow.is_reply = Some(is_reply);
+            // A trace reports a packet that went on; Hubble prints
+            // to-proxy FORWARDED, the redirect itself is the verdict's.
+            flow.verdict = Verdict::Forwarded as i32;
         }
         EventKind::Drop => {
             let reason =
@@ -356,6 +391,49 @@ mod tests {
     use super::*;
     use myelin_proxy::event::{HttpInfo, Peer};
 
+    /// Two pods of the Star Wars demo, as a node would know them.
+    struct Pods;
+
+    impl FlowContext for Pods {
+        fn endpoint(&self, ip: IpAddr) -> EndpointMeta {
+            match ip.to_string().as_str() {
+                "10.244.1.2" => EndpointMeta {
+                    id: 7,
+                    identity: 256,
+                    namespace: "default".into(),
+                    pod: "deathstar-57ncjppv6c-fdp7q".into(),
+                    labels: vec!["k8s:class=deathstar".into()],
+                    workload: Some("deathstar".into()),
+                },
+                "10.244.1.4" => EndpointMeta {
+                    id: 3,
+                    identity: 257,
+                    namespace: "default".into(),
+                    pod: "tiefighter".into(),
+                    labels: vec!["k8s:class=tiefighter".into()],
+                    workload: None,
+                },
+                _ => EndpointMeta::default(),
+            }
+        }
+
+        fn rule(&self, _: u32) -> Option<myelin_policy::Provenance> {
+            None
+        }
+
+        fn service(&self, _: SocketAddr) -> Option<(String, String)> {
+            None
+        }
+
+        fn identity_labels(&self, _: u32) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn local_identity(&self, _: u32) -> Option<EndpointMeta> {
+            None
+        }
+    }
+
     fn peer(address: &str, pod: &str, identity: u32) -> Peer {
         Peer {
             address: address.parse().expect("address"),
@@ -386,9 +464,15 @@ mod tests {
             latency_ns: None,
             summary: None,
         };
-        let flow = l7_flow(&event, |ip| (ip.to_string() == "10.244.1.2").then_some(7));
+        let flow = l7_flow(&event, &Pods);
         assert_eq!(flow.verdict, Verdict::Dropped as i32);
         assert_eq!(flow.destination.as_ref().map(|d| d.id), Some(7));
+        let workloads = flow
+            .destination
+            .as_ref()
+            .map(|d| d.workloads.clone())
+            .unwrap_or_default();
+        assert_eq!(workloads[0].name, "deathstar");
         assert_eq!(
             flow.summary,
             "HTTP/1.1 PUT http://deathstar.default.svc.cluster.local/v1/exhaust-port"
@@ -403,9 +487,13 @@ mod tests {
 
     #[test]
     fn deployment_pods_name_their_workload() {
-        let labels = vec!["k8s:pod-template-hash=57ncjppv6c".to_string()];
-        let w = workload("deathstar-57ncjppv6c-fdp7q", &labels);
-        assert_eq!(w[0].name, "deathstar");
-        assert!(workload("xwing", &[]).is_empty());
+        let labels = [("pod-template-hash".to_string(), "57ncjppv6c".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            workload_of("deathstar-57ncjppv6c-fdp7q", &labels).as_deref(),
+            Some("deathstar")
+        );
+        assert_eq!(workload_of("xwing", &Default::default()), None);
     }
 }

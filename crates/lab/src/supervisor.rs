@@ -273,6 +273,8 @@ impl Supervisor {
                 "127.0.0.1:4245",
                 "--metrics",
                 "0.0.0.0:9965",
+                "--servicemap",
+                "127.0.0.1:12000",
             ])
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)

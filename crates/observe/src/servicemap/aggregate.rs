@@ -436,9 +436,14 @@ fn edge_view(edge: &Edge, now: Duration, window: u64) -> EdgeView {
 /// it is turned around to land on the edge of its request.
 fn placed(flow: &Flow) -> Option<(NodeView, NodeView)> {
     let ip = flow.ip.as_ref();
-    let source = node_of(flow.source.as_ref(), ip.map(|i| i.source.as_str()))?;
+    let source = node_of(
+        flow.source.as_ref(),
+        flow.source_service.as_ref(),
+        ip.map(|i| i.source.as_str()),
+    )?;
     let destination = node_of(
         flow.destination.as_ref(),
+        flow.destination_service.as_ref(),
         ip.map(|i| i.destination.as_str()),
     )?;
     Some(if flow.is_reply == Some(true) {
@@ -503,9 +508,15 @@ fn reserved_name(endpoint: &Endpoint) -> Option<String> {
     (!name.starts_with("ID:")).then(|| name.to_string())
 }
 
-/// The node an endpoint belongs to: its workload, else its pod, else its
-/// reserved identity, else its identity, else its address.
-fn node_of(endpoint: Option<&Endpoint>, ip: Option<&str>) -> Option<NodeView> {
+/// The node an endpoint belongs to: its workload, else its pod, else the
+/// service whose cluster IP it was reached at (drawn as the workload of the
+/// same name, which is what the service fronts), else its reserved identity,
+/// else its identity, else its address.
+fn node_of(
+    endpoint: Option<&Endpoint>,
+    service: Option<&crate::proto::flow::Service>,
+    ip: Option<&str>,
+) -> Option<NodeView> {
     let namespaced = |ns: &str, name: &str, kind: NodeKind, identity: u32| {
         let label = if ns.is_empty() {
             name.to_string()
@@ -543,6 +554,14 @@ fn node_of(endpoint: Option<&Endpoint>, ip: Option<&str>) -> Option<NodeView> {
                 &ep.namespace,
                 &ep.pod_name,
                 NodeKind::Pod,
+                ep.identity,
+            ));
+        }
+        if let Some(service) = service.filter(|s| !s.name.is_empty()) {
+            return Some(namespaced(
+                &service.namespace,
+                &service.name,
+                NodeKind::Workload,
                 ep.identity,
             ));
         }
