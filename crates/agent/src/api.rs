@@ -125,6 +125,15 @@ pub enum Request {
     },
     /// The verdict of a flow and the rules that decide it.
     PolicyExplain(ExplainRequest),
+    /// A kernel map, read back (`myelin bpf`).
+    Bpf {
+        /// Which map.
+        table: crate::inspect::BpfTable,
+        /// `namespace/pod` whose policy to show (for the policy map).
+        endpoint: Option<(String, String)>,
+        /// JSON instead of text.
+        json: bool,
+    },
 }
 
 /// A flow to explain, as the CLI gives it.

@@ -36,8 +36,14 @@ pub struct AgentConfig {
     pub bpffs: PathBuf,
     /// Directory for the agent's state file.
     pub state_dir: PathBuf,
-    /// Addresses the DNS responder listens on (UDP port 53).
+    /// Addresses the DNS responder listens on (UDP port 53); also the node's
+    /// own addresses.
     pub dns_listen: Vec<IpAddr>,
+    /// Already bound DNS sockets handed over by the parent (file
+    /// descriptors): they outlive the agent, so queries sent while it
+    /// restarts wait in the socket and are answered, not refused. When
+    /// given, the agent does not bind `dns_listen` itself.
+    pub dns_fds: Vec<i32>,
     /// The identity store, shared by every agent of the cluster so that two
     /// agents never give one number to different label sets.
     pub identity_store: PathBuf,
@@ -154,11 +160,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ));
     }
 
-    for ip in &config.dns_listen {
-        let address = SocketAddr::new(*ip, 53);
-        let socket = tokio::net::UdpSocket::bind(address)
-            .await
-            .with_context(|| format!("binding the DNS responder to {address}"))?;
+    for socket in dns_sockets(&config).await? {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
     tokio::spawn(read_events(reader, node.clone()));
@@ -189,6 +191,33 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     }
     tracing::info!("agent stopping; programs stay attached");
     Ok(())
+}
+
+/// The DNS sockets: inherited from the parent when it passed them, bound
+/// here otherwise.
+async fn dns_sockets(config: &AgentConfig) -> anyhow::Result<Vec<tokio::net::UdpSocket>> {
+    use std::os::fd::FromRawFd as _;
+    let mut sockets = Vec::new();
+    if config.dns_fds.is_empty() {
+        for ip in &config.dns_listen {
+            let address = SocketAddr::new(*ip, 53);
+            let socket = tokio::net::UdpSocket::bind(address)
+                .await
+                .with_context(|| format!("binding the DNS responder to {address}"))?;
+            sockets.push(socket);
+        }
+        return Ok(sockets);
+    }
+    for fd in &config.dns_fds {
+        // SAFETY: the parent handed this descriptor over for the agent's
+        // sole use (--dns-fd); nothing else in this process refers to it.
+        let socket = unsafe { std::net::UdpSocket::from_raw_fd(*fd) };
+        socket
+            .set_nonblocking(true)
+            .with_context(|| format!("DNS socket fd {fd} was not handed over"))?;
+        sockets.push(tokio::net::UdpSocket::from_std(socket)?);
+    }
+    Ok(sockets)
 }
 
 async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
@@ -516,6 +545,27 @@ impl Node {
                 text: policy::get(&self.engine, endpoint.as_ref(), json)
                     .map_err(anyhow::Error::msg)?,
             },
+            Request::Bpf {
+                table,
+                endpoint,
+                json,
+            } => {
+                let id = match &endpoint {
+                    Some((namespace, pod)) => Some(
+                        self.endpoints
+                            .get(&(namespace.clone(), pod.clone()))
+                            .map(|e| e.id)
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("no endpoint {namespace}/{pod} on this node")
+                            })?,
+                    ),
+                    None => None,
+                };
+                Response::Text {
+                    text: crate::inspect::render(&self.datapath, table, id, json)
+                        .map_err(anyhow::Error::msg)?,
+                }
+            }
             Request::PolicyExplain(request) => Response::Text {
                 text: policy::explain(&self.engine, &request).map_err(anyhow::Error::msg)?,
             },

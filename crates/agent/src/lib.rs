@@ -8,6 +8,7 @@
 pub mod api;
 mod daemon;
 pub mod flows;
+pub mod inspect;
 pub mod l7;
 mod netns;
 mod policy;

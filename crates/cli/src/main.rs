@@ -1,5 +1,7 @@
 //! `myelin`: the lab, the agent, the proxy and the tools, in one binary.
 
+mod agent_client;
+mod bpf_cmd;
 mod lab_cmd;
 mod policy_cmd;
 
@@ -25,6 +27,8 @@ enum Command {
     Apply(lab_cmd::ManifestArgs),
     /// Delete the resources named in manifests from the running lab.
     Delete(lab_cmd::ManifestArgs),
+    /// The datapath's maps: endpoints, ipcache, policy, services, conntrack.
+    Bpf(bpf_cmd::BpfArgs),
     /// Validate, inspect and explain network policy.
     Policy(policy_cmd::PolicyArgs),
     /// The service map: who talks to whom, with rates, errors and drops.
@@ -60,9 +64,13 @@ struct AgentArgs {
     /// Directory for the agent's state.
     #[arg(long)]
     state_dir: PathBuf,
-    /// Addresses for the DNS responder, comma-separated.
+    /// Addresses for the DNS responder, comma-separated (the node's own).
     #[arg(long, value_delimiter = ',')]
     dns_listen: Vec<IpAddr>,
+    /// A bound DNS socket inherited from the parent (repeatable); then the
+    /// agent does not bind `--dns-listen` itself.
+    #[arg(long = "dns-fd")]
+    dns_fds: Vec<i32>,
     /// The identity store shared by the cluster's agents.
     #[arg(long)]
     identity_store: PathBuf,
@@ -111,6 +119,7 @@ fn main() -> std::process::ExitCode {
         Command::Apply(_)
         | Command::Delete(_)
         | Command::Policy(_)
+        | Command::Bpf(_)
         | Command::Observe(_)
         | Command::Servicemap(_) => true,
         Command::Agent(_) | Command::Proxy(_) | Command::App { .. } => false,
@@ -163,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Apply(args) => lab_cmd::run_apply(args),
         Command::Delete(args) => lab_cmd::run_delete(args),
         Command::Policy(args) => policy_cmd::run(args),
+        Command::Bpf(args) => bpf_cmd::run(args),
         Command::Servicemap(args) => {
             runtime()?.block_on(myelin_observe::servicemap::run(&args))?;
             Ok(std::process::ExitCode::SUCCESS)
@@ -187,6 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 bpffs: args.bpffs,
                 state_dir: args.state_dir,
                 dns_listen: args.dns_listen,
+                dns_fds: args.dns_fds,
                 identity_store: args.identity_store,
                 proxy_socket: args.proxy_socket,
                 observer_socket: args.observer_socket,

@@ -3,18 +3,17 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use myelin_agent::api::{ExplainRequest, Request, Response};
+use myelin_agent::api::{ExplainRequest, Request};
+
+use crate::agent_client::AgentTarget;
 
 #[derive(Args)]
 pub struct PolicyArgs {
-    /// Which lab's agent to ask (get, explain).
-    #[arg(long = "lab", env = "MYELIN_LAB", default_value = crate::lab_cmd::DEFAULT_LAB, global = true)]
-    lab: String,
-    /// Ask the agent at this socket instead of the lab's.
-    #[arg(long, global = true)]
-    agent_socket: Option<PathBuf>,
+    /// The agent to ask (get, explain).
+    #[command(flatten)]
+    target: AgentTarget,
     #[command(subcommand)]
     command: PolicyCommand,
 }
@@ -64,27 +63,6 @@ enum PolicyCommand {
     },
 }
 
-fn agent_socket(args: &PolicyArgs) -> PathBuf {
-    args.agent_socket.clone().unwrap_or_else(|| {
-        myelin_lab::LabNames::new(&args.lab)
-            .run_dir()
-            .join("node1")
-            .join("agent.sock")
-    })
-}
-
-fn ask(args: &PolicyArgs, request: Request) -> anyhow::Result<String> {
-    let socket = agent_socket(args);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    match runtime.block_on(myelin_agent::api::call(&socket, &request))? {
-        Response::Text { text } => Ok(text),
-        other => bail!("unexpected answer from the agent: {other:?}"),
-    }
-}
-
 /// Splits `80/TCP` (protocol defaults to TCP).
 fn port_and_protocol(text: &str) -> anyhow::Result<(u16, String)> {
     let (port, protocol) = text.split_once('/').unwrap_or((text, "TCP"));
@@ -106,7 +84,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
                 endpoint: pod.clone().map(|p| (namespace.clone(), p)),
                 json: output == "json",
             };
-            println!("{}", ask(&args, request)?.trim_end());
+            println!("{}", args.target.ask_text(request)?.trim_end());
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Explain {
@@ -133,7 +111,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
                 proposed,
                 json: output == "json",
             });
-            println!("{}", ask(&args, request)?.trim_end());
+            println!("{}", args.target.ask_text(request)?.trim_end());
             Ok(ExitCode::SUCCESS)
         }
     }

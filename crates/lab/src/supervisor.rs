@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +46,9 @@ struct Supervisor {
     stopping: bool,
     /// Node services forwarded to the host's loopback.
     exposed: Vec<(String, std::net::SocketAddr)>,
+    /// Each node's DNS sockets, bound once and handed to every agent the
+    /// node runs: queries sent while an agent restarts wait in them.
+    dns_sockets: BTreeMap<String, Vec<std::net::UdpSocket>>,
 }
 
 /// Runs the supervisor of lab `lab` in the foreground until `lab down` (or
@@ -67,6 +71,7 @@ pub async fn supervise(lab: &str, exe: PathBuf) -> anyhow::Result<()> {
         exits,
         stopping: false,
         exposed: Vec::new(),
+        dns_sockets: BTreeMap::new(),
     };
     supervisor.save()?;
     // On failure `lab up` reads this process's log, then tears the lab down.
@@ -238,6 +243,20 @@ impl Supervisor {
 
         std::fs::create_dir_all(self.names.node_dir(name))?;
         crate::bpffs::ensure_mounted(&self.names.bpffs())?;
+        let addresses = [
+            std::net::SocketAddr::from((record.router_v4, 53)),
+            std::net::SocketAddr::from((record.router_v6, 53)),
+        ];
+        let sockets = net::in_netns(&netns, move || {
+            addresses
+                .iter()
+                .map(|a| {
+                    std::net::UdpSocket::bind(a)
+                        .with_context(|| format!("binding the node's DNS socket {a}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        self.dns_sockets.insert(name.to_string(), sockets);
         self.spawn_agent(name).await?;
         self.start_proxy(name)
     }
@@ -280,7 +299,32 @@ impl Supervisor {
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0);
+        // The DNS sockets become descriptors 3, 4, ... of the agent. They are
+        // first duplicated above that range so that no dup2 below overwrites
+        // a source it still needs.
+        let mut handed = Vec::new();
+        for socket in self.dns_sockets.get(name).into_iter().flatten() {
+            let fd = nix::fcntl::fcntl(socket, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(64))?;
+            // SAFETY: fcntl just returned this new descriptor; it is owned here only.
+            handed.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
+        let sources: Vec<i32> = handed.iter().map(|fd| fd.as_raw_fd()).collect();
+        for target in 3..3 + sources.len() as i32 {
+            command.arg("--dns-fd").arg(target.to_string());
+        }
+        // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                for (i, source) in sources.iter().enumerate() {
+                    if libc::dup2(*source, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         let child = command.spawn().context("starting the agent")?;
+        drop(handed);
         let pid = child
             .id()
             .ok_or_else(|| anyhow!("the agent exited at once"))?;
