@@ -259,8 +259,8 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
             f"Memory estimate at 100 pods: Myelin node (agent stand-in + node proxy + datapath process, "
             f"measured in the L7 scenario) "
             f"{mem['node_kib'] / 1024:.1f} MiB vs 100 Myelin sidecars at {mem['per_sidecar_kib'] / 1024:.1f} MiB each = "
-            f"{mem['sidecars_100_kib'] / 1024:.0f} MiB (ratio {mem['ratio']:.3f}). The agent's growth with pods is "
-            "not measured yet.",
+            f"{mem['sidecars_100_kib'] / 1024:.0f} MiB (ratio {mem['ratio']:.3f})."
+            + ("" if (podready or {}).get("node_rss_kib") else " The agent's growth with pods is not measured here."),
         ]
     if podready:
         rss = ", ".join(f"{k} pods {v / 1024:.1f} MiB" for k, v in podready.get("node_rss_kib", {}).items())

@@ -412,13 +412,17 @@ l4_denies() {
   [ "$rc" = 124 ] && echo 1 || echo 0
 }
 
-# l7_denies: 1 when a request the L7 rules do not allow (POST) is answered 403.
+# l7_denies: 1 when a request the L7 rules do not allow (POST) is answered 403. Three tries:
+# right after the connection-rate run a new connection may wait out a SYN retransmission.
 l7_denies() {
-  local status
-  status=$(ip netns exec "$NS_C" timeout 2 bash -c "exec 3<>/dev/tcp/${TARGET%:*}/${TARGET##*:}
-    printf 'POST $REQ_PATH HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
-    head -n1 <&3" 2>/dev/null || true)
-  case "$status" in *" 403 "*) echo 1 ;; *) echo 0 ;; esac
+  local status try
+  for try in 1 2 3; do
+    status=$(ip netns exec "$NS_C" timeout 4 bash -c "exec 3<>/dev/tcp/${TARGET%:*}/${TARGET##*:}
+      printf 'POST $REQ_PATH HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
+      head -n1 <&3" 2>/dev/null || true)
+    case "$status" in *" 403 "*) echo 1; return ;; esac
+  done
+  echo 0
 }
 
 others_compiling() { ps -eo comm= | grep -cE '^(rustc|cc1|cc1plus|ld|cargo)$' || true; }
