@@ -75,6 +75,7 @@ struct Node {
     applied: reconcile::Applied,
     /// The node's own addresses (the host identity in the ipcache).
     addresses: Vec<IpAddr>,
+    metrics: crate::metrics::AgentMetrics,
 }
 
 struct Endpoint {
@@ -94,6 +95,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let mut observer_config = ObserverConfig::new(config.node.clone());
     observer_config.metrics = Some(Metrics::register(&mut registry));
+    let agent_metrics = crate::metrics::AgentMetrics::register(&mut registry);
     let observer = Observer::new(observer_config);
     let proxy = match &config.proxy_socket {
         Some(path) => Some(
@@ -121,6 +123,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .map_or(0, |d| d.as_millis() as u64),
         applied: reconcile::Applied::default(),
         addresses: config.dns_listen.clone(),
+        metrics: agent_metrics,
     }));
     restore(&node).await?;
     if let Some(events) = node
@@ -323,6 +326,7 @@ impl Node {
         let specs: Vec<&EndpointSpec> = self.endpoints.values().map(|e| &e.spec).collect();
         let services = reconcile::desired_services(self.services.values(), specs.iter().copied());
         let ipcache = reconcile::desired_ipcache(self.engine.ipcache(), &self.addresses);
+        let policy_changed = self.applied.policies_differ(&policies);
         reconcile::reconcile(
             &mut self.datapath,
             &mut self.applied,
@@ -331,6 +335,17 @@ impl Node {
             &ipcache,
         )
         .context("programming the datapath")?;
+        if policy_changed {
+            self.metrics.policy_revision.inc();
+        }
+        self.metrics.endpoints.set(self.endpoints.len() as i64);
+        let identities: std::collections::BTreeSet<u32> = ipcache.values().copied().collect();
+        self.metrics.identities.set(identities.len() as i64);
+        self.metrics.map_entries("endpoints", self.endpoints.len());
+        self.metrics.map_entries("ipcache", ipcache.len());
+        self.metrics
+            .map_entries("policy", policies.values().map(|t| t.rules.len()).sum());
+        self.metrics.map_entries("services", services.len());
         if let Some(proxy) = &self.proxy {
             self.proxy_version += 1;
             let snapshot = l7::snapshot(
@@ -711,6 +726,9 @@ async fn collect_conntrack_garbage(node: Arc<Mutex<Node>>) {
     loop {
         every.tick().await;
         let mut node = node.lock().await;
+        if let Ok(entries) = node.datapath.conntrack() {
+            node.metrics.map_entries("conntrack", entries.len());
+        }
         match node.datapath.conntrack_gc() {
             Ok(removed) if removed > 0 => tracing::debug!(removed, "conntrack entries expired"),
             Ok(_) => {}

@@ -10,6 +10,7 @@ mod daemon;
 pub mod flows;
 pub mod inspect;
 pub mod l7;
+mod metrics;
 mod netns;
 mod policy;
 mod reconcile;

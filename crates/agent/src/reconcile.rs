@@ -50,6 +50,13 @@ pub struct Applied {
     pub rule_ids: RuleIds,
 }
 
+impl Applied {
+    /// Whether `policies` differ from what was last written.
+    pub fn policies_differ(&self, policies: &BTreeMap<u32, PolicyTable>) -> bool {
+        &self.policies != policies
+    }
+}
+
 fn protocol(proto: Proto) -> u8 {
     match proto {
         Proto::Any => 0,

@@ -378,4 +378,38 @@ fn flows_and_metrics_come_from_the_agent() {
         .and_then(|v| v.parse().ok())
         .expect("a number");
     assert!(count > 0.0, "{processed}");
+    // Myelin's own families: what the node runs, how full its maps are.
+    assert!(
+        metrics.lines().any(|l| l == "myelin_endpoints 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("myelin_datapath_map_entries{map=\"services\"} ")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+
+    // The kernel's maps as `myelin bpf` reads them back.
+    let endpoints = lab.ok(&["bpf", "endpoints"]);
+    assert_eq!(
+        endpoints.lines().count(),
+        5,
+        "a header and four endpoints:\n{endpoints}"
+    );
+    let services = lab.ok(&["bpf", "services", "-o", "json"]);
+    let services: serde_json::Value = serde_json::from_str(&services).expect("json");
+    let frontends: Vec<&str> = services
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["frontend"].as_str())
+        .collect();
+    assert!(
+        frontends.contains(&"10.96.0.10:80") && frontends.contains(&"[fd00:10:96::a]:80"),
+        "{services}"
+    );
+    let ct = lab.ok(&["bpf", "ct"]);
+    assert!(ct.lines().any(|l| l.contains(&format!("{v4}:80"))), "{ct}");
 }
