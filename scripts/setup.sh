@@ -21,7 +21,7 @@ nightly_llvm_major() {
 
 install_apt() {
   local llvm="$1" missing=()
-  for pkg in iproute2 curl protobuf-compiler chromium "llvm-${llvm}-dev" libzstd-dev zlib1g-dev libpolly-"${llvm}"-dev; do
+  for pkg in iproute2 curl protobuf-compiler chromium prometheus "llvm-${llvm}-dev" libzstd-dev zlib1g-dev libpolly-"${llvm}"-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
