@@ -111,7 +111,7 @@ BIN="$ROOT/target/release"
 if [ "$BUILD" = 1 ]; then
   say "building (release)"
   (cd "$ROOT" && cargo build --release --bin myelin --bin myelin-bench)
-  [ "$PODREADY" = 0 ] || (cd "$ROOT" && cargo build --release -p myelin-policy --example resolve_bench)
+  [ "$PODREADY" = 0 ] || [ "$SMOKE" = 1 ] || (cd "$ROOT" && cargo build --release -p myelin-policy --example resolve_bench)
 fi
 NEED_BINS=(myelin-bench); [ "$SERVER" != deathstar ] && [ "$PODREADY" = 0 ] || NEED_BINS+=(myelin)
 for b in "${NEED_BINS[@]}"; do [ -x "$BIN/$b" ] || die "$BIN/$b missing: build with cargo build --release --bin $b"; done
@@ -490,7 +490,7 @@ done
 PODREADY_ARGS=()
 # Policy resolution time: the policy crate's own benchmark (1,000 policies, 1,000 endpoints),
 # with the full runs (those that also measure pod-ready).
-if [ "$PODREADY" != 0 ] && [ -x "$BIN/examples/resolve_bench" ]; then
+if [ "$PODREADY" != 0 ] && [ "$SMOKE" = 0 ] && [ -x "$BIN/examples/resolve_bench" ]; then
   say "policy resolution (myelin-policy's resolve_bench)"
   taskset -c "$SUT_CPU" "$BIN/examples/resolve_bench" >"$TMP/resolve.txt" 2>&1 || true
   PODREADY_ARGS+=(--resolve "$TMP/resolve.txt")
