@@ -39,11 +39,11 @@ METRICS = {
     "cpu": lambda r: r["load"]["total_cpu_us_per_req"],
     "other_cores": lambda r: r["load"]["other_cores"],
     "iperf": lambda r: r["iperf_gbps"],
+    "grpc": lambda r: (r.get("grpc") or {}).get("calls_per_s"),
     "rss": lambda r: r["mesh_rss_kib"],
 }
 
 PENDING = [
-    ("gRPC unary requests/s through the L7 path", "not measured yet"),
     ("kernel events/s from the observability issue", "not measured yet (each run's datapath event "
      "counts are in results.json)"),
 ]
@@ -233,12 +233,13 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         "CPU: run time of everything the benchmark runs (system under test, generator, ksoftirqd: "
         "softirq work is charged to the sender here) per request at that rate; 'mesh CPU' subtracts "
         "the no-mesh figure of the same round, i.e. what the mesh adds per request. "
-        "conn/s: wrk -c32 with `Connection: close`. RSS: the mesh's own processes. "
+        "conn/s: wrk -c32 with `Connection: close`. gRPC: unary calls/s, 64 in flight on one h2c "
+        "connection (`myelin-bench grpc-load`), through the same path. RSS: the mesh's own processes. "
         "Policy checked: after each run, a connection to a port the L3/L4 policy does not admit was "
-        "dropped (L4 drop) and a request the L7 rules deny (POST) was answered 403 (L7 403).",
+        "dropped (L4 drop) and a request the L7 rules deny (PUT) was answered 403 (L7 403).",
         "",
-        "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req | iperf3 Gbit/s | mesh RSS MiB | policy checked |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req | iperf3 Gbit/s | gRPC calls/s | mesh RSS MiB | policy checked |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key, label in SCENARIOS:
         if key not in present:
@@ -250,7 +251,7 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         lines.append(
             f"| {label} | {cell(s['rps'])} | {fmt(r['median']) if r else '—'} | {cell(s['conn_rate'])} | "
             f"{cell(s['p50'], 3)} | {cell(s['p90'], 3)} | {cell(s['p99'], 3)} | {cell(s['p999'], 3)} | "
-            f"{cell(s['cpu'], 1)} | {cell(mesh_cpu.get(key), 1)} | {cell(s['iperf'])} | "
+            f"{cell(s['cpu'], 1)} | {cell(mesh_cpu.get(key), 1)} | {cell(s['iperf'])} | {cell(s['grpc'])} | "
             f"{'—' if not rss or rss['median'] == 0 else cell(rss_mib, 1)} | {enforcement(rows, key)} |"
         )
     if mem:
@@ -335,6 +336,10 @@ def check_smoke(rows, present):
                 problems.append(f"{key}: open-loop run: {load['ok']} ok, {load['non_2xx']} non-2xx, {load['errors']} errors")
             if key in ("no-mesh", "myelin-l34") and not (r["iperf_gbps"] or 0) > 0:
                 problems.append(f"{key}: no iperf3 throughput")
+            if key in ("no-mesh", "myelin-l34", "myelin-l7-node"):
+                grpc = r.get("grpc") or {}
+                if not grpc.get("ok") or grpc.get("errors"):
+                    problems.append(f"{key}: gRPC calls: {grpc.get('ok')} ok, {grpc.get('errors')} errors")
             if key not in ("no-mesh",) and not r["mesh_rss_kib"] > 0:
                 problems.append(f"{key}: no mesh RSS")
             if r.get("l4_denies") == 0:

@@ -187,6 +187,7 @@ topology() {
 
 CLIENT_IP=10.250.1.2; SERVER_IP=10.250.2.2; NODE_IP=10.250.1.1
 VIP=10.96.0.10   # the server's ClusterIP: exists only as a translation in Myelin's programs
+GRPC_PORT=50051
 NODE_PORT=8080; PROXY_PORT=15001; CLIENT_SIDECAR=127.0.0.1:15001; SERVER_SIDECAR="$SERVER_IP:15006"
 
 # --- processes --------------------------------------------------------------------------
@@ -318,7 +319,8 @@ datapath() {
   for rule in "$@"; do args+=(--ingress "$rule"); done
   start datapath "$NS_N" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node-$RANDOM" \
     --endpoint "$VETH_C=$CLIENT_IP" --endpoint "$VETH_S=$SERVER_IP" \
-    --service "$VIP:80=$SERVER_IP:80" --service "$VIP:5201=$SERVER_IP:5201" "${args[@]}"
+    --service "$VIP:80=$SERVER_IP:80" --service "$VIP:5201=$SERVER_IP:5201" \
+    --service "$VIP:$GRPC_PORT=$SERVER_IP:$GRPC_PORT" "${args[@]}"
   MESH_PIDS+=("$LAST_PID")
   wait_log "$LOGS/datapath.log" "datapath attached" "$LAST_PID"
 }
@@ -333,23 +335,35 @@ agent_and_proxy() {
   wait_log "$LOGS/proxy.log" "proxy listening" "$LAST_PID"
 }
 
+start_grpc_server() {
+  start grpc-server "$NS_S" "$BIN/myelin-bench" grpc-server --listen "$SERVER_IP:$GRPC_PORT"
+  wait_tcp "$NS_S" "$SERVER_IP:$GRPC_PORT"
+}
+
 # Brings scenario $1 up; sets TARGET (what the client connects to), IPERF_TARGET (when a
-# raw TCP stream crosses the same path), L4_POLICY and L7_POLICY (what the path enforces).
+# raw TCP stream crosses the same path), GRPC_TARGET (gRPC unary calls through the path),
+# L4_POLICY and L7_POLICY (what the path enforces).
 up() {
-  TARGET="$SERVER_IP:80"; IPERF_TARGET=""; L4_POLICY=0; L7_POLICY=0
+  TARGET="$SERVER_IP:80"; IPERF_TARGET=""; GRPC_TARGET=""; L4_POLICY=0; L7_POLICY=0
   start_server
   case "$1" in
-    no-mesh) IPERF_TARGET=$SERVER_IP ;;
+    no-mesh)
+      start_grpc_server
+      IPERF_TARGET=$SERVER_IP; GRPC_TARGET="$SERVER_IP:$GRPC_PORT" ;;
     myelin-l34)
-      # Through the ClusterIP; the server admits the client's identity on 80 and 5201 only.
-      datapath "$VETH_S:$VETH_C:80" "$VETH_S:$VETH_C:5201"
-      TARGET="$VIP:80"; IPERF_TARGET=$VIP; L4_POLICY=1 ;;
+      # Through the ClusterIP; the server admits the client's identity on 80, 5201 and the
+      # gRPC port only.
+      start_grpc_server
+      datapath "$VETH_S:$VETH_C:80" "$VETH_S:$VETH_C:5201" "$VETH_S:$VETH_C:$GRPC_PORT"
+      TARGET="$VIP:80"; IPERF_TARGET=$VIP; GRPC_TARGET="$VIP:$GRPC_PORT"; L4_POLICY=1 ;;
     myelin-l7-node)
-      # Through the ClusterIP; the server's port 80 has L7 rules: the datapath redirects
-      # the connection to the node proxy's transparent listener (bpf_sk_assign).
-      datapath "$VETH_S:any:80:$PROXY_PORT"
-      agent_and_proxy --listen "0.0.0.0:$PROXY_PORT" --transparent --upstream "$SERVER_IP:80" --l7-policy
-      TARGET="$VIP:80"; L4_POLICY=1; L7_POLICY=1 ;;
+      # Through the ClusterIP; the server's ports 80 and gRPC have L7 rules: the datapath
+      # redirects the connections to the node proxy's transparent listener (bpf_sk_assign).
+      start_grpc_server
+      datapath "$VETH_S:any:80:$PROXY_PORT" "$VETH_S:any:$GRPC_PORT:$PROXY_PORT"
+      agent_and_proxy --listen "0.0.0.0:$PROXY_PORT" --transparent --upstream "$SERVER_IP:80" \
+        --l7-policy --l7-port "$GRPC_PORT"
+      TARGET="$VIP:80"; GRPC_TARGET="$VIP:$GRPC_PORT"; L4_POLICY=1; L7_POLICY=1 ;;
     myelin-l7-node-fixed)
       agent_and_proxy --listen "$NODE_IP:$NODE_PORT" --upstream "$SERVER_IP:80" --l7-policy
       wait_tcp "$NS_N" "$NODE_IP:$NODE_PORT"
@@ -412,13 +426,13 @@ l4_denies() {
   [ "$rc" = 124 ] && echo 1 || echo 0
 }
 
-# l7_denies: 1 when a request the L7 rules do not allow (POST) is answered 403. Three tries:
+# l7_denies: 1 when a request the L7 rules do not allow (PUT) is answered 403. Three tries:
 # right after the connection-rate run a new connection may wait out a SYN retransmission.
 l7_denies() {
   local status try
   for try in 1 2 3; do
     status=$(ip netns exec "$NS_C" timeout 4 bash -c "exec 3<>/dev/tcp/${TARGET%:*}/${TARGET##*:}
-      printf 'POST $REQ_PATH HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
+      printf 'PUT $REQ_PATH HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
       head -n1 <&3" 2>/dev/null || true)
     case "$status" in *" 403 "*) echo 1; return ;; esac
   done
@@ -447,6 +461,11 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
     --connections "$CONNS" --warmup 1 --duration "$DURATION" \
     --sut-pids "$(IFS=,; echo "${SC_PIDS[*]}")") || die "the open-loop generator failed against $TARGET"
   read -r cps cnon2xx cerrs < <(wrk_run "$DURATION" "$CONN_RATE_CONNS" -H "Connection: close")
+  local grpc=null
+  if [ -n "$GRPC_TARGET" ]; then
+    grpc=$(gen "$BIN/myelin-bench" grpc-load --target "$GRPC_TARGET" --warmup 1 --duration "$DURATION") \
+      || die "the gRPC client failed against $GRPC_TARGET"
+  fi
   local iperf=null
   if [ -n "$IPERF_TARGET" ]; then
     start iperf-server "$NS_S" iperf3 -s -B "$SERVER_IP"
@@ -465,9 +484,9 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   local dp ag
   dp=$(summary "$LOGS/datapath.log" "events read")
   ag=$(summary "$LOGS/agent.log" "L7 events consumed")
-  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"datapath_events":%s,"agent_events":%s,"load":%s}\n' \
+  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"datapath_events":%s,"agent_events":%s,"grpc":%s,"load":%s}\n' \
     "$scenario" "$round" "$rps" "$non2xx" "$errs" "$cps" "$cnon2xx" "$cerrs" "$iperf" "$rss" \
-    "$meshes" "$l4" "$l7" "$((busy_before + busy_after))" "$dp" "$ag" "$load" >>"$RAW"
+    "$meshes" "$l4" "$l7" "$((busy_before + busy_after))" "$dp" "$ag" "$grpc" "$load" >>"$RAW"
   [ "$l4" != 0 ] || say "WARNING: $scenario: a connection the L3/L4 policy does not admit got through"
   [ "$l7" != 0 ] || say "WARNING: $scenario: a request the L7 rules deny was not answered 403"
   printf '    %-16s %9.0f req/s  %8.0f conn/s  p50 %s ms  p99 %s ms  cpu %s us/req\n' "$scenario" "$rps" "$cps" \

@@ -6,9 +6,11 @@
 //! - `proxy`: Myelin's L7 proxy with a fixed-upstream listener (node proxy or sidecar);
 //! - `agent`: a stand-in for the agent's proxy side: it serves the control socket, pushes
 //!   the snapshot and consumes the proxy's L7 events, as the agent does;
-//! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths.
+//! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths;
+//! - `grpc-server`, `grpc-load`: gRPC unary calls over h2c, for calls per second.
 
 mod cpu;
+mod grpc;
 mod kernel;
 mod load;
 mod mesh;
@@ -33,6 +35,10 @@ enum Command {
     Agent(mesh::AgentArgs),
     /// Attach Myelin's kernel programs to pod veths until SIGTERM/SIGINT.
     Datapath(kernel::DatapathArgs),
+    /// A minimal gRPC server (h2c): every unary call answered with `grpc-status: 0`.
+    GrpcServer(grpc::ServerArgs),
+    /// Closed-loop gRPC unary calls on one h2c connection; prints one JSON report.
+    GrpcLoad(grpc::LoadArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +54,8 @@ fn main() -> std::process::ExitCode {
         Command::Proxy(args) => mesh::run_proxy(&args),
         Command::Agent(args) => mesh::run_agent(&args),
         Command::Datapath(args) => kernel::run(&args),
+        Command::GrpcServer(args) => grpc::run_server(&args),
+        Command::GrpcLoad(args) => grpc::run_load(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

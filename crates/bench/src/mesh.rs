@@ -42,10 +42,15 @@ pub struct Route {
     /// the datapath's redirect and go to their original destination.
     #[arg(long)]
     transparent: bool,
-    /// Put an ingress L7 policy on the upstream (allow `GET` on any path, deny the rest),
-    /// so every request is evaluated as with a CiliumNetworkPolicy `rules.http` entry.
+    /// Put an ingress L7 policy on the upstream (allow `GET` and `POST` on any path, deny
+    /// the rest), so every request is evaluated as with a CiliumNetworkPolicy `rules.http`
+    /// entry.
     #[arg(long)]
     l7_policy: bool,
+    /// More ports of the upstream's address that get the same L7 policy (a transparent
+    /// listener serves every port the datapath redirects).
+    #[arg(long = "l7-port", requires = "l7_policy")]
+    l7_ports: Vec<u16>,
 }
 
 impl Route {
@@ -54,18 +59,21 @@ impl Route {
         let listen = self.listen.context("--listen is required here")?;
         let upstream = self.upstream.context("--upstream is required here")?;
         let l7_policies = if self.l7_policy {
-            vec![L7Policy {
-                key: PolicyKey {
-                    endpoint: upstream.ip(),
-                    port: upstream.port(),
-                    direction: Direction::Ingress,
-                },
-                http: vec![HttpRule {
-                    method: Some("GET".into()),
-                    path: Some("/.*".into()),
-                    ..HttpRule::default()
-                }],
-            }]
+            std::iter::once(upstream.port())
+                .chain(self.l7_ports.iter().copied())
+                .map(|port| L7Policy {
+                    key: PolicyKey {
+                        endpoint: upstream.ip(),
+                        port,
+                        direction: Direction::Ingress,
+                    },
+                    http: vec![HttpRule {
+                        method: Some("GET|POST".into()),
+                        path: Some("/.*".into()),
+                        ..HttpRule::default()
+                    }],
+                })
+                .collect()
         } else {
             Vec::new()
         };
@@ -108,7 +116,7 @@ pub struct ProxyArgs {
     workers: usize,
     /// Take the configuration from the agent on this control socket (node-proxy role);
     /// without it the proxy applies the route below itself (sidecar role).
-    #[arg(long, conflicts_with_all = ["listen", "upstream", "l7_policy", "transparent"])]
+    #[arg(long, conflicts_with_all = ["listen", "upstream", "l7_policy", "l7_ports", "transparent"])]
     control_socket: Option<PathBuf>,
     #[command(flatten)]
     route: Route,
@@ -214,6 +222,7 @@ mod tests {
             upstream: Some("10.250.2.2:80".parse().expect("addr")),
             transparent,
             l7_policy,
+            l7_ports: vec![50051],
         }
     }
 
@@ -234,6 +243,7 @@ mod tests {
             ListenerUpstream::Transparent
         );
         assert_eq!(snapshot.l7_policies[0].key.port, 80);
+        assert_eq!(snapshot.l7_policies[1].key.port, 50051);
         myelin_proxy::rules::CompiledSnapshot::compile(snapshot).expect("compiles");
     }
 
