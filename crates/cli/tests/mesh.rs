@@ -246,6 +246,52 @@ fn l7_policy_through_the_node_proxy() {
         "xwing is still dropped at L3/L4"
     );
 
+    // `myelin policy explain` tells the same story, rule by rule.
+    let deathstar = lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .find(|n| n.starts_with("deathstar-"))
+        .expect("a deathstar pod")
+        .to_string();
+    let explain = |args: &[&str]| {
+        let mut all = vec![
+            "policy",
+            "explain",
+            "--to",
+            deathstar.as_str(),
+            "--port",
+            "80/TCP",
+        ];
+        all.extend_from_slice(args);
+        lab.ok(&all)
+    };
+    let xwing = explain(&["--from", "xwing"]);
+    assert!(xwing.starts_with("verdict: Denied"), "{xwing}");
+    let landing = explain(&[
+        "--from",
+        "tiefighter",
+        "--http-method",
+        "POST",
+        "--http-path",
+        "/v1/request-landing",
+    ]);
+    assert!(landing.starts_with("verdict: Allowed"), "{landing}");
+    assert!(landing.contains("rule1"), "{landing}");
+    let exhaust = explain(&[
+        "--from",
+        "tiefighter",
+        "--http-method",
+        "PUT",
+        "--http-path",
+        "/v1/exhaust-port",
+    ]);
+    assert!(
+        exhaust.starts_with("verdict: L7Denied") || exhaust.contains("L7"),
+        "{exhaust}"
+    );
+
     // Keep-alive across an allowed and a denied request: one connection.
     let both = request(
         &lab,
