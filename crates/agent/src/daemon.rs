@@ -139,7 +139,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let serve_config = ServeConfig {
             unix_socket: config.observer_socket.clone(),
             tcp: config.observer_tcp,
-            tls: None,
         };
 
         let server = myelin_observe::bind(observer.clone(), &serve_config)

@@ -403,32 +403,23 @@ impl Supervisor {
         if self.stopping {
             return;
         }
-        if let Some(node) = owner.strip_prefix("agent/") {
-            let current = self
-                .node(node)
-                .ok()
-                .and_then(|n| n.agent.as_ref())
-                .is_some_and(|p| p.pid == pid);
-            if current {
-                tracing::warn!(node, ?code, "the agent exited; starting it again");
+        if let Some((which, node)) = owner.split_once('/')
+            && matches!(which, "agent" | "proxy")
+        {
+            let record = self.node(node).ok();
+            let current = match which {
+                "agent" => record.and_then(|n| n.agent.as_ref()),
+                _ => record.and_then(|n| n.proxy.as_ref()),
+            };
+            if current.is_some_and(|p| p.pid == pid) {
+                tracing::warn!(node, ?code, "the {which} exited; starting it again");
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Err(e) = self.spawn_agent(node).await {
-                    tracing::error!(node, "the agent could not be started again: {e:#}");
-                }
-            }
-            return;
-        }
-        if let Some(node) = owner.strip_prefix("proxy/") {
-            let current = self
-                .node(node)
-                .ok()
-                .and_then(|n| n.proxy.as_ref())
-                .is_some_and(|p| p.pid == pid);
-            if current {
-                tracing::warn!(node, ?code, "the proxy exited; starting it again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Err(e) = self.start_proxy(node) {
-                    tracing::error!(node, "the proxy could not be started again: {e:#}");
+                let restarted = match which {
+                    "agent" => self.spawn_agent(node).await,
+                    _ => self.start_proxy(node),
+                };
+                if let Err(e) = restarted {
+                    tracing::error!(node, "the {which} could not be started again: {e:#}");
                 }
             }
             return;
