@@ -1,6 +1,7 @@
 //! `observe` as a library: Hubble's flags, the FlowFilters the hubble CLI
 //! builds from them, and a client loop that prints what the agent sends.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
@@ -14,6 +15,7 @@ use crate::printer::{OutputFormat, PrintOptions, Printer};
 use crate::proto::flow::{EventTypeFilter, FlowFilter, TrafficDirection, Verdict};
 use crate::proto::observer::GetFlowsRequest;
 use crate::proto::observer::observer_client::ObserverClient;
+use crate::tls::ClientTls;
 
 /// Flows printed when no count, time range or follow is given (Hubble's default).
 pub const DEFAULT_LAST: u64 = 20;
@@ -21,9 +23,13 @@ pub const DEFAULT_LAST: u64 = 20;
 /// Flags of `observe`, named and meant as in `hubble observe`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ObserveArgs {
-    /// Observer API address: unix:///path/to.sock, host:port or http://host:port.
+    /// Observer API address: unix:///path/to.sock, host:port, http://host:port
+    /// or tls://host:port (TLS).
     #[arg(long, env = "HUBBLE_SERVER", default_value = "localhost:4245")]
     pub server: String,
+    /// TLS to the observer API (hubble's flags).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Get the last N flows stored by the agent.
     #[arg(long)]
     pub last: Option<u64>,
@@ -153,6 +159,48 @@ pub struct ObserveArgs {
     /// Show pod, service and DNS names instead of IP addresses.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ip_translation: bool,
+}
+
+/// How to reach the observer API over TLS; named and meant as hubble's flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Use TLS to connect to the server (also when the address starts with
+    /// tls:// or a client certificate is given).
+    #[arg(long, env = "HUBBLE_TLS")]
+    pub tls: bool,
+    /// Paths to CA certificate files (PEM) to verify the server with;
+    /// default: the system's roots.
+    #[arg(long, env = "HUBBLE_TLS_CA_CERT_FILES", value_delimiter = ',')]
+    pub tls_ca_cert_files: Vec<PathBuf>,
+    /// Path to the client certificate file (PEM) for mutual TLS (implies TLS).
+    #[arg(long, env = "HUBBLE_TLS_CLIENT_CERT_FILE")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Path to the client certificate's private key file (PEM) (implies TLS).
+    #[arg(long, env = "HUBBLE_TLS_CLIENT_KEY_FILE")]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Server name to verify the server certificate against
+    /// (e.g. instance.hubble-relay.cilium.io).
+    #[arg(long, env = "HUBBLE_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The client TLS settings, or `None` for plaintext. As in hubble, TLS
+    /// is on with `--tls`, a `tls://` (or `https://`) address or a client
+    /// certificate.
+    pub fn client_tls(&self, server: &str) -> Option<ClientTls> {
+        let enabled = self.tls
+            || server.starts_with("tls://")
+            || server.starts_with("https://")
+            || self.tls_client_cert_file.is_some()
+            || self.tls_client_key_file.is_some();
+        enabled.then(|| ClientTls {
+            ca_files: self.tls_ca_cert_files.clone(),
+            cert_file: self.tls_client_cert_file.clone(),
+            key_file: self.tls_client_key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+        })
+    }
 }
 
 /// Wrapper giving [`OutputFormat`] a default for `ObserveArgs::default()`.
@@ -455,12 +503,29 @@ pub fn build_request(args: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
     })
 }
 
-/// Connects to the observer API at `server` (unix:///path, host:port or http(s) URL).
+/// Connects to the observer API at `server` (unix:///path, host:port,
+/// http(s) URL or tls://host:port), over TLS only for `tls://` and
+/// `https://` addresses.
 pub async fn connect(server: &str) -> anyhow::Result<ObserverClient<Channel>> {
-    let channel = if let Some(path) = server.strip_prefix("unix://") {
+    connect_with(server, &TlsArgs::default()).await
+}
+
+/// Connects to the observer API at `server` with hubble's TLS flags.
+pub async fn connect_with(server: &str, tls: &TlsArgs) -> anyhow::Result<ObserverClient<Channel>> {
+    Ok(ObserverClient::new(channel(server, tls).await?))
+}
+
+/// A channel to the observer API at `server`, for any service it serves
+/// (the observer, the gRPC health service).
+pub async fn channel(server: &str, tls: &TlsArgs) -> anyhow::Result<Channel> {
+    let client_tls = tls.client_tls(server);
+    if let Some(path) = server.strip_prefix("unix://") {
+        if client_tls.is_some() {
+            bail!("TLS is for TCP addresses; the unix socket {path} is plaintext");
+        }
         let path = path.to_string();
         // The URI is required by tonic but unused: the connector dials the socket.
-        Endpoint::try_from("http://[::1]:4245")?
+        return Endpoint::try_from("http://[::1]:4245")?
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {
@@ -472,22 +537,31 @@ pub async fn connect(server: &str) -> anyhow::Result<ObserverClient<Channel>> {
             .await
             .with_context(|| {
                 format!("cannot connect to the observer at {server}: is the agent running?")
-            })?
+            });
+    }
+    let authority = ["tls://", "https://", "http://"]
+        .iter()
+        .find_map(|scheme| server.strip_prefix(scheme))
+        .unwrap_or(server);
+    if authority.contains("://") {
+        bail!("invalid server address {server:?}: use unix://, tls://, http:// or host:port");
+    }
+    let scheme = if client_tls.is_some() {
+        "https"
     } else {
-        let url = if server.contains("://") {
-            server.to_string()
-        } else {
-            format!("http://{server}")
-        };
-        Endpoint::try_from(url.clone())
-            .with_context(|| format!("invalid server address {server:?}"))?
-            .connect()
-            .await
-            .with_context(|| {
-                format!("cannot connect to the observer at {url}: is the agent running?")
-            })?
+        "http"
     };
-    Ok(ObserverClient::new(channel))
+    let url = format!("{scheme}://{authority}");
+    let mut endpoint = Endpoint::try_from(url.clone())
+        .with_context(|| format!("invalid server address {server:?}"))?;
+    if let Some(client_tls) = client_tls {
+        endpoint = endpoint
+            .tls_config(client_tls.load()?)
+            .context("TLS settings")?;
+    }
+    endpoint.connect().await.with_context(|| {
+        format!("cannot connect to the observer at {url}: is the agent running, and does it speak TLS as asked?")
+    })
 }
 
 /// Runs `observe`: asks the agent for flows and prints them to stdout.
@@ -499,7 +573,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
         );
     }
     let request = build_request(&args)?;
-    let mut client = connect(&args.server).await?;
+    let mut client = connect_with(&args.server, &args.tls).await?;
     let mut stream = client
         .get_flows(request)
         .await

@@ -31,6 +31,7 @@ pub mod observer;
 pub mod printer;
 pub mod server;
 pub mod servicemap;
+pub mod tls;
 
 pub use cli::{ObserveArgs, run};
 pub use filter::{FilterError, FilterSet};
@@ -38,3 +39,4 @@ pub use metrics::Metrics;
 pub use observer::{Observer, ObserverConfig, RingStatus};
 pub use printer::{OutputFormat, PrintOptions, Printer};
 pub use server::{BoundServer, ServeConfig, ServeError, bind, serve};
+pub use tls::{ClientTls, ServerTls, TlsError};

@@ -1,17 +1,19 @@
 //! The Hubble-compatible `observer.Observer` gRPC service over the ring, the
-//! standard health service, and the listeners (unix socket and TCP).
+//! standard health service, and the listeners (unix socket, and TCP with
+//! optional TLS).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use prost_types::Timestamp;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 
 use crate::filter::FilterSet;
@@ -25,6 +27,7 @@ use crate::proto::observer::{
     Tls, get_flows_response,
 };
 use crate::proto::relay::NodeState;
+use crate::tls::{ServerTls, TlsError};
 
 /// The name the hubble CLI checks with the gRPC health service.
 pub const HEALTH_SERVICE_NAME: &str = "hubble.server.Observer";
@@ -32,6 +35,8 @@ pub const HEALTH_SERVICE_NAME: &str = "hubble.server.Observer";
 pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:4245";
 /// Responses buffered per GetFlows stream before the reader waits for the client.
 const STREAM_BUFFER: usize = 256;
+/// Longest a TLS handshake on the TCP listener may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +51,24 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A TLS file could not be read or parsed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The TLS files were read but do not make a server configuration
+    /// (for example, the key does not belong to the certificate).
+    #[error(
+        "cannot use the TLS certificate {} with the key {}: {reason}",
+        cert.display(),
+        key.display()
+    )]
+    TlsSetup {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls reported, through tonic.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("observer gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -56,7 +79,8 @@ pub enum ServeError {
 pub struct ServeConfig {
     /// Unix socket path (created; a stale socket is replaced).
     pub unix_socket: Option<PathBuf>,
-    /// TCP address; plaintext, so keep it on loopback. TLS is not supported yet.
+    /// TCP address. Plaintext unless [`BoundServer::with_tls`] is used:
+    /// keep a plaintext listener on loopback.
     pub tcp: Option<SocketAddr>,
 }
 
@@ -73,12 +97,22 @@ impl Default for ServeConfig {
 #[derive(Debug, Clone)]
 pub struct ObserverService {
     observer: Observer,
+    /// Whether this service is reached over TLS (reported by GetNodes).
+    tls: bool,
 }
 
 impl ObserverService {
-    /// Wraps an observer.
+    /// Wraps an observer, served without TLS.
     pub fn new(observer: Observer) -> Self {
-        Self { observer }
+        Self {
+            observer,
+            tls: false,
+        }
+    }
+
+    /// The same service, reporting in GetNodes that clients reach it over TLS.
+    pub fn with_tls(self, tls: bool) -> Self {
+        Self { tls, ..self }
     }
 }
 
@@ -294,7 +328,7 @@ impl observer_server::Observer for ObserverService {
             address: String::new(),
             state: NodeState::NodeConnected as i32,
             tls: Some(Tls {
-                enabled: false,
+                enabled: self.tls,
                 server_name: String::new(),
             }),
             uptime_ns: u64::try_from(status.uptime.as_nanos()).unwrap_or(u64::MAX),
@@ -355,13 +389,42 @@ pub struct BoundServer {
     observer: Observer,
     tcp: Option<TcpListener>,
     unix: Option<UnixListener>,
+    tls: Option<ServerTlsConfig>,
     /// The TCP address actually bound (useful with port 0).
     pub tcp_addr: Option<SocketAddr>,
     /// The unix socket path.
     pub unix_path: Option<PathBuf>,
 }
 
-/// Binds the listeners of `config`.
+/// An error and its sources, joined with ": ".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads the TLS files and checks that they make a server configuration.
+fn load_tls(tls: &ServerTls) -> Result<ServerTlsConfig, ServeError> {
+    let config = tls.load()?.timeout(TLS_HANDSHAKE_TIMEOUT);
+    // Building the acceptor now reports a key that does not fit the
+    // certificate before anything listens.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|error| ServeError::TlsSetup {
+            cert: tls.cert_file.clone(),
+            key: tls.key_file.clone(),
+            reason: error_chain(&error),
+        })?;
+    Ok(config)
+}
+
+/// Binds the listeners of `config`; the TCP listener is plaintext until
+/// [`BoundServer::with_tls`].
 pub async fn bind(observer: Observer, config: &ServeConfig) -> Result<BoundServer, ServeError> {
     let unix = match &config.unix_socket {
         Some(path) => {
@@ -406,12 +469,23 @@ pub async fn bind(observer: Observer, config: &ServeConfig) -> Result<BoundServe
         observer,
         tcp,
         unix,
+        tls: None,
         tcp_addr,
         unix_path: config.unix_socket.clone(),
     })
 }
 
 impl BoundServer {
+    /// Serves the TCP listener over TLS (mutual TLS when `tls` names client
+    /// CA files); the unix socket stays plaintext. Reads and checks the
+    /// files now, so that an unusable file is reported before serving.
+    pub fn with_tls(self, tls: &ServerTls) -> Result<Self, ServeError> {
+        Ok(Self {
+            tls: Some(load_tls(tls)?),
+            ..self
+        })
+    }
+
     /// Serves the observer and health services until `shutdown` completes.
     pub async fn run(
         self,
@@ -434,16 +508,28 @@ impl BoundServer {
             // An error means the sender is gone, which also means stop.
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let tcp = self.tcp.map(|listener| {
-            tracing::info!(addr = ?self.tcp_addr, "observer API listening on TCP");
-            tonic::transport::Server::builder()
-                .add_service(health_service.clone())
-                .add_service(service.clone())
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    stopped(stop_rx.clone()),
+        let tcp = match self.tcp {
+            Some(listener) => {
+                let tls = self.tls.is_some();
+                tracing::info!(addr = ?self.tcp_addr, tls, "observer API listening on TCP");
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(config) = self.tls {
+                    builder = builder.tls_config(config)?;
+                }
+                let service =
+                    ObserverServer::new(ObserverService::new(self.observer.clone()).with_tls(tls));
+                Some(
+                    builder
+                        .add_service(health_service.clone())
+                        .add_service(service)
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(listener),
+                            stopped(stop_rx.clone()),
+                        ),
                 )
-        });
+            }
+            None => None,
+        };
         let unix = self.unix.map(|listener| {
             tracing::info!(path = ?self.unix_path, "observer API listening on unix socket");
             tonic::transport::Server::builder()
