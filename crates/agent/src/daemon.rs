@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub observer_socket: Option<PathBuf>,
     /// TCP address of the observer API (plaintext: keep it on loopback).
     pub observer_tcp: Option<SocketAddr>,
+    /// TLS for the observer's TCP listener (the unix socket stays plaintext).
+    pub observer_tls: Option<myelin_observe::ServerTls>,
     /// TCP address of the Prometheus metrics endpoint.
     pub metrics_addr: Option<SocketAddr>,
     /// TCP address of the live service map page.
@@ -141,9 +143,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tcp: config.observer_tcp,
         };
 
-        let server = myelin_observe::bind(observer.clone(), &serve_config)
+        let mut server = myelin_observe::bind(observer.clone(), &serve_config)
             .await
             .context("starting the observer API")?;
+        if let Some(tls) = &config.observer_tls {
+            server = server.with_tls(tls).context("the observer API's TLS")?;
+        }
+
         tokio::spawn(server.run(std::future::pending()));
     }
     if let Some(address) = config.servicemap_addr {

@@ -80,9 +80,18 @@ struct AgentArgs {
     /// Unix socket of the Hubble-compatible observer API.
     #[arg(long)]
     observer_socket: Option<PathBuf>,
-    /// TCP address of the observer API (plaintext: keep it on loopback).
+    /// TCP address of the observer API (plaintext unless the TLS files are given).
     #[arg(long)]
     observer_tcp: Option<std::net::SocketAddr>,
+    /// Certificate (PEM chain) for TLS on the observer's TCP address.
+    #[arg(long, requires = "hubble_tls_key_file")]
+    hubble_tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) for TLS on the observer's TCP address.
+    #[arg(long, requires = "hubble_tls_cert_file")]
+    hubble_tls_key_file: Option<PathBuf>,
+    /// CA certificates clients must present certificates from (mutual TLS), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    hubble_tls_client_ca_files: Vec<PathBuf>,
     /// TCP address of the Prometheus metrics endpoint.
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
@@ -179,7 +188,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Observe(mut args) => {
             // Without a server named, observe the lab's node.
-            if args.server == "localhost:4245" && std::env::var_os("HUBBLE_SERVER").is_none() {
+            if args.server == "localhost:4245"
+                && std::env::var_os("HUBBLE_SERVER").is_none()
+                && args.tls.client_tls(&args.server).is_none()
+            {
                 let lab = std::env::var("MYELIN_LAB")
                     .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
                 let socket = myelin_lab::LabNames::new(&lab).observer_socket("node1");
@@ -202,6 +214,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 proxy_socket: args.proxy_socket,
                 observer_socket: args.observer_socket,
                 observer_tcp: args.observer_tcp,
+                observer_tls: match (args.hubble_tls_cert_file, args.hubble_tls_key_file) {
+                    (Some(cert_file), Some(key_file)) => Some(myelin_observe::ServerTls {
+                        cert_file,
+                        key_file,
+                        client_ca_files: args.hubble_tls_client_ca_files,
+                    }),
+                    _ => None,
+                },
                 metrics_addr: args.metrics,
                 servicemap_addr: args.servicemap,
             };
