@@ -132,7 +132,7 @@ async fn kernel_events_per_second_and_delay() {
     let sent = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut sent = 0u64;
-        while sent % 1024 != 0 || Instant::now() < deadline {
+        while !sent.is_multiple_of(1024) || Instant::now() < deadline {
             datapath
                 .test_run(PROGRAM_FROM_CONTAINER, &syn(sent), 1)
                 .expect("test run");
