@@ -69,7 +69,7 @@ case "$SERVER" in
 esac
 
 if [ "$SMOKE" = 1 ]; then
-  ROUNDS=1; WARMUP=1; DURATION=${DURATION:-1}; RATE=${RATE:-1000}; PODREADY=${PODREADY:-3}
+  ROUNDS=1; WARMUP=1; DURATION=${DURATION:-1}; RATE=${RATE:-1000}; PODREADY=${PODREADY:-3}; QUIET=0
 else
   WARMUP=2; DURATION=${DURATION:-5}; RATE=${RATE:-5000}; PODREADY=${PODREADY:-100}
 fi
@@ -439,6 +439,29 @@ l7_denies() {
   echo 0
 }
 
+# busy_cores SECONDS: cores busy machine-wide over that many seconds (nothing of ours runs
+# between scenarios, so this is other people's work).
+busy_cores() {
+  local a b
+  a=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  sleep "$1"
+  b=$(awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $5+$6}' /proc/stat)
+  awk -v a="$a" -v b="$b" -v s="$1" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { split(a, x, " "); split(b, y, " "); printf "%.2f", (y[1] - x[1]) / hz / s }'
+}
+
+# wait_quiet: before a scenario, wait (up to QUIET_WAIT seconds, 10) until other work on the
+# machine drops under 0.3 cores; the wait and the load seen are recorded with the run.
+QUIET_WAIT=$([ "${QUIET:-1}" = 0 ] && echo 0 || echo 10)
+wait_quiet() {
+  local waited=0 busy
+  busy=$(busy_cores 1)
+  while awk -v b="$busy" 'BEGIN { exit !(b > 0.3) }' && [ "$waited" -lt "$QUIET_WAIT" ]; do
+    busy=$(busy_cores 2); waited=$((waited + 2))
+  done
+  echo "$busy $waited"
+}
+
 others_compiling() { ps -eo comm= | grep -cE '^(rustc|cc1|cc1plus|ld|cargo)$' || true; }
 
 # summary FILE PATTERN: the helper's closing line matching PATTERN, as a JSON string.
@@ -451,6 +474,8 @@ print(json.dumps(" | ".join(lines)) if lines else "null")' "$1" "$2"
 measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   local scenario=$1 round=$2
   LOGS="$TMP/logs/$scenario-r$round"
+  local quiet_busy quiet_waited
+  read -r quiet_busy quiet_waited < <(wait_quiet)
   up "$scenario"
   wrk_run "$WARMUP" "$CONNS" >/dev/null
   local busy_before busy_after
@@ -484,9 +509,9 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   local dp ag
   dp=$(summary "$LOGS/datapath.log" "events read")
   ag=$(summary "$LOGS/agent.log" "L7 events consumed")
-  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"datapath_events":%s,"agent_events":%s,"grpc":%s,"load":%s}\n' \
+  printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"datapath_events":%s,"agent_events":%s,"grpc":%s,"busy_before_cores":%s,"quiet_wait_s":%s,"load":%s}\n' \
     "$scenario" "$round" "$rps" "$non2xx" "$errs" "$cps" "$cnon2xx" "$cerrs" "$iperf" "$rss" \
-    "$meshes" "$l4" "$l7" "$((busy_before + busy_after))" "$dp" "$ag" "$grpc" "$load" >>"$RAW"
+    "$meshes" "$l4" "$l7" "$((busy_before + busy_after))" "$dp" "$ag" "$grpc" "$quiet_busy" "$quiet_waited" "$load" >>"$RAW"
   [ "$l4" != 0 ] || say "WARNING: $scenario: a connection the L3/L4 policy does not admit got through"
   [ "$l7" != 0 ] || say "WARNING: $scenario: a request the L7 rules deny was not answered 403"
   printf '    %-16s %9.0f req/s  %8.0f conn/s  p50 %s ms  p99 %s ms  cpu %s us/req\n' "$scenario" "$rps" "$cps" \
