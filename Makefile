@@ -31,3 +31,6 @@ down:
 .PHONY: bench
 bench: setup
 	@bash bench/run.sh $(if $(SCENARIO),--scenario $(SCENARIO)) $(BENCH_ARGS)
+
+fuzz:
+	@bash scripts/fuzz.sh

@@ -307,18 +307,23 @@ fn anchored(
     let Some(pattern) = pattern else {
         return Ok(None);
     };
+    let build = |text: &str| {
+        RegexBuilder::new(text)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|source| ConfigError::Regex {
+                key: KeyDisplay(key),
+                rule,
+                field,
+                pattern: pattern.clone(),
+                source,
+            })
+    };
+    // The pattern must be a regex by itself: `GET)|(.*` parses only once wrapped below,
+    // where it would escape the anchoring group and match every method.
+    build(pattern)?;
     // Cilium's patterns are full matches: `/v1/.*` must not match `/x/v1/`.
-    RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map(Some)
-        .map_err(|source| ConfigError::Regex {
-            key: KeyDisplay(key),
-            rule,
-            field,
-            pattern: pattern.clone(),
-            source,
-        })
+    build(&format!("^(?:{pattern})$")).map(Some)
 }
 
 impl CompiledPolicy {
@@ -533,6 +538,39 @@ mod tests {
         assert!(!check(&p, "GET", "/v1", "api.example.com", &[]).allowed);
         assert!(!check(&p, "GET", "/v1/x", "evil.api.example.com", &[]).allowed);
         assert!(!check(&p, "GET", "/v1/x", "api.example.com.evil", &[]).allowed);
+    }
+
+    /// Found by the `rules` fuzz target (crates/proxy/fuzz, seed corpus/rules/escape):
+    /// a pattern that is only valid inside the anchoring group escaped it, so
+    /// `GET)|(.*` became `^(?:GET)|(.*)$` and allowed every method.
+    #[test]
+    fn patterns_that_escape_the_anchoring_group_are_rejected() {
+        for (field, pattern) in [
+            ("method", ")("),
+            ("method", "GET)|(.*"),
+            ("path", "/public)|(.*"),
+            ("host", "a)|(?:b"),
+        ] {
+            let mut http = rule();
+            let slot = match field {
+                "method" => &mut http.method,
+                "path" => &mut http.path,
+                _ => &mut http.host,
+            };
+            *slot = Some(pattern.to_owned());
+            let result = CompiledPolicy::compile(&L7Policy {
+                key: key(),
+                http: vec![http],
+            });
+            match result {
+                Err(ConfigError::Regex {
+                    field: f,
+                    pattern: p,
+                    ..
+                }) => assert_eq!((f, p.as_str()), (field, pattern)),
+                other => panic!("{field} {pattern:?} must be rejected, got {other:?}"),
+            }
+        }
     }
 
     #[test]

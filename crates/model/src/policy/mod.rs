@@ -118,7 +118,12 @@ pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
 
 /// Compiles `pattern` so that it must match the whole input, as Cilium's
 /// HTTP rules (Envoy safe_regex) do: `/v1/` does not match `/v1/x`.
+///
+/// The pattern must be a regular expression by itself: `GET)|(.*` parses only
+/// once wrapped in the anchoring group, which it would then escape to match
+/// anything.
 pub fn full_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(pattern)?;
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
@@ -211,4 +216,22 @@ pub fn is_fqdn(text: &str, pattern: bool) -> bool {
         && text.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') || (pattern && b == b'*')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::full_match;
+
+    /// Found by the proxy's `rules` fuzz target; the model validates the same patterns
+    /// first: one that parses only inside `^(?:…)$` escapes the group (`GET)|(.*` became
+    /// `^(?:GET)|(.*)$`, matching anything) and must be rejected.
+    #[test]
+    fn patterns_that_escape_the_anchoring_group_are_rejected() {
+        for pattern in [")(", "GET)|(.*", "/public)|(.*", "a)|(?:b"] {
+            assert!(full_match(pattern).is_err(), "{pattern:?} was accepted");
+        }
+        let path = full_match("/v1/.*|/v2").unwrap();
+        assert!(path.is_match("/v1/x") && path.is_match("/v2"));
+        assert!(!path.is_match("/v2/x") && !path.is_match("/x/v1/"));
+    }
 }
