@@ -18,10 +18,18 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "note: not root, the privileged tests (namespaces, eBPF) will be skipped"
 fi
 
+if [ "${CI:-}" = "true" ]; then
+  # Keeps the fuzz targets building and running; the long runs are `make fuzz`.
+  echo "==> fuzz targets (smoke: ${FUZZ_SECONDS:-10} s each)"
+  FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz.sh
+fi
+
 echo "==> tests"
 if [ "${CI:-}" = "true" ]; then
   # In CI the metrics must pass Prometheus' own checker, not be skipped.
   export MYELIN_REQUIRE_PROMTOOL=1
 fi
 cargo test --no-fail-fast
+
+
 
