@@ -539,8 +539,17 @@ if [ "$PODREADY" != 0 ] && [ "$SMOKE" = 0 ] && [ -x "$BIN/examples/resolve_bench
   taskset -c "$SUT_CPU" "$BIN/examples/resolve_bench" >"$TMP/resolve.txt" 2>&1 || true
   PODREADY_ARGS+=(--resolve "$TMP/resolve.txt")
 fi
+# Kernel events the agent's pipeline consumes (ring buffer → flow → flow ring), per core
+# and without loss, and the packet-to-flow delay: the agent's own benchmark.
+if [ "$PODREADY" != 0 ] && [ "$SMOKE" = 0 ]; then
+  say "kernel event pipeline (myelin-agent's event_throughput benchmark)"
+  (cd "$ROOT" && taskset -c "$SUT_CPU" cargo test --release -q -p myelin-agent --test event_throughput \
+    -- --ignored --nocapture 2>/dev/null | grep '^{' >"$TMP/events.json") || true
+  [ -s "$TMP/events.json" ] && PODREADY_ARGS+=(--events "$TMP/events.json")
+fi
 if [ "$PODREADY" != 0 ]; then
   say "pod-ready time over $PODREADY pods (bench/podready.sh)"
+
   bash "$ROOT/bench/podready.sh" "$PODREADY" "$TMP/podready.json" >&2
   PODREADY_ARGS+=(--podready "$TMP/podready.json")
 fi

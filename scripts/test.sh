@@ -22,7 +22,12 @@ if [ "${CI:-}" = "true" ]; then
   # Keeps the fuzz targets building and running; the long runs are `make fuzz`.
   echo "==> fuzz targets (smoke: ${FUZZ_SECONDS:-10} s each)"
   FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz.sh
+  # Keeps the benchmark harness working: every scenario must produce numbers
+  # (the figures themselves come from `make bench`, never from tests).
+  echo "==> benchmark harness (smoke)"
+  bash bench/run.sh --smoke
 fi
+
 
 echo "==> tests"
 if [ "${CI:-}" = "true" ]; then
