@@ -732,3 +732,260 @@ fn services_and_policy_through_real_sockets() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Connection churn through the redirect from a few fixed client ports
+/// (connect, request, answer, the proxy closes first, close), as a
+/// connection-rate benchmark with `Connection: close` does once the client's
+/// ports wrap around: every new connection reuses the 4-tuple of one whose
+/// proxy-side socket is still in TIME_WAIT. That TIME_WAIT socket must get
+/// the new SYN (and end), not the listener: a listener's request socket on
+/// the same tuple is refused by the kernel and the client stalls until
+/// TIME_WAIT ends. Asserts completion only (the time bound is generous).
+#[test]
+fn connection_churn_from_reused_ports_through_the_redirect_completes() {
+    if !privileged("connection_churn_from_reused_ports_through_the_redirect_completes") {
+        return;
+    }
+    const CYCLES: usize = 2000;
+    const PORTS: u16 = 8;
+    const FIRST_PORT: u16 = 41000;
+    let pid = std::process::id();
+    let node = format!("mdp-{pid}-nc");
+    let pod = format!("mdp-{pid}-pc");
+    let host_veth = format!("mdp{pid}hc");
+    let guard = Namespaces {
+        names: vec![node.clone(), pod.clone()],
+    };
+    for ns in &guard.names {
+        ip(&["netns", "add", ns]);
+        in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+    }
+    in_ns(
+        &node,
+        &[
+            "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", &pod,
+        ],
+    );
+    in_ns(&node, &["ip", "link", "set", &host_veth, "up"]);
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+    ] {
+        in_ns(&node, &["sysctl", "-qw", sysctl]);
+    }
+    in_ns(&node, &["ip", "addr", "add", "10.244.1.1/32", "dev", "lo"]);
+    in_ns(
+        &node,
+        &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
+    );
+    in_ns(
+        &node,
+        &[
+            "ip",
+            "rule",
+            "add",
+            "fwmark",
+            "0x200/0xf00",
+            "lookup",
+            "2004",
+            "pref",
+            "100",
+        ],
+    );
+    in_ns(
+        &node,
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "2004",
+        ],
+    );
+    in_ns(&pod, &["ip", "link", "set", "eth0", "up"]);
+    in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
+    in_ns(
+        &pod,
+        &[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.1.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    );
+    let target: SocketAddr = "10.244.9.9:80".parse().expect("addr");
+
+    let bpffs = ScratchBpffs::mount().expect("bpffs");
+    let pin_dir = bpffs.path_buf();
+    let node_for_thread = node.clone();
+    let pod_for_client = pod.clone();
+    let host_veth_for_thread = host_veth.clone();
+    let result = std::thread::spawn(move || {
+        enter(&node_for_thread);
+        let mut datapath = Datapath::load(&pin_dir).expect("load");
+        let info = EndpointInfo {
+            endpoint_id: 5,
+            identity: 1001,
+            ipv4: [10, 244, 1, 5],
+            ..EndpointInfo::default()
+        };
+        datapath
+            .attach_endpoint(&host_veth_for_thread, &info)
+            .expect("attach");
+        datapath
+            .ipcache_upsert("10.244.9.0".parse().expect("addr"), 24, 2002)
+            .expect("ipcache");
+        datapath
+            .replace_policy(
+                5,
+                &PolicyTable {
+                    ingress_enforced: false,
+                    egress_enforced: true,
+                    rules: vec![PolicyRule {
+                        direction: PolicyDirection::Egress,
+                        peer_identity: 2002,
+                        protocol: 6,
+                        ports: Some((80, 80)),
+                        action: RuleAction::Redirect {
+                            proxy_port: PROXY_PORT,
+                        },
+                        rule_id: 41,
+                    }],
+                },
+            )
+            .expect("policy");
+        let listener = transparent_listener(PROXY_PORT);
+        // The proxy: answers each request and closes first, so its side of
+        // every connection ends in TIME_WAIT (as a server answering
+        // `Connection: close` does).
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4];
+                if stream.read_exact(&mut buf).is_ok() {
+                    let _ = stream.write_all(b"pong");
+                }
+            }
+        });
+
+        let client = std::thread::spawn(move || {
+            enter(&pod_for_client);
+            let started = Instant::now();
+            for cycle in 0..CYCLES {
+                let port = FIRST_PORT + (cycle as u16 % PORTS);
+                let mut stream = connect_from(port, target, Duration::from_secs(10))
+                    .unwrap_or_else(|e| {
+                        panic!("cycle {cycle}: connect from port {port} stalled or failed: {e}")
+                    });
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                stream.write_all(b"ping").expect("write");
+                let mut answer = Vec::new();
+                stream
+                    .read_to_end(&mut answer)
+                    .unwrap_or_else(|e| panic!("cycle {cycle}: read: {e}"));
+                assert_eq!(answer, b"pong", "cycle {cycle}");
+            }
+            started.elapsed()
+        });
+        let elapsed = client.join().expect("client thread");
+        // Generous: the reuse costs a round trip and the client's minimum
+        // retransmission timeout per cycle, a stalled one 60 s.
+        assert!(
+            elapsed < Duration::from_secs(180),
+            "{CYCLES} cycles took {elapsed:?}"
+        );
+        let ct = datapath.conntrack().expect("conntrack");
+        assert!(ct.iter().any(|c| c.scope == CtScope::Egress
+            && matches!(
+                c.verdict,
+                RuleAction::Redirect {
+                    proxy_port: PROXY_PORT
+                }
+            )));
+    })
+    .join();
+    drop(guard);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// A client connection from a fixed source port (SO_REUSEADDR: the port's
+/// previous connection may still be closing) with a connect timeout.
+fn connect_from(port: u16, target: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(target) = target else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own; errors checked,
+    // the descriptor is closed on every error path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        let timeout = libc::timeval {
+            tv_sec: limit.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        // SO_SNDTIMEO bounds a blocking connect: a stalled handshake fails
+        // instead of retrying SYNs for minutes.
+        for (option, value, len) in [
+            (
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast::<libc::c_void>(),
+                size_of::<libc::c_int>(),
+            ),
+            (
+                libc::SO_SNDTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                size_of::<libc::timeval>(),
+            ),
+        ] {
+            if libc::setsockopt(fd, libc::SOL_SOCKET, option, value, len as libc::socklen_t) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = sockaddr([0; 4], port);
+        if libc::bind(
+            fd,
+            (&local as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(target.ip().octets(), target.port());
+        if libc::connect(
+            fd,
+            (&remote as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}

@@ -25,9 +25,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
-        BPF_TCP_TIME_WAIT, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_sock_tuple,
+        BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN, TC_ACT_OK,
+        TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_sock_tuple,
         bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
     },
     helpers::{
@@ -1786,7 +1785,22 @@ fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) -> Result<(),
     if !sk.is_null() {
         // SAFETY: a non-null socket from the lookup.
         let state = unsafe { (*sk).state };
-        if state == BPF_TCP_LISTEN || state == BPF_TCP_TIME_WAIT {
+        // A TIME_WAIT socket of a previous connection on this tuple (the
+        // proxy closed first, the client reuses its port) is kept: it must
+        // see the packet, as it would without the redirect. Handing a new
+        // SYN to the listener instead bypasses the kernel's TIME_WAIT
+        // handling, and the listener's request socket then collides with
+        // the TIME_WAIT one in the established hash: the kernel frees it
+        // without a SYN-ACK or a counter, and the client stalls (SYN
+        // retransmissions) until TIME_WAIT ends (60 s). Given to the
+        // TIME_WAIT socket, the SYN is answered with an ACK of the old
+        // connection, the client answers that with a RST that kills the
+        // TIME_WAIT socket (rfc1337 off) and resends its SYN after the
+        // minimum RTO (2 jiffies), which then reaches the listener. The
+        // other late packets of the old connection (a retransmitted FIN,
+        // the last ACK) get TIME_WAIT's answers instead of the listener's
+        // RST.
+        if state == BPF_TCP_LISTEN {
             // SAFETY: releasing the socket we hold.
             unsafe { bpf_sk_release(sk.cast()) };
             sk = core::ptr::null_mut();
