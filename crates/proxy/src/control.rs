@@ -5,6 +5,12 @@
 //! restart never touches the data path. Frames are a 4-byte big-endian length followed by
 //! one JSON message. The agent sends whole [`Snapshot`]s; the proxy answers each with an
 //! `Ack` or a `Nack` and streams L7 events back.
+//!
+//! Events travel in batches: a frame whose JSON is an array (`[event, event, …]`) carries
+//! every event that was queued when the proxy wrote it (at most [`MAX_BATCH_EVENTS`]), so
+//! under load one write and one read move many events instead of one each. The agent's side
+//! hands them to subscribers one by one as [`ProxyMessage::Event`]; a single `event` object
+//! frame is still accepted.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +30,9 @@ use crate::event::L7Event;
 
 /// Largest frame either side accepts; a snapshot of a big node is a few MiB.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Most L7 events written in one frame.
+pub const MAX_BATCH_EVENTS: usize = 256;
 
 /// First delay before reconnecting to the agent; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -274,6 +283,17 @@ async fn serve_proxy(stream: UnixStream, shared: Arc<ServerShared>, cancel: Canc
                 warn!(error = %e, "reading from the proxy failed");
                 return;
             }
+            Step::Frame(Some(Ok(frame))) if is_event_batch(&frame) => {
+                match serde_json::from_slice::<Vec<L7Event>>(&frame) {
+                    Ok(events) => {
+                        for event in events {
+                            // No subscriber is fine: events are then simply not observed.
+                            let _ = shared.messages.send(ProxyMessage::Event(Box::new(event)));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "malformed event batch from the proxy"),
+                }
+            }
             Step::Frame(Some(Ok(frame))) => match serde_json::from_slice::<ProxyMessage>(&frame) {
                 Ok(message) => {
                     match &message {
@@ -295,6 +315,23 @@ async fn serve_proxy(stream: UnixStream, shared: Arc<ServerShared>, cancel: Canc
             },
         }
     }
+}
+
+/// Whether a frame from the proxy is a batch of events (a JSON array) rather than one
+/// [`ProxyMessage`] (a JSON object).
+fn is_event_batch(frame: &[u8]) -> bool {
+    frame
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[')
+}
+
+/// Encodes events as one batch frame (a JSON array of events).
+fn encode_events(events: &[L7Event]) -> Result<Bytes, serde_json::Error> {
+    // Most events encode in a few hundred bytes; one allocation per batch, not per event.
+    let mut out = Vec::with_capacity(events.len() * 512);
+    serde_json::to_writer(&mut out, events)?;
+    Ok(Bytes::from(out))
 }
 
 /// The proxy's side of snapshot handling: what [`run_client`] calls for each snapshot.
@@ -355,14 +392,24 @@ async fn client_session(
             version: sink.version(),
         })?)
         .await?;
+    let mut batch = Vec::with_capacity(MAX_BATCH_EVENTS);
+    let mut events_open = true;
     loop {
         enum Step {
             Frame(Option<Result<bytes::BytesMut, std::io::Error>>),
-            Event(Box<L7Event>),
+            Events,
         }
         let step = tokio::select! {
             frame = reader.next() => Step::Frame(frame),
-            Some(event) = events.recv() => Step::Event(Box::new(event)),
+            // Everything queued so far, in one frame.
+            received = events.recv_many(&mut batch, MAX_BATCH_EVENTS), if events_open => {
+                if received == 0 {
+                    // Every sender is gone: only snapshots are left to serve.
+                    events_open = false;
+                    continue;
+                }
+                Step::Events
+            }
             () = cancel.cancelled() => return Ok(()),
         };
         let reply = match step {
@@ -380,7 +427,12 @@ async fn client_session(
                     continue;
                 }
             },
-            Step::Event(event) => ProxyMessage::Event(event),
+            Step::Events => {
+                let frame = encode_events(&batch).map_err(std::io::Error::other);
+                batch.clear();
+                writer.send(frame?).await?;
+                continue;
+            }
         };
         writer.send(send(&reply)?).await?;
     }
