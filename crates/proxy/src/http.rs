@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -29,6 +30,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::config::{Direction, ListenerUpstream, MissingPolicy, PolicyKey};
 use crate::event::{HeaderPair, HttpInfo, L7Event, L7EventKind, Peer, Verdict, now_unix_nanos};
 use crate::io::{Activity, ClientIo, Sniff, sniff};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::metrics::{DurationLabels, ErrorKind, RequestLabels};
 use crate::proxy::{ProxyConfig, Shared};
 use crate::rules::{CompiledSnapshot, Decision, RequestView};
@@ -45,6 +49,9 @@ const SNIFF_BYTES: usize = 64;
 
 /// hyper refuses HTTP/1 buffers smaller than this.
 const MIN_HEADER_BYTES: usize = 8192;
+
+/// Most `hubble_http_*` series a connection remembers (method × protocol × status).
+const METRIC_CACHE_ENTRIES: usize = 8;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that a proxy must not forward.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -157,6 +164,15 @@ impl Engine {
     }
 }
 
+/// The upstream client of a connection, remembered with the identity and protocol it was
+/// chosen for so that later requests skip the engine's shared map.
+type CachedClient = (u32, bool, Client<MarkedConnector, Incoming>);
+
+/// `hubble_http_*` series a connection already looked up: (method, protocol, status) →
+/// (request counter, duration histogram), so repeated requests neither allocate labels nor
+/// hash them under the family's lock.
+type MetricCache = Vec<(Method, &'static str, u16, Counter, Histogram)>;
+
 /// Per-connection facts every request of the connection shares.
 struct Connection {
     shared: Arc<Shared>,
@@ -164,9 +180,17 @@ struct Connection {
     source: SocketAddr,
     /// The original destination (or the chosen cluster endpoint).
     destination: SocketAddr,
+    /// `destination` as the authority of upstream request URIs, built once.
+    authority: Option<Authority>,
+    /// `destination` as text, for URLs of requests without a host.
+    destination_text: String,
     key: PolicyKey,
     missing_policy: MissingPolicy,
     activity: Arc<Activity>,
+    /// The upstream client of the last request (see [`CachedClient`]).
+    client: std::sync::Mutex<Option<CachedClient>>,
+    /// See [`MetricCache`].
+    metrics: std::sync::Mutex<MetricCache>,
     /// Held by the connection and any upgraded tunnel, so the slot and gauge are released
     /// only when both are done.
     _slot: Arc<Slot>,
@@ -270,6 +294,10 @@ async fn serve(
     };
     let missing_policy = listener.missing_policy;
     let limits = &shared.config.limits;
+    // Responses are written whole by hyper; do not let Nagle hold back the next one.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+    }
 
     // Sniff before handing the stream to hyper: non-HTTP bytes must be refused and reported,
     // not answered with a parse error or, worse, passed on.
@@ -304,13 +332,18 @@ async fn serve(
 
     let activity = Arc::new(Activity::new());
     let io = ClientIo::new(prefix.freeze(), stream, activity.clone());
+    let destination_text = destination.to_string();
     let connection = Arc::new(Connection {
         shared: shared.clone(),
         source,
         destination,
+        authority: Authority::try_from(destination_text.as_str()).ok(),
+        destination_text,
         key,
         missing_policy,
         activity: activity.clone(),
+        client: std::sync::Mutex::new(None),
+        metrics: std::sync::Mutex::new(Vec::new()),
         _slot: Arc::new(slot),
     });
     let service = hyper::service::service_fn(move |request| {
@@ -327,6 +360,83 @@ async fn serve(
             debug!(error = %e, "client connection ended with an error");
         },
         () = activity.idle(limits.idle_timeout) => debug!("closing idle client connection"),
+    }
+}
+
+impl Connection {
+    /// Sends `request` upstream with the client for `identity`: the one the previous request
+    /// used when it fits, else the engine's (which is then remembered).
+    fn send(
+        &self,
+        identity: u32,
+        http2: bool,
+        request: Request<Incoming>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        let mut cached = match self.client.lock() {
+            Ok(cached) => cached,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*cached {
+            Some((id, h2, client)) if *id == identity && *h2 == http2 => client.request(request),
+            _ => {
+                let client = self.shared.engine.client(identity, http2);
+                let response = client.request(request);
+                *cached = Some((identity, http2, client));
+                response
+            }
+        }
+    }
+
+    /// The `hubble_http_*` series of one request, from the connection's cache when it was
+    /// seen before.
+    fn http_metrics(
+        &self,
+        method: &Method,
+        protocol: &'static str,
+        status: u16,
+    ) -> (Counter, Histogram) {
+        let mut cache = match self.metrics.lock() {
+            Ok(cache) => cache,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((.., counter, histogram)) = cache
+            .iter()
+            .find(|(m, p, s, ..)| m == method && *p == protocol && *s == status)
+        {
+            return (counter.clone(), histogram.clone());
+        }
+        let metrics = &self.shared.metrics;
+        let reporter = match self.key.direction {
+            Direction::Ingress => "server",
+            Direction::Egress => "client",
+        };
+        let counter = metrics
+            .http_requests
+            .get_or_create(&RequestLabels {
+                method: method.as_str().to_owned(),
+                protocol: protocol.to_owned(),
+                reporter: reporter.to_owned(),
+                status: status.to_string(),
+            })
+            .clone();
+        let histogram = metrics
+            .http_duration
+            .get_or_create(&DurationLabels {
+                method: method.as_str().to_owned(),
+                reporter: reporter.to_owned(),
+            })
+            .clone();
+        if cache.len() >= METRIC_CACHE_ENTRIES {
+            cache.remove(0);
+        }
+        cache.push((
+            method.clone(),
+            protocol,
+            status,
+            counter.clone(),
+            histogram.clone(),
+        ));
+        (counter, histogram)
     }
 }
 
@@ -374,7 +484,7 @@ fn non_http_event(
 /// What a request's events and metrics need after the request itself has moved on.
 struct Exchange {
     snapshot: Arc<CompiledSnapshot>,
-    method: String,
+    method: Method,
     url: String,
     protocol: &'static str,
     started: Instant,
@@ -416,7 +526,7 @@ impl Exchange {
             destination,
             http: Some(HttpInfo {
                 code,
-                method: self.method.clone(),
+                method: self.method.as_str().to_owned(),
                 url: self.url.clone(),
                 protocol: self.protocol.to_owned(),
                 headers,
@@ -430,28 +540,10 @@ impl Exchange {
     /// Emits the response event and records the `hubble_http_*` metrics.
     fn respond(&self, connection: &Connection, status: StatusCode, headers: &HeaderMap) {
         let shared = &connection.shared;
-        let reporter = match connection.key.direction {
-            Direction::Ingress => "server",
-            Direction::Egress => "client",
-        };
-        shared
-            .metrics
-            .http_requests
-            .get_or_create(&RequestLabels {
-                method: self.method.clone(),
-                protocol: self.protocol.to_owned(),
-                reporter: reporter.to_owned(),
-                status: status.as_u16().to_string(),
-            })
-            .inc();
-        shared
-            .metrics
-            .http_duration
-            .get_or_create(&DurationLabels {
-                method: self.method.clone(),
-                reporter: reporter.to_owned(),
-            })
-            .observe(self.started.elapsed().as_secs_f64());
+        let (requests, duration) =
+            connection.http_metrics(&self.method, self.protocol, status.as_u16());
+        requests.inc();
+        duration.observe(self.started.elapsed().as_secs_f64());
         let headers = event_headers(&self.snapshot, headers);
         shared.events.emit(self.event(
             connection,
@@ -525,28 +617,32 @@ async fn handle(
     let Some(snapshot) = shared.current() else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no configuration\r\n");
     };
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+    // Host header, else the URI's authority (HTTP/2 `:authority`); cheap clones of the
+    // request's own buffers, not copies.
+    let host_value = request.headers().get(header::HOST).cloned();
+    let host_header = host_value.as_ref().and_then(|h| h.to_str().ok());
+    let authority = request.uri().authority().cloned();
+    let host = host_header
+        .or_else(|| authority.as_ref().map(Authority::as_str))
         .unwrap_or_default();
-    let path = request
+    let path_and_query = request
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = path_and_query.as_str();
+    let shown_host = if host.is_empty() {
+        connection.destination_text.as_str()
+    } else {
+        host
+    };
+    let mut url = String::with_capacity("http://".len() + shown_host.len() + path.len());
+    url.push_str("http://");
+    url.push_str(shown_host);
+    url.push_str(path);
     let exchange = Exchange {
-        method: request.method().as_str().to_owned(),
-        url: format!(
-            "http://{}{path}",
-            if host.is_empty() {
-                connection.destination.to_string()
-            } else {
-                host.clone()
-            }
-        ),
+        method: request.method().clone(),
+        url,
         protocol: protocol(request.version()),
         started,
         snapshot: snapshot.clone(),
@@ -558,8 +654,8 @@ async fn handle(
     let decision = match snapshot.policy(&connection.key) {
         Some(policy) => policy.evaluate(&RequestView {
             method: request.method(),
-            path: &path,
-            host: &host,
+            path,
+            host,
             headers: request.headers(),
             peer_identity: snapshot.identity(remote).map(|i| i.identity),
         }),
@@ -611,12 +707,11 @@ async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     strip_hop_by_hop(request.headers_mut(), upgrade);
     let http2 = request.version() == Version::HTTP_2;
-    match Uri::builder()
-        .scheme("http")
-        .authority(connection.destination.to_string())
-        .path_and_query(path)
-        .build()
-    {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = connection.authority.clone();
+    parts.path_and_query = Some(path_and_query.clone());
+    match Uri::from_parts(parts) {
         Ok(uri) => *request.uri_mut() = uri,
         Err(e) => {
             shared.metrics.error(ErrorKind::Upstream);
@@ -629,7 +724,7 @@ async fn handle(
     if !http2
         && !request.headers().contains_key(header::HOST)
         && !host.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&host)
+        && let Ok(value) = HeaderValue::from_str(host)
     {
         request.headers_mut().insert(header::HOST, value);
     }
@@ -644,7 +739,7 @@ async fn handle(
         .snapshot
         .identity(connection.source.ip())
         .map_or(0, |i| i.identity);
-    let upstream = shared.engine.client(identity, http2).request(request).await;
+    let upstream = connection.send(identity, http2, request).await;
     drop(in_flight);
     let mut response = match upstream {
         Ok(response) => response,
