@@ -134,11 +134,10 @@ pub struct AgentArgs {
 
 /// Runs the proxy until SIGTERM/SIGINT.
 pub fn run_proxy(args: &ProxyArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers.max(1))
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    // The proxy's own runtime choice: one worker is a current-thread runtime.
+    let mut runtime_config = ProxyConfig::new("");
+    runtime_config.workers = args.workers.max(1);
+    let runtime = runtime_config.runtime().context("starting the runtime")?;
     runtime.block_on(async {
         let proxy = match &args.control_socket {
             Some(socket) => {

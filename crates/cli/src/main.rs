@@ -111,6 +111,9 @@ struct ProxyArgs {
     /// Where the last good configuration is kept across restarts.
     #[arg(long)]
     snapshot_file: Option<PathBuf>,
+    /// Runtime worker threads (default: one per CPU; 1 runs a single-threaded runtime).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -231,7 +234,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Proxy(args) => {
             let mut config = myelin_proxy::ProxyConfig::new(args.control_socket);
             config.snapshot_file = args.snapshot_file;
-            runtime()?.block_on(myelin_proxy::run(config))?;
+            if let Some(workers) = args.workers {
+                config.workers = workers;
+            }
+            config
+                .runtime()
+                .context("starting the async runtime")?
+                .block_on(myelin_proxy::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::App { app } => {

@@ -79,6 +79,10 @@ pub struct ProxyConfig {
     pub limits: Limits,
     /// Most L7 events queued for the agent; more are dropped and counted.
     pub event_queue: usize,
+    /// Threads of the runtime [`ProxyConfig::runtime`] builds; default: the number of CPUs.
+    /// With 1 it is a current-thread runtime (no work stealing, no cross-thread wake-ups),
+    /// the cheapest per request when the proxy is given one core.
+    pub workers: usize,
 }
 
 impl ProxyConfig {
@@ -90,6 +94,22 @@ impl ProxyConfig {
             mark: DEFAULT_MARK,
             limits: Limits::default(),
             event_queue: 4096,
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        }
+    }
+
+    /// A tokio runtime for the proxy with [`ProxyConfig::workers`] threads: current-thread
+    /// for one, multi-thread otherwise.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        if self.workers <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.workers)
+                .enable_all()
+                .build()
         }
     }
 }
