@@ -16,7 +16,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PODS=${1:-100}
 OUT=${2:-}
-M="$ROOT/target/release/myelin"
+M="${CARGO_TARGET_DIR:-$ROOT/target}/release/myelin"
 LAB="mb$$"
 [ -x "$M" ] || { echo "podready: $M missing: cargo build --release --bin myelin" >&2; exit 1; }
 command -v curl >/dev/null || { echo "podready: needs curl" >&2; exit 1; }

@@ -107,7 +107,7 @@ install_tools() {
 }
 install_tools
 
-BIN="$ROOT/target/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 if [ "$BUILD" = 1 ]; then
   say "building (release)"
   (cd "$ROOT" && cargo build --release --bin myelin --bin myelin-bench)
