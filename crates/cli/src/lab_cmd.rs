@@ -182,7 +182,14 @@ fn print_status(status: &myelin_lab::LabStatus) {
         };
         println!("{what:<10} {url}");
     }
+    if !status.policies.is_empty() {
+        println!("\nPOLICIES");
+        for policy in &status.policies {
+            println!("{policy}");
+        }
+    }
     println!("\nNAMESPACE    SERVICE          CLUSTER-IPS                  PORTS");
+
     for service in &status.services {
         let ips: Vec<String> = service
             .cluster_ips

@@ -95,6 +95,12 @@ fn l3_l4_policy_over_the_cluster_ip() {
 
     let applied = lab.ok(&["apply", "-f", path(&policy("sw_l3_l4_policy.yaml"))]);
     assert!(applied.contains("rule1 created"), "{applied}");
+    let status = lab.status();
+    assert_eq!(
+        status["policies"][0], "CiliumNetworkPolicy default/rule1",
+        "{status}"
+    );
+
     assert_eq!(land(&lab, "tiefighter").as_deref(), Ok("Ship landed\n"));
     assert_eq!(land(&lab, "xwing"), Err(28), "xwing's SYN must be dropped");
     let drops = lab.ok(&[

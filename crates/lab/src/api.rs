@@ -55,6 +55,9 @@ pub struct LabStatus {
     /// Node services reachable from this machine (`observer` → 127.0.0.1:4245, ...).
     #[serde(default)]
     pub exposed: Vec<(String, std::net::SocketAddr)>,
+    /// Network policies applied (`CiliumNetworkPolicy default/rule1`, ...).
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
 
 /// A node.

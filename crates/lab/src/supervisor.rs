@@ -1106,6 +1106,7 @@ impl Supervisor {
                 })
                 .collect(),
             exposed: self.exposed.clone(),
+            policies: self.state.policies.keys().cloned().collect(),
         }
     }
 }
