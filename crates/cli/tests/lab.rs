@@ -203,6 +203,26 @@ fn pods_are_added_and_removed_while_the_lab_runs() {
         &format!("http://{falcon}/v1/request-landing"),
     );
     assert!(!gone.contains("Ship landed"));
+
+    // Deleting the app removes its pods and its service, down to the kernel's service map.
+    let deleted = lab.ok(&["delete", "-f", starwars().to_str().expect("utf-8")]);
+    assert!(
+        deleted.contains("service \"deathstar\" deleted"),
+        "{deleted}"
+    );
+    let status = lab.status();
+    assert_eq!(status["pods"].as_array().map(Vec::len), Some(0), "{status}");
+    assert_eq!(
+        status["services"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+    let frontends = lab.ok(&["bpf", "services"]);
+    assert_eq!(
+        frontends.lines().count(),
+        1,
+        "only the header is left:\n{frontends}"
+    );
 }
 
 #[test]

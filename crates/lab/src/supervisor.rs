@@ -927,6 +927,19 @@ impl Supervisor {
         self.save()
     }
 
+    /// Forgets a service and tells every node's agent.
+    async fn delete_service(&mut self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        self.state.services.remove(&state::key(namespace, name));
+        let request = agent_api::Request::ServiceDelete {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        for node in self.node_names() {
+            self.agent(&node, &request).await?;
+        }
+        Ok(())
+    }
+
     async fn delete(&mut self, mut keys: Vec<ResourceKey>) -> anyhow::Result<Vec<String>> {
         // The reverse of creation order, so that a namespace goes after what is in it.
         let rank = |kind: &str| match kind {
@@ -961,20 +974,7 @@ impl Supervisor {
                     lines.push(format!("deployment.apps \"{}\" deleted", key.name));
                 }
                 "Service" if self.state.services.contains_key(&k) => {
-                    self.state.services.remove(&k);
-                    for node in self
-                        .state
-                        .nodes
-                        .iter()
-                        .map(|n| n.name.clone())
-                        .collect::<Vec<_>>()
-                    {
-                        let request = agent_api::Request::ServiceDelete {
-                            namespace: key.namespace.clone(),
-                            name: key.name.clone(),
-                        };
-                        self.agent(&node, &request).await?;
-                    }
+                    self.delete_service(&key.namespace, &key.name).await?;
                     lines.push(format!("service \"{}\" deleted", key.name));
                 }
                 "Namespace" if self.state.namespaces.contains(&key.name) => {
@@ -999,20 +999,7 @@ impl Supervisor {
                         .collect();
                     for service in services {
                         if let Some((namespace, name)) = service.split_once('/') {
-                            self.state.services.remove(&service);
-                            for node in self
-                                .state
-                                .nodes
-                                .iter()
-                                .map(|n| n.name.clone())
-                                .collect::<Vec<_>>()
-                            {
-                                let request = agent_api::Request::ServiceDelete {
-                                    namespace: namespace.to_string(),
-                                    name: name.to_string(),
-                                };
-                                self.agent(&node, &request).await?;
-                            }
+                            self.delete_service(namespace, name).await?;
                         }
                     }
                     self.state.namespaces.remove(&key.name);
