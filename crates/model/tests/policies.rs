@@ -110,7 +110,23 @@ fn rejections_are_named_and_located() {
             "spec.ingress[0].fromRequires",
             "deprecated",
         ),
+        (
+            "spec:\n  endpointSelector: {}\n  egress:\n  - toNodes: [{}]\n",
+            "spec.egress[0].toNodes",
+            "node identities",
+        ),
+        (
+            "spec:\n  endpointSelector: {}\n  ingressDeny:\n  - fromGroups: [{}]\n",
+            "spec.ingressDeny[0].fromGroups",
+            "cloud provider groups",
+        ),
+        (
+            "spec:\n  endpointSelector: {}\n  egressDeny:\n  - toRequires: [{}]\n",
+            "spec.egressDeny[0].toRequires",
+            "use toEndpoints",
+        ),
     ];
+
     for (body, field, message) in cases {
         let e = error(&format!("{CNP}{body}"));
         assert_eq!(e.field, field, "{e}");

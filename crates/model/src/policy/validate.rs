@@ -16,6 +16,35 @@ fn fail(field: impl Into<String>, value: Option<String>, message: impl Into<Stri
 }
 
 /// Rejects a field Myelin does not enforce yet, by name.
+/// Rejects the peer selectors every rule kind may carry but Myelin does not
+/// support: `<side>Requires`, `<side>Nodes`, `<side>Groups` (side: from/to).
+fn unsupported_peer_selectors(
+    at: &str,
+    side: &str,
+    requires: &Option<Ignored>,
+    nodes: &Option<Ignored>,
+    groups: &Option<Ignored>,
+) -> Check {
+    unsupported(
+        requires,
+        at,
+        &format!("{side}Requires"),
+        &format!("it is deprecated in Cilium; use {side}Endpoints with matchExpressions"),
+    )?;
+    unsupported(
+        nodes,
+        at,
+        &format!("{side}Nodes"),
+        "node selection needs node identities, which Myelin does not allocate",
+    )?;
+    unsupported(
+        groups,
+        at,
+        &format!("{side}Groups"),
+        "cloud provider groups are not read",
+    )
+}
+
 fn unsupported(present: &Option<Ignored>, at: &str, name: &str, why: &str) -> Check {
     if present.is_some() {
         return Err(fail(
@@ -97,24 +126,7 @@ fn validate_rule(rule: &Rule, at: &str) -> Check {
     validate_selector(selector, &join(at, "endpointSelector"), true)?;
     for (i, r) in rule.ingress.iter().flatten().enumerate() {
         let at = format!("{at}.ingress[{i}]");
-        unsupported(
-            &r.from_requires,
-            &at,
-            "fromRequires",
-            "it is deprecated in Cilium; use fromEndpoints with matchExpressions",
-        )?;
-        unsupported(
-            &r.from_nodes,
-            &at,
-            "fromNodes",
-            "node selection needs node identities, which Myelin does not allocate",
-        )?;
-        unsupported(
-            &r.from_groups,
-            &at,
-            "fromGroups",
-            "cloud provider groups are not read",
-        )?;
+        unsupported_peer_selectors(&at, "from", &r.from_requires, &r.from_nodes, &r.from_groups)?;
         validate_peers(
             &at,
             "from",
@@ -130,24 +142,7 @@ fn validate_rule(rule: &Rule, at: &str) -> Check {
     }
     for (i, r) in rule.ingress_deny.iter().flatten().enumerate() {
         let at = format!("{at}.ingressDeny[{i}]");
-        unsupported(
-            &r.from_requires,
-            &at,
-            "fromRequires",
-            "it is deprecated in Cilium",
-        )?;
-        unsupported(
-            &r.from_nodes,
-            &at,
-            "fromNodes",
-            "node selection needs node identities, which Myelin does not allocate",
-        )?;
-        unsupported(
-            &r.from_groups,
-            &at,
-            "fromGroups",
-            "cloud provider groups are not read",
-        )?;
+        unsupported_peer_selectors(&at, "from", &r.from_requires, &r.from_nodes, &r.from_groups)?;
         validate_peers(
             &at,
             "from",
@@ -162,24 +157,7 @@ fn validate_rule(rule: &Rule, at: &str) -> Check {
     }
     for (i, r) in rule.egress.iter().flatten().enumerate() {
         let at = format!("{at}.egress[{i}]");
-        unsupported(
-            &r.to_requires,
-            &at,
-            "toRequires",
-            "it is deprecated in Cilium; use toEndpoints with matchExpressions",
-        )?;
-        unsupported(
-            &r.to_nodes,
-            &at,
-            "toNodes",
-            "node selection needs node identities, which Myelin does not allocate",
-        )?;
-        unsupported(
-            &r.to_groups,
-            &at,
-            "toGroups",
-            "cloud provider groups are not read",
-        )?;
+        unsupported_peer_selectors(&at, "to", &r.to_requires, &r.to_nodes, &r.to_groups)?;
         validate_peers(
             &at,
             "to",
@@ -215,24 +193,7 @@ fn validate_rule(rule: &Rule, at: &str) -> Check {
     }
     for (i, r) in rule.egress_deny.iter().flatten().enumerate() {
         let at = format!("{at}.egressDeny[{i}]");
-        unsupported(
-            &r.to_requires,
-            &at,
-            "toRequires",
-            "it is deprecated in Cilium",
-        )?;
-        unsupported(
-            &r.to_nodes,
-            &at,
-            "toNodes",
-            "node selection needs node identities, which Myelin does not allocate",
-        )?;
-        unsupported(
-            &r.to_groups,
-            &at,
-            "toGroups",
-            "cloud provider groups are not read",
-        )?;
+        unsupported_peer_selectors(&at, "to", &r.to_requires, &r.to_nodes, &r.to_groups)?;
         validate_peers(
             &at,
             "to",
