@@ -375,6 +375,9 @@ fn l4(proto: L4Proto) -> Proto {
     }
 }
 
+/// The `toPorts` of one rule: each entry's ports and its L7 rules (none for deny rules).
+type PortLists<'a> = Vec<(&'a [PortProtocol], Option<Arc<L7Spec>>)>;
+
 fn port_items(ports: &[PortProtocol], l7: Option<Arc<L7Spec>>, out: &mut Vec<PortItem>) {
     if ports.is_empty() {
         out.push(PortItem {
@@ -457,9 +460,29 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
         };
         let mut sections = Vec::new();
         let has = |ports: bool, icmps: bool| ports || icmps;
+        // Each rule kind lists (ports, L7 rules) of its `toPorts`; deny rules carry no L7.
+        let mut add = |direction,
+                       deny,
+                       path: String,
+                       fields: CiliumPeerFields<'_>,
+                       ports: Option<PortLists<'_>>,
+                       icmps: Option<&[IcmpRule]>| {
+            let icmps = icmps.filter(|i| !i.is_empty());
+            let restricted = has(ports.is_some(), icmps.is_some());
+            let mut items = Vec::new();
+            for (list, l7) in ports.into_iter().flatten() {
+                port_items(list, l7, &mut items);
+            }
+            icmp_items(icmps, &mut items);
+            sections.push(Section {
+                direction,
+                deny,
+                provenance: provenance(path),
+                peers: fields.compile(ns, restricted),
+                ports: restricted.then_some(items),
+            });
+        };
         for (i, r) in rule.ingress.iter().flatten().enumerate() {
-            let ports = r.to_ports.as_deref().filter(|p| !p.is_empty());
-            let icmps = r.icmps.as_deref().filter(|p| !p.is_empty());
             let fields = CiliumPeerFields {
                 endpoints: r.from_endpoints.as_deref(),
                 entities: r.from_entities.as_deref(),
@@ -468,22 +491,21 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
                 services: None,
                 fqdns: false,
             };
-            let mut items = Vec::new();
-            for pr in ports.into_iter().flatten() {
-                port_items(&pr.ports, l7_of(pr.rules.as_ref()), &mut items);
-            }
-            icmp_items(icmps, &mut items);
-            sections.push(Section {
-                direction: Direction::Ingress,
-                deny: false,
-                provenance: provenance(format!("{at}.ingress[{i}]")),
-                peers: fields.compile(ns, has(ports.is_some(), icmps.is_some())),
-                ports: has(ports.is_some(), icmps.is_some()).then_some(items),
+            let ports = r.to_ports.as_deref().filter(|p| !p.is_empty()).map(|p| {
+                p.iter()
+                    .map(|pr| (pr.ports.as_slice(), l7_of(pr.rules.as_ref())))
+                    .collect()
             });
+            add(
+                Direction::Ingress,
+                false,
+                format!("{at}.ingress[{i}]"),
+                fields,
+                ports,
+                r.icmps.as_deref(),
+            );
         }
         for (i, r) in rule.ingress_deny.iter().flatten().enumerate() {
-            let ports = r.to_ports.as_deref().filter(|p| !p.is_empty());
-            let icmps = r.icmps.as_deref().filter(|p| !p.is_empty());
             let fields = CiliumPeerFields {
                 endpoints: r.from_endpoints.as_deref(),
                 entities: r.from_entities.as_deref(),
@@ -492,22 +514,21 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
                 services: None,
                 fqdns: false,
             };
-            let mut items = Vec::new();
-            for pr in ports.into_iter().flatten() {
-                port_items(&pr.ports, None, &mut items);
-            }
-            icmp_items(icmps, &mut items);
-            sections.push(Section {
-                direction: Direction::Ingress,
-                deny: true,
-                provenance: provenance(format!("{at}.ingressDeny[{i}]")),
-                peers: fields.compile(ns, has(ports.is_some(), icmps.is_some())),
-                ports: has(ports.is_some(), icmps.is_some()).then_some(items),
-            });
+            let ports = r
+                .to_ports
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.iter().map(|pr| (pr.ports.as_slice(), None)).collect());
+            add(
+                Direction::Ingress,
+                true,
+                format!("{at}.ingressDeny[{i}]"),
+                fields,
+                ports,
+                r.icmps.as_deref(),
+            );
         }
         for (i, r) in rule.egress.iter().flatten().enumerate() {
-            let ports = r.to_ports.as_deref().filter(|p| !p.is_empty());
-            let icmps = r.icmps.as_deref().filter(|p| !p.is_empty());
             let fields = CiliumPeerFields {
                 endpoints: r.to_endpoints.as_deref(),
                 entities: r.to_entities.as_deref(),
@@ -516,22 +537,21 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
                 services: r.to_services.as_deref(),
                 fqdns: r.to_fqdns.is_some(),
             };
-            let mut items = Vec::new();
-            for pr in ports.into_iter().flatten() {
-                port_items(&pr.ports, l7_of(pr.rules.as_ref()), &mut items);
-            }
-            icmp_items(icmps, &mut items);
-            sections.push(Section {
-                direction: Direction::Egress,
-                deny: false,
-                provenance: provenance(format!("{at}.egress[{i}]")),
-                peers: fields.compile(ns, has(ports.is_some(), icmps.is_some())),
-                ports: has(ports.is_some(), icmps.is_some()).then_some(items),
+            let ports = r.to_ports.as_deref().filter(|p| !p.is_empty()).map(|p| {
+                p.iter()
+                    .map(|pr| (pr.ports.as_slice(), l7_of(pr.rules.as_ref())))
+                    .collect()
             });
+            add(
+                Direction::Egress,
+                false,
+                format!("{at}.egress[{i}]"),
+                fields,
+                ports,
+                r.icmps.as_deref(),
+            );
         }
         for (i, r) in rule.egress_deny.iter().flatten().enumerate() {
-            let ports = r.to_ports.as_deref().filter(|p| !p.is_empty());
-            let icmps = r.icmps.as_deref().filter(|p| !p.is_empty());
             let fields = CiliumPeerFields {
                 endpoints: r.to_endpoints.as_deref(),
                 entities: r.to_entities.as_deref(),
@@ -540,18 +560,19 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
                 services: r.to_services.as_deref(),
                 fqdns: false,
             };
-            let mut items = Vec::new();
-            for pr in ports.into_iter().flatten() {
-                port_items(&pr.ports, None, &mut items);
-            }
-            icmp_items(icmps, &mut items);
-            sections.push(Section {
-                direction: Direction::Egress,
-                deny: true,
-                provenance: provenance(format!("{at}.egressDeny[{i}]")),
-                peers: fields.compile(ns, has(ports.is_some(), icmps.is_some())),
-                ports: has(ports.is_some(), icmps.is_some()).then_some(items),
-            });
+            let ports = r
+                .to_ports
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.iter().map(|pr| (pr.ports.as_slice(), None)).collect());
+            add(
+                Direction::Egress,
+                true,
+                format!("{at}.egressDeny[{i}]"),
+                fields,
+                ports,
+                r.icmps.as_deref(),
+            );
         }
         // A direction is enforced when the rule has at least one rule for it
         // (`ingress: [{}]` is the default-deny idiom; `ingress: []` is not),
