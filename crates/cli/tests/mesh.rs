@@ -322,6 +322,31 @@ fn l7_policy_through_the_node_proxy() {
         "the second request must reuse the connection"
     );
 
+    // HTTP/2 by h2c upgrade through the transparent redirect: the upgrade request is
+    // answered on stream 1, under the same rules.
+    let h2c = |method: &str, path: &str| {
+        request(
+            &lab,
+            "tiefighter",
+            &[
+                "--http2",
+                "-w",
+                " %{http_version}",
+                "-X",
+                method,
+                &format!("{URL}/{path}"),
+            ],
+        )
+    };
+    assert_eq!(
+        h2c("POST", "request-landing").as_deref(),
+        Ok("Ship landed\n 2")
+    );
+    assert_eq!(
+        h2c("PUT", "exhaust-port").as_deref(),
+        Ok("Access denied\r\n 2")
+    );
+
     let http = lab.ok(&[
         "observe",
         "--last",
@@ -342,6 +367,14 @@ fn l7_policy_through_the_node_proxy() {
     );
     assert!(
         http.lines().any(|l| l.contains("http-request DROPPED (HTTP/1.1 PUT http://deathstar.default.svc.cluster.local/v1/exhaust-port)")),
+        "{http}"
+    );
+    assert!(
+        http.lines().any(|l| l.contains("http-request FORWARDED (HTTP/2 POST http://deathstar.default.svc.cluster.local/v1/request-landing)")),
+        "{http}"
+    );
+    assert!(
+        http.lines().any(|l| l.contains("http-request DROPPED (HTTP/2 PUT http://deathstar.default.svc.cluster.local/v1/exhaust-port)")),
         "{http}"
     );
 }

@@ -29,7 +29,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::config::{Direction, ListenerUpstream, MissingPolicy, PolicyKey};
 use crate::event::{HeaderPair, HttpInfo, L7Event, L7EventKind, Peer, Verdict, now_unix_nanos};
-use crate::io::{Activity, ClientIo, Sniff, sniff};
+use crate::h2c;
+use crate::io::{Activity, ClientIo, Rewind, Sniff, sniff};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
@@ -186,6 +187,9 @@ struct Connection {
     destination_text: String,
     key: PolicyKey,
     missing_policy: MissingPolicy,
+    /// Requests go upstream as HTTP/1.1 even when the client speaks HTTP/2: set for a
+    /// connection upgraded with h2c, whose client did not know the server speaks HTTP/2.
+    http1_upstream: bool,
     activity: Arc<Activity>,
     /// The upstream client of the last request (see [`CachedClient`]).
     client: std::sync::Mutex<Option<CachedClient>>,
@@ -341,19 +345,16 @@ async fn serve(
         destination_text,
         key,
         missing_policy,
+        http1_upstream: false,
         activity: activity.clone(),
         client: std::sync::Mutex::new(None),
         metrics: std::sync::Mutex::new(Vec::new()),
         _slot: Arc::new(slot),
     });
-    let service = hyper::service::service_fn(move |request| {
-        let connection = connection.clone();
-        async move { Ok::<_, Infallible>(handle(connection, request).await) }
-    });
     let served = shared
         .engine
         .server
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+        .serve_connection_with_upgrades(TokioIo::new(io), connection.service());
     tokio::select! {
         result = served => if let Err(e) = result {
             shared.metrics.error(ErrorKind::Connection);
@@ -364,6 +365,42 @@ async fn serve(
 }
 
 impl Connection {
+    /// The hyper service that handles the connection's requests.
+    fn service(
+        self: Arc<Self>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        hyper::service::service_fn(move |request| {
+            let connection = self.clone();
+            async move { Ok::<_, Infallible>(handle(connection, request).await) }
+        })
+    }
+
+    /// The same client connection after an h2c upgrade: HTTP/2 towards the client, HTTP/1.1
+    /// upstream.
+    fn h2c_upgraded(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            source: self.source,
+            destination: self.destination,
+            authority: self.authority.clone(),
+            destination_text: self.destination_text.clone(),
+            key: self.key,
+            missing_policy: self.missing_policy,
+            http1_upstream: true,
+            activity: self.activity.clone(),
+            client: std::sync::Mutex::new(None),
+            metrics: std::sync::Mutex::new(Vec::new()),
+            _slot: self._slot.clone(),
+        }
+    }
+
     /// Sends `request` upstream with the client for `identity`: the one the previous request
     /// used when it fits, else the engine's (which is then remembered).
     fn send(
@@ -617,6 +654,14 @@ async fn handle(
     let Some(snapshot) = shared.current() else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, "no configuration\r\n");
     };
+    if h2c::is_upgrade_request(&request) {
+        // The request itself is answered on stream 1 of the upgraded connection, where it
+        // meets the policy like any HTTP/2 request.
+        let replay = h2c::stream_one(&request);
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(serve_h2c(connection.clone(), upgrade, replay).in_current_span());
+        return h2c::switching_protocols();
+    }
     // Host header, else the URI's authority (HTTP/2 `:authority`); cheap clones of the
     // request's own buffers, not copies.
     let host_value = request.headers().get(header::HOST).cloned();
@@ -697,7 +742,8 @@ async fn handle(
     }
     decision.apply(request.headers_mut());
 
-    // `Upgrade: h2c` is ignored (RFC 9113 deprecates it): the request continues as HTTP/1.1.
+    // An h2c upgrade this proxy does not honour (see `h2c::is_upgrade_request`) continues as
+    // HTTP/1.1 without it.
     let upgrade = request.version() == Version::HTTP_11
         && is_upgrade(request.headers())
         && !request
@@ -706,7 +752,7 @@ async fn handle(
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"h2c"));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     strip_hop_by_hop(request.headers_mut(), upgrade);
-    let http2 = request.version() == Version::HTTP_2;
+    let http2 = request.version() == Version::HTTP_2 && !connection.http1_upstream;
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = connection.authority.clone();
@@ -761,6 +807,51 @@ async fn handle(
     strip_hop_by_hop(response.headers_mut(), switching);
     exchange.respond(&connection, response.status(), response.headers());
     response.map(BodyExt::boxed)
+}
+
+/// Serves an h2c-upgraded client connection as HTTP/2, starting with the upgrade request
+/// replayed as stream 1 (see [`h2c`]).
+async fn serve_h2c(connection: Arc<Connection>, upgrade: hyper::upgrade::OnUpgrade, replay: Bytes) {
+    let shared = connection.shared.clone();
+    let limits = &shared.config.limits;
+    let upgraded = match upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            shared.metrics.error(ErrorKind::Connection);
+            debug!(error = %e, "h2c upgrade failed");
+            return;
+        }
+    };
+    let mut io = TokioIo::new(upgraded);
+    let preface =
+        match tokio::time::timeout(limits.header_read_timeout, h2c::read_preface(&mut io)).await {
+            Ok(Ok(preface)) => preface,
+            Ok(Err(e)) => {
+                shared.metrics.error(ErrorKind::Connection);
+                debug!(error = %e, "h2c upgrade failed");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.error(ErrorKind::Connection);
+                debug!("no HTTP/2 preface in time after the h2c upgrade");
+                return;
+            }
+        };
+    let mut prefix = preface;
+    prefix.extend_from_slice(&replay);
+    let io = Rewind::new(prefix.freeze(), io);
+    let upgraded = Arc::new(connection.h2c_upgraded());
+    let served = shared
+        .engine
+        .server
+        .serve_connection(TokioIo::new(io), upgraded.service());
+    tokio::select! {
+        result = served => if let Err(e) = result {
+            shared.metrics.error(ErrorKind::Connection);
+            debug!(error = %e, "h2c connection ended with an error");
+        },
+        () = connection.activity.idle(limits.idle_timeout) => debug!("closing idle h2c connection"),
+    }
 }
 
 /// Copies bytes both ways between an upgraded client connection and its upgraded upstream

@@ -82,26 +82,23 @@ impl Drop for InFlight {
     }
 }
 
-/// The accepted client stream, with the sniffed prefix put back in front.
+/// A stream with bytes already read from it put back in front: the sniffed prefix of a
+/// client connection, or the HTTP/2 preface of an h2c upgrade followed by the replayed
+/// upgrade request.
 #[derive(Debug)]
-pub struct ClientIo {
+pub struct Rewind<T> {
     prefix: Bytes,
-    inner: TcpStream,
-    activity: std::sync::Arc<Activity>,
+    inner: T,
 }
 
-impl ClientIo {
-    /// Wraps a stream whose first bytes (`prefix`) were already read.
-    pub fn new(prefix: Bytes, inner: TcpStream, activity: std::sync::Arc<Activity>) -> Self {
-        Self {
-            prefix,
-            inner,
-            activity,
-        }
+impl<T> Rewind<T> {
+    /// Wraps `inner`, whose reads start with `prefix`.
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Self { prefix, inner }
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -113,6 +110,64 @@ impl AsyncRead for ClientIo {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The accepted client stream, with the sniffed prefix put back in front, recording its
+/// activity for the idle timeout.
+#[derive(Debug)]
+pub struct ClientIo {
+    inner: Rewind<TcpStream>,
+    activity: std::sync::Arc<Activity>,
+}
+
+impl ClientIo {
+    /// Wraps a stream whose first bytes (`prefix`) were already read.
+    pub fn new(prefix: Bytes, inner: TcpStream, activity: std::sync::Arc<Activity>) -> Self {
+        Self {
+            inner: Rewind::new(prefix, inner),
+            activity,
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {

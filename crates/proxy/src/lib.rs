@@ -8,6 +8,7 @@
 pub mod config;
 pub mod control;
 pub mod event;
+pub mod h2c;
 pub mod http;
 pub mod io;
 pub mod metrics;

@@ -470,23 +470,136 @@ async fn egress_policy_is_keyed_by_the_source_endpoint() {
     assert_eq!(send(&mut c, get("/in")).await.0, StatusCode::FORBIDDEN);
 }
 
+/// Runs curl (a real h2c client: nghttp2 behind `--http2`) against the proxy; each URL's
+/// result ends with a `<http_version> <status> <num_connects>` line.
+async fn curl(args: &[&str]) -> String {
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args([
+            "--write-out",
+            "\n=%{http_version} %{http_code} %{num_connects}\n",
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is needed for the h2c tests (scripts/setup.sh installs it)");
+    assert!(
+        output.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[tokio::test]
-async fn h2c_upgrade_request_is_served_as_http1() {
+async fn h2c_upgrade_answers_on_stream_one_and_keeps_policing_the_connection() {
+    let mut h = Harness::new(vec![rule(Some("GET"), Some("/public.*"))]).await;
+    let base = format!("http://{}", h.addr());
+    let allowed = format!("{base}/public?stream=1");
+    let denied = format!("{base}/private");
+    let again = format!("{base}/public/again");
+    let out = curl(&[
+        "--http2",
+        "-H",
+        "host: backend.default",
+        &allowed,
+        &denied,
+        &again,
+    ])
+    .await;
+    // The upgrade request is answered over HTTP/2 (stream 1); the next two reuse the
+    // connection (stream 3 and 5). Upstream, the proxy speaks HTTP/1.1: the client never
+    // learned whether the server speaks HTTP/2.
+    let results: Vec<&str> = out.lines().filter(|l| l.starts_with('=')).collect();
+    assert_eq!(results, vec!["=2 200 1", "=2 403 0", "=2 200 0"], "{out}");
+    assert!(out.contains("GET /public?stream=1 HTTP/1.1\n"), "{out}");
+    assert!(out.contains("host: backend.default\n"), "{out}");
+    assert!(out.contains("Access denied\r\n"), "{out}");
+    assert!(out.contains("GET /public/again HTTP/1.1\n"), "{out}");
+    for hop in ["upgrade:", "http2-settings:", "connection:"] {
+        assert!(
+            !out.contains(hop),
+            "{hop} must not reach the upstream: {out}"
+        );
+    }
+    assert_eq!(h.upstream.connections.load(Ordering::SeqCst), 1);
+
+    let mut requests = Vec::new();
+    while requests.len() < 3 {
+        if let ProxyMessage::Event(event) =
+            tokio::time::timeout(Duration::from_secs(5), h.messages.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            && event.kind == L7EventKind::HttpRequest
+        {
+            let http = event.http.unwrap();
+            requests.push((http.url, http.protocol, event.verdict));
+        }
+    }
+    assert_eq!(
+        requests,
+        vec![
+            (
+                "http://backend.default/public?stream=1".to_owned(),
+                "HTTP/2".to_owned(),
+                Verdict::Forwarded
+            ),
+            (
+                "http://backend.default/private".to_owned(),
+                "HTTP/2".to_owned(),
+                Verdict::Dropped
+            ),
+            (
+                "http://backend.default/public/again".to_owned(),
+                "HTTP/2".to_owned(),
+                Verdict::Forwarded
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn h2c_upgrade_request_that_is_denied_gets_403_on_stream_one() {
+    let h = Harness::new(vec![rule(Some("GET"), Some("/public"))]).await;
+    let out = curl(&["--http2", &format!("http://{}/private", h.addr())]).await;
+    assert!(out.starts_with("Access denied\r\n"), "{out}");
+    assert!(out.ends_with("=2 403 1\n"), "{out}");
+    assert_eq!(h.upstream.connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn h2c_upgrade_with_a_header_block_larger_than_one_frame() {
     let h = Harness::new(vec![rule(Some("GET"), None)]).await;
+    let big = format!("x-big: {}", "b".repeat(40_000));
+    let out = curl(&["--http2", "-H", &big, &format!("http://{}/big", h.addr())]).await;
+    assert!(out.ends_with("=2 200 1\n"), "{out}");
+    assert!(out.contains(&big), "the whole header arrives upstream");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_with_a_body_is_served_as_http1() {
+    let h = Harness::new(vec![rule(Some("POST"), None)]).await;
     let mut c = h.h1().await;
-    let request = Request::get("/h2c")
+    let request = Request::post("/echo")
+        .header("host", "x")
+        .header("connection", "Upgrade, HTTP2-Settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+        .body(full("payload"))
+        .unwrap();
+    let (status, _, body) = send(&mut c, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "payload");
+    let request = Request::get("/after")
         .header("host", "x")
         .header("connection", "Upgrade, HTTP2-Settings")
         .header("upgrade", "h2c")
         .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
         .body(full(""))
         .unwrap();
-    let (status, _, body) = send(&mut c, request).await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(body.starts_with("GET /h2c HTTP/1.1\n"), "{body}");
-    assert!(
-        !body.contains("upgrade") && !body.contains("http2-settings"),
-        "hop-by-hop headers stripped: {body}"
-    );
-    assert_eq!(send(&mut c, get("/again")).await.0, StatusCode::OK);
+    // A bodiless upgrade request on the same connection is still an upgrade.
+    let (status, headers, _) = send(&mut c, request).await;
+    assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(headers.get("upgrade").unwrap(), "h2c");
 }
