@@ -3,8 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,9 +13,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// When the connection last moved bytes, and how many requests wait for an upstream.
+///
+/// Every read and write records its time, so the time is one atomic store (microseconds
+/// since the tracker was made), not a lock.
 #[derive(Debug)]
 pub struct Activity {
-    last: Mutex<Instant>,
+    base: Instant,
+    last_micros: AtomicU64,
     in_flight: AtomicUsize,
 }
 
@@ -30,22 +33,19 @@ impl Activity {
     /// A tracker that counts now as the last activity.
     pub fn new() -> Self {
         Self {
-            last: Mutex::new(Instant::now()),
+            base: Instant::now(),
+            last_micros: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         }
     }
 
     fn touch(&self) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Instant::now();
-        }
+        let micros = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_micros.store(micros, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
-        self.last
-            .lock()
-            .map(|l| *l)
-            .unwrap_or_else(|_| Instant::now())
+        self.base + Duration::from_micros(self.last_micros.load(Ordering::Relaxed))
     }
 
     /// Marks a request as waiting for its upstream until the guard is dropped; a connection
