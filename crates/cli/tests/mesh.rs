@@ -369,6 +369,22 @@ fn l7_policy_through_the_node_proxy() {
         http.lines().any(|l| l.contains("http-request DROPPED (HTTP/1.1 PUT http://deathstar.default.svc.cluster.local/v1/exhaust-port)")),
         "{http}"
     );
+    // The redirected packets themselves are traced as to-proxy, as Hubble shows them.
+    let traces = lab.ok(&[
+        "observe",
+        "--last",
+        "500",
+        "--type",
+        "trace",
+        "--from-pod",
+        "default/tiefighter",
+    ]);
+    assert!(
+        traces
+            .lines()
+            .any(|l| l.contains(":80 (ID:") && l.contains(" to-proxy FORWARDED (TCP Flags: SYN)")),
+        "{traces}"
+    );
     assert!(
         http.lines().any(|l| l.contains("http-request FORWARDED (HTTP/2 POST http://deathstar.default.svc.cluster.local/v1/request-landing)")),
         "{http}"
