@@ -1,7 +1,8 @@
 //! The observer API of a real agent in the lab, through the gRPC client
 //! generated from the project's own protos, while Star Wars traffic flows:
-//! GetFlows (follow with a filter, and a count), ServerStatus, GetNodes,
-//! GetNamespaces and the gRPC health service on the node's unix socket;
+//! GetFlows (follow with a filter, and a count), `myelin observe --not`,
+//! ServerStatus, GetNodes, GetNamespaces and the gRPC health service on the
+//! node's unix socket;
 //! then the agent's metrics, scraped inside the node, through
 //! `promtool check metrics`, and counters that move with more traffic.
 //!
@@ -229,6 +230,21 @@ fn observer_api_and_metrics_of_a_real_agent() {
     assert!(
         flow_time >= started,
         "a flow from before the call: {flow_time:?} < {started:?}"
+    );
+
+    // `observe --not --verdict FORWARDED`, hubble's negation, through the
+    // CLI: the blacklist reaches the agent, which sends no forwarded flow.
+    let not_forwarded = lab.ok(&["observe", "--all", "--not", "--verdict", "FORWARDED"]);
+    let lines: Vec<&str> = not_forwarded.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("default/xwing:")),
+        "xwing's drop is missing:\n{not_forwarded}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" DROPPED (") || l.contains(" DENIED (")),
+        "a flow that is not DROPPED:\n{not_forwarded}"
     );
 
     // A count: at most that many flows (the ring holds more).

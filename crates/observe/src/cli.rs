@@ -10,9 +10,8 @@ use prost_types::Timestamp;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::filter;
-use crate::flows;
-use crate::printer::{OutputFormat, PrintOptions, Printer};
-use crate::proto::flow::{EventTypeFilter, FlowFilter, TrafficDirection, Verdict};
+use crate::filter_flags::FilterArgs;
+use crate::printer::{OutputFormat, PrintOptions, Printer, TimeFormat};
 use crate::proto::observer::GetFlowsRequest;
 use crate::proto::observer::observer_client::ObserverClient;
 use crate::tls::ClientTls;
@@ -49,113 +48,20 @@ pub struct ObserveArgs {
     #[arg(long)]
     pub until: Option<String>,
 
-    /// Flows from or to a pod ([namespace/]pod-prefix; namespace defaults to "default").
-    #[arg(long)]
-    pub pod: Vec<String>,
-    /// Flows from a pod ([namespace/]pod-prefix).
-    #[arg(long)]
-    pub from_pod: Vec<String>,
-    /// Flows to a pod ([namespace/]pod-prefix).
-    #[arg(long)]
-    pub to_pod: Vec<String>,
-    /// Flows from or to a namespace.
-    #[arg(long, short = 'n')]
-    pub namespace: Vec<String>,
-    /// Flows from a namespace.
-    #[arg(long)]
-    pub from_namespace: Vec<String>,
-    /// Flows to a namespace.
-    #[arg(long)]
-    pub to_namespace: Vec<String>,
-    /// Flows from or to endpoints matching a label selector.
-    #[arg(long, short = 'l')]
-    pub label: Vec<String>,
-    /// Flows from endpoints matching a label selector.
-    #[arg(long)]
-    pub from_label: Vec<String>,
-    /// Flows to endpoints matching a label selector.
-    #[arg(long)]
-    pub to_label: Vec<String>,
-    /// Flows from or to a service ([namespace/]name).
-    #[arg(long)]
-    pub service: Vec<String>,
-    /// Flows from a service.
-    #[arg(long)]
-    pub from_service: Vec<String>,
-    /// Flows to a service.
-    #[arg(long)]
-    pub to_service: Vec<String>,
-    /// Flows from or to a DNS name.
-    #[arg(long)]
-    pub fqdn: Vec<String>,
-    /// Flows from a DNS name.
-    #[arg(long)]
-    pub from_fqdn: Vec<String>,
-    /// Flows to a DNS name.
-    #[arg(long)]
-    pub to_fqdn: Vec<String>,
-    /// Flows from or to a security identity.
-    #[arg(long)]
-    pub identity: Vec<u32>,
-    /// Flows from a security identity.
-    #[arg(long)]
-    pub from_identity: Vec<u32>,
-    /// Flows to a security identity.
-    #[arg(long)]
-    pub to_identity: Vec<u32>,
-    /// Flows from or to an IP address or CIDR.
-    #[arg(long)]
-    pub ip: Vec<String>,
-    /// Flows from an IP address or CIDR.
-    #[arg(long)]
-    pub from_ip: Vec<String>,
-    /// Flows to an IP address or CIDR.
-    #[arg(long)]
-    pub to_ip: Vec<String>,
-    /// Flows with this L4 source or destination port.
-    #[arg(long)]
-    pub port: Vec<String>,
-    /// Flows with this L4 source port.
-    #[arg(long)]
-    pub from_port: Vec<String>,
-    /// Flows with this L4 destination port.
-    #[arg(long)]
-    pub to_port: Vec<String>,
-
-    /// Flows with this verdict (FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED, TRANSLATED).
-    #[arg(long)]
-    pub verdict: Vec<String>,
-    /// Event types: TYPE[:SUBTYPE], e.g. drop, trace:to-endpoint, l7, policy-verdict.
-    #[arg(long = "type", short = 't')]
-    pub event_type: Vec<String>,
-    /// L4 or L7 protocol: tcp, udp, icmp, http, dns, ...
-    #[arg(long)]
-    pub protocol: Vec<String>,
-    /// HTTP status code or prefix: 404, 4+, 5+.
-    #[arg(long)]
-    pub http_status: Vec<String>,
-    /// HTTP method.
-    #[arg(long)]
-    pub http_method: Vec<String>,
-    /// HTTP path regular expression.
-    #[arg(long)]
-    pub http_path: Vec<String>,
-    /// Traffic direction: ingress or egress.
-    #[arg(long)]
-    pub traffic_direction: Vec<String>,
-    /// Only replies (true) or only requests (false).
-    #[arg(long)]
-    pub is_reply: Option<bool>,
-    /// Node name pattern.
-    #[arg(long)]
-    pub node_name: Vec<String>,
+    /// Filter flags, split into whitelist and blacklist by `--not`.
+    #[command(flatten)]
+    pub filters: FilterArgs,
 
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "compact")]
     pub output: OutputFormatArg,
-    /// Print the node name in each line.
+    /// Print the node name in each line (compact: after the time, in brackets).
     #[arg(long)]
     pub print_node_name: bool,
+    /// How times are printed (compact, dict and table output; JSON keeps
+    /// RFC 3339). Hubble's names, matched without regard to case.
+    #[arg(long, value_enum, ignore_case = true, default_value = "StampMilli")]
+    pub time_format: TimeFormat,
     /// Show pod, service and DNS names instead of IP addresses.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ip_translation: bool,
@@ -232,72 +138,6 @@ impl From<OutputFormatArg> for OutputFormat {
     }
 }
 
-/// Hubble CLI's two-sided filter: `left` (source side) OR `right`
-/// (destination side). Flags naming both sides write source_X on the left
-/// and destination_X on the right; every other flag writes both.
-#[derive(Default)]
-struct Tracker {
-    left: Option<FlowFilter>,
-    right: Option<FlowFilter>,
-}
-
-impl Tracker {
-    fn left(&mut self, update: impl FnOnce(&mut FlowFilter)) {
-        update(self.left.get_or_insert_with(FlowFilter::default));
-    }
-    fn right(&mut self, update: impl FnOnce(&mut FlowFilter)) {
-        update(self.right.get_or_insert_with(FlowFilter::default));
-    }
-    fn both(&mut self, update: impl Fn(&mut FlowFilter)) {
-        self.left(&update);
-        self.right(&update);
-    }
-    fn filters(self) -> Vec<FlowFilter> {
-        match (self.left, self.right) {
-            (Some(l), Some(r)) if l == r => vec![l],
-            (l, r) => l.into_iter().chain(r).collect(),
-        }
-    }
-}
-
-fn parse_verdict(value: &str) -> anyhow::Result<i32> {
-    Verdict::from_str_name(&value.to_ascii_uppercase())
-        .map(|v| v as i32)
-        .with_context(|| format!("unknown verdict {value:?}: expected FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED or TRANSLATED"))
-}
-
-fn parse_event_type(value: &str) -> anyhow::Result<EventTypeFilter> {
-    let (name, sub) = match value.split_once(':') {
-        Some((n, s)) => (n, Some(s)),
-        None => (value, None),
-    };
-    let code = filter::event_type_code(name).with_context(|| {
-        format!("unknown event type {name:?}: expected drop, trace, l7, policy-verdict, capture, trace-sock, debug or agent")
-    })?;
-    let mut f = EventTypeFilter {
-        r#type: code,
-        match_sub_type: false,
-        sub_type: 0,
-    };
-    if let Some(sub) = sub {
-        if code != flows::MESSAGE_TYPE_TRACE {
-            bail!("event type {name:?} has no subtypes; only trace:SUBTYPE is supported");
-        }
-        f.sub_type = flows::trace_subtype_by_name(sub)
-            .with_context(|| format!("unknown trace subtype {sub:?}: expected to-endpoint, to-proxy, to-stack, from-endpoint, ..."))?;
-        f.match_sub_type = true;
-    }
-    Ok(f)
-}
-
-fn parse_direction(value: &str) -> anyhow::Result<i32> {
-    match value.to_ascii_lowercase().as_str() {
-        "ingress" => Ok(TrafficDirection::Ingress as i32),
-        "egress" => Ok(TrafficDirection::Egress as i32),
-        _ => bail!("unknown traffic direction {value:?}: expected ingress or egress"),
-    }
-}
-
 /// Parses Go-style durations: "90s", "5m", "1h30m", "250ms".
 fn parse_duration(value: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -351,122 +191,6 @@ fn parse_time(value: &str, now: SystemTime) -> anyhow::Result<Timestamp> {
 
 /// The GetFlows request `hubble observe` sends for these flags.
 pub fn build_request(args: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
-    let mut t = Tracker::default();
-    let ns_prefix = |ns: &String| format!("{}/", ns.trim_end_matches('/'));
-
-    for v in &args.pod {
-        t.left(|f| f.source_pod.push(v.clone()));
-        t.right(|f| f.destination_pod.push(v.clone()));
-    }
-    for v in &args.namespace {
-        t.left(|f| f.source_pod.push(ns_prefix(v)));
-        t.right(|f| f.destination_pod.push(ns_prefix(v)));
-    }
-    for v in &args.label {
-        t.left(|f| f.source_label.push(v.clone()));
-        t.right(|f| f.destination_label.push(v.clone()));
-    }
-    for v in &args.service {
-        t.left(|f| f.source_service.push(v.clone()));
-        t.right(|f| f.destination_service.push(v.clone()));
-    }
-    for v in &args.fqdn {
-        t.left(|f| f.source_fqdn.push(v.clone()));
-        t.right(|f| f.destination_fqdn.push(v.clone()));
-    }
-    for v in &args.identity {
-        t.left(|f| f.source_identity.push(*v));
-        t.right(|f| f.destination_identity.push(*v));
-    }
-    for v in &args.ip {
-        t.left(|f| f.source_ip.push(v.clone()));
-        t.right(|f| f.destination_ip.push(v.clone()));
-    }
-    for v in &args.port {
-        t.left(|f| f.source_port.push(v.clone()));
-        t.right(|f| f.destination_port.push(v.clone()));
-    }
-
-    for v in &args.from_pod {
-        t.both(|f| f.source_pod.push(v.clone()));
-    }
-    for v in &args.to_pod {
-        t.both(|f| f.destination_pod.push(v.clone()));
-    }
-    for v in &args.from_namespace {
-        t.both(|f| f.source_pod.push(ns_prefix(v)));
-    }
-    for v in &args.to_namespace {
-        t.both(|f| f.destination_pod.push(ns_prefix(v)));
-    }
-    for v in &args.from_label {
-        t.both(|f| f.source_label.push(v.clone()));
-    }
-    for v in &args.to_label {
-        t.both(|f| f.destination_label.push(v.clone()));
-    }
-    for v in &args.from_service {
-        t.both(|f| f.source_service.push(v.clone()));
-    }
-    for v in &args.to_service {
-        t.both(|f| f.destination_service.push(v.clone()));
-    }
-    for v in &args.from_fqdn {
-        t.both(|f| f.source_fqdn.push(v.clone()));
-    }
-    for v in &args.to_fqdn {
-        t.both(|f| f.destination_fqdn.push(v.clone()));
-    }
-    for v in &args.from_identity {
-        t.both(|f| f.source_identity.push(*v));
-    }
-    for v in &args.to_identity {
-        t.both(|f| f.destination_identity.push(*v));
-    }
-    for v in &args.from_ip {
-        t.both(|f| f.source_ip.push(v.clone()));
-    }
-    for v in &args.to_ip {
-        t.both(|f| f.destination_ip.push(v.clone()));
-    }
-    for v in &args.from_port {
-        t.both(|f| f.source_port.push(v.clone()));
-    }
-    for v in &args.to_port {
-        t.both(|f| f.destination_port.push(v.clone()));
-    }
-
-    for v in &args.verdict {
-        let verdict = parse_verdict(v)?;
-        t.both(|f| f.verdict.push(verdict));
-    }
-    for v in &args.event_type {
-        let et = parse_event_type(v)?;
-        t.both(|f| f.event_type.push(et));
-    }
-    for v in &args.protocol {
-        t.both(|f| f.protocol.push(v.clone()));
-    }
-    for v in &args.http_status {
-        t.both(|f| f.http_status_code.push(v.clone()));
-    }
-    for v in &args.http_method {
-        t.both(|f| f.http_method.push(v.clone()));
-    }
-    for v in &args.http_path {
-        t.both(|f| f.http_path.push(v.clone()));
-    }
-    for v in &args.traffic_direction {
-        let d = parse_direction(v)?;
-        t.both(|f| f.traffic_direction.push(d));
-    }
-    if let Some(reply) = args.is_reply {
-        t.both(|f| f.reply.push(reply));
-    }
-    for v in &args.node_name {
-        t.both(|f| f.node_name.push(v.clone()));
-    }
-
     let now = SystemTime::now();
     let since = args
         .since
@@ -489,14 +213,16 @@ pub fn build_request(args: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
     } else {
         (0, false)
     };
-    let whitelist = t.filters();
+    let whitelist = args.filters.whitelist_filters()?;
+    let blacklist = args.filters.blacklist_filters()?;
     // Validate here so that a typo is reported before connecting.
-    filter::FilterSet::new(&whitelist, &[]).context("invalid filter")?;
+    filter::FilterSet::new(&whitelist, &blacklist).context("invalid filter")?;
     Ok(GetFlowsRequest {
         number,
         first,
         follow: args.follow,
         whitelist,
+        blacklist,
         since,
         until,
         ..Default::default()
@@ -583,6 +309,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
         format,
         node_name: args.print_node_name,
         ip_translation: args.ip_translation,
+        time_format: args.time_format,
     };
     // Unlocked handles keep this future Send (a lock guard held across an
     // await would not be), so callers may spawn it.
@@ -605,6 +332,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::flow::{FlowFilter, Verdict};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -677,6 +405,77 @@ mod tests {
         let cmd = Cmd::try_parse_from(["observe", "--type", "nonsense"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(build_request(&cmd.args).is_err());
+    }
+
+    #[test]
+    fn not_moves_the_next_filter_into_the_blacklist() {
+        let req = request(&["--not", "--verdict", "FORWARDED"]);
+        assert!(req.whitelist.is_empty());
+        assert_eq!(
+            req.blacklist,
+            [FlowFilter {
+                verdict: vec![Verdict::Forwarded as i32],
+                ..Default::default()
+            }]
+        );
+        let req = request(&[
+            "--pod",
+            "default/xwing",
+            "--not",
+            "--to-pod",
+            "kube-system/",
+        ]);
+        assert_eq!(req.whitelist.len(), 2);
+        assert_eq!(req.whitelist[0].source_pod, ["default/xwing"]);
+        assert_eq!(req.whitelist[1].destination_pod, ["default/xwing"]);
+        assert_eq!(
+            req.blacklist,
+            [FlowFilter {
+                destination_pod: vec!["kube-system/".into()],
+                ..Default::default()
+            }]
+        );
+        let err = Cmd::try_parse_from(["observe", "--verdict", "DROPPED", "--not"])
+            .err()
+            .expect("trailing --not");
+        assert!(err.to_string().contains("--not must be followed"), "{err}");
+        // A bad negated value is reported before connecting.
+        let cmd = Cmd::try_parse_from(["observe", "--not", "--from-ip", "10.0.0.300"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(build_request(&cmd.args).is_err());
+    }
+
+    #[test]
+    fn time_formats_are_hubbles_names_in_any_case() {
+        let parse = |argv: &[&str]| {
+            Cmd::try_parse_from(std::iter::once("observe").chain(argv.iter().copied()))
+                .map(|c| c.args.time_format)
+        };
+        assert_eq!(parse(&[]).ok(), Some(TimeFormat::StampMilli));
+        assert_eq!(
+            parse(&["--time-format", "RFC3339Milli"]).ok(),
+            Some(TimeFormat::Rfc3339Milli)
+        );
+        assert_eq!(
+            parse(&["--time-format", "rfc1123z"]).ok(),
+            Some(TimeFormat::Rfc1123Z)
+        );
+        let err = parse(&["--time-format", "Kitchen"])
+            .expect_err("unknown format")
+            .to_string();
+        for name in [
+            "StampMilli",
+            "YearMonthDay",
+            "YearMonthDayHour",
+            "YearMonthDayHourMinute",
+            "RFC3339",
+            "RFC3339Milli",
+            "RFC3339Micro",
+            "RFC3339Nano",
+            "RFC1123Z",
+        ] {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
     }
 
     #[test]

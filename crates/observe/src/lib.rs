@@ -23,6 +23,7 @@ pub mod proto {
 
 pub mod cli;
 pub mod filter;
+pub mod filter_flags;
 pub mod flows;
 pub mod json;
 pub mod mask;
@@ -35,8 +36,9 @@ pub mod tls;
 
 pub use cli::{ObserveArgs, run};
 pub use filter::{FilterError, FilterSet};
+pub use filter_flags::{FilterArgs, FilterFlag};
 pub use metrics::Metrics;
 pub use observer::{Observer, ObserverConfig, RingStatus};
-pub use printer::{OutputFormat, PrintOptions, Printer};
+pub use printer::{OutputFormat, PrintOptions, Printer, TimeFormat};
 pub use server::{BoundServer, ServeConfig, ServeError, bind, serve};
 pub use tls::{ClientTls, ServerTls, TlsError};

@@ -33,6 +33,8 @@ pub struct PrintOptions {
     pub node_name: bool,
     /// Show pod, service and DNS names instead of IP addresses.
     pub ip_translation: bool,
+    /// How times are printed (compact, dict and table).
+    pub time_format: TimeFormat,
 }
 
 impl Default for PrintOptions {
@@ -41,38 +43,118 @@ impl Default for PrintOptions {
             format: OutputFormat::Compact,
             node_name: false,
             ip_translation: true,
+            time_format: TimeFormat::default(),
         }
     }
 }
 
-/// Go's `time.StampMilli` ("Jan _2 15:04:05.000") in UTC, or "N/A".
-pub fn format_time(ts: Option<&Timestamp>) -> String {
-    ts.and_then(|t| {
-        let nanos = u32::try_from(t.nanos).ok()?;
-        chrono::DateTime::from_timestamp(t.seconds, nanos)
-    })
-    .map_or_else(
-        || "N/A".to_string(),
-        |t| t.format("%b %e %H:%M:%S%.3f").to_string(),
-    )
+/// Hubble's `--time-format` values, named as hubble names them (matched
+/// without regard to case). Times are printed in UTC, as hubble does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TimeFormat {
+    /// Jan _2 15:04:05.000
+    #[default]
+    #[value(name = "StampMilli")]
+    StampMilli,
+    /// 2006-01-02
+    #[value(name = "YearMonthDay")]
+    YearMonthDay,
+    /// 2006-01-02T15Z07:00
+    #[value(name = "YearMonthDayHour")]
+    YearMonthDayHour,
+    /// 2006-01-02T15:04Z07:00
+    #[value(name = "YearMonthDayHourMinute")]
+    YearMonthDayHourMinute,
+    /// 2006-01-02T15:04:05Z07:00
+    #[value(name = "RFC3339")]
+    Rfc3339,
+    /// 2006-01-02T15:04:05.999Z07:00
+    #[value(name = "RFC3339Milli")]
+    Rfc3339Milli,
+    /// 2006-01-02T15:04:05.999999Z07:00
+    #[value(name = "RFC3339Micro")]
+    Rfc3339Micro,
+    /// 2006-01-02T15:04:05.999999999Z07:00
+    #[value(name = "RFC3339Nano")]
+    Rfc3339Nano,
+    /// Mon, 02 Jan 2006 15:04:05 -0700
+    #[value(name = "RFC1123Z")]
+    Rfc1123Z,
+}
+
+/// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range of a
+/// valid protobuf Timestamp.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// Go's `.999…` layout element: the fraction truncated to `digits`, trailing
+/// zeros dropped, nothing at all (not even the dot) when it is zero.
+fn trimmed_fraction(nanos: u32, digits: u32) -> String {
+    let value = nanos / 10u32.pow(9 - digits);
+    if value == 0 {
+        return String::new();
+    }
+    let text = format!(".{value:0width$}", width = digits as usize);
+    text.trim_end_matches('0').to_string()
+}
+
+impl TimeFormat {
+    /// The time as Go's layout of this format prints it in UTC, or "N/A"
+    /// when there is no valid time.
+    pub fn format(self, ts: Option<&Timestamp>) -> String {
+        let time = ts.and_then(|t| {
+            let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000)?;
+            if !TIMESTAMP_SECONDS.contains(&t.seconds) {
+                return None;
+            }
+            chrono::DateTime::from_timestamp(t.seconds, nanos)
+        });
+        let Some(time) = time else {
+            return "N/A".to_string();
+        };
+        let seconds = || time.format("%Y-%m-%dT%H:%M:%S");
+        let nanos = time.timestamp_subsec_nanos();
+        match self {
+            Self::StampMilli => time.format("%b %e %H:%M:%S%.3f").to_string(),
+            Self::YearMonthDay => time.format("%Y-%m-%d").to_string(),
+            Self::YearMonthDayHour => time.format("%Y-%m-%dT%HZ").to_string(),
+            Self::YearMonthDayHourMinute => time.format("%Y-%m-%dT%H:%MZ").to_string(),
+            Self::Rfc3339 => format!("{}Z", seconds()),
+            Self::Rfc3339Milli => format!("{}{}Z", seconds(), trimmed_fraction(nanos, 3)),
+            Self::Rfc3339Micro => format!("{}{}Z", seconds(), trimmed_fraction(nanos, 6)),
+            Self::Rfc3339Nano => format!("{}{}Z", seconds(), trimmed_fraction(nanos, 9)),
+            Self::Rfc1123Z => time.format("%a, %d %b %Y %H:%M:%S +0000").to_string(),
+        }
+    }
+}
+
+/// Cilium's reserved security identities and the names hubble prints.
+pub const RESERVED_IDENTITIES: [(u32, &str); 10] = [
+    (1, "host"),
+    (2, "world"),
+    (3, "unmanaged"),
+    (4, "health"),
+    (5, "init"),
+    (6, "remote-node"),
+    (7, "kube-apiserver"),
+    (8, "ingress"),
+    (9, "world-ipv4"),
+    (10, "world-ipv6"),
+];
+
+/// The reserved identity with this name ("world" is 2).
+pub fn reserved_identity(name: &str) -> Option<u32> {
+    RESERVED_IDENTITIES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map(|(id, _)| *id)
 }
 
 /// Hubble's rendering of a security identity: "(ID:n)" or a reserved name.
 pub fn format_identity(identity: u32) -> String {
-    let reserved = match identity {
-        1 => "host",
-        2 => "world",
-        3 => "unmanaged",
-        4 => "health",
-        5 => "init",
-        6 => "remote-node",
-        7 => "kube-apiserver",
-        8 => "ingress",
-        9 => "world-ipv4",
-        10 => "world-ipv6",
-        _ => return format!("(ID:{identity})"),
-    };
-    format!("({reserved})")
+    match RESERVED_IDENTITIES.iter().find(|(id, _)| *id == identity) {
+        Some((_, name)) => format!("({name})"),
+        None => format!("(ID:{identity})"),
+    }
 }
 
 fn ports(flow: &Flow) -> (String, String) {
@@ -279,7 +361,7 @@ pub fn compact_line(flow: &Flow, opts: &PrintOptions) -> String {
     };
     format!(
         "{}{node}: {src} {src_id} {arrow} {dst} {dst_id} {} {} ({})",
-        format_time(flow.time.as_ref()),
+        opts.time_format.format(flow.time.as_ref()),
         flow_type(flow),
         verdict_text(flow),
         summary(flow)
@@ -289,7 +371,10 @@ pub fn compact_line(flow: &Flow, opts: &PrintOptions) -> String {
 /// One dict block (without separator), as `hubble observe -o dict` prints it.
 pub fn dict_block(flow: &Flow, opts: &PrintOptions) -> String {
     let (src, dst) = host_names(flow, opts);
-    let mut out = format!("  TIMESTAMP: {}\n", format_time(flow.time.as_ref()));
+    let mut out = format!(
+        "  TIMESTAMP: {}\n",
+        opts.time_format.format(flow.time.as_ref())
+    );
     if opts.node_name {
         out.push_str(&format!("       NODE: {}\n", flow.node_name));
     }
@@ -303,7 +388,7 @@ pub fn dict_block(flow: &Flow, opts: &PrintOptions) -> String {
 
 fn table_row(flow: &Flow, opts: &PrintOptions) -> Vec<String> {
     let (src, dst) = host_names(flow, opts);
-    let mut row = vec![format_time(flow.time.as_ref())];
+    let mut row = vec![opts.time_format.format(flow.time.as_ref())];
     if opts.node_name {
         row.push(flow.node_name.clone());
     }

@@ -97,6 +97,25 @@ fn fields_and_within_filter_or_across_filters() {
 }
 
 #[test]
+fn blacklist_alone_and_any_of_its_filters() {
+    let forwarded = FlowFilter {
+        verdict: vec![Verdict::Forwarded as i32],
+        ..Default::default()
+    };
+    // No whitelist: everything but what the blacklist matches.
+    assert_eq!(
+        passing(&[], std::slice::from_ref(&forwarded)),
+        vec![4, 6, 7]
+    );
+    // A flow goes if it matches any blacklist filter.
+    let xwing = FlowFilter {
+        source_pod: vec!["xwing".into()],
+        ..Default::default()
+    };
+    assert_eq!(passing(&[], &[forwarded, xwing]), vec![4]);
+}
+
+#[test]
 fn labels_identity_ip_port_protocol() {
     let f = FlowFilter {
         source_label: vec!["org=empire".into()],

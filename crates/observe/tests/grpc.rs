@@ -161,6 +161,49 @@ async fn get_flows_number_first_and_filters_over_both_listeners() {
         .collect();
     assert_eq!(flows.len(), 3, "PUT request, xwing verdict and xwing drop");
 
+    // `observe --not --verdict FORWARDED --last 2`: the blacklist is applied
+    // before counting, so the two newest flows that are not forwarded.
+    let not_forwarded = GetFlowsRequest {
+        number: 2,
+        blacklist: vec![FlowFilter {
+            verdict: vec![Verdict::Forwarded as i32],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let flows: Vec<_> = collect(&mut unix, not_forwarded)
+        .await
+        .into_iter()
+        .filter_map(flow_of)
+        .collect();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert!(
+        flows.iter().all(|f| f.verdict == Verdict::Dropped as i32),
+        "{flows:?}"
+    );
+    // Whitelist and blacklist together: tiefighter's flows, minus the forwarded ones.
+    let tiefighter_not_forwarded = GetFlowsRequest {
+        number: 100,
+        whitelist: vec![FlowFilter {
+            source_pod: vec!["tiefighter".into()],
+            ..Default::default()
+        }],
+        blacklist: vec![FlowFilter {
+            verdict: vec![Verdict::Forwarded as i32],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let flows: Vec<_> = collect(&mut tcp, tiefighter_not_forwarded)
+        .await
+        .into_iter()
+        .filter_map(flow_of)
+        .collect();
+    assert_eq!(
+        flows.iter().map(|f| f.summary.as_str()).collect::<Vec<_>>(),
+        ["HTTP/1.1 PUT http://deathstar.default.svc.cluster.local/v1/exhaust-port"],
+    );
+
     let bad = unix
         .get_flows(GetFlowsRequest {
             whitelist: vec![FlowFilter {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use myelin_observe::printer::{self, OutputFormat, PrintOptions, Printer};
+use myelin_observe::printer::{self, OutputFormat, PrintOptions, Printer, TimeFormat};
 use myelin_observe::proto::observer::{GetFlowsResponse, get_flows_response};
 
 fn response(flow: myelin_observe::proto::flow::Flow) -> GetFlowsResponse {
@@ -19,17 +19,20 @@ fn print(
     node_name: bool,
     flows: Vec<myelin_observe::proto::flow::Flow>,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let mut printer = Printer::new(
-        &mut out,
-        &mut err,
+    print_with(
         PrintOptions {
             format,
             node_name,
-            ip_translation: true,
+            ..PrintOptions::default()
         },
-    );
+        flows,
+    )
+}
+
+fn print_with(opts: PrintOptions, flows: Vec<myelin_observe::proto::flow::Flow>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut printer = Printer::new(&mut out, &mut err, opts);
     for flow in flows {
         printer.write_response(&response(flow)).expect("write");
     }
@@ -80,13 +83,124 @@ fn ipv6_and_numeric_output() {
     let mut flow = xwing_drop();
     flow.ip.as_mut().expect("ip").source = "fd00::11".into();
     let opts = PrintOptions {
-        format: OutputFormat::Compact,
-        node_name: false,
         ip_translation: false,
+        ..PrintOptions::default()
     };
     let (src, dst) = printer::host_names(&flow, &opts);
     assert_eq!(src, "[fd00::11]:42818");
     assert_eq!(dst, "10.0.1.20:80");
+}
+
+#[test]
+fn time_format_applies_to_compact_dict_and_table() {
+    let opts = |format| PrintOptions {
+        format,
+        node_name: true,
+        time_format: TimeFormat::Rfc3339Milli,
+        ..PrintOptions::default()
+    };
+    assert_eq!(
+        print_with(opts(OutputFormat::Compact), vec![xwing_drop()]),
+        [
+            "2024-05-04T13:23:47.852Z [node-1]: default/xwing:42818 (ID:22654) <> default/deathstar-c74d84667-cx5kp:80 (ID:16530) Policy denied DROPPED (TCP Flags: SYN)"
+        ]
+    );
+    let dict = print_with(opts(OutputFormat::Dict), vec![xwing_drop()]);
+    assert_eq!(
+        dict[..2],
+        [
+            "  TIMESTAMP: 2024-05-04T13:23:47.852Z",
+            "       NODE: node-1"
+        ]
+    );
+    assert_eq!(
+        print_with(opts(OutputFormat::Table), vec![xwing_drop()]),
+        [
+            "TIMESTAMP                  NODE     SOURCE                DESTINATION                            TYPE            VERDICT   SUMMARY",
+            "2024-05-04T13:23:47.852Z   node-1   default/xwing:42818   default/deathstar-c74d84667-cx5kp:80   Policy denied   DROPPED   TCP Flags: SYN",
+        ]
+    );
+}
+
+#[test]
+fn every_time_format_prints_go_layouts() {
+    // 13:23:40.500 (trailing zeros) and 13:23:47.000 (no fraction at all).
+    let half = at(0, 500);
+    let whole = at(7, 0);
+    let cases = [
+        (
+            TimeFormat::StampMilli,
+            "May  4 13:23:00.500",
+            "May  4 13:23:07.000",
+        ),
+        (TimeFormat::YearMonthDay, "2024-05-04", "2024-05-04"),
+        (
+            TimeFormat::YearMonthDayHour,
+            "2024-05-04T13Z",
+            "2024-05-04T13Z",
+        ),
+        (
+            TimeFormat::YearMonthDayHourMinute,
+            "2024-05-04T13:23Z",
+            "2024-05-04T13:23Z",
+        ),
+        (
+            TimeFormat::Rfc3339,
+            "2024-05-04T13:23:00Z",
+            "2024-05-04T13:23:07Z",
+        ),
+        (
+            TimeFormat::Rfc3339Milli,
+            "2024-05-04T13:23:00.5Z",
+            "2024-05-04T13:23:07Z",
+        ),
+        (
+            TimeFormat::Rfc3339Micro,
+            "2024-05-04T13:23:00.5Z",
+            "2024-05-04T13:23:07Z",
+        ),
+        (
+            TimeFormat::Rfc3339Nano,
+            "2024-05-04T13:23:00.5Z",
+            "2024-05-04T13:23:07Z",
+        ),
+        (
+            TimeFormat::Rfc1123Z,
+            "Sat, 04 May 2024 13:23:00 +0000",
+            "Sat, 04 May 2024 13:23:07 +0000",
+        ),
+    ];
+    for (format, want_half, want_whole) in cases {
+        assert_eq!(format.format(half.as_ref()), want_half, "{format:?}");
+        assert_eq!(format.format(whole.as_ref()), want_whole, "{format:?}");
+    }
+    // Fractions are truncated, not rounded, as Go does.
+    let fine = prost_types::Timestamp {
+        seconds: 1_714_828_980,
+        nanos: 123_456_789,
+    };
+    assert_eq!(
+        TimeFormat::Rfc3339Milli.format(Some(&fine)),
+        "2024-05-04T13:23:00.123Z"
+    );
+    assert_eq!(
+        TimeFormat::Rfc3339Micro.format(Some(&fine)),
+        "2024-05-04T13:23:00.123456Z"
+    );
+    assert_eq!(
+        TimeFormat::Rfc3339Nano.format(Some(&fine)),
+        "2024-05-04T13:23:00.123456789Z"
+    );
+    assert_eq!(
+        TimeFormat::StampMilli.format(Some(&fine)),
+        "May  4 13:23:00.123"
+    );
+    let invalid = prost_types::Timestamp {
+        seconds: 0,
+        nanos: -1,
+    };
+    assert_eq!(TimeFormat::Rfc3339.format(Some(&invalid)), "N/A");
+    assert_eq!(TimeFormat::Rfc3339.format(None), "N/A");
 }
 
 #[test]
