@@ -14,7 +14,8 @@ mod tables;
 pub use error::DatapathError;
 pub use events::EventReader;
 pub use loader::{
-    Datapath, EndpointAttachment, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER, TestRunOutcome,
+    Datapath, EndpointAttachment, PROGRAM_FROM_CONTAINER, PROGRAM_PROXY_LOOKUP,
+    PROGRAM_TO_CONTAINER, TestRunOutcome,
 };
 pub use myelin_common::{
     EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,

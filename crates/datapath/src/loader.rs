@@ -8,7 +8,7 @@ use aya::programs::LinkOrder;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::tc::{TcAttachOptions, TcAttachType};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, SkLookup, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use myelin_common::maps::{StatsKey, names};
 use myelin_common::{Direction, EndpointInfo, PacketStats};
@@ -20,6 +20,13 @@ use crate::events::EventReader;
 pub const PROGRAM_FROM_CONTAINER: &str = "from_container";
 /// The program on a pod veth's egress: packets entering the pod.
 pub const PROGRAM_TO_CONTAINER: &str = "to_container";
+/// The node namespace's socket lookup program: hands a SYN that reopens a
+/// redirected tuple still in TIME_WAIT to the proxy's listener.
+pub const PROGRAM_PROXY_LOOKUP: &str = "proxy_lookup";
+
+/// The pin of the socket lookup link (not under `links/`: that directory
+/// holds one entry per interface).
+const LOOKUP_LINK_PIN: &str = "sk_lookup";
 
 const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (
@@ -34,6 +41,9 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
 pub struct Datapath {
     pub(crate) ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// The socket lookup program is attached to the calling thread's network
+    /// namespace (done with the first endpoint: that namespace is the node's).
+    lookup_attached: bool,
 }
 
 /// The outcome of attaching an endpoint.
@@ -74,9 +84,16 @@ impl Datapath {
                     source,
                 })?;
         }
+        socket_lookup(&mut ebpf)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: PROGRAM_PROXY_LOOKUP,
+                source,
+            })?;
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
+            lookup_attached: false,
         })
     }
 
@@ -105,6 +122,7 @@ impl Datapath {
                 source,
             })?;
         self.upsert_endpoint(ifindex, info)?;
+        self.attach_socket_lookup()?;
         let link_dir = self.pin_dir.join("links").join(ifname);
         std::fs::create_dir_all(&link_dir).map_err(|source| DatapathError::PinDirectory {
             path: link_dir.clone(),
@@ -158,6 +176,41 @@ impl Datapath {
             readopted,
             replaced,
         })
+    }
+
+    /// Attaches [`PROGRAM_PROXY_LOOKUP`] to the calling thread's network
+    /// namespace (the node's) and pins the link, replacing a link an earlier load
+    /// pinned: the new one is attached before the old one goes, so listener
+    /// lookups are never without it. Once per load.
+    fn attach_socket_lookup(&mut self) -> Result<(), DatapathError> {
+        if self.lookup_attached {
+            return Ok(());
+        }
+        let program = PROGRAM_PROXY_LOOKUP;
+        let netns =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| DatapathError::Pin {
+                path: PathBuf::from("/proc/thread-self/ns/net"),
+                message: e.to_string(),
+            })?;
+        let prog = socket_lookup(&mut self.ebpf)?;
+        let link_id = prog
+            .attach(&netns)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let link = prog
+            .take_link(link_id)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let pin = self.pin_dir.join(LOOKUP_LINK_PIN);
+        if pin.exists() {
+            unpin(&pin)?;
+        }
+        FdLink::from(link)
+            .pin(&pin)
+            .map_err(|e| DatapathError::Pin {
+                path: pin.clone(),
+                message: with_sources(&e),
+            })?;
+        self.lookup_attached = true;
+        Ok(())
     }
 
     /// Points the pinned TCX link at `pin` to this binary's `program`
@@ -343,6 +396,18 @@ fn classifier<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
+        program: name,
+        source: aya::programs::ProgramError::NotLoaded,
+    })?;
+    program.try_into().map_err(|source| DatapathError::Program {
+        program: name,
+        source,
+    })
+}
+
+fn socket_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DatapathError> {
+    let name = PROGRAM_PROXY_LOOKUP;
     let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
         program: name,
         source: aya::programs::ProgramError::NotLoaded,

@@ -25,20 +25,22 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN, TC_ACT_OK,
-        TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_sock_tuple,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        BPF_ANY, BPF_F_CURRENT_NETNS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_TCP_LISTEN,
+        TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_sock,
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2, sk_action::SK_PASS,
     },
     helpers::{
-        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_sk_assign,
-        bpf_sk_release, bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes,
-        bpf_skb_store_bytes, bpf_skc_lookup_tcp,
+        bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_map_lookup_elem,
+        bpf_map_update_elem, bpf_redirect, bpf_sk_assign, bpf_sk_release, bpf_skb_adjust_room,
+        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_skc_lookup_tcp,
     },
-    macros::{classifier, map},
+    macros::{classifier, map, sk_lookup},
     maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash,
+        lpm_trie::Key,
     },
-    programs::TcContext,
+    programs::{SkLookupContext, TcContext},
 };
 use myelin_common::{
     CtEntry, CtKey, Direction, EndpointInfo, EndpointPolicy, EventKind, IpKey, IpcacheEntry,
@@ -98,6 +100,13 @@ static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
 /// of refusing new ones.
 #[map(name = "MYELIN_CT")]
 static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262144, 0);
+
+/// The proxy's listeners by [`listener_key`] (family, proxy port), registered
+/// by `assign_to_proxy` the first time it hands a connection to one (a
+/// closed listener leaves the map by itself). `proxy_lookup` needs them to
+/// steer a SYN that reopens a tuple in TIME_WAIT.
+#[map(name = "MYELIN_PROXY_LISTENERS")]
+static PROXY_LISTENERS: SockHash<u32> = SockHash::pinned(64, 0);
 
 /// Packet counters per endpoint and direction.
 #[map(name = "MYELIN_STATS")]
@@ -1793,13 +1802,13 @@ fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) -> Result<(),
         // the TIME_WAIT one in the established hash: the kernel frees it
         // without a SYN-ACK or a counter, and the client stalls (SYN
         // retransmissions) until TIME_WAIT ends (60 s). Given to the
-        // TIME_WAIT socket, the SYN is answered with an ACK of the old
-        // connection, the client answers that with a RST that kills the
-        // TIME_WAIT socket (rfc1337 off) and resends its SYN after the
-        // minimum RTO (2 jiffies), which then reaches the listener. The
-        // other late packets of the old connection (a retransmitted FIN,
-        // the last ACK) get TIME_WAIT's answers instead of the listener's
-        // RST.
+        // TIME_WAIT socket, an acceptable SYN makes the kernel look up a
+        // listener for the packet's own destination port (TCP_TW_SYN):
+        // `proxy_lookup` answers that lookup with the proxy's listener, so
+        // the TIME_WAIT socket is retired and the SYN accepted at once, as
+        // a server listening on that port would. The other late packets of
+        // the old connection (a retransmitted FIN, the last ACK) get
+        // TIME_WAIT's answers instead of the listener's RST.
         if state == BPF_TCP_LISTEN {
             // SAFETY: releasing the socket we hold.
             unsafe { bpf_sk_release(sk.cast()) };
@@ -1820,6 +1829,7 @@ fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) -> Result<(),
             unsafe { bpf_sk_release(sk.cast()) };
             return Err(drop_reason::SOCKET_LOOKUP_FAILED);
         }
+        register_listener(pkt.family, proxy_port, sk);
     }
     // SAFETY: sk is a referenced socket; assign takes its own reference.
     let assigned = unsafe { bpf_sk_assign(skb, sk.cast(), 0) };
@@ -1829,6 +1839,104 @@ fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) -> Result<(),
         return Err(drop_reason::SOCKET_ASSIGN_FAILED);
     }
     Ok(())
+}
+
+/// The [`PROXY_LISTENERS`] key of the proxy's listener for `family` on `port`.
+fn listener_key(family: u8, port: u16) -> u32 {
+    u32::from(family) << 16 | u32::from(port)
+}
+
+/// Puts the proxy's listener `sk` into [`PROXY_LISTENERS`] unless one is
+/// there already (a restarted proxy's new listener replaces the old one,
+/// which left the map when it was closed). Failure only costs the
+/// TIME_WAIT fast path.
+fn register_listener(family: u8, port: u16, sk: *mut bpf_sock) {
+    let key = listener_key(family, port);
+    let map = core::ptr::addr_of!(PROXY_LISTENERS).cast_mut().cast();
+    // SAFETY: a lookup in our own socket map; a found socket is a reference
+    // released at once.
+    let found = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(&key).cast()) };
+    if !found.is_null() {
+        // SAFETY: releasing the reference the lookup took.
+        unsafe { bpf_sk_release(found) };
+        return;
+    }
+    // SAFETY: sk is a referenced listening socket; the map takes its own
+    // reference.
+    let _ = unsafe {
+        bpf_map_update_elem(
+            map,
+            core::ptr::from_ref(&key).cast(),
+            sk.cast_const().cast(),
+            u64::from(BPF_ANY),
+        )
+    };
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// The node's listener lookups (`BPF_SK_LOOKUP`, attached to the node's
+/// network namespace). The one that matters: a SYN reopening a redirected
+/// tuple whose previous connection the proxy holds in TIME_WAIT reaches the
+/// TIME_WAIT socket (`assign_to_proxy`), and the kernel then looks for a
+/// listener on the packet's destination port to take it over (TCP_TW_SYN).
+/// Nothing listens there — the proxy listens on its own port — so without
+/// this the TIME_WAIT socket answers with an ACK of the old connection and
+/// the client pays a RST and a retransmission. Here a flow conntrack
+/// redirects to the proxy gets the proxy's listener; all others pass
+/// untouched.
+#[sk_lookup]
+pub fn proxy_lookup(ctx: SkLookupContext) -> u32 {
+    let lookup = ctx.lookup;
+    // SAFETY: the context is valid for the run; fields are read one by one
+    // (the verifier checks every context access).
+    let (family, protocol) = unsafe { ((*lookup).family, (*lookup).protocol) };
+    if protocol != u32::from(IPPROTO_TCP) {
+        return SK_PASS;
+    }
+    let mut key = CtKey {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        // SAFETY: as above.
+        sport: u16::from_be(unsafe { (*lookup).remote_port }),
+        // SAFETY: as above; host order, 16 bits wide.
+        dport: unsafe { (*lookup).local_port } as u16,
+        protocol: IPPROTO_TCP,
+        scope: CT_SCOPE_EGRESS,
+        family: FAMILY_IPV4,
+        _pad: 0,
+    };
+    if family == AF_INET {
+        // SAFETY: as above.
+        let (remote, local) = unsafe { ((*lookup).remote_ip4, (*lookup).local_ip4) };
+        key.saddr[..4].copy_from_slice(&remote.to_ne_bytes());
+        key.daddr[..4].copy_from_slice(&local.to_ne_bytes());
+    } else if family == AF_INET6 {
+        key.family = FAMILY_IPV6;
+        let mut i = 0;
+        while i < 4 {
+            // SAFETY: as above.
+            let (remote, local) = unsafe { ((*lookup).remote_ip6[i], (*lookup).local_ip6[i]) };
+            key.saddr[i * 4..i * 4 + 4].copy_from_slice(&remote.to_ne_bytes());
+            key.daddr[i * 4..i * 4 + 4].copy_from_slice(&local.to_ne_bytes());
+            i += 1;
+        }
+    } else {
+        return SK_PASS;
+    }
+    // SAFETY: the program's own monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(entry) = live_entry(&key, now) else {
+        return SK_PASS;
+    };
+    // SAFETY: entry points into the map value, valid for this run.
+    let (verdict, proxy_port) = unsafe { ((*entry).verdict, (*entry).proxy_port) };
+    if verdict == PolicyAction::Redirect as u8 {
+        // No registered listener: the kernel's own lookup goes on.
+        let _ = PROXY_LISTENERS.redirect_sk_lookup(&ctx, listener_key(key.family, proxy_port), 0);
+    }
+    SK_PASS
 }
 
 /// Reports and drops a packet whose IP header could not be parsed: the
