@@ -186,7 +186,51 @@ function edgeLines(edge) {
   return lines;
 }
 
-function drawEdge(layer, labels, edge, geometry) {
+// Area two boxes share, counting a 2 px gap around them as shared.
+function overlapArea(a, b) {
+  const gap = 2;
+  const w = Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x) + gap;
+  const h = Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y) + gap;
+  return w > 0 && h > 0 ? w * h : 0;
+}
+
+// Where a label goes: the middle of its edge if that is free, else the
+// nearest free spot along the curve, or a little to its side (edges that
+// cross at their middles, or run side by side, would otherwise stack their
+// labels); a box that covers no other label and no node, or failing that
+// the one that covers least. `taken` grows by the chosen box.
+function placeLabel(geometry, size, taken) {
+  const c = geometry.curve;
+  const candidates = [];
+  for (const t of c ? [0.5, 0.42, 0.58, 0.34, 0.66, 0.27, 0.73, 0.2, 0.8] : [0.5]) {
+    for (const shift of c ? [0, 16, -16, 32, -32, 48, -48] : [0]) {
+      candidates.push({ t, shift, penalty: Math.abs(t - 0.5) * 200 + Math.abs(shift) });
+    }
+  }
+  candidates.sort((a, b) => a.penalty - b.penalty);
+  let best = null;
+  for (const { t, shift } of candidates) {
+    let p = geometry.mid;
+    if (c) {
+      const u = 1 - t;
+      const tx = 2 * u * (c.ctrl.x - c.start.x) + 2 * t * (c.end.x - c.ctrl.x);
+      const ty = 2 * u * (c.ctrl.y - c.start.y) + 2 * t * (c.end.y - c.ctrl.y);
+      const len = Math.hypot(tx, ty) || 1;
+      p = {
+        x: u * u * c.start.x + 2 * u * t * c.ctrl.x + t * t * c.end.x - (ty / len) * shift,
+        y: u * u * c.start.y + 2 * u * t * c.ctrl.y + t * t * c.end.y + (tx / len) * shift,
+      };
+    }
+    const box = { x: p.x + size.x, y: p.y + size.y, w: size.w, h: size.h };
+    const cost = taken.reduce((sum, other) => sum + overlapArea(box, other), 0);
+    if (best === null || cost < best.cost) best = { p, box, cost };
+    if (cost === 0) break;
+  }
+  taken.push(best.box);
+  return best;
+}
+
+function drawEdge(layer, labels, edge, geometry, taken) {
   const g = el("g", {
     class: `edge ${edge.status}${edge.id === selected ? " selected" : ""}`,
     "data-edge-id": edge.id,
@@ -225,7 +269,11 @@ function drawEdge(layer, labels, edge, geometry) {
   rect.setAttribute("width", bb.width + 12);
   rect.setAttribute("height", bb.height + 6);
   const dy = ((lines.length - 1) * 14) / 2;
-  box.setAttribute("transform", `translate(${geometry.mid.x},${geometry.mid.y - dy + 4})`);
+  // The label's box relative to the point it is centred on.
+  const size = { x: bb.x - 6, y: bb.y - 3 - dy + 4, w: bb.width + 12, h: bb.height + 6 };
+  const { p, box: placed } = placeLabel(geometry, size, taken);
+  box.setAttribute("transform", `translate(${p.x},${p.y - dy + 4})`);
+  label.setAttribute("data-box", [placed.x, placed.y, placed.w, placed.h].map((v) => v.toFixed(1)).join(" "));
   label.addEventListener("click", () => select(edge.id));
 }
 
@@ -269,6 +317,8 @@ function geometries(view, pos, nodes) {
       result.set(e.id, {
         d: `M${start.x.toFixed(1)},${start.y.toFixed(1)} Q${ctrl.x.toFixed(1)},${ctrl.y.toFixed(1)} ${end.x.toFixed(1)},${end.y.toFixed(1)}`,
         mid,
+        // The curve between the centres: at t = 0.5 it passes `mid`.
+        curve: { start: s, ctrl, end: d },
       });
     });
   }
@@ -293,9 +343,14 @@ function drawGraph(view) {
   const labelLayer = el("g", { class: "labels" }, svg);
   for (const node of view.nodes) drawNode(nodeLayer, node, pos.get(node.id));
   const paths = geometries(view, pos, nodes);
+  // Nodes are in the way of labels from the start.
+  const taken = view.nodes.map((n) => {
+    const p = pos.get(n.id);
+    return { x: p.x - NODE_W / 2, y: p.y - NODE_H / 2, w: NODE_W, h: NODE_H };
+  });
   for (const edge of view.edges) {
     const geometry = paths.get(edge.id);
-    if (geometry) drawEdge(edgeLayer, labelLayer, edge, geometry);
+    if (geometry) drawEdge(edgeLayer, labelLayer, edge, geometry, taken);
   }
 }
 

@@ -195,6 +195,31 @@ async fn chromium_renders_the_starwars_map() {
         "rendered nodes; DOM saved in {}",
         dir.display()
     );
+    // Edge labels never cover each other (the page slides a label along
+    // its edge when the middle is taken).
+    let boxes: Vec<[f64; 4]> = groups
+        .iter()
+        .filter(|g| has_class(g, "edge-label"))
+        .map(|g| {
+            let numbers: Vec<f64> = g
+                .get("data-box")
+                .map(|b| b.split(' ').filter_map(|v| v.parse().ok()).collect())
+                .unwrap_or_default();
+            numbers
+                .try_into()
+                .unwrap_or_else(|n| panic!("edge label without data-box: {g:?} {n:?}"))
+        })
+        .collect();
+    assert_eq!(boxes.len(), 3, "edge labels");
+    for (i, a) in boxes.iter().enumerate() {
+        for b in &boxes[i + 1..] {
+            let apart = a[0] + a[2] <= b[0]
+                || b[0] + b[2] <= a[0]
+                || a[1] + a[3] <= b[1]
+                || b[1] + b[3] <= a[1];
+            assert!(apart, "edge labels overlap: {a:?} and {b:?}");
+        }
+    }
     let edges: Vec<(&str, &str, &str, &str)> = groups
         .iter()
         .filter(|g| has_class(g, "edge"))
