@@ -114,7 +114,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         services: ServiceTable::new(),
         zone: zone.clone(),
         counters: EventCounters::default(),
-        engine: PolicyEngine::new(Arc::new(FileStore::new(&config.identity_store))),
+        engine: PolicyEngine::new(
+            Arc::new(FileStore::new(&config.identity_store)),
+            config.node.clone(),
+        ),
         resources: BTreeMap::new(),
         observer: observer.clone(),
         proxy,
@@ -174,7 +177,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
     tokio::spawn(read_events(reader, node.clone()));
-    tokio::spawn(collect_conntrack_garbage(node.clone()));
+    tokio::spawn(collect_garbage(node.clone()));
 
     if config.api_socket.exists() {
         std::fs::remove_file(&config.api_socket)
@@ -726,9 +729,10 @@ async fn read_proxy_messages(
     }
 }
 
-/// Removes expired conntrack entries now and then; a full table also
-/// degrades by LRU eviction, so this only keeps it tidy.
-async fn collect_conntrack_garbage(node: Arc<Mutex<Node>>) {
+/// Removes expired conntrack entries now and then (a full table also degrades by LRU
+/// eviction, so this only keeps it tidy), and collects identities no agent has used for the
+/// retention's grace, so label churn cannot exhaust the cluster range.
+async fn collect_garbage(node: Arc<Mutex<Node>>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         every.tick().await;
@@ -740,6 +744,19 @@ async fn collect_conntrack_garbage(node: Arc<Mutex<Node>>) {
             Ok(removed) if removed > 0 => tracing::debug!(removed, "conntrack entries expired"),
             Ok(_) => {}
             Err(e) => tracing::warn!("conntrack garbage collection: {e}"),
+        }
+        match node.engine.collect_identities(
+            myelin_policy::unix_now(),
+            myelin_policy::Retention::default(),
+        ) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    ?removed,
+                    "identities nobody used for the grace period deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("identity garbage collection: {e}"),
         }
     }
 }

@@ -125,7 +125,7 @@ fn validate(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let store = std::sync::Arc::new(myelin_policy::FileStore::new(
         dir.path().join("identities.json"),
     ));
-    let mut engine = myelin_policy::PolicyEngine::new(store);
+    let mut engine = myelin_policy::PolicyEngine::new(store, "validate");
     let mut failed = !parsed.errors.is_empty();
     for error in &parsed.errors {
         eprintln!("invalid: {error}");

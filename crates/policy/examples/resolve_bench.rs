@@ -53,7 +53,7 @@ fn endpoint(i: usize, app: usize) -> Endpoint {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()));
+    let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()), "bench");
     let policies: Vec<_> = (0..N).map(|i| policy(i, 80)).collect();
     let start = Instant::now();
     for i in 0..N {

@@ -3,7 +3,7 @@
 //!
 //! See <https://docs.cilium.io/en/stable/internals/security-identities/>.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,34 +83,72 @@ pub fn cidr_labels(prefix: &IpNet) -> LabelSet {
     set
 }
 
-/// What [`IdentityStore::create`] did.
+/// When identities nobody holds are deleted ([`IdentityStore::collect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreateOutcome {
-    /// The id is now bound to the labels.
-    Created,
-    /// The labels were already bound (by another agent) to this id.
-    LabelsBound(Identity),
-    /// The id is bound to other labels; try another.
-    IdTaken,
+pub struct Retention {
+    /// How long an identity stays after its last holder let go, so that a pod coming back
+    /// with the same labels (a restart, a rollout) keeps its number and flows keep reading
+    /// the same; also covers holders that refresh late.
+    pub grace_secs: u64,
+    /// A holder (an agent) that has not refreshed its holds for this long is taken for
+    /// gone (a removed node) and its holds dropped.
+    pub holder_timeout_secs: u64,
 }
 
-/// Where cluster-wide identities live: in process now, etcd or Kubernetes
-/// later. `create` is a compare-and-swap: it binds only when neither the
-/// labels nor the id are bound, so two agents sharing a store never give one
-/// number to two label sets.
+impl Default for Retention {
+    fn default() -> Self {
+        // Cilium's identity GC defaults: an unused identity lives for at least 15 minutes.
+        Self {
+            grace_secs: 15 * 60,
+            holder_timeout_secs: 30 * 60,
+        }
+    }
+}
+
+/// Where cluster-wide identities live: in process or a shared file now, etcd
+/// or Kubernetes later. Every agent that uses an identity holds it under its
+/// own holder name; an identity no holder has held for the retention's grace
+/// is deleted, and its number may later go to other labels. Binding and
+/// holding happen in one step ([`IdentityStore::acquire`]), so an identity
+/// is never collected between an agent finding it and holding it.
 pub trait IdentityStore: Send + Sync + std::fmt::Debug {
     /// The id bound to `labels`, if any.
     fn lookup(&self, labels: &LabelSet) -> Result<Option<Identity>, IdentityError>;
-    /// Binds `id` to `labels` unless either is bound already.
-    fn create(&self, id: Identity, labels: &LabelSet) -> Result<CreateOutcome, IdentityError>;
+    /// The id of `labels` — bound already, or bound now to the first free
+    /// number from `hint` on (wrapping in the cluster range) — held by
+    /// `holder` as of `now` (unix seconds).
+    fn acquire(
+        &self,
+        holder: &str,
+        labels: &LabelSet,
+        hint: Identity,
+        now: u64,
+    ) -> Result<Identity, IdentityError>;
+    /// States the complete set of identities `holder` uses as of `now`: they are held, every
+    /// other hold of `holder` is let go.
+    fn refresh(
+        &self,
+        holder: &str,
+        held: &BTreeSet<Identity>,
+        now: u64,
+    ) -> Result<(), IdentityError>;
+    /// Drops the holds of holders silent for longer than the retention allows and deletes
+    /// the identities nobody has held for its grace; returns the deleted ones.
+    fn collect(&self, now: u64, retention: Retention) -> Result<Vec<Identity>, IdentityError>;
     /// Every binding.
     fn list(&self) -> Result<BTreeMap<Identity, LabelSet>, IdentityError>;
 }
 
-/// The bindings, both ways.
+/// The bindings, both ways, and who holds them.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Table {
     ids: BTreeMap<Identity, LabelSet>,
+    /// Per identity: holder → when it last said it holds it (unix seconds).
+    #[serde(default)]
+    holders: BTreeMap<Identity, BTreeMap<String, u64>>,
+    /// Per identity nobody holds: since when (unix seconds).
+    #[serde(default)]
+    released: BTreeMap<Identity, u64>,
     #[serde(skip)]
     by_labels: HashMap<LabelSet, Identity>,
 }
@@ -120,16 +158,94 @@ impl Table {
         self.by_labels = self.ids.iter().map(|(id, l)| (l.clone(), *id)).collect();
     }
 
-    fn create(&mut self, id: Identity, labels: &LabelSet) -> CreateOutcome {
-        if let Some(bound) = self.by_labels.get(labels) {
-            return CreateOutcome::LabelsBound(*bound);
+    fn acquire(
+        &mut self,
+        holder: &str,
+        labels: &LabelSet,
+        hint: Identity,
+        now: u64,
+    ) -> Result<Identity, IdentityError> {
+        let id = match self.by_labels.get(labels) {
+            Some(id) => *id,
+            None => {
+                let range = CLUSTER_MAX - CLUSTER_MIN + 1;
+                let start = hint.clamp(CLUSTER_MIN, CLUSTER_MAX) - CLUSTER_MIN;
+                let id = (0..range)
+                    .map(|step| CLUSTER_MIN + (start + step) % range)
+                    .find(|id| !self.ids.contains_key(id))
+                    .ok_or(IdentityError::Exhausted)?;
+                self.ids.insert(id, labels.clone());
+                self.by_labels.insert(labels.clone(), id);
+                id
+            }
+        };
+        self.holders
+            .entry(id)
+            .or_default()
+            .insert(holder.to_owned(), now);
+        self.released.remove(&id);
+        Ok(id)
+    }
+
+    /// Removes `holder` from `id`'s holders; the identity is released when it was the last.
+    fn let_go(&mut self, id: Identity, holder: &str, since: u64) {
+        if let Some(holders) = self.holders.get_mut(&id) {
+            holders.remove(holder);
+            if holders.is_empty() {
+                self.holders.remove(&id);
+                self.released.insert(id, since);
+            }
         }
-        if self.ids.contains_key(&id) {
-            return CreateOutcome::IdTaken;
+    }
+
+    fn refresh(&mut self, holder: &str, held: &BTreeSet<Identity>, now: u64) {
+        let ids: Vec<Identity> = self.ids.keys().copied().collect();
+        for id in ids {
+            if held.contains(&id) {
+                self.holders
+                    .entry(id)
+                    .or_default()
+                    .insert(holder.to_owned(), now);
+                self.released.remove(&id);
+            } else {
+                self.let_go(id, holder, now);
+            }
         }
-        self.ids.insert(id, labels.clone());
-        self.by_labels.insert(labels.clone(), id);
-        CreateOutcome::Created
+    }
+
+    fn collect(&mut self, now: u64, retention: Retention) -> Vec<Identity> {
+        let stale: Vec<(Identity, String, u64)> = self
+            .holders
+            .iter()
+            .flat_map(|(id, holders)| {
+                holders
+                    .iter()
+                    .filter(|(_, seen)| now.saturating_sub(**seen) > retention.holder_timeout_secs)
+                    .map(|(holder, seen)| (*id, holder.clone(), *seen))
+            })
+            .collect();
+        for (id, holder, seen) in stale {
+            self.let_go(id, &holder, seen);
+        }
+        // Bindings from before holds were recorded start their grace now.
+        for id in self.ids.keys() {
+            if !self.holders.contains_key(id) {
+                self.released.entry(*id).or_insert(now);
+            }
+        }
+        let expired: Vec<Identity> = self
+            .released
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= retention.grace_secs)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.released.remove(id);
+            if let Some(labels) = self.ids.remove(id) {
+                self.by_labels.remove(&labels);
+            }
+        }
+        expired
     }
 }
 
@@ -144,26 +260,47 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn table(&self) -> Result<std::sync::MutexGuard<'_, Table>, IdentityError> {
+        self.table.lock().map_err(|_| IdentityError::Poisoned)
+    }
 }
 
 impl IdentityStore for MemoryStore {
     fn lookup(&self, labels: &LabelSet) -> Result<Option<Identity>, IdentityError> {
-        let table = self.table.lock().map_err(|_| IdentityError::Poisoned)?;
-        Ok(table.by_labels.get(labels).copied())
+        Ok(self.table()?.by_labels.get(labels).copied())
     }
 
-    fn create(&self, id: Identity, labels: &LabelSet) -> Result<CreateOutcome, IdentityError> {
-        let mut table = self.table.lock().map_err(|_| IdentityError::Poisoned)?;
-        Ok(table.create(id, labels))
+    fn acquire(
+        &self,
+        holder: &str,
+        labels: &LabelSet,
+        hint: Identity,
+        now: u64,
+    ) -> Result<Identity, IdentityError> {
+        self.table()?.acquire(holder, labels, hint, now)
+    }
+
+    fn refresh(
+        &self,
+        holder: &str,
+        held: &BTreeSet<Identity>,
+        now: u64,
+    ) -> Result<(), IdentityError> {
+        self.table()?.refresh(holder, held, now);
+        Ok(())
+    }
+
+    fn collect(&self, now: u64, retention: Retention) -> Result<Vec<Identity>, IdentityError> {
+        Ok(self.table()?.collect(now, retention))
     }
 
     fn list(&self) -> Result<BTreeMap<Identity, LabelSet>, IdentityError> {
-        let table = self.table.lock().map_err(|_| IdentityError::Poisoned)?;
-        Ok(table.ids.clone())
+        Ok(self.table()?.ids.clone())
     }
 }
 
-/// A store in a JSON file, so identities survive restarts. Every `create`
+/// A store in a JSON file, so identities survive restarts. Every change
 /// takes an exclusive lock on `FILE.lock`, re-reads the file and replaces it
 /// atomically (write a temporary file, fsync, rename), so several processes
 /// may share one file.
@@ -233,6 +370,15 @@ impl FileStore {
             .map_err(|e| self.io("write", &tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io("rename onto", &self.path, e))
     }
+
+    /// Runs `change` on the table under the lock and writes the result.
+    fn change<T>(&self, change: impl FnOnce(&mut Table) -> T) -> Result<T, IdentityError> {
+        let _lock = self.locked()?;
+        let mut table = self.read()?;
+        let out = change(&mut table);
+        self.write(&table)?;
+        Ok(out)
+    }
 }
 
 impl IdentityStore for FileStore {
@@ -240,14 +386,27 @@ impl IdentityStore for FileStore {
         Ok(self.read()?.by_labels.get(labels).copied())
     }
 
-    fn create(&self, id: Identity, labels: &LabelSet) -> Result<CreateOutcome, IdentityError> {
-        let _lock = self.locked()?;
-        let mut table = self.read()?;
-        let outcome = table.create(id, labels);
-        if outcome == CreateOutcome::Created {
-            self.write(&table)?;
-        }
-        Ok(outcome)
+    fn acquire(
+        &self,
+        holder: &str,
+        labels: &LabelSet,
+        hint: Identity,
+        now: u64,
+    ) -> Result<Identity, IdentityError> {
+        self.change(|table| table.acquire(holder, labels, hint, now))?
+    }
+
+    fn refresh(
+        &self,
+        holder: &str,
+        held: &BTreeSet<Identity>,
+        now: u64,
+    ) -> Result<(), IdentityError> {
+        self.change(|table| table.refresh(holder, held, now))
+    }
+
+    fn collect(&self, now: u64, retention: Retention) -> Result<Vec<Identity>, IdentityError> {
+        self.change(|table| table.collect(now, retention))
     }
 
     fn list(&self) -> Result<BTreeMap<Identity, LabelSet>, IdentityError> {
@@ -256,57 +415,68 @@ impl IdentityStore for FileStore {
 }
 
 /// Gives each distinct label set a cluster-wide number in
-/// [`CLUSTER_MIN`]..=[`CLUSTER_MAX`] through an [`IdentityStore`], caching
-/// what it learnt.
+/// [`CLUSTER_MIN`]..=[`CLUSTER_MAX`] through an [`IdentityStore`], holding
+/// it under this allocator's holder name and caching what it holds.
 #[derive(Debug, Clone)]
 pub struct Allocator {
     store: Arc<dyn IdentityStore>,
+    holder: String,
+    /// Only identities this holder holds in the store: a number it let go may be collected
+    /// and given to other labels, so it must be acquired again, not remembered.
     cache: HashMap<LabelSet, Identity>,
     next: Identity,
 }
 
 impl Allocator {
-    /// An allocator over `store`.
-    pub fn new(store: Arc<dyn IdentityStore>) -> Self {
+    /// An allocator over `store` holding identities as `holder` (unique per agent: the
+    /// node name).
+    pub fn new(store: Arc<dyn IdentityStore>, holder: impl Into<String>) -> Self {
         Self {
             store,
+            holder: holder.into(),
             cache: HashMap::new(),
             next: CLUSTER_MIN,
         }
     }
 
-    /// The identity of `labels`, creating it in the store when new. When
-    /// another agent binds the labels first, its number is adopted; when it
-    /// takes the candidate number, the next free one is tried.
+    /// The identity of `labels`, held by this allocator's holder: the one bound already
+    /// (by any agent), or a new one.
     pub fn allocate(&mut self, labels: &LabelSet) -> Result<Identity, IdentityError> {
         if let Some(id) = self.cache.get(labels) {
             return Ok(*id);
         }
-        if let Some(id) = self.store.lookup(labels)? {
-            self.cache.insert(labels.clone(), id);
-            return Ok(id);
+        let id = self
+            .store
+            .acquire(&self.holder, labels, self.next, unix_now())?;
+        if id >= self.next {
+            self.next = if id >= CLUSTER_MAX {
+                CLUSTER_MIN
+            } else {
+                id + 1
+            };
         }
-        let range = CLUSTER_MAX - CLUSTER_MIN + 1;
-        for step in 0..range {
-            let candidate = CLUSTER_MIN + (self.next - CLUSTER_MIN + step) % range;
-            match self.store.create(candidate, labels)? {
-                CreateOutcome::Created => {
-                    self.next = candidate + 1;
-                    if self.next > CLUSTER_MAX {
-                        self.next = CLUSTER_MIN;
-                    }
-                    self.cache.insert(labels.clone(), candidate);
-                    return Ok(candidate);
-                }
-                CreateOutcome::LabelsBound(id) => {
-                    self.cache.insert(labels.clone(), id);
-                    return Ok(id);
-                }
-                CreateOutcome::IdTaken => {}
-            }
-        }
-        Err(IdentityError::Exhausted)
+        self.cache.insert(labels.clone(), id);
+        Ok(id)
     }
+
+    /// States the identities this holder uses now (see [`IdentityStore::refresh`]) and
+    /// forgets the others.
+    pub fn refresh(&mut self, in_use: &BTreeSet<Identity>, now: u64) -> Result<(), IdentityError> {
+        self.cache.retain(|_, id| in_use.contains(id));
+        self.store.refresh(&self.holder, in_use, now)
+    }
+
+    /// Collects unheld identities in the store (see [`IdentityStore::collect`]).
+    pub fn collect(&self, now: u64, retention: Retention) -> Result<Vec<Identity>, IdentityError> {
+        self.store.collect(now, retention)
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Node-local identities for CIDR prefixes ([`LOCAL_SCOPE`] and up),
@@ -354,5 +524,135 @@ impl LocalIdentities {
     /// Every prefix with its identity.
     pub fn iter(&self) -> impl Iterator<Item = (&IpNet, Identity)> {
         self.by_prefix.iter().map(|(p, (id, _))| (p, *id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(app: &str) -> LabelSet {
+        let mut set = LabelSet::new();
+        set.insert("k8s", "app", app);
+        set
+    }
+
+    const RETENTION: Retention = Retention {
+        grace_secs: 100,
+        holder_timeout_secs: 1000,
+    };
+
+    #[test]
+    fn an_identity_lives_while_held_and_for_the_grace_after() {
+        let store = MemoryStore::new();
+        let a = store
+            .acquire("node1", &labels("a"), CLUSTER_MIN, 0)
+            .unwrap();
+        let b = store
+            .acquire("node2", &labels("b"), CLUSTER_MIN, 0)
+            .unwrap();
+        assert_ne!(a, b);
+        // node2 also uses a; node1 stops using it.
+        assert_eq!(
+            store
+                .acquire("node2", &labels("a"), CLUSTER_MIN, 10)
+                .unwrap(),
+            a
+        );
+        store.refresh("node1", &BTreeSet::new(), 20).unwrap();
+        assert!(
+            store.collect(500, RETENTION).unwrap().is_empty(),
+            "node2 holds a"
+        );
+        // node2 lets go of a at 600: a stays for the grace, then goes; b is still held.
+        store.refresh("node2", &BTreeSet::from([b]), 600).unwrap();
+        assert!(store.collect(699, RETENTION).unwrap().is_empty());
+        assert_eq!(store.collect(700, RETENTION).unwrap(), vec![a]);
+        assert_eq!(store.lookup(&labels("a")).unwrap(), None);
+        assert_eq!(store.lookup(&labels("b")).unwrap(), Some(b));
+        // a's number is free again; acquiring a again inside the grace would have kept it.
+        let c = store.acquire("node1", &labels("c"), a, 701).unwrap();
+        assert_eq!(c, a);
+    }
+
+    #[test]
+    fn acquiring_again_within_the_grace_keeps_the_number() {
+        let store = MemoryStore::new();
+        let a = store
+            .acquire("node1", &labels("a"), CLUSTER_MIN, 0)
+            .unwrap();
+        store.refresh("node1", &BTreeSet::new(), 10).unwrap();
+        assert_eq!(
+            store
+                .acquire("node1", &labels("a"), CLUSTER_MIN, 50)
+                .unwrap(),
+            a
+        );
+        // The grace counted from 10 would have ended at 110; a is held again.
+        assert!(store.collect(120, RETENTION).unwrap().is_empty());
+        assert_eq!(store.lookup(&labels("a")).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn a_silent_holder_is_taken_for_gone() {
+        let store = MemoryStore::new();
+        let a = store.acquire("gone", &labels("a"), CLUSTER_MIN, 0).unwrap();
+        // Past the holder timeout its hold counts from its last refresh: released at 0,
+        // so the grace has long passed.
+        assert!(store.collect(1000, RETENTION).unwrap().is_empty());
+        assert_eq!(store.collect(1001, RETENTION).unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn file_store_keeps_holds_across_processes_and_reads_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identities.json");
+        // A file written before holds were recorded: bindings only.
+        let old = FileStore::new(&path)
+            .acquire("node0", &labels("old"), 300, 0)
+            .unwrap();
+        assert_eq!(old, 300);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("holders");
+        object.remove("released");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let store = FileStore::new(&path);
+        assert!(store.list().unwrap().contains_key(&300));
+        // Unheld old bindings start their grace at the first collection.
+        assert!(store.collect(1000, RETENTION).unwrap().is_empty());
+        let a = FileStore::new(&path)
+            .acquire("node1", &labels("a"), CLUSTER_MIN, 1000)
+            .unwrap();
+        assert_eq!(
+            FileStore::new(&path).collect(1100, RETENTION).unwrap(),
+            vec![300]
+        );
+        assert_eq!(FileStore::new(&path).lookup(&labels("a")).unwrap(), Some(a));
+    }
+
+    #[test]
+    fn allocator_forgets_what_it_let_go() {
+        let store: Arc<dyn IdentityStore> = Arc::new(MemoryStore::new());
+        let mut node1 = Allocator::new(store.clone(), "node1");
+        let a = node1.allocate(&labels("a")).unwrap();
+        node1.refresh(&BTreeSet::new(), unix_now()).unwrap();
+        node1
+            .collect(
+                unix_now() + 1000,
+                Retention {
+                    grace_secs: 0,
+                    holder_timeout_secs: 10_000,
+                },
+            )
+            .unwrap();
+        // Another agent takes the freed number for other labels; node1 must not hand out its
+        // stale cached number for "a" now.
+        let mut node2 = Allocator::new(store.clone(), "node2");
+        let b = node2.allocate(&labels("b")).unwrap();
+        assert_eq!(b, a, "the number was free");
+        let again = node1.allocate(&labels("a")).unwrap();
+        assert_ne!(again, b);
     }
 }

@@ -19,7 +19,8 @@ pub use explain::{
     Explanation, HttpRequest, PolicyView, Query, Step, Target, Verdict, explain, http_matches,
 };
 pub use identity::{
-    Allocator, CreateOutcome, FileStore, Identity, IdentityStore, LocalIdentities, MemoryStore,
+    Allocator, FileStore, Identity, IdentityStore, LocalIdentities, MemoryStore, Retention,
+    unix_now,
 };
 pub use labels::{LabelSet, Selector};
 pub use resolve::{

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::PolicyError;
 use crate::identity::{
-    ANY, Allocator, HEALTH, HOST, INGRESS, INIT, Identity, IdentityStore, KUBE_APISERVER,
-    LocalIdentities, REMOTE_NODE, RESERVED, UNMANAGED, WORLD, cidr_labels, reserved_labels,
+    ANY, Allocator, CLUSTER_MAX, CLUSTER_MIN, HEALTH, HOST, INGRESS, INIT, Identity, IdentityStore,
+    KUBE_APISERVER, LocalIdentities, REMOTE_NODE, RESERVED, Retention, UNMANAGED, WORLD,
+    cidr_labels, reserved_labels,
 };
 use crate::labels::{LabelSet, SOURCE_K8S, Selector};
 use crate::rules::{
@@ -588,8 +589,9 @@ struct Pending {
 }
 
 impl PolicyEngine {
-    /// An engine allocating cluster identities from `store`.
-    pub fn new(store: Arc<dyn IdentityStore>) -> Self {
+    /// An engine allocating cluster identities from `store`, holding them as `holder`
+    /// (unique per agent sharing the store: the node name).
+    pub fn new(store: Arc<dyn IdentityStore>, holder: impl Into<String>) -> Self {
         let identities = RESERVED
             .iter()
             .filter_map(|(id, _)| {
@@ -603,7 +605,7 @@ impl PolicyEngine {
             })
             .collect();
         let mut engine = Self {
-            allocator: Allocator::new(store),
+            allocator: Allocator::new(store, holder),
             local: LocalIdentities::default(),
             namespaces: BTreeMap::new(),
             endpoints: BTreeMap::new(),
@@ -678,6 +680,25 @@ impl PolicyEngine {
         pending.dirty.extend(state.selects.iter().cloned());
         self.policies.insert(key, state);
         Ok(self.finish(pending))
+    }
+
+    /// Identity garbage collection, run periodically by the agent: states to the store the
+    /// cluster identities this engine's endpoints use now (letting go of the rest), then
+    /// deletes the identities no agent has held for the retention's grace. Returns the
+    /// deleted ones.
+    pub fn collect_identities(
+        &mut self,
+        now: u64,
+        retention: Retention,
+    ) -> Result<Vec<Identity>, PolicyError> {
+        let in_use: BTreeSet<Identity> = self
+            .members
+            .keys()
+            .copied()
+            .filter(|id| (CLUSTER_MIN..=CLUSTER_MAX).contains(id))
+            .collect();
+        self.allocator.refresh(&in_use, now)?;
+        Ok(self.allocator.collect(now, retention)?)
     }
 
     /// Removes a policy; every other policy stays in force.

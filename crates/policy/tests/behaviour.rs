@@ -236,7 +236,7 @@ fn two_agents_sharing_a_store_agree() {
                 sets.reverse();
             }
             std::thread::spawn(move || {
-                let mut alloc = Allocator::new(store);
+                let mut alloc = Allocator::new(store, format!("node{t}"));
                 sets.iter()
                     .map(|s| (s.clone(), alloc.allocate(s).expect("allocate")))
                     .collect::<BTreeMap<_, _>>()
@@ -272,12 +272,12 @@ fn file_store_survives_restart() {
         &BTreeMap::new(),
         None,
     );
-    let first = Allocator::new(Arc::new(FileStore::new(&path)))
+    let first = Allocator::new(Arc::new(FileStore::new(&path)), "node1")
         .allocate(&labels)
         .expect("allocate");
     // A fresh allocator (a restarted agent) reads the same number back and
     // gives new label sets new numbers.
-    let mut again = Allocator::new(Arc::new(FileStore::new(&path)));
+    let mut again = Allocator::new(Arc::new(FileStore::new(&path)), "node1");
     assert_eq!(again.allocate(&labels).expect("allocate"), first);
     assert_ne!(again.allocate(&other).expect("allocate"), first);
     assert_eq!(FileStore::new(&path).list().expect("list").len(), 2);
@@ -407,4 +407,44 @@ fn namespace_label_change_is_a_diff() {
         Verdict::Denied
     );
     assert!(engine.resolve_all().is_empty());
+}
+
+#[test]
+fn identities_of_removed_pods_are_collected_after_the_grace_and_used_ones_stay() {
+    let store: Arc<dyn IdentityStore> = Arc::new(MemoryStore::new());
+    let mut engine = myelin_policy::PolicyEngine::new(store.clone(), "node1");
+    let now = myelin_policy::unix_now();
+    engine
+        .upsert_endpoint(endpoint("default", "a-1", &[("app", "a")], "10.0.9.1", &[]))
+        .expect("endpoint");
+    engine
+        .upsert_endpoint(endpoint("default", "b-1", &[("app", "b")], "10.0.9.2", &[]))
+        .expect("endpoint");
+    assert_eq!(store.list().expect("list").len(), 2);
+    engine.remove_endpoint(&EndpointKey::new("default", "a-1"));
+    let retention = myelin_policy::Retention {
+        grace_secs: 60,
+        holder_timeout_secs: 3600,
+    };
+    assert!(
+        engine
+            .collect_identities(now, retention)
+            .expect("gc")
+            .is_empty(),
+        "within the grace nothing goes"
+    );
+    let removed = engine.collect_identities(now + 60, retention).expect("gc");
+    assert_eq!(removed.len(), 1);
+    let left = store.list().expect("list");
+    assert_eq!(left.len(), 1);
+    assert!(
+        left.values()
+            .all(|labels| labels.to_string().contains("app=b")),
+        "{left:?}"
+    );
+    // A pod with the collected labels comes back: it gets a number again.
+    engine
+        .upsert_endpoint(endpoint("default", "a-2", &[("app", "a")], "10.0.9.3", &[]))
+        .expect("endpoint");
+    assert_eq!(store.list().expect("list").len(), 2);
 }

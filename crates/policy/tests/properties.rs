@@ -172,7 +172,7 @@ proptest! {
     #[test]
     fn incremental_equals_full(ops in prop::collection::vec(op(), 1..25)) {
         let store = Arc::new(MemoryStore::new());
-        let mut incremental = PolicyEngine::new(store.clone());
+        let mut incremental = PolicyEngine::new(store.clone(), "node1");
         let mut applied: BTreeMap<usize, myelin_model::Resource> = BTreeMap::new();
         let mut pods: BTreeMap<usize, Endpoint> = BTreeMap::new();
         for op in ops {
@@ -211,7 +211,7 @@ proptest! {
                 }
             }
         }
-        let mut full = PolicyEngine::new(store);
+        let mut full = PolicyEngine::new(store, "node1");
         for p in pods.values() {
             full.upsert_endpoint(p.clone()).expect("endpoint");
         }

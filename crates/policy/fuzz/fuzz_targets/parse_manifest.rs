@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let parsed = myelin_model::parse_str("fuzz.yaml", text);
-    let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()));
+    let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()), "fuzz");
     let pod = Endpoint {
         namespace: "default".into(),
         name: "p".into(),

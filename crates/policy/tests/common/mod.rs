@@ -91,7 +91,7 @@ pub fn endpoint(
 /// An engine with the pods, namespace `other` labelled `team: rebels`, and
 /// the policies of `yaml` (which must all be valid).
 pub fn cluster(yaml: &str) -> PolicyEngine {
-    let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()));
+    let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()), "node1");
     engine
         .set_namespace_labels(
             "other",
