@@ -392,10 +392,11 @@ pub struct TestRunOutcome {
     pub duration: std::time::Duration,
 }
 
-fn classifier<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, DatapathError> {
+/// The loaded program `name` as its type (a TC classifier, the socket lookup program).
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
         program: name,
         source: aya::programs::ProgramError::NotLoaded,
@@ -406,16 +407,15 @@ fn classifier<'a>(
     })
 }
 
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    program(ebpf, name)
+}
+
 fn socket_lookup(ebpf: &mut Ebpf) -> Result<&mut SkLookup, DatapathError> {
-    let name = PROGRAM_PROXY_LOOKUP;
-    let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
-        program: name,
-        source: aya::programs::ProgramError::NotLoaded,
-    })?;
-    program.try_into().map_err(|source| DatapathError::Program {
-        program: name,
-        source,
-    })
+    program(ebpf, PROGRAM_PROXY_LOOKUP)
 }
 
 /// The tag of our program attached to `ifname` at `attach_type`, if any.
