@@ -102,12 +102,12 @@ impl tower_service::Service<Uri> for MarkedConnector {
 /// The server and client machinery, built once per proxy.
 pub(crate) struct Engine {
     server: auto::Builder<TokioExecutor>,
-    /// Upstream clients (HTTP/1.1 and HTTP/2 prior knowledge) per source identity: the
-    /// identity travels in the upstream socket's mark (`mark | identity << 16`) so the
-    /// datapath applies the destination's policy to the client the proxy acts for, and
-    /// connections of different identities never share a pool.
-    clients:
-        std::sync::Mutex<std::collections::HashMap<(u32, bool), Client<MarkedConnector, Incoming>>>,
+    /// Pooled upstream HTTP/2 clients per source identity: the identity travels in the
+    /// upstream socket's mark ([`Engine::mark_for`]) so the datapath applies the
+    /// destination's policy to the client the proxy acts for, and connections of different
+    /// identities never share a pool. (HTTP/1 requests use their client connection's own
+    /// upstream connection, [`PinnedUpstream`].)
+    h2_clients: std::sync::Mutex<std::collections::HashMap<u32, Client<MarkedConnector, Incoming>>>,
     mark: u32,
     limits: crate::proxy::Limits,
 }
@@ -130,44 +130,52 @@ impl Engine {
             .max_concurrent_streams(limits.max_concurrent_streams);
         Self {
             server,
-            clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+            h2_clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             mark: config.mark,
             limits: limits.clone(),
         }
     }
 
-    /// The upstream client for connections made on behalf of `identity` (0: unknown).
-    fn client(&self, identity: u32, http2_only: bool) -> Client<MarkedConnector, Incoming> {
-        let mut clients = match self.clients.lock() {
-            Ok(clients) => clients,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        clients
-            .entry((identity, http2_only))
+    /// The mark of upstream sockets opened on behalf of `identity` (0: unknown):
+    /// `mark | identity << 16`, or no mark when the proxy marks nothing.
+    fn mark_for(&self, identity: u32) -> u32 {
+        if self.mark == 0 {
+            0
+        } else {
+            self.mark | (identity << 16)
+        }
+    }
+
+    /// The pooled HTTP/2 upstream client for `identity`.
+    fn h2_client(&self, identity: u32) -> Client<MarkedConnector, Incoming> {
+        lock(&self.h2_clients)
+            .entry(identity)
             .or_insert_with(|| {
-                let mark = if self.mark == 0 {
-                    0
-                } else {
-                    self.mark | (identity << 16)
-                };
                 let connector = MarkedConnector {
-                    mark,
+                    mark: self.mark_for(identity),
                     timeout: self.limits.upstream_connect_timeout,
                 };
                 Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new())
                     .pool_idle_timeout(self.limits.upstream_idle_timeout)
-                    .http2_only(http2_only)
+                    .http2_only(true)
                     .build(connector)
             })
             .clone()
     }
 }
 
-/// The upstream client of a connection, remembered with the identity and protocol it was
-/// chosen for so that later requests skip the engine's shared map.
-type CachedClient = (u32, bool, Client<MarkedConnector, Incoming>);
+/// The HTTP/2 upstream client of a connection, remembered with the identity it was chosen
+/// for so that later requests skip the engine's shared map.
+type CachedClient = (u32, Client<MarkedConnector, Incoming>);
+
+/// An upstream HTTP/1.1 connection kept for one client connection, with the identity its
+/// socket mark carries.
+struct PinnedUpstream {
+    identity: u32,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+}
 
 /// `hubble_http_*` series a connection already looked up: (method, protocol, status) →
 /// (request counter, duration histogram), so repeated requests neither allocate labels nor
@@ -191,8 +199,12 @@ struct Connection {
     /// connection upgraded with h2c, whose client did not know the server speaks HTTP/2.
     http1_upstream: bool,
     activity: Arc<Activity>,
-    /// The upstream client of the last request (see [`CachedClient`]).
-    client: std::sync::Mutex<Option<CachedClient>>,
+    /// The upstream client of the last HTTP/2 request (see [`CachedClient`]).
+    h2_client: std::sync::Mutex<Option<CachedClient>>,
+    /// The upstream HTTP/1.1 connection of this client connection: HTTP/1 requests of one
+    /// client connection come one at a time, so they reuse one upstream connection of their
+    /// own instead of checking one out of a shared pool per request.
+    upstream_h1: std::sync::Mutex<Option<PinnedUpstream>>,
     /// See [`MetricCache`].
     metrics: std::sync::Mutex<MetricCache>,
     /// Held by the connection and any upgraded tunnel, so the slot and gauge are released
@@ -347,7 +359,8 @@ async fn serve(
         missing_policy,
         http1_upstream: false,
         activity: activity.clone(),
-        client: std::sync::Mutex::new(None),
+        h2_client: std::sync::Mutex::new(None),
+        upstream_h1: std::sync::Mutex::new(None),
         metrics: std::sync::Mutex::new(Vec::new()),
         _slot: Arc::new(slot),
     });
@@ -395,33 +408,108 @@ impl Connection {
             missing_policy: self.missing_policy,
             http1_upstream: true,
             activity: self.activity.clone(),
-            client: std::sync::Mutex::new(None),
+            h2_client: std::sync::Mutex::new(None),
+            upstream_h1: std::sync::Mutex::new(None),
             metrics: std::sync::Mutex::new(Vec::new()),
             _slot: self._slot.clone(),
         }
     }
 
-    /// Sends `request` upstream with the client for `identity`: the one the previous request
-    /// used when it fits, else the engine's (which is then remembered).
-    fn send(
+    /// Sends an HTTP/2 `request` upstream with the pooled client for `identity`: the one the
+    /// previous request used when it fits, else the engine's (which is then remembered).
+    fn send_h2(
         &self,
         identity: u32,
-        http2: bool,
         request: Request<Incoming>,
     ) -> hyper_util::client::legacy::ResponseFuture {
-        let mut cached = match self.client.lock() {
-            Ok(cached) => cached,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut cached = lock(&self.h2_client);
         match &*cached {
-            Some((id, h2, client)) if *id == identity && *h2 == http2 => client.request(request),
+            Some((id, client)) if *id == identity => client.request(request),
             _ => {
-                let client = self.shared.engine.client(identity, http2);
+                let client = self.shared.engine.h2_client(identity);
                 let response = client.request(request);
-                *cached = Some((identity, http2, client));
+                *cached = Some((identity, client));
                 response
             }
         }
+    }
+
+    /// Opens a marked upstream HTTP/1.1 connection to the destination for `identity`.
+    async fn connect_h1(
+        &self,
+        identity: u32,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, UpstreamError> {
+        let engine = &self.shared.engine;
+        let stream = connect_marked(
+            self.destination,
+            engine.mark_for(identity),
+            engine.limits.upstream_connect_timeout,
+        )
+        .await
+        .map_err(UpstreamError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(
+            async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    debug!(error = %e, "upstream connection ended with an error");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(sender)
+    }
+
+    /// Sends an HTTP/1.1 `request` upstream on this client connection's own upstream
+    /// connection, opening one when there is none (or it closed, or it was opened for
+    /// another identity). A request the kept connection could not take because the upstream
+    /// had just closed it is sent once more on a new connection.
+    async fn send_h1(
+        &self,
+        identity: u32,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let kept = lock(&self.upstream_h1)
+            .take()
+            .filter(|p| p.identity == identity && !p.sender.is_closed());
+        let (mut sender, reused) = match kept {
+            Some(pinned) => (pinned.sender, true),
+            None => (self.connect_h1(identity).await?, false),
+        };
+        let request = match sender.ready().await {
+            Ok(()) => match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.keep_h1(identity, sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(request) if reused => request,
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            },
+            Err(e) if !reused => return Err(UpstreamError::Http(e)),
+            Err(_) => request,
+        };
+        let mut sender = self.connect_h1(identity).await?;
+        sender.ready().await.map_err(UpstreamError::Http)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok(self.keep_h1(identity, sender, response))
+    }
+
+    /// Keeps `sender` for the next request unless the response hands the connection over
+    /// to an upgrade.
+    fn keep_h1(
+        &self,
+        identity: u32,
+        sender: hyper::client::conn::http1::SendRequest<Incoming>,
+        response: Response<Incoming>,
+    ) -> Response<Incoming> {
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            *lock(&self.upstream_h1) = Some(PinnedUpstream { identity, sender });
+        }
+        response
     }
 
     /// The `hubble_http_*` series of one request, from the connection's cache when it was
@@ -432,10 +520,7 @@ impl Connection {
         protocol: &'static str,
         status: u16,
     ) -> (Counter, Histogram) {
-        let mut cache = match self.metrics.lock() {
-            Ok(cache) => cache,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut cache = lock(&self.metrics);
         if let Some((.., counter, histogram)) = cache
             .iter()
             .find(|(m, p, s, ..)| m == method && *p == protocol && *s == status)
@@ -785,7 +870,14 @@ async fn handle(
         .snapshot
         .identity(connection.source.ip())
         .map_or(0, |i| i.identity);
-    let upstream = connection.send(identity, http2, request).await;
+    let upstream = if http2 {
+        connection
+            .send_h2(identity, request)
+            .await
+            .map_err(UpstreamError::Client)
+    } else {
+        connection.send_h1(identity, request).await
+    };
     drop(in_flight);
     let mut response = match upstream {
         Ok(response) => response,
@@ -851,6 +943,26 @@ async fn serve_h2c(connection: Arc<Connection>, upgrade: hyper::upgrade::OnUpgra
             debug!(error = %e, "h2c connection ended with an error");
         },
         () = connection.activity.idle(limits.idle_timeout) => debug!("closing idle h2c connection"),
+    }
+}
+
+/// Why a request could not be sent upstream.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamError {
+    #[error("connecting: {0}")]
+    Connect(io::Error),
+    #[error(transparent)]
+    Http(hyper::Error),
+    #[error(transparent)]
+    Client(hyper_util::client::legacy::Error),
+}
+
+/// Locks `mutex`; a panic elsewhere while it was held leaves data that is still usable here
+/// (caches and connection handles), so poisoning is ignored.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

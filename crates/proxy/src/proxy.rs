@@ -43,7 +43,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time allowed to establish an upstream TCP connection.
     pub upstream_connect_timeout: Duration,
-    /// How long an unused pooled upstream connection is kept.
+    /// How long an unused pooled upstream HTTP/2 connection is kept. (An HTTP/1 client
+    /// connection's own upstream connection lives as long as the client connection.)
     pub upstream_idle_timeout: Duration,
     /// Most concurrent HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,

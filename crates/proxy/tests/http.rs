@@ -50,6 +50,20 @@ async fn allowed_forwarded_denied_403_and_connection_reused() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_closes_its_connection_is_reconnected_for_the_next_request() {
+    let h = Harness::new(vec![rule(Some("GET"), None)]).await;
+    let mut c = h.h1().await;
+    let (status, _, body) = send(&mut c, get("/close")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "closing\n"));
+    // The client connection stays open; its next requests get a new upstream connection.
+    for _ in 0..3 {
+        let (status, _, body) = send(&mut c, get("/after")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(h.upstream.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn method_path_and_host_are_anchored() {
     let h = Harness::new(vec![HttpRule {
         method: Some("GET".into()),

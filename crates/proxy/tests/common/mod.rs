@@ -77,6 +77,14 @@ async fn upstream_handler(mut request: Request<Incoming>) -> Result<Response<Bod
             .unwrap();
         return Ok(response);
     }
+    if path == "/close" {
+        // The upstream ends its side of the keep-alive connection after this response.
+        let response = Response::builder()
+            .header("connection", "close")
+            .body(full("closing\n"))
+            .unwrap();
+        return Ok(response);
+    }
     if path == "/echo" {
         return Ok(Response::new(request.into_body().boxed()));
     }
