@@ -89,7 +89,7 @@ fn peer_meta(peer: &myelin_proxy::event::Peer, context: &impl FlowContext) -> En
         && identity != meta.identity
     {
         meta.identity = identity;
-        meta.labels = peer.labels.clone();
+        meta.labels = context.identity_labels(identity);
     }
     meta
 }
@@ -434,13 +434,10 @@ mod tests {
         }
     }
 
-    fn peer(address: &str, pod: &str, identity: u32) -> Peer {
+    fn peer(address: &str, identity: u32) -> Peer {
         Peer {
             address: address.parse().expect("address"),
             identity: Some(identity),
-            labels: vec!["k8s:org=empire".into()],
-            namespace: Some("default".into()),
-            pod_name: Some(pod.into()),
         }
     }
 
@@ -452,8 +449,8 @@ mod tests {
             verdict: myelin_proxy::event::Verdict::Dropped,
             direction: myelin_proxy::config::Direction::Ingress,
             is_reply: false,
-            source: peer("10.244.1.4:42742", "tiefighter", 257),
-            destination: peer("10.244.1.2:80", "deathstar-57ncjppv6c-fdp7q", 256),
+            source: peer("10.244.1.4:42742", 257),
+            destination: peer("10.244.1.2:80", 256),
             http: Some(HttpInfo {
                 code: 0,
                 method: "PUT".into(),

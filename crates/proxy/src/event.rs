@@ -32,22 +32,15 @@ pub enum Verdict {
     Dropped,
 }
 
-/// One end of the connection.
+/// One end of the connection: its address and, when the snapshot knows the address, its
+/// security identity. Labels and names are the agent's to add (it has them for every
+/// identity), so events stay small.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     /// Address and port.
     pub address: SocketAddr,
     /// Security identity, when the snapshot knows the address.
     pub identity: Option<u32>,
-    /// Labels of the identity.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Pod namespace, when known.
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Pod name, when known.
-    #[serde(default)]
-    pub pod_name: Option<String>,
 }
 
 impl Peer {
@@ -56,9 +49,6 @@ impl Peer {
         Self {
             address,
             identity: identity.map(|i| i.identity),
-            labels: identity.map(|i| i.labels.clone()).unwrap_or_default(),
-            namespace: identity.and_then(|i| i.namespace.clone()),
-            pod_name: identity.and_then(|i| i.pod_name.clone()),
         }
     }
 }
