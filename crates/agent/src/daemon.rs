@@ -1,6 +1,8 @@
 //! The agent's main loop: load the datapath, restore state, serve the API,
 //! the DNS responder and the event reader.
 
+mod agent_events;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use crate::api::{
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
 use crate::{flows, l7, policy, reconcile};
+use myelin_observe::proto::flow::AgentEventType;
 use myelin_observe::servicemap::{ServiceMapConfig, SharedServiceMap, serve_servicemap};
 use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
 use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
@@ -78,6 +81,8 @@ struct Node {
     /// The node's own addresses (the host identity in the ipcache).
     addresses: Vec<IpAddr>,
     metrics: crate::metrics::AgentMetrics,
+    /// What Hubble agent events remember between changes.
+    agent_events: agent_events::AgentEvents,
 }
 
 struct Endpoint {
@@ -129,7 +134,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         applied: reconcile::Applied::default(),
         addresses: config.dns_listen.clone(),
         metrics: agent_metrics,
+        agent_events: agent_events::AgentEvents::default(),
     }));
+    node.lock().await.agent_started();
     restore(&node).await?;
     if let Some(events) = node
         .lock()
@@ -337,14 +344,17 @@ impl Node {
         let services = reconcile::desired_services(self.services.values(), specs.iter().copied());
         let ipcache = reconcile::desired_ipcache(self.engine.ipcache(), &self.addresses);
         let policy_changed = self.applied.policies_differ(&policies);
-        reconcile::reconcile(
+        let pending = agent_events::pending(&self.applied, &policies, &services, &ipcache);
+        let reconciled = reconcile::reconcile(
             &mut self.datapath,
             &mut self.applied,
             &policies,
             &services,
             &ipcache,
         )
-        .context("programming the datapath")?;
+        .context("programming the datapath");
+        self.reconciled(pending, reconciled.as_ref().err());
+        reconciled?;
         if policy_changed {
             self.metrics.policy_revision.inc();
         }
@@ -503,6 +513,7 @@ impl Node {
         Ok(match request {
             Request::EndpointUpsert(spec) => {
                 let key = (spec.namespace.clone(), spec.pod.clone());
+                let created = !self.endpoints.contains_key(&key);
                 let id = self
                     .endpoints
                     .get(&key)
@@ -513,6 +524,11 @@ impl Node {
                         spec.namespace, spec.pod
                     )
                 })?;
+                if created {
+                    let labels = self.endpoint_labels(&spec.namespace, &spec.pod);
+                    let kind = AgentEventType::EndpointCreated;
+                    self.endpoint_changed(kind, id, &spec.namespace, &spec.pod, labels);
+                }
                 self.endpoints
                     .insert(key.clone(), Endpoint { id, ifindex, spec });
                 self.sync()?;
@@ -521,9 +537,12 @@ impl Node {
                 Response::Endpoint(self.endpoint_status(endpoint))
             }
             Request::EndpointDelete { namespace, pod } => {
+                let labels = self.endpoint_labels(&namespace, &pod);
                 self.engine
                     .remove_endpoint(&EndpointKey::new(&namespace, &pod));
-                if let Some(endpoint) = self.endpoints.remove(&(namespace, pod)) {
+                if let Some(endpoint) = self.endpoints.remove(&(namespace.clone(), pod.clone())) {
+                    let kind = AgentEventType::EndpointDeleted;
+                    self.endpoint_changed(kind, endpoint.id, &namespace, &pod, labels);
                     self.datapath
                         .detach_endpoint(&endpoint.spec.ifname, endpoint.ifindex)?;
                     self.sync()?;
@@ -549,6 +568,7 @@ impl Node {
                 let outcomes = policy::apply(&mut self.engine, &documents);
                 for (document, outcome) in documents.into_iter().zip(&outcomes) {
                     if outcome.error.is_none() {
+                        self.policy_changed(AgentEventType::PolicyUpdated, &document.resource);
                         self.resources.insert(outcome.key.clone(), document);
                     }
                 }
@@ -560,6 +580,7 @@ impl Node {
                 for key in keys {
                     if let Some(document) = self.resources.remove(&key) {
                         self.forget(&document.resource);
+                        self.policy_changed(AgentEventType::PolicyDeleted, &document.resource);
                     }
                 }
                 self.sync()?;

@@ -55,6 +55,21 @@ impl Applied {
     pub fn policies_differ(&self, policies: &BTreeMap<u32, PolicyTable>) -> bool {
         &self.policies != policies
     }
+
+    /// The policy table last written for an endpoint.
+    pub fn policy(&self, endpoint: u32) -> Option<&PolicyTable> {
+        self.policies.get(&endpoint)
+    }
+
+    /// The services last written: backends by frontend.
+    pub fn services(&self) -> &BTreeMap<(SocketAddr, ServiceProtocol), Vec<SocketAddr>> {
+        &self.services
+    }
+
+    /// The ipcache last written.
+    pub fn ipcache(&self) -> &BTreeMap<IpNet, u32> {
+        &self.ipcache
+    }
 }
 
 fn protocol(proto: Proto) -> u8 {

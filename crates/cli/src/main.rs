@@ -33,7 +33,7 @@ enum Command {
     Policy(policy_cmd::PolicyArgs),
     /// The service map: who talks to whom, with rates, errors and drops.
     Servicemap(myelin_observe::servicemap::ServiceMapArgs),
-    /// Observe flows, as `hubble observe` does.
+    /// Observe flows and agent events, as `hubble observe` does.
     Observe(Box<myelin_observe::ObserveArgs>),
     /// Run a node's agent (the lab starts it; so does a DaemonSet).
     Agent(AgentArgs),
@@ -191,15 +191,16 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Observe(mut args) => {
             // Without a server named, observe the lab's node.
-            if args.server == "localhost:4245"
+            let (server, tls) = args.connection_mut();
+            if server == "localhost:4245"
                 && std::env::var_os("HUBBLE_SERVER").is_none()
-                && args.tls.client_tls(&args.server).is_none()
+                && tls.client_tls(server).is_none()
             {
                 let lab = std::env::var("MYELIN_LAB")
                     .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
                 let socket = myelin_lab::LabNames::new(&lab).observer_socket("node1");
                 if socket.exists() {
-                    args.server = format!("unix://{}", socket.display());
+                    *server = format!("unix://{}", socket.display());
                 }
             }
             runtime()?.block_on(myelin_observe::run(*args))?;

@@ -1,6 +1,7 @@
 //! The observer API of a real agent in the lab, through the gRPC client
 //! generated from the project's own protos, while Star Wars traffic flows:
 //! GetFlows (follow with a filter, and a count), `myelin observe --not`,
+//! `myelin observe agent-events`,
 //! ServerStatus, GetNodes, GetNamespaces and the gRPC health service on the
 //! node's unix socket;
 //! then the agent's metrics, scraped inside the node, through
@@ -245,6 +246,55 @@ fn observer_api_and_metrics_of_a_real_agent() {
             .iter()
             .all(|l| l.contains(" DROPPED (") || l.contains(" DENIED (")),
         "a flow that is not DROPPED:\n{not_forwarded}"
+    );
+
+    // `observe agent-events`, hubble's subcommand: the policy applied above
+    // and the endpoints it regenerated, the pods' creation, as hubble prints them.
+    let events = lab.ok(&["observe", "agent-events", "--last", "50"]);
+    let lines: Vec<&str> = events.lines().collect();
+    let policy = lines
+        .iter()
+        .position(|l| {
+            l.contains(": POLICY_UPDATED (labels: [k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy,k8s:io.cilium.k8s.policy.name=rule1,k8s:io.cilium.k8s.policy.namespace=default], revision: ")
+                && l.ends_with(", count: 1)")
+        })
+        .unwrap_or_else(|| panic!("no policy update for rule1:\n{events}"));
+    assert!(
+        lines[policy..]
+            .iter()
+            .any(|l| l.contains(": ENDPOINT_REGENERATE_SUCCESS (id: ")
+                && l.contains("k8s:class=deathstar")),
+        "no deathstar regeneration after the policy update:\n{events}"
+    );
+    let all_events = lab.ok(&["observe", "agent-events", "--all"]);
+    assert!(
+        all_events
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(": AGENT_STARTED (start time: ")),
+        "the agent's start comes first:\n{all_events}"
+    );
+    for expected in [
+        ", namespace: default, pod name: xwing)",
+        ", namespace: default, pod name: tiefighter)",
+    ] {
+        assert!(
+            all_events
+                .lines()
+                .any(|l| l.contains(": ENDPOINT_CREATED (id: ") && l.ends_with(expected)),
+            "no ENDPOINT_CREATED ending {expected:?}:\n{all_events}"
+        );
+    }
+    assert!(
+        all_events
+            .lines()
+            .any(|l| l.contains(": IPCACHE_UPSERTED (cidr: ") && l.contains("/32, identity: ")),
+        "no ipcache upsert:\n{all_events}"
+    );
+    assert!(
+        all_events.lines().any(|l| l.contains(": SERVICE_UPSERTED (id: ")
+            && l.ends_with(", type: ClusterIP, traffic policy: Cluster, namespace: default, name: deathstar)")),
+        "no deathstar service upsert:\n{all_events}"
     );
 
     // A count: at most that many flows (the ring holds more).

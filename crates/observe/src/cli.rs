@@ -12,8 +12,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::filter;
 use crate::filter_flags::FilterArgs;
 use crate::printer::{OutputFormat, PrintOptions, Printer, TimeFormat};
-use crate::proto::observer::GetFlowsRequest;
 use crate::proto::observer::observer_client::ObserverClient;
+use crate::proto::observer::{GetAgentEventsRequest, GetFlowsRequest};
 use crate::tls::ClientTls;
 
 /// Flows printed when no count, time range or follow is given (Hubble's default).
@@ -21,7 +21,11 @@ pub const DEFAULT_LAST: u64 = 20;
 
 /// Flags of `observe`, named and meant as in `hubble observe`.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ObserveArgs {
+    /// What to observe instead of flows.
+    #[command(subcommand)]
+    pub command: Option<ObserveCommand>,
     /// Observer API address: unix:///path/to.sock, host:port, http://host:port
     /// or tls://host:port (TLS).
     #[arg(long, env = "HUBBLE_SERVER", default_value = "localhost:4245")]
@@ -65,6 +69,63 @@ pub struct ObserveArgs {
     /// Show pod, service and DNS names instead of IP addresses.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ip_translation: bool,
+}
+
+/// `observe`'s subcommands, as `hubble observe`'s.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ObserveCommand {
+    /// Observe the agent's events: agent start, policy, endpoint, ipcache
+    /// and service changes (`hubble observe agent-events`).
+    AgentEvents(AgentEventsArgs),
+}
+
+/// Flags of `observe agent-events`, named and meant as in hubble's.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AgentEventsArgs {
+    /// Observer API address: unix:///path/to.sock, host:port, http://host:port
+    /// or tls://host:port (TLS).
+    #[arg(long, env = "HUBBLE_SERVER", default_value = "localhost:4245")]
+    pub server: String,
+    /// TLS to the observer API (hubble's flags).
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Get the last N events stored by the agent (20 without --since/--until).
+    #[arg(long)]
+    pub last: Option<u64>,
+    /// Get all events stored by the agent.
+    #[arg(long, conflicts_with = "last")]
+    pub all: bool,
+    /// Keep printing new events as they arrive.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Events since this time: RFC 3339, or a duration ago like 5m, 1h30m.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Events until this time: RFC 3339, or a duration ago like 5m
+    /// (ignored with --follow, as in hubble).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "compact")]
+    pub output: OutputFormatArg,
+    /// Print the node name in each line (compact: after the time, in brackets).
+    #[arg(long)]
+    pub print_node_name: bool,
+    /// How times are printed (compact, dict and table output). Hubble's
+    /// names, matched without regard to case.
+    #[arg(long, value_enum, ignore_case = true, default_value = "StampMilli")]
+    pub time_format: TimeFormat,
+}
+
+impl ObserveArgs {
+    /// The server address and TLS flags this command line connects with:
+    /// the subcommand's when one is given.
+    pub fn connection_mut(&mut self) -> (&mut String, &TlsArgs) {
+        match &mut self.command {
+            Some(ObserveCommand::AgentEvents(args)) => (&mut args.server, &args.tls),
+            None => (&mut self.server, &self.tls),
+        }
+    }
 }
 
 /// How to reach the observer API over TLS; named and meant as hubble's flags.
@@ -229,6 +290,72 @@ pub fn build_request(args: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
     })
 }
 
+/// The GetAgentEvents request `hubble observe agent-events` sends for these
+/// flags: the last 20 events unless a count, --all or a time range is
+/// given (also with --follow), and no `until` when following.
+pub fn build_agent_events_request(args: &AgentEventsArgs) -> anyhow::Result<GetAgentEventsRequest> {
+    let now = SystemTime::now();
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_time(s, now))
+        .transpose()?;
+    let until = match (&args.until, args.follow) {
+        (Some(until), false) => Some(parse_time(until, now)?),
+        _ => None,
+    };
+    let mut number = if args.all {
+        u64::MAX
+    } else {
+        args.last.unwrap_or(0)
+    };
+    if since.is_none() && until.is_none() && number == 0 {
+        number = DEFAULT_LAST;
+    }
+    Ok(GetAgentEventsRequest {
+        number,
+        first: false,
+        follow: args.follow,
+        since,
+        until,
+    })
+}
+
+/// Runs `observe agent-events`: asks the agent for its events and prints them.
+pub async fn run_agent_events(args: AgentEventsArgs) -> anyhow::Result<()> {
+    let format = OutputFormat::from(args.output);
+    if format == OutputFormat::Table && args.follow {
+        bail!("table output format is not compatible with follow mode");
+    }
+    let request = build_agent_events_request(&args)?;
+    let mut client = connect_with(&args.server, &args.tls).await?;
+    let mut stream = client
+        .get_agent_events(request)
+        .await
+        .context("GetAgentEvents failed")?
+        .into_inner();
+    let opts = PrintOptions {
+        format,
+        node_name: args.print_node_name,
+        ip_translation: true,
+        time_format: args.time_format,
+    };
+    let mut printer = Printer::for_agent_events(std::io::stdout(), std::io::stderr(), opts);
+    loop {
+        tokio::select! {
+            message = stream.message() => {
+                match message.context("agent event stream failed")? {
+                    Some(resp) => printer.write_agent_event(&resp)?,
+                    None => break,
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    printer.finish()?;
+    Ok(())
+}
+
 /// Connects to the observer API at `server` (unix:///path, host:port,
 /// http(s) URL or tls://host:port), over TLS only for `tls://` and
 /// `https://` addresses.
@@ -290,8 +417,12 @@ pub async fn channel(server: &str, tls: &TlsArgs) -> anyhow::Result<Channel> {
     })
 }
 
-/// Runs `observe`: asks the agent for flows and prints them to stdout.
+/// Runs `observe`: asks the agent for flows (or, with `agent-events`, its
+/// events) and prints them to stdout.
 pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
+    if let Some(ObserveCommand::AgentEvents(events)) = args.command {
+        return run_agent_events(events).await;
+    }
     let format = OutputFormat::from(args.output);
     if format == OutputFormat::Table && args.follow {
         bail!(
@@ -476,6 +607,50 @@ mod tests {
         ] {
             assert!(err.contains(name), "{name} missing from: {err}");
         }
+    }
+
+    fn events_request(argv: &[&str]) -> GetAgentEventsRequest {
+        let mut full = vec!["observe", "agent-events"];
+        full.extend_from_slice(argv);
+        let cmd = Cmd::try_parse_from(full).unwrap_or_else(|e| panic!("{e}"));
+        match &cmd.args.command {
+            Some(ObserveCommand::AgentEvents(args)) => {
+                build_agent_events_request(args).unwrap_or_else(|e| panic!("{e:#}"))
+            }
+            None => panic!("agent-events not parsed"),
+        }
+    }
+
+    #[test]
+    fn agent_events_requests_as_hubble_builds_them() {
+        let plain = events_request(&[]);
+        assert_eq!((plain.number, plain.follow), (DEFAULT_LAST, false));
+        // Unlike flows, following still starts with the last 20.
+        let follow = events_request(&["-f"]);
+        assert_eq!((follow.number, follow.follow), (DEFAULT_LAST, true));
+        assert_eq!(events_request(&["--last", "50"]).number, 50);
+        assert_eq!(events_request(&["--all"]).number, u64::MAX);
+        let since = events_request(&["--since", "5m"]);
+        assert_eq!(since.number, 0);
+        assert!(since.since.is_some() && since.until.is_none());
+        // --until is dropped when following, as hubble does.
+        assert!(events_request(&["--until", "1m", "-f"]).until.is_none());
+        assert!(events_request(&["--until", "1m"]).until.is_some());
+
+        let mut cmd = Cmd::try_parse_from([
+            "observe",
+            "agent-events",
+            "--server",
+            "unix:///x.sock",
+            "-o",
+            "jsonpb",
+            "--print-node-name",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cmd.args.connection_mut().0, "unix:///x.sock");
+        // Flow filters belong to flows, not to agent-events.
+        assert!(Cmd::try_parse_from(["observe", "--pod", "x", "agent-events"]).is_err());
+        assert!(Cmd::try_parse_from(["observe", "agent-events", "--pod", "x"]).is_err());
     }
 
     #[test]

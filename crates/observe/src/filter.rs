@@ -486,6 +486,7 @@ struct CompiledFilter {
     protocol: Vec<Protocol>,
     http_status: Vec<StatusPattern>,
     http_path: Vec<Regex>,
+    http_url: Vec<Regex>,
     dns_query: Vec<Regex>,
     node_name: Vec<Glob>,
 }
@@ -590,6 +591,7 @@ impl CompiledFilter {
                 .map(|s| StatusPattern::parse(s))
                 .collect::<Result<_, _>>()?,
             http_path: compile_regexes(&raw.http_path, "http_path")?,
+            http_url: compile_regexes(&raw.http_url, "http_url")?,
             dns_query: compile_regexes(&raw.dns_query, "dns_query")?,
             node_name: raw
                 .node_name
@@ -661,13 +663,18 @@ impl CompiledFilter {
                 || http.is_some_and(|h| raw.http_method.iter().any(|m| m.eq_ignore_ascii_case(&h.method))))
             && (self.http_path.is_empty()
                 || http.is_some_and(|h| self.http_path.iter().any(|r| r.is_match(url_path(&h.url)))))
+            // As Hubble: the whole URL, and a record without one never matches.
+            && (self.http_url.is_empty()
+                || http.is_some_and(|h| !h.url.is_empty() && self.http_url.iter().any(|r| r.is_match(&h.url))))
             && (self.dns_query.is_empty()
                 || dns.is_some_and(|d| self.dns_query.iter().any(|r| r.is_match(&d.query))))
             && tcp_flags_match(&raw.tcp_flags, flow)
             && (self.node_name.is_empty() || self.node_name.iter().any(|g| g.0.is_match(&flow.node_name)))
+            // As Hubble: a flow without an IP header has IP_NOT_USED.
             && (raw.ip_version.is_empty()
-                || ip.is_some_and(|i| raw.ip_version.contains(&i.ip_version))
-                    && ip.is_some_and(|i| i.ip_version != IpVersion::IpNotUsed as i32))
+                || raw
+                    .ip_version
+                    .contains(&ip.map_or(IpVersion::IpNotUsed as i32, |i| i.ip_version)))
             && (raw.trace_id.is_empty()
                 || flow
                     .trace_context

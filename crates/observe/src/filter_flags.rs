@@ -8,7 +8,9 @@ use clap::{Arg, ArgAction, ArgMatches, error::ErrorKind};
 use crate::filter;
 use crate::flows;
 use crate::printer;
-use crate::proto::flow::{EventTypeFilter, FlowFilter, TrafficDirection, Verdict};
+use crate::proto::flow::{
+    EventTypeFilter, FlowFilter, IpVersion, TcpFlags, TrafficDirection, Verdict,
+};
 
 /// One filter flag with its value, e.g. `--to-pod kube-system/` is
 /// `FilterFlag { name: "to-pod", value: "kube-system/" }`.
@@ -49,10 +51,95 @@ impl FilterArgs {
 /// Hubble CLI's two-sided filter: `left` (source side) OR `right`
 /// (destination side). Flags naming both sides write source_X on the left
 /// and destination_X on the right; every other flag writes both.
+/// Namespaces are kept apart and put into the pod (or service) filters
+/// when the filters are built, as hubble's namespace modifiers do.
 #[derive(Default)]
 struct Tracker {
     left: Option<FlowFilter>,
     right: Option<FlowFilter>,
+    /// `--namespace`: source side on the left, destination side on the right.
+    ns: Vec<String>,
+    /// `--from-namespace`: source side of both.
+    src_ns: Vec<String>,
+    /// `--to-namespace`: destination side of both.
+    dst_ns: Vec<String>,
+    /// Flags given so far, for hubble's conflict groups.
+    changed: Vec<&'static str>,
+}
+
+/// Hubble's groups of filter flags that cannot be combined in one list:
+/// two different flags of one group are an error.
+const CONFLICTS: &[&[&str]] = &[
+    &[
+        "from-fqdn",
+        "from-ip",
+        "ip",
+        "fqdn",
+        "from-namespace",
+        "namespace",
+    ],
+    &["from-fqdn", "from-ip", "ip", "fqdn", "from-pod", "pod"],
+    &[
+        "to-fqdn",
+        "to-ip",
+        "ip",
+        "fqdn",
+        "to-namespace",
+        "namespace",
+    ],
+    &["to-fqdn", "to-ip", "ip", "fqdn", "to-pod", "pod"],
+    &["to-pod", "namespace"],
+    &["from-pod", "namespace"],
+    &["to-service", "namespace"],
+    &["from-service", "namespace"],
+    &["label", "from-label"],
+    &["label", "to-label"],
+    &["service", "from-service"],
+    &["service", "to-service"],
+    &["port", "to-port"],
+    &["port", "from-port"],
+    &["identity", "to-identity"],
+    &["identity", "from-identity"],
+];
+
+/// Hubble's namespace modifier for one side: an empty side becomes the
+/// whole namespace, and names without a namespace get it.
+fn add_namespaces(pods: &mut Vec<String>, services: &mut Vec<String>, namespaces: &[String]) {
+    if pods.is_empty() && services.is_empty() {
+        pods.push(String::new());
+    }
+    for names in [pods, services] {
+        *names = names
+            .iter()
+            .flat_map(|name| {
+                if name.contains('/') {
+                    vec![name.clone()]
+                } else {
+                    namespaces
+                        .iter()
+                        .map(|ns| format!("{}/{name}", ns.trim_end_matches('/')))
+                        .collect()
+                }
+            })
+            .collect();
+    }
+}
+
+fn add_source_namespaces(f: &mut FlowFilter, namespaces: &[String]) {
+    add_namespaces(&mut f.source_pod, &mut f.source_service, namespaces);
+}
+
+fn add_destination_namespaces(f: &mut FlowFilter, namespaces: &[String]) {
+    add_namespaces(
+        &mut f.destination_pod,
+        &mut f.destination_service,
+        namespaces,
+    );
+}
+
+/// The namespace of `ns/name`, if it names one.
+fn namespace_of(name: &str) -> Option<&str> {
+    name.split_once('/').map(|(ns, _)| ns)
 }
 
 impl Tracker {
@@ -66,11 +153,87 @@ impl Tracker {
         self.left(&update);
         self.right(&update);
     }
-    fn filters(self) -> Vec<FlowFilter> {
-        match (self.left, self.right) {
-            (Some(l), Some(r)) if l == r => vec![l],
-            (l, r) => l.into_iter().chain(r).collect(),
+
+    /// Records a flag and rejects it as hubble does when it conflicts with
+    /// one given before.
+    fn track(&mut self, name: &'static str) -> anyhow::Result<()> {
+        if !self.changed.contains(&name) {
+            self.changed.push(name);
         }
+        // As hubble reports it: the group's first flag given, then the
+        // first other one given, in the group's order.
+        for group in CONFLICTS {
+            let mut given = group.iter().filter(|flag| self.changed.contains(flag));
+            if let (Some(flag), Some(other)) = (given.next(), given.next()) {
+                bail!("filters --{flag} and --{other} cannot be combined");
+            }
+        }
+        Ok(())
+    }
+
+    /// Hubble's namespace checks: a namespaced pod or service must be in
+    /// the namespaces given, and a side's pods and services in one namespace.
+    fn check_namespaces(&self) -> anyhow::Result<()> {
+        for f in [&self.left, &self.right].into_iter().flatten() {
+            for (namespaces, names) in [
+                (&self.ns, &f.source_pod),
+                (&self.ns, &f.source_service),
+                (&self.ns, &f.destination_pod),
+                (&self.ns, &f.destination_service),
+                (&self.src_ns, &f.source_pod),
+                (&self.src_ns, &f.source_service),
+                (&self.dst_ns, &f.destination_pod),
+                (&self.dst_ns, &f.destination_service),
+            ] {
+                for ns in namespaces {
+                    if let Some(name) = names
+                        .iter()
+                        .find(|name| namespace_of(name).is_some_and(|n| n != ns))
+                    {
+                        bail!("namespace conflict: {ns:?} does not contain {name:?}");
+                    }
+                }
+            }
+            for (pods, services) in [
+                (&f.source_pod, &f.source_service),
+                (&f.destination_pod, &f.destination_service),
+            ] {
+                for pod_ns in pods.iter().filter_map(|p| namespace_of(p)) {
+                    if let Some(service) = services.iter().find(|s| namespace_of(s) != Some(pod_ns))
+                    {
+                        bail!("namespace of service {service:?} conflict with pod {pod_ns:?}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn filters(self) -> anyhow::Result<Vec<FlowFilter>> {
+        self.check_namespaces()?;
+        let no_namespaces = self.ns.is_empty() && self.src_ns.is_empty() && self.dst_ns.is_empty();
+        if self.left.is_none() && self.right.is_none() && no_namespaces {
+            return Ok(Vec::new());
+        }
+        let mut left = self.left.unwrap_or_default();
+        let mut right = self.right.unwrap_or_default();
+        if !self.dst_ns.is_empty() {
+            add_destination_namespaces(&mut left, &self.dst_ns);
+            add_destination_namespaces(&mut right, &self.dst_ns);
+        }
+        if !self.src_ns.is_empty() {
+            add_source_namespaces(&mut left, &self.src_ns);
+            add_source_namespaces(&mut right, &self.src_ns);
+        }
+        if !self.ns.is_empty() {
+            add_source_namespaces(&mut left, &self.ns);
+            add_destination_namespaces(&mut right, &self.ns);
+        }
+        Ok(if left == right {
+            vec![left]
+        } else {
+            vec![left, right]
+        })
     }
 }
 
@@ -93,6 +256,9 @@ struct Spec {
     short: Option<char>,
     help: &'static str,
     rule: Rule,
+    /// The value of a flag given without one (`--ipv4`); such a flag takes
+    /// a value only as `--flag=value`.
+    bare: Option<&'static str>,
 }
 
 const fn spec(name: &'static str, help: &'static str, rule: Rule) -> Spec {
@@ -101,6 +267,7 @@ const fn spec(name: &'static str, help: &'static str, rule: Rule) -> Spec {
         short: None,
         help,
         rule,
+        bare: None,
     }
 }
 
@@ -125,11 +292,9 @@ const SPECS: &[Spec] = &[
         short: Some('n'),
         ..spec(
             "namespace",
-            "Flows from or to a namespace",
+            "Flows from or to a namespace; names in --pod and --service without a namespace are taken in it",
             Rule::Parsed(|t, v| {
-                let ns = namespace_prefix(v);
-                t.left(|f| f.source_pod.push(ns.clone()));
-                t.right(|f| f.destination_pod.push(ns.clone()));
+                t.ns.push(v.to_string());
                 Ok(())
             }),
         )
@@ -138,8 +303,7 @@ const SPECS: &[Spec] = &[
         "from-namespace",
         "Flows from a namespace",
         Rule::Parsed(|t, v| {
-            let ns = namespace_prefix(v);
-            t.both(|f| f.source_pod.push(ns.clone()));
+            t.src_ns.push(v.to_string());
             Ok(())
         }),
     ),
@@ -147,8 +311,7 @@ const SPECS: &[Spec] = &[
         "to-namespace",
         "Flows to a namespace",
         Rule::Parsed(|t, v| {
-            let ns = namespace_prefix(v);
-            t.both(|f| f.destination_pod.push(ns.clone()));
+            t.dst_ns.push(v.to_string());
             Ok(())
         }),
     ),
@@ -300,6 +463,58 @@ const SPECS: &[Spec] = &[
         Rule::Both(|f| &mut f.http_path),
     ),
     spec(
+        "http-url",
+        "HTTP URL regular expression (\"http://.*cilium\\.io/page/\\d+\")",
+        Rule::Both(|f| &mut f.http_url),
+    ),
+    spec(
+        "uuid",
+        "The flow with this unique identifier, if any",
+        Rule::Both(|f| &mut f.uuid),
+    ),
+    spec(
+        "tcp-flags",
+        "TCP flags, comma-separated, all of which a flow must have (syn, ack, fin, rst, psh, urg, ece, cwr, ns)",
+        Rule::Parsed(|t, v| {
+            let flags = parse_tcp_flags(v)?;
+            t.both(|f| f.tcp_flags.push(flags));
+            Ok(())
+        }),
+    ),
+    Spec {
+        short: Some('4'),
+        bare: Some("v4"),
+        ..spec(
+            "ipv4",
+            "Only IPv4 flows",
+            Rule::Parsed(|t, _| {
+                t.both(|f| f.ip_version.push(IpVersion::IPv4 as i32));
+                Ok(())
+            }),
+        )
+    },
+    Spec {
+        short: Some('6'),
+        bare: Some("v6"),
+        ..spec(
+            "ipv6",
+            "Only IPv6 flows",
+            Rule::Parsed(|t, _| {
+                t.both(|f| f.ip_version.push(IpVersion::IPv6 as i32));
+                Ok(())
+            }),
+        )
+    },
+    spec(
+        "ip-version",
+        "IP version: v4, v6 or none (flows without IP, e.g. ARP)",
+        Rule::Parsed(|t, v| {
+            let version = parse_ip_version(v)?;
+            t.both(|f| f.ip_version.push(version));
+            Ok(())
+        }),
+    ),
+    spec(
         "traffic-direction",
         "Traffic direction: ingress or egress",
         Rule::Parsed(|t, v| {
@@ -329,8 +544,38 @@ const SPECS: &[Spec] = &[
 /// Help heading of the filter flags in `--help`.
 const HEADING: &str = "Filters";
 
-fn namespace_prefix(ns: &str) -> String {
-    format!("{}/", ns.trim_end_matches('/'))
+/// Hubble's `--tcp-flags` value: comma-separated names, any case.
+fn parse_tcp_flags(value: &str) -> anyhow::Result<TcpFlags> {
+    let mut flags = TcpFlags::default();
+    for name in value.split(',') {
+        let flag = match name.to_ascii_uppercase().as_str() {
+            "SYN" => &mut flags.syn,
+            "FIN" => &mut flags.fin,
+            "RST" => &mut flags.rst,
+            "PSH" => &mut flags.psh,
+            "ACK" => &mut flags.ack,
+            "URG" => &mut flags.urg,
+            "ECE" => &mut flags.ece,
+            "CWR" => &mut flags.cwr,
+            "NS" => &mut flags.ns,
+            _ => bail!(
+                "unknown tcp flag {name:?}: expected SYN, FIN, RST, PSH, ACK, URG, ECE, CWR or NS"
+            ),
+        };
+        *flag = true;
+    }
+    Ok(flags)
+}
+
+/// Hubble's `--ip-version` spellings. Hubble reads anything else as
+/// "none"; here it is an error.
+fn parse_ip_version(value: &str) -> anyhow::Result<i32> {
+    Ok(match value.to_ascii_lowercase().as_str() {
+        "4" | "v4" | "ipv4" | "ip4" => IpVersion::IPv4 as i32,
+        "6" | "v6" | "ipv6" | "ip6" => IpVersion::IPv6 as i32,
+        "none" => IpVersion::IpNotUsed as i32,
+        _ => bail!("unknown IP version {value:?}: expected v4, v6 or none"),
+    })
 }
 
 fn parse_identity(value: &str) -> anyhow::Result<u32> {
@@ -397,6 +642,7 @@ fn build(flags: &[FilterFlag]) -> anyhow::Result<Vec<FlowFilter>> {
             .find(|s| s.name == flag.name)
             .with_context(|| format!("--{} is not a filter flag", flag.name))?;
         let value = flag.value.as_str();
+        t.track(spec.name)?;
         match spec.rule {
             Rule::Either(source, destination) => {
                 t.left(|f| source(f).push(value.to_string()));
@@ -408,7 +654,7 @@ fn build(flags: &[FilterFlag]) -> anyhow::Result<Vec<FlowFilter>> {
             }
         }
     }
-    Ok(t.filters())
+    t.filters()
 }
 
 impl clap::Args for FilterArgs {
@@ -431,6 +677,12 @@ impl clap::Args for FilterArgs {
                 .help(spec.help);
             if let Some(short) = spec.short {
                 arg = arg.short(short);
+            }
+            if let Some(bare) = spec.bare {
+                arg = arg
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .default_missing_value(bare);
             }
             cmd.arg(arg)
         })
@@ -640,10 +892,15 @@ mod tests {
             "is-reply" => "true",
             "port" | "from-port" | "to-port" => "80",
             "ip" | "from-ip" | "to-ip" => "10.0.0.1",
+            "tcp-flags" => "syn,ack",
+            "ip-version" => "v6",
             _ => "x",
         };
         for spec in SPECS {
-            let argv = [format!("--{}", spec.name), value(spec.name).to_string()];
+            let argv = match spec.bare {
+                Some(_) => vec![format!("--{}", spec.name)],
+                None => vec![format!("--{}", spec.name), value(spec.name).to_string()],
+            };
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let args = parse(&argv).unwrap_or_else(|e| panic!("{e}"));
             let filters = args.whitelist_filters().unwrap_or_else(|e| panic!("{e:#}"));
@@ -655,6 +912,169 @@ mod tests {
             filter::FilterSet::new(&filters, &[])
                 .unwrap_or_else(|e| panic!("--{}: {e}", spec.name));
         }
+    }
+
+    fn whitelist(argv: &[&str]) -> anyhow::Result<Vec<FlowFilter>> {
+        parse(argv)
+            .map_err(anyhow::Error::from)?
+            .whitelist_filters()
+    }
+
+    #[test]
+    fn namespace_puts_pods_in_it_as_hubble_does() {
+        let filters = whitelist(&["--namespace", "empire", "--pod", "deathstar"])
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            filters,
+            [
+                FlowFilter {
+                    source_pod: vec!["empire/deathstar".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    destination_pod: vec!["empire/deathstar".into()],
+                    ..Default::default()
+                },
+            ]
+        );
+        // Order does not matter, and a namespace alone is the whole namespace.
+        assert_eq!(
+            whitelist(&["--pod", "deathstar", "-n", "empire"]).unwrap_or_default(),
+            filters
+        );
+        assert_eq!(
+            whitelist(&["-n", "empire"]).unwrap_or_default(),
+            [
+                FlowFilter {
+                    source_pod: vec!["empire/".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    destination_pod: vec!["empire/".into()],
+                    ..Default::default()
+                },
+            ]
+        );
+        // --from-namespace with --pod: the pod's source side is in it, and
+        // its destination side has flows from anywhere in the namespace.
+        assert_eq!(
+            whitelist(&["--from-namespace", "empire", "--pod", "deathstar"]).unwrap_or_default(),
+            [
+                FlowFilter {
+                    source_pod: vec!["empire/deathstar".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    source_pod: vec!["empire/".into()],
+                    destination_pod: vec!["deathstar".into()],
+                    ..Default::default()
+                },
+            ]
+        );
+        // A pod in another namespace, or --namespace with --to-pod, is refused.
+        let err = whitelist(&["-n", "empire", "--pod", "rebels/xwing"]).expect_err("conflict");
+        assert_eq!(
+            format!("{err:#}"),
+            "namespace conflict: \"empire\" does not contain \"rebels/xwing\""
+        );
+        let err = whitelist(&["--to-pod", "xwing", "-n", "empire"]).expect_err("conflict");
+        assert_eq!(
+            format!("{err:#}"),
+            "filters --to-pod and --namespace cannot be combined"
+        );
+        for argv in [
+            &["--ip", "10.0.0.1", "--fqdn", "x.io"][..],
+            &["--fqdn", "x.io", "--ip", "10.0.0.1"],
+        ] {
+            let err = whitelist(argv).expect_err("conflict");
+            assert_eq!(
+                format!("{err:#}"),
+                "filters --ip and --fqdn cannot be combined"
+            );
+        }
+        // Negated, the namespace goes with the blacklist's own pods only.
+        let args =
+            parse(&["--pod", "xwing", "--not", "-n", "empire"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            args.whitelist_filters().unwrap_or_default()[0].source_pod,
+            ["xwing"]
+        );
+        assert_eq!(
+            args.blacklist_filters().unwrap_or_default()[0].source_pod,
+            ["empire/"]
+        );
+    }
+
+    #[test]
+    fn ip_version_tcp_flags_uuid_and_url() {
+        let v4 = FlowFilter {
+            ip_version: vec![IpVersion::IPv4 as i32],
+            ..Default::default()
+        };
+        for argv in [
+            &["-4"][..],
+            &["--ipv4"],
+            &["--ip-version", "ipv4"],
+            &["--ip-version=4"],
+        ] {
+            assert_eq!(
+                whitelist(argv).unwrap_or_default(),
+                std::slice::from_ref(&v4),
+                "{argv:?}"
+            );
+        }
+        let both = whitelist(&["-4", "-6"]).unwrap_or_default();
+        assert_eq!(
+            both[0].ip_version,
+            [IpVersion::IPv4 as i32, IpVersion::IPv6 as i32]
+        );
+        assert_eq!(
+            whitelist(&["--ip-version", "none"]).unwrap_or_default()[0].ip_version,
+            [IpVersion::IpNotUsed as i32]
+        );
+        // --ipv4 takes no separate value: what follows is not eaten.
+        let args = parse(&["--ipv4", "--last", "3"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.whitelist, [flag("ipv4", "v4")]);
+        assert!(whitelist(&["--ip-version", "v5"]).is_err());
+
+        let flags =
+            whitelist(&["--tcp-flags", "syn,ACK", "--tcp-flags", "fin"]).unwrap_or_default();
+        assert_eq!(
+            flags[0].tcp_flags,
+            [
+                TcpFlags {
+                    syn: true,
+                    ack: true,
+                    ..Default::default()
+                },
+                TcpFlags {
+                    fin: true,
+                    ..Default::default()
+                },
+            ]
+        );
+        let err = whitelist(&["--tcp-flags", "syn,nope"]).expect_err("unknown flag");
+        assert!(
+            format!("{err:#}").starts_with("--tcp-flags: unknown tcp flag \"nope\""),
+            "{err:#}"
+        );
+
+        let args = parse(&["--uuid", "u-1", "--not", "--http-url", "/admin"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            args.whitelist_filters().unwrap_or_default(),
+            [FlowFilter {
+                uuid: vec!["u-1".into()],
+                ..Default::default()
+            }]
+        );
+        assert_eq!(
+            args.blacklist_filters().unwrap_or_default(),
+            [FlowFilter {
+                http_url: vec!["/admin".into()],
+                ..Default::default()
+            }]
+        );
     }
 
     #[test]

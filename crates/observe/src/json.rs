@@ -6,12 +6,13 @@
 use prost_types::Timestamp;
 use serde_json::{Map, Value};
 
+use crate::proto::flow::{AgentEvent, AgentEventType, ServiceUpsertNotificationAddr, agent_event};
 use crate::proto::flow::{
     AuthType, CiliumEventType, DebugCapturePoint, DropReason, Endpoint, Flow, FlowType, IpVersion,
     L7FlowType, Layer4, Layer7, LostEvent, LostEventSource, Policy, SocketTranslationPoint,
     TcpFlags, TraceObservationPoint, TraceReason, TrafficDirection, Verdict, layer4, layer7,
 };
-use crate::proto::observer::{GetFlowsResponse, get_flows_response};
+use crate::proto::observer::{GetAgentEventsResponse, GetFlowsResponse, get_flows_response};
 use crate::proto::relay::NodeState;
 
 /// RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits, as protojson writes it.
@@ -59,6 +60,12 @@ impl Obj {
         self
     }
     fn u64(mut self, key: &str, value: u64) -> Self {
+        if value != 0 {
+            self.0.insert(key.into(), Value::from(value.to_string()));
+        }
+        self
+    }
+    fn i64(mut self, key: &str, value: i64) -> Self {
         if value != 0 {
             self.0.insert(key.into(), Value::from(value.to_string()));
         }
@@ -471,6 +478,110 @@ pub fn response_to_json(resp: &GetFlowsResponse) -> Value {
         None => Obj::default(),
     };
     obj.string("node_name", &resp.node_name)
+        .value(
+            "time",
+            resp.time.as_ref().map(|t| Value::from(timestamp(t))),
+        )
+        .done()
+}
+
+fn service_addr(a: &ServiceUpsertNotificationAddr) -> Value {
+    Obj::default()
+        .string("ip", &a.ip)
+        .u32("port", a.port)
+        .done()
+}
+
+/// An AgentEvent in proto3 JSON with proto field names.
+pub fn agent_event_to_json(e: &AgentEvent) -> Value {
+    use agent_event::Notification;
+    let obj = Obj::default().enumeration(
+        "type",
+        e.r#type,
+        AgentEventType::try_from(e.r#type)
+            .ok()
+            .map(|t| t.as_str_name()),
+    );
+    let (key, value) = match &e.notification {
+        None => return obj.done(),
+        Some(Notification::Unknown(u)) => (
+            "unknown",
+            Obj::default()
+                .string("type", &u.r#type)
+                .string("notification", &u.notification),
+        ),
+        Some(Notification::AgentStart(t)) => (
+            "agent_start",
+            Obj::default().value("time", t.time.as_ref().map(|t| Value::from(timestamp(t)))),
+        ),
+        Some(Notification::PolicyUpdate(p)) => (
+            "policy_update",
+            Obj::default()
+                .strings("labels", &p.labels)
+                .u64("revision", p.revision)
+                .i64("rule_count", p.rule_count),
+        ),
+        Some(Notification::EndpointRegenerate(r)) => (
+            "endpoint_regenerate",
+            Obj::default()
+                .u64("id", r.id)
+                .strings("labels", &r.labels)
+                .string("error", &r.error),
+        ),
+        Some(Notification::EndpointUpdate(u)) => (
+            "endpoint_update",
+            Obj::default()
+                .u64("id", u.id)
+                .strings("labels", &u.labels)
+                .string("error", &u.error)
+                .string("pod_name", &u.pod_name)
+                .string("namespace", &u.namespace),
+        ),
+        Some(Notification::IpcacheUpdate(i)) => (
+            "ipcache_update",
+            Obj::default()
+                .string("cidr", &i.cidr)
+                .u32("identity", i.identity)
+                .value("old_identity", i.old_identity.map(Value::from))
+                .string("host_ip", &i.host_ip)
+                .string("old_host_ip", &i.old_host_ip)
+                .u32("encrypt_key", i.encrypt_key)
+                .string("namespace", &i.namespace)
+                .string("pod_name", &i.pod_name),
+        ),
+        Some(Notification::ServiceUpsert(u)) => (
+            "service_upsert",
+            Obj::default()
+                .u32("id", u.id)
+                .value(
+                    "frontend_address",
+                    u.frontend_address.as_ref().map(service_addr),
+                )
+                .list(
+                    "backend_addresses",
+                    u.backend_addresses.iter().map(service_addr).collect(),
+                )
+                .string("type", &u.r#type)
+                .string("traffic_policy", &u.traffic_policy)
+                .string("name", &u.name)
+                .string("namespace", &u.namespace)
+                .string("ext_traffic_policy", &u.ext_traffic_policy)
+                .string("int_traffic_policy", &u.int_traffic_policy),
+        ),
+        Some(Notification::ServiceDelete(d)) => ("service_delete", Obj::default().u32("id", d.id)),
+    };
+    obj.value(key, Some(value.done())).done()
+}
+
+/// A GetAgentEventsResponse in proto3 JSON with proto field names, as
+/// `hubble observe agent-events -o jsonpb` prints it.
+pub fn agent_event_response_to_json(resp: &GetAgentEventsResponse) -> Value {
+    Obj::default()
+        .value(
+            "agent_event",
+            resp.agent_event.as_ref().map(agent_event_to_json),
+        )
+        .string("node_name", &resp.node_name)
         .value(
             "time",
             resp.time.as_ref().map(|t| Value::from(timestamp(t))),

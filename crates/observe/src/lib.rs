@@ -34,7 +34,7 @@ pub mod server;
 pub mod servicemap;
 pub mod tls;
 
-pub use cli::{ObserveArgs, run};
+pub use cli::{AgentEventsArgs, ObserveArgs, ObserveCommand, run};
 pub use filter::{FilterError, FilterSet};
 pub use filter_flags::{FilterArgs, FilterFlag};
 pub use metrics::Metrics;

@@ -1,5 +1,6 @@
 //! The observer: a bounded ring of recent flows that the agent pushes into,
-//! and a broadcast that followers read new flows from.
+//! and a broadcast that followers read new flows from; and a ring of its own
+//! for agent events (endpoint, policy, ipcache and service changes).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -10,10 +11,13 @@ use tokio::time::Instant;
 
 use crate::flows;
 use crate::metrics::Metrics;
-use crate::proto::flow::{Flow, LostEvent, LostEventSource};
+use crate::proto::flow::{AgentEvent, Flow, LostEvent, LostEventSource};
+use crate::proto::observer::GetAgentEventsResponse;
 
 /// Hubble's default ring capacity.
 pub const DEFAULT_CAPACITY: usize = 4095;
+/// Agent events kept for GetAgentEvents (they are rare next to flows).
+pub const DEFAULT_AGENT_EVENT_CAPACITY: usize = 1023;
 /// Default number of events a follower may fall behind before it loses some.
 pub const DEFAULT_FOLLOWER_BUFFER: usize = 1024;
 /// How long a namespace stays listed after its last flow (as Hubble: one hour).
@@ -28,6 +32,8 @@ pub struct ObserverConfig {
     pub node_name: String,
     /// Number of flows kept for GetFlows (Hubble's default: 4095).
     pub capacity: usize,
+    /// Number of agent events kept for GetAgentEvents.
+    pub agent_event_capacity: usize,
     /// How many events a follower may lag before it is told it lost some.
     pub follower_buffer: usize,
     /// Version reported by ServerStatus and GetNodes.
@@ -42,6 +48,7 @@ impl ObserverConfig {
         Self {
             node_name: node_name.into(),
             capacity: DEFAULT_CAPACITY,
+            agent_event_capacity: DEFAULT_AGENT_EVENT_CAPACITY,
             follower_buffer: DEFAULT_FOLLOWER_BUFFER,
             version: concat!("myelin ", env!("CARGO_PKG_VERSION")).to_string(),
             metrics: None,
@@ -78,11 +85,16 @@ struct State {
     namespaces: BTreeMap<String, Instant>,
 }
 
+/// An agent event as GetAgentEvents sends it (time and node filled in).
+pub(crate) type AgentEventEntry = Arc<GetAgentEventsResponse>;
+
 struct Inner {
     config: ObserverConfig,
     started: Instant,
     state: Mutex<State>,
     tx: broadcast::Sender<Event>,
+    agent_events: Mutex<VecDeque<AgentEventEntry>>,
+    agent_tx: broadcast::Sender<AgentEventEntry>,
 }
 
 /// Handle the agent pushes flows into and the gRPC server reads from.
@@ -103,19 +115,27 @@ impl std::fmt::Debug for Observer {
 
 /// What a GetFlows reader starts from: the ring's content at one instant, and
 /// (when following) a receiver that gets exactly the events pushed after it.
-pub(crate) struct Subscription {
-    pub(crate) history: Vec<Event>,
-    pub(crate) live: Option<broadcast::Receiver<Event>>,
+pub(crate) struct Subscription<T = Event> {
+    pub(crate) history: Vec<T>,
+    pub(crate) live: Option<broadcast::Receiver<T>>,
 }
 
 impl Observer {
     /// Creates an empty observer.
     pub fn new(config: ObserverConfig) -> Self {
         let capacity = config.capacity.max(1);
+        let agent_event_capacity = config.agent_event_capacity.max(1);
         let (tx, _) = broadcast::channel(config.follower_buffer.max(1));
+        let (agent_tx, _) = broadcast::channel(config.follower_buffer.max(1));
         Self {
             inner: Arc::new(Inner {
-                config: ObserverConfig { capacity, ..config },
+                agent_events: Mutex::new(VecDeque::with_capacity(agent_event_capacity)),
+                agent_tx,
+                config: ObserverConfig {
+                    capacity,
+                    agent_event_capacity,
+                    ..config
+                },
                 started: Instant::now(),
                 state: Mutex::new(State {
                     ring: VecDeque::with_capacity(capacity),
@@ -187,6 +207,41 @@ impl Observer {
         };
         let mut state = self.state();
         self.insert(&mut state, Event::Lost(lost, SystemTime::now()));
+    }
+
+    /// Records an agent event, stamped with the time now and this node's
+    /// name; the oldest one goes when the agent event ring is full.
+    pub fn push_agent_event(&self, event: AgentEvent) {
+        let entry = Arc::new(GetAgentEventsResponse {
+            agent_event: Some(event),
+            node_name: self.inner.config.node_name.clone(),
+            time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        });
+        let mut ring = self
+            .inner
+            .agent_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if ring.len() >= self.inner.config.agent_event_capacity {
+            ring.pop_front();
+        }
+        ring.push_back(entry.clone());
+        // Sent under the lock, so a subscription sees each event once.
+        let _ = self.inner.agent_tx.send(entry);
+    }
+
+    /// Snapshot of the agent event ring and, if `follow`, a receiver of
+    /// what comes next.
+    pub(crate) fn subscribe_agent_events(&self, follow: bool) -> Subscription<AgentEventEntry> {
+        let ring = self
+            .inner
+            .agent_events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Subscription {
+            history: ring.iter().cloned().collect(),
+            live: follow.then(|| self.inner.agent_tx.subscribe()),
+        }
     }
 
     /// Counts events a follower lost by falling behind.
@@ -301,6 +356,43 @@ mod tests {
         assert!(f.time.is_some());
         assert_eq!(f.uuid.len(), 36);
         assert_eq!(f.summary, "IP");
+    }
+
+    #[tokio::test]
+    async fn agent_events_have_a_bounded_ring_of_their_own() {
+        use crate::proto::flow::AgentEventType;
+        let mut config = ObserverConfig::new("node-a");
+        config.agent_event_capacity = 2;
+        let observer = Observer::new(config);
+        for kind in [
+            AgentEventType::AgentStarted,
+            AgentEventType::PolicyUpdated,
+            AgentEventType::EndpointCreated,
+        ] {
+            observer.push_agent_event(AgentEvent {
+                r#type: kind as i32,
+                notification: None,
+            });
+        }
+        let kept: Vec<i32> = observer
+            .subscribe_agent_events(false)
+            .history
+            .iter()
+            .map(|e| e.agent_event.as_ref().map_or(0, |a| a.r#type))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                AgentEventType::PolicyUpdated as i32,
+                AgentEventType::EndpointCreated as i32
+            ]
+        );
+        let first = &observer.subscribe_agent_events(false).history[0];
+        assert_eq!(first.node_name, "node-a");
+        assert!(first.time.is_some());
+        // Flows are not affected.
+        assert_eq!(observer.status().num_flows, 0);
+        assert!(observer.subscribe(false).history.is_empty());
     }
 
     #[tokio::test]

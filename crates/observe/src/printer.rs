@@ -1,13 +1,16 @@
-//! Output of GetFlows responses as the hubble CLI prints them: compact lines,
-//! dict blocks, a table, and proto3 JSON.
+//! Output of GetFlows and GetAgentEvents responses as the hubble CLI prints
+//! them: compact lines, dict blocks, a table, and proto3 JSON.
 
 use std::io::{self, Write};
 
 use prost_types::Timestamp;
 
 use crate::flows;
-use crate::proto::flow::{Flow, LostEventSource, Verdict, layer4, layer7};
-use crate::proto::observer::{GetFlowsResponse, get_flows_response};
+use crate::proto::flow::{
+    AgentEvent, AgentEventType, Flow, LostEventSource, ServiceUpsertNotificationAddr, Verdict,
+    agent_event, layer4, layer7,
+};
+use crate::proto::observer::{GetAgentEventsResponse, GetFlowsResponse, get_flows_response};
 
 /// Output formats of `observe -o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -419,6 +422,126 @@ pub fn render_table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// An agent event's type as hubble prints it: the enum name ("POLICY_UPDATED"),
+/// or the number when it is not one we know.
+pub fn agent_event_type(event: &AgentEvent) -> String {
+    AgentEventType::try_from(event.r#type).map_or_else(
+        |_| event.r#type.to_string(),
+        |t| t.as_str_name().to_string(),
+    )
+}
+
+fn service_addr(a: &ServiceUpsertNotificationAddr) -> String {
+    join_host_port(&a.ip, &a.port.to_string())
+}
+
+/// Hubble's DETAILS of an agent event ("labels: [..], revision: 2, count: 1"),
+/// or "UNKNOWN" when the notification does not fit the type.
+pub fn agent_event_details(event: &AgentEvent, time_format: TimeFormat) -> String {
+    use agent_event::Notification as N;
+    let kind = AgentEventType::try_from(event.r#type).unwrap_or(AgentEventType::AgentEventUnknown);
+    match (kind, &event.notification) {
+        (AgentEventType::AgentEventUnknown, Some(N::Unknown(u))) => {
+            format!("type: {}, notification: {}", u.r#type, u.notification)
+        }
+        (AgentEventType::AgentStarted, Some(N::AgentStart(a))) => {
+            format!("start time: {}", time_format.format(a.time.as_ref()))
+        }
+        (
+            AgentEventType::PolicyUpdated | AgentEventType::PolicyDeleted,
+            Some(N::PolicyUpdate(p)),
+        ) => {
+            format!(
+                "labels: [{}], revision: {}, count: {}",
+                p.labels.join(","),
+                p.revision,
+                p.rule_count
+            )
+        }
+        (
+            AgentEventType::EndpointRegenerateSuccess | AgentEventType::EndpointRegenerateFailure,
+            Some(N::EndpointRegenerate(r)),
+        ) => {
+            let mut out = format!("id: {}, labels: [{}]", r.id, r.labels.join(","));
+            if !r.error.is_empty() {
+                out.push_str(&format!(", error: {}", r.error));
+            }
+            out
+        }
+        (
+            AgentEventType::EndpointCreated | AgentEventType::EndpointDeleted,
+            Some(N::EndpointUpdate(e)),
+        ) => {
+            let mut out = format!("id: {}", e.id);
+            if !e.namespace.is_empty() {
+                out.push_str(&format!(", namespace: {}", e.namespace));
+            }
+            if !e.pod_name.is_empty() {
+                out.push_str(&format!(", pod name: {}", e.pod_name));
+            }
+            out
+        }
+        (
+            AgentEventType::IpcacheUpserted | AgentEventType::IpcacheDeleted,
+            Some(N::IpcacheUpdate(i)),
+        ) => {
+            let mut out = format!("cidr: {}, identity: {}", i.cidr, i.identity);
+            if let Some(old) = i.old_identity {
+                out.push_str(&format!(", old identity: {old}"));
+            }
+            if !i.host_ip.is_empty() {
+                out.push_str(&format!(", host ip: {}", i.host_ip));
+            }
+            if !i.old_host_ip.is_empty() {
+                out.push_str(&format!(", old host ip: {}", i.old_host_ip));
+            }
+            out.push_str(&format!(", encrypt key: {}", i.encrypt_key));
+            out
+        }
+        (AgentEventType::ServiceUpserted, Some(N::ServiceUpsert(svc))) => {
+            let mut out = format!("id: {}", svc.id);
+            if let Some(frontend) = &svc.frontend_address {
+                out.push_str(&format!(", frontend: {}", service_addr(frontend)));
+            }
+            if !svc.backend_addresses.is_empty() {
+                let backends: Vec<String> =
+                    svc.backend_addresses.iter().map(service_addr).collect();
+                out.push_str(&format!(", backends: [{}]", backends.join(",")));
+            }
+            for (name, value) in [
+                ("type", &svc.r#type),
+                ("traffic policy", &svc.traffic_policy),
+                ("namespace", &svc.namespace),
+                ("name", &svc.name),
+            ] {
+                if !value.is_empty() {
+                    out.push_str(&format!(", {name}: {value}"));
+                }
+            }
+            out
+        }
+        (AgentEventType::ServiceDeleted, Some(N::ServiceDelete(d))) => format!("id: {}", d.id),
+        _ => "UNKNOWN".to_string(),
+    }
+}
+
+/// One compact agent event line (without newline), as
+/// `hubble observe agent-events` prints it: `TIME[ [NODE]]: TYPE (DETAILS)`.
+pub fn agent_event_compact_line(resp: &GetAgentEventsResponse, opts: &PrintOptions) -> String {
+    let node = if opts.node_name {
+        format!(" [{}]", resp.node_name)
+    } else {
+        String::new()
+    };
+    let event = resp.agent_event.clone().unwrap_or_default();
+    format!(
+        "{}{node}: {} ({})",
+        opts.time_format.format(resp.time.as_ref()),
+        agent_event_type(&event),
+        agent_event_details(&event, opts.time_format)
+    )
+}
+
 /// Writes GetFlows responses in one of Hubble's formats.
 #[derive(Debug)]
 pub struct Printer<W: Write, E: Write> {
@@ -449,6 +572,65 @@ impl<W: Write, E: Write> Printer<W, E> {
             flows_written: 0,
             table,
         }
+    }
+
+    /// A printer of GetAgentEvents responses (the table has agent event columns).
+    pub fn for_agent_events(out: W, err: E, opts: PrintOptions) -> Self {
+        let mut table = Vec::new();
+        if opts.format == OutputFormat::Table {
+            table.push(vec!["TIMESTAMP".to_string()]);
+            if opts.node_name {
+                table[0].push("NODE".to_string());
+            }
+            table[0].extend(["TYPE", "DETAILS"].map(String::from));
+        }
+        Self {
+            out,
+            err,
+            opts,
+            flows_written: 0,
+            table,
+        }
+    }
+
+    /// Prints one agent event; a response without one is skipped.
+    pub fn write_agent_event(&mut self, resp: &GetAgentEventsResponse) -> io::Result<()> {
+        let Some(event) = &resp.agent_event else {
+            return Ok(());
+        };
+        let time = self.opts.time_format.format(resp.time.as_ref());
+        let details = agent_event_details(event, self.opts.time_format);
+        match self.opts.format {
+            OutputFormat::Json | OutputFormat::Jsonpb => writeln!(
+                self.out,
+                "{}",
+                crate::json::agent_event_response_to_json(resp)
+            )?,
+            OutputFormat::Compact => {
+                writeln!(self.out, "{}", agent_event_compact_line(resp, &self.opts))?;
+            }
+            OutputFormat::Dict => {
+                if self.flows_written > 0 {
+                    writeln!(self.out, "------------")?;
+                }
+                writeln!(self.out, "  TIMESTAMP: {time}")?;
+                if self.opts.node_name {
+                    writeln!(self.out, "       NODE: {}", resp.node_name)?;
+                }
+                writeln!(self.out, "       TYPE: {}", agent_event_type(event))?;
+                writeln!(self.out, "    DETAILS: {details}")?;
+            }
+            OutputFormat::Table => {
+                let mut row = vec![time];
+                if self.opts.node_name {
+                    row.push(resp.node_name.clone());
+                }
+                row.extend([agent_event_type(event), details]);
+                self.table.push(row);
+            }
+        }
+        self.flows_written += 1;
+        Ok(())
     }
 
     /// Prints one response.

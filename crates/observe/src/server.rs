@@ -17,7 +17,7 @@ use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
 
 use crate::filter::FilterSet;
-use crate::observer::{Event, Observer};
+use crate::observer::{AgentEventEntry, Event, Observer};
 use crate::proto::flow::{LostEvent, LostEventSource};
 use crate::proto::observer::observer_server::{self, ObserverServer};
 use crate::proto::observer::{
@@ -171,40 +171,77 @@ fn lost_response(lost: LostEvent, node_name: &str, at: SystemTime) -> GetFlowsRe
     }
 }
 
-/// Picks the history part of a GetFlows answer, oldest first.
-fn select_history(history: Vec<Event>, selection: &Selection, req: &GetFlowsRequest) -> Vec<Event> {
-    let matching = history.into_iter().filter(|e| selection.wants(e));
-    // Hubble: no number and no since with follow means "only new flows".
-    if req.number == 0 && req.since.is_none() && req.follow {
+/// Picks the history part of an answer, oldest first: Hubble's
+/// number/first/follow/since rules, where only entries that `counts` says
+/// are events count towards `number` (lost-event notices do not).
+fn pick<T>(
+    matching: impl Iterator<Item = T>,
+    number: u64,
+    first: bool,
+    follow_only_new: bool,
+    counts: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    // Hubble: no number and no since with follow means "only new events".
+    if follow_only_new {
         return Vec::new();
     }
-    if req.number == 0 {
+    if number == 0 {
         return matching.collect();
     }
-    let limit = usize::try_from(req.number).unwrap_or(usize::MAX);
-    let is_flow = |e: &Event| matches!(e, Event::Flow(_));
+    let limit = usize::try_from(number).unwrap_or(usize::MAX);
     let mut out = Vec::new();
-    let mut flows = 0usize;
-    if req.first {
-        for event in matching {
-            if flows == limit {
+    let mut counted = 0usize;
+    if first {
+        for item in matching {
+            if counted == limit {
                 break;
             }
-            flows += usize::from(is_flow(&event));
-            out.push(event);
+            counted += usize::from(counts(&item));
+            out.push(item);
         }
     } else {
-        let all: Vec<Event> = matching.collect();
-        for event in all.into_iter().rev() {
-            if flows == limit {
+        let all: Vec<T> = matching.collect();
+        for item in all.into_iter().rev() {
+            if counted == limit {
                 break;
             }
-            flows += usize::from(is_flow(&event));
-            out.push(event);
+            counted += usize::from(counts(&item));
+            out.push(item);
         }
         out.reverse();
     }
     out
+}
+
+/// Picks the history part of a GetFlows answer, oldest first.
+fn select_history(history: Vec<Event>, selection: &Selection, req: &GetFlowsRequest) -> Vec<Event> {
+    pick(
+        history.into_iter().filter(|e| selection.wants(e)),
+        req.number,
+        req.first,
+        req.number == 0 && req.since.is_none() && req.follow,
+        |e| matches!(e, Event::Flow(_)),
+    )
+}
+
+/// The stored agent events a GetAgentEvents request asks for, oldest first.
+fn select_agent_events(
+    history: Vec<AgentEventEntry>,
+    since: Option<(i64, i32)>,
+    until: Option<(i64, i32)>,
+    req: &GetAgentEventsRequest,
+) -> Vec<AgentEventEntry> {
+    let in_time = |e: &AgentEventEntry| {
+        let key = time_key(e.time.as_ref());
+        since.is_none_or(|s| key >= s) && until.is_none_or(|u| key <= u)
+    };
+    pick(
+        history.into_iter().filter(in_time),
+        req.number,
+        req.first,
+        req.number == 0 && req.since.is_none() && req.follow,
+        |_| true,
+    )
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -302,17 +339,65 @@ impl observer_server::Observer for ObserverService {
 
     async fn get_agent_events(
         &self,
-        _request: Request<GetAgentEventsRequest>,
+        request: Request<GetAgentEventsRequest>,
     ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
-        // Agent events are not recorded yet: an empty stream, as a node
-        // without events would answer.
-        Ok(Response::new(Box::pin(futures::stream::empty())))
+        let req = request.into_inner();
+        if req.first && req.follow {
+            return Err(Status::invalid_argument(
+                "first cannot be combined with follow",
+            ));
+        }
+        let since = req.since.as_ref().map(|t| time_key(Some(t)));
+        let until = req.until.as_ref().map(|t| time_key(Some(t)));
+        let subscription = self.observer.subscribe_agent_events(req.follow);
+        let history = select_agent_events(subscription.history, since, until, &req);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            for event in history {
+                if tx
+                    .send(Ok(GetAgentEventsResponse::clone(&event)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let Some(mut live) = subscription.live else {
+                return;
+            };
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    // The response has no lost-events notice; the reader
+                    // just goes on with what is still there.
+                    Err(broadcast::error::RecvError::Lagged(lost)) => {
+                        tracing::debug!(lost, "GetAgentEvents follower fell behind");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let key = time_key(event.time.as_ref());
+                if until.is_some_and(|u| key > u) {
+                    return;
+                }
+                if since.is_none_or(|s| key >= s)
+                    && tx
+                        .send(Ok(GetAgentEventsResponse::clone(&event)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_debug_events(
         &self,
         _request: Request<GetDebugEventsRequest>,
     ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        // The datapath emits no debug events: an empty stream.
         Ok(Response::new(Box::pin(futures::stream::empty())))
     }
 

@@ -293,6 +293,62 @@ fn direction_reply_node_and_flags() {
 }
 
 #[test]
+fn http_url_uuid_and_ip_version_as_hubble() {
+    // --http-url: a regular expression over the whole URL, scheme and host included.
+    let f = FlowFilter {
+        http_url: vec![r"^http://deathstar\.default\.svc\.cluster\.local/v1/exhaust".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![4, 5]);
+    let f = FlowFilter {
+        http_url: vec!["request-landing$".into()],
+        ..Default::default()
+    };
+    assert_eq!(one(f), vec![2, 3]);
+    let bad = FlowFilter {
+        http_url: vec!["(".into()],
+        ..Default::default()
+    };
+    let err = FilterSet::new(&[bad], &[]).expect_err("bad regex");
+    assert!(err.to_string().contains("in http_url"), "{err}");
+
+    // --uuid: exact identifiers.
+    let mut flows = demo();
+    flows[3].uuid = "a8c7e7a4-4a40-4a31-9c5e-0d2b8f5f3c11".into();
+    let set = FilterSet::new(
+        &[FlowFilter {
+            uuid: vec![flows[3].uuid.clone(), "not-there".into()],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .expect("valid");
+    let matched: Vec<usize> = (0..flows.len())
+        .filter(|i| set.matches(&flows[*i]))
+        .collect();
+    assert_eq!(matched, vec![3]);
+
+    // --ip-version none: as in Hubble, a flow without an IP header has IP_NOT_USED.
+    let none = FilterSet::new(
+        &[FlowFilter {
+            ip_version: vec![IpVersion::IpNotUsed as i32],
+            ..Default::default()
+        }],
+        &[],
+    )
+    .expect("valid");
+    let mut arp = xwing_drop();
+    arp.ip = None;
+    assert!(none.matches(&arp));
+    assert!(!none.matches(&xwing_drop()));
+    let f = FlowFilter {
+        ip_version: vec![IpVersion::IPv4 as i32],
+        ..Default::default()
+    };
+    assert_eq!(one(f).len(), 8);
+}
+
+#[test]
 fn invalid_values_are_errors() {
     let cases = [
         FlowFilter {

@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use myelin_observe::proto::flow::{FlowFilter, LostEventSource, Verdict};
+use myelin_observe::proto::flow::{
+    AgentEvent, AgentEventType, FlowFilter, LostEventSource, ServiceDeleteNotification, Verdict,
+    agent_event,
+};
 use myelin_observe::proto::observer::observer_client::ObserverClient;
 use myelin_observe::proto::observer::{
     GetAgentEventsRequest, GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest,
@@ -322,6 +325,139 @@ async fn status_nodes_namespaces_agent_events_and_health() {
         reply.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    running.stop().await;
+}
+
+fn agent_event(kind: AgentEventType, id: u32) -> AgentEvent {
+    AgentEvent {
+        r#type: kind as i32,
+        notification: Some(agent_event::Notification::ServiceDelete(
+            ServiceDeleteNotification { id },
+        )),
+    }
+}
+
+/// The service ids of the agent events a GetAgentEvents call returns.
+async fn agent_event_ids(
+    client: &mut ObserverClient<Channel>,
+    request: GetAgentEventsRequest,
+) -> Vec<u32> {
+    let mut stream = client
+        .get_agent_events(request)
+        .await
+        .expect("GetAgentEvents")
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(resp) = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the stream ends")
+        .expect("ok")
+    {
+        assert_eq!(resp.node_name, "node-1");
+        assert!(resp.time.is_some());
+        match resp.agent_event.and_then(|e| e.notification) {
+            Some(agent_event::Notification::ServiceDelete(d)) => ids.push(d.id),
+            other => panic!("unexpected agent event {other:?}"),
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_events_number_first_since_and_follow() {
+    let mut config = ObserverConfig::new("node-1");
+    config.agent_event_capacity = 5;
+    let running = Running::start(config).await;
+    let mut middle = None;
+    for id in 1..=6 {
+        if id == 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            middle = Some(prost_types::Timestamp::from(std::time::SystemTime::now()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running
+            .observer
+            .push_agent_event(agent_event(AgentEventType::ServiceDeleted, id));
+    }
+    // Flows are kept apart: agent events never appear in GetFlows.
+    running.observer.push(xwing_drop());
+    let mut client = running.unix_client().await;
+    // The ring holds the last 5; number picks the last ones, first the first.
+    assert_eq!(
+        agent_event_ids(&mut client, GetAgentEventsRequest::default()).await,
+        [2, 3, 4, 5, 6]
+    );
+    let last = GetAgentEventsRequest {
+        number: 2,
+        ..Default::default()
+    };
+    assert_eq!(agent_event_ids(&mut client, last).await, [5, 6]);
+    let first = GetAgentEventsRequest {
+        number: 2,
+        first: true,
+        ..Default::default()
+    };
+    assert_eq!(agent_event_ids(&mut client, first).await, [2, 3]);
+    let since = GetAgentEventsRequest {
+        since: middle,
+        ..Default::default()
+    };
+    assert_eq!(agent_event_ids(&mut client, since).await, [4, 5, 6]);
+    let until = GetAgentEventsRequest {
+        until: middle,
+        ..Default::default()
+    };
+    assert_eq!(agent_event_ids(&mut client, until).await, [2, 3]);
+    let err = client
+        .get_agent_events(GetAgentEventsRequest {
+            first: true,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("first with follow");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // follow with number: the last one stored, then events that come later.
+    let mut stream = client
+        .get_agent_events(GetAgentEventsRequest {
+            number: 1,
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .expect("GetAgentEvents follow")
+        .into_inner();
+    running
+        .observer
+        .push_agent_event(agent_event(AgentEventType::ServiceDeleted, 7));
+    let mut followed = Vec::new();
+    while followed.len() < 2 {
+        let resp = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a later agent event arrives")
+            .expect("ok")
+            .expect("open");
+        if let Some(agent_event::Notification::ServiceDelete(d)) =
+            resp.agent_event.and_then(|e| e.notification)
+        {
+            followed.push(d.id);
+        }
+    }
+    assert_eq!(followed, [6, 7]);
+    drop(stream);
+
+    let mut flows = client
+        .get_flows(GetFlowsRequest::default())
+        .await
+        .expect("GetFlows")
+        .into_inner();
+    let mut count = 0;
+    while let Some(resp) = flows.message().await.expect("ok") {
+        assert!(flow_of(resp).is_some());
+        count += 1;
+    }
+    assert_eq!(count, 1);
     running.stop().await;
 }
 

@@ -322,3 +322,293 @@ fn lost_events_go_to_stderr() {
         "EVENTS LOST: HUBBLE_RING_BUFFER CPU(0) 12\n"
     );
 }
+
+mod agent_events {
+    use super::*;
+    use myelin_observe::proto::flow::{
+        AgentEvent, AgentEventType, EndpointRegenNotification, EndpointUpdateNotification,
+        IpCacheNotification, PolicyUpdateNotification, ServiceDeleteNotification,
+        ServiceUpsertNotification, ServiceUpsertNotificationAddr, TimeNotification, agent_event,
+    };
+    use myelin_observe::proto::observer::GetAgentEventsResponse;
+
+    fn event(
+        seconds: i64,
+        kind: AgentEventType,
+        n: agent_event::Notification,
+    ) -> GetAgentEventsResponse {
+        GetAgentEventsResponse {
+            agent_event: Some(AgentEvent {
+                r#type: kind as i32,
+                notification: Some(n),
+            }),
+            node_name: "node1".into(),
+            time: at(seconds, 250),
+        }
+    }
+
+    fn addr(ip: &str, port: u32) -> ServiceUpsertNotificationAddr {
+        ServiceUpsertNotificationAddr {
+            ip: ip.into(),
+            port,
+        }
+    }
+
+    fn pod_labels() -> Vec<String> {
+        vec![
+            "k8s:class=deathstar".into(),
+            "k8s:io.kubernetes.pod.namespace=default".into(),
+            "k8s:org=empire".into(),
+        ]
+    }
+
+    /// One event of every kind the agent emits.
+    fn events() -> Vec<GetAgentEventsResponse> {
+        use agent_event::Notification as N;
+        vec![
+            event(
+                0,
+                AgentEventType::AgentStarted,
+                N::AgentStart(TimeNotification { time: at(0, 0) }),
+            ),
+            event(
+                1,
+                AgentEventType::PolicyUpdated,
+                N::PolicyUpdate(PolicyUpdateNotification {
+                    labels: vec![
+                        "k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy".into(),
+                        "k8s:io.cilium.k8s.policy.name=rule1".into(),
+                        "k8s:io.cilium.k8s.policy.namespace=default".into(),
+                    ],
+                    revision: 2,
+                    rule_count: 1,
+                }),
+            ),
+            event(
+                2,
+                AgentEventType::EndpointCreated,
+                N::EndpointUpdate(EndpointUpdateNotification {
+                    id: 3,
+                    labels: pod_labels(),
+                    error: String::new(),
+                    pod_name: DEATHSTAR_POD.into(),
+                    namespace: "default".into(),
+                }),
+            ),
+            event(
+                3,
+                AgentEventType::EndpointRegenerateSuccess,
+                N::EndpointRegenerate(EndpointRegenNotification {
+                    id: 3,
+                    labels: pod_labels(),
+                    error: String::new(),
+                }),
+            ),
+            event(
+                4,
+                AgentEventType::EndpointRegenerateFailure,
+                N::EndpointRegenerate(EndpointRegenNotification {
+                    id: 3,
+                    labels: vec![],
+                    error: "map full".into(),
+                }),
+            ),
+            event(
+                5,
+                AgentEventType::IpcacheUpserted,
+                N::IpcacheUpdate(IpCacheNotification {
+                    cidr: "10.244.1.5/32".into(),
+                    identity: 16530,
+                    old_identity: Some(16529),
+                    host_ip: "10.244.1.1".into(),
+                    namespace: "default".into(),
+                    pod_name: DEATHSTAR_POD.into(),
+                    ..Default::default()
+                }),
+            ),
+            event(
+                6,
+                AgentEventType::IpcacheDeleted,
+                N::IpcacheUpdate(IpCacheNotification {
+                    cidr: "fd00:10:244:1::5/128".into(),
+                    identity: 16530,
+                    ..Default::default()
+                }),
+            ),
+            event(
+                7,
+                AgentEventType::ServiceUpserted,
+                N::ServiceUpsert(ServiceUpsertNotification {
+                    id: 1,
+                    frontend_address: Some(addr("10.96.0.10", 80)),
+                    backend_addresses: vec![addr("10.244.1.5", 80), addr("fd00:10:244:1::6", 80)],
+                    r#type: "ClusterIP".into(),
+                    name: "deathstar".into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                }),
+            ),
+            event(
+                8,
+                AgentEventType::ServiceDeleted,
+                N::ServiceDelete(ServiceDeleteNotification { id: 1 }),
+            ),
+            event(
+                9,
+                AgentEventType::EndpointDeleted,
+                N::EndpointUpdate(EndpointUpdateNotification {
+                    id: 3,
+                    pod_name: DEATHSTAR_POD.into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                }),
+            ),
+        ]
+    }
+
+    fn print_events(opts: PrintOptions, events: &[GetAgentEventsResponse]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut printer = Printer::for_agent_events(&mut out, &mut err, opts);
+        for e in events {
+            printer.write_agent_event(e).expect("write");
+        }
+        printer.finish().expect("finish");
+        drop(printer);
+        String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn compact_lines_match_hubble() {
+        let expected = [
+            "May  4 13:23:00.250: AGENT_STARTED (start time: May  4 13:23:00.000)",
+            "May  4 13:23:01.250: POLICY_UPDATED (labels: [k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy,k8s:io.cilium.k8s.policy.name=rule1,k8s:io.cilium.k8s.policy.namespace=default], revision: 2, count: 1)",
+            "May  4 13:23:02.250: ENDPOINT_CREATED (id: 3, namespace: default, pod name: deathstar-c74d84667-cx5kp)",
+            "May  4 13:23:03.250: ENDPOINT_REGENERATE_SUCCESS (id: 3, labels: [k8s:class=deathstar,k8s:io.kubernetes.pod.namespace=default,k8s:org=empire])",
+            "May  4 13:23:04.250: ENDPOINT_REGENERATE_FAILURE (id: 3, labels: [], error: map full)",
+            "May  4 13:23:05.250: IPCACHE_UPSERTED (cidr: 10.244.1.5/32, identity: 16530, old identity: 16529, host ip: 10.244.1.1, encrypt key: 0)",
+            "May  4 13:23:06.250: IPCACHE_DELETED (cidr: fd00:10:244:1::5/128, identity: 16530, encrypt key: 0)",
+            "May  4 13:23:07.250: SERVICE_UPSERTED (id: 1, frontend: 10.96.0.10:80, backends: [10.244.1.5:80,[fd00:10:244:1::6]:80], type: ClusterIP, namespace: default, name: deathstar)",
+            "May  4 13:23:08.250: SERVICE_DELETED (id: 1)",
+            "May  4 13:23:09.250: ENDPOINT_DELETED (id: 3, namespace: default, pod name: deathstar-c74d84667-cx5kp)",
+        ];
+        assert_eq!(print_events(PrintOptions::default(), &events()), expected);
+        let with_node = PrintOptions {
+            node_name: true,
+            time_format: TimeFormat::Rfc3339Milli,
+            ..PrintOptions::default()
+        };
+        assert_eq!(
+            print_events(with_node, &events()[8..9]),
+            ["2024-05-04T13:23:08.25Z [node1]: SERVICE_DELETED (id: 1)"]
+        );
+    }
+
+    #[test]
+    fn dict_and_table_match_hubble() {
+        let dict = PrintOptions {
+            format: OutputFormat::Dict,
+            ..PrintOptions::default()
+        };
+        assert_eq!(
+            print_events(dict, &events()[8..10]),
+            [
+                "  TIMESTAMP: May  4 13:23:08.250",
+                "       TYPE: SERVICE_DELETED",
+                "    DETAILS: id: 1",
+                "------------",
+                "  TIMESTAMP: May  4 13:23:09.250",
+                "       TYPE: ENDPOINT_DELETED",
+                "    DETAILS: id: 3, namespace: default, pod name: deathstar-c74d84667-cx5kp",
+            ]
+        );
+        let table = PrintOptions {
+            format: OutputFormat::Table,
+            node_name: true,
+            ..PrintOptions::default()
+        };
+        assert_eq!(
+            print_events(table, &events()[8..10]),
+            [
+                "TIMESTAMP             NODE    TYPE               DETAILS",
+                "May  4 13:23:08.250   node1   SERVICE_DELETED    id: 1",
+                "May  4 13:23:09.250   node1   ENDPOINT_DELETED   id: 3, namespace: default, pod name: deathstar-c74d84667-cx5kp",
+            ]
+        );
+    }
+
+    #[test]
+    fn jsonpb_is_the_response_in_proto3_json() {
+        let jsonpb = PrintOptions {
+            format: OutputFormat::Jsonpb,
+            ..PrintOptions::default()
+        };
+        let lines = print_events(jsonpb, &events());
+        let value = |i: usize| -> serde_json::Value {
+            serde_json::from_str(&lines[i]).expect("valid JSON")
+        };
+        assert_eq!(
+            value(1),
+            serde_json::json!({
+                "agent_event": {
+                    "type": "POLICY_UPDATED",
+                    "policy_update": {
+                        "labels": [
+                            "k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy",
+                            "k8s:io.cilium.k8s.policy.name=rule1",
+                            "k8s:io.cilium.k8s.policy.namespace=default"
+                        ],
+                        "revision": "2",
+                        "rule_count": "1"
+                    }
+                },
+                "node_name": "node1",
+                "time": "2024-05-04T13:23:01.250Z"
+            })
+        );
+        assert_eq!(
+            value(0)["agent_event"]["agent_start"],
+            serde_json::json!({"time": "2024-05-04T13:23:00Z"})
+        );
+        assert_eq!(
+            value(5)["agent_event"]["ipcache_update"],
+            serde_json::json!({
+                "cidr": "10.244.1.5/32",
+                "identity": 16530,
+                "old_identity": 16529,
+                "host_ip": "10.244.1.1",
+                "namespace": "default",
+                "pod_name": DEATHSTAR_POD
+            })
+        );
+        assert_eq!(
+            value(7)["agent_event"]["service_upsert"],
+            serde_json::json!({
+                "id": 1,
+                "frontend_address": {"ip": "10.96.0.10", "port": 80},
+                "backend_addresses": [
+                    {"ip": "10.244.1.5", "port": 80},
+                    {"ip": "fd00:10:244:1::6", "port": 80}
+                ],
+                "type": "ClusterIP",
+                "name": "deathstar",
+                "namespace": "default"
+            })
+        );
+        assert_eq!(
+            value(2)["agent_event"]["endpoint_update"]["id"],
+            serde_json::json!("3"),
+            "uint64 is a string in proto3 JSON"
+        );
+        // -o json prints the same, as hubble does without its legacy switch.
+        let json = PrintOptions {
+            format: OutputFormat::Json,
+            ..PrintOptions::default()
+        };
+        assert_eq!(print_events(json, &events()), lines);
+    }
+}
