@@ -312,13 +312,17 @@ proxy_myelin() {
   wait_tcp "$ns" "$listen"
 }
 
+# pod_mac NS: the MAC address of the pod's eth0 (the datapath delivers into the pod with it).
+pod_mac() { in_ns "$1" cat /sys/class/net/eth0/address; }
+
 # datapath RULES...: Myelin's programs on both pod veths, the server's ClusterIP (for HTTP
 # and iperf3) and the given ingress rules (myelin-bench datapath --help).
 datapath() {
   local rule args=()
   for rule in "$@"; do args+=(--ingress "$rule"); done
   start datapath "$NS_N" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node-$RANDOM" \
-    --endpoint "$VETH_C=$CLIENT_IP" --endpoint "$VETH_S=$SERVER_IP" \
+    --endpoint "$VETH_C=$CLIENT_IP@$(pod_mac "$NS_C")" \
+    --endpoint "$VETH_S=$SERVER_IP@$(pod_mac "$NS_S")" \
     --service "$VIP:80=$SERVER_IP:80" --service "$VIP:5201=$SERVER_IP:5201" \
     --service "$VIP:$GRPC_PORT=$SERVER_IP:$GRPC_PORT" "${args[@]}"
   MESH_PIDS+=("$LAST_PID")

@@ -24,11 +24,30 @@ pub struct EndpointSpec {
     pub ipv4: Option<Ipv4Addr>,
     /// IPv6 address of the pod.
     pub ipv6: Option<Ipv6Addr>,
+    /// MAC address of the pod's interface (`aa:bb:cc:dd:ee:ff`). With it
+    /// the datapath hands packets from other pods of the node straight into
+    /// this pod; without it (older callers and stored state) they go
+    /// through the node's IP stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
     /// Named container ports.
     #[serde(default)]
     pub ports: Vec<NamedPort>,
     /// Whether the pod is ready to serve; only ready pods back services.
     pub ready: bool,
+}
+
+impl EndpointSpec {
+    /// [`Self::mac`] as bytes; `None` when absent, malformed or all zero.
+    pub fn mac_address(&self) -> Option<[u8; 6]> {
+        let mut mac = [0u8; 6];
+        let mut parts = self.mac.as_deref()?.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2)?;
+            *byte = u8::from_str_radix(part, 16).ok()?;
+        }
+        (parts.next().is_none() && mac != [0; 6]).then_some(mac)
+    }
 }
 
 /// A container port with a name, for services' and policies' references.
@@ -267,4 +286,34 @@ pub struct AgentStatus {
 /// Sends one request to the agent at `socket`.
 pub async fn call(socket: &Path, request: &Request) -> Result<Response, crate::rpc::ClientError> {
     crate::rpc::call(socket, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_parse_or_are_ignored() {
+        let mut spec: EndpointSpec = serde_json::from_str(
+            r#"{"namespace":"default","pod":"xwing","labels":{},"ifname":"ml1",
+                "ipv4":"10.244.1.5","ipv6":null,"ready":true}"#,
+        )
+        .expect("a spec without a MAC (older callers, stored state)");
+        assert_eq!(spec.mac_address(), None);
+        spec.mac = Some("0a:58:0A:f4:01:05".into());
+        assert_eq!(
+            spec.mac_address(),
+            Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05])
+        );
+        for bad in [
+            "",
+            "0a:58:0a:f4:01",
+            "0a:58:0a:f4:01:05:06",
+            "0a:58:0a:f4:01:5",
+            "00:00:00:00:00:00",
+        ] {
+            spec.mac = Some(bad.into());
+            assert_eq!(spec.mac_address(), None, "{bad}");
+        }
+    }
 }

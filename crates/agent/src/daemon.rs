@@ -302,6 +302,14 @@ fn attach(node: &mut Node, id: u32, spec: &EndpointSpec) -> anyhow::Result<u32> 
     if let Some(v6) = spec.ipv6 {
         info.ipv6 = v6.octets();
     }
+    match (spec.mac_address(), &spec.mac) {
+        (Some(mac), _) => info.mac = mac,
+        // Still served, through the node's stack.
+        (None, Some(mac)) => {
+            tracing::warn!(pod = %spec.pod, %mac, "ignoring a malformed MAC address")
+        }
+        (None, None) => {}
+    }
     let attachment = node.datapath.attach_endpoint(&spec.ifname, &info)?;
     Ok(attachment.ifindex)
 }

@@ -116,6 +116,7 @@ mod tests {
             ifname: format!("veth{last}"),
             ipv4: Some(std::net::Ipv4Addr::new(10, 244, 1, last)),
             ipv6: Some(format!("fd00:10:244:1::{last:x}").parse().expect("ipv6")),
+            mac: None,
             ports: vec![NamedPort {
                 name: Some("http".into()),
                 port: 8080,

@@ -82,8 +82,7 @@ async fn kernel_events_per_second_and_delay() {
                 endpoint_id: 7,
                 identity: 256,
                 ipv4: [10, 244, 1, 5],
-                flags: 0,
-                ipv6: [0; 16],
+                ..EndpointInfo::default()
             },
         )
         .expect("endpoint");

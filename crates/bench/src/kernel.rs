@@ -16,32 +16,54 @@ use myelin_datapath::{
     Datapath, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol,
 };
 
-/// A pod's host-side veth and its IPv4 address, written `IFNAME=IP`.
+/// A pod's host-side veth, its IPv4 address and optionally the MAC address of the
+/// pod's own interface, written `IFNAME=IP` or `IFNAME=IP@MAC`. With the MAC the
+/// datapath delivers packets from the other pod straight into this one (host routing).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     ifname: String,
     ipv4: Ipv4Addr,
+    mac: Option<[u8; 6]>,
 }
 
 /// Why an `--endpoint` value is unusable.
 #[derive(Debug, thiserror::Error)]
-#[error("--endpoint {0:?}: expected IFNAME=IPV4, for example mb123c=10.250.1.2")]
+#[error(
+    "--endpoint {0:?}: expected IFNAME=IPV4[@MAC], for example mb123c=10.250.1.2@0a:58:0a:fa:01:02"
+)]
 pub struct BadEndpoint(String);
 
 impl FromStr for Endpoint {
     type Err = BadEndpoint;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ifname, ip) = s.split_once('=').ok_or_else(|| BadEndpoint(s.into()))?;
-        let ipv4 = ip.parse().map_err(|_| BadEndpoint(s.into()))?;
+        let bad = || BadEndpoint(s.into());
+        let (ifname, rest) = s.split_once('=').ok_or_else(bad)?;
+        let (ip, mac) = match rest.split_once('@') {
+            Some((ip, mac)) => (ip, Some(parse_mac(mac).ok_or_else(bad)?)),
+            None => (rest, None),
+        };
+        let ipv4 = ip.parse().map_err(|_| bad())?;
         if ifname.is_empty() {
-            return Err(BadEndpoint(s.into()));
+            return Err(bad());
         }
         Ok(Self {
             ifname: ifname.into(),
             ipv4,
+            mac,
         })
     }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2)?;
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// An ingress rule, written `DEST_IF:PEER_IF:PORT[:PROXY_PORT]`: the endpoint behind
@@ -238,8 +260,8 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
                 endpoint_id: n,
                 identity: identity(n),
                 ipv4: endpoint.ipv4.octets(),
-                flags: 0,
-                ipv6: [0; 16],
+                mac: endpoint.mac.unwrap_or_default(),
+                ..EndpointInfo::default()
             };
             let attachment = datapath
                 .attach_endpoint(&endpoint.ifname, &info)
@@ -296,7 +318,18 @@ mod tests {
         let e: Endpoint = "mb1c=10.250.1.2".parse().expect("valid");
         assert_eq!(e.ifname, "mb1c");
         assert_eq!(e.ipv4, Ipv4Addr::new(10, 250, 1, 2));
-        for bad in ["mb1c", "=10.0.0.1", "mb1c=10.0.0", "mb1c=::1"] {
+        assert_eq!(e.mac, None);
+        let e: Endpoint = "mb1c=10.250.1.2@0a:58:0A:fa:01:02".parse().expect("valid");
+        assert_eq!(e.mac, Some([0x0a, 0x58, 0x0a, 0xfa, 0x01, 0x02]));
+        for bad in [
+            "mb1c",
+            "=10.0.0.1",
+            "mb1c=10.0.0",
+            "mb1c=::1",
+            "mb1c=10.0.0.1@0a:58",
+            "mb1c=10.0.0.1@0a:58:0a:fa:01:02:03",
+            "mb1c=10.0.0.1@zz:58:0a:fa:01:02",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
     }

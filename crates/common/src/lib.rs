@@ -30,6 +30,9 @@ mod tests {
         assert_eq!(size_of::<IpcacheKey>(), 20);
         assert_eq!(size_of::<ServiceKey>(), 24);
         assert_eq!(size_of::<L4Addr>(), 20);
-        assert_eq!(size_of::<EndpointInfo>(), 32);
+        assert_eq!(size_of::<EndpointInfo>(), 48);
+        assert_eq!(core::mem::offset_of!(EndpointInfo, ifindex), 32);
+        assert_eq!(core::mem::offset_of!(EndpointInfo, mac), 36);
+        assert_eq!(core::mem::offset_of!(EndpointInfo, host_mac), 42);
     }
 }

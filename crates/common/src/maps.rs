@@ -37,6 +37,24 @@ pub struct EndpointInfo {
     pub flags: u32,
     /// The pod's IPv6 address; all zero when it has none.
     pub ipv6: [u8; 16],
+    /// Ifindex of the pod's host-side veth in the node (the endpoints map's
+    /// key); written by the datapath on registration. 0: unknown.
+    pub ifindex: u32,
+    /// MAC address of the pod's own interface (`eth0`, in the pod's network
+    /// namespace). All zero: unknown, and packets to the pod go through the
+    /// node's IP stack instead of being handed over by `bpf_redirect_peer`.
+    pub mac: [u8; 6],
+    /// MAC address of the host-side veth (the source of frames the node
+    /// sends into the pod). All zero: unknown, as for [`Self::mac`].
+    pub host_mac: [u8; 6],
+}
+
+impl EndpointInfo {
+    /// True when the kernel can deliver packets to this endpoint itself
+    /// (host routing): its host veth and both MAC addresses are known.
+    pub fn host_routable(&self) -> bool {
+        self.ifindex != 0 && self.mac != [0; 6] && self.host_mac != [0; 6]
+    }
 }
 
 /// Key of the endpoints-by-address and ipcache-style exact maps.

@@ -94,12 +94,26 @@ impl Datapath {
     /// addresses (for anti-spoofing and lookups by address). Enforcement is
     /// not part of the record: it comes with [`Datapath::replace_policy`], so
     /// re-registering an endpoint never opens its policy.
+    ///
+    /// The record's `ifindex` is set to `ifindex`; a zero `host_mac` is
+    /// read from that interface (in the calling thread's network namespace).
+    /// `mac`, the pod's own interface's address, only the caller knows (it
+    /// lives in the pod's namespace). With both MACs known the kernel hands
+    /// packets from other pods of the node straight into this pod (host
+    /// routing); without them they go through the node's IP stack.
     pub fn upsert_endpoint(
         &mut self,
         ifindex: u32,
         info: &EndpointInfo,
     ) -> Result<(), DatapathError> {
-        let record = EndpointInfo { flags: 0, ..*info };
+        let mut record = EndpointInfo {
+            flags: 0,
+            ifindex,
+            ..*info
+        };
+        if record.host_mac == [0; 6] {
+            record.host_mac = interface_mac(ifindex).unwrap_or_default();
+        }
         let previous = self
             .hash::<u32, EndpointInfo>(names::ENDPOINTS)?
             .get(&ifindex, 0)
@@ -166,6 +180,9 @@ impl Datapath {
                     identity: e.identity,
                     ipv4: (e.ipv4 != [0; 4]).then(|| Ipv4Addr::from(e.ipv4)),
                     ipv6: (e.ipv6 != [0; 16]).then(|| Ipv6Addr::from(e.ipv6)),
+                    mac: (e.mac != [0; 6]).then_some(e.mac),
+                    host_mac: (e.host_mac != [0; 6]).then_some(e.host_mac),
+                    host_routed: e.host_routable(),
                     ingress_enforced: policy.flags & POLICY_FLAG_INGRESS != 0,
                     egress_enforced: policy.flags & POLICY_FLAG_EGRESS != 0,
                     policy_generation: policy.generation,
@@ -591,6 +608,18 @@ impl Datapath {
         }
         Ok(expired.len())
     }
+}
+
+/// The MAC address of interface `ifindex` in the calling thread's network
+/// namespace; `None` when it has none (loopback) or is gone.
+pub(crate) fn interface_mac(ifindex: u32) -> Option<[u8; 6]> {
+    let name = nix::net::if_::if_indextoname(ifindex).ok()?;
+    let name = name.to_str().ok()?;
+    nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter(|a| a.interface_name == name)
+        .find_map(|a| a.address?.as_link_addr()?.addr())
+        .filter(|mac| *mac != [0; 6])
 }
 
 fn forget_address(

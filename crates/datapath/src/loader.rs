@@ -24,6 +24,82 @@ pub const PROGRAM_TO_CONTAINER: &str = "to_container";
 /// redirected tuple still in TIME_WAIT to the proxy's listener.
 pub const PROGRAM_PROXY_LOOKUP: &str = "proxy_lookup";
 
+/// An endpoint record as builds before host routing wrote it (32 bytes:
+/// no host ifindex, no MACs).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EndpointInfoV1 {
+    endpoint_id: u32,
+    identity: u32,
+    ipv4: [u8; 4],
+    flags: u32,
+    ipv6: [u8; 16],
+}
+
+// SAFETY: repr(C), integers and byte arrays only, no padding.
+unsafe impl aya::Pod for EndpointInfoV1 {}
+
+/// Pinned endpoint maps whose records are smaller than this build's
+/// [`EndpointInfo`] (pinned by an older build) cannot be reused: they are
+/// read, unpinned (the programs still attached keep them until their links
+/// are updated) and their records returned, without MACs, for the new maps.
+/// Such endpoints keep going through the node's stack until re-registered
+/// with their MACs.
+fn take_old_endpoint_maps(maps: &Path) -> Result<Vec<(u32, EndpointInfo)>, DatapathError> {
+    let pin_error = |path: &Path, message: String| DatapathError::Pin {
+        path: path.to_path_buf(),
+        message,
+    };
+    let endpoints = maps.join(names::ENDPOINTS);
+    let Ok(data) = MapData::from_pin(&endpoints) else {
+        return Ok(Vec::new());
+    };
+    let size = data
+        .info()
+        .map_err(|e| pin_error(&endpoints, with_sources(&e)))?
+        .value_size();
+    if size as usize == std::mem::size_of::<EndpointInfo>() {
+        return Ok(Vec::new());
+    }
+    if size as usize != std::mem::size_of::<EndpointInfoV1>() {
+        return Err(pin_error(
+            &endpoints,
+            format!(
+                "pinned by an unknown build (records of {size} bytes); \
+                 remove the node's bpffs directory to start afresh"
+            ),
+        ));
+    }
+    let map =
+        aya::maps::Map::from_map_data(data).map_err(|e| pin_error(&endpoints, with_sources(&e)))?;
+    let old: aya::maps::HashMap<MapData, u32, EndpointInfoV1> =
+        aya::maps::HashMap::try_from(map).map_err(|e| pin_error(&endpoints, with_sources(&e)))?;
+    let records = old
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(ifindex, e)| {
+            let info = EndpointInfo {
+                endpoint_id: e.endpoint_id,
+                identity: e.identity,
+                ipv4: e.ipv4,
+                flags: 0,
+                ipv6: e.ipv6,
+                ..EndpointInfo::default()
+            };
+            (ifindex, info)
+        })
+        .collect();
+    for name in [names::ENDPOINTS, names::ENDPOINTS_BY_IP] {
+        let pin = maps.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(pin_error(&pin, e.to_string())),
+        }
+    }
+    Ok(records)
+}
+
 /// The pin of the socket lookup link (not under `links/`: that directory
 /// holds one entry per interface).
 const LOOKUP_LINK_PIN: &str = "sk_lookup";
@@ -73,6 +149,7 @@ impl Datapath {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| DatapathError::PinDirectory { path: dir, source })?;
         }
+        let migrated = take_old_endpoint_maps(&pin_dir.join("maps"))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir.join("maps"))
             .load(crate::KERNEL_OBJECT)?;
@@ -90,11 +167,15 @@ impl Datapath {
                 program: PROGRAM_PROXY_LOOKUP,
                 source,
             })?;
-        Ok(Self {
+        let mut datapath = Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             lookup_attached: false,
-        })
+        };
+        for (ifindex, info) in migrated {
+            datapath.upsert_endpoint(ifindex, &info)?;
+        }
+        Ok(datapath)
     }
 
     /// The bpffs directory this datapath pins under.

@@ -147,6 +147,13 @@ pub struct EndpointRecord {
     pub ipv4: Option<Ipv4Addr>,
     /// IPv6 address, if any.
     pub ipv6: Option<Ipv6Addr>,
+    /// MAC address of the pod's interface, if registered.
+    pub mac: Option<[u8; 6]>,
+    /// MAC address of the host-side veth, if known.
+    pub host_mac: Option<[u8; 6]>,
+    /// Packets from other pods of the node are handed straight into this
+    /// pod (`bpf_redirect_peer`) instead of crossing the node's IP stack.
+    pub host_routed: bool,
     /// Ingress policy enforced.
     pub ingress_enforced: bool,
     /// Egress policy enforced.

@@ -32,8 +32,9 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_csum_diff, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_map_lookup_elem,
-        bpf_map_update_elem, bpf_redirect, bpf_sk_assign, bpf_sk_release, bpf_skb_adjust_room,
-        bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_skc_lookup_tcp,
+        bpf_map_update_elem, bpf_redirect, bpf_redirect_peer, bpf_sk_assign, bpf_sk_release,
+        bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes,
+        bpf_skc_lookup_tcp,
     },
     macros::{classifier, map, sk_lookup},
     maps::{
@@ -242,12 +243,21 @@ struct State {
     /// Conntrack key and entry being written (off the stack).
     key: CtKey,
     entry: CtEntry,
+    /// The local pod a packet is handed to by [`host_route`].
+    peer: EndpointInfo,
 }
 
 /// Returned by `from_container_new` when the caller must hand the packet to
 /// the proxy on `State::redirect_port` (kept out of that function's frame:
 /// the socket tuples would overflow the stack).
 const REDIRECT: i32 = -1;
+
+/// Returned by `to_container_tracked` for a packet of no flow it knows.
+const UNTRACKED: i32 = -2;
+
+/// Returned by `from_container_new` for an allowed packet the node forwards
+/// (to a local pod: host routing, else the stack).
+const FORWARD: i32 = TC_ACT_OK;
 
 /// What an event reports beyond the packet and its context.
 struct Outcome {
@@ -412,7 +422,7 @@ fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
         if report {
             emit(ctx, st, &Outcome::trace(point));
         }
-        return TC_ACT_OK;
+        return host_route(ctx, st, now);
     }
     let reply = ct_key(&st.pkt, CT_SCOPE_INGRESS, true);
     if let Some(entry) = live_entry(&reply, now) {
@@ -423,12 +433,112 @@ fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
             st.meta.dst_identity = unsafe { (*entry).peer_identity };
             emit(ctx, st, &Outcome::trace(point));
         }
-        return TC_ACT_OK;
+        return host_route(ctx, st, now);
     }
     match from_container_new(ctx, st, endpoint.as_ref(), rev_nat_index, now) {
         REDIRECT => to_proxy(ctx, st, st.redirect_port, true),
+        FORWARD => host_route(ctx, st, now),
         verdict => verdict,
     }
+}
+
+/// Host routing: a packet `from_container` forwards to a pod of this node
+/// skips the node's IP stack (routing, forwarding, neighbour output) and the
+/// destination veth's egress: it is handed straight into the pod's network
+/// namespace with `bpf_redirect_peer`. What the destination's
+/// `to_container` would have done happens here, with its context (its
+/// conntrack side, reverse NAT, a re-check of its ingress policy after a
+/// policy change, its to-endpoint trace and counters), then the frame gets
+/// the addresses a router would give it (to the pod's MAC, from its host
+/// veth's) and one hop less.
+///
+/// Returns `TC_ACT_OK` — the node's stack routes the packet and
+/// `to_container` runs as before — when the destination is not a pod of
+/// this node, its MACs are unknown (registered without them), the TTL or
+/// hop limit would expire (the stack answers with Time Exceeded), or the
+/// receiver has not admitted the flow (its ingress policy is to be decided
+/// by `to_container`).
+// Inlined, so that the three steps are siblings under the caller's frame
+// (nested, they would exceed the 512-byte stack of a call chain).
+#[inline(always)]
+fn host_route(ctx: &TcContext, st: &mut State, now: u64) -> i32 {
+    if !host_route_prepare(ctx, st) {
+        return TC_ACT_OK;
+    }
+    let verdict = to_container_tracked(ctx, st, st.peer.endpoint_id, now);
+    if verdict == UNTRACKED {
+        return TC_ACT_OK;
+    }
+    host_route_deliver(ctx, st, verdict)
+}
+
+/// [`host_route`]'s first step: is the destination a pod of this node with
+/// known MACs, and does the packet have a hop left? If so, the pod is in
+/// `st.peer` and the event context is the pod's, as its `to_container`
+/// would have it.
+#[inline(never)]
+fn host_route_prepare(ctx: &TcContext, st: &mut State) -> bool {
+    // SAFETY: read-only lookup, copied out (into the per-CPU state: the
+    // stack is short).
+    match unsafe { ENDPOINTS_BY_IP.get(&ip_key(st.pkt.family, &st.pkt.daddr)) } {
+        Some(peer) => st.peer = *peer,
+        None => return false,
+    }
+    if !st.peer.host_routable() {
+        return false;
+    }
+    // IPv4 TTL or IPv6 hop limit: the stack answers an expiring one with
+    // Time Exceeded.
+    let hops_at = ETH_HLEN + if st.pkt.family == FAMILY_IPV4 { 8 } else { 7 };
+    match ctx.load::<u8>(hops_at) {
+        Ok(hops) if hops > 1 => {}
+        _ => return false,
+    }
+    st.meta.ifindex = st.peer.ifindex;
+    st.meta.endpoint_id = st.peer.endpoint_id;
+    st.meta.src_identity = 0;
+    st.meta.dst_identity = st.peer.identity;
+    st.meta.flags = 0;
+    true
+}
+
+/// [`host_route`]'s last step, after the pod's conntrack side said
+/// `verdict`: the pod's counters, then (allowed) the router's rewrite — to
+/// the pod's MAC, from its host veth's, one hop less (IPv4 header checksum
+/// updated) — and the redirect into the pod's namespace.
+#[inline(never)]
+fn host_route_deliver(ctx: &TcContext, st: &mut State, verdict: i32) -> i32 {
+    let ifindex = st.peer.ifindex;
+    count(ifindex, Direction::ToContainer, ctx.len());
+    if verdict != TC_ACT_OK {
+        return verdict;
+    }
+    let point = ObservationPoint::ToEndpoint;
+    if ctx.store(0, &st.peer.mac, 0).is_err() || ctx.store(6, &st.peer.host_mac, 0).is_err() {
+        return drop_packet(ctx, st, point, drop_reason::WRITE_ERROR, 0);
+    }
+    let v4 = st.pkt.family == FAMILY_IPV4;
+    let hops_at = ETH_HLEN + if v4 { 8 } else { 7 };
+    let Ok(hops) = ctx.load::<[u8; 2]>(hops_at) else {
+        return drop_packet(ctx, st, point, drop_reason::WRITE_ERROR, 0);
+    };
+    let left = hops[0].saturating_sub(1);
+    if v4 {
+        // The checksummed word is TTL and protocol.
+        let from = u16::from_ne_bytes(hops);
+        let to = u16::from_ne_bytes([left, hops[1]]);
+        if ctx
+            .l3_csum_replace(ETH_HLEN + 10, u64::from(from), u64::from(to), 2)
+            .is_err()
+        {
+            return drop_packet(ctx, st, point, drop_reason::CSUM_L3, 0);
+        }
+    }
+    if ctx.store(hops_at, &left, 0).is_err() {
+        return drop_packet(ctx, st, point, drop_reason::WRITE_ERROR, 0);
+    }
+    // SAFETY: a helper taking plain integers.
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }
 
 /// A new flow leaving a pod: the sender's egress policy, then a local
@@ -571,14 +681,14 @@ fn recheck_from_container(
 fn recheck_to_container(
     ctx: &TcContext,
     st: &mut State,
-    endpoint: Option<&EndpointInfo>,
+    endpoint_id: u32,
     entry: *mut CtEntry,
 ) -> i32 {
     // SAFETY: entry points into the map value, valid for this run.
     st.meta.src_identity = unsafe { (*entry).peer_identity };
-    if let Some(ep) = endpoint {
+    if endpoint_id != 0 {
         let ingress = decide(
-            ep.endpoint_id,
+            endpoint_id,
             Direction::ToContainer,
             st.meta.src_identity,
             &st.pkt,
@@ -624,10 +734,28 @@ fn to_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
     }
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
+    let endpoint_id = endpoint.map_or(0, |e| e.endpoint_id);
+    match to_container_tracked(ctx, st, endpoint_id, now) {
+        UNTRACKED => to_container_new(ctx, st, endpoint.as_ref(), mark, now),
+        verdict => verdict,
+    }
+}
 
-    // A reply of a flow this pod started: reverse NAT, no policy.
-    let reply = ct_key(&st.pkt, CT_SCOPE_EGRESS, true);
-    if let Some(entry) = live_entry(&reply, now) {
+/// Conntrack on the way into a pod: a reply of a flow the pod started
+/// (reverse NAT, no policy) or a packet of a flow already admitted into it
+/// (its ingress policy checked again after a policy change). [`UNTRACKED`]
+/// when the packet belongs to neither: a new flow for the pod's ingress
+/// policy. `endpoint_id` 0: the pod is not registered (no policy).
+/// Run by `to_container`, and by a local sender's `from_container` for
+/// the packets it hands straight to the pod ([`host_route`]).
+// A separate BPF function: its locals get their own frame.
+#[inline(never)]
+fn to_container_tracked(ctx: &TcContext, st: &mut State, endpoint_id: u32, now: u64) -> i32 {
+    let point = ObservationPoint::ToEndpoint;
+    // A reply of a flow this pod started: reverse NAT, no policy. (Keys in
+    // the per-CPU state: host_route calls this with little stack left.)
+    st.key = ct_key(&st.pkt, CT_SCOPE_EGRESS, true);
+    if let Some(entry) = live_entry(&st.key, now) {
         let report = ct_update(entry, &st.pkt, ctx.len(), true, now);
         // SAFETY: entry points into the map value, valid for this run.
         let (index, peer) = unsafe { ((*entry).rev_nat_index, (*entry).peer_identity) };
@@ -648,24 +776,25 @@ fn to_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
         }
         return TC_ACT_OK;
     }
-    let forward = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
-    if let Some(entry) = live_entry(&forward, now) {
-        // SAFETY: entry points into the map value, valid for this run.
-        if unsafe { (*entry).policy_revision } != policy_revision() {
-            let verdict = recheck_to_container(ctx, st, endpoint.as_ref(), entry);
-            if verdict != TC_ACT_OK {
-                let _ = CONNTRACK.remove(&forward);
-                return verdict;
-            }
+    st.key = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
+    let Some(entry) = live_entry(&st.key, now) else {
+        return UNTRACKED;
+    };
+    // SAFETY: entry points into the map value, valid for this run.
+    if unsafe { (*entry).policy_revision } != policy_revision() {
+        let verdict = recheck_to_container(ctx, st, endpoint_id, entry);
+        if verdict != TC_ACT_OK {
+            st.key = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
+            let _ = CONNTRACK.remove(&st.key);
+            return verdict;
         }
-        if ct_update(entry, &st.pkt, ctx.len(), false, now) {
-            // SAFETY: as above.
-            st.meta.src_identity = unsafe { (*entry).peer_identity };
-            emit(ctx, st, &Outcome::trace(point));
-        }
-        return TC_ACT_OK;
     }
-    to_container_new(ctx, st, endpoint.as_ref(), mark, now)
+    if ct_update(entry, &st.pkt, ctx.len(), false, now) {
+        // SAFETY: as above.
+        st.meta.src_identity = unsafe { (*entry).peer_identity };
+        emit(ctx, st, &Outcome::trace(point));
+    }
+    TC_ACT_OK
 }
 
 /// A new flow into a pod from outside this node's pods (the node, the proxy,

@@ -61,6 +61,15 @@ pub fn in_service_cidr(ip: IpAddr) -> bool {
     }
 }
 
+/// The MAC address of a pod's `eth0`: `0a:58` and its IPv4 address (the
+/// convention of Kubernetes' bridge plugins): locally administered, unicast,
+/// unique in the lab. The lab gives it to the veth when it creates it and to
+/// the agent with the endpoint, so the datapath can deliver into the pod.
+pub fn pod_mac(ipv4: Ipv4Addr) -> String {
+    let [a, b, c, d] = ipv4.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +101,14 @@ mod tests {
         assert!(in_service_cidr(IpAddr::V4(v4)));
         assert!(in_service_cidr(IpAddr::V6(v6)));
         assert!(!in_service_cidr("10.97.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn pod_macs_are_local_unicast_and_follow_the_address() {
+        assert_eq!(pod_mac(Ipv4Addr::new(10, 244, 1, 5)), "0a:58:0a:f4:01:05");
+        assert_ne!(
+            pod_mac(Ipv4Addr::new(10, 244, 1, 5)),
+            pod_mac(Ipv4Addr::new(10, 244, 1, 6))
+        );
     }
 }

@@ -59,6 +59,10 @@ pub struct PodRecord {
     pub ipv4: Ipv4Addr,
     /// IPv6 address.
     pub ipv6: Ipv6Addr,
+    /// MAC address of the pod's `eth0` (chosen by the lab; absent in the
+    /// state of labs made before it chose one).
+    #[serde(default)]
+    pub mac: Option<String>,
     /// Its container processes.
     pub processes: Vec<ProcessRecord>,
     /// Running, Failed, ...

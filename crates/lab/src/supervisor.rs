@@ -819,6 +819,7 @@ impl Supervisor {
             host_veth: host_veth(&namespace, &pod.metadata.name),
             ipv4,
             ipv6,
+            mac: Some(ipam::pod_mac(ipv4)),
             processes: Vec::new(),
             phase: "Pending".into(),
             ready: false,
@@ -1140,6 +1141,7 @@ fn endpoint_spec(record: &PodRecord) -> EndpointSpec {
         ifname: record.host_veth.clone(),
         ipv4: Some(record.ipv4),
         ipv6: Some(record.ipv6),
+        mac: record.mac.clone(),
         ports: record
             .pod
             .spec
@@ -1202,9 +1204,14 @@ fn wire_pod(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
             ("net/ipv6/conf/default/accept_dad", "0"),
         ],
     )?;
-    net::ip(&[
-        "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-    ])?;
+    let mut link = vec![
+        "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+    ];
+    if let Some(mac) = pod.mac.as_deref() {
+        link.extend(["address", mac]);
+    }
+    link.extend(["netns", ns]);
+    net::ip(&link)?;
     net::ip(&["-n", node_ns, "link", "set", veth, "up"])?;
     // The pod's IPv6 gateway is fe80::1 on its own link.
     net::ip(&[

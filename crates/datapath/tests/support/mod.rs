@@ -339,11 +339,11 @@ impl Harness {
             endpoint_id: POD_ENDPOINT,
             identity: POD_IDENTITY,
             ipv4: [10, 244, 1, 5],
-            flags: 0,
             ipv6: match ip(POD_V6) {
                 IpAddr::V6(v6) => v6.octets(),
                 IpAddr::V4(_) => unreachable!("IPv6 literal"),
             },
+            ..EndpointInfo::default()
         };
         h.datapath
             .upsert_endpoint(TEST_IFINDEX, &info)
