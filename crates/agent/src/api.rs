@@ -40,13 +40,7 @@ pub struct EndpointSpec {
 impl EndpointSpec {
     /// [`Self::mac`] as bytes; `None` when absent, malformed or all zero.
     pub fn mac_address(&self) -> Option<[u8; 6]> {
-        let mut mac = [0u8; 6];
-        let mut parts = self.mac.as_deref()?.split(':');
-        for byte in &mut mac {
-            let part = parts.next().filter(|p| p.len() == 2)?;
-            *byte = u8::from_str_radix(part, 16).ok()?;
-        }
-        (parts.next().is_none() && mac != [0; 6]).then_some(mac)
+        myelin_datapath::parse_mac(self.mac.as_deref()?).filter(|mac| *mac != [0; 6])
     }
 }
 

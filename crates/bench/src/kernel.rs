@@ -40,7 +40,7 @@ impl FromStr for Endpoint {
         let bad = || BadEndpoint(s.into());
         let (ifname, rest) = s.split_once('=').ok_or_else(bad)?;
         let (ip, mac) = match rest.split_once('@') {
-            Some((ip, mac)) => (ip, Some(parse_mac(mac).ok_or_else(bad)?)),
+            Some((ip, mac)) => (ip, Some(myelin_datapath::parse_mac(mac).ok_or_else(bad)?)),
             None => (rest, None),
         };
         let ipv4 = ip.parse().map_err(|_| bad())?;
@@ -53,17 +53,6 @@ impl FromStr for Endpoint {
             mac,
         })
     }
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next().filter(|p| p.len() == 2)?;
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 /// An ingress rule, written `DEST_IF:PEER_IF:PORT[:PROXY_PORT]`: the endpoint behind

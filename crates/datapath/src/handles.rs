@@ -610,6 +610,17 @@ impl Datapath {
     }
 }
 
+/// A MAC address written `aa:bb:cc:dd:ee:ff` (hex digits in either case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2)?;
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// The MAC address of interface `ifindex` in the calling thread's network
 /// namespace; `None` when it has none (loopback) or is gone.
 pub(crate) fn interface_mac(ifindex: u32) -> Option<[u8; 6]> {

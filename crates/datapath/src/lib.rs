@@ -13,6 +13,7 @@ mod tables;
 
 pub use error::DatapathError;
 pub use events::EventReader;
+pub use handles::parse_mac;
 pub use loader::{
     Datapath, EndpointAttachment, PROGRAM_FROM_CONTAINER, PROGRAM_PROXY_LOOKUP,
     PROGRAM_TO_CONTAINER, TestRunOutcome,
