@@ -329,7 +329,7 @@ pub async fn run_agent_events(args: AgentEventsArgs) -> anyhow::Result<()> {
     }
     let request = build_agent_events_request(&args)?;
     let mut client = connect_with(&args.server, &args.tls).await?;
-    let mut stream = client
+    let stream = client
         .get_agent_events(request)
         .await
         .context("GetAgentEvents failed")?
@@ -341,19 +341,31 @@ pub async fn run_agent_events(args: AgentEventsArgs) -> anyhow::Result<()> {
         time_format: args.time_format,
     };
     let mut printer = Printer::for_agent_events(std::io::stdout(), std::io::stderr(), opts);
+    print_stream(stream, "agent event", |resp| {
+        printer.write_agent_event(resp)
+    })
+    .await?;
+    printer.finish()?;
+    Ok(())
+}
+
+/// Hands every message of `stream` to `write` until the stream ends or Ctrl-C.
+async fn print_stream<T>(
+    mut stream: tonic::Streaming<T>,
+    what: &str,
+    mut write: impl FnMut(&T) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             message = stream.message() => {
-                match message.context("agent event stream failed")? {
-                    Some(resp) => printer.write_agent_event(&resp)?,
-                    None => break,
+                match message.with_context(|| format!("{what} stream failed"))? {
+                    Some(resp) => write(&resp)?,
+                    None => return Ok(()),
                 }
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-    printer.finish()?;
-    Ok(())
 }
 
 /// Connects to the observer API at `server` (unix:///path, host:port,
@@ -431,7 +443,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
     }
     let request = build_request(&args)?;
     let mut client = connect_with(&args.server, &args.tls).await?;
-    let mut stream = client
+    let stream = client
         .get_flows(request)
         .await
         .context("GetFlows failed")?
@@ -445,17 +457,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
     // Unlocked handles keep this future Send (a lock guard held across an
     // await would not be), so callers may spawn it.
     let mut printer = Printer::new(std::io::stdout(), std::io::stderr(), opts);
-    loop {
-        tokio::select! {
-            message = stream.message() => {
-                match message.context("flow stream failed")? {
-                    Some(resp) => printer.write_response(&resp)?,
-                    None => break,
-                }
-            }
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    print_stream(stream, "flow", |resp| printer.write_response(resp)).await?;
     printer.finish()?;
     Ok(())
 }
