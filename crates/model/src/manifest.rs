@@ -477,6 +477,24 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
                     "only ClusterIP services are supported yet",
                 ));
             }
+            match s.spec.session_affinity.as_deref() {
+                None | Some("None") => {}
+                Some("ClientIP") => {
+                    return Err(FieldError::new(
+                        "spec.sessionAffinity",
+                        Some("ClientIP".into()),
+                        "ClientIP session affinity is not supported yet: connections would be \
+                         spread over the backends regardless; remove the field or set it to None",
+                    ));
+                }
+                Some(other) => {
+                    return Err(FieldError::new(
+                        "spec.sessionAffinity",
+                        Some(other.into()),
+                        "sessionAffinity must be None or ClientIP",
+                    ));
+                }
+            }
             if s.spec.ports.is_empty() {
                 return Err(FieldError::new(
                     "spec.ports",

@@ -270,8 +270,10 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs", skip_serializing)]
     cluster_ips: Option<Ignored>,
-    #[serde(default, skip_serializing)]
-    session_affinity: Option<Ignored>,
+    /// `None` (the default) or `ClientIP`; only `None` is supported yet, and `ClientIP` is
+    /// refused rather than silently balanced per connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
     #[serde(default, skip_serializing)]
     ip_families: Option<Ignored>,
     #[serde(default, skip_serializing)]

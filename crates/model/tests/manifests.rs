@@ -76,6 +76,16 @@ fn semantic_checks() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80}]}\n",
     );
     assert_eq!(e.field, "spec.type");
+    let e = only_error(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {sessionAffinity: ClientIP, ports: [{port: 80}]}\n",
+    );
+    assert_eq!(e.field, "spec.sessionAffinity");
+    assert!(e.message.contains("not supported yet"), "{}", e.message);
+    let parsed = myelin_model::parse_str(
+        "s.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {sessionAffinity: None, ports: [{port: 80}]}\n",
+    );
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     let e = only_error("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n");
     assert_eq!(e.field, "spec.containers");
 }
