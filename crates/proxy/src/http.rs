@@ -108,6 +108,10 @@ pub(crate) struct Engine {
     /// identities never share a pool. (HTTP/1 requests use their client connection's own
     /// upstream connection, [`PinnedUpstream`].)
     h2_clients: std::sync::Mutex<std::collections::HashMap<u32, Client<MarkedConnector, Incoming>>>,
+    /// Idle upstream HTTP/1.1 connections left by client connections that ended, per
+    /// (identity, destination), newest last: the next client connection to the same
+    /// destination for the same identity adopts one instead of connecting.
+    idle_h1: std::sync::Mutex<std::collections::HashMap<(u32, SocketAddr), Vec<IdleUpstream>>>,
     mark: u32,
     limits: crate::proxy::Limits,
 }
@@ -131,6 +135,7 @@ impl Engine {
         Self {
             server,
             h2_clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+            idle_h1: std::sync::Mutex::new(std::collections::HashMap::new()),
             mark: config.mark,
             limits: limits.clone(),
         }
@@ -144,6 +149,54 @@ impl Engine {
         } else {
             self.mark | (identity << 16)
         }
+    }
+
+    /// Keeps an upstream HTTP/1.1 connection whose client connection ended, if it can take
+    /// another request, for [`Engine::adopt_h1`]. Connections idle longer than the upstream
+    /// idle timeout, or closed by the upstream, are dropped here and there.
+    fn park_h1(
+        &self,
+        identity: u32,
+        destination: SocketAddr,
+        sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    ) {
+        if !sender.is_ready() {
+            return;
+        }
+        let mut idle = lock(&self.idle_h1);
+        let parked = idle.entry((identity, destination)).or_default();
+        let timeout = self.limits.upstream_idle_timeout;
+        parked.retain(|p| !p.sender.is_closed() && p.since.elapsed() < timeout);
+        if parked.len() >= MAX_IDLE_H1_PER_DESTINATION {
+            parked.remove(0);
+        }
+        parked.push(IdleUpstream {
+            since: Instant::now(),
+            sender,
+        });
+    }
+
+    /// The most recently parked usable upstream connection to `destination` for `identity`.
+    fn adopt_h1(
+        &self,
+        identity: u32,
+        destination: SocketAddr,
+    ) -> Option<hyper::client::conn::http1::SendRequest<Incoming>> {
+        let mut idle = lock(&self.idle_h1);
+        let key = (identity, destination);
+        let parked = idle.get_mut(&key)?;
+        let timeout = self.limits.upstream_idle_timeout;
+        let mut adopted = None;
+        while let Some(candidate) = parked.pop() {
+            if !candidate.sender.is_closed() && candidate.since.elapsed() < timeout {
+                adopted = Some(candidate.sender);
+                break;
+            }
+        }
+        if parked.is_empty() {
+            idle.remove(&key);
+        }
+        adopted
     }
 
     /// The pooled HTTP/2 upstream client for `identity`.
@@ -176,6 +229,15 @@ struct PinnedUpstream {
     identity: u32,
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
 }
+
+/// An upstream HTTP/1.1 connection parked in [`Engine::park_h1`], since when.
+struct IdleUpstream {
+    since: Instant,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+}
+
+/// Most idle upstream HTTP/1.1 connections kept per (identity, destination).
+const MAX_IDLE_H1_PER_DESTINATION: usize = 64;
 
 /// `hubble_http_*` series a connection already looked up: (method, protocol, status) →
 /// (request counter, duration histogram), so repeated requests neither allocate labels nor
@@ -210,6 +272,17 @@ struct Connection {
     /// Held by the connection and any upgraded tunnel, so the slot and gauge are released
     /// only when both are done.
     _slot: Arc<Slot>,
+}
+
+impl Drop for Connection {
+    /// Leaves the upstream HTTP/1.1 connection to the next client connection.
+    fn drop(&mut self) {
+        if let Some(pinned) = lock(&self.upstream_h1).take() {
+            self.shared
+                .engine
+                .park_h1(pinned.identity, self.destination, pinned.sender);
+        }
+    }
 }
 
 /// A connection slot: the semaphore permit and the connections gauge.
@@ -473,9 +546,11 @@ impl Connection {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let kept = lock(&self.upstream_h1)
             .take()
-            .filter(|p| p.identity == identity && !p.sender.is_closed());
+            .filter(|p| p.identity == identity && !p.sender.is_closed())
+            .map(|p| p.sender)
+            .or_else(|| self.shared.engine.adopt_h1(identity, self.destination));
         let (mut sender, reused) = match kept {
-            Some(pinned) => (pinned.sender, true),
+            Some(sender) => (sender, true),
             None => (self.connect_h1(identity).await?, false),
         };
         let request = match sender.ready().await {

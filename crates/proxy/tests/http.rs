@@ -64,6 +64,41 @@ async fn an_upstream_that_closes_its_connection_is_reconnected_for_the_next_requ
 }
 
 #[tokio::test]
+async fn the_next_client_connection_adopts_the_upstream_connection_of_an_ended_one() {
+    let h = Harness::new(vec![rule(Some("GET"), None)]).await;
+    for round in 0..3 {
+        let mut c = h.h1().await;
+        let request = Request::get("/short")
+            .header("host", "backend.default")
+            .header("connection", "close")
+            .body(full(""))
+            .unwrap();
+        assert_eq!(
+            send(&mut c, request).await.0,
+            StatusCode::OK,
+            "round {round}"
+        );
+        drop(c);
+        // Wait until the proxy has seen the client connection end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &h.proxy.registry()).unwrap();
+            if text.contains("myelin_proxy_connections 0") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{text}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert_eq!(
+        h.upstream.connections.load(Ordering::SeqCst),
+        1,
+        "one upstream connection served all three client connections"
+    );
+}
+
+#[tokio::test]
 async fn method_path_and_host_are_anchored() {
     let h = Harness::new(vec![HttpRule {
         method: Some("GET".into()),
