@@ -51,13 +51,13 @@ pub fn render(
             let records = datapath.endpoints().map_err(|e| e.to_string())?;
             let _ = writeln!(
                 out,
-                "{:<8} {:<6} {:<9} {:<16} {:<24} {:<8} EGRESS",
-                "IFINDEX", "ID", "IDENTITY", "IPv4", "IPv6", "INGRESS"
+                "{:<8} {:<6} {:<9} {:<16} {:<24} {:<8} {:<8} ROUTING",
+                "IFINDEX", "ID", "IDENTITY", "IPv4", "IPv6", "INGRESS", "EGRESS"
             );
             for r in &records {
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<6} {:<9} {:<16} {:<24} {:<8} {}",
+                    "{:<8} {:<6} {:<9} {:<16} {:<24} {:<8} {:<8} {}",
                     r.ifindex,
                     r.endpoint_id,
                     r.identity,
@@ -73,11 +73,16 @@ pub fn render(
                     } else {
                         "Disabled"
                     },
+                    // Host: other pods of the node reach it by bpf_redirect_peer; stack:
+                    // through the node's IP stack (no MAC registered).
+                    if r.host_routed { "host" } else { "stack" },
                 );
             }
             json!(records.iter().map(|r| json!({
                 "ifindex": r.ifindex, "id": r.endpoint_id, "identity": r.identity,
                 "ipv4": r.ipv4, "ipv6": r.ipv6,
+                "mac": r.mac.map(format_mac), "host_mac": r.host_mac.map(format_mac),
+                "host_routed": r.host_routed,
                 "ingress_enforced": r.ingress_enforced, "egress_enforced": r.egress_enforced,
                 "policy_generation": r.policy_generation,
             })).collect::<Vec<_>>())
@@ -202,4 +207,9 @@ pub fn render(
     } else {
         out
     })
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }

@@ -418,6 +418,11 @@ fn flows_and_metrics_come_from_the_agent() {
         5,
         "a header and four endpoints:\n{endpoints}"
     );
+    assert!(
+        endpoints.lines().skip(1).all(|l| l.ends_with(" host")),
+        "the lab registers every pod's MAC, so pods of the node reach each other by host \
+         routing:\n{endpoints}"
+    );
     let services = lab.ok(&["bpf", "services", "-o", "json"]);
     let services: serde_json::Value = serde_json::from_str(&services).expect("json");
     let frontends: Vec<&str> = services
