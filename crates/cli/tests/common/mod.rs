@@ -59,6 +59,20 @@ impl Lab {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs `myelin ARGS` until its output satisfies `done` (flows reach the agent's ring a
+    /// few milliseconds after the traffic: the proxy batches its events), for at most 10 s;
+    /// returns the last output either way, for the caller's assertions to show.
+    pub fn ok_until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let output = self.ok(args);
+            if done(&output) || std::time::Instant::now() >= deadline {
+                return output;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn up(&self, manifests: &Path) -> String {
         self.ok(&["lab", "up", "-f", manifests.to_str().expect("utf-8 path")])
     }
