@@ -9,6 +9,20 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::DatapathError;
 
+/// How often the reader looks for events the kernel programs did not wake it for.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Appends every event in `ring` to `out`.
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<TraceEvent>) {
+    while let Some(item) = ring.next() {
+        if item.len() >= size_of::<TraceEvent>() {
+            // SAFETY: the record is at least one TraceEvent long and TraceEvent is plain
+            // old data; read_unaligned needs no alignment.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) });
+        }
+    }
+}
+
 /// Drains the event ring as events arrive.
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -32,22 +46,18 @@ impl EventReader {
         Ok(Self { ring, lost })
     }
 
-    /// Waits for events and appends every one available to `out`.
+    /// Waits for events and appends every one available to `out`: at most
+    /// [`POLL_INTERVAL`] after they were written, sooner when the kernel programs wake the
+    /// reader (they do only once events pile up, see the kernel crate's `emit`).
     pub async fn read(&mut self, out: &mut Vec<TraceEvent>) -> Result<(), DatapathError> {
-        let mut guard = self
-            .ring
-            .readable_mut()
-            .await
-            .map_err(DatapathError::Events)?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if item.len() >= size_of::<TraceEvent>() {
-                // SAFETY: the record is at least one TraceEvent long and
-                // TraceEvent is plain old data; read_unaligned needs no alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<TraceEvent>()) });
+        match tokio::time::timeout(POLL_INTERVAL, self.ring.readable_mut()).await {
+            Ok(ready) => {
+                let mut guard = ready.map_err(DatapathError::Events)?;
+                drain(guard.get_inner_mut(), out);
+                guard.clear_ready();
             }
+            Err(_) => drain(self.ring.get_mut(), out),
         }
-        guard.clear_ready();
         Ok(())
     }
 
