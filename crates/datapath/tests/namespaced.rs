@@ -33,6 +33,33 @@ fn in_ns(ns: &str, args: &[&str]) {
     assert!(status.success(), "{ns}: {}", args.join(" "));
 }
 
+/// The recipe's routing for redirected packets in `node`: packets carrying the redirect mark
+/// (`0x200/0xf00`) are delivered locally, to the socket `bpf_sk_assign` chose.
+fn deliver_marked_locally(node: &str, family: &str) {
+    let everything = if family == "-6" { "::/0" } else { "0.0.0.0/0" };
+    in_ns(
+        node,
+        &[
+            "ip",
+            family,
+            "rule",
+            "add",
+            "fwmark",
+            "0x200/0xf00",
+            "lookup",
+            "2004",
+            "pref",
+            "100",
+        ],
+    );
+    in_ns(
+        node,
+        &[
+            "ip", family, "route", "add", "local", everything, "dev", "lo", "table", "2004",
+        ],
+    );
+}
+
 /// Network namespaces created by this test, deleted by name on drop.
 struct Namespaces {
     names: Vec<String>,
@@ -191,27 +218,7 @@ fn redirected_connection(v6: bool) {
                 &host_veth,
             ],
         );
-        in_ns(
-            &node,
-            &[
-                "ip",
-                "-6",
-                "rule",
-                "add",
-                "fwmark",
-                "0x200/0xf00",
-                "lookup",
-                "2004",
-                "pref",
-                "100",
-            ],
-        );
-        in_ns(
-            &node,
-            &[
-                "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "2004",
-            ],
-        );
+        deliver_marked_locally(&node, "-6");
         in_ns(
             &pod,
             &[
@@ -240,34 +247,7 @@ fn redirected_connection(v6: bool) {
             &node,
             &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
         );
-        in_ns(
-            &node,
-            &[
-                "ip",
-                "rule",
-                "add",
-                "fwmark",
-                "0x200/0xf00",
-                "lookup",
-                "2004",
-                "pref",
-                "100",
-            ],
-        );
-        in_ns(
-            &node,
-            &[
-                "ip",
-                "route",
-                "add",
-                "local",
-                "0.0.0.0/0",
-                "dev",
-                "lo",
-                "table",
-                "2004",
-            ],
-        );
+        deliver_marked_locally(&node, "-4");
         in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
         in_ns(
             &pod,
@@ -784,34 +764,7 @@ fn connection_churn_from_reused_ports_through_the_redirect_completes() {
         &node,
         &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
     );
-    in_ns(
-        &node,
-        &[
-            "ip",
-            "rule",
-            "add",
-            "fwmark",
-            "0x200/0xf00",
-            "lookup",
-            "2004",
-            "pref",
-            "100",
-        ],
-    );
-    in_ns(
-        &node,
-        &[
-            "ip",
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "2004",
-        ],
-    );
+    deliver_marked_locally(&node, "-4");
     in_ns(&pod, &["ip", "link", "set", "eth0", "up"]);
     in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
     in_ns(
