@@ -15,8 +15,8 @@ use myelin_model::manifest::DEFAULT_NAMESPACE;
 use myelin_model::meta::LabelSelector;
 use myelin_model::policy::{
     CidrRule, CiliumNetworkPolicy, Entity, FqdnSelector, HttpRule, IcmpRule, L4Proto,
-    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PolicyType, PortProtocol, PortSpec,
-    ServicePeer, icmp_type, parse_cidr,
+    NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, PolicyType, PortDenyRule, PortProtocol,
+    PortSpec, ServicePeer, icmp_type, parse_cidr,
 };
 use myelin_model::workload::Protocol;
 use serde::{Deserialize, Serialize};
@@ -378,6 +378,14 @@ fn l4(proto: L4Proto) -> Proto {
 /// The `toPorts` of one rule: each entry's ports and its L7 rules (none for deny rules).
 type PortLists<'a> = Vec<(&'a [PortProtocol], Option<Arc<L7Spec>>)>;
 
+/// The port lists of a deny rule's `toPorts` (deny rules carry no L7); `None` when absent or
+/// empty, i.e. every port.
+fn deny_ports(to_ports: Option<&[PortDenyRule]>) -> Option<PortLists<'_>> {
+    to_ports
+        .filter(|p| !p.is_empty())
+        .map(|p| p.iter().map(|pr| (pr.ports.as_slice(), None)).collect())
+}
+
 fn port_items(ports: &[PortProtocol], l7: Option<Arc<L7Spec>>, out: &mut Vec<PortItem>) {
     if ports.is_empty() {
         out.push(PortItem {
@@ -514,11 +522,7 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
                 services: None,
                 fqdns: false,
             };
-            let ports = r
-                .to_ports
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(|p| p.iter().map(|pr| (pr.ports.as_slice(), None)).collect());
+            let ports = deny_ports(r.to_ports.as_deref());
             add(
                 Direction::Ingress,
                 true,
@@ -560,11 +564,7 @@ fn compile_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> CompiledPolicy 
                 services: r.to_services.as_deref(),
                 fqdns: false,
             };
-            let ports = r
-                .to_ports
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(|p| p.iter().map(|pr| (pr.ports.as_slice(), None)).collect());
+            let ports = deny_ports(r.to_ports.as_deref());
             add(
                 Direction::Egress,
                 true,
