@@ -253,6 +253,20 @@ fn a_killed_lab_is_cleaned_up_by_down() {
         .map(|p| p as i32)
         .collect();
     assert!(!pod_pids.is_empty());
+    // kill() returns before the process is gone; until it has exited (a zombie
+    // holds no sockets) its socket may still take a connection.
+    let exited = || {
+        std::fs::read_to_string(format!("/proc/{supervisor}/stat"))
+            .map(|stat| {
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            })
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !exited() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let status = lab.myelin(&["lab", "status"]);
     assert!(!status.status.success(), "status of a dead lab says so");
     assert!(text(&status).contains("not running"), "{}", text(&status));
@@ -338,19 +352,24 @@ fn flows_and_metrics_come_from_the_agent() {
         "Ship landed\n"
     );
 
-    // Through the observer API, as `hubble observe` would ask.
-    let compact = lab.ok(&[
-        "observe",
-        "--last",
-        "200",
-        "--from-pod",
-        "default/tiefighter",
-        "--protocol",
-        "tcp",
-    ]);
+    // Through the observer API, as `hubble observe` would ask. The agent reads
+    // the kernel's events every few milliseconds, so the flows may trail the reply.
+    let is_syn = |l: &str| l.contains("TCP Flags: SYN") && !l.contains("ACK");
+    let compact = lab.ok_until(
+        &[
+            "observe",
+            "--last",
+            "200",
+            "--from-pod",
+            "default/tiefighter",
+            "--protocol",
+            "tcp",
+        ],
+        |out| out.lines().any(is_syn),
+    );
     let syn = compact
         .lines()
-        .find(|l| l.contains("TCP Flags: SYN") && !l.contains("ACK"))
+        .find(|l| is_syn(l))
         .unwrap_or_else(|| panic!("no SYN of tiefighter in:\n{compact}"));
     assert!(syn.contains("default/tiefighter:"), "{syn}");
     assert!(syn.contains(":80 "), "{syn}");
