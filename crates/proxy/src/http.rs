@@ -574,7 +574,9 @@ impl Connection {
     }
 
     /// Keeps `sender` for the next request unless the response hands the connection over
-    /// to an upgrade.
+    /// to an upgrade. Concurrent streams of an h2c-upgraded connection each hold an upstream
+    /// connection of their own; one displaced from the slot is parked for other client
+    /// connections once its response has been read, not closed.
     fn keep_h1(
         &self,
         identity: u32,
@@ -582,7 +584,20 @@ impl Connection {
         response: Response<Incoming>,
     ) -> Response<Incoming> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            *lock(&self.upstream_h1) = Some(PinnedUpstream { identity, sender });
+            let displaced = lock(&self.upstream_h1).replace(PinnedUpstream { identity, sender });
+            if let Some(PinnedUpstream {
+                identity,
+                mut sender,
+            }) = displaced
+            {
+                let shared = self.shared.clone();
+                let destination = self.destination;
+                tokio::spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        shared.engine.park_h1(identity, destination, sender);
+                    }
+                });
+            }
         }
         response
     }

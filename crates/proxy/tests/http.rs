@@ -608,6 +608,42 @@ async fn h2c_upgrade_answers_on_stream_one_and_keeps_policing_the_connection() {
 }
 
 #[tokio::test]
+async fn concurrent_h2c_streams_leave_their_upstream_connections_parked() {
+    let h = Harness::new(vec![rule(Some("GET"), Some("/slow.*"))]).await;
+    // curl upgrades the first request and multiplexes the others on the same connection;
+    // the upstream holds each request long enough that all four are in flight at once,
+    // each on an upstream HTTP/1.1 connection of its own.
+    let urls: Vec<String> = (0..4)
+        .map(|i| format!("http://{}/slow/{i}", h.addr()))
+        .collect();
+    let mut args = vec!["--http2", "--parallel", "--parallel-max", "4"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = curl(&args).await;
+    let results: Vec<&str> = out.lines().filter(|l| l.starts_with('=')).collect();
+    assert_eq!(
+        results,
+        vec!["=2 200 1", "=2 200 0", "=2 200 0", "=2 200 0"],
+        "{out}"
+    );
+    assert_eq!(h.upstream.connections.load(Ordering::SeqCst), 4, "{out}");
+
+    // All four were parked when the client left (given a moment to notice): four new
+    // client connections in flight at once adopt them and open none.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clients = (0..4).map(|i| {
+        let addr = h.addr();
+        tokio::spawn(async move {
+            let mut c = h1(addr).await;
+            send(&mut c, get(&format!("/slow/again/{i}"))).await.0
+        })
+    });
+    for status in futures::future::join_all(clients).await {
+        assert_eq!(status.expect("client task"), StatusCode::OK);
+    }
+    assert_eq!(h.upstream.connections.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
 async fn h2c_upgrade_request_that_is_denied_gets_403_on_stream_one() {
     let h = Harness::new(vec![rule(Some("GET"), Some("/public"))]).await;
     let out = curl(&["--http2", &format!("http://{}/private", h.addr())]).await;

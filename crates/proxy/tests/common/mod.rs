@@ -85,6 +85,10 @@ async fn upstream_handler(mut request: Request<Incoming>) -> Result<Response<Bod
             .unwrap();
         return Ok(response);
     }
+    if path.starts_with("/slow") {
+        // Keeps requests in flight long enough to overlap.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
     if path == "/echo" {
         return Ok(Response::new(request.into_body().boxed()));
     }
