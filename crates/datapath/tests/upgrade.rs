@@ -1,0 +1,159 @@
+//! An agent upgraded in place finds the maps an older build pinned: what it can
+//! carry over it carries over, what it cannot read it refuses with a way out.
+
+use std::ffi::CString;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use myelin_datapath::Datapath;
+use myelin_test_support::{ScratchBpffs, privileged};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// One `bpf(2)` call with `attr` (zero beyond what the command reads).
+fn bpf(command: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: attr is a valid, writable union bpf_attr image of 128 bytes whose
+    // pointers (set by the callers) outlive the call.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), attr.len()) };
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Pins a hash map named `name` under `maps/` with the given record sizes and
+/// entries, as a build with that layout would have left it.
+fn pin_hash_map(
+    maps: &Path,
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    entries: &[(&[u8], &[u8])],
+) {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_HASH.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key_size.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value_size.to_ne_bytes());
+    attr[12..16].copy_from_slice(&1024u32.to_ne_bytes());
+    let name_bytes = name.as_bytes();
+    attr[28..28 + name_bytes.len().min(15)]
+        .copy_from_slice(&name_bytes[..name_bytes.len().min(15)]);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr).expect("create map") as i32;
+    // SAFETY: the kernel just returned this fd to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (key, value) in entries {
+        assert_eq!(
+            (key.len(), value.len()),
+            (key_size as usize, value_size as usize)
+        );
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).expect("insert");
+    }
+    let path = CString::new(maps.join(name).as_os_str().as_bytes()).expect("path");
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_OBJ_PIN, &mut attr).expect("pin");
+}
+
+/// An endpoint record as builds before host routing wrote it: endpoint id,
+/// identity, IPv4, flags, IPv6 (32 bytes).
+fn record_v1(endpoint_id: u32, identity: u32, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Vec<u8> {
+    let mut record = Vec::with_capacity(32);
+    record.extend_from_slice(&endpoint_id.to_ne_bytes());
+    record.extend_from_slice(&identity.to_ne_bytes());
+    record.extend_from_slice(&ipv4.octets());
+    record.extend_from_slice(&0u32.to_ne_bytes());
+    record.extend_from_slice(&ipv6.octets());
+    record
+}
+
+/// The by-address key of `address`: 16 address bytes, the family, padding.
+fn ip_key_v4(address: Ipv4Addr) -> Vec<u8> {
+    let mut key = vec![0u8; 20];
+    key[..4].copy_from_slice(&address.octets());
+    key[16] = 4;
+    key
+}
+
+#[test]
+fn endpoints_pinned_by_a_build_before_host_routing_are_carried_over() {
+    if !privileged("endpoints_pinned_by_a_build_before_host_routing_are_carried_over") {
+        return;
+    }
+    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
+    let maps = bpffs.path().join("maps");
+    std::fs::create_dir_all(&maps).expect("maps dir");
+    let ipv4 = Ipv4Addr::new(10, 244, 1, 9);
+    let ipv6: Ipv6Addr = "fd00:10:244:1::9".parse().expect("ipv6");
+    let old = record_v1(42, 51234, ipv4, ipv6);
+    pin_hash_map(
+        &maps,
+        "MYELIN_ENDPOINTS",
+        4,
+        32,
+        &[(&7u32.to_ne_bytes(), &old)],
+    );
+    pin_hash_map(
+        &maps,
+        "MYELIN_EP_BY_IP",
+        20,
+        32,
+        &[(&ip_key_v4(ipv4), &old)],
+    );
+
+    let datapath = Datapath::load(bpffs.path()).expect("load over the old pins");
+    let endpoints = datapath.endpoints().expect("endpoints");
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    let endpoint = &endpoints[0];
+    assert_eq!(
+        (endpoint.ifindex, endpoint.endpoint_id, endpoint.identity),
+        (7, 42, 51234)
+    );
+    assert_eq!((endpoint.ipv4, endpoint.ipv6), (Some(ipv4), Some(ipv6)));
+    // The old records had no MACs: the pod is reached through the stack until the
+    // agent registers it again.
+    assert_eq!((endpoint.mac, endpoint.host_routed), (None, false));
+    drop(datapath);
+
+    // The maps pinned now have this build's layout: the next load reuses them as they are.
+    let again = Datapath::load(bpffs.path()).expect("second load");
+    assert_eq!(again.endpoints().expect("endpoints").len(), 1);
+}
+
+#[test]
+fn endpoints_pinned_by_an_unknown_build_are_refused_with_a_way_out() {
+    if !privileged("endpoints_pinned_by_an_unknown_build_are_refused_with_a_way_out") {
+        return;
+    }
+    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
+    let maps = bpffs.path().join("maps");
+    std::fs::create_dir_all(&maps).expect("maps dir");
+    pin_hash_map(
+        &maps,
+        "MYELIN_ENDPOINTS",
+        4,
+        20,
+        &[(&7u32.to_ne_bytes(), &[0u8; 20])],
+    );
+
+    let error = Datapath::load(bpffs.path())
+        .err()
+        .expect("a layout this build does not know is refused")
+        .to_string();
+    assert!(error.contains("MYELIN_ENDPOINTS"), "{error}");
+    assert!(error.contains("records of 20 bytes"), "{error}");
+    assert!(
+        error.contains("remove the node's bpffs directory"),
+        "{error}"
+    );
+}
