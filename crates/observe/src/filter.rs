@@ -10,8 +10,8 @@ use regex::Regex;
 
 use crate::flows;
 use crate::proto::flow::{
-    Endpoint, EventTypeFilter, Flow, FlowFilter, IpVersion, L7FlowType, TcpFlags, Workload, layer4,
-    layer7,
+    Endpoint, EventTypeFilter, Flow, FlowFilter, Http, HttpHeader, IpVersion, L7FlowType, TcpFlags,
+    Verdict, Workload, layer4, layer7,
 };
 
 /// A filter field holds a value Hubble would reject.
@@ -516,6 +516,20 @@ fn workload_matches(filters: &[Workload], workloads: &[Workload]) -> bool {
         })
 }
 
+/// As Hubble: one header of the HTTP record must match one filter, by exact
+/// key and exact value, an empty key or value matching any.
+fn http_headers_match(filters: &[HttpHeader], http: Option<&Http>) -> bool {
+    filters.is_empty()
+        || http.is_some_and(|h| {
+            h.headers.iter().any(|have| {
+                filters.iter().any(|f| {
+                    (f.key.is_empty() || f.key == have.key)
+                        && (f.value.is_empty() || f.value == have.value)
+                })
+            })
+        })
+}
+
 fn event_type_matches(filters: &[EventTypeFilter], flow: &Flow) -> bool {
     filters.is_empty()
         || flow.event_type.as_ref().is_some_and(|et| {
@@ -650,6 +664,10 @@ impl CompiledFilter {
                 || ports(flow).is_some_and(|(_, d)| self.destination_port.contains(&d)))
             && (self.protocol.is_empty() || self.protocol.iter().any(|p| p.matches(flow)))
             && (raw.verdict.is_empty() || raw.verdict.contains(&flow.verdict))
+            // As Hubble: a drop reason is only looked at on dropped flows.
+            && (raw.drop_reason_desc.is_empty()
+                || (flow.verdict == Verdict::Dropped as i32
+                    && raw.drop_reason_desc.contains(&flow.drop_reason_desc)))
             && event_type_matches(&raw.event_type, flow)
             && (raw.traffic_direction.is_empty() || raw.traffic_direction.contains(&flow.traffic_direction))
             // An absent is_reply counts as "not a reply", as Hubble does for drops.
@@ -666,6 +684,7 @@ impl CompiledFilter {
             // As Hubble: the whole URL, and a record without one never matches.
             && (self.http_url.is_empty()
                 || http.is_some_and(|h| !h.url.is_empty() && self.http_url.iter().any(|r| r.is_match(&h.url))))
+            && http_headers_match(&raw.http_header, http)
             && (self.dns_query.is_empty()
                 || dns.is_some_and(|d| self.dns_query.iter().any(|r| r.is_match(&d.query))))
             && tcp_flags_match(&raw.tcp_flags, flow)

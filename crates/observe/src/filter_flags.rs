@@ -9,7 +9,8 @@ use crate::filter;
 use crate::flows;
 use crate::printer;
 use crate::proto::flow::{
-    EventTypeFilter, FlowFilter, IpVersion, TcpFlags, TrafficDirection, Verdict,
+    DropReason, EventTypeFilter, FlowFilter, HttpHeader, IpVersion, TcpFlags, TrafficDirection,
+    Verdict, Workload,
 };
 
 /// One filter flag with its value, e.g. `--to-pod kube-system/` is
@@ -100,6 +101,8 @@ const CONFLICTS: &[&[&str]] = &[
     &["port", "from-port"],
     &["identity", "to-identity"],
     &["identity", "from-identity"],
+    &["workload", "to-workload"],
+    &["workload", "from-workload"],
 ];
 
 /// Hubble's namespace modifier for one side: an empty side becomes the
@@ -392,6 +395,34 @@ const SPECS: &[Spec] = &[
         }),
     ),
     spec(
+        "workload",
+        "Flows from or to an endpoint of a workload ([kind/]name, e.g. deathstar, Deployment/deathstar, Deployment/)",
+        Rule::Parsed(|t, v| {
+            let workload = parse_workload(v)?;
+            t.left(|f| f.source_workload.push(workload.clone()));
+            t.right(|f| f.destination_workload.push(workload));
+            Ok(())
+        }),
+    ),
+    spec(
+        "from-workload",
+        "Flows from an endpoint of a workload ([kind/]name)",
+        Rule::Parsed(|t, v| {
+            let workload = parse_workload(v)?;
+            t.both(|f| f.source_workload.push(workload.clone()));
+            Ok(())
+        }),
+    ),
+    spec(
+        "to-workload",
+        "Flows to an endpoint of a workload ([kind/]name)",
+        Rule::Parsed(|t, v| {
+            let workload = parse_workload(v)?;
+            t.both(|f| f.destination_workload.push(workload.clone()));
+            Ok(())
+        }),
+    ),
+    spec(
         "ip",
         "Flows from or to an IP address or CIDR",
         Rule::Either(|f| &mut f.source_ip, |f| &mut f.destination_ip),
@@ -427,6 +458,15 @@ const SPECS: &[Spec] = &[
         Rule::Parsed(|t, v| {
             let verdict = parse_verdict(v)?;
             t.both(|f| f.verdict.push(verdict));
+            Ok(())
+        }),
+    ),
+    spec(
+        "drop-reason-desc",
+        "Dropped flows with this drop reason (POLICY_DENIED, CT_NO_MAP_FOUND, ...)",
+        Rule::Parsed(|t, v| {
+            let reason = parse_drop_reason(v)?;
+            t.both(|f| f.drop_reason_desc.push(reason));
             Ok(())
         }),
     ),
@@ -466,6 +506,20 @@ const SPECS: &[Spec] = &[
         "http-url",
         "HTTP URL regular expression (\"http://.*cilium\\.io/page/\\d+\")",
         Rule::Both(|f| &mut f.http_url),
+    ),
+    spec(
+        "http-header",
+        "HTTP header KEY:VALUE, both exact (\"x-request-id:42\"); names are recorded in lower case",
+        Rule::Parsed(|t, v| {
+            let header = parse_http_header(v)?;
+            t.both(|f| f.http_header.push(header.clone()));
+            Ok(())
+        }),
+    ),
+    spec(
+        "trace-id",
+        "Flows of this trace: the W3C trace id of the flow's trace context",
+        Rule::Both(|f| &mut f.trace_id),
     ),
     spec(
         "uuid",
@@ -565,6 +619,43 @@ fn parse_tcp_flags(value: &str) -> anyhow::Result<TcpFlags> {
         *flag = true;
     }
     Ok(flags)
+}
+
+/// Hubble's `--workload` value: `[kind/]name`, either part may be empty to
+/// match any. A name with a slash could never match, so it is refused.
+fn parse_workload(value: &str) -> anyhow::Result<Workload> {
+    let (kind, name) = value.split_once('/').unwrap_or(("", value));
+    if name.contains('/') {
+        bail!("invalid workload {value:?}: expected [kind/]name, e.g. Deployment/deathstar");
+    }
+    Ok(Workload {
+        name: name.to_string(),
+        kind: kind.to_string(),
+    })
+}
+
+/// Hubble's `--http-header` value: `key:value`, split at the first colon.
+fn parse_http_header(value: &str) -> anyhow::Result<HttpHeader> {
+    let (key, value) = value.split_once(':').with_context(|| {
+        format!("invalid HTTP header {value:?}: expected KEY:VALUE, e.g. x-request-id:42")
+    })?;
+    Ok(HttpHeader {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// Hubble's `--drop-reason-desc` value: a DropReason name. Hubble wants it
+/// in upper case; any case is taken here.
+fn parse_drop_reason(value: &str) -> anyhow::Result<i32> {
+    if value.is_empty() {
+        bail!("empty drop reason: expected a name like POLICY_DENIED");
+    }
+    DropReason::from_str_name(&value.to_ascii_uppercase())
+        .map(|r| r as i32)
+        .with_context(|| {
+            format!("unknown drop reason {value:?}: expected a name like POLICY_DENIED, CT_NO_MAP_FOUND or STALE_OR_UNROUTABLE_IP")
+        })
 }
 
 /// Hubble's `--ip-version` spellings. Hubble reads anything else as
@@ -894,6 +985,8 @@ mod tests {
             "ip" | "from-ip" | "to-ip" => "10.0.0.1",
             "tcp-flags" => "syn,ack",
             "ip-version" => "v6",
+            "http-header" => "x-request-id:42",
+            "drop-reason-desc" => "policy_denied",
             _ => "x",
         };
         for spec in SPECS {
@@ -1074,6 +1167,107 @@ mod tests {
                 http_url: vec!["/admin".into()],
                 ..Default::default()
             }]
+        );
+    }
+
+    #[test]
+    fn workload_header_trace_and_drop_reason_as_hubble() {
+        let deployment = |kind: &str, name: &str| Workload {
+            kind: kind.into(),
+            name: name.into(),
+        };
+        // --workload is two-sided, [kind/]name as hubble splits it.
+        assert_eq!(
+            whitelist(&["--workload", "Deployment/deathstar"]).unwrap_or_default(),
+            [
+                FlowFilter {
+                    source_workload: vec![deployment("Deployment", "deathstar")],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    destination_workload: vec![deployment("Deployment", "deathstar")],
+                    ..Default::default()
+                },
+            ]
+        );
+        // Both sides of --from-pod get --to-workload (hubble#1109).
+        assert_eq!(
+            whitelist(&["--from-pod", "xwing", "--to-workload", "deathstar"]).unwrap_or_default(),
+            [FlowFilter {
+                source_pod: vec!["xwing".into()],
+                destination_workload: vec![deployment("", "deathstar")],
+                ..Default::default()
+            }]
+        );
+        assert_eq!(
+            whitelist(&["--from-workload", "Deployment/"]).unwrap_or_default()[0].source_workload,
+            [deployment("Deployment", "")]
+        );
+        let err = whitelist(&["--workload", "a", "--to-workload", "b"]).expect_err("conflict");
+        assert_eq!(
+            format!("{err:#}"),
+            "filters --workload and --to-workload cannot be combined"
+        );
+        let err = whitelist(&["--to-workload", "Deployment/empire/deathstar"]).expect_err("slash");
+        assert_eq!(
+            format!("{err:#}"),
+            "--to-workload: invalid workload \"Deployment/empire/deathstar\": expected [kind/]name, e.g. Deployment/deathstar"
+        );
+
+        // --http-header splits at the first colon: values may hold colons.
+        let filters = whitelist(&[
+            "--http-header",
+            "x-request-id:42",
+            "--http-header",
+            "referer:http://a:8080/",
+        ])
+        .unwrap_or_default();
+        assert_eq!(
+            filters,
+            [FlowFilter {
+                http_header: vec![
+                    HttpHeader {
+                        key: "x-request-id".into(),
+                        value: "42".into(),
+                    },
+                    HttpHeader {
+                        key: "referer".into(),
+                        value: "http://a:8080/".into(),
+                    },
+                ],
+                ..Default::default()
+            }]
+        );
+        let err = whitelist(&["--http-header", "x-request-id"]).expect_err("no colon");
+        assert_eq!(
+            format!("{err:#}"),
+            "--http-header: invalid HTTP header \"x-request-id\": expected KEY:VALUE, e.g. x-request-id:42"
+        );
+
+        let args = parse(&["--not", "--trace-id", "4bf92f3577b34da6a3ce929d0e0e4736"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            args.blacklist_filters().unwrap_or_default(),
+            [FlowFilter {
+                trace_id: vec!["4bf92f3577b34da6a3ce929d0e0e4736".into()],
+                ..Default::default()
+            }]
+        );
+
+        assert_eq!(
+            whitelist(&["--drop-reason-desc", "POLICY_DENIED"]).unwrap_or_default()[0]
+                .drop_reason_desc,
+            [DropReason::PolicyDenied as i32]
+        );
+        let err = whitelist(&["--drop-reason-desc", "TOO_LOUD"]).expect_err("unknown reason");
+        assert!(
+            format!("{err:#}").starts_with("--drop-reason-desc: unknown drop reason \"TOO_LOUD\""),
+            "{err:#}"
+        );
+        let err = whitelist(&["--drop-reason-desc", ""]).expect_err("empty reason");
+        assert!(
+            format!("{err:#}").starts_with("--drop-reason-desc: empty drop reason"),
+            "{err:#}"
         );
     }
 

@@ -6,7 +6,8 @@ use common::*;
 use myelin_observe::FilterSet;
 use myelin_observe::flows;
 use myelin_observe::proto::flow::{
-    EventTypeFilter, Flow, FlowFilter, IpVersion, TcpFlags, TrafficDirection, Verdict,
+    DropReason, EventTypeFilter, Flow, FlowFilter, HttpHeader, IpVersion, TcpFlags, TraceContext,
+    TraceParent, TrafficDirection, Verdict, Workload, layer7,
 };
 
 /// Indexes (into `demo()`) of the flows that pass.
@@ -396,4 +397,189 @@ fn flows_without_endpoints_do_not_match_pod_filters() {
     )
     .expect("valid");
     assert!(!set.matches(&bare));
+}
+
+/// The flows of `demo()` that pass `f`, with `edit` applied to them first.
+fn passing_edited(f: FlowFilter, edit: impl Fn(usize, &mut Flow)) -> Vec<usize> {
+    let set = FilterSet::new(&[f], &[]).expect("valid filters");
+    demo()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, flow)| {
+            let mut flow = flow.clone();
+            edit(*i, &mut flow);
+            set.matches(&flow)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The deathstar's pods belong to the Deployment "deathstar", as the agent
+/// reports them.
+fn deathstar_in_deployment(_: usize, flow: &mut Flow) {
+    for endpoint in [flow.source.as_mut(), flow.destination.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        if endpoint.pod_name == DEATHSTAR_POD {
+            endpoint.workloads = vec![Workload {
+                name: "deathstar".into(),
+                kind: "Deployment".into(),
+            }];
+        }
+    }
+}
+
+#[test]
+fn workloads_by_name_kind_or_both() {
+    let workload = |kind: &str, name: &str| Workload {
+        kind: kind.into(),
+        name: name.into(),
+    };
+    let to = |w: Workload| FlowFilter {
+        destination_workload: vec![w],
+        ..Default::default()
+    };
+    let from = |w: Workload| FlowFilter {
+        source_workload: vec![w],
+        ..Default::default()
+    };
+    // The requests and the first packets go to the deathstar, replies come from it.
+    let to_deathstar = vec![0, 2, 4, 6, 7];
+    let from_deathstar = vec![1, 3, 5];
+    for w in [
+        workload("Deployment", "deathstar"),
+        workload("", "deathstar"),
+        workload("Deployment", ""),
+        workload("", ""),
+    ] {
+        assert_eq!(
+            passing_edited(to(w.clone()), deathstar_in_deployment),
+            to_deathstar,
+            "{w:?}"
+        );
+        assert_eq!(
+            passing_edited(from(w.clone()), deathstar_in_deployment),
+            from_deathstar,
+            "{w:?}"
+        );
+    }
+    for w in [
+        workload("StatefulSet", "deathstar"),
+        workload("Deployment", "death"),
+        workload("deployment", "deathstar"),
+    ] {
+        assert!(
+            passing_edited(to(w.clone()), deathstar_in_deployment).is_empty(),
+            "{w:?}: the kind and the name are exact"
+        );
+    }
+    // Endpoints without a workload match no workload filter, not even an empty one.
+    assert!(one(to(workload("", ""))).is_empty());
+}
+
+#[test]
+fn http_headers_key_and_value_exact() {
+    let with_headers = |i: usize, flow: &mut Flow| {
+        let Some(layer7::Record::Http(http)) = flow.l7.as_mut().and_then(|l| l.record.as_mut())
+        else {
+            return;
+        };
+        // The requests carry a request id; the 403 an error header too.
+        http.headers = vec![HttpHeader {
+            key: "x-request-id".into(),
+            value: format!("r{i}"),
+        }];
+        if i == 5 {
+            http.headers.push(HttpHeader {
+                key: "x-envoy-error".into(),
+                value: "denied".into(),
+            });
+        }
+    };
+    let header = |key: &str, value: &str| FlowFilter {
+        http_header: vec![HttpHeader {
+            key: key.into(),
+            value: value.into(),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        passing_edited(header("x-request-id", "r2"), with_headers),
+        [2]
+    );
+    assert_eq!(
+        passing_edited(header("x-request-id", ""), with_headers),
+        [2, 3, 4, 5]
+    );
+    assert_eq!(passing_edited(header("", "denied"), with_headers), [5]);
+    for (key, value) in [
+        ("x-request-id", "r"),
+        ("X-Request-Id", "r2"),
+        ("x-request", "r2"),
+        ("x-envoy-error", "r5"),
+    ] {
+        assert!(
+            passing_edited(header(key, value), with_headers).is_empty(),
+            "{key}:{value} must not match"
+        );
+    }
+    // Two values of one filter are alternatives.
+    let either = FlowFilter {
+        http_header: vec![
+            HttpHeader {
+                key: "x-request-id".into(),
+                value: "r2".into(),
+            },
+            HttpHeader {
+                key: "x-envoy-error".into(),
+                value: "denied".into(),
+            },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(passing_edited(either, with_headers), [2, 5]);
+    // Flows without headers (and L3/L4 flows) match no header filter.
+    assert!(one(header("", "")).is_empty());
+}
+
+#[test]
+fn trace_ids_of_the_trace_context() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = |i: usize, flow: &mut Flow| {
+        if i == 2 || i == 3 {
+            flow.trace_context = Some(TraceContext {
+                parent: Some(TraceParent {
+                    trace_id: TRACE.into(),
+                }),
+            });
+        }
+    };
+    let trace = |id: &str| FlowFilter {
+        trace_id: vec![id.into()],
+        ..Default::default()
+    };
+    assert_eq!(passing_edited(trace(TRACE), traced), [2, 3]);
+    assert!(passing_edited(trace("00f067aa0ba902b7"), traced).is_empty());
+    assert!(
+        one(trace(TRACE)).is_empty(),
+        "flows without a trace context"
+    );
+}
+
+#[test]
+fn drop_reasons_of_dropped_flows_only() {
+    let reason = |r: DropReason| FlowFilter {
+        drop_reason_desc: vec![r as i32],
+        ..Default::default()
+    };
+    // The denied L7 request (4) is dropped without a kernel drop reason.
+    assert_eq!(one(reason(DropReason::PolicyDenied)), [6, 7]);
+    assert!(one(reason(DropReason::CtNoMapFound)).is_empty());
+    // A forwarded flow that names a drop reason is not a drop.
+    let mut forwarded = xwing_drop();
+    forwarded.verdict = Verdict::Forwarded as i32;
+    let set = FilterSet::new(&[reason(DropReason::PolicyDenied)], &[]).expect("valid");
+    assert!(set.matches(&xwing_drop()));
+    assert!(!set.matches(&forwarded));
 }
