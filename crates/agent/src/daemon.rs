@@ -97,6 +97,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let mut datapath = Datapath::load(&config.bpffs)?;
+    for replaced in datapath.replaced_pins() {
+        tracing::warn!("{replaced}: created anew, its content is rebuilt from the agent's state");
+    }
     let reader = datapath.event_reader()?;
     let zone: SharedZone = Arc::new(RwLock::new(myelin_dns::Zone::default()));
     let mut registry = Registry::default();
@@ -257,16 +260,45 @@ async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
         node.services
             .insert((service.namespace.clone(), service.name.clone()), service);
     }
+    // Policy, services and the ipcache go into the maps before any endpoint's programs are
+    // swapped for this build's: a map created anew (another build pinned it with another
+    // layout) must never meet a new program empty, which would leave its endpoint
+    // unenforced for a moment.
     for StoredEndpoint { id, spec } in stored.endpoints {
-        match attach(&mut node, id, &spec) {
-            Ok(ifindex) => {
+        match node.engine.upsert_endpoint(policy::endpoint(&spec)) {
+            Ok(_) => {
                 node.endpoints.insert(
                     (spec.namespace.clone(), spec.pod.clone()),
-                    Endpoint { id, ifindex, spec },
+                    Endpoint {
+                        id,
+                        ifindex: 0,
+                        spec,
+                    },
                 );
             }
-            // The pod went away while the agent was down: forget it.
             Err(e) => tracing::warn!(pod = %spec.pod, "endpoint not restored: {e}"),
+        }
+    }
+    node.sync()?;
+    let stored: Vec<((String, String), u32, EndpointSpec)> = node
+        .endpoints
+        .iter()
+        .map(|(key, e)| (key.clone(), e.id, e.spec.clone()))
+        .collect();
+    for (key, id, spec) in stored {
+        match attach(&mut node, id, &spec) {
+            Ok(ifindex) => {
+                if let Some(endpoint) = node.endpoints.get_mut(&key) {
+                    endpoint.ifindex = ifindex;
+                }
+            }
+            // The pod went away while the agent was down: forget it.
+            Err(e) => {
+                tracing::warn!(pod = %spec.pod, "endpoint not restored: {e}");
+                node.endpoints.remove(&key);
+                node.engine
+                    .remove_endpoint(&EndpointKey::new(&spec.namespace, &spec.pod));
+            }
         }
     }
     let pinned = node.datapath.pinned_interfaces();

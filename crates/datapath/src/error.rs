@@ -54,6 +54,11 @@ pub enum DatapathError {
         /// What failed.
         message: String,
     },
+    /// The kernel object embedded in the binary could not be parsed.
+    #[error(
+        "the kernel object cannot be read: {0}; the build is inconsistent, rebuild with `make build`"
+    )]
+    Object(String),
     /// The interface does not exist in this network namespace.
     #[error("interface {name} not found in the agent's network namespace: {source}")]
     Interface {

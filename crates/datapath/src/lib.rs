@@ -15,8 +15,8 @@ pub use error::DatapathError;
 pub use events::EventReader;
 pub use handles::parse_mac;
 pub use loader::{
-    Datapath, EndpointAttachment, PROGRAM_FROM_CONTAINER, PROGRAM_PROXY_LOOKUP,
-    PROGRAM_TO_CONTAINER, TestRunOutcome,
+    Datapath, EndpointAttachment, MapLayout, PROGRAM_FROM_CONTAINER, PROGRAM_PROXY_LOOKUP,
+    PROGRAM_TO_CONTAINER, ReplacedPin, TestRunOutcome,
 };
 pub use myelin_common::{
     EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,

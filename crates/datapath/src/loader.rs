@@ -120,6 +120,8 @@ pub struct Datapath {
     /// The socket lookup program is attached to the calling thread's network
     /// namespace (done with the first endpoint: that namespace is the node's).
     lookup_attached: bool,
+    /// See [`Datapath::replaced_pins`].
+    replaced_pins: Vec<ReplacedPin>,
 }
 
 /// The outcome of attaching an endpoint.
@@ -137,9 +139,107 @@ pub struct EndpointAttachment {
     pub replaced: bool,
 }
 
+/// What decides whether a program can use a map: its type and record sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapLayout {
+    /// The kernel's map type number (`BPF_MAP_TYPE_*`).
+    pub map_type: u32,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes.
+    pub value_size: u32,
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, {}-byte keys, {}-byte values",
+            self.map_type, self.key_size, self.value_size
+        )
+    }
+}
+
+/// A map another build pinned with a layout this build's programs cannot use. It was
+/// unpinned and created anew, empty, for the agent to fill again; the programs still
+/// attached keep the old one until their links are updated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedPin {
+    /// The map's name.
+    pub name: String,
+    /// The layout found pinned.
+    pub pinned: MapLayout,
+    /// This build's layout.
+    pub expected: MapLayout,
+}
+
+impl std::fmt::Display for ReplacedPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was pinned with {}; this build uses {}",
+            self.name, self.pinned, self.expected
+        )
+    }
+}
+
+/// Unpins every map under `maps` whose layout differs from the object's definition of
+/// it, so that the loader creates it anew instead of handing the programs a map they
+/// would misread (or the verifier refuses). Maps whose content cannot be rebuilt from the
+/// agent's state are not among them: the endpoint maps are carried over by
+/// [`take_old_endpoint_maps`] before this runs. Ring buffers are compared by type only
+/// (their record size is not part of the map).
+fn replace_incompatible_pins(maps: &Path) -> Result<Vec<ReplacedPin>, DatapathError> {
+    let object = aya_obj::Object::parse(crate::KERNEL_OBJECT)
+        .map_err(|e| DatapathError::Object(e.to_string()))?;
+    let mut replaced = Vec::new();
+    for (name, definition) in &object.maps {
+        if !matches!(definition.pinning(), aya_obj::maps::PinningType::ByName) {
+            continue;
+        }
+        let pin = maps.join(name);
+        let Ok(data) = MapData::from_pin(&pin) else {
+            continue;
+        };
+        let info = data.info().map_err(|e| DatapathError::Pin {
+            path: pin.clone(),
+            message: with_sources(&e),
+        })?;
+        let ring =
+            definition.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
+        let pinned = MapLayout {
+            // A type this aya does not know cannot be this build's either.
+            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+            key_size: info.key_size(),
+            value_size: if ring { 0 } else { info.value_size() },
+        };
+        let expected = MapLayout {
+            map_type: definition.map_type(),
+            key_size: definition.key_size(),
+            value_size: if ring { 0 } else { definition.value_size() },
+        };
+        if pinned == expected {
+            continue;
+        }
+        drop(data);
+        std::fs::remove_file(&pin).map_err(|e| DatapathError::Pin {
+            path: pin.clone(),
+            message: e.to_string(),
+        })?;
+        replaced.push(ReplacedPin {
+            name: name.clone(),
+            pinned,
+            expected,
+        });
+    }
+    replaced.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(replaced)
+}
+
 impl Datapath {
     /// Loads the kernel programs, creating or reusing the maps pinned under
-    /// `pin_dir/maps` (a directory on a bpffs).
+    /// `pin_dir/maps` (a directory on a bpffs). A pinned map whose layout this
+    /// build cannot use is created anew ([`Datapath::replaced_pins`]).
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
         if crate::KERNEL_OBJECT.is_empty() {
             return Err(DatapathError::NoKernelPrograms);
@@ -150,6 +250,7 @@ impl Datapath {
                 .map_err(|source| DatapathError::PinDirectory { path: dir, source })?;
         }
         let migrated = take_old_endpoint_maps(&pin_dir.join("maps"))?;
+        let replaced_pins = replace_incompatible_pins(&pin_dir.join("maps"))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir.join("maps"))
             .load(crate::KERNEL_OBJECT)?;
@@ -171,11 +272,18 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             lookup_attached: false,
+            replaced_pins,
         };
         for (ifindex, info) in migrated {
             datapath.upsert_endpoint(ifindex, &info)?;
         }
         Ok(datapath)
+    }
+
+    /// Maps found pinned with a layout this build cannot use, created anew by
+    /// [`Datapath::load`]: their content is gone and must be written again.
+    pub fn replaced_pins(&self) -> &[ReplacedPin] {
+        &self.replaced_pins
     }
 
     /// The bpffs directory this datapath pins under.

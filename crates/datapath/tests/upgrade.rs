@@ -2,12 +2,14 @@
 //! carry over it carries over, what it cannot read it refuses with a way out.
 
 use std::ffi::CString;
+use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use myelin_datapath::Datapath;
+use myelin_common::maps::{CtEntry, CtKey, ServiceEntry, ServiceKey};
+use myelin_datapath::{Datapath, MapLayout, Service, ServiceProtocol};
 use myelin_test_support::{ScratchBpffs, privileged};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -156,4 +158,85 @@ fn endpoints_pinned_by_an_unknown_build_are_refused_with_a_way_out() {
         error.contains("remove the node's bpffs directory"),
         "{error}"
     );
+}
+
+#[test]
+fn maps_pinned_with_another_layout_are_created_anew_and_matching_ones_kept() {
+    if !privileged("maps_pinned_with_another_layout_are_created_anew_and_matching_ones_kept") {
+        return;
+    }
+    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
+    let maps = bpffs.path().join("maps");
+    std::fs::create_dir_all(&maps).expect("maps dir");
+    let service_key = size_of::<ServiceKey>() as u32;
+    let ct_key = size_of::<CtKey>() as u32;
+    let ct_entry = size_of::<CtEntry>() as u32;
+    // Records of a size no build used, and the right sizes in a map of the wrong type.
+    pin_hash_map(&maps, "MYELIN_SERVICES", service_key, 3, &[]);
+    pin_hash_map(&maps, "MYELIN_CT", ct_key, ct_entry, &[]);
+
+    let mut datapath = Datapath::load(bpffs.path()).expect("load over the old pins");
+    let replaced: Vec<(&str, MapLayout, MapLayout)> = datapath
+        .replaced_pins()
+        .iter()
+        .map(|r| (r.name.as_str(), r.pinned, r.expected))
+        .collect();
+    let hash = 1;
+    let lru_hash = 9;
+    assert_eq!(
+        replaced,
+        vec![
+            (
+                "MYELIN_CT",
+                MapLayout {
+                    map_type: hash,
+                    key_size: ct_key,
+                    value_size: ct_entry
+                },
+                MapLayout {
+                    map_type: lru_hash,
+                    key_size: ct_key,
+                    value_size: ct_entry
+                },
+            ),
+            (
+                "MYELIN_SERVICES",
+                MapLayout {
+                    map_type: hash,
+                    key_size: service_key,
+                    value_size: 3
+                },
+                MapLayout {
+                    map_type: hash,
+                    key_size: service_key,
+                    value_size: size_of::<ServiceEntry>() as u32
+                },
+            ),
+        ]
+    );
+    assert!(
+        datapath.replaced_pins()[1].to_string().contains(&format!(
+            "MYELIN_SERVICES was pinned with type 1, {service_key}-byte keys, 3-byte values"
+        )),
+        "{}",
+        datapath.replaced_pins()[1]
+    );
+    // The new maps work, and are what is pinned now.
+    let service = Service {
+        frontend: "10.96.0.10:80".parse().expect("frontend"),
+        protocol: ServiceProtocol::Tcp,
+        backends: vec!["10.244.1.9:8080".parse().expect("backend")],
+    };
+    datapath.upsert_service(&service).expect("service");
+    drop(datapath);
+
+    let again = Datapath::load(bpffs.path()).expect("second load");
+    assert_eq!(again.replaced_pins(), &[], "matching pins are kept");
+    let services = again.services().expect("services");
+    assert_eq!(
+        services.len(),
+        1,
+        "the content of a kept map survives: {services:?}"
+    );
+    assert_eq!(services[0].frontend, service.frontend);
 }
