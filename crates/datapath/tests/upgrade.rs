@@ -6,7 +6,7 @@ use std::mem::size_of;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use myelin_common::maps::{CtEntry, CtKey, ServiceEntry, ServiceKey};
 use myelin_datapath::{Datapath, MapLayout, Service, ServiceProtocol};
@@ -67,6 +67,14 @@ fn pin_hash_map(
     bpf(BPF_OBJ_PIN, &mut attr).expect("pin");
 }
 
+/// A new bpffs and its `maps/` directory, where the loader looks for pins.
+fn scratch_maps() -> (ScratchBpffs, PathBuf) {
+    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
+    let maps = bpffs.path().join("maps");
+    std::fs::create_dir_all(&maps).expect("maps dir");
+    (bpffs, maps)
+}
+
 /// An endpoint record as builds before host routing wrote it: endpoint id,
 /// identity, IPv4, flags, IPv6 (32 bytes).
 fn record_v1(endpoint_id: u32, identity: u32, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> Vec<u8> {
@@ -92,9 +100,7 @@ fn endpoints_pinned_by_a_build_before_host_routing_are_carried_over() {
     if !privileged("endpoints_pinned_by_a_build_before_host_routing_are_carried_over") {
         return;
     }
-    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
-    let maps = bpffs.path().join("maps");
-    std::fs::create_dir_all(&maps).expect("maps dir");
+    let (bpffs, maps) = scratch_maps();
     let ipv4 = Ipv4Addr::new(10, 244, 1, 9);
     let ipv6: Ipv6Addr = "fd00:10:244:1::9".parse().expect("ipv6");
     let old = record_v1(42, 51234, ipv4, ipv6);
@@ -137,9 +143,7 @@ fn endpoints_pinned_by_an_unknown_build_are_refused_with_a_way_out() {
     if !privileged("endpoints_pinned_by_an_unknown_build_are_refused_with_a_way_out") {
         return;
     }
-    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
-    let maps = bpffs.path().join("maps");
-    std::fs::create_dir_all(&maps).expect("maps dir");
+    let (bpffs, maps) = scratch_maps();
     pin_hash_map(
         &maps,
         "MYELIN_ENDPOINTS",
@@ -165,9 +169,7 @@ fn maps_pinned_with_another_layout_are_created_anew_and_matching_ones_kept() {
     if !privileged("maps_pinned_with_another_layout_are_created_anew_and_matching_ones_kept") {
         return;
     }
-    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
-    let maps = bpffs.path().join("maps");
-    std::fs::create_dir_all(&maps).expect("maps dir");
+    let (bpffs, maps) = scratch_maps();
     let service_key = size_of::<ServiceKey>() as u32;
     let ct_key = size_of::<CtKey>() as u32;
     let ct_entry = size_of::<CtEntry>() as u32;
