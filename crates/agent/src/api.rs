@@ -68,6 +68,11 @@ pub struct ServiceSpec {
     pub ports: Vec<ServicePortSpec>,
     /// Selector of backend pods in the same namespace; none means no backends.
     pub selector: Option<BTreeMap<String, String>>,
+    /// ClientIP session affinity timeout in seconds (`sessionAffinity:
+    /// ClientIP`); `None`: no affinity. Absent in requests and saved state of
+    /// builds before affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
 }
 
 /// One port of a service.

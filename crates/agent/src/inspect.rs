@@ -149,8 +149,8 @@ pub fn render(
             let records = datapath.services().map_err(|e| e.to_string())?;
             let _ = writeln!(
                 out,
-                "{:<30} {:<6} {:<8} BACKENDS",
-                "FRONTEND", "PROTO", "REVNAT"
+                "{:<30} {:<6} {:<8} {:<16} BACKENDS",
+                "FRONTEND", "PROTO", "REVNAT", "AFFINITY"
             );
             for r in &records {
                 let backends: Vec<String> = r
@@ -158,17 +158,23 @@ pub fn render(
                     .iter()
                     .map(|b| format!("{} (#{})", b.address, b.id))
                     .collect();
+                let affinity = match r.affinity_timeout_s {
+                    Some(timeout) => format!("ClientIP/{timeout}s"),
+                    None => "None".to_string(),
+                };
                 let _ = writeln!(
                     out,
-                    "{:<30} {:<6} {:<8} {}",
+                    "{:<30} {:<6} {:<8} {:<16} {}",
                     r.frontend.to_string(),
                     format!("{:?}", r.protocol).to_uppercase(),
                     r.rev_nat_index,
+                    affinity,
                     backends.join(", ")
                 );
             }
             json!(records.iter().map(|r| json!({
                 "frontend": r.frontend, "protocol": format!("{:?}", r.protocol), "rev_nat_index": r.rev_nat_index,
+                "affinity_timeout_s": r.affinity_timeout_s,
                 "backends": r.backends.iter().map(|b| json!({"id": b.id, "address": b.address})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>())
         }

@@ -44,7 +44,7 @@ impl RuleIds {
 #[derive(Debug, Default)]
 pub struct Applied {
     policies: BTreeMap<u32, PolicyTable>,
-    services: BTreeMap<(SocketAddr, ServiceProtocol), Vec<SocketAddr>>,
+    services: BTreeMap<(SocketAddr, ServiceProtocol), Service>,
     ipcache: BTreeMap<IpNet, u32>,
     /// Rule numbering.
     pub rule_ids: RuleIds,
@@ -61,8 +61,8 @@ impl Applied {
         self.policies.get(&endpoint)
     }
 
-    /// The services last written: backends by frontend.
-    pub fn services(&self) -> &BTreeMap<(SocketAddr, ServiceProtocol), Vec<SocketAddr>> {
+    /// The services last written, by frontend.
+    pub fn services(&self) -> &BTreeMap<(SocketAddr, ServiceProtocol), Service> {
         &self.services
     }
 
@@ -135,11 +135,12 @@ pub fn policy_table(policy: &EndpointPolicy, rule_ids: &mut RuleIds) -> PolicyTa
 }
 
 /// The services the datapath should balance: one frontend per cluster IP
-/// and port, with the ready backends of that port.
+/// and port, with the ready backends of that port and the service's session
+/// affinity.
 pub fn desired_services<'a>(
     services: impl Iterator<Item = &'a ServiceSpec>,
     endpoints: impl Iterator<Item = &'a EndpointSpec> + Clone,
-) -> BTreeMap<(SocketAddr, ServiceProtocol), Vec<SocketAddr>> {
+) -> BTreeMap<(SocketAddr, ServiceProtocol), Service> {
     let mut out = BTreeMap::new();
     for service in services {
         let backends = services::backends(service, endpoints.clone());
@@ -155,7 +156,16 @@ pub fn desired_services<'a>(
                     .filter(|b| b.service_port == port.port && b.address.is_ipv4() == ip.is_ipv4())
                     .map(|b| b.address)
                     .collect();
-                out.insert((SocketAddr::new(*ip, port.port), proto), same_family);
+                let frontend = SocketAddr::new(*ip, port.port);
+                out.insert(
+                    (frontend, proto),
+                    Service {
+                        frontend,
+                        protocol: proto,
+                        backends: same_family,
+                        affinity_timeout_s: service.affinity_timeout_s,
+                    },
+                );
             }
         }
     }
@@ -167,7 +177,7 @@ pub fn reconcile(
     datapath: &mut Datapath,
     applied: &mut Applied,
     policies: &BTreeMap<u32, PolicyTable>,
-    services: &BTreeMap<(SocketAddr, ServiceProtocol), Vec<SocketAddr>>,
+    services: &BTreeMap<(SocketAddr, ServiceProtocol), Service>,
     ipcache: &BTreeMap<IpNet, u32>,
 ) -> anyhow::Result<()> {
     // The ipcache first: new peers must be known before rules name them.
@@ -181,13 +191,9 @@ pub fn reconcile(
             datapath.replace_policy(*endpoint, table)?;
         }
     }
-    for ((frontend, protocol), backends) in services {
-        if applied.services.get(&(*frontend, *protocol)) != Some(backends) {
-            datapath.upsert_service(&Service {
-                frontend: *frontend,
-                protocol: *protocol,
-                backends: backends.clone(),
-            })?;
+    for (key, service) in services {
+        if applied.services.get(key) != Some(service) {
+            datapath.upsert_service(service)?;
         }
     }
     for (frontend, protocol) in applied.services.keys() {

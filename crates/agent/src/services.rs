@@ -141,6 +141,7 @@ mod tests {
                 protocol: "TCP".into(),
             }],
             selector: Some([("class".into(), "deathstar".into())].into_iter().collect()),
+            affinity_timeout_s: None,
         }
     }
 
@@ -169,6 +170,23 @@ mod tests {
                 .all(|b| b.address.port() == 8080 && b.service_port == 80)
         );
         assert!(backends(&service(TargetPort::Name("grpc".into())), pods.iter()).is_empty());
+    }
+
+    #[test]
+    fn every_frontend_of_a_client_ip_service_carries_its_affinity() {
+        let pods = [pod("ds-1", "deathstar", 5, true)];
+        let mut sticky = service(TargetPort::Number(80));
+        sticky.affinity_timeout_s = Some(600);
+        let frontends = crate::reconcile::desired_services([sticky].iter(), pods.iter());
+        assert_eq!(frontends.len(), 2, "one per family: {frontends:?}");
+        assert!(
+            frontends
+                .values()
+                .all(|s| s.affinity_timeout_s == Some(600) && s.backends.len() == 1)
+        );
+        let plain = [service(TargetPort::Number(80))];
+        let frontends = crate::reconcile::desired_services(plain.iter(), pods.iter());
+        assert!(frontends.values().all(|s| s.affinity_timeout_s.is_none()));
     }
 
     #[test]

@@ -77,6 +77,7 @@ mod tests {
                 cluster_ips: vec![],
                 ports: vec![],
                 selector: None,
+                affinity_timeout_s: Some(10_800),
             }],
             resources: vec![],
         };

@@ -196,6 +196,7 @@ fn program(datapath: &mut Datapath, args: &DatapathArgs) -> anyhow::Result<()> {
                 frontend: service.frontend,
                 protocol: ServiceProtocol::Tcp,
                 backends: vec![service.backend],
+                affinity_timeout_s: None,
             })
             .with_context(|| format!("writing service {}", service.frontend))?;
     }

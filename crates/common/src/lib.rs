@@ -10,8 +10,9 @@ pub mod maps;
 
 pub use event::{EventKind, ObservationPoint, TraceEvent, TrafficDirection, Verdict, drop_reason};
 pub use maps::{
-    CtEntry, CtKey, Direction, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey,
-    L4Addr, PacketStats, PolicyAction, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey, StatsKey,
+    AffinityEntry, AffinityKey, CtEntry, CtKey, Direction, EndpointInfo, EndpointPolicy, IpKey,
+    IpcacheEntry, IpcacheKey, L4Addr, PacketStats, PolicyAction, PolicyEntry, PolicyKey,
+    ServiceEntry, ServiceKey, StatsKey,
 };
 
 #[cfg(test)]
@@ -30,6 +31,9 @@ mod tests {
         assert_eq!(size_of::<IpcacheKey>(), 20);
         assert_eq!(size_of::<ServiceKey>(), 24);
         assert_eq!(size_of::<L4Addr>(), 20);
+        assert_eq!(size_of::<ServiceEntry>(), 8);
+        assert_eq!(size_of::<AffinityKey>(), 20);
+        assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<EndpointInfo>(), 48);
         assert_eq!(core::mem::offset_of!(EndpointInfo, ifindex), 32);
         assert_eq!(core::mem::offset_of!(EndpointInfo, mac), 36);

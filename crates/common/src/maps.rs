@@ -197,12 +197,63 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServiceEntry {
-    /// Backend id (slots >= 1).
+    /// Backend id (slots >= 1). In the frontend record (slot 0), where no
+    /// backend id belongs, the ClientIP session affinity timeout in seconds
+    /// (0: no affinity; see [`Self::affinity_timeout_s`]). Sharing the field
+    /// keeps the record's size, so maps pinned by builds before affinity
+    /// (their frontends hold 0) are reused as they are.
     pub backend_id: u32,
     /// Number of backends (slot 0).
     pub count: u16,
     /// Reverse-NAT index of the frontend (slot 0).
     pub rev_nat_index: u16,
+}
+
+impl ServiceEntry {
+    /// A frontend record (slot 0).
+    pub const fn frontend(count: u16, rev_nat_index: u16, affinity_timeout_s: u32) -> Self {
+        ServiceEntry {
+            backend_id: affinity_timeout_s,
+            count,
+            rev_nat_index,
+        }
+    }
+
+    /// A frontend record's ClientIP session affinity timeout in seconds; 0
+    /// when the service has none.
+    pub const fn affinity_timeout_s(&self) -> u32 {
+        self.backend_id
+    }
+}
+
+/// Key of the session affinity map: a client of a frontend. Clients are
+/// told apart by address only, as Kubernetes' ClientIP affinity does.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AffinityKey {
+    /// The client's address (IPv4 in the first four bytes).
+    pub client: [u8; 16],
+    /// The frontend's reverse-NAT index (its id in this node's maps).
+    pub rev_nat_index: u16,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub _pad: u8,
+}
+
+/// Value of the session affinity map: the backend a client's new
+/// connections go to while the entry is fresh.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AffinityEntry {
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) of the client's last new
+    /// connection to the frontend; the entry is stale once the frontend's
+    /// affinity timeout has passed since.
+    pub last_used_ns: u64,
+    /// The backend id.
+    pub backend_id: u32,
+    /// Explicit padding, zero.
+    pub _pad: u32,
 }
 
 /// An address and port: a backend, or a frontend in the reverse-NAT map.
@@ -348,6 +399,8 @@ mod user {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceEntry {}
     unsafe impl aya::Pod for super::L4Addr {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityEntry {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::PacketStats {}
@@ -372,6 +425,9 @@ pub mod names {
     pub const BACKENDS: &str = "MYELIN_BACKENDS";
     /// reverse-NAT index (u32) → [`super::L4Addr`] of the frontend.
     pub const REV_NAT: &str = "MYELIN_REV_NAT";
+    /// LRU [`super::AffinityKey`] → [`super::AffinityEntry`]: the backend of
+    /// each client of a frontend with ClientIP session affinity.
+    pub const AFFINITY: &str = "MYELIN_AFFINITY";
     /// Array of one u32: the policy revision, bumped by user space on every
     /// policy change.
     pub const POLICY_REVISION: &str = "MYELIN_POLICY_REV";

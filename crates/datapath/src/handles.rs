@@ -9,8 +9,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError};
 use myelin_common::maps::{FAMILY_IPV4, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, names};
 use myelin_common::{
-    CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, L4Addr,
-    PolicyEntry, PolicyKey, ServiceEntry, ServiceKey,
+    AffinityEntry, AffinityKey, CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry,
+    IpcacheKey, L4Addr, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey,
 };
 
 use crate::error::DatapathError;
@@ -369,7 +369,10 @@ impl Datapath {
     /// kept keep their ids, so connections to them are undisturbed; a
     /// connection whose backend was removed is given a new one on its next
     /// packet. Order of writes: backends, slots, frontend count, then stale
-    /// slots and backends, so the kernel never picks an empty slot.
+    /// slots and backends, so the kernel never picks an empty slot. Last,
+    /// the session affinities that led to a removed backend (or all of the
+    /// frontend's, when it no longer has affinity) are forgotten: the next
+    /// connection of such a client picks anew.
     pub fn upsert_service(&mut self, service: &Service) -> Result<ServiceRecord, DatapathError> {
         let invalid = |reason: String| DatapathError::InvalidService {
             frontend: service.frontend,
@@ -389,6 +392,12 @@ impl Datapath {
             return Err(invalid(format!(
                 "backend {b} is of another address family than the frontend (no NAT46/64)"
             )));
+        }
+        if service.affinity_timeout_s == Some(0) {
+            // The kernel reads a timeout of 0 as "no affinity".
+            return Err(invalid(
+                "a session affinity timeout of 0 s; it must be at least 1 s".into(),
+            ));
         }
         let protocol = service.protocol.number();
         let master_key = service_key(&service.frontend, protocol, 0);
@@ -465,11 +474,11 @@ impl Datapath {
             services
                 .insert(
                     master_key,
-                    ServiceEntry {
-                        backend_id: 0,
-                        count: backends.len() as u16,
+                    ServiceEntry::frontend(
+                        backends.len() as u16,
                         rev_nat_index,
-                    },
+                        service.affinity_timeout_s.unwrap_or(0),
+                    ),
                     0,
                 )
                 .map_err(map_error(names::SERVICES))?;
@@ -480,20 +489,61 @@ impl Datapath {
             }
         }
         let kept: BTreeSet<u32> = backends.iter().map(|b| b.id).collect();
-        let mut map = self.hash_mut::<u32, L4Addr>(names::BACKENDS)?;
-        for id in old.values().filter(|id| !kept.contains(id)) {
-            removed(map.remove(id), names::BACKENDS)?;
+        let gone: Vec<u32> = old
+            .values()
+            .filter(|id| !kept.contains(id))
+            .copied()
+            .collect();
+        {
+            let mut map = self.hash_mut::<u32, L4Addr>(names::BACKENDS)?;
+            for id in &gone {
+                removed(map.remove(id), names::BACKENDS)?;
+            }
+        }
+        // Only a frontend that had affinity has entries.
+        if existing.is_some_and(|r| r.affinity_timeout_s.is_some()) {
+            if service.affinity_timeout_s.is_none() {
+                self.forget_affinities(rev_nat_index, |_| true)?;
+            } else if !gone.is_empty() {
+                // After the backends' removal: an entry the kernel recalls in
+                // between finds its backend gone and picks anew.
+                self.forget_affinities(rev_nat_index, |e| !kept.contains(&e.backend_id))?;
+            }
         }
         Ok(ServiceRecord {
             frontend: service.frontend,
             protocol: service.protocol,
             rev_nat_index,
+            affinity_timeout_s: service.affinity_timeout_s,
             backends,
         })
     }
 
-    /// Removes a service frontend, its backends and its reverse NAT.
-    /// Idempotent.
+    /// Deletes the session affinity entries of frontend `rev_nat_index`
+    /// that `stale` picks. The index and the backend ids are reused once
+    /// free, so an entry left behind could send a client to another
+    /// service's backend.
+    fn forget_affinities(
+        &mut self,
+        rev_nat_index: u16,
+        stale: impl Fn(&AffinityEntry) -> bool,
+    ) -> Result<(), DatapathError> {
+        let keys: Vec<AffinityKey> = self
+            .hash::<AffinityKey, AffinityEntry>(names::AFFINITY)?
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| k.rev_nat_index == rev_nat_index && stale(e))
+            .map(|(k, _)| k)
+            .collect();
+        let mut map = self.hash_mut::<AffinityKey, AffinityEntry>(names::AFFINITY)?;
+        for key in &keys {
+            removed(map.remove(key), names::AFFINITY)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a service frontend, its backends, its session affinities and
+    /// its reverse NAT. Idempotent.
     pub fn delete_service(
         &mut self,
         frontend: SocketAddr,
@@ -517,6 +567,10 @@ impl Datapath {
             for backend in &record.backends {
                 removed(map.remove(&backend.id), names::BACKENDS)?;
             }
+        }
+        if record.affinity_timeout_s.is_some() {
+            // Before the reverse-NAT index is freed for another frontend.
+            self.forget_affinities(record.rev_nat_index, |_| true)?;
         }
         let mut rev_nat = self.hash_mut::<u32, L4Addr>(names::REV_NAT)?;
         removed(
@@ -556,6 +610,7 @@ impl Datapath {
             ),
             protocol: service_protocol(master_key.protocol).unwrap_or(ServiceProtocol::Tcp),
             rev_nat_index: master.rev_nat_index,
+            affinity_timeout_s: Some(master.affinity_timeout_s()).filter(|t| *t != 0),
             backends,
         }))
     }

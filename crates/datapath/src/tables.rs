@@ -218,6 +218,10 @@ pub struct Service {
     /// Ready backends (same address family as the frontend). Empty: clients
     /// are refused with a "Service backend not found" drop.
     pub backends: Vec<SocketAddr>,
+    /// ClientIP session affinity: a client's new connections go to the
+    /// backend of its previous ones until it has opened none for this many
+    /// seconds (1..=86400). `None`: every connection picks a backend.
+    pub affinity_timeout_s: Option<u32>,
 }
 
 /// A backend as the kernel sees it.
@@ -238,6 +242,8 @@ pub struct ServiceRecord {
     pub protocol: ServiceProtocol,
     /// Reverse-NAT index.
     pub rev_nat_index: u16,
+    /// ClientIP session affinity timeout in seconds; `None`: no affinity.
+    pub affinity_timeout_s: Option<u32>,
     /// Backends in slot order.
     pub backends: Vec<BackendRecord>,
 }

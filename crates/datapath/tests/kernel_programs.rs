@@ -380,6 +380,7 @@ mod host_routing {
                 frontend,
                 protocol: ServiceProtocol::Tcp,
                 backends: vec!["10.244.1.6:8080".parse().expect("backend")],
+                affinity_timeout_s: None,
             })
             .expect("service");
         let syn = Pkt::tcp(POD_V4, 40001, "10.96.0.10", 80, SYN).build();

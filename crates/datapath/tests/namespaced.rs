@@ -623,6 +623,7 @@ fn services_and_policy_through_real_sockets() {
                         .iter()
                         .map(|b| b.parse().expect("backend"))
                         .collect(),
+                    affinity_timeout_s: None,
                 })
                 .expect("service");
         }

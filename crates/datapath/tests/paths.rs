@@ -7,10 +7,13 @@ mod support;
 
 use std::net::SocketAddr;
 
+use aya::maps::MapData;
 use myelin_common::event::{
     EVENT_FLAG_FRAGMENT, EVENT_FLAG_FROM_PROXY, EVENT_FLAG_RELATED, EVENT_FLAG_REPLY,
     EVENT_FLAG_SERVICE,
 };
+use myelin_common::maps::names;
+use myelin_common::{AffinityEntry, AffinityKey};
 use myelin_datapath::{
     CtScope, EventKind, ObservationPoint, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
     PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol, TraceEvent,
@@ -442,6 +445,7 @@ async fn ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksu
             frontend: vip,
             protocol: ServiceProtocol::Tcp,
             backends: vec![backend],
+            affinity_timeout_s: None,
         })
         .expect("service");
     assert_eq!(record.backends.len(), 1);
@@ -508,6 +512,7 @@ async fn ipv6_udp_service_is_translated_both_ways() {
             frontend: vip,
             protocol: ServiceProtocol::Udp,
             backends: vec![backend],
+            affinity_timeout_s: None,
         })
         .expect("service");
     let query = Pkt::udp(POD_V6, 45000, "fd00:10:96::a", 53)
@@ -542,6 +547,7 @@ async fn backends_are_sticky_and_removing_one_disturbs_only_its_connections() {
         frontend: vip,
         protocol: ServiceProtocol::Tcp,
         backends,
+        affinity_timeout_s: None,
     };
     h.datapath
         .upsert_service(&service(vec![a, b]))
@@ -572,6 +578,197 @@ async fn backends_are_sticky_and_removing_one_disturbs_only_its_connections() {
     }
 }
 
+/// The session affinity map, opened from its pin as another process would:
+/// the tests read the kernel's entries and age them.
+fn affinity_map(h: &Harness) -> aya::maps::HashMap<MapData, AffinityKey, AffinityEntry> {
+    let pin = h.datapath.pin_dir().join("maps").join(names::AFFINITY);
+    let data = MapData::from_pin(&pin).expect("the affinity map is pinned");
+    let map = aya::maps::Map::from_map_data(data).expect("a map");
+    aya::maps::HashMap::try_from(map).expect("a hash map of affinity entries")
+}
+
+fn affinity_key(client: &str, rev_nat_index: u16) -> AffinityKey {
+    let std::net::IpAddr::V4(v4) = ip(client) else {
+        panic!("an IPv4 client")
+    };
+    let mut addr = [0; 16];
+    addr[..4].copy_from_slice(&v4.octets());
+    AffinityKey {
+        client: addr,
+        rev_nat_index,
+        family: 4,
+        _pad: 0,
+    }
+}
+
+/// A new TCP connection from `client:port` to 10.96.0.40:80; the backend
+/// address it was translated to.
+async fn connect(h: &mut Harness, client: &str, port: u16) -> std::net::IpAddr {
+    let syn = Pkt::tcp(client, port, "10.96.0.40", 80, SYN).build();
+    let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(verdict, TC_ACT_OK, "{client}:{port}");
+    tuple(&out).1
+}
+
+#[tokio::test]
+async fn client_ip_affinity_keeps_each_client_on_its_backend_until_stale_or_removed() {
+    if !privileged("client_ip_affinity_keeps_each_client_on_its_backend_until_stale_or_removed") {
+        return;
+    }
+    // No pod on the test interface: clients of any address pass
+    // anti-spoofing, as traffic from the node does.
+    let mut h = Harness::new();
+    let vip: SocketAddr = "10.96.0.40:80".parse().expect("vip");
+    let backends: Vec<SocketAddr> = (7..11)
+        .map(|i| format!("10.244.2.{i}:8080").parse().expect("backend"))
+        .collect();
+    const TIMEOUT_S: u32 = 60;
+    let service = |backends: Vec<SocketAddr>, affinity_timeout_s| Service {
+        frontend: vip,
+        protocol: ServiceProtocol::Tcp,
+        backends,
+        affinity_timeout_s,
+    };
+    let record = h
+        .datapath
+        .upsert_service(&service(backends.clone(), Some(TIMEOUT_S)))
+        .expect("service");
+    assert_eq!(record.affinity_timeout_s, Some(TIMEOUT_S));
+    assert_eq!(
+        h.datapath.services().expect("services")[0].affinity_timeout_s,
+        Some(TIMEOUT_S),
+        "read back from the frontend record"
+    );
+    let id_of = |address: std::net::IpAddr| {
+        record
+            .backends
+            .iter()
+            .find(|b| b.address.ip() == address)
+            .map(|b| b.id)
+            .expect("a backend of the service")
+    };
+    let key = affinity_key(POD_V4, record.rev_nat_index);
+
+    // One client: every new connection goes to the backend of its first.
+    let first = connect(&mut h, POD_V4, 48000).await;
+    for port in 48001..48016 {
+        assert_eq!(connect(&mut h, POD_V4, port).await, first, "port {port}");
+    }
+    let entry = affinity_map(&h).get(&key, 0).expect("the client's entry");
+    assert_eq!(entry.backend_id, id_of(first));
+    // Other clients each keep theirs, and are spread over the backends.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 20..52u16 {
+        let client = format!("10.244.1.{i}");
+        let chosen = connect(&mut h, &client, 48100).await;
+        assert_eq!(connect(&mut h, &client, 48101).await, chosen, "{client}");
+        seen.insert(chosen);
+    }
+    assert!(seen.len() > 1, "clients spread over the backends: {seen:?}");
+
+    // A fresh entry is followed (wherever it points) and refreshed on use.
+    let other = backends
+        .iter()
+        .map(SocketAddr::ip)
+        .find(|b| *b != first)
+        .expect("another backend");
+    let aged = entry.last_used_ns - u64::from(TIMEOUT_S / 2) * 1_000_000_000;
+    let mut map = affinity_map(&h);
+    map.insert(
+        key,
+        AffinityEntry {
+            last_used_ns: aged,
+            backend_id: id_of(other),
+            _pad: 0,
+        },
+        0,
+    )
+    .expect("age the entry");
+    assert_eq!(connect(&mut h, POD_V4, 48200).await, other, "fresh entry");
+    let refreshed = map.get(&key, 0).expect("entry");
+    assert_eq!(refreshed.backend_id, id_of(other));
+    assert!(refreshed.last_used_ns > aged, "refreshed on use");
+
+    // A stale entry (no new connection for longer than the timeout) is
+    // ignored: the backend is picked at random, then remembered.
+    let mut elsewhere = 0;
+    for port in 48300..48308 {
+        let stale = map.get(&key, 0).expect("entry").last_used_ns
+            - u64::from(TIMEOUT_S + 1) * 1_000_000_000;
+        map.insert(
+            key,
+            AffinityEntry {
+                last_used_ns: stale,
+                backend_id: id_of(other),
+                _pad: 0,
+            },
+            0,
+        )
+        .expect("make the entry stale");
+        let chosen = connect(&mut h, POD_V4, port).await;
+        if chosen != other {
+            elsewhere += 1;
+        }
+        let entry = map.get(&key, 0).expect("entry");
+        assert_eq!(
+            entry.backend_id,
+            id_of(chosen),
+            "the new choice is remembered"
+        );
+        assert!(entry.last_used_ns > stale);
+    }
+    // Each round picks `other` again with probability 1/4.
+    assert!(elsewhere > 0, "a stale entry is not followed");
+
+    // The client's backend leaves the service: its next connection goes to
+    // a remaining backend, and no entry leads to the removed one.
+    let current = connect(&mut h, POD_V4, 48400).await;
+    let removed_id = id_of(current);
+    let remaining: Vec<SocketAddr> = backends
+        .iter()
+        .copied()
+        .filter(|b| b.ip() != current)
+        .collect();
+    h.datapath
+        .upsert_service(&service(remaining.clone(), Some(TIMEOUT_S)))
+        .expect("remove the client's backend");
+    assert!(
+        map.iter()
+            .filter_map(Result::ok)
+            .all(|(_, e)| e.backend_id != removed_id),
+        "the removed backend's entries are gone"
+    );
+    let moved = connect(&mut h, POD_V4, 48401).await;
+    assert_ne!(moved, current);
+    assert!(remaining.iter().any(|b| b.ip() == moved));
+    for port in 48402..48406 {
+        assert_eq!(connect(&mut h, POD_V4, port).await, moved, "sticks again");
+    }
+
+    // Affinity switched off: the frontend's entries go, clients spread again.
+    h.datapath
+        .upsert_service(&service(remaining, None))
+        .expect("no affinity");
+    assert_eq!(
+        h.datapath.services().expect("services")[0].affinity_timeout_s,
+        None
+    );
+    assert!(
+        map.iter()
+            .filter_map(Result::ok)
+            .all(|(k, _)| k.rev_nat_index != record.rev_nat_index),
+        "no entry of the frontend is left"
+    );
+    let mut spread = std::collections::BTreeSet::new();
+    for port in 48500..48532 {
+        spread.insert(connect(&mut h, POD_V4, port).await);
+    }
+    assert!(
+        spread.len() > 1,
+        "without affinity one client spreads: {spread:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_service_without_backends_refuses_tcp_and_udp_clients() {
     if !privileged("a_service_without_backends_refuses_tcp_and_udp_clients") {
@@ -588,6 +785,7 @@ async fn a_service_without_backends_refuses_tcp_and_udp_clients() {
                 frontend: vip.parse().expect("vip"),
                 protocol,
                 backends: vec![],
+                affinity_timeout_s: None,
             })
             .expect("service");
     }
@@ -616,6 +814,7 @@ async fn a_service_without_backends_refuses_tcp_and_udp_clients() {
             frontend: "[fd00:10:96::30]:53".parse().expect("vip"),
             protocol: ServiceProtocol::Udp,
             backends: vec![],
+            affinity_timeout_s: None,
         })
         .expect("service");
     for (client, vip, proto, kind, code) in [
@@ -927,6 +1126,7 @@ async fn icmp_errors_about_a_service_connection_are_reverse_nated() {
                 frontend: vip,
                 protocol: ServiceProtocol::Udp,
                 backends: vec![backend],
+                affinity_timeout_s: None,
             })
             .expect("service");
         let query = Pkt::udp(client, 47100, &vip.ip().to_string(), 53).with_payload(b"q");

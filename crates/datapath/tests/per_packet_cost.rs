@@ -60,6 +60,7 @@ async fn per_packet_cost() {
             backends: (1..=8)
                 .map(|i| format!("10.244.2.{i}:80").parse().expect("backend"))
                 .collect(),
+            affinity_timeout_s: None,
         })
         .expect("service");
 

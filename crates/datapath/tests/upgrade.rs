@@ -228,6 +228,7 @@ fn maps_pinned_with_another_layout_are_created_anew_and_matching_ones_kept() {
         frontend: "10.96.0.10:80".parse().expect("frontend"),
         protocol: ServiceProtocol::Tcp,
         backends: vec!["10.244.1.9:8080".parse().expect("backend")],
+        affinity_timeout_s: None,
     };
     datapath.upsert_service(&service).expect("service");
     drop(datapath);

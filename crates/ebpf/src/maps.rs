@@ -7,8 +7,9 @@ use aya_ebpf::maps::{
     Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash,
 };
 use myelin_common::{
-    CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, L4Addr,
-    PacketStats, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey, StatsKey, TraceEvent,
+    AffinityEntry, AffinityKey, CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry,
+    IpcacheKey, L4Addr, PacketStats, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey, StatsKey,
+    TraceEvent,
 };
 
 /// Endpoints the agent manages, by host-side veth ifindex.
@@ -45,6 +46,13 @@ pub(crate) static BACKENDS: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
 /// Reverse-NAT index → the frontend replies must appear to come from.
 #[map(name = "MYELIN_REV_NAT")]
 pub(crate) static REV_NAT: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
+
+/// The backend of each client of a frontend with ClientIP session affinity,
+/// and when the client last opened a connection to it. LRU: a full table
+/// forgets its least recent clients (who then get a new backend) instead of
+/// refusing new ones. Pinned: an agent restart keeps the affinities.
+#[map(name = "MYELIN_AFFINITY")]
+pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(65536, 0);
 
 /// The policy revision (index 0), bumped by the agent on every policy
 /// change: flows decided under an older revision are checked again.

@@ -3,7 +3,7 @@
 
 use crate::State;
 use crate::conntrack::{ct_key, live_entry};
-use crate::maps::{BACKENDS, CONNTRACK, REV_NAT, SERVICES};
+use crate::maps::{AFFINITY, BACKENDS, CONNTRACK, REV_NAT, SERVICES};
 use crate::parse::{
     ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST,
     TCP_SYN,
@@ -17,7 +17,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_SERVICE;
 use myelin_common::maps::{CT_SCOPE_SERVICE, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, FAMILY_IPV4};
-use myelin_common::{CtEntry, L4Addr, ServiceKey, drop_reason};
+use myelin_common::{AffinityEntry, AffinityKey, CtEntry, L4Addr, ServiceKey, drop_reason};
 
 /// Rewrites an ICMP error about a service connection so that it quotes the
 /// packet the pod sent (to the frontend) and, when the backend itself
@@ -99,10 +99,11 @@ pub(crate) fn rev_nat_error(ctx: &TcContext, st: &mut State, index: u16) -> Resu
 }
 
 /// Looks up a service frontend for the packet's destination; on a hit picks
-/// the connection's backend (recalled from conntrack, else at random among
-/// the current ones), DNATs to it and records the frontend in the event
-/// context. Returns the reverse-NAT index, 0 when the destination is no
-/// service.
+/// the connection's backend (recalled from conntrack, else the client's
+/// session affinity backend when the service has ClientIP affinity, else at
+/// random among the current ones), DNATs to it and records the frontend in
+/// the event context. Returns the reverse-NAT index, 0 when the destination
+/// is no service.
 // A separate BPF function: its locals get their own frame instead of
 // adding to the caller's 512 bytes.
 #[inline(never)]
@@ -146,20 +147,49 @@ pub(crate) fn service_translate(ctx: &TcContext, st: &mut State, now: u64) -> Re
         Some(b) => b,
         None => {
             // New connection, or its backend was removed: choose again.
-            // SAFETY: a helper without arguments.
-            let random = unsafe { bpf_get_prandom_u32() };
-            key.slot = (random % u32::from(frontend.count)) as u16 + 1;
-            // SAFETY: read-only lookups, copied out.
-            let slot = unsafe { SERVICES.get(&key) }
-                .copied()
-                .ok_or(drop_reason::NO_SERVICE)?;
-            // SAFETY: as above.
-            let b = unsafe { BACKENDS.get(&slot.backend_id) }
-                .copied()
-                .ok_or(drop_reason::NO_SERVICE)?;
+            let timeout_s = frontend.affinity_timeout_s();
+            let affinity = AffinityKey {
+                client: pkt.saddr,
+                rev_nat_index: frontend.rev_nat_index,
+                family: pkt.family,
+                _pad: 0,
+            };
+            let recalled = if timeout_s != 0 {
+                affinity_backend(&affinity, timeout_s, now)
+            } else {
+                None
+            };
+            let (backend_id, b) = match recalled {
+                Some(chosen) => chosen,
+                None => {
+                    // SAFETY: a helper without arguments.
+                    let random = unsafe { bpf_get_prandom_u32() };
+                    key.slot = (random % u32::from(frontend.count)) as u16 + 1;
+                    // SAFETY: read-only lookups, copied out.
+                    let slot = unsafe { SERVICES.get(&key) }
+                        .copied()
+                        .ok_or(drop_reason::NO_SERVICE)?;
+                    // SAFETY: as above.
+                    let b = unsafe { BACKENDS.get(&slot.backend_id) }
+                        .copied()
+                        .ok_or(drop_reason::NO_SERVICE)?;
+                    (slot.backend_id, b)
+                }
+            };
+            if timeout_s != 0 {
+                // Recorded, or refreshed: the timeout runs from the client's
+                // last new connection (kube-proxy's and Cilium's rule).
+                let entry = AffinityEntry {
+                    last_used_ns: now,
+                    backend_id,
+                    _pad: 0,
+                };
+                // A failed write only costs the affinity of the next connection.
+                let _ = AFFINITY.insert(&affinity, &entry, 0);
+            }
             st.entry = CtEntry {
                 expires_ns: now + service_timeout(pkt),
-                backend_id: slot.backend_id,
+                backend_id,
                 rev_nat_index: frontend.rev_nat_index,
                 ..CtEntry::default()
             };
@@ -171,6 +201,24 @@ pub(crate) fn service_translate(ctx: &TcContext, st: &mut State, now: u64) -> Re
     };
     rewrite(ctx, pkt, false, &backend)?;
     Ok(frontend.rev_nat_index)
+}
+
+/// The backend a client of a frontend with ClientIP affinity was last sent
+/// to, unless the client has opened no connection to the frontend for
+/// `timeout_s` (the entry is stale) or the backend is gone. The agent
+/// deletes the entries of a backend it removes from a service; a backend id
+/// missing from [`BACKENDS`] covers the moment in between.
+// Inlined: another frame would add to the call chain's 512 bytes of stack.
+#[inline(always)]
+fn affinity_backend(key: &AffinityKey, timeout_s: u32, now: u64) -> Option<(u32, L4Addr)> {
+    // SAFETY: read-only lookup, copied out.
+    let entry = unsafe { AFFINITY.get(key) }.copied()?;
+    if now.saturating_sub(entry.last_used_ns) > u64::from(timeout_s) * 1_000_000_000 {
+        return None;
+    }
+    // SAFETY: as above.
+    let backend = unsafe { BACKENDS.get(&entry.backend_id) }.copied()?;
+    Some((entry.backend_id, backend))
 }
 
 fn service_timeout(pkt: &Packet) -> u64 {

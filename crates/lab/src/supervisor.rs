@@ -1186,6 +1186,7 @@ fn service_spec(record: &ServiceRecord) -> ServiceSpec {
             })
             .collect(),
         selector: record.service.spec.selector.clone(),
+        affinity_timeout_s: record.service.spec.client_ip_affinity_timeout(),
     }
 }
 
@@ -1370,5 +1371,24 @@ mod tests {
                 .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
         );
         assert_eq!(encode_safe(0, 3), "bbb");
+    }
+
+    #[test]
+    fn a_client_ip_service_reaches_the_agent_with_its_timeout() {
+        let parsed = myelin_model::parse_str(
+            "s.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}], \
+             sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}}\n",
+        );
+        let Some(Resource::Service(service)) =
+            parsed.documents.into_iter().next().map(|d| d.resource)
+        else {
+            panic!("a Service: {:?}", parsed.errors);
+        };
+        let record = ServiceRecord {
+            service,
+            cluster_ips: vec![],
+        };
+        assert_eq!(service_spec(&record).affinity_timeout_s, Some(600));
     }
 }

@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::ManifestError;
 use crate::meta::{is_dns1123_label, is_dns1123_subdomain};
 use crate::policy::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, NetworkPolicy};
-use crate::workload::{Deployment, Namespace, Pod, PodSpec, Protocol, Service};
+use crate::workload::{
+    Deployment, MAX_AFFINITY_TIMEOUT_SECONDS, Namespace, Pod, PodSpec, Protocol, Service,
+    ServiceSpec,
+};
 
 /// Where a document came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,15 +481,17 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
                 ));
             }
             match s.spec.session_affinity.as_deref() {
-                None | Some("None") => {}
-                Some("ClientIP") => {
-                    return Err(FieldError::new(
-                        "spec.sessionAffinity",
-                        Some("ClientIP".into()),
-                        "ClientIP session affinity is not supported yet: connections would be \
-                         spread over the backends regardless; remove the field or set it to None",
-                    ));
+                None | Some("None") => {
+                    if s.spec.session_affinity_config.is_some() {
+                        return Err(FieldError::new(
+                            "spec.sessionAffinityConfig",
+                            None,
+                            "sessionAffinityConfig applies only to sessionAffinity: ClientIP; \
+                             remove it or set sessionAffinity to ClientIP",
+                        ));
+                    }
                 }
+                Some("ClientIP") => check_affinity_timeout(&s.spec)?,
                 Some(other) => {
                     return Err(FieldError::new(
                         "spec.sessionAffinity",
@@ -549,6 +554,26 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+/// `spec.sessionAffinityConfig.clientIP.timeoutSeconds` of a ClientIP Service: absent (the
+/// default), or 1..=86400 as Kubernetes accepts.
+fn check_affinity_timeout(spec: &ServiceSpec) -> Result<(), FieldError> {
+    let timeout = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    match timeout {
+        Some(t) if !(1..=i64::from(MAX_AFFINITY_TIMEOUT_SECONDS)).contains(&t) => {
+            Err(FieldError::new(
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                Some(t.to_string()),
+                "timeoutSeconds must be 1-86400 (seconds); leave it out for the default 10800",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_name(name: &str, valid: fn(&str) -> bool, what: &str) -> Result<(), FieldError> {

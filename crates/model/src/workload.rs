@@ -270,10 +270,14 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<String>,
     #[serde(default, rename = "clusterIPs", skip_serializing)]
     cluster_ips: Option<Ignored>,
-    /// `None` (the default) or `ClientIP`; only `None` is supported yet, and `ClientIP` is
-    /// refused rather than silently balanced per connection.
+    /// `None` (the default) or `ClientIP`: a client's new connections go to the backend
+    /// its previous ones went to, until it has opened none for the timeout
+    /// ([`Self::client_ip_affinity_timeout`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<String>,
+    /// The ClientIP affinity's settings; only with `sessionAffinity: ClientIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(default, skip_serializing)]
     ip_families: Option<Ignored>,
     #[serde(default, skip_serializing)]
@@ -282,6 +286,50 @@ pub struct ServiceSpec {
     internal_traffic_policy: Option<Ignored>,
     #[serde(default, skip_serializing)]
     publish_not_ready_addresses: Option<Ignored>,
+}
+
+/// Timeout of ClientIP session affinity when the manifest gives none (Kubernetes' default, 3 h).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
+/// Longest ClientIP session affinity timeout Kubernetes accepts (one day).
+pub const MAX_AFFINITY_TIMEOUT_SECONDS: u32 = 86_400;
+
+impl ServiceSpec {
+    /// The ClientIP session affinity timeout in seconds, `None` without affinity. Valid once
+    /// the manifest passed validation: then the timeout is 1..=86400.
+    pub fn client_ip_affinity_timeout(&self) -> Option<u32> {
+        if self.session_affinity.as_deref() != Some("ClientIP") {
+            return None;
+        }
+        let configured = self
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        Some(configured.map_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS, |t| {
+            // Validation keeps t within 1..=86400; clamp rather than trust it blindly.
+            t.clamp(1, i64::from(MAX_AFFINITY_TIMEOUT_SECONDS)) as u32
+        }))
+    }
+}
+
+/// A Service's `sessionAffinityConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionAffinityConfig {
+    /// Settings of ClientIP affinity.
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+/// `sessionAffinityConfig.clientIP`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientIpConfig {
+    /// How long a client keeps its backend after its last new connection;
+    /// [`DEFAULT_AFFINITY_TIMEOUT_SECONDS`] when absent. Wider than valid so that a bad
+    /// value is refused with its field rather than as unreadable YAML.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
 }
 
 /// One port of a Service.

@@ -76,11 +76,6 @@ fn semantic_checks() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {type: NodePort, ports: [{port: 80}]}\n",
     );
     assert_eq!(e.field, "spec.type");
-    let e = only_error(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {sessionAffinity: ClientIP, ports: [{port: 80}]}\n",
-    );
-    assert_eq!(e.field, "spec.sessionAffinity");
-    assert!(e.message.contains("not supported yet"), "{}", e.message);
     let parsed = myelin_model::parse_str(
         "s.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {sessionAffinity: None, ports: [{port: 80}]}\n",
@@ -88,6 +83,73 @@ fn semantic_checks() {
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
     let e = only_error("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: []}\n");
     assert_eq!(e.field, "spec.containers");
+}
+
+/// The Service of `spec` (a flow mapping's inside) in `affinity.yaml`, or its one error.
+fn service_spec(
+    spec: &str,
+) -> Result<myelin_model::workload::ServiceSpec, myelin_model::ManifestError> {
+    let text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {{ports: [{{port: 80}}], {spec}}}\n"
+    );
+    let mut parsed = parse_str("affinity.yaml", &text);
+    if let Some(e) = parsed.errors.pop() {
+        return Err(e);
+    }
+    match parsed.documents.pop().map(|d| d.resource) {
+        Some(Resource::Service(s)) => Ok(s.spec),
+        other => panic!("a Service, not {other:?}"),
+    }
+}
+
+#[test]
+fn client_ip_session_affinity_has_a_timeout_and_bad_ones_are_located() {
+    let spec = service_spec("sessionAffinity: ClientIP").expect("ClientIP");
+    assert_eq!(
+        spec.client_ip_affinity_timeout(),
+        Some(10_800),
+        "the default"
+    );
+    let spec = service_spec(
+        "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}",
+    )
+    .expect("with a timeout");
+    assert_eq!(spec.client_ip_affinity_timeout(), Some(60));
+    let spec = service_spec(
+        "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86400}}",
+    )
+    .expect("the longest");
+    assert_eq!(spec.client_ip_affinity_timeout(), Some(86_400));
+    for none in ["sessionAffinity: None", "type: ClusterIP"] {
+        let spec = service_spec(none).expect("no affinity");
+        assert_eq!(spec.client_ip_affinity_timeout(), None, "{none}");
+    }
+
+    for bad in ["0", "-5", "86401"] {
+        let e = service_spec(&format!(
+            "sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {bad}}}}}"
+        ))
+        .expect_err("out of range");
+        assert_eq!(e.file, "affinity.yaml");
+        assert_eq!(
+            e.field,
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+        );
+        assert_eq!(e.value.as_deref(), Some(bad));
+        assert!(e.message.contains("1-86400"), "{}", e.message);
+    }
+    let e = service_spec("sessionAffinity: Cookie").expect_err("unknown affinity");
+    assert_eq!(
+        (e.field.as_str(), e.value.as_deref()),
+        ("spec.sessionAffinity", Some("Cookie"))
+    );
+    let e = service_spec("sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}")
+        .expect_err("a config without ClientIP");
+    assert_eq!(e.field, "spec.sessionAffinityConfig");
+    let e =
+        service_spec("sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeout: 60}}")
+            .expect_err("an unknown field");
+    assert!(e.message.contains("timeout"), "{e}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use myelin_datapath::{PolicyTable, ServiceProtocol};
+use myelin_datapath::{PolicyTable, Service, ServiceProtocol};
 use myelin_observe::proto::flow::{
     AgentEvent, AgentEventType, EndpointRegenNotification, EndpointUpdateNotification,
     IpCacheNotification, PolicyUpdateNotification, ServiceDeleteNotification,
@@ -71,7 +71,7 @@ pub(super) struct Pending {
 pub(super) fn pending(
     applied: &Applied,
     policies: &BTreeMap<u32, PolicyTable>,
-    services: &BTreeMap<Frontend, Vec<SocketAddr>>,
+    services: &BTreeMap<Frontend, Service>,
     ipcache: &BTreeMap<IpNet, u32>,
 ) -> Pending {
     let old_ipcache = applied.ipcache();
@@ -96,8 +96,8 @@ pub(super) fn pending(
             .collect(),
         services_upserted: services
             .iter()
-            .filter(|(frontend, backends)| old_services.get(frontend) != Some(*backends))
-            .map(|(frontend, backends)| (*frontend, backends.clone()))
+            .filter(|(frontend, service)| old_services.get(frontend) != Some(*service))
+            .map(|(frontend, service)| (*frontend, service.backends.clone()))
             .collect(),
         services_deleted: old_services
             .keys()
@@ -364,7 +364,15 @@ mod tests {
         let pending = pending(
             &Applied::default(),
             &BTreeMap::from([(3, PolicyTable::default())]),
-            &BTreeMap::from([(frontend, backends.clone())]),
+            &BTreeMap::from([(
+                frontend,
+                Service {
+                    frontend: frontend.0,
+                    protocol: frontend.1,
+                    backends: backends.clone(),
+                    affinity_timeout_s: None,
+                },
+            )]),
             &BTreeMap::from([(net, 16530)]),
         );
         assert_eq!(pending.regenerated, [3]);
