@@ -85,6 +85,39 @@ fn l3_l4_policy_over_the_cluster_ip() {
         }
     }
     assert_eq!(hosts.len(), 2, "requests went to {hosts:?} only");
+
+    // A second service over the same pods with ClientIP session affinity: every new
+    // connection of one client goes to the backend of its first.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sticky = dir.path().join("sticky.yaml");
+    std::fs::write(
+        &sticky,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: deathstar-sticky}\n\
+         spec:\n  selector: {org: empire, class: deathstar}\n  ports: [{port: 80}]\n  \
+         sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n",
+    )
+    .expect("write manifest");
+    lab.ok(&["apply", "-f", path(&sticky)]);
+    let services = lab.ok(&["bpf", "services"]);
+    assert!(services.contains("ClientIP/600s"), "{services}");
+    let sticky_hosts: std::collections::BTreeSet<String> = (0..12)
+        .map(|_| {
+            let listing = request(
+                &lab,
+                "tiefighter",
+                &["http://deathstar-sticky.default.svc.cluster.local/v1"],
+            )
+            .expect("GET /v1 through the sticky service");
+            let listing: serde_json::Value = serde_json::from_str(&listing).expect("json");
+            listing["hostname"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(
+        sticky_hosts.len(),
+        1,
+        "one client, one backend: {sticky_hosts:?}"
+    );
+    lab.ok(&["delete", "-f", path(&sticky)]);
     // IPv6 through the IPv6 cluster IP.
     let v6 = request(
         &lab,
