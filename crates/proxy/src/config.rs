@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub identities: Vec<IdentityEntry>,
     /// Lower-case names of the request and response headers copied into L7 events; other
     /// headers are left out so that secrets (cookies, tokens) do not reach the observer.
+    /// A response's event also carries its request's `traceparent` and `x-request-id`, when
+    /// listed here.
     #[serde(default)]
     pub event_headers: Vec<String>,
 }

@@ -73,7 +73,8 @@ pub struct HttpInfo {
     pub url: String,
     /// `HTTP/1.1` or `HTTP/2`.
     pub protocol: String,
-    /// Headers allowed by configuration.
+    /// Headers allowed by configuration; on responses, the request's `traceparent` and
+    /// `x-request-id` come first.
     pub headers: Vec<HeaderPair>,
 }
 

@@ -693,6 +693,15 @@ fn non_http_event(
     }
 }
 
+/// Request headers that name the exchange rather than describe one message. The response's
+/// event carries the request's values (when `event_headers` lists them), as Cilium's access
+/// log carries `x-request-id` over to the response, so that a response is found by its
+/// request's trace or request id, whatever the server sends back.
+const EXCHANGE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("x-request-id"),
+];
+
 /// What a request's events and metrics need after the request itself has moved on.
 struct Exchange {
     snapshot: Arc<CompiledSnapshot>,
@@ -700,6 +709,8 @@ struct Exchange {
     url: String,
     protocol: &'static str,
     started: Instant,
+    /// The request's reported `EXCHANGE_HEADERS`, for the response's event.
+    carried: Vec<HeaderPair>,
 }
 
 impl Exchange {
@@ -756,13 +767,19 @@ impl Exchange {
             connection.http_metrics(&self.method, self.protocol, status.as_u16());
         requests.inc();
         duration.observe(self.started.elapsed().as_secs_f64());
-        let headers = event_headers(&self.snapshot, headers);
+        // The request's headers first: readers take the first value of a name.
+        let mut reported = self.carried.clone();
+        reported.extend(
+            event_headers(&self.snapshot, headers)
+                .into_iter()
+                .filter(|h| !self.carried.contains(h)),
+        );
         shared.events.emit(self.event(
             connection,
             true,
             Verdict::Forwarded,
             status.as_u16(),
-            headers,
+            reported,
         ));
     }
 }
@@ -860,12 +877,18 @@ async fn handle(
     url.push_str("http://");
     url.push_str(shown_host);
     url.push_str(path);
+    let request_headers = event_headers(&snapshot, request.headers());
     let exchange = Exchange {
         method: request.method().clone(),
         url,
         protocol: protocol(request.version()),
         started,
         snapshot: snapshot.clone(),
+        carried: request_headers
+            .iter()
+            .filter(|h| EXCHANGE_HEADERS.iter().any(|name| name == h.key.as_str()))
+            .cloned()
+            .collect(),
     };
     let remote = match connection.key.direction {
         Direction::Ingress => connection.source.ip(),
@@ -893,13 +916,7 @@ async fn handle(
     } else {
         Verdict::Dropped
     };
-    let mut event = exchange.event(
-        &connection,
-        false,
-        verdict,
-        0,
-        event_headers(&snapshot, request.headers()),
-    );
+    let mut event = exchange.event(&connection, false, verdict, 0, request_headers);
     if !decision.logged_mismatches.is_empty() {
         let names: Vec<&str> = decision
             .logged_mismatches

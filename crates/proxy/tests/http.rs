@@ -500,6 +500,69 @@ async fn events_and_metrics_describe_requests_and_responses() {
 }
 
 #[tokio::test]
+async fn a_response_event_carries_its_request_trace_and_request_id() {
+    let rules = vec![rule(Some("GET"), Some("/public"))];
+    let mut h = Harness::with(
+        upstream().await,
+        |_| {},
+        move |u| {
+            let mut snapshot = snapshot(1, u, rules);
+            snapshot
+                .event_headers
+                .extend(["traceparent".into(), "x-request-id".into()]);
+            snapshot
+        },
+    )
+    .await;
+    let mut c = h.h1().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = |p: &str| {
+        Request::get(p)
+            .header("host", "backend.default")
+            .header("x-visible", "v")
+            .header("traceparent", traceparent)
+            .header("x-request-id", "42")
+            .body(full(""))
+            .unwrap()
+    };
+    // From the upstream, and answered by the proxy itself.
+    assert_eq!(send(&mut c, traced("/public")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&mut c, traced("/private")).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let mut responses = Vec::new();
+    while responses.len() < 2 {
+        if let ProxyMessage::Event(event) =
+            tokio::time::timeout(Duration::from_secs(5), h.messages.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            && event.kind == L7EventKind::HttpResponse
+        {
+            responses.push(event);
+        }
+    }
+    for response in responses {
+        let headers: Vec<(String, String)> = response
+            .http
+            .unwrap()
+            .headers
+            .into_iter()
+            .map(|h| (h.key, h.value))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("traceparent".to_string(), traceparent.to_string()),
+                ("x-request-id".to_string(), "42".to_string()),
+            ],
+            "the request's x-visible is the request's own"
+        );
+    }
+}
+
+#[tokio::test]
 async fn egress_policy_is_keyed_by_the_source_endpoint() {
     let h = Harness::with(
         upstream().await,
