@@ -62,6 +62,8 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// TCP address of the live service map page.
     pub servicemap_addr: Option<SocketAddr>,
+    /// The HTTP headers L7 flows carry.
+    pub flow_headers: l7::FlowHeaders,
 }
 
 struct Node {
@@ -83,6 +85,7 @@ struct Node {
     metrics: crate::metrics::AgentMetrics,
     /// What Hubble agent events remember between changes.
     agent_events: agent_events::AgentEvents,
+    flow_headers: l7::FlowHeaders,
 }
 
 struct Endpoint {
@@ -138,6 +141,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         addresses: config.dns_listen.clone(),
         metrics: agent_metrics,
         agent_events: agent_events::AgentEvents::default(),
+        flow_headers: config.flow_headers.clone(),
     }));
     node.lock().await.agent_started();
     restore(&node).await?;
@@ -411,6 +415,7 @@ impl Node {
             let snapshot = l7::snapshot(
                 &self.engine,
                 self.endpoints.values().map(|e| &e.spec),
+                &self.flow_headers,
                 self.proxy_version,
             );
             proxy.push(snapshot);
@@ -770,7 +775,7 @@ async fn read_proxy_messages(
         match messages.recv().await {
             Ok(ProxyMessage::Event(event)) => {
                 let node = node.lock().await;
-                let flow = flows::l7_flow(&event, &*node);
+                let flow = flows::l7_flow(&event, &*node, &node.flow_headers);
                 node.observer.push(flow);
             }
             Ok(ProxyMessage::Nack { version, error }) => {

@@ -8,10 +8,12 @@ use myelin_common::{EventKind, ObservationPoint, TraceEvent};
 use myelin_observe::flows::PolicyMatch;
 use myelin_observe::proto::flow::{
     DropReason, Endpoint, Flow, Http, HttpHeader, IcmPv4, IcmPv6, Ip, IpVersion, L7FlowType,
-    Layer4, Layer7, Policy, Service, Tcp, TcpFlags, TraceObservationPoint, TrafficDirection, Udp,
-    Verdict, Workload, layer4, layer7,
+    Layer4, Layer7, Policy, Service, Tcp, TcpFlags, TraceContext, TraceObservationPoint,
+    TraceParent, TrafficDirection, Udp, Verdict, Workload, layer4, layer7,
 };
 use myelin_proxy::event::{L7Event, L7EventKind};
+
+use crate::l7::{FlowHeaders, TRACEPARENT};
 
 /// What the agent knows of the endpoint behind an address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,8 +96,31 @@ fn peer_meta(peer: &myelin_proxy::event::Peer, context: &impl FlowContext) -> En
     meta
 }
 
-/// The flow of one proxy event.
-pub fn l7_flow(event: &L7Event, context: &impl FlowContext) -> Flow {
+/// The trace id of a W3C `traceparent` value (`version-traceid-parentid-flags`, all
+/// lower-case hex), or `None` when the value is not valid trace context: a wrong length
+/// or case, version `ff`, an all-zero trace or parent id, or anything after the flags of
+/// version `00` (later versions may append fields).
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut fields = traceparent.split('-');
+    let mut field = |len: usize| {
+        fields.next().filter(|f| {
+            f.len() == len
+                && f.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    };
+    let version = field(2)?;
+    let trace = field(32)?;
+    let parent = field(16)?;
+    field(2)?;
+    let zero = |id: &str| id.bytes().all(|b| b == b'0');
+    let extra = fields.next().is_some();
+    let invalid = version == "ff" || (version == "00" && extra) || zero(trace) || zero(parent);
+    (!invalid).then_some(trace)
+}
+
+/// The flow of one proxy event, showing the HTTP headers named in `headers`.
+pub fn l7_flow(event: &L7Event, context: &impl FlowContext, headers: &FlowHeaders) -> Flow {
     let (source, destination) = (&event.source, &event.destination);
     let source_meta = peer_meta(source, context);
     let destination_meta = peer_meta(destination, context);
@@ -129,20 +154,37 @@ pub fn l7_flow(event: &L7Event, context: &impl FlowContext) -> Flow {
         L7EventKind::HttpResponse => L7FlowType::Response,
         L7EventKind::NonHttp => L7FlowType::Request,
     };
+    // The proxy reports a response with its request's traceparent first, so a response
+    // belongs to the trace of the request it answers, whatever the server sent back.
+    flow.trace_context = event
+        .http
+        .iter()
+        .flat_map(|http| &http.headers)
+        .find(|h| h.key == TRACEPARENT)
+        .and_then(|h| trace_id(&h.value))
+        .map(|id| TraceContext {
+            parent: Some(TraceParent {
+                trace_id: id.to_string(),
+            }),
+        });
     let record = event.http.as_ref().map(|http| {
+        let mut shown: Vec<HttpHeader> = http
+            .headers
+            .iter()
+            .filter(|h| headers.shows(&h.key))
+            .map(|h| HttpHeader {
+                key: h.key.clone(),
+                value: h.value.clone(),
+            })
+            .collect();
+        // Hubble lists headers by name; a stable sort keeps a name's values in order.
+        shown.sort_by(|a, b| a.key.cmp(&b.key));
         layer7::Record::Http(Http {
             code: u32::from(http.code),
             method: http.method.clone(),
             url: http.url.clone(),
             protocol: http.protocol.clone(),
-            headers: http
-                .headers
-                .iter()
-                .map(|h| HttpHeader {
-                    key: h.key.clone(),
-                    value: h.value.clone(),
-                })
-                .collect(),
+            headers: shown,
         })
     });
     myelin_observe::flows::mark_l7(
@@ -461,7 +503,7 @@ mod tests {
             latency_ns: None,
             summary: None,
         };
-        let flow = l7_flow(&event, &Pods);
+        let flow = l7_flow(&event, &Pods, &FlowHeaders::default());
         assert_eq!(flow.verdict, Verdict::Dropped as i32);
         assert_eq!(flow.destination.as_ref().map(|d| d.id), Some(7));
         let workloads = flow
@@ -480,6 +522,166 @@ mod tests {
             line.contains("default/tiefighter:42742 (ID:257) -> default/deathstar-57ncjppv6c-fdp7q:80 (ID:256) http-request DROPPED"),
             "{line}"
         );
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const TRACEPARENT_VALUE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn trace_ids_of_valid_traceparent_values_only() {
+        assert_eq!(trace_id(TRACEPARENT_VALUE), Some(TRACE));
+        // A later version may append fields after the flags.
+        assert_eq!(
+            trace_id("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra"),
+            Some(TRACE)
+        );
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736x-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+        ] {
+            assert_eq!(trace_id(invalid), None, "{invalid:?}");
+        }
+    }
+
+    fn header(key: &str, value: &str) -> myelin_proxy::event::HeaderPair {
+        myelin_proxy::event::HeaderPair {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn exchange(kind: L7EventKind, headers: Vec<myelin_proxy::event::HeaderPair>) -> L7Event {
+        let reply = kind == L7EventKind::HttpResponse;
+        let (client, server) = (peer("10.244.1.4:42742", 257), peer("10.244.1.2:80", 256));
+        let (source, destination) = if reply {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        L7Event {
+            time_unix_nanos: 1_700_000_000_123_000_000,
+            kind,
+            verdict: myelin_proxy::event::Verdict::Forwarded,
+            direction: myelin_proxy::config::Direction::Ingress,
+            is_reply: reply,
+            source,
+            destination,
+            http: Some(HttpInfo {
+                code: if reply { 200 } else { 0 },
+                method: "POST".into(),
+                url: "http://deathstar.default.svc.cluster.local/v1/request-landing".into(),
+                protocol: "HTTP/1.1".into(),
+                headers,
+            }),
+            latency_ns: reply.then_some(1_000_000),
+            summary: None,
+        }
+    }
+
+    fn trace_of(flow: &Flow) -> Option<&str> {
+        flow.trace_context
+            .as_ref()
+            .and_then(|t| t.parent.as_ref())
+            .map(|p| p.trace_id.as_str())
+    }
+
+    fn shown(flow: &Flow) -> Vec<(String, String)> {
+        match flow.l7.as_ref().and_then(|l7| l7.record.as_ref()) {
+            Some(layer7::Record::Http(http)) => http
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[test]
+    fn requests_and_their_responses_carry_the_request_trace_context() {
+        let request = exchange(
+            L7EventKind::HttpRequest,
+            vec![
+                header("x-request-id", "42"),
+                header("traceparent", TRACEPARENT_VALUE),
+            ],
+        );
+        let flow = l7_flow(&request, &Pods, &FlowHeaders::default());
+        assert_eq!(trace_of(&flow), Some(TRACE));
+        assert_eq!(
+            shown(&flow),
+            [("traceparent".to_string(), TRACEPARENT_VALUE.to_string())],
+            "only the headers named"
+        );
+        // The proxy puts the request's traceparent first; the server's own comes after.
+        let response = exchange(
+            L7EventKind::HttpResponse,
+            vec![
+                header("traceparent", TRACEPARENT_VALUE),
+                header(
+                    "traceparent",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                ),
+            ],
+        );
+        let flow = l7_flow(&response, &Pods, &FlowHeaders::default());
+        assert_eq!(trace_of(&flow), Some(TRACE));
+        assert_eq!(
+            flow.l7.as_ref().map(|l7| l7.r#type),
+            Some(L7FlowType::Response as i32)
+        );
+    }
+
+    #[test]
+    fn headers_shown_are_the_ones_named_sorted_and_trace_context_needs_no_listing() {
+        let named = FlowHeaders::new(["X-Request-Id", "user-agent"]).expect("names");
+        let request = exchange(
+            L7EventKind::HttpRequest,
+            vec![
+                header("x-request-id", "42"),
+                header("traceparent", TRACEPARENT_VALUE),
+                header("user-agent", "curl/8"),
+            ],
+        );
+        let flow = l7_flow(&request, &Pods, &named);
+        assert_eq!(trace_of(&flow), Some(TRACE));
+        assert_eq!(
+            shown(&flow),
+            [
+                ("user-agent".to_string(), "curl/8".to_string()),
+                ("x-request-id".to_string(), "42".to_string()),
+            ]
+        );
+        // As Hubble's JSON output shows them.
+        let json = myelin_observe::json::flow_to_json(&flow);
+        assert_eq!(json["trace_context"]["parent"]["trace_id"], TRACE, "{json}");
+        assert_eq!(
+            json["l7"]["http"]["headers"][1]["key"], "x-request-id",
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn an_invalid_traceparent_gives_no_trace_context_but_is_still_shown() {
+        let request = exchange(
+            L7EventKind::HttpRequest,
+            vec![header(
+                "traceparent",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )],
+        );
+        let flow = l7_flow(&request, &Pods, &FlowHeaders::default());
+        assert_eq!(flow.trace_context, None);
+        assert_eq!(shown(&flow).len(), 1);
     }
 
     #[test]

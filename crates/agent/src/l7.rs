@@ -18,6 +18,75 @@ pub const INGRESS_PROXY_PORT: u16 = 15001;
 /// The proxy port that egress redirects go to.
 pub const EGRESS_PROXY_PORT: u16 = 15002;
 
+/// The request header that carries W3C trace context. The proxy always reports it, so
+/// that flows carry `trace_context` whichever headers they show.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// A name given as an HTTP header name that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an HTTP header name")]
+pub struct InvalidHeaderName(String);
+
+/// The request (and response) headers L7 flows carry in `l7.http.headers`
+/// (`myelin agent --hubble-http-headers`), lower-case as HTTP/2 and Hubble write them.
+/// The proxy copies only these, and `traceparent`, into its events: each one costs it a
+/// copy per request, and headers nobody named (cookies, tokens) never leave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowHeaders {
+    names: Vec<String>,
+}
+
+impl FlowHeaders {
+    /// The headers named, in any case; empty names are skipped, so that an empty list
+    /// can be given.
+    pub fn new<S: AsRef<str>>(
+        names: impl IntoIterator<Item = S>,
+    ) -> Result<Self, InvalidHeaderName> {
+        let mut out: Vec<String> = Vec::new();
+        for name in names {
+            let name = name.as_ref().trim();
+            if name.is_empty() {
+                continue;
+            }
+            // RFC 9110's token: the proxy refuses a whole snapshot that names anything
+            // else, so a bad name must stop the agent at its start instead.
+            let token = name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(InvalidHeaderName(name.to_string()));
+            }
+            let name = name.to_ascii_lowercase();
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        Ok(Self { names: out })
+    }
+
+    /// Whether flows show a header (`name` in lower case, as events carry it).
+    pub fn shows(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// What the proxy is asked to report: the headers shown, and `traceparent`.
+    fn event_headers(&self) -> Vec<String> {
+        let mut names = self.names.clone();
+        if !self.shows(TRACEPARENT) {
+            names.push(TRACEPARENT.to_string());
+        }
+        names
+    }
+}
+
+impl Default for FlowHeaders {
+    fn default() -> Self {
+        Self {
+            names: vec![TRACEPARENT.to_string()],
+        }
+    }
+}
+
 /// The proxy port for a direction.
 pub fn proxy_port(direction: Direction) -> u16 {
     match direction {
@@ -123,10 +192,11 @@ fn endpoint_policies(
     }
 }
 
-/// The snapshot for the node's proxy at `version`.
+/// The snapshot for the node's proxy at `version`; its events carry `headers`.
 pub fn snapshot<'a>(
     engine: &PolicyEngine,
     endpoints: impl Iterator<Item = &'a EndpointSpec>,
+    headers: &FlowHeaders,
     version: u64,
 ) -> Snapshot {
     let mut policies = BTreeMap::new();
@@ -165,6 +235,38 @@ pub fn snapshot<'a>(
             .map(|(key, http)| L7Policy { key, http })
             .collect(),
         identities,
-        event_headers: Vec::new(),
+        event_headers: headers.event_headers(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_names_are_case_insensitive_and_traceparent_is_always_asked_for() {
+        let headers = FlowHeaders::new(["X-Request-Id", "", "x-request-id", "User-Agent"])
+            .expect("valid names");
+        assert!(headers.shows("x-request-id") && headers.shows("user-agent"));
+        assert!(!headers.shows(TRACEPARENT));
+        assert_eq!(
+            headers.event_headers(),
+            ["x-request-id", "user-agent", "traceparent"]
+        );
+        assert_eq!(FlowHeaders::default().event_headers(), ["traceparent"]);
+        let none = FlowHeaders::new([""]).expect("an empty list");
+        assert!(!none.shows(TRACEPARENT));
+        assert_eq!(none.event_headers(), ["traceparent"]);
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_header_name_is_refused() {
+        for bad in ["x request", "x:y", "é"] {
+            let error = FlowHeaders::new([bad]).expect_err(bad);
+            assert_eq!(
+                error.to_string(),
+                format!("{bad:?} is not an HTTP header name")
+            );
+        }
     }
 }

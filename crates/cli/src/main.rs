@@ -36,7 +36,7 @@ enum Command {
     /// Observe flows and agent events, as `hubble observe` does.
     Observe(Box<myelin_observe::ObserveArgs>),
     /// Run a node's agent (the lab starts it; so does a DaemonSet).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Run a node's L7 proxy.
     Proxy(ProxyArgs),
     /// Programs the lab runs for the container images it knows.
@@ -98,6 +98,15 @@ struct AgentArgs {
     /// TCP address of the live service map page.
     #[arg(long)]
     servicemap: Option<std::net::SocketAddr>,
+    /// HTTP headers L7 flows carry, comma-separated, any case (each costs the proxy a copy
+    /// per request; `traceparent` is always read for trace context, shown only if named).
+    #[arg(
+        long,
+        env = "MYELIN_HUBBLE_HTTP_HEADERS",
+        value_delimiter = ',',
+        default_value = myelin_agent::l7::TRACEPARENT
+    )]
+    hubble_http_headers: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -168,16 +177,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     // Namespaces are entered before the runtime starts any thread.
-    match &cli.command {
-        Command::Agent(AgentArgs {
-            netns: Some(netns), ..
-        })
-        | Command::Proxy(ProxyArgs {
-            netns: Some(netns), ..
-        }) => {
-            myelin_agent::enter_netns(netns)?;
-        }
-        _ => {}
+    let netns = match &cli.command {
+        Command::Agent(args) => args.netns.as_ref(),
+        Command::Proxy(args) => args.netns.as_ref(),
+        _ => None,
+    };
+    if let Some(netns) = netns {
+        myelin_agent::enter_netns(netns)?;
     }
     match cli.command {
         Command::Lab(args) => lab_cmd::run_lab(args),
@@ -228,6 +234,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 },
                 metrics_addr: args.metrics,
                 servicemap_addr: args.servicemap,
+                flow_headers: myelin_agent::l7::FlowHeaders::new(&args.hubble_http_headers)
+                    .context("--hubble-http-headers")?,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

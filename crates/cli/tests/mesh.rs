@@ -427,6 +427,48 @@ fn l7_policy_through_the_node_proxy() {
         "{http}"
     );
     assert!(http.lines().any(|l| l.contains(last_denial)), "{http}");
+
+    // W3C trace context: the request's traceparent names the trace of its request flow
+    // and of its response flow, and the header itself is shown (the agent's default).
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let traced = request(
+        &lab,
+        "tiefighter",
+        &[
+            "-H",
+            &format!("traceparent: {traceparent}"),
+            "-XPOST",
+            &format!("{URL}/request-landing"),
+        ],
+    );
+    assert_eq!(traced.as_deref(), Ok("Ship landed\n"));
+    let traced_request = "http-request FORWARDED (HTTP/1.1 POST http://deathstar.default.svc.cluster.local/v1/request-landing)";
+    let by_trace = lab.ok_until(&["observe", "--last", "500", "--trace-id", trace], |out| {
+        out.contains(traced_request) && out.contains("http-response FORWARDED")
+    });
+    assert!(by_trace.contains(traced_request), "{by_trace}");
+    assert!(
+        by_trace
+            .lines()
+            .any(|l| l.contains("http-response FORWARDED (HTTP/1.1 200 ")),
+        "{by_trace}"
+    );
+    assert!(
+        by_trace
+            .lines()
+            .all(|l| l.contains("http-request FORWARDED (HTTP/1.1 POST")
+                || l.contains("http-response FORWARDED (HTTP/1.1 200 ")),
+        "only the traced exchange: {by_trace}"
+    );
+    let by_header = lab.ok(&[
+        "observe",
+        "--last",
+        "500",
+        "--http-header",
+        &format!("traceparent:{traceparent}"),
+    ]);
+    assert!(by_header.contains(traced_request), "{by_header}");
 }
 
 #[test]
