@@ -480,6 +480,12 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   LOGS="$TMP/logs/$scenario-r$round"
   local quiet_busy quiet_waited
   read -r quiet_busy quiet_waited < <(wait_quiet)
+  # The namespaces outlive scenarios, and so would the previous scenario's TIME_WAIT
+  # sockets: a SYN reusing such a tuple towards another address (no mesh: the server; a
+  # ClusterIP: the VIP) carries timestamps the server's TIME_WAIT socket rejects (PAWS), a
+  # retransmission each, which halved the connection rate of whichever scenario came next.
+  local ns
+  for ns in "$NS_C" "$NS_S" "$NS_N"; do in_ns "$ns" ss -K state time-wait >/dev/null 2>&1 || true; done
   up "$scenario"
   wrk_run "$WARMUP" "$CONNS" >/dev/null
   local busy_before busy_after
