@@ -188,16 +188,18 @@ fn print_status(status: &myelin_lab::LabStatus) {
             println!("{policy}");
         }
     }
-    println!("\nNAMESPACE    SERVICE          CLUSTER-IPS                  PORTS");
-
+    println!("\nNAMESPACE    SERVICE          CLUSTER-IPS                  PORTS        AFFINITY");
     for service in &status.services {
         let ips: Vec<String> = service
             .cluster_ips
             .iter()
             .map(ToString::to_string)
             .collect();
+        let affinity = service
+            .affinity_timeout_s
+            .map_or_else(|| "None".to_string(), |t| format!("ClientIP/{t}s"));
         println!(
-            "{:<12} {:<16} {:<28} {}",
+            "{:<12} {:<16} {:<28} {:<12} {affinity}",
             service.namespace,
             service.name,
             ips.join(","),

@@ -100,6 +100,13 @@ fn l3_l4_policy_over_the_cluster_ip() {
     lab.ok(&["apply", "-f", path(&sticky)]);
     let services = lab.ok(&["bpf", "services"]);
     assert!(services.contains("ClientIP/600s"), "{services}");
+    let listed = lab.ok(&["lab", "status"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("deathstar-sticky") && l.ends_with("ClientIP/600s")),
+        "{listed}"
+    );
     let sticky_hosts: std::collections::BTreeSet<String> = (0..12)
         .map(|_| {
             let listing = request(

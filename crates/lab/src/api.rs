@@ -103,4 +103,7 @@ pub struct ServiceSummary {
     pub cluster_ips: Vec<IpAddr>,
     /// `port/PROTO` entries.
     pub ports: Vec<String>,
+    /// ClientIP session affinity timeout in seconds; none without affinity.
+    #[serde(default)]
+    pub affinity_timeout_s: Option<u32>,
 }

@@ -1091,6 +1091,7 @@ impl Supervisor {
                         .iter()
                         .map(|p| format!("{}/{}", p.port, protocol_name(p.protocol)))
                         .collect(),
+                    affinity_timeout_s: s.service.spec.client_ip_affinity_timeout(),
                 })
                 .collect(),
             exposed: self.exposed.clone(),
