@@ -339,17 +339,7 @@ pub(crate) fn reset_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) -> Optio
     buf[tcp_at + 12] = 5 << 4;
     buf[tcp_at + 13] = TCP_RST | TCP_ACK;
     let sum_len = (tcp_at + 20) as u32;
-    // SAFETY: the buffer is on this stack frame and at least sum_len bytes.
-    let sum = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            buf.as_mut_ptr().cast(),
-            sum_len,
-            0,
-        )
-    };
-    let csum = !fold_csum(u64::from(sum as u32));
+    let csum = checksum_of(&mut buf, sum_len);
     buf[tcp_at + 16..tcp_at + 18].copy_from_slice(&csum.to_ne_bytes());
     let mut ip = [0u8; 40];
     if v4 {
@@ -360,9 +350,7 @@ pub(crate) fn reset_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) -> Optio
         ip[9] = IPPROTO_TCP;
         ip[12..16].copy_from_slice(&pkt.daddr[..4]);
         ip[16..20].copy_from_slice(&pkt.saddr[..4]);
-        // SAFETY: as above, 20 bytes.
-        let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ip.as_mut_ptr().cast(), 20, 0) };
-        let csum = !fold_csum(u64::from(sum as u32));
+        let csum = checksum_of(&mut ip, 20);
         ip[10..12].copy_from_slice(&csum.to_ne_bytes());
         let header: [u8; 20] = [
             ip[0], ip[1], ip[2], ip[3], ip[4], ip[5], ip[6], ip[7], ip[8], ip[9], ip[10], ip[11],
@@ -419,17 +407,7 @@ pub(crate) fn unreachable_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) ->
         buf[icmp_at + 1] = 4; // port unreachable
     }
     let sum_len = (quoted_at + quoted_len) as u32;
-    // SAFETY: the buffer is on this stack frame and at least sum_len bytes.
-    let sum = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            buf.as_mut_ptr().cast(),
-            sum_len,
-            0,
-        )
-    };
-    let csum = !fold_csum(u64::from(sum as u32));
+    let csum = checksum_of(&mut buf, sum_len);
     buf[icmp_at + 2..icmp_at + 4].copy_from_slice(&csum.to_ne_bytes());
 
     let skb = ctx.skb.skb.cast();
@@ -457,9 +435,7 @@ pub(crate) fn unreachable_client(ctx: &TcContext, pkt: &Packet, ifindex: u32) ->
         ip[9] = IPPROTO_ICMP;
         ip[12..16].copy_from_slice(&pkt.daddr[..4]);
         ip[16..20].copy_from_slice(&pkt.saddr[..4]);
-        // SAFETY: as above, 20 bytes.
-        let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ip.as_mut_ptr().cast(), 20, 0) };
-        let csum = !fold_csum(u64::from(sum as u32));
+        let csum = checksum_of(&mut ip, 20);
         ip[10..12].copy_from_slice(&csum.to_ne_bytes());
         ctx.store(ETH_HLEN, &ip, 0).ok()?;
     } else {
@@ -508,6 +484,16 @@ fn store_slice(ctx: &TcContext, offset: usize, bytes: &[u8]) -> Option<()> {
         )
     };
     (rc == 0).then_some(())
+}
+
+/// The Internet checksum of the first `len` bytes of `buf` (a buffer on this
+/// program's stack), as it goes into a header.
+#[inline(always)]
+fn checksum_of(buf: &mut [u8], len: u32) -> u16 {
+    // SAFETY: the buffer is on the caller's stack frame; every caller passes
+    // a `len` within it.
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, buf.as_mut_ptr().cast(), len, 0) };
+    !fold_csum(u64::from(sum as u32))
 }
 
 /// Folds a 32-bit one's-complement sum to 16 bits (network order in memory).
