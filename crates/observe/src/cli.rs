@@ -321,12 +321,21 @@ pub fn build_agent_events_request(args: &AgentEventsArgs) -> anyhow::Result<GetA
     })
 }
 
+/// The output format asked for; a table, printed when the stream ends, needs a stream
+/// that ends.
+fn output_format(output: OutputFormatArg, follow: bool) -> anyhow::Result<OutputFormat> {
+    let format = OutputFormat::from(output);
+    if format == OutputFormat::Table && follow {
+        bail!(
+            "--output table cannot be used with --follow: the table is printed when the stream ends"
+        );
+    }
+    Ok(format)
+}
+
 /// Runs `observe agent-events`: asks the agent for its events and prints them.
 pub async fn run_agent_events(args: AgentEventsArgs) -> anyhow::Result<()> {
-    let format = OutputFormat::from(args.output);
-    if format == OutputFormat::Table && args.follow {
-        bail!("table output format is not compatible with follow mode");
-    }
+    let format = output_format(args.output, args.follow)?;
     let request = build_agent_events_request(&args)?;
     let mut client = connect_with(&args.server, &args.tls).await?;
     let stream = client
@@ -435,12 +444,7 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
     if let Some(ObserveCommand::AgentEvents(events)) = args.command {
         return run_agent_events(events).await;
     }
-    let format = OutputFormat::from(args.output);
-    if format == OutputFormat::Table && args.follow {
-        bail!(
-            "--output table cannot be used with --follow: the table is printed when the stream ends"
-        );
-    }
+    let format = output_format(args.output, args.follow)?;
     let request = build_request(&args)?;
     let mut client = connect_with(&args.server, &args.tls).await?;
     let stream = client
@@ -465,6 +469,17 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_needs_a_stream_that_ends() {
+        let error = output_format(OutputFormatArg::Table, true).expect_err("table and follow");
+        assert_eq!(
+            error.to_string(),
+            "--output table cannot be used with --follow: the table is printed when the stream ends"
+        );
+        assert!(output_format(OutputFormatArg::Table, false).is_ok());
+        assert!(output_format(OutputFormatArg::Compact, true).is_ok());
+    }
     use crate::proto::flow::{FlowFilter, Verdict};
     use clap::Parser;
 
