@@ -327,7 +327,10 @@ impl Datapath {
                     .map_err(|source| DatapathError::Program { program, source })?
                     .tag();
                 match attached_tag(ifname, attach_type, program) {
-                    Some(tag) if tag == ours => continue,
+                    // The same instructions, using the same maps: keep it. (A program's tag
+                    // leaves out which maps it uses, so one attached over a map this load
+                    // created anew is swapped too.)
+                    Some(tag) if tag == ours && self.replaced_pins.is_empty() => continue,
                     Some(_) => {
                         // Another build of our program: swap it in the same
                         // link, so the hook is never empty.

@@ -14,7 +14,7 @@ use myelin_datapath::{
     CtScope, Datapath, EndpointInfo, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service,
     ServiceProtocol, Verdict, drop_reason,
 };
-use myelin_test_support::{ScratchBpffs, privileged};
+use myelin_test_support::{ScratchBpffs, pin_hash_map, privileged};
 use nix::sched::{CloneFlags, setns};
 
 const PROXY_PORT: u16 = 15001;
@@ -1000,4 +1000,70 @@ fn connect_from(port: u16, target: SocketAddr, limit: Duration) -> std::io::Resu
         }
         Ok(stream)
     }
+}
+
+/// After an upgrade that created a map anew (an older build pinned it with another
+/// layout), the programs attached to a veth are swapped for this load's even when their
+/// instructions are the same: a program's tag does not say which maps it uses, and the old
+/// ones would go on using the old map while the agent fills the new one. Without a replaced
+/// map the attached programs are kept.
+#[test]
+fn programs_over_a_map_created_anew_are_swapped() {
+    if !privileged("programs_over_a_map_created_anew_are_swapped") {
+        return;
+    }
+    let pid = std::process::id();
+    let ns = format!("mdp-{pid}-up");
+    let veth = format!("mdp{pid}u");
+    let guard = Namespaces {
+        names: vec![ns.clone()],
+    };
+    ip(&["netns", "add", &ns]);
+    in_ns(
+        &ns,
+        &[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "peer0",
+        ],
+    );
+    in_ns(&ns, &["ip", "link", "set", &veth, "up"]);
+    let bpffs = ScratchBpffs::mount().expect("mount bpffs");
+    let pins = bpffs.path_buf();
+    let (first, second, third) = in_thread(&ns, move || {
+        let info = EndpointInfo {
+            endpoint_id: 7,
+            identity: 51234,
+            ipv4: [10, 244, 1, 7],
+            ..EndpointInfo::default()
+        };
+        let mut load = || Datapath::load(&pins).expect("load");
+        let first = load().attach_endpoint(&veth, &info).expect("attach");
+        // An older build's services map: records of another size.
+        let maps = pins.join("maps");
+        std::fs::remove_file(maps.join("MYELIN_SERVICES")).expect("unpin");
+        pin_hash_map(
+            &maps,
+            "MYELIN_SERVICES",
+            size_of::<myelin_common::ServiceKey>() as u32,
+            3,
+            &[],
+        );
+        let mut upgraded = load();
+        assert_eq!(
+            upgraded.replaced_pins().len(),
+            1,
+            "{:?}",
+            upgraded.replaced_pins()
+        );
+        let second = upgraded.attach_endpoint(&veth, &info).expect("attach");
+        drop(upgraded);
+        let third = load().attach_endpoint(&veth, &info).expect("attach");
+        (first, second, third)
+    });
+    assert!(!first.readopted, "{first:?}");
+    assert!(
+        second.replaced,
+        "programs over a new map must be swapped: {second:?}"
+    );
+    assert!(third.readopted && !third.replaced, "{third:?}");
+    drop(guard);
 }

@@ -4,6 +4,9 @@
 //! CI a machine without the privilege skips them with a note; in CI
 //! (`CI=true`) they must run, so a missing privilege fails the test instead.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Whether the privileged test `name` can run here. Returns false (skip) only
@@ -62,4 +65,60 @@ impl Drop for ScratchBpffs {
         // directory alive.
         let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// One `bpf(2)` call with `attr` (zero beyond what the command reads).
+fn bpf(command: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<i64> {
+    // SAFETY: attr is a valid, writable union bpf_attr image of 128 bytes whose
+    // pointers (set by the callers) outlive the call.
+    let result = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), attr.len()) };
+    if result < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(result)
+    }
+}
+
+/// Pins a hash map named `name` in directory `maps` (on a bpffs) with the given
+/// record sizes and entries, as a build with that layout would have left it: for
+/// tests of what a newer build makes of an older one's maps. Panics on failure.
+pub fn pin_hash_map(
+    maps: &Path,
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    entries: &[(&[u8], &[u8])],
+) {
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_HASH.to_ne_bytes());
+    attr[4..8].copy_from_slice(&key_size.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value_size.to_ne_bytes());
+    attr[12..16].copy_from_slice(&1024u32.to_ne_bytes());
+    let name_bytes = name.as_bytes();
+    attr[28..28 + name_bytes.len().min(15)]
+        .copy_from_slice(&name_bytes[..name_bytes.len().min(15)]);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr).expect("create map") as i32;
+    // SAFETY: the kernel just returned this fd to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (key, value) in entries {
+        assert_eq!(
+            (key.len(), value.len()),
+            (key_size as usize, value_size as usize)
+        );
+        let mut attr = [0u8; 128];
+        attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+        attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).expect("insert");
+    }
+    let path = CString::new(maps.join(name).as_os_str().as_bytes()).expect("path");
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    bpf(BPF_OBJ_PIN, &mut attr).expect("pin");
 }
