@@ -1035,7 +1035,7 @@ fn programs_over_a_map_created_anew_are_swapped() {
             ipv4: [10, 244, 1, 7],
             ..EndpointInfo::default()
         };
-        let mut load = || Datapath::load(&pins).expect("load");
+        let load = || Datapath::load(&pins).expect("load");
         let first = load().attach_endpoint(&veth, &info).expect("attach");
         // An older build's services map: records of another size.
         let maps = pins.join("maps");
