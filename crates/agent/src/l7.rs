@@ -24,7 +24,9 @@ pub const TRACEPARENT: &str = "traceparent";
 
 /// A name given as an HTTP header name that is not one.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not an HTTP header name")]
+#[error(
+    "{0:?} is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. x-request-id"
+)]
 pub struct InvalidHeaderName(String);
 
 /// The request (and response) headers L7 flows carry in `l7.http.headers`
@@ -265,7 +267,9 @@ mod tests {
             let error = FlowHeaders::new([bad]).expect_err(bad);
             assert_eq!(
                 error.to_string(),
-                format!("{bad:?} is not an HTTP header name")
+                format!(
+                    "{bad:?} is not an HTTP header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. x-request-id"
+                )
             );
         }
     }
