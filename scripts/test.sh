@@ -19,9 +19,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 if [ "${CI:-}" = "true" ]; then
+  # A fresh clone gains nothing from incremental caches; they cost disk.
+  export CARGO_INCREMENTAL=0
   # Keeps the fuzz targets building and running; the long runs are `make fuzz`.
   echo "==> fuzz targets (smoke: ${FUZZ_SECONDS:-10} s each)"
   FUZZ_SECONDS=${FUZZ_SECONDS:-10} bash scripts/fuzz.sh
+  # The sanitizer builds are not used again in this run: give their disk back.
+  rm -rf crates/*/fuzz/target
   # Keeps the benchmark harness working: every scenario must produce numbers
   # (the figures themselves come from `make bench`, never from tests).
   echo "==> benchmark harness (smoke)"
