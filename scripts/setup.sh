@@ -54,7 +54,21 @@ install_bpf_linker() {
   fi
 }
 
+# A full test run peaks at about 3.5 GiB under the target directory (measured in CI);
+# running out mid-build fails with a compiler I/O error that does not say why.
+check_disk() {
+  local dir="${CARGO_TARGET_DIR:-$(pwd)/target}" free_kib need_kib=$((5 * 1024 * 1024))
+  while [ ! -d "$dir" ]; do dir=$(dirname "$dir"); done
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "${free_kib:-0}" -lt "$need_kib" ]; then
+    echo "warning: only $((free_kib / 1024)) MiB free on $(df -P "$dir" | awk 'NR == 2 { print $6 }') for $dir;" \
+      "building and testing Myelin needs about 5 GiB: free some (cargo clean in old clones)" \
+      "or point CARGO_TARGET_DIR at a disk with room" >&2
+  fi
+}
+
 need_root
+check_disk
 install_rust_parts
 LLVM_MAJOR=$(nightly_llvm_major)
 [ -n "$LLVM_MAJOR" ] || { echo "cannot read the nightly's LLVM version" >&2; exit 1; }
