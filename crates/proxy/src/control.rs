@@ -3,15 +3,20 @@
 //! The agent listens on a unix socket ([`ControlServer`]); the proxy connects to it
 //! ([`run_client`]) and reconnects with backoff whenever the agent goes away, so an agent
 //! restart never touches the data path. Frames are a 4-byte big-endian length followed by
-//! one JSON message. The agent sends whole [`Snapshot`]s; the proxy answers each with an
-//! `Ack` or a `Nack` and streams L7 events back.
+//! one JSON message. The agent greets each proxy with a `Hello` naming the event encodings it
+//! reads, then sends whole [`Snapshot`]s; the proxy answers each with an `Ack` or a `Nack`
+//! and streams L7 events back.
 //!
-//! Events travel in batches: a frame whose JSON is an array (`[event, event, …]`) carries
-//! every event queued within [`EVENT_LINGER`] of the first one (at most
-//! [`MAX_BATCH_EVENTS`]), so under load one write and one read move many events instead of
-//! one each. The agent's side
-//! hands them to subscribers one by one as [`ProxyMessage::Event`]; a single `event` object
-//! frame is still accepted.
+//! Events travel in batches: one frame carries every event queued within [`EVENT_LINGER`] of
+//! the first one (at most [`MAX_BATCH_EVENTS`]), so under load one write and one read move
+//! many events instead of one each. A batch is a JSON array (`[event, event, …]`) until the
+//! agent's `Hello` offers [`EVENT_ENCODING_POSTCARD_V1`]; then it is the byte
+//! [`POSTCARD_V1_BATCH`] followed by the postcard encoding of the events, which costs both
+//! sides a fraction of JSON's CPU (the proxy's events are one per request and response).
+//! Agents and proxies of different builds meet during upgrades: an agent that sends no
+//! `Hello` gets JSON, and the agent reads JSON batches and single `event` objects from
+//! proxies that predate the binary batches. The agent's side hands events to subscribers one
+//! by one as [`ProxyMessage::Event`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +46,15 @@ pub const MAX_BATCH_EVENTS: usize = 1024;
 /// and context switches per second; a few milliseconds of delay on flows costs nothing.
 pub const EVENT_LINGER: Duration = Duration::from_millis(5);
 
+/// The binary event batch encoding: postcard over `Vec<L7Event>` as this build defines it.
+/// Postcard writes no field names, so any change to [`L7Event`]'s fields (or the types in
+/// it) needs a new encoding name; the `postcard_v1_layout_is_pinned` test fails until then.
+pub const EVENT_ENCODING_POSTCARD_V1: &str = "postcard-v1";
+
+/// First byte of a postcard-v1 event batch frame. JSON frames start with `{`, `[` or
+/// whitespace, so the byte tells the two apart.
+pub const POSTCARD_V1_BATCH: u8 = 0x01;
+
 /// First delay before reconnecting to the agent; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest delay between reconnection attempts, which bounds how long a returning agent
@@ -51,6 +65,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
+    /// Sent first on every connection: what the agent reads besides JSON.
+    Hello {
+        /// Event batch encodings the agent decodes, e.g. [`EVENT_ENCODING_POSTCARD_V1`].
+        #[serde(default)]
+        event_encodings: Vec<String>,
+    },
     /// A complete configuration to apply.
     Snapshot(Snapshot),
 }
@@ -94,6 +114,9 @@ pub enum ControlError {
     /// A frame was not valid JSON of the expected shape.
     #[error("control channel: malformed message: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A binary event batch could not be decoded.
+    #[error("control channel: malformed binary event batch: {0}")]
+    DecodeEvents(#[from] postcard::Error),
     /// The proxy rejected the snapshot.
     #[error("the proxy rejected snapshot version {version}: {error}")]
     Nacked {
@@ -251,6 +274,18 @@ async fn serve_proxy(stream: UnixStream, shared: Arc<ServerShared>, cancel: Canc
     let (read, write) = stream.into_split();
     let mut reader = FramedRead::new(read, codec());
     let mut writer = FramedWrite::new(write, codec());
+    let hello = AgentMessage::Hello {
+        event_encodings: vec![EVENT_ENCODING_POSTCARD_V1.to_owned()],
+    };
+    match encode(&hello) {
+        Ok(frame) => {
+            if let Err(e) = writer.send(frame).await {
+                debug!(error = %e, "proxy went away before the greeting");
+                return;
+            }
+        }
+        Err(e) => warn!(error = %e, "encoding the greeting failed"),
+    }
     let mut latest = shared.latest.subscribe();
     latest.mark_changed();
     loop {
@@ -290,19 +325,14 @@ async fn serve_proxy(stream: UnixStream, shared: Arc<ServerShared>, cancel: Canc
                 warn!(error = %e, "reading from the proxy failed");
                 return;
             }
-            Step::Frame(Some(Ok(frame))) if is_event_batch(&frame) => {
-                match serde_json::from_slice::<Vec<L7Event>>(&frame) {
-                    Ok(events) => {
-                        for event in events {
-                            // No subscriber is fine: events are then simply not observed.
-                            let _ = shared.messages.send(ProxyMessage::Event(Box::new(event)));
-                        }
+            Step::Frame(Some(Ok(frame))) => match decode_from_proxy(&frame) {
+                Ok(FromProxy::Events(events)) => {
+                    for event in events {
+                        // No subscriber is fine: events are then simply not observed.
+                        let _ = shared.messages.send(ProxyMessage::Event(Box::new(event)));
                     }
-                    Err(e) => warn!(error = %e, "malformed event batch from the proxy"),
                 }
-            }
-            Step::Frame(Some(Ok(frame))) => match serde_json::from_slice::<ProxyMessage>(&frame) {
-                Ok(message) => {
+                Ok(FromProxy::Message(message)) => {
                     match &message {
                         ProxyMessage::Ack { version } => shared.acks.send_modify(|s| {
                             s.acked = Some(s.acked.map_or(*version, |a| a.max(*version)));
@@ -324,20 +354,57 @@ async fn serve_proxy(stream: UnixStream, shared: Arc<ServerShared>, cancel: Canc
     }
 }
 
-/// Whether a frame from the proxy is a batch of events (a JSON array) rather than one
-/// [`ProxyMessage`] (a JSON object).
-fn is_event_batch(frame: &[u8]) -> bool {
-    frame
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'[')
+/// A frame from the proxy, decoded.
+#[derive(Debug, PartialEq)]
+enum FromProxy {
+    /// A batch of events (binary or a JSON array).
+    Events(Vec<L7Event>),
+    /// One message (a JSON object).
+    Message(ProxyMessage),
 }
 
-/// Encodes events as one batch frame (a JSON array of events).
-fn encode_events(events: &[L7Event]) -> Result<Bytes, serde_json::Error> {
-    // Most events encode in a few hundred bytes; one allocation per batch, not per event.
+fn decode_from_proxy(frame: &[u8]) -> Result<FromProxy, ControlError> {
+    if let Some((&POSTCARD_V1_BATCH, events)) = frame.split_first() {
+        return Ok(FromProxy::Events(postcard::from_bytes(events)?));
+    }
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        Ok(FromProxy::Events(serde_json::from_slice(frame)?))
+    } else {
+        Ok(FromProxy::Message(serde_json::from_slice(frame)?))
+    }
+}
+
+/// How the proxy writes event batches on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventEncoding {
+    /// A JSON array: what every agent reads.
+    Json,
+    /// [`EVENT_ENCODING_POSTCARD_V1`], once the agent has offered it.
+    PostcardV1,
+}
+
+impl EventEncoding {
+    /// The best encoding among those the agent offers.
+    fn chosen(offered: &[String]) -> Self {
+        if offered.iter().any(|e| e == EVENT_ENCODING_POSTCARD_V1) {
+            Self::PostcardV1
+        } else {
+            Self::Json
+        }
+    }
+}
+
+/// Encodes events as one batch frame.
+fn encode_events(events: &[L7Event], encoding: EventEncoding) -> std::io::Result<Bytes> {
+    // Events encode in at most a few hundred bytes; one allocation per batch, not per event.
     let mut out = Vec::with_capacity(events.len() * 512);
-    serde_json::to_writer(&mut out, events)?;
+    match encoding {
+        EventEncoding::Json => serde_json::to_writer(&mut out, events)?,
+        EventEncoding::PostcardV1 => {
+            out.push(POSTCARD_V1_BATCH);
+            out = postcard::to_extend(events, out).map_err(std::io::Error::other)?;
+        }
+    }
     Ok(Bytes::from(out))
 }
 
@@ -401,6 +468,8 @@ async fn client_session(
         .await?;
     let mut batch = Vec::with_capacity(MAX_BATCH_EVENTS);
     let mut events_open = true;
+    // JSON until the agent says it reads more: an agent of an older build never will.
+    let mut encoding = EventEncoding::Json;
     loop {
         enum Step {
             Frame(Option<Result<bytes::BytesMut, std::io::Error>>),
@@ -422,6 +491,11 @@ async fn client_session(
         let reply = match step {
             Step::Frame(None) => return Ok(()),
             Step::Frame(Some(frame)) => match serde_json::from_slice::<AgentMessage>(&frame?) {
+                Ok(AgentMessage::Hello { event_encodings }) => {
+                    encoding = EventEncoding::chosen(&event_encodings);
+                    debug!(?encoding, "agent greeted");
+                    continue;
+                }
                 Ok(AgentMessage::Snapshot(snapshot)) => {
                     let version = snapshot.version;
                     match sink.apply(snapshot) {
@@ -444,12 +518,117 @@ async fn client_session(
                         }
                     }
                 }
-                let frame = encode_events(&batch).map_err(std::io::Error::other);
+                let frame = encode_events(&batch, encoding);
                 batch.clear();
                 writer.send(frame?).await?;
                 continue;
             }
         };
         writer.send(send(&reply)?).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Direction;
+    use crate::event::{HeaderPair, HttpInfo, L7EventKind, Peer, Verdict};
+
+    fn events() -> Vec<L7Event> {
+        let request = L7Event {
+            time_unix_nanos: 1_764_115_200_000_000_123,
+            kind: L7EventKind::HttpRequest,
+            verdict: Verdict::Forwarded,
+            direction: Direction::Ingress,
+            is_reply: false,
+            source: Peer {
+                address: "10.0.1.7:40000".parse().unwrap(),
+                identity: Some(4242),
+            },
+            destination: Peer {
+                address: "[fd00::1]:80".parse().unwrap(),
+                identity: None,
+            },
+            http: Some(HttpInfo {
+                code: 0,
+                method: "POST".into(),
+                url: "http://deathstar/v1/request-landing".into(),
+                protocol: "HTTP/1.1".into(),
+                headers: vec![HeaderPair {
+                    key: "x-request-id".into(),
+                    value: "ab\"c".into(),
+                }],
+            }),
+            latency_ns: None,
+            summary: None,
+        };
+        let refused = L7Event {
+            kind: L7EventKind::NonHttp,
+            verdict: Verdict::Dropped,
+            direction: Direction::Egress,
+            is_reply: true,
+            http: None,
+            latency_ns: Some(1_500),
+            summary: Some("not HTTP".into()),
+            ..request.clone()
+        };
+        vec![request, refused]
+    }
+
+    #[test]
+    fn both_batch_encodings_and_single_events_decode_to_the_same_events() {
+        for encoding in [EventEncoding::Json, EventEncoding::PostcardV1] {
+            let frame = encode_events(&events(), encoding).unwrap();
+            assert_eq!(
+                decode_from_proxy(&frame).unwrap(),
+                FromProxy::Events(events()),
+                "{encoding:?}"
+            );
+        }
+        // A proxy of a build before batches sent each event as its own message.
+        let single = encode(&ProxyMessage::Event(Box::new(events()[1].clone()))).unwrap();
+        assert_eq!(
+            decode_from_proxy(&single).unwrap(),
+            FromProxy::Message(ProxyMessage::Event(Box::new(events()[1].clone())))
+        );
+        let truncated = encode_events(&events(), EventEncoding::PostcardV1).unwrap();
+        assert!(matches!(
+            decode_from_proxy(&truncated[..truncated.len() - 3]),
+            Err(ControlError::DecodeEvents(_))
+        ));
+    }
+
+    #[test]
+    fn the_best_offered_encoding_is_chosen() {
+        assert_eq!(EventEncoding::chosen(&[]), EventEncoding::Json);
+        assert_eq!(
+            EventEncoding::chosen(&["cbor".into()]),
+            EventEncoding::Json,
+            "unknown names are skipped"
+        );
+        assert_eq!(
+            EventEncoding::chosen(&["cbor".into(), EVENT_ENCODING_POSTCARD_V1.into()]),
+            EventEncoding::PostcardV1
+        );
+    }
+
+    /// The bytes of a postcard-v1 batch. When this fails, `L7Event` (or a type in it)
+    /// changed shape: agents of the previous build would misread the new batches, so give
+    /// the encoding a new name (and first byte), keep reading the old one, then update this.
+    #[test]
+    fn postcard_v1_layout_is_pinned() {
+        let frame = encode_events(&events(), EventEncoding::PostcardV1).unwrap();
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            concat!(
+                "0102fb80f8f6d7add9bd1800000000000a000107c0b80201922101fd00000000",
+                "00000000000000000000015000010004504f535423687474703a2f2f64656174",
+                "68737461722f76312f726571756573742d6c616e64696e6708485454502f312e",
+                "31010c782d726571756573742d696404616222630000fb80f8f6d7add9bd1802",
+                "010101000a000107c0b80201922101fd00000000000000000000000000000150",
+                "000001dc0b01086e6f742048545450",
+            )
+        );
     }
 }

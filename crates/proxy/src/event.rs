@@ -100,7 +100,9 @@ pub struct L7Event {
     /// Time from request to response headers, on responses.
     pub latency_ns: Option<u64>,
     /// Free-form notes: why a connection was refused, headers whose mismatch was logged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// (Always written: the binary batch encoding has no field names, so a field cannot be
+    /// left out.)
+    #[serde(default)]
     pub summary: Option<String>,
 }
 

@@ -5,10 +5,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures::{SinkExt, StreamExt};
 use http::StatusCode;
 use myelin_proxy::config::HttpRule;
-use myelin_proxy::control::{ControlError, ControlServer, ProxyMessage};
+use myelin_proxy::control::{
+    AgentMessage, ControlError, ControlServer, EVENT_ENCODING_POSTCARD_V1, POSTCARD_V1_BATCH,
+    ProxyMessage,
+};
+use myelin_proxy::event::{L7Event, L7EventKind};
 use myelin_proxy::{Proxy, ProxyConfig};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 fn only(path: &str) -> Vec<HttpRule> {
     vec![HttpRule {
@@ -191,4 +197,97 @@ async fn connection_cap_queues_excess_clients() {
     drop(first);
     let status = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+/// An agent written by hand on the raw socket: a stand-in for agents of other builds.
+struct RawAgent {
+    reader: FramedRead<tokio::net::unix::OwnedReadHalf, LengthDelimitedCodec>,
+    writer: FramedWrite<tokio::net::unix::OwnedWriteHalf, LengthDelimitedCodec>,
+}
+
+impl RawAgent {
+    async fn accept(listener: &tokio::net::UnixListener) -> Self {
+        let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let (read, write) = stream.into_split();
+        Self {
+            reader: FramedRead::new(read, LengthDelimitedCodec::new()),
+            writer: FramedWrite::new(write, LengthDelimitedCodec::new()),
+        }
+    }
+
+    async fn send(&mut self, message: &AgentMessage) {
+        let frame = serde_json::to_vec(message).unwrap();
+        self.writer.send(bytes::Bytes::from(frame)).await.unwrap();
+    }
+
+    async fn frame(&mut self) -> bytes::BytesMut {
+        tokio::time::timeout(WAIT, self.reader.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Upgrades meet agents and proxies of different builds: the proxy writes binary event
+/// batches only to an agent that offered them in its greeting, and JSON to one that did not.
+#[tokio::test]
+async fn event_batches_are_binary_only_for_an_agent_that_offers_it() {
+    for offers_binary in [false, true] {
+        let upstream = upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::UnixListener::bind(socket_path(&dir)).unwrap();
+        let proxy = Proxy::new(config(&dir));
+        proxy.start().unwrap();
+        let mut agent = RawAgent::accept(&listener).await;
+        let hello: ProxyMessage = serde_json::from_slice(&agent.frame().await).unwrap();
+        assert_eq!(hello, ProxyMessage::Hello { version: None });
+        if offers_binary {
+            agent
+                .send(&AgentMessage::Hello {
+                    event_encodings: vec![
+                        "a-future-encoding".into(),
+                        EVENT_ENCODING_POSTCARD_V1.into(),
+                    ],
+                })
+                .await;
+        }
+        agent
+            .send(&AgentMessage::Snapshot(snapshot(
+                1,
+                &upstream,
+                only("/public"),
+            )))
+            .await;
+        let ack: ProxyMessage = serde_json::from_slice(&agent.frame().await).unwrap();
+        assert_eq!(ack, ProxyMessage::Ack { version: 1 });
+
+        let addr = proxy.listener_addr("ingress").unwrap();
+        assert_eq!(
+            send(&mut h1(addr).await, get("/public")).await.0,
+            StatusCode::OK
+        );
+        let frame = agent.frame().await;
+        let events: Vec<L7Event> = if offers_binary {
+            assert_eq!(frame[0], POSTCARD_V1_BATCH, "a binary batch");
+            postcard::from_bytes(&frame[1..]).unwrap()
+        } else {
+            assert_eq!(frame[0], b'[', "a JSON array");
+            serde_json::from_slice(&frame).unwrap()
+        };
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [L7EventKind::HttpRequest, L7EventKind::HttpResponse],
+            "offers binary: {offers_binary}"
+        );
+        assert_eq!(
+            events[0].http.as_ref().map(|h| h.url.as_str()),
+            Some("http://backend.default/public")
+        );
+        proxy.shutdown();
+    }
 }
