@@ -164,8 +164,9 @@ topology() {
       net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
   done
   in_ns "$NS_N" sysctl -qw net.ipv4.ip_forward=1
-  # The L7 redirect's local delivery (shared/reference/l7-redirect.md): packets the datapath
-  # hands to the proxy carry mark 0x200/0xf00 and are delivered locally.
+  # The L7 redirect's local delivery, as myelin_datapath::proxy_routing sets it up in the
+  # lab: packets the datapath hands to the proxy carry mark 0x200/0xf00 and are delivered
+  # locally.
   in_ns "$NS_N" ip rule add fwmark 0x200/0xf00 lookup 2004 pref 100
   in_ns "$NS_N" ip route add local 0.0.0.0/0 dev lo table 2004
   # Routed pods, as Myelin's nodes do: a veth per pod, the host side in the node.

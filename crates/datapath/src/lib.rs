@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod handles;
 mod loader;
+pub mod proxy_routing;
 mod tables;
 
 pub use error::DatapathError;

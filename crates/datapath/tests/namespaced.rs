@@ -33,31 +33,15 @@ fn in_ns(ns: &str, args: &[&str]) {
     assert!(status.success(), "{ns}: {}", args.join(" "));
 }
 
-/// The recipe's routing for redirected packets in `node`: packets carrying the redirect mark
-/// (`0x200/0xf00`) are delivered locally, to the socket `bpf_sk_assign` chose.
-fn deliver_marked_locally(node: &str, family: &str) {
-    let everything = if family == "-6" { "::/0" } else { "0.0.0.0/0" };
-    in_ns(
-        node,
-        &[
-            "ip",
-            family,
-            "rule",
-            "add",
-            "fwmark",
-            "0x200/0xf00",
-            "lookup",
-            "2004",
-            "pref",
-            "100",
-        ],
-    );
-    in_ns(
-        node,
-        &[
-            "ip", family, "route", "add", "local", everything, "dev", "lo", "table", "2004",
-        ],
-    );
+/// The recipe's routing for redirected packets in `node`, as a node of the lab has it:
+/// packets carrying the redirect mark are delivered locally, to the socket `bpf_sk_assign`
+/// chose.
+fn deliver_marked_locally(node: &str) {
+    for route in myelin_datapath::proxy_routing::proxy_delivery_routes() {
+        let mut args = vec!["ip"];
+        args.extend(route.iter().map(String::as_str));
+        in_ns(node, &args);
+    }
 }
 
 /// Network namespaces created by this test, deleted by name on drop.
@@ -218,7 +202,7 @@ fn redirected_connection(v6: bool) {
                 &host_veth,
             ],
         );
-        deliver_marked_locally(&node, "-6");
+        deliver_marked_locally(&node);
         in_ns(
             &pod,
             &[
@@ -247,7 +231,7 @@ fn redirected_connection(v6: bool) {
             &node,
             &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
         );
-        deliver_marked_locally(&node, "-4");
+        deliver_marked_locally(&node);
         in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
         in_ns(
             &pod,
@@ -765,7 +749,7 @@ fn connection_churn_from_reused_ports_through_the_redirect_completes() {
         &node,
         &["ip", "route", "add", "10.244.1.5/32", "dev", &host_veth],
     );
-    deliver_marked_locally(&node, "-4");
+    deliver_marked_locally(&node);
     in_ns(&pod, &["ip", "link", "set", "eth0", "up"]);
     in_ns(&pod, &["ip", "addr", "add", "10.244.1.5/32", "dev", "eth0"]);
     in_ns(

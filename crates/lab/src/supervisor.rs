@@ -207,39 +207,13 @@ impl Supervisor {
             "nodad",
         ])?;
 
-        // Connections the datapath hands to the proxy (mark 0x200) are
-        // delivered locally, as the sk_assign recipe requires.
-        for family in ["-4", "-6"] {
-            net::ip(&[
-                "-n",
-                &netns,
-                family,
-                "rule",
-                "add",
-                "fwmark",
-                "0x200/0xf00",
-                "lookup",
-                "2004",
-                "pref",
-                "100",
-            ])?;
+        // Connections the datapath hands to the proxy are delivered locally, as the
+        // sk_assign recipe requires.
+        for route in myelin_datapath::proxy_routing::proxy_delivery_routes() {
+            let mut args = vec!["-n", netns.as_str()];
+            args.extend(route.iter().map(String::as_str));
+            net::ip(&args)?;
         }
-        net::ip(&[
-            "-n",
-            &netns,
-            "-4",
-            "route",
-            "add",
-            "local",
-            "0.0.0.0/0",
-            "dev",
-            "lo",
-            "table",
-            "2004",
-        ])?;
-        net::ip(&[
-            "-n", &netns, "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "2004",
-        ])?;
 
         std::fs::create_dir_all(self.names.node_dir(name))?;
         crate::bpffs::ensure_mounted(&self.names.bpffs())?;
