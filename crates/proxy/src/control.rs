@@ -3,7 +3,7 @@
 //! The agent listens on a unix socket ([`ControlServer`]); the proxy connects to it
 //! ([`run_client`]) and reconnects with backoff whenever the agent goes away, so an agent
 //! restart never touches the data path. Frames are a 4-byte big-endian length followed by
-//! one JSON message. The agent greets each proxy with a `Hello` naming the event encodings it
+//! one JSON message or a binary event batch. The agent greets each proxy with a `Hello` naming the event encodings it
 //! reads, then sends whole [`Snapshot`]s; the proxy answers each with an `Ack` or a `Nack`
 //! and streams L7 events back.
 //!
@@ -49,6 +49,8 @@ pub const EVENT_LINGER: Duration = Duration::from_millis(5);
 /// The binary event batch encoding: postcard over `Vec<L7Event>` as this build defines it.
 /// Postcard writes no field names, so any change to [`L7Event`]'s fields (or the types in
 /// it) needs a new encoding name; the `postcard_v1_layout_is_pinned` test fails until then.
+/// A new enum variant needs one too (that test cannot see it): an agent of the previous
+/// build would refuse every batch holding it.
 pub const EVENT_ENCODING_POSTCARD_V1: &str = "postcard-v1";
 
 /// First byte of a postcard-v1 event batch frame. JSON frames start with `{`, `[` or
