@@ -108,6 +108,9 @@ pub mod drop_reason {
     pub const INVALID_IPV6_EXTENSION_HEADER: u8 = 156;
     /// The service has no backend ("Service backend not found").
     pub const NO_SERVICE: u8 = 158;
+    /// A later fragment of a datagram whose first fragment was not seen: its ports are
+    /// unknown ("First logical datagram fragment not found").
+    pub const FRAG_NOT_FOUND: u8 = 175;
     /// The proxy's socket was not found.
     pub const SOCKET_LOOKUP_FAILED: u8 = 178;
     /// `bpf_sk_assign` refused the proxy's socket.

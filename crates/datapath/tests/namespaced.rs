@@ -587,8 +587,13 @@ fn services_and_policy_through_real_sockets() {
             egress_enforced: false,
             rules,
         };
+        let udp_from_client = PolicyRule {
+            protocol: 17,
+            ports: Some((5353, 5353)),
+            ..allow_from(1001, 9)
+        };
         datapath
-            .replace_policy(6, &ingress(vec![allow_from(1001, 1)]))
+            .replace_policy(6, &ingress(vec![allow_from(1001, 1), udp_from_client]))
             .expect("policy");
         for (frontend, protocol, backends) in [
             (
@@ -598,6 +603,11 @@ fn services_and_policy_through_real_sockets() {
             ),
             ("10.96.0.11:80", ServiceProtocol::Tcp, vec![]),
             ("10.96.0.11:53", ServiceProtocol::Udp, vec![]),
+            (
+                "10.96.0.12:53",
+                ServiceProtocol::Udp,
+                vec!["10.244.1.6:5353"],
+            ),
         ] {
             datapath
                 .upsert_service(&Service {
@@ -671,6 +681,38 @@ fn services_and_policy_through_real_sockets() {
         assert_eq!(tcp, Err(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(udp, Err(std::io::ErrorKind::ConnectionRefused));
         assert!(elapsed < Duration::from_secs(1), "fails fast: {elapsed:?}");
+
+        // A UDP datagram larger than the veths' MTU travels as fragments, both ways: each
+        // fragment is translated (only the first carries the ports) and the datagram
+        // arrives whole.
+        let server = in_thread(&server_t, || {
+            std::net::UdpSocket::bind("0.0.0.0:5353").expect("udp server")
+        });
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok((len, from)) = server.recv_from(&mut buf) {
+                if server.send_to(&buf[..len], from).is_err() {
+                    return;
+                }
+            }
+        });
+        let (echoed, from) = in_thread(&client_t, || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp client");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .expect("timeout");
+            let datagram: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+            socket
+                .send_to(&datagram, "10.96.0.12:53")
+                .expect("send a large datagram");
+            let mut buf = [0u8; 8192];
+            let (len, from) = socket
+                .recv_from(&mut buf)
+                .expect("the whole datagram comes back");
+            (buf[..len] == datagram[..], from)
+        });
+        assert!(echoed, "the echo is the datagram sent");
+        assert_eq!(from, "10.96.0.12:53".parse().expect("vip"), "from the VIP");
 
         // A policy change that still allows the client: nothing changes.
         datapath

@@ -950,23 +950,23 @@ async fn malformed_and_unusual_headers() {
     cut.truncate(14 + 40 + 1);
     let (verdict, _, _) = h.run(PROGRAM_FROM_CONTAINER, &cut).await;
     assert_eq!(verdict, TC_ACT_SHOT);
-    // IPv4 non-first fragment: no ports, passed and flagged.
+    // Later fragments whose first fragment was never seen (IPv4, then an IPv6 fragment
+    // header): their ports are unknown, so they are dropped.
     let mut frag = Pkt::udp(POD_V4, 0, "10.244.2.7", 0).with_payload(&[7u8; 16]);
     frag.fragment = (185, false);
     let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &frag.build()).await;
-    assert_eq!(verdict, TC_ACT_OK);
-    let trace = find(&events, EventKind::Trace);
-    assert_ne!(trace.flags & EVENT_FLAG_FRAGMENT, 0);
-    assert_eq!(trace.destination_port, 0);
-    // IPv6 fragment header of a later fragment.
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(drop.drop_reason, drop_reason::FRAG_NOT_FOUND);
+    assert_ne!(drop.flags & EVENT_FLAG_FRAGMENT, 0);
     let mut frag6 = Pkt::udp(POD_V6, 0, "fd00:10:244:2::7", 0).with_payload(&[7u8; 16]);
     frag6.ipv6_extensions = vec![(44, vec![0, 0x05, 0x00, 0, 0, 0, 1])];
-    let frame = frag6.build();
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &frame).await;
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_ne!(
-        find(&events, EventKind::Trace).flags & EVENT_FLAG_FRAGMENT,
-        0
+    frag6.fragment = (0x05 << 5, false);
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &frag6.build()).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::FRAG_NOT_FOUND
     );
     // Zero-length payloads (bare UDP header, bare TCP header).
     let empty = Pkt::udp(POD_V4, 49003, "10.244.2.7", 9).build();
@@ -989,6 +989,100 @@ async fn malformed_and_unusual_headers() {
     let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &arp).await;
     assert_eq!(verdict, TC_ACT_OK);
     assert!(events.is_empty());
+}
+
+#[tokio::test]
+async fn fragmented_datagrams_to_a_service_are_translated_whole() {
+    if !privileged("fragmented_datagrams_to_a_service_are_translated_whole") {
+        return;
+    }
+    let mut h = harness();
+    for (vip, backend) in [
+        ("10.96.0.20:53", "10.244.2.7:5353"),
+        ("[fd00:10:96::b]:53", "[fd00:10:244:2::7]:5353"),
+    ] {
+        h.datapath
+            .upsert_service(&Service {
+                frontend: vip.parse().expect("vip"),
+                protocol: ServiceProtocol::Udp,
+                backends: vec![backend.parse().expect("backend")],
+                affinity_timeout_s: None,
+            })
+            .expect("service");
+    }
+
+    // IPv4: the first fragment (more fragments, id 7) carries the UDP header; the later
+    // one (offset 16 bytes) only data.
+    let mut first = Pkt::udp(POD_V4, 46000, "10.96.0.20", 53).with_payload(&[1u8; 8]);
+    (first.fragment, first.ip_id) = ((0, true), 7);
+    let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &first.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(tuple(&out), (ip(POD_V4), ip("10.244.2.7"), 46000, 5353));
+    assert!(
+        checksums_valid(&out),
+        "first fragment's checksums after DNAT"
+    );
+    let mut later = Pkt::udp(POD_V4, 0, "10.96.0.20", 0).with_payload(&[2u8; 24]);
+    (later.fragment, later.ip_id) = ((2, false), 7);
+    let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &later.build()).await;
+    assert_eq!(verdict, TC_ACT_OK, "the later fragment follows its first");
+    let (src, dst, ..) = tuple(&out);
+    assert_eq!(
+        (src, dst),
+        (ip(POD_V4), ip("10.244.2.7")),
+        "DNAT of the later fragment"
+    );
+    assert!(ipv4_header_checksum_valid(&out));
+    assert_eq!(&out[34..], &[2u8; 24], "its data untouched");
+    // (No trace: like any packet of an established flow, it is counted, not reported.)
+
+    // The backend's answer, fragmented too: reverse NAT on both fragments.
+    let mut first = Pkt::udp("10.244.2.7", 5353, POD_V4, 46000).with_payload(&[3u8; 8]);
+    (first.fragment, first.ip_id) = ((0, true), 9);
+    let (verdict, out, _) = h.run(PROGRAM_TO_CONTAINER, &first.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(tuple(&out), (ip("10.96.0.20"), ip(POD_V4), 53, 46000));
+    assert!(checksums_valid(&out), "checksums after reverse NAT");
+    let mut later = Pkt::udp("10.244.2.7", 0, POD_V4, 0).with_payload(&[4u8; 16]);
+    (later.fragment, later.ip_id) = ((2, false), 9);
+    let (verdict, out, _) = h.run(PROGRAM_TO_CONTAINER, &later.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst, ..) = tuple(&out);
+    assert_eq!((src, dst), (ip("10.96.0.20"), ip(POD_V4)), "reverse NAT");
+    assert!(ipv4_header_checksum_valid(&out));
+    assert_eq!(&out[34..], &[4u8; 16]);
+
+    // Another datagram's later fragment (id 8) finds no first: dropped.
+    let mut stray = Pkt::udp(POD_V4, 0, "10.96.0.20", 0).with_payload(&[5u8; 8]);
+    (stray.fragment, stray.ip_id) = ((2, false), 8);
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &stray.build()).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::FRAG_NOT_FOUND
+    );
+
+    // IPv6: a fragment header (id 0x01020304) before UDP in the first fragment (M set)
+    // and before data in the later one (offset 16 bytes).
+    let mut first = Pkt::udp(POD_V6, 46001, "fd00:10:96::b", 53).with_payload(&[6u8; 8]);
+    first.ipv6_extensions = vec![(44, vec![0, 0x00, 0x01, 1, 2, 3, 4])];
+    let (verdict, out, _) = h.run(PROGRAM_FROM_CONTAINER, &first.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst, ..) = tuple(&out);
+    assert_eq!((src, dst), (ip(POD_V6), ip("fd00:10:244:2::7")));
+    let mut later = Pkt::udp(POD_V6, 0, "fd00:10:96::b", 0).with_payload(&[7u8; 16]);
+    later.ipv6_extensions = vec![(44, vec![0, 0x00, 0x10, 1, 2, 3, 4])];
+    later.fragment = (2, false);
+    let (verdict, out, events) = h.run(PROGRAM_FROM_CONTAINER, &later.build()).await;
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst, ..) = tuple(&out);
+    assert_eq!(
+        (src, dst),
+        (ip(POD_V6), ip("fd00:10:244:2::7")),
+        "IPv6 DNAT"
+    );
+    assert_eq!(&out[14 + 40 + 8..], &[7u8; 16]);
+    assert!(events.iter().all(|e| kind(e) != Some(EventKind::Drop)));
 }
 
 #[tokio::test]

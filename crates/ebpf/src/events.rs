@@ -18,9 +18,6 @@ use myelin_common::{
 /// Unread event bytes from which a new event wakes the reader (see `emit`'s flags).
 const EVENT_WAKEUP_BYTES: u64 = 256 * 1024;
 
-/// Tag of fragment traces in [`REPORTS`] (drop reasons are the other tags).
-pub(crate) const REPORT_TAG_FRAGMENT: u8 = 255;
-
 /// What an event reports beyond the packet and its context.
 pub(crate) struct Outcome {
     pub(crate) kind: EventKind,
@@ -161,7 +158,7 @@ pub(crate) fn deny(
 
 /// True when an event for this packet's tuple and `tag` was reported less
 /// than the report interval ago; otherwise records now and returns false.
-pub(crate) fn recently_reported(st: &State, tag: u8) -> bool {
+fn recently_reported(st: &State, tag: u8) -> bool {
     let key = ct_key(&st.pkt, tag, false);
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -3,10 +3,8 @@
 
 use crate::State;
 use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
-use crate::events::{
-    Outcome, REPORT_TAG_FRAGMENT, deny, drop_packet, drop_unparsed, emit, emit_verdict,
-    recently_reported, reset_meta,
-};
+use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
+use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
 use crate::maps::{CONNTRACK, ENDPOINTS, ENDPOINTS_BY_IP};
 use crate::parse::{
@@ -59,15 +57,12 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
         return TC_ACT_OK;
     }
     if st.pkt.fragment {
-        // No ports: neither conntrack nor port policy can apply. The first
-        // fragment carried the verdict; without it the receiver cannot
-        // reassemble, and overlapping fragments are discarded by Linux.
         st.meta.flags |= EVENT_FLAG_FRAGMENT;
-        if !recently_reported(st, REPORT_TAG_FRAGMENT) {
-            st.meta.dst_identity = identity_of(st.pkt.family, &st.pkt.daddr);
-            emit(ctx, st, &Outcome::trace(point));
-        }
-        return TC_ACT_OK;
+    }
+    // A later fragment takes its first fragment's ports, and goes on as one
+    // packet of that flow.
+    if let Err(reason) = track_fragments(&mut st.pkt) {
+        return drop_packet(ctx, st, point, reason, 0);
     }
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -25,6 +25,7 @@
 
 mod conntrack;
 mod events;
+mod fragments;
 mod from_container;
 mod host_routing;
 mod maps;

@@ -2,6 +2,7 @@
 //! per-CPU scratch space. Names are the agent's: `MYELIN_*`.
 
 use crate::State;
+use crate::fragments::{FragmentKey, FragmentPorts};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{
     Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash,
@@ -85,12 +86,19 @@ pub(crate) static EVENTS: RingBuf = RingBuf::pinned(1 << 22, 0);
 #[map(name = "MYELIN_LOST")]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
-/// When events without a conntrack entry to aggregate them (drops,
-/// fragments) were last reported, per tuple and reason: a denied flood or
-/// a fragment storm reports once per interval instead of filling the ring.
+/// When events without a conntrack entry to aggregate them (drops) were
+/// last reported, per tuple and reason: a denied flood reports once per
+/// interval instead of filling the ring.
 /// Not pinned: losing it on reload only repeats a report.
 #[map(name = "MYELIN_REPORTS")]
 pub(crate) static REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// The ports of fragmented datagrams in flight, registered by their first
+/// fragment ([`crate::fragments`]). Not pinned: a datagram's fragments pass
+/// within milliseconds, and a reload loses at most one in flight.
+#[map(name = "MYELIN_FRAGMENTS")]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
+    LruHashMap::with_max_entries(8192, 0);
 
 /// Scratch space for the event being built: it does not fit the 512-byte
 /// stack next to the keys.

@@ -25,8 +25,13 @@ const MAX_IPV6_EXTENSIONS: usize = 6;
 pub(crate) struct Packet {
     pub(crate) family: u8,
     pub(crate) protocol: u8,
-    /// Non-first fragment: no L4 header.
+    /// Non-first fragment: no L4 header (its ports come from the first one, see
+    /// [`crate::fragments`]).
     pub(crate) fragment: bool,
+    /// First fragment of a fragmented datagram: it carries the L4 header.
+    pub(crate) first_fragment: bool,
+    /// Identification of a fragmented datagram (IPv4: 16 bits, IPv6: 32).
+    pub(crate) fragment_id: u32,
     pub(crate) tcp_flags: u8,
     pub(crate) icmp_type: u8,
     pub(crate) icmp_code: u8,
@@ -104,6 +109,8 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, u8> {
         family: 0,
         protocol: 0,
         fragment: false,
+        first_fragment: false,
+        fragment_id: 0,
         tcp_flags: 0,
         icmp_type: 0,
         icmp_code: 0,
@@ -136,7 +143,10 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, u8> {
             pkt.saddr[..4].copy_from_slice(&header[12..16]);
             pkt.daddr[..4].copy_from_slice(&header[16..20]);
             let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+            let more_fragments = header[6] & 0x20 != 0;
             pkt.fragment = fragment_offset != 0;
+            pkt.first_fragment = fragment_offset == 0 && more_fragments;
+            pkt.fragment_id = u32::from(u16::from_be_bytes([header[4], header[5]]));
             pkt.l4_offset = ETH_HLEN + header_len;
         }
         ETH_P_IPV6 => {
@@ -153,10 +163,12 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, u8> {
             pkt.daddr = ctx
                 .load(ETH_HLEN + 24)
                 .map_err(|_| drop_reason::INVALID_PACKET)?;
-            let (protocol, offset, fragment) = ipv6_extensions(ctx, header[6])?;
-            pkt.protocol = protocol;
-            pkt.l4_offset = offset;
-            pkt.fragment = fragment;
+            let walked = ipv6_extensions(ctx, header[6])?;
+            pkt.protocol = walked.protocol;
+            pkt.l4_offset = walked.offset;
+            pkt.fragment = walked.fragment;
+            pkt.first_fragment = walked.first_fragment;
+            pkt.fragment_id = walked.fragment_id;
         }
         _ => return Ok(false),
     }
@@ -166,12 +178,28 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, u8> {
     Ok(true)
 }
 
-/// Walks IPv6 extension headers: (upper-layer protocol, its offset, non-first fragment).
-fn ipv6_extensions(ctx: &TcContext, first: u8) -> Result<(u8, usize, bool), u8> {
+/// What the IPv6 extension headers said.
+struct Ipv6Walk {
+    /// Upper-layer protocol.
+    protocol: u8,
+    /// Its offset.
+    offset: usize,
+    /// Non-first fragment.
+    fragment: bool,
+    /// First fragment of a fragmented datagram.
+    first_fragment: bool,
+    /// The fragment header's identification.
+    fragment_id: u32,
+}
+
+/// Walks IPv6 extension headers to the upper-layer protocol.
+fn ipv6_extensions(ctx: &TcContext, first: u8) -> Result<Ipv6Walk, u8> {
     const BAD: u8 = drop_reason::INVALID_IPV6_EXTENSION_HEADER;
     let mut next = first;
     let mut offset = ETH_HLEN + 40;
     let mut fragment = false;
+    let mut first_fragment = false;
+    let mut fragment_id = 0;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-byte units.
@@ -187,23 +215,30 @@ fn ipv6_extensions(ctx: &TcContext, first: u8) -> Result<(u8, usize, bool), u8> 
                 offset += (usize::from(h[1]) + 2) * 4;
             }
             44 => {
-                let h: [u8; 4] = ctx.load(offset).map_err(|_| BAD)?;
+                let h: [u8; 8] = ctx.load(offset).map_err(|_| BAD)?;
                 next = h[0];
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    fragment = true;
-                }
+                let offset_and_flags = u16::from_be_bytes([h[2], h[3]]);
+                fragment = offset_and_flags >> 3 != 0;
+                first_fragment = !fragment && offset_and_flags & 1 != 0;
+                fragment_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 offset += 8;
             }
-            _ => return Ok((next, offset, fragment)),
+            _ => break,
         }
         if fragment {
-            return Ok((next, offset, true));
+            break;
         }
     }
-    match next {
-        0 | 43 | 60 | 51 | 44 => Err(BAD),
-        _ => Ok((next, offset, fragment)),
+    if !fragment && matches!(next, 0 | 43 | 60 | 51 | 44) {
+        return Err(BAD);
     }
+    Ok(Ipv6Walk {
+        protocol: next,
+        offset,
+        fragment,
+        first_fragment,
+        fragment_id,
+    })
 }
 
 fn parse_l4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), u8> {

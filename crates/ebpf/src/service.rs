@@ -231,6 +231,8 @@ fn service_timeout(pkt: &Packet) -> u64 {
 
 /// Rewrites the source (`source`) or destination address and port, fixing
 /// the IPv4 header checksum and the L4 checksum (pseudo-header included).
+/// A later fragment has no L4 header: only its addresses change (the first
+/// fragment's L4 checksum covers the whole datagram and was fixed with it).
 pub(crate) fn rewrite(
     ctx: &TcContext,
     pkt: &mut Packet,
@@ -247,6 +249,7 @@ pub(crate) fn rewrite(
         0
     };
     let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+    let has_l4 = !pkt.fragment;
     if pkt.family == FAMILY_IPV4 {
         let old = if source { pkt.saddr } else { pkt.daddr };
         let from = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]);
@@ -254,8 +257,10 @@ pub(crate) fn rewrite(
         let offset = ETH_HLEN + if source { 12 } else { 16 };
         ctx.l3_csum_replace(ETH_HLEN + 10, u64::from(from), u64::from(to), 4)
             .map_err(|_| drop_reason::CSUM_L3)?;
-        ctx.l4_csum_replace(pkt.csum_offset, u64::from(from), u64::from(to), pseudo | 4)
-            .map_err(|_| drop_reason::CSUM_L4)?;
+        if has_l4 {
+            ctx.l4_csum_replace(pkt.csum_offset, u64::from(from), u64::from(to), pseudo | 4)
+                .map_err(|_| drop_reason::CSUM_L4)?;
+        }
         ctx.store(offset, &to, 0)
             .map_err(|_| drop_reason::WRITE_ERROR)?;
     } else {
@@ -267,13 +272,15 @@ pub(crate) fn rewrite(
         if diff < 0 {
             return Err(drop_reason::CSUM_L4);
         }
-        ctx.l4_csum_replace(pkt.csum_offset, 0, diff as u64, pseudo)
-            .map_err(|_| drop_reason::CSUM_L4)?;
+        if has_l4 {
+            ctx.l4_csum_replace(pkt.csum_offset, 0, diff as u64, pseudo)
+                .map_err(|_| drop_reason::CSUM_L4)?;
+        }
         let offset = ETH_HLEN + if source { 8 } else { 24 };
         ctx.store(offset, &new, 0)
             .map_err(|_| drop_reason::WRITE_ERROR)?;
     }
-    if old_port != port {
+    if has_l4 && old_port != port {
         let from = u16::from_ne_bytes(old_port.to_be_bytes());
         let to = u16::from_ne_bytes(port.to_be_bytes());
         ctx.l4_csum_replace(pkt.csum_offset, u64::from(from), u64::from(to), mangled | 2)

@@ -3,10 +3,8 @@
 //! a new flow.
 
 use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
-use crate::events::{
-    Outcome, REPORT_TAG_FRAGMENT, deny, drop_packet, drop_unparsed, emit, emit_verdict,
-    recently_reported, reset_meta,
-};
+use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
+use crate::fragments::track_fragments;
 use crate::maps::{CONNTRACK, ENDPOINTS, REV_NAT};
 use crate::parse::{is_infrastructure_icmpv6, is_link_local, parse};
 use crate::policy::{Decision, decide, identity_of, policy_revision};
@@ -76,11 +74,11 @@ pub(crate) fn to_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32) 
     }
     if st.pkt.fragment {
         st.meta.flags |= EVENT_FLAG_FRAGMENT;
-        if !recently_reported(st, REPORT_TAG_FRAGMENT) {
-            st.meta.src_identity = identity_of(st.pkt.family, &st.pkt.saddr);
-            emit(ctx, st, &Outcome::trace(point));
-        }
-        return TC_ACT_OK;
+    }
+    // A later fragment takes its first fragment's ports, and goes on as one
+    // packet of that flow.
+    if let Err(reason) = track_fragments(&mut st.pkt) {
+        return drop_packet(ctx, st, point, reason, 0);
     }
     if st.pkt.icmp_error {
         return related_error(ctx, st, point);

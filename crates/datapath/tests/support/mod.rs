@@ -80,8 +80,11 @@ pub struct Pkt {
     /// IPv6 extension headers to insert: (next-header value, raw bytes
     /// without the first byte, which is filled in).
     pub ipv6_extensions: Vec<(u8, Vec<u8>)>,
-    /// IPv4 fragment offset (8-byte units) and more-fragments flag.
+    /// IPv4 fragment offset (8-byte units) and more-fragments flag; a non-zero offset
+    /// (IPv4 or IPv6) makes `build` emit the payload alone, without an L4 header.
     pub fragment: (u16, bool),
+    /// IPv4 identification.
+    pub ip_id: u16,
 }
 
 impl Pkt {
@@ -98,6 +101,7 @@ impl Pkt {
             ip_options: Vec::new(),
             ipv6_extensions: Vec::new(),
             fragment: (0, false),
+            ip_id: 0,
         }
     }
 
@@ -213,6 +217,7 @@ impl Pkt {
                 let mut h = vec![0u8; 20];
                 h[0] = 0x40 | (hlen / 4) as u8;
                 h[2..4].copy_from_slice(&((hlen + l4.len()) as u16).to_be_bytes());
+                h[4..6].copy_from_slice(&self.ip_id.to_be_bytes());
                 let frag = self.fragment.0 | if self.fragment.1 { 0x2000 } else { 0 };
                 h[6..8].copy_from_slice(&frag.to_be_bytes());
                 h[8] = 64;
@@ -289,6 +294,12 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
     }
     let segment = &frame[l4..];
     fold(sum16(segment, pseudo(&src, &dst, protocol, segment.len()))) == 0xffff
+}
+
+/// Verifies the IPv4 header checksum alone (a later fragment has no L4 header).
+pub fn ipv4_header_checksum_valid(frame: &[u8]) -> bool {
+    let (_, l4) = layout(frame);
+    fold(sum16(&frame[14..l4], 0)) == 0xffff
 }
 
 /// Verifies the IPv4 header checksum and the ICMP (no pseudo-header) or
