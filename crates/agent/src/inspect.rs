@@ -203,7 +203,7 @@ pub fn render(
             json!(records.iter().map(|r| json!({
                 "scope": r.scope.to_string(), "protocol": r.protocol, "source": r.source, "destination": r.destination,
                 "verdict": r.verdict.to_string(), "peer_identity": r.peer_identity, "rule_id": r.rule_id,
-                "packets": r.packets, "bytes": r.bytes, "backend_id": r.backend_id,
+                "packets": r.packets, "bytes": r.bytes, "backend_id": r.backend_id, "from_proxy": r.from_proxy,
                 "expires_in_seconds": r.expires_in.map(|d| d.as_secs()),
             })).collect::<Vec<_>>())
         }

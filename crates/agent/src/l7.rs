@@ -113,6 +113,10 @@ fn listeners() -> Vec<Listener> {
                 upstream: ListenerUpstream::Transparent,
                 direction,
                 missing_policy: MissingPolicy::Deny,
+                // The server of an ingress redirect is a pod of this node, whose replies the
+                // datapath hands back to the proxy: it sees its client's address. An egress
+                // redirect's server may be anywhere; its replies would reach the client pod.
+                original_source: direction == proxy::Direction::Ingress,
             });
         }
     }

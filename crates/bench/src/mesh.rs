@@ -100,6 +100,8 @@ impl Route {
                 } else {
                     MissingPolicy::Allow
                 },
+                // As the agent configures ingress listeners.
+                original_source: self.transparent,
             }],
             clusters,
             l7_policies,

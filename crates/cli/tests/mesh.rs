@@ -292,6 +292,44 @@ fn l7_policy_through_the_node_proxy() {
         "xwing is still dropped at L3/L4"
     );
 
+    // The proxy's upstream connection to the deathstar keeps tiefighter's address (the
+    // deathstar sees who lands), and the kernel hands the deathstar's replies back to the
+    // proxy rather than to tiefighter.
+    let tiefighter: Vec<String> = lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["name"] == "tiefighter")
+        .expect("tiefighter")["addresses"]
+        .as_array()
+        .expect("addresses")
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    let ct: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["bpf", "ct", "-o", "json"])).expect("ct json");
+    let upstream = ct
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["from_proxy"] == true)
+        .unwrap_or_else(|| panic!("no entry of the proxy's upstream connection: {ct:#}"));
+    let source: std::net::SocketAddr = upstream["source"]
+        .as_str()
+        .expect("source")
+        .parse()
+        .expect("address");
+    assert!(
+        tiefighter.contains(&source.ip().to_string()),
+        "{upstream:#} is not from {tiefighter:?}"
+    );
+    assert!(
+        upstream["destination"]
+            .as_str()
+            .expect("destination")
+            .ends_with(":80")
+    );
+
     // `myelin policy explain` tells the same story, rule by rule.
     let deathstar = lab.status()["pods"]
         .as_array()

@@ -308,6 +308,10 @@ pub struct CtKey {
 pub const CT_FLAG_CLOSING: u8 = 1;
 /// The responder has answered (a reply was seen).
 pub const CT_FLAG_REPLIED: u8 = 2;
+/// The flow was opened by the L7 proxy (its packets carry the proxy's mark): replies go back
+/// to the proxy's socket, also when they are addressed to a pod of this node (an upstream
+/// connection that keeps its client's address).
+pub const CT_FLAG_FROM_PROXY: u8 = 4;
 
 /// Conntrack value.
 #[repr(C)]
@@ -337,7 +341,7 @@ pub struct CtEntry {
     pub flags_forward: u8,
     /// TCP flags seen from the responder (OR of all).
     pub flags_reply: u8,
-    /// [`CT_FLAG_CLOSING`] | [`CT_FLAG_REPLIED`].
+    /// [`CT_FLAG_CLOSING`] | [`CT_FLAG_REPLIED`] | [`CT_FLAG_FROM_PROXY`].
     pub state: u8,
     /// The policy revision ([`names::POLICY_REVISION`]) the verdict was
     /// decided under; a flow decided under an older one is checked again on

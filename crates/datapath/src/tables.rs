@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use myelin_common::maps::{
-    CT_FLAG_CLOSING, CT_FLAG_REPLIED, CT_SCOPE_INGRESS, CT_SCOPE_SERVICE, FAMILY_IPV4, FAMILY_IPV6,
-    POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTOCOL,
+    CT_FLAG_CLOSING, CT_FLAG_FROM_PROXY, CT_FLAG_REPLIED, CT_SCOPE_INGRESS, CT_SCOPE_SERVICE,
+    FAMILY_IPV4, FAMILY_IPV6, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_ANY_PROTOCOL,
 };
 use myelin_common::{
     CtEntry, CtKey, Direction, EndpointInfo, IpKey, L4Addr, PolicyAction, PolicyEntry, PolicyKey,
@@ -304,6 +305,8 @@ pub struct CtRecord {
     pub replied: bool,
     /// The TCP connection is closing (RST, or FIN both ways).
     pub closing: bool,
+    /// The L7 proxy opened the flow (an upstream connection): replies go back to it.
+    pub from_proxy: bool,
 }
 
 pub(crate) fn family_of(addr: &IpAddr) -> u8 {
@@ -614,6 +617,7 @@ pub(crate) fn ct_record(key: &CtKey, entry: &CtEntry, now_ns: u64) -> CtRecord {
         flags_reply: entry.flags_reply,
         replied: entry.state & CT_FLAG_REPLIED != 0,
         closing: entry.state & CT_FLAG_CLOSING != 0,
+        from_proxy: entry.state & CT_FLAG_FROM_PROXY != 0,
     }
 }
 

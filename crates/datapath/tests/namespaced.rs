@@ -5,7 +5,7 @@
 //! by name on drop, also when the test fails.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -101,6 +101,83 @@ fn transparent_listener(port: u16) -> TcpListener {
         assert_eq!(rc, 0, "bind");
         assert_eq!(libc::listen(fd, 16), 0, "listen");
         TcpListener::from_raw_fd(fd)
+    }
+}
+
+/// An upstream connection as the proxy opens it when it keeps its client's
+/// address: from `source` (not one of the node's: IP_TRANSPARENT), with the
+/// proxy's mark for `identity`, to `target`; connecting gives up after 2 s.
+fn transparent_upstream(
+    source: [u8; 4],
+    identity: u32,
+    target: SocketAddrV4,
+) -> std::io::Result<TcpStream> {
+    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    };
+    let check = |rc: libc::c_int| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own (wrapped at once
+    // so it is closed on every path); errors checked.
+    unsafe {
+        let fd = check(libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0))?;
+        let stream = TcpStream::from_raw_fd(fd);
+        let set = |level, name, value: *const libc::c_void, len: usize| {
+            check(libc::setsockopt(
+                fd,
+                level,
+                name,
+                value,
+                len as libc::socklen_t,
+            ))
+        };
+        let one: libc::c_int = 1;
+        let mark: u32 = 0xb00 | identity << 16;
+        let timeout = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        set(
+            libc::SOL_IP,
+            libc::IP_TRANSPARENT,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>(),
+        )?;
+        set(
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            (&mark as *const u32).cast(),
+            size_of::<u32>(),
+        )?;
+        set(
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>(),
+        )?;
+        let local = sockaddr(source, 0);
+        check(libc::bind(
+            fd,
+            (&local as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ))?;
+        let remote = sockaddr(target.ip().octets(), target.port());
+        check(libc::connect(
+            fd,
+            (&remote as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ))?;
+        Ok(stream)
     }
 }
 
@@ -520,6 +597,7 @@ fn services_and_policy_through_real_sockets() {
         in_ns(&node, &["sysctl", "-qw", sysctl]);
     }
     in_ns(&node, &["ip", "addr", "add", "10.244.1.1/32", "dev", "lo"]);
+    deliver_marked_locally(&node);
     for (veth, pod, addr) in [
         (&veth_a, &client_ns, "10.244.1.5"),
         (&veth_b, &server_ns, "10.244.1.6"),
@@ -681,6 +759,37 @@ fn services_and_policy_through_real_sockets() {
         assert_eq!(tcp, Err(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(udp, Err(std::io::ErrorKind::ConnectionRefused));
         assert!(elapsed < Duration::from_secs(1), "fails fast: {elapsed:?}");
+
+        // The proxy's upstream connection for the client, keeping the client's address:
+        // the server's answers are addressed to the client pod, and the datapath must hand
+        // them to this socket in the node instead (routed, the pod would reset them).
+        let mut upstream = transparent_upstream(
+            [10, 244, 1, 5],
+            1001,
+            "10.244.1.6:8080".parse().expect("server"),
+        )
+        .expect("the upstream connection completes");
+        assert_eq!(
+            upstream.local_addr().expect("local").ip(),
+            "10.244.1.5".parse::<IpAddr>().expect("ip"),
+        );
+        upstream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        upstream.write_all(b"prox").expect("send");
+        let mut answer = [0u8; 4];
+        upstream
+            .read_exact(&mut answer)
+            .expect("the echo reaches the proxy's socket");
+        assert_eq!(&answer, b"prox");
+        let proxied = datapath.conntrack().expect("conntrack");
+        assert!(
+            proxied.iter().any(|c| c.from_proxy
+                && c.source.ip().to_string() == "10.244.1.5"
+                && c.destination.to_string() == "10.244.1.6:8080"),
+            "{proxied:?}"
+        );
+        drop(upstream);
 
         // A UDP datagram larger than the veths' MTU travels as fragments, both ways: each
         // fragment is translated (only the first carries the ports) and the datagram

@@ -12,8 +12,9 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_RELATED;
 use myelin_common::maps::{
-    CT_FLAG_CLOSING, CT_FLAG_REPLIED, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, CT_TIMEOUT_CLOSE_NS,
-    CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_SYN_NS, CT_TIMEOUT_TCP_NS, TRACE_REPORT_INTERVAL_NS,
+    CT_FLAG_CLOSING, CT_FLAG_FROM_PROXY, CT_FLAG_REPLIED, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS,
+    CT_TIMEOUT_CLOSE_NS, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_SYN_NS, CT_TIMEOUT_TCP_NS,
+    TRACE_REPORT_INTERVAL_NS,
 };
 use myelin_common::{CtEntry, CtKey, Direction, ObservationPoint, PolicyAction};
 
@@ -176,7 +177,7 @@ pub(crate) fn ct_update(
         // start its state afresh instead of inheriting the close timeout.
         e.flags_forward = 0;
         e.flags_reply = 0;
-        e.state = 0;
+        e.state &= CT_FLAG_FROM_PROXY;
     }
     let seen = if reply {
         e.flags_reply

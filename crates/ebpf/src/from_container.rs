@@ -11,13 +11,13 @@ use crate::parse::{
     IPPROTO_TCP, IPPROTO_UDP, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };
 use crate::policy::{Decision, decide, identity_of, ip_key, policy_revision};
-use crate::redirect::to_proxy;
+use crate::redirect::{reply_to_proxy, to_proxy};
 use crate::service::{reset_client, service_translate, unreachable_client};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::{EVENT_FLAG_FRAGMENT, EVENT_FLAG_REPLY};
-use myelin_common::maps::{CT_SCOPE_EGRESS, CT_SCOPE_INGRESS};
+use myelin_common::maps::{CT_FLAG_FROM_PROXY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS};
 use myelin_common::{
     CtEntry, Direction, EndpointInfo, ObservationPoint, PolicyAction, TrafficDirection, drop_reason,
 };
@@ -124,11 +124,22 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
     let reply = ct_key(&st.pkt, CT_SCOPE_INGRESS, true);
     if let Some(entry) = live_entry(&reply, now) {
         // A reply of a flow the pod accepted: no policy lookup.
-        if ct_update(entry, &st.pkt, ctx.len(), true, now) {
+        let report = ct_update(entry, &st.pkt, ctx.len(), true, now);
+        // SAFETY: as above.
+        let (peer, state) = unsafe { ((*entry).peer_identity, (*entry).state) };
+        let from_proxy = state & CT_FLAG_FROM_PROXY != 0;
+        if report {
             st.meta.flags |= EVENT_FLAG_REPLY;
-            // SAFETY: as above.
-            st.meta.dst_identity = unsafe { (*entry).peer_identity };
-            emit(ctx, st, &Outcome::trace(point));
+            st.meta.dst_identity = peer;
+            let to = if from_proxy {
+                ObservationPoint::ToProxy
+            } else {
+                point
+            };
+            emit(ctx, st, &Outcome::trace(to));
+        }
+        if from_proxy {
+            return reply_to_proxy(ctx, &st.pkt);
         }
         return host_route(ctx, st, now);
     }

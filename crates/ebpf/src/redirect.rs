@@ -38,6 +38,10 @@ pub(crate) fn to_proxy(ctx: &TcContext, st: &mut State, proxy_port: u16, report:
     TC_ACT_OK
 }
 
+/// Sizes of a `bpf_sock_tuple` for IPv4 and IPv6 lookups.
+const TUPLE_V4_SIZE: u32 = 12;
+const TUPLE_V6_SIZE: u32 = 36;
+
 fn words(addr: &[u8; 16]) -> [u32; 4] {
     [
         u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
@@ -47,17 +51,28 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
-/// A socket lookup tuple; `None` addresses look up a listener (any address).
-fn sock_tuple(pkt: &Packet, exact: bool, dport: u16) -> (bpf_sock_tuple, u32) {
+/// The size of `pkt`'s socket lookup tuple. Kept apart from the tuple: a
+/// size returned inside a struct goes through the stack, where the
+/// verifier loses its value and refuses the lookup.
+#[inline(always)]
+fn tuple_size(pkt: &Packet) -> u32 {
+    if pkt.family == FAMILY_IPV4 {
+        TUPLE_V4_SIZE
+    } else {
+        TUPLE_V6_SIZE
+    }
+}
+
+/// Fills `tuple` for a socket lookup; a not `exact` one looks up a listener
+/// (any address).
+// A separate BPF function: its arrays get their own frame.
+#[inline(never)]
+fn fill_tuple(pkt: &Packet, exact: bool, dport: u16, tuple: &mut bpf_sock_tuple) {
     let (saddr, daddr, sport) = if exact {
         (words(&pkt.saddr), words(&pkt.daddr), pkt.sport.to_be())
     } else {
         ([0; 4], [0; 4], 0)
     };
-    // Zeroed first: the helper reads the whole union, and bytes an IPv4
-    // tuple leaves unset would otherwise be uninitialised to the verifier.
-    // SAFETY: bpf_sock_tuple is plain data; all-zero is a valid value.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     if pkt.family == FAMILY_IPV4 {
         tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
             saddr: saddr[0],
@@ -65,7 +80,6 @@ fn sock_tuple(pkt: &Packet, exact: bool, dport: u16) -> (bpf_sock_tuple, u32) {
             sport,
             dport: dport.to_be(),
         };
-        (tuple, 12)
     } else {
         tuple.__bindgen_anon_1.ipv6 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
             saddr,
@@ -73,12 +87,20 @@ fn sock_tuple(pkt: &Packet, exact: bool, dport: u16) -> (bpf_sock_tuple, u32) {
             sport,
             dport: dport.to_be(),
         };
-        (tuple, 36)
     }
 }
 
+/// An all-zero socket tuple: the helper reads the whole union, and bytes an
+/// IPv4 tuple leaves unset would otherwise be uninitialised to the verifier.
+fn zeroed_tuple() -> bpf_sock_tuple {
+    // SAFETY: bpf_sock_tuple is plain data; all-zero is a valid value.
+    unsafe { core::mem::zeroed() }
+}
+
 pub(crate) fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) -> Result<(), u8> {
-    let (mut tuple, size) = sock_tuple(pkt, true, pkt.dport);
+    let mut tuple = zeroed_tuple();
+    fill_tuple(pkt, true, pkt.dport, &mut tuple);
+    let size = tuple_size(pkt);
     let skb = ctx.skb.skb.cast();
     // SAFETY: the tuple lives on this stack frame for the call; the returned
     // socket is released on every path below.
@@ -110,9 +132,9 @@ pub(crate) fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) ->
     }
     if sk.is_null() {
         // The proxy's listener: any address, the proxy port.
-        let (mut listener, _) = sock_tuple(pkt, false, proxy_port);
+        fill_tuple(pkt, false, proxy_port, &mut tuple);
         // SAFETY: as above.
-        sk = unsafe { bpf_skc_lookup_tcp(skb, &mut listener, size, BPF_F_CURRENT_NETNS as u64, 0) };
+        sk = unsafe { bpf_skc_lookup_tcp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
         if sk.is_null() {
             return Err(drop_reason::SOCKET_LOOKUP_FAILED);
         }
@@ -132,6 +154,41 @@ pub(crate) fn assign_to_proxy(ctx: &TcContext, pkt: &Packet, proxy_port: u16) ->
         return Err(drop_reason::SOCKET_ASSIGN_FAILED);
     }
     Ok(())
+}
+
+/// A reply on one of the proxy's upstream connections (a flow with
+/// `CT_FLAG_FROM_PROXY`): handed to the proxy's socket and delivered
+/// locally, also when it is addressed to a pod of this node, whose address
+/// the connection keeps (the listener's `original_source`): routed, it would
+/// reach that pod, which knows nothing of the connection. Without a socket
+/// (the proxy is gone) the packet is routed as any other.
+// A separate BPF function: the socket tuple gets its own frame.
+#[inline(never)]
+pub(crate) fn reply_to_proxy(ctx: &TcContext, pkt: &Packet) -> i32 {
+    let mut tuple = zeroed_tuple();
+    fill_tuple(pkt, true, pkt.dport, &mut tuple);
+    let size = tuple_size(pkt);
+    let skb = ctx.skb.skb.cast();
+    // SAFETY: the tuple lives on this stack frame for the call; the returned
+    // socket is released below.
+    let sk = unsafe { bpf_skc_lookup_tcp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0) };
+    if sk.is_null() {
+        return TC_ACT_OK;
+    }
+    // SAFETY: a non-null socket from the lookup. A listener on the
+    // destination port is not the connection's socket.
+    let assigned = if unsafe { (*sk).state } == BPF_TCP_LISTEN {
+        -1
+    } else {
+        // SAFETY: sk is a referenced socket; assign takes its own reference.
+        unsafe { bpf_sk_assign(skb, sk.cast(), 0) }
+    };
+    // SAFETY: releasing the socket we hold.
+    unsafe { bpf_sk_release(sk.cast()) };
+    if assigned == 0 {
+        ctx.set_mark(PROXY_MARK_TO_PROXY);
+    }
+    TC_ACT_OK
 }
 
 /// The [`PROXY_LISTENERS`] key of the proxy's listener for `family` on `port`.

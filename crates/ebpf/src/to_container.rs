@@ -16,7 +16,9 @@ use aya_ebpf::programs::TcContext;
 use myelin_common::event::{
     EVENT_FLAG_FRAGMENT, EVENT_FLAG_FROM_PROXY, EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE,
 };
-use myelin_common::maps::{CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, PROXY_MARK_EGRESS, PROXY_MARK_MASK};
+use myelin_common::maps::{
+    CT_FLAG_FROM_PROXY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, PROXY_MARK_EGRESS, PROXY_MARK_MASK,
+};
 use myelin_common::{
     CtEntry, Direction, EndpointInfo, ObservationPoint, PolicyAction, TrafficDirection, drop_reason,
 };
@@ -209,6 +211,9 @@ fn to_container_new(
     st.entry = new_entry(&st.pkt, ctx.len(), now);
     st.entry.peer_identity = st.meta.src_identity;
     st.entry.rule_id = ingress.rule_id;
+    if from_proxy {
+        st.entry.state |= CT_FLAG_FROM_PROXY;
+    }
     st.key = ct_key(&st.pkt, CT_SCOPE_INGRESS, false);
     if CONNTRACK.insert(&st.key, &st.entry, 0).is_err() {
         return drop_packet(ctx, st, point, drop_reason::CT_MAP_INSERTION_FAILED, 0);

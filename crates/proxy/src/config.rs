@@ -63,6 +63,12 @@ pub struct Listener {
     /// What to do with a connection for which the snapshot has no L7 policy.
     #[serde(default)]
     pub missing_policy: MissingPolicy,
+    /// Upstream connections keep the client's address as their source (as Envoy's
+    /// `original_src` filter does), so the server sees who is calling. The socket then
+    /// needs `IP_TRANSPARENT`, and the node must hand the server's replies back to the proxy
+    /// (the datapath does for servers on this node). Off: the node's address.
+    #[serde(default)]
+    pub original_source: bool,
 }
 
 /// The upstream of a listener.

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -68,6 +68,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 #[derive(Debug, Clone)]
 struct MarkedConnector {
     mark: u32,
+    source: Option<IpAddr>,
     timeout: Duration,
 }
 
@@ -81,7 +82,7 @@ impl tower_service::Service<Uri> for MarkedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let (mark, timeout) = (self.mark, self.timeout);
+        let (mark, source, timeout) = (self.mark, self.source, self.timeout);
         Box::pin(async move {
             // The engine always writes the original destination as `ip:port` into the URI.
             let address: SocketAddr = uri
@@ -92,7 +93,7 @@ impl tower_service::Service<Uri> for MarkedConnector {
                 .map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("upstream {uri}: {e}"))
                 })?;
-            connect_marked(address, mark, timeout)
+            connect_marked(address, mark, source, timeout)
                 .await
                 .map(TokioIo::new)
         })
@@ -107,11 +108,13 @@ pub(crate) struct Engine {
     /// destination's policy to the client the proxy acts for, and connections of different
     /// identities never share a pool. (HTTP/1 requests use their client connection's own
     /// upstream connection, [`PinnedUpstream`].)
-    h2_clients: std::sync::Mutex<std::collections::HashMap<u32, Client<MarkedConnector, Incoming>>>,
+    h2_clients:
+        std::sync::Mutex<std::collections::HashMap<UpstreamFor, Client<MarkedConnector, Incoming>>>,
     /// Idle upstream HTTP/1.1 connections left by client connections that ended, per
-    /// (identity, destination), newest last: the next client connection to the same
-    /// destination for the same identity adopts one instead of connecting.
-    idle_h1: std::sync::Mutex<std::collections::HashMap<(u32, SocketAddr), Vec<IdleUpstream>>>,
+    /// (client, destination), newest last: the next client connection to the same
+    /// destination for the same client adopts one instead of connecting.
+    idle_h1:
+        std::sync::Mutex<std::collections::HashMap<(UpstreamFor, SocketAddr), Vec<IdleUpstream>>>,
     mark: u32,
     limits: crate::proxy::Limits,
 }
@@ -156,7 +159,7 @@ impl Engine {
     /// idle timeout, or closed by the upstream, are dropped here and there.
     fn park_h1(
         &self,
-        identity: u32,
+        upstream: UpstreamFor,
         destination: SocketAddr,
         sender: hyper::client::conn::http1::SendRequest<Incoming>,
     ) {
@@ -164,7 +167,7 @@ impl Engine {
             return;
         }
         let mut idle = lock(&self.idle_h1);
-        let parked = idle.entry((identity, destination)).or_default();
+        let parked = idle.entry((upstream, destination)).or_default();
         let timeout = self.limits.upstream_idle_timeout;
         parked.retain(|p| !p.sender.is_closed() && p.since.elapsed() < timeout);
         if parked.len() >= MAX_IDLE_H1_PER_DESTINATION {
@@ -176,14 +179,14 @@ impl Engine {
         });
     }
 
-    /// The most recently parked usable upstream connection to `destination` for `identity`.
+    /// The most recently parked usable upstream connection to `destination` for `upstream`.
     fn adopt_h1(
         &self,
-        identity: u32,
+        upstream: UpstreamFor,
         destination: SocketAddr,
     ) -> Option<hyper::client::conn::http1::SendRequest<Incoming>> {
         let mut idle = lock(&self.idle_h1);
-        let key = (identity, destination);
+        let key = (upstream, destination);
         let parked = idle.get_mut(&key)?;
         let timeout = self.limits.upstream_idle_timeout;
         let mut adopted = None;
@@ -199,13 +202,14 @@ impl Engine {
         adopted
     }
 
-    /// The pooled HTTP/2 upstream client for `identity`.
-    fn h2_client(&self, identity: u32) -> Client<MarkedConnector, Incoming> {
+    /// The pooled HTTP/2 upstream client for `upstream`.
+    fn h2_client(&self, upstream: UpstreamFor) -> Client<MarkedConnector, Incoming> {
         lock(&self.h2_clients)
-            .entry(identity)
+            .entry(upstream)
             .or_insert_with(|| {
                 let connector = MarkedConnector {
-                    mark: self.mark_for(identity),
+                    mark: self.mark_for(upstream.identity),
+                    source: upstream.source,
                     timeout: self.limits.upstream_connect_timeout,
                 };
                 Client::builder(TokioExecutor::new())
@@ -219,14 +223,25 @@ impl Engine {
     }
 }
 
-/// The HTTP/2 upstream client of a connection, remembered with the identity it was chosen
-/// for so that later requests skip the engine's shared map.
-type CachedClient = (u32, Client<MarkedConnector, Incoming>);
-
-/// An upstream HTTP/1.1 connection kept for one client connection, with the identity its
-/// socket mark carries.
-struct PinnedUpstream {
+/// Whom upstream connections are opened for: the client's identity, which their socket mark
+/// carries, and, when the listener keeps the client's address ([`Listener::original_source`]),
+/// that address. Connections are shared only between requests of the same.
+///
+/// [`Listener::original_source`]: crate::config::Listener::original_source
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct UpstreamFor {
     identity: u32,
+    source: Option<IpAddr>,
+}
+
+/// The HTTP/2 upstream client of a connection, remembered with whom it was chosen for so
+/// that later requests skip the engine's shared map.
+type CachedClient = (UpstreamFor, Client<MarkedConnector, Incoming>);
+
+/// An upstream HTTP/1.1 connection kept for one client connection, with whom it was opened
+/// for.
+struct PinnedUpstream {
+    upstream: UpstreamFor,
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
 }
 
@@ -236,7 +251,7 @@ struct IdleUpstream {
     sender: hyper::client::conn::http1::SendRequest<Incoming>,
 }
 
-/// Most idle upstream HTTP/1.1 connections kept per (identity, destination).
+/// Most idle upstream HTTP/1.1 connections kept per (client, destination).
 const MAX_IDLE_H1_PER_DESTINATION: usize = 64;
 
 /// `hubble_http_*` series a connection already looked up: (method, protocol, status) →
@@ -260,6 +275,9 @@ struct Connection {
     /// Requests go upstream as HTTP/1.1 even when the client speaks HTTP/2: set for a
     /// connection upgraded with h2c, whose client did not know the server speaks HTTP/2.
     http1_upstream: bool,
+    /// Upstream connections leave from the client's address (the listener's
+    /// `original_source`).
+    original_source: bool,
     activity: Arc<Activity>,
     /// The upstream client of the last HTTP/2 request (see [`CachedClient`]).
     h2_client: std::sync::Mutex<Option<CachedClient>>,
@@ -280,7 +298,7 @@ impl Drop for Connection {
         if let Some(pinned) = lock(&self.upstream_h1).take() {
             self.shared
                 .engine
-                .park_h1(pinned.identity, self.destination, pinned.sender);
+                .park_h1(pinned.upstream, self.destination, pinned.sender);
         }
     }
 }
@@ -382,6 +400,7 @@ async fn serve(
         direction: listener.direction,
     };
     let missing_policy = listener.missing_policy;
+    let original_source = listener.original_source;
     let limits = &shared.config.limits;
     // Responses are written whole by hyper; do not let Nagle hold back the next one.
     if let Err(e) = stream.set_nodelay(true) {
@@ -431,6 +450,7 @@ async fn serve(
         key,
         missing_policy,
         http1_upstream: false,
+        original_source,
         activity: activity.clone(),
         h2_client: std::sync::Mutex::new(None),
         upstream_h1: std::sync::Mutex::new(None),
@@ -480,6 +500,7 @@ impl Connection {
             key: self.key,
             missing_policy: self.missing_policy,
             http1_upstream: true,
+            original_source: self.original_source,
             activity: self.activity.clone(),
             h2_client: std::sync::Mutex::new(None),
             upstream_h1: std::sync::Mutex::new(None),
@@ -488,34 +509,43 @@ impl Connection {
         }
     }
 
-    /// Sends an HTTP/2 `request` upstream with the pooled client for `identity`: the one the
+    /// Whom this connection's upstream connections for a client of `identity` are for.
+    fn upstream_for(&self, identity: u32) -> UpstreamFor {
+        UpstreamFor {
+            identity,
+            source: self.original_source.then(|| self.source.ip()),
+        }
+    }
+
+    /// Sends an HTTP/2 `request` upstream with the pooled client for `upstream`: the one the
     /// previous request used when it fits, else the engine's (which is then remembered).
     fn send_h2(
         &self,
-        identity: u32,
+        upstream: UpstreamFor,
         request: Request<Incoming>,
     ) -> hyper_util::client::legacy::ResponseFuture {
         let mut cached = lock(&self.h2_client);
         match &*cached {
-            Some((id, client)) if *id == identity => client.request(request),
+            Some((chosen_for, client)) if *chosen_for == upstream => client.request(request),
             _ => {
-                let client = self.shared.engine.h2_client(identity);
+                let client = self.shared.engine.h2_client(upstream);
                 let response = client.request(request);
-                *cached = Some((identity, client));
+                *cached = Some((upstream, client));
                 response
             }
         }
     }
 
-    /// Opens a marked upstream HTTP/1.1 connection to the destination for `identity`.
+    /// Opens a marked upstream HTTP/1.1 connection to the destination for `upstream`.
     async fn connect_h1(
         &self,
-        identity: u32,
+        upstream: UpstreamFor,
     ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, UpstreamError> {
         let engine = &self.shared.engine;
         let stream = connect_marked(
             self.destination,
-            engine.mark_for(identity),
+            engine.mark_for(upstream.identity),
+            upstream.source,
             engine.limits.upstream_connect_timeout,
         )
         .await
@@ -537,25 +567,25 @@ impl Connection {
 
     /// Sends an HTTP/1.1 `request` upstream on this client connection's own upstream
     /// connection, opening one when there is none (or it closed, or it was opened for
-    /// another identity). A request the kept connection could not take because the upstream
+    /// another client). A request the kept connection could not take because the upstream
     /// had just closed it is sent once more on a new connection.
     async fn send_h1(
         &self,
-        identity: u32,
+        upstream: UpstreamFor,
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let kept = lock(&self.upstream_h1)
             .take()
-            .filter(|p| p.identity == identity && !p.sender.is_closed())
+            .filter(|p| p.upstream == upstream && !p.sender.is_closed())
             .map(|p| p.sender)
-            .or_else(|| self.shared.engine.adopt_h1(identity, self.destination));
+            .or_else(|| self.shared.engine.adopt_h1(upstream, self.destination));
         let (mut sender, reused) = match kept {
             Some(sender) => (sender, true),
-            None => (self.connect_h1(identity).await?, false),
+            None => (self.connect_h1(upstream).await?, false),
         };
         let request = match sender.ready().await {
             Ok(()) => match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.keep_h1(identity, sender, response)),
+                Ok(response) => return Ok(self.keep_h1(upstream, sender, response)),
                 Err(mut e) => match e.take_message() {
                     Some(request) if reused => request,
                     _ => return Err(UpstreamError::Http(e.into_error())),
@@ -564,13 +594,13 @@ impl Connection {
             Err(e) if !reused => return Err(UpstreamError::Http(e)),
             Err(_) => request,
         };
-        let mut sender = self.connect_h1(identity).await?;
+        let mut sender = self.connect_h1(upstream).await?;
         sender.ready().await.map_err(UpstreamError::Http)?;
         let response = sender
             .send_request(request)
             .await
             .map_err(UpstreamError::Http)?;
-        Ok(self.keep_h1(identity, sender, response))
+        Ok(self.keep_h1(upstream, sender, response))
     }
 
     /// Keeps `sender` for the next request unless the response hands the connection over
@@ -579,14 +609,14 @@ impl Connection {
     /// connections once its response has been read, not closed.
     fn keep_h1(
         &self,
-        identity: u32,
+        upstream: UpstreamFor,
         sender: hyper::client::conn::http1::SendRequest<Incoming>,
         response: Response<Incoming>,
     ) -> Response<Incoming> {
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let displaced = lock(&self.upstream_h1).replace(PinnedUpstream { identity, sender });
+            let displaced = lock(&self.upstream_h1).replace(PinnedUpstream { upstream, sender });
             if let Some(PinnedUpstream {
-                identity,
+                upstream,
                 mut sender,
             }) = displaced
             {
@@ -594,7 +624,7 @@ impl Connection {
                 let destination = self.destination;
                 tokio::spawn(async move {
                     if sender.ready().await.is_ok() {
-                        shared.engine.park_h1(identity, destination, sender);
+                        shared.engine.park_h1(upstream, destination, sender);
                     }
                 });
             }
@@ -973,17 +1003,19 @@ async fn handle(
     };
 
     let in_flight = connection.activity.request();
-    let identity = exchange
-        .snapshot
-        .identity(connection.source.ip())
-        .map_or(0, |i| i.identity);
+    let on_behalf = connection.upstream_for(
+        exchange
+            .snapshot
+            .identity(connection.source.ip())
+            .map_or(0, |i| i.identity),
+    );
     let upstream = if http2 {
         connection
-            .send_h2(identity, request)
+            .send_h2(on_behalf, request)
             .await
             .map_err(UpstreamError::Client)
     } else {
-        connection.send_h1(identity, request).await
+        connection.send_h1(on_behalf, request).await
     };
     drop(in_flight);
     let mut response = match upstream {

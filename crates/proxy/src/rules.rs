@@ -790,6 +790,7 @@ mod tests {
                 upstream: ListenerUpstream::Cluster("nope".into()),
                 direction: Direction::Ingress,
                 missing_policy: Default::default(),
+                original_source: false,
             }],
             ..Snapshot::default()
         };

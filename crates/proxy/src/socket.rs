@@ -1,7 +1,7 @@
 //! Socket set-up: transparent listeners and marked upstream connections.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -67,10 +67,13 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
 }
 
 /// Connects to `address` with `SO_MARK = mark` (skipped when `mark` is 0), so the datapath
-/// recognises the proxy's own upstream traffic and does not redirect it again.
+/// recognises the proxy's own upstream traffic and does not redirect it again. With a
+/// `source`, the connection leaves from that address (any port), which need not be one of
+/// this host's: the socket gets `IP_TRANSPARENT` / `IPV6_TRANSPARENT` (`CAP_NET_ADMIN`).
 pub async fn connect_marked(
     address: SocketAddr,
     mark: u32,
+    source: Option<IpAddr>,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
     let socket = match address {
@@ -79,6 +82,20 @@ pub async fn connect_marked(
     };
     if mark != 0 {
         SockRef::from(&socket).set_mark(mark)?;
+    }
+    if let Some(source) = source {
+        let sock = SockRef::from(&socket);
+        if source.is_ipv4() {
+            sock.set_ip_transparent_v4(true)?;
+        } else {
+            sock.set_ip_transparent_v6(true)?;
+        }
+        socket.bind(SocketAddr::new(source, 0)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("binding to the client's address {source}: {e}"),
+            )
+        })?;
     }
     let stream = tokio::time::timeout(timeout, socket.connect(address))
         .await

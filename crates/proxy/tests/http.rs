@@ -750,3 +750,33 @@ async fn h2c_upgrade_with_a_body_is_served_as_http1() {
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(headers.get("upgrade").unwrap(), "h2c");
 }
+
+/// With the listener's `original_source`, upstream connections leave from the client's
+/// address (the server sees who calls), and a client's parked upstream connection serves
+/// only that client again, never another one.
+#[tokio::test]
+async fn upstream_connections_keep_the_client_address() {
+    let h = Harness::with(
+        upstream().await,
+        |_| {},
+        |u| {
+            let mut snapshot = snapshot(1, u, vec![HttpRule::default()]);
+            snapshot.listeners[0].original_source = true;
+            snapshot
+        },
+    )
+    .await;
+    for client in ["127.0.0.2", "127.0.0.3", "127.0.0.2"] {
+        let mut sender = h1_from(client, h.addr()).await;
+        let (status, _, peer) = send(&mut sender, get("/peer")).await;
+        assert_eq!((status, peer.as_str()), (StatusCode::OK, client));
+        drop(sender);
+        // The client connection ends and leaves its upstream connection parked.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        h.upstream.connections.load(Ordering::SeqCst),
+        2,
+        "one upstream connection per client, the first one's reused"
+    );
+}

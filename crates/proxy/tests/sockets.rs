@@ -24,7 +24,7 @@ async fn plain_listeners_are_not_transparent_and_upstreams_are_marked() {
     let listener = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
     assert!(!is_transparent(&listener).unwrap());
     let addr = listener.local_addr().unwrap();
-    let stream = connect_marked(addr, 0xb00, Duration::from_secs(5))
+    let stream = connect_marked(addr, 0xb00, None, Duration::from_secs(5))
         .await
         .unwrap();
     let mark = socket2::SockRef::from(&stream).mark().unwrap();

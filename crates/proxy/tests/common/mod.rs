@@ -44,12 +44,12 @@ pub async fn upstream_on(bind: &str) -> Upstream {
     let count = connections.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(upstream_handler);
+                let service = hyper::service::service_fn(move |r| upstream_handler(r, peer));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
@@ -59,8 +59,15 @@ pub async fn upstream_on(bind: &str) -> Upstream {
     Upstream { addr, connections }
 }
 
-async fn upstream_handler(mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn upstream_handler(
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
+    if path == "/peer" {
+        // Who connected: the proxy's address, or the client's when the proxy keeps it.
+        return Ok(Response::new(full(peer.ip().to_string())));
+    }
     if path == "/ws" {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -161,6 +168,7 @@ pub fn snapshot(version: u64, upstream: &Upstream, rules: Vec<HttpRule>) -> Snap
             upstream: ListenerUpstream::Cluster("backend".into()),
             direction: Direction::Ingress,
             missing_policy: MissingPolicy::Deny,
+            original_source: false,
         }],
         clusters: vec![Cluster {
             name: "backend".into(),
@@ -245,6 +253,23 @@ impl Harness {
 
 pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
     let stream = TcpStream::connect(addr).await.unwrap();
+    h1_on(stream).await
+}
+
+/// An HTTP/1.1 connection to `addr` from the local address `from` (port chosen by the
+/// kernel): another client, as far as the proxy can tell.
+pub async fn h1_from(
+    from: &str,
+    addr: SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Body> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    h1_on(socket.connect(addr).await.unwrap()).await
+}
+
+async fn h1_on(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<Body> {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
