@@ -63,6 +63,18 @@ fn enter(name: &str) {
     setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
 }
 
+/// An IPv4 socket address for the raw socket calls below.
+fn sockaddr(ip: [u8; 4], port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
 /// A transparent IPv4 listener (IP_TRANSPARENT: it answers for addresses
 /// that are not the node's, as the proxy does).
 fn transparent_listener(port: u16) -> TcpListener {
@@ -87,12 +99,7 @@ fn transparent_listener(port: u16) -> TcpListener {
             size_of::<libc::c_int>() as libc::socklen_t,
         );
         assert_eq!(rc, 0, "SO_REUSEADDR");
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr { s_addr: 0 },
-            sin_zero: [0; 8],
-        };
+        let addr = sockaddr([0; 4], port);
         let rc = libc::bind(
             fd,
             (&addr as *const libc::sockaddr_in).cast(),
@@ -112,14 +119,6 @@ fn transparent_upstream(
     identity: u32,
     target: SocketAddrV4,
 ) -> std::io::Result<TcpStream> {
-    let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(ip),
-        },
-        sin_zero: [0; 8],
-    };
     let check = |rc: libc::c_int| {
         if rc < 0 {
             Err(std::io::Error::last_os_error())
@@ -1107,14 +1106,6 @@ fn connect_from(port: u16, target: SocketAddr, limit: Duration) -> std::io::Resu
                 return Err(std::io::Error::last_os_error());
             }
         }
-        let sockaddr = |ip: [u8; 4], port: u16| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(ip),
-            },
-            sin_zero: [0; 8],
-        };
         let local = sockaddr([0; 4], port);
         if libc::bind(
             fd,
