@@ -103,18 +103,19 @@ impl tower_service::Service<Uri> for MarkedConnector {
 /// The server and client machinery, built once per proxy.
 pub(crate) struct Engine {
     server: auto::Builder<TokioExecutor>,
-    /// Pooled upstream HTTP/2 clients per source identity: the identity travels in the
-    /// upstream socket's mark ([`Engine::mark_for`]) so the datapath applies the
+    /// Pooled upstream HTTP/2 clients per client ([`UpstreamFor`]): the identity travels in
+    /// the upstream socket's mark ([`Engine::mark_for`]) so the datapath applies the
     /// destination's policy to the client the proxy acts for, and connections of different
-    /// identities never share a pool. (HTTP/1 requests use their client connection's own
+    /// clients never share a pool. (HTTP/1 requests use their client connection's own
     /// upstream connection, [`PinnedUpstream`].)
-    h2_clients:
-        std::sync::Mutex<std::collections::HashMap<UpstreamFor, Client<MarkedConnector, Incoming>>>,
+    h2_clients: std::sync::Mutex<std::collections::HashMap<UpstreamFor, H2Pool>>,
     /// Idle upstream HTTP/1.1 connections left by client connections that ended, per
     /// (client, destination), newest last: the next client connection to the same
     /// destination for the same client adopts one instead of connecting.
     idle_h1:
         std::sync::Mutex<std::collections::HashMap<(UpstreamFor, SocketAddr), Vec<IdleUpstream>>>,
+    /// When [`Engine::sweep_if_due`] last dropped what clients left behind.
+    last_sweep: std::sync::Mutex<Instant>,
     mark: u32,
     limits: crate::proxy::Limits,
 }
@@ -139,6 +140,7 @@ impl Engine {
             server,
             h2_clients: std::sync::Mutex::new(std::collections::HashMap::new()),
             idle_h1: std::sync::Mutex::new(std::collections::HashMap::new()),
+            last_sweep: std::sync::Mutex::new(Instant::now()),
             mark: config.mark,
             limits: limits.clone(),
         }
@@ -154,6 +156,28 @@ impl Engine {
         }
     }
 
+    /// Once per upstream idle timeout, drops the HTTP/2 pools no new client connection asked
+    /// for within it and the parked HTTP/1.1 connections that idled out or closed, with the
+    /// map entries of clients that did not come back. Keyed by client address (pods come
+    /// and go), the maps would otherwise grow for as long as the proxy runs, and parked
+    /// connections would stay open until their server closed them.
+    fn sweep_if_due(&self) {
+        let timeout = self.limits.upstream_idle_timeout;
+        {
+            let mut last = lock(&self.last_sweep);
+            if last.elapsed() < timeout {
+                return;
+            }
+            *last = Instant::now();
+        }
+        // Connections holding a pool's client keep using it; new ones build another.
+        lock(&self.h2_clients).retain(|_, pool| pool.used.elapsed() < timeout);
+        lock(&self.idle_h1).retain(|_, parked| {
+            parked.retain(|p| !p.sender.is_closed() && p.since.elapsed() < timeout);
+            !parked.is_empty()
+        });
+    }
+
     /// Keeps an upstream HTTP/1.1 connection whose client connection ended, if it can take
     /// another request, for [`Engine::adopt_h1`]. Connections idle longer than the upstream
     /// idle timeout, or closed by the upstream, are dropped here and there.
@@ -166,6 +190,7 @@ impl Engine {
         if !sender.is_ready() {
             return;
         }
+        self.sweep_if_due();
         let mut idle = lock(&self.idle_h1);
         let parked = idle.entry((upstream, destination)).or_default();
         let timeout = self.limits.upstream_idle_timeout;
@@ -204,23 +229,34 @@ impl Engine {
 
     /// The pooled HTTP/2 upstream client for `upstream`.
     fn h2_client(&self, upstream: UpstreamFor) -> Client<MarkedConnector, Incoming> {
-        lock(&self.h2_clients)
-            .entry(upstream)
-            .or_insert_with(|| {
-                let connector = MarkedConnector {
-                    mark: self.mark_for(upstream.identity),
-                    source: upstream.source,
-                    timeout: self.limits.upstream_connect_timeout,
-                };
-                Client::builder(TokioExecutor::new())
+        self.sweep_if_due();
+        let mut pools = lock(&self.h2_clients);
+        let pool = pools.entry(upstream).or_insert_with(|| {
+            let connector = MarkedConnector {
+                mark: self.mark_for(upstream.identity),
+                source: upstream.source,
+                timeout: self.limits.upstream_connect_timeout,
+            };
+            H2Pool {
+                client: Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new())
                     .pool_idle_timeout(self.limits.upstream_idle_timeout)
                     .http2_only(true)
-                    .build(connector)
-            })
-            .clone()
+                    .build(connector),
+                used: Instant::now(),
+            }
+        });
+        pool.used = Instant::now();
+        pool.client.clone()
     }
+}
+
+/// An upstream HTTP/2 client pool of [`Engine::h2_clients`], and when a client connection
+/// last asked for it.
+struct H2Pool {
+    client: Client<MarkedConnector, Incoming>,
+    used: Instant,
 }
 
 /// Whom upstream connections are opened for: the client's identity, which their socket mark
@@ -1129,5 +1165,60 @@ async fn tunnel(
         () = connection.activity.idle(connection.shared.config.limits.idle_timeout) => {
             debug!("closing idle upgraded connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(last: u8) -> UpstreamFor {
+        UpstreamFor {
+            identity: 7,
+            source: Some(IpAddr::from([10, 0, 0, last])),
+        }
+    }
+
+    /// A ready upstream HTTP/1.1 connection over an in-memory pipe.
+    async fn h1_sender() -> hyper::client::conn::http1::SendRequest<Incoming> {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+            .await
+            .expect("handshake");
+        tokio::spawn(async move {
+            let _keep_the_pipe_open = theirs;
+            let _ = connection.await;
+        });
+        while !sender.is_ready() {
+            tokio::task::yield_now().await;
+        }
+        sender
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_clients_leave_behind_is_dropped_after_the_idle_timeout() {
+        let mut config = ProxyConfig::new("/nonexistent/proxy.sock");
+        config.limits.upstream_idle_timeout = Duration::from_secs(60);
+        let engine = Engine::new(&config);
+        let destination: SocketAddr = "10.0.1.1:80".parse().expect("address");
+        for last in 0..50 {
+            engine.h2_client(client(last));
+            engine.park_h1(client(last), destination, h1_sender().await);
+        }
+        assert_eq!(lock(&engine.h2_clients).len(), 50);
+        assert_eq!(lock(&engine.idle_h1).len(), 50);
+
+        // Within the timeout nothing goes; after it, only what a client still uses stays.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        engine.h2_client(client(0));
+        assert_eq!(lock(&engine.h2_clients).len(), 50);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        engine.h2_client(client(0));
+        assert_eq!(lock(&engine.h2_clients).len(), 1, "client 0's pool stays");
+        assert!(
+            lock(&engine.idle_h1).is_empty(),
+            "parked connections idled out"
+        );
+        assert!(engine.adopt_h1(client(1), destination).is_none());
     }
 }
