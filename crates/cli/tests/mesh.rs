@@ -125,12 +125,21 @@ fn l3_l4_policy_over_the_cluster_ip() {
         "one client, one backend: {sticky_hosts:?}"
     );
     lab.ok(&["delete", "-f", path(&sticky)]);
-    // IPv6 through the IPv6 cluster IP.
-    let v6 = request(
-        &lab,
-        "tiefighter",
-        &["-6", "-XPOST", &format!("{URL}/request-landing")],
-    );
+    // IPv6 through the IPv6 cluster IP. Up to three tries: once in a CI run (six labs on
+    // two busy cores) this request ran into curl's 3 s limit, DNS included, and did not
+    // fail again in ten runs; a lasting fault still fails every try.
+    let mut v6 = Err(0);
+    for _ in 0..3 {
+        v6 = request(
+            &lab,
+            "tiefighter",
+            &["-6", "-XPOST", &format!("{URL}/request-landing")],
+        );
+        match &v6 {
+            Ok(_) => break,
+            Err(code) => eprintln!("IPv6 landing through the cluster IP: curl {code}, again"),
+        }
+    }
     assert_eq!(v6.as_deref(), Ok("Ship landed\n"));
 
     let applied = lab.ok(&["apply", "-f", path(&policy("sw_l3_l4_policy.yaml"))]);
