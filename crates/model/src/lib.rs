@@ -6,10 +6,12 @@
 //! string or as a number).
 
 pub mod error;
+pub mod limits;
 pub mod manifest;
 pub mod meta;
 pub mod policy;
 pub mod workload;
+mod yaml;
 
 pub use error::{ManifestError, ManifestErrors};
 pub use manifest::{

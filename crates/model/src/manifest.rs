@@ -2,18 +2,22 @@
 //! dispatched on `apiVersion` and `kind`, every error located.
 
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::ManifestError;
+use crate::limits::{MAX_REQUEST_BYTES, object_too_large, request_too_large};
 use crate::meta::{is_dns1123_label, is_dns1123_subdomain};
 use crate::policy::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, NetworkPolicy};
 use crate::workload::{
     Deployment, MAX_AFFINITY_TIMEOUT_SECONDS, Namespace, Pod, PodSpec, Protocol, Service,
     ServiceSpec,
 };
+use crate::yaml;
 
 /// Where a document came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,14 +134,14 @@ pub struct Parsed {
 }
 
 /// Reads a manifest file, or every `.yaml`, `.yml` and `.json` file of a
-/// directory (sorted by name, not recursive). `-` reads standard input.
+/// directory (sorted by name, not recursive). `-` reads standard input. A file
+/// or standard input over [`MAX_REQUEST_BYTES`] is refused unread.
 pub fn load_path(path: &Path) -> Parsed {
     let label = path.display().to_string();
     if label == "-" {
-        let mut text = String::new();
-        return match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
-            Ok(_) => parse_str(&label, &text),
-            Err(e) => file_error(&label, format!("cannot read standard input: {e}")),
+        return match read_bounded(std::io::stdin().lock()) {
+            Ok(text) => parse_str(&label, &text),
+            Err(message) => file_error(&label, format!("standard input: {message}")),
         };
     }
     if path.is_dir() {
@@ -171,10 +175,35 @@ pub fn load_path(path: &Path) -> Parsed {
         }
         return all;
     }
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_str(&label, &text),
-        Err(e) => file_error(&label, format!("cannot read file: {e}")),
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if let Some(message) = request_too_large(size) {
+        return file_error(&label, message);
     }
+    match std::fs::File::open(path)
+        .map_err(|e| format!("cannot read file: {e}"))
+        .and_then(read_bounded)
+    {
+        Ok(text) => parse_str(&label, &text),
+        Err(message) => file_error(&label, message),
+    }
+}
+
+/// Reads all of `input` as UTF-8 if it is within [`MAX_REQUEST_BYTES`]; past the limit, the
+/// rest is counted, not kept, so that the error can give the size.
+fn read_bounded(input: impl std::io::Read) -> Result<String, String> {
+    let mut input = input.take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut bytes = Vec::new();
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() > MAX_REQUEST_BYTES {
+        let mut rest = input.into_inner();
+        let more = std::io::copy(&mut rest, &mut std::io::sink())
+            .map_err(|e| format!("cannot read: {e}"))?;
+        let size = bytes.len() as u64 + more;
+        return Err(request_too_large(size).unwrap_or_default());
+    }
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
 }
 
 fn file_error(file: &str, message: String) -> Parsed {
@@ -190,23 +219,36 @@ fn file_error(file: &str, message: String) -> Parsed {
     }
 }
 
-/// Parses every document of a multi-document YAML text. `file` names the
-/// source in errors.
+/// Parses every document of a multi-document YAML (or JSON) text. `file` names
+/// the source in errors. A text over [`MAX_REQUEST_BYTES`] or a document over
+/// [`crate::limits::MAX_OBJECT_BYTES`] is refused before it is parsed.
 pub fn parse_str(file: &str, text: &str) -> Parsed {
+    if let Some(message) = request_too_large(text.len() as u64) {
+        return file_error(file, message);
+    }
     let mut parsed = Parsed::default();
-    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(de) {
-            Ok(value) => value,
-            Err(e) => {
-                parsed.errors.push(ManifestError {
-                    file: file.to_string(),
-                    document: index,
-                    field: String::new(),
-                    value: None,
-                    message: format!("not valid YAML: {e}"),
-                });
-                // The stream cannot be resynchronised after a syntax error.
-                break;
+    for raw in yaml::split_documents(text) {
+        let error = |field: String, value: Option<String>, message: String| ManifestError {
+            file: file.to_string(),
+            document: raw.index,
+            field,
+            value,
+            message,
+        };
+        if let Some(message) = object_too_large(raw.text.len()) {
+            parsed.errors.push(error(String::new(), None, message));
+            continue;
+        }
+        let value = match yaml::parse_document(&raw) {
+            Ok(Some(value)) => value,
+            Ok(None) => continue,
+            Err(message) => {
+                parsed.errors.push(error(
+                    String::new(),
+                    None,
+                    format!("not valid YAML: {message}"),
+                ));
+                continue;
             }
         };
         if value.is_null() {
@@ -214,7 +256,7 @@ pub fn parse_str(file: &str, text: &str) -> Parsed {
         }
         let source = Source {
             file: file.to_string(),
-            document: index,
+            document: raw.index,
         };
         match decode_value(&value) {
             Ok(resources) => parsed
@@ -223,13 +265,7 @@ pub fn parse_str(file: &str, text: &str) -> Parsed {
                     source: source.clone(),
                     resource,
                 })),
-            Err(e) => parsed.errors.push(ManifestError {
-                file: file.to_string(),
-                document: index,
-                field: e.field,
-                value: e.value,
-                message: e.message,
-            }),
+            Err(e) => parsed.errors.push(error(e.field, e.value, e.message)),
         }
     }
     parsed
@@ -262,13 +298,13 @@ impl FieldError {
 }
 
 /// Decodes one document into resources (a `List` gives several).
-fn decode_value(value: &serde_yaml::Value) -> Result<Vec<Resource>, FieldError> {
+fn decode_value(value: &Value) -> Result<Vec<Resource>, FieldError> {
     let api_version = string_field(value, "apiVersion")?;
     let kind = string_field(value, "kind")?;
     if api_version == "v1" && kind == "List" {
         let items = value
             .get("items")
-            .and_then(|i| i.as_sequence())
+            .and_then(Value::as_array)
             .ok_or_else(|| FieldError::new("items", None, "a List needs an `items` sequence"))?;
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -340,9 +376,9 @@ fn join_path(prefix: &str, field: &str) -> String {
     }
 }
 
-fn string_field(value: &serde_yaml::Value, name: &str) -> Result<String, FieldError> {
+fn string_field(value: &Value, name: &str) -> Result<String, FieldError> {
     match value.get(name) {
-        Some(serde_yaml::Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => Ok(s.clone()),
         Some(other) => Err(FieldError::new(
             name,
             Some(render(other)),
@@ -357,9 +393,9 @@ fn string_field(value: &serde_yaml::Value, name: &str) -> Result<String, FieldEr
 }
 
 /// Deserializes a document into a typed resource, locating the error.
-pub fn typed<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, FieldError> {
+pub fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
     let mut body = value.clone();
-    if let Some(map) = body.as_mapping_mut() {
+    if let Some(map) = body.as_object_mut() {
         map.remove("apiVersion");
         map.remove("kind");
     }
@@ -387,7 +423,7 @@ fn path_text(path: &serde_path_to_error::Path) -> String {
 }
 
 /// Finds the value at a dotted path such as `spec.ports[0].port`.
-fn value_at(root: &serde_yaml::Value, path: &str) -> Option<serde_yaml::Value> {
+fn value_at(root: &Value, path: &str) -> Option<Value> {
     let mut current = root.clone();
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let (name, indexes) = match part.find('[') {
@@ -405,10 +441,10 @@ fn value_at(root: &serde_yaml::Value, path: &str) -> Option<serde_yaml::Value> {
     Some(current)
 }
 
-fn render(value: &serde_yaml::Value) -> String {
+fn render(value: &Value) -> String {
     match value {
-        serde_yaml::Value::String(s) => format!("{s:?}"),
-        other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_string(),
     }
 }
 

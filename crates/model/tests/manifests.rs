@@ -160,6 +160,42 @@ fn bad_yaml_is_located() {
 }
 
 #[test]
+fn a_syntax_error_ends_only_its_document_and_is_located_in_the_file() {
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n";
+    let parsed = parse_str("x.yaml", text);
+    let names: Vec<_> = parsed
+        .documents
+        .iter()
+        .map(|d| (d.source.document, d.resource.key().name))
+        .collect();
+    assert_eq!(names, [(0, "a".to_string()), (2, "c".to_string())]);
+    assert_eq!(parsed.errors.len(), 1);
+    assert_eq!(
+        parsed.errors[0].to_string(),
+        "x.yaml: document 1: not valid YAML: unclosed bracket '{' at line 7 column 11"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused_where_they_repeat() {
+    let e = only_error(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80}]\n  ports: [{port: 81}]\n",
+    );
+    assert_eq!(
+        e.message,
+        "not valid YAML: duplicate mapping key `ports` is not allowed here at line 6 column 3"
+    );
+}
+
+#[test]
+fn a_byte_order_mark_and_crlf_line_ends_are_read() {
+    let text = "\u{feff}apiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: a}\r\n---\r\napiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: b}\r\n";
+    let parsed = parse_str("x.yaml", text);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    assert_eq!(parsed.documents.len(), 2);
+}
+
+#[test]
 fn good_documents_survive_a_bad_neighbour() {
     let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: B}\n";
     let parsed = parse_str("x.yaml", text);
