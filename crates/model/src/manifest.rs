@@ -717,3 +717,23 @@ fn check_pod_spec(spec: &PodSpec, at: &str) -> Result<(), FieldError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_over_the_request_limit_is_refused_with_its_whole_size() {
+        let over = vec![b'#'; MAX_REQUEST_BYTES + 4096];
+        let message = read_bounded(over.as_slice()).expect_err("over the limit");
+        assert!(
+            message.starts_with(&format!("the input is {} bytes, over", over.len())),
+            "{message}"
+        );
+        let within = vec![b'#'; MAX_REQUEST_BYTES];
+        assert_eq!(
+            read_bounded(within.as_slice()).map(|t| t.len()),
+            Ok(MAX_REQUEST_BYTES)
+        );
+    }
+}

@@ -9,6 +9,8 @@
 use serde_json::Value;
 use serde_saphyr::{MessageFormatter, UserMessageFormatter};
 
+use crate::limits::MAX_OBJECT_BYTES;
+
 /// One document of a YAML stream, not parsed yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RawDocument<'a> {
@@ -98,11 +100,15 @@ pub(crate) fn parse_document(document: &RawDocument<'_>) -> Result<Option<Value>
             let line = at.line() + document.first_line as u64 - 1;
             message.push_str(&format!(" at line {line} column {}", at.column()));
         }
-        if matches!(cause, serde_saphyr::Error::Budget { .. }) {
-            message.push_str(
-                "; one document may hold at most 250000 nodes, counting those its aliases \
-                 (`*name`) copy: split it into several objects",
-            );
+        if matches!(
+            cause,
+            serde_saphyr::Error::Budget { .. }
+                | serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+        ) {
+            message.push_str(&format!(
+                "; aliases (`*name`) may copy at most {MAX_ALIAS_EVENTS} nodes into one \
+                 document; write the values out, or split the document into several objects"
+            ));
         }
         message
     })
@@ -119,16 +125,28 @@ fn innermost(mut error: &serde_saphyr::Error) -> &serde_saphyr::Error {
 }
 
 /// The parser's settings: YAML 1.2 booleans (`yes` and `on` are strings, as they were with
-/// serde_yaml), duplicate keys refused (as `kubectl` does), and the default budget,
-/// whose 250,000 nodes per document count the nodes aliases copy, so that a small document
-/// cannot expand into a huge tree (a "billion laughs").
+/// serde_yaml), duplicate keys refused (as `kubectl` does), a budget of nodes and events that
+/// any document within the object limit fits, and alias expansion bounded so that a small
+/// document cannot expand into a huge tree (a "billion laughs").
 fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    // Every node and event takes at least one byte of text, aliases aside.
+    budget.max_nodes = MAX_OBJECT_BYTES;
+    budget.max_events = 2 * MAX_OBJECT_BYTES;
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
     serde_saphyr::options! {
+        budget: Some(budget),
+        alias_limits: alias_limits,
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::Error,
         strict_booleans: true,
         with_snippet: false,
     }
 }
+
+/// Most parser events aliases may replay into one document. Manifests seldom use aliases;
+/// this keeps a document's tree within a small multiple of its text.
+const MAX_ALIAS_EVENTS: usize = 100_000;
 
 #[cfg(test)]
 mod tests {
@@ -190,6 +208,6 @@ mod tests {
             bomb.push_str(&format!("{name}: &{name} [{aliases}]\n"));
         }
         let message = parse_document(&split_documents(&bomb)[0]).expect_err("a billion laughs");
-        assert!(message.contains("at most 250000 nodes"), "{message}");
+        assert!(message.contains("at most 100000 nodes"), "{message}");
     }
 }
