@@ -1,6 +1,7 @@
 //! Reading manifests: files and directories of multi-document YAML (or JSON),
 //! dispatched on `apiVersion` and `kind`, every error located.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
@@ -11,11 +12,12 @@ use serde_json::Value;
 
 use crate::error::ManifestError;
 use crate::limits::{MAX_REQUEST_BYTES, object_too_large, request_too_large};
-use crate::meta::{is_dns1123_label, is_dns1123_subdomain};
+use crate::meta::{check_labels, check_selector, is_dns1123_label, is_dns1123_subdomain};
+use crate::policy::is_port_name;
 use crate::policy::{CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy, NetworkPolicy};
 use crate::workload::{
-    Deployment, MAX_AFFINITY_TIMEOUT_SECONDS, Namespace, Pod, PodSpec, Protocol, Service,
-    ServiceSpec,
+    Deployment, IntOrString, MAX_AFFINITY_TIMEOUT_SECONDS, Namespace, Pod, PodSpec, Protocol,
+    Service, ServicePort, ServiceSpec,
 };
 use crate::yaml;
 
@@ -462,6 +464,7 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
                     "a Namespace is cluster-scoped; remove metadata.namespace",
                 ));
             }
+            check_labels(&n.metadata.labels, "metadata.labels")?;
         }
         Resource::Pod(p) => {
             check_name(
@@ -479,6 +482,7 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
                 &d.spec.template.metadata.labels,
                 "spec.template.metadata.labels",
             )?;
+            check_selector(&d.spec.selector, "spec.selector", false)?;
             if d.spec.selector.match_labels.is_empty()
                 && d.spec.selector.match_expressions.is_empty()
             {
@@ -536,45 +540,9 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
                     ));
                 }
             }
-            if s.spec.ports.is_empty() {
-                return Err(FieldError::new(
-                    "spec.ports",
-                    None,
-                    "a Service needs at least one port",
-                ));
-            }
-            let mut names = std::collections::BTreeSet::new();
-            for (i, port) in s.spec.ports.iter().enumerate() {
-                if port.port == 0 {
-                    return Err(FieldError::new(
-                        format!("spec.ports[{i}].port"),
-                        Some("0".into()),
-                        "port must be 1-65535",
-                    ));
-                }
-                if port.protocol == Protocol::Sctp {
-                    return Err(FieldError::new(
-                        format!("spec.ports[{i}].protocol"),
-                        Some("SCTP".into()),
-                        "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
-                    ));
-                }
-                if s.spec.ports.len() > 1 && port.name.is_none() {
-                    return Err(FieldError::new(
-                        format!("spec.ports[{i}].name"),
-                        None,
-                        "every port of a multi-port Service needs a name",
-                    ));
-                }
-                if let Some(name) = &port.name
-                    && !names.insert(name.clone())
-                {
-                    return Err(FieldError::new(
-                        format!("spec.ports[{i}].name"),
-                        Some(name.clone()),
-                        "port names of a Service must be unique",
-                    ));
-                }
+            check_service_ports(&s.spec.ports)?;
+            if let Some(selector) = &s.spec.selector {
+                check_labels(selector, "spec.selector")?;
             }
             if let Some(ip) = &s.spec.cluster_ip
                 && ip != "None"
@@ -590,6 +558,103 @@ fn validate(resource: &Resource) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+/// A Service's ports as the Kubernetes API server validates them: at least one; each with a
+/// number 1-65535 and a valid `targetPort`; names DNS-1123 labels, unique, and required when
+/// there are several ports; no two ports with the same number and protocol.
+fn check_service_ports(ports: &[ServicePort]) -> Result<(), FieldError> {
+    if ports.is_empty() {
+        return Err(FieldError::new(
+            "spec.ports",
+            None,
+            "a Service needs at least one port",
+        ));
+    }
+    let mut names = BTreeMap::new();
+    let mut numbers = BTreeMap::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        match port.name.as_deref() {
+            None | Some("") if ports.len() > 1 => {
+                return Err(FieldError::new(
+                    format!("{at}.name"),
+                    None,
+                    "every port of a multi-port Service needs a name",
+                ));
+            }
+            None | Some("") => {}
+            Some(name) => {
+                if !is_dns1123_label(name) {
+                    return Err(FieldError::new(
+                        format!("{at}.name"),
+                        Some(format!("{name:?}")),
+                        "a port name must be a DNS-1123 label: at most 63 lower-case letters, \
+                         digits and '-', starting and ending with a letter or digit",
+                    ));
+                }
+                if let Some(first) = names.insert(name, i) {
+                    return Err(FieldError::new(
+                        format!("{at}.name"),
+                        Some(format!("{name:?}")),
+                        format!(
+                            "port names of a Service must be unique; spec.ports[{first}] has it too"
+                        ),
+                    ));
+                }
+            }
+        }
+        if port.port == 0 {
+            return Err(FieldError::new(
+                format!("{at}.port"),
+                Some("0".into()),
+                "port must be 1-65535",
+            ));
+        }
+        if port.protocol == Protocol::Sctp {
+            return Err(FieldError::new(
+                format!("{at}.protocol"),
+                Some("SCTP".into()),
+                "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
+            ));
+        }
+        if let Some(first) = numbers.insert((port.port, port.protocol), i) {
+            return Err(FieldError::new(
+                at,
+                Some(format!("{}/{:?}", port.port, port.protocol).to_uppercase()),
+                format!(
+                    "spec.ports[{first}] has the same port and protocol; a Service exposes each once"
+                ),
+            ));
+        }
+        check_target_port(port.target_port.as_ref(), &at)?;
+    }
+    Ok(())
+}
+
+/// `targetPort`: absent, 0 or empty (the port itself, as Kubernetes defaults it), a number
+/// 1-65535, or a container port name (IANA service name syntax).
+fn check_target_port(target: Option<&IntOrString>, at: &str) -> Result<(), FieldError> {
+    let field = || format!("{at}.targetPort");
+    match target {
+        None => Ok(()),
+        Some(IntOrString::Int(n)) if (0..=65535).contains(n) => Ok(()),
+        Some(IntOrString::Int(n)) => Err(FieldError::new(
+            field(),
+            Some(n.to_string()),
+            "targetPort must be a port number 1-65535 or the name of a container port",
+        )),
+        Some(IntOrString::String(s)) if s.is_empty() || is_port_name(s) => Ok(()),
+        Some(IntOrString::String(s)) => Err(FieldError::new(
+            field(),
+            Some(format!("{s:?}")),
+            if s.parse::<i64>().is_ok() {
+                "a quoted targetPort is a port name, and a name needs a letter; write the number without quotes"
+            } else {
+                "not a valid port name: at most 15 lower-case letters, digits and '-', with at least one letter, not starting or ending with '-' nor holding '--'"
+            },
+        )),
+    }
 }
 
 /// `spec.sessionAffinityConfig.clientIP.timeoutSeconds` of a ClientIP Service: absent (the
@@ -643,29 +708,6 @@ fn check_meta(metadata: &crate::meta::Metadata) -> Result<(), FieldError> {
         ));
     }
     check_labels(&metadata.labels, "metadata.labels")
-}
-
-fn check_labels(
-    labels: &std::collections::BTreeMap<String, String>,
-    at: &str,
-) -> Result<(), FieldError> {
-    for (key, value) in labels {
-        if !crate::meta::is_label_key(key) {
-            return Err(FieldError::new(
-                format!("{at}.{key}"),
-                Some(key.clone()),
-                "not a valid label key: an optional DNS prefix and '/', then up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric",
-            ));
-        }
-        if !crate::meta::is_label_value(value) {
-            return Err(FieldError::new(
-                format!("{at}.{key}"),
-                Some(value.clone()),
-                "not a valid label value: up to 63 of [A-Za-z0-9-_.] starting and ending alphanumeric",
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_pod_spec(spec: &PodSpec, at: &str) -> Result<(), FieldError> {

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::FieldError;
+use crate::policy::split_source;
+
 /// A field that manifests from a real cluster carry and that does not concern
 /// the network: accepted whatever its value, and dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,6 +172,96 @@ pub fn is_dns1123_label(name: &str) -> bool {
 /// characters), as Kubernetes requires of pod and deployment names.
 pub fn is_dns1123_subdomain(name: &str) -> bool {
     !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns1123_label)
+}
+
+const LABEL_KEY_RULE: &str = "an optional prefix (a DNS-1123 subdomain of at most 253 characters) and '/', then a name of at most 63 characters of [A-Za-z0-9-_.] starting and ending with a letter or digit";
+const LABEL_VALUE_RULE: &str =
+    "at most 63 characters of [A-Za-z0-9-_.], starting and ending with a letter or digit, or empty";
+
+/// Checks the keys and values of a label map as the Kubernetes API server does; errors name
+/// `at.<key>`.
+pub(crate) fn check_labels(labels: &BTreeMap<String, String>, at: &str) -> Result<(), FieldError> {
+    for (key, value) in labels {
+        if !is_label_key(key) {
+            return Err(FieldError::new(
+                format!("{at}.{key}"),
+                Some(format!("{key:?}")),
+                format!("not a valid label key: {LABEL_KEY_RULE}"),
+            ));
+        }
+        check_label_value(value, format!("{at}.{key}"))?;
+    }
+    Ok(())
+}
+
+fn check_label_value(value: &str, field: String) -> Result<(), FieldError> {
+    if is_label_value(value) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        Some(format!("{value:?}")),
+        format!("not a valid label value: {LABEL_VALUE_RULE}"),
+    ))
+}
+
+/// Checks a label selector as the Kubernetes API server does: every key a label key, every
+/// value (of `matchLabels` and of `matchExpressions`) a label value, and values exactly where
+/// the operator takes them. `sources` allows Cilium's label source prefixes on keys (`k8s:`,
+/// `any:`, `reserved:`).
+pub(crate) fn check_selector(
+    selector: &LabelSelector,
+    at: &str,
+    sources: bool,
+) -> Result<(), FieldError> {
+    let key_ok = |key: &str| is_label_key(if sources { split_source(key).1 } else { key });
+    let key_rule = if sources {
+        format!("an optional source (`k8s:`, `any:`, `reserved:`), then {LABEL_KEY_RULE}")
+    } else {
+        LABEL_KEY_RULE.to_string()
+    };
+    for (key, value) in &selector.match_labels {
+        let field = format!("{at}.matchLabels.{key}");
+        if !key_ok(key) {
+            return Err(FieldError::new(
+                field,
+                Some(format!("{key:?}")),
+                format!("not a valid label key: {key_rule}"),
+            ));
+        }
+        check_label_value(value, field)?;
+    }
+    for (i, r) in selector.match_expressions.iter().enumerate() {
+        let at = format!("{at}.matchExpressions[{i}]");
+        if !key_ok(&r.key) {
+            return Err(FieldError::new(
+                format!("{at}.key"),
+                Some(format!("{:?}", r.key)),
+                format!("not a valid label key: {key_rule}"),
+            ));
+        }
+        match r.operator {
+            SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
+                return Err(FieldError::new(
+                    format!("{at}.values"),
+                    None,
+                    "In and NotIn need at least one value",
+                ));
+            }
+            SelectorOperator::Exists | SelectorOperator::DoesNotExist if !r.values.is_empty() => {
+                return Err(FieldError::new(
+                    format!("{at}.values"),
+                    Some(r.values.join(",")),
+                    "Exists and DoesNotExist take no values",
+                ));
+            }
+            _ => {}
+        }
+        for (j, value) in r.values.iter().enumerate() {
+            check_label_value(value, format!("{at}.values[{j}]"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

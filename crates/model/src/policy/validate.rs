@@ -2,12 +2,12 @@
 //! and what to do. Unsupported fields are rejected by name.
 
 use crate::manifest::FieldError;
-use crate::meta::{Ignored, LabelSelector, SelectorOperator, is_label_key};
+use crate::meta::{Ignored, LabelSelector, check_labels, check_selector};
 use crate::workload::{IntOrString, Protocol};
 
 use super::cilium::*;
 use super::k8s::*;
-use super::{PortSpec, full_match, icmp_type, is_fqdn, parse_cidr, split_source};
+use super::{PortSpec, full_match, icmp_type, is_fqdn, parse_cidr};
 
 type Check = Result<(), FieldError>;
 
@@ -89,6 +89,7 @@ pub(crate) fn validate_cilium(p: &CiliumNetworkPolicy, clusterwide: bool) -> Che
             "must be a DNS-1123 label",
         ));
     }
+    check_labels(&p.metadata.labels, "metadata.labels")?;
     let rules = p.rules();
     if rules.is_empty() {
         return Err(fail(
@@ -123,7 +124,7 @@ fn validate_rule(rule: &Rule, at: &str) -> Check {
             "a rule needs an endpointSelector (`{}` selects every endpoint in scope)",
         ));
     };
-    validate_selector(selector, &join(at, "endpointSelector"), true)?;
+    check_selector(selector, &join(at, "endpointSelector"), true)?;
     for (i, r) in rule.ingress.iter().flatten().enumerate() {
         let at = format!("{at}.ingress[{i}]");
         unsupported_peer_selectors(&at, "from", &r.from_requires, &r.from_nodes, &r.from_groups)?;
@@ -210,51 +211,6 @@ fn validate_rule(rule: &Rule, at: &str) -> Check {
     Ok(())
 }
 
-/// Checks selector syntax. `sources` allows Cilium's `source:` key prefixes.
-fn validate_selector(s: &LabelSelector, at: &str, sources: bool) -> Check {
-    let key_ok = |key: &str| {
-        let key = if sources { split_source(key).1 } else { key };
-        is_label_key(key)
-    };
-    for key in s.match_labels.keys() {
-        if !key_ok(key) {
-            return Err(fail(
-                format!("{at}.matchLabels"),
-                Some(key.clone()),
-                "not a valid label key: an optional source (`k8s:`, `any:`, `reserved:`), an optional DNS prefix and '/', then up to 63 of [A-Za-z0-9-_.]",
-            ));
-        }
-    }
-    for (i, r) in s.match_expressions.iter().enumerate() {
-        let at = format!("{at}.matchExpressions[{i}]");
-        if !key_ok(&r.key) {
-            return Err(fail(
-                format!("{at}.key"),
-                Some(r.key.clone()),
-                "not a valid label key",
-            ));
-        }
-        match r.operator {
-            SelectorOperator::In | SelectorOperator::NotIn if r.values.is_empty() => {
-                return Err(fail(
-                    format!("{at}.values"),
-                    None,
-                    "In and NotIn need at least one value",
-                ));
-            }
-            SelectorOperator::Exists | SelectorOperator::DoesNotExist if !r.values.is_empty() => {
-                return Err(fail(
-                    format!("{at}.values"),
-                    Some(r.values.join(",")),
-                    "Exists and DoesNotExist take no values",
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 fn validate_peers(
     at: &str,
     prefix: &str,
@@ -263,7 +219,7 @@ fn validate_peers(
     cidr_sets: Option<&[CidrRule]>,
 ) -> Check {
     for (i, s) in endpoints.into_iter().flatten().enumerate() {
-        validate_selector(s, &format!("{at}.{prefix}Endpoints[{i}]"), true)?;
+        check_selector(s, &format!("{at}.{prefix}Endpoints[{i}]"), true)?;
     }
     for (i, c) in cidrs.into_iter().flatten().enumerate() {
         parse_cidr(c).map_err(|m| fail(format!("{at}.{prefix}CIDR[{i}]"), Some(c.clone()), m))?;
@@ -320,7 +276,7 @@ fn validate_services(services: Option<&[ServicePeer]>, at: &str) -> Check {
                     ));
                 }
             }
-            (None, Some(sel)) => validate_selector(
+            (None, Some(sel)) => check_selector(
                 &sel.selector,
                 &format!("{at}.k8sServiceSelector.selector"),
                 false,
@@ -624,7 +580,8 @@ pub(crate) fn validate_network_policy(p: &NetworkPolicy) -> Check {
             "must be a DNS-1123 subdomain",
         ));
     }
-    validate_selector(&p.spec.pod_selector, "spec.podSelector", false)?;
+    check_labels(&p.metadata.labels, "metadata.labels")?;
+    check_selector(&p.spec.pod_selector, "spec.podSelector", false)?;
     let peers_of = |rule_at: String, peers: &[NetworkPolicyPeer]| -> Check {
         for (i, peer) in peers.iter().enumerate() {
             let at = format!("{rule_at}[{i}]");
@@ -646,10 +603,10 @@ pub(crate) fn validate_network_policy(p: &NetworkPolicy) -> Check {
                 _ => {}
             }
             if let Some(s) = &peer.pod_selector {
-                validate_selector(s, &format!("{at}.podSelector"), false)?;
+                check_selector(s, &format!("{at}.podSelector"), false)?;
             }
             if let Some(s) = &peer.namespace_selector {
-                validate_selector(s, &format!("{at}.namespaceSelector"), false)?;
+                check_selector(s, &format!("{at}.namespaceSelector"), false)?;
             }
             if let Some(b) = &peer.ip_block {
                 validate_cidr_except(&b.cidr, &b.except, &format!("{at}.ipBlock"))?;
