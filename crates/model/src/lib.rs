@@ -4,6 +4,11 @@
 //! Parsing is strict about the schema (an unknown field is an error naming it)
 //! and lenient where Kubernetes and Cilium are lenient (a port given as a
 //! string or as a number).
+//!
+//! Input is bounded as a Kubernetes API server bounds it ([`limits`]): a file
+//! over 3 MiB or a document over 1.5 MiB is refused before it is parsed.
+
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod limits;

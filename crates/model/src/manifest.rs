@@ -604,20 +604,7 @@ fn check_service_ports(ports: &[ServicePort]) -> Result<(), FieldError> {
                 }
             }
         }
-        if port.port == 0 {
-            return Err(FieldError::new(
-                format!("{at}.port"),
-                Some("0".into()),
-                "port must be 1-65535",
-            ));
-        }
-        if port.protocol == Protocol::Sctp {
-            return Err(FieldError::new(
-                format!("{at}.protocol"),
-                Some("SCTP".into()),
-                "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
-            ));
-        }
+        check_port(port.port, port.protocol, &at, "port")?;
         if let Some(first) = numbers.insert((port.port, port.protocol), i) {
             return Err(FieldError::new(
                 at,
@@ -628,6 +615,31 @@ fn check_service_ports(ports: &[ServicePort]) -> Result<(), FieldError> {
             ));
         }
         check_target_port(port.target_port.as_ref(), &at)?;
+    }
+    Ok(())
+}
+
+/// A port's number (the field `number_field` of `at`; 0 is refused, the type bounds the rest)
+/// and protocol (SCTP is refused).
+fn check_port(
+    number: u16,
+    protocol: Protocol,
+    at: &str,
+    number_field: &str,
+) -> Result<(), FieldError> {
+    if number == 0 {
+        return Err(FieldError::new(
+            format!("{at}.{number_field}"),
+            Some("0".into()),
+            "port must be 1-65535",
+        ));
+    }
+    if protocol == Protocol::Sctp {
+        return Err(FieldError::new(
+            format!("{at}.protocol"),
+            Some("SCTP".into()),
+            "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
+        ));
     }
     Ok(())
 }
@@ -741,20 +753,12 @@ fn check_pod_spec(spec: &PodSpec, at: &str) -> Result<(), FieldError> {
             ));
         }
         for (j, p) in c.ports.iter().enumerate() {
-            if p.container_port == 0 {
-                return Err(FieldError::new(
-                    format!("{at}.containers[{i}].ports[{j}].containerPort"),
-                    Some("0".into()),
-                    "port must be 1-65535",
-                ));
-            }
-            if p.protocol == Protocol::Sctp {
-                return Err(FieldError::new(
-                    format!("{at}.containers[{i}].ports[{j}].protocol"),
-                    Some("SCTP".into()),
-                    "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
-                ));
-            }
+            check_port(
+                p.container_port,
+                p.protocol,
+                &format!("{at}.containers[{i}].ports[{j}]"),
+                "containerPort",
+            )?;
         }
     }
     Ok(())
