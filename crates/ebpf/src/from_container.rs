@@ -2,11 +2,12 @@
 //! sender's egress and a local receiver's ingress policy on a new flow.
 
 use crate::State;
+use crate::conntrack::CONNTRACK;
 use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
 use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
 use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
-use crate::maps::{CONNTRACK, ENDPOINTS, ENDPOINTS_BY_IP};
+use crate::maps::{ENDPOINTS, ENDPOINTS_BY_IP};
 use crate::parse::{
     IPPROTO_TCP, IPPROTO_UDP, Packet, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };

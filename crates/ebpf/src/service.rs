@@ -2,8 +2,8 @@
 //! ICMP errors, and the refusal of clients of a service without backends.
 
 use crate::State;
+use crate::conntrack::CONNTRACK;
 use crate::conntrack::{ct_key, ct_update, live_entry, new_entry};
-use crate::maps::{AFFINITY, BACKENDS, CONNTRACK, REV_NAT, SERVICES};
 use crate::parse::{
     ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST,
     TCP_SYN,
@@ -14,10 +14,12 @@ use aya_ebpf::helpers::{
     bpf_csum_diff, bpf_get_prandom_u32, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail,
     bpf_skb_load_bytes, bpf_skb_store_bytes,
 };
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap};
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_SERVICE;
 use myelin_common::maps::{CT_SCOPE_SERVICE, FAMILY_IPV4};
-use myelin_common::{AffinityEntry, AffinityKey, L4Addr, ServiceKey, drop_reason};
+use myelin_common::{AffinityEntry, AffinityKey, L4Addr, ServiceEntry, ServiceKey, drop_reason};
 
 /// Rewrites an ICMP error about a service connection so that it quotes the
 /// packet the pod sent (to the frontend) and, when the backend itself
@@ -526,3 +528,22 @@ fn fold_csum(mut sum: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
 }
+
+/// Frontends (slot 0) and their backend slots.
+#[map(name = "MYELIN_SERVICES")]
+pub(crate) static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(65536, 0);
+
+/// Backend id → address.
+#[map(name = "MYELIN_BACKENDS")]
+pub(crate) static BACKENDS: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
+
+/// Reverse-NAT index → the frontend replies must appear to come from.
+#[map(name = "MYELIN_REV_NAT")]
+pub(crate) static REV_NAT: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
+
+/// The backend of each client of a frontend with ClientIP session affinity,
+/// and when the client last opened a connection to it. LRU: a full table
+/// forgets its least recent clients (who then get a new backend) instead of
+/// refusing new ones. Pinned: an agent restart keeps the affinities.
+#[map(name = "MYELIN_AFFINITY")]
+pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(65536, 0);
