@@ -116,7 +116,9 @@ fn frontends_nobody_wants_leave_the_kernel_also_after_a_restart() {
         12,
         "the kernel keeps serving while the agent is away"
     );
-    let outcomes = datapath.sync_services(&[kept.clone()]).expect("sync");
+    let outcomes = datapath
+        .sync_services(std::slice::from_ref(&kept))
+        .expect("sync");
     assert_eq!(outcomes[0].result.as_ref().ok(), Some(&0), "kept unchanged");
     let left: Vec<SocketAddr> = datapath
         .services()
