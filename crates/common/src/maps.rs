@@ -177,7 +177,7 @@ pub struct IpcacheEntry {
 /// Slot 0 holds the frontend's backend count and reverse-NAT index; slots
 /// 1..=count hold backend ids.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ServiceKey {
     /// The service address (IPv4 in the first four bytes).
     pub addr: [u8; 16],
@@ -191,6 +191,28 @@ pub struct ServiceKey {
     pub family: u8,
     /// Explicit padding, zero.
     pub _pad: [u8; 2],
+}
+
+impl ServiceKey {
+    /// The marker of a cluster IP: port 0, protocol 0, slot 0 (no frontend
+    /// has them). Present while some frontend uses the address; a new flow
+    /// to any other port or protocol of it is refused instead of being
+    /// tracked and routed.
+    pub const fn cluster_ip(addr: [u8; 16], family: u8) -> Self {
+        ServiceKey {
+            addr,
+            port: 0,
+            slot: 0,
+            protocol: 0,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// True for a [`Self::cluster_ip`] marker.
+    pub const fn is_cluster_ip(&self) -> bool {
+        self.protocol == 0 && self.port == 0 && self.slot == 0
+    }
 }
 
 /// Value of the services map (see [`ServiceKey`]).

@@ -85,6 +85,32 @@ pub enum DatapathError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A service needs more room in a map than is free: nothing of it was
+    /// written.
+    #[error(
+        "service {service} needs {needed} entries in map {map}, which has {free} free of {capacity}; \
+         nothing of the service was written: reduce its ports or backends, or delete other services"
+    )]
+    ServiceCapacity {
+        /// The service (`namespace/name`, or the frontend).
+        service: String,
+        /// The map.
+        map: &'static str,
+        /// Entries the service needs.
+        needed: usize,
+        /// Entries free.
+        free: usize,
+        /// The map's capacity.
+        capacity: usize,
+    },
+    /// Writing a service failed part way; what was written of it was undone.
+    #[error("service {service}: {source}; what was written of it was taken back")]
+    ServiceWrite {
+        /// The service.
+        service: String,
+        /// The write that failed.
+        source: Box<DatapathError>,
+    },
     /// An ipcache prefix longer than its address.
     #[error("ipcache prefix {address}/{prefix_len} is longer than the address")]
     InvalidPrefix {

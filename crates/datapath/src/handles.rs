@@ -4,40 +4,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::Pod;
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError};
+use aya::maps::lpm_trie::Key;
 use myelin_common::maps::{FAMILY_IPV4, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, names};
 use myelin_common::{
-    AffinityEntry, AffinityKey, CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry,
-    IpcacheKey, L4Addr, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey,
+    CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, PolicyKey,
 };
 
 use crate::error::DatapathError;
 use crate::loader::Datapath;
-use crate::tables::{
-    BackendRecord, CtRecord, EndpointRecord, IpcacheRecord, PolicyRecord, PolicyTable, Service,
-    ServiceProtocol, ServiceRecord, addr_bytes, compile_policy, ct_record, endpoint_addresses,
-    family_of, free_ids, ip_from, ip_key, l4_addr, policy_entry, policy_flags, policy_key,
-    policy_prefix, policy_record, service_protocol, socket_from,
+use crate::maps::{Hash, map_error, removed};
+use crate::services::{
+    FrontendKey, ServiceGroup, ServiceOutcome, delete_frontend, read_services, write_group,
 };
-
-/// Most backends one frontend can have (slots are u16, and the kernel picks
-/// among `count` of them).
-const MAX_BACKENDS: usize = 4096;
-
-fn map_error(map: &'static str) -> impl Fn(MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source }
-}
-
-/// A missing key is what a removal wants anyway.
-fn removed(result: Result<(), MapError>, map: &'static str) -> Result<(), DatapathError> {
-    match result {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        Err(source) => Err(DatapathError::Map { map, source }),
-    }
-}
+use crate::tables::{
+    CtRecord, EndpointRecord, IpcacheRecord, PolicyRecord, PolicyTable, Service, ServiceProtocol,
+    ServiceRecord, addr_bytes, compile_policy, ct_record, endpoint_addresses, family_of, ip_from,
+    ip_key, policy_entry, policy_flags, policy_key, policy_prefix, policy_record,
+};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
 fn monotonic_ns() -> u64 {
@@ -51,44 +34,6 @@ fn monotonic_ns() -> u64 {
 }
 
 impl Datapath {
-    fn hash<K: Pod, V: Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<HashMap<&MapData, K, V>, DatapathError> {
-        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
-        HashMap::try_from(map).map_err(map_error(name))
-    }
-
-    fn hash_mut<K: Pod, V: Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<HashMap<&mut MapData, K, V>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?;
-        HashMap::try_from(map).map_err(map_error(name))
-    }
-
-    fn lpm<K: Pod, V: Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<LpmTrie<&MapData, K, V>, DatapathError> {
-        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
-        LpmTrie::try_from(map).map_err(map_error(name))
-    }
-
-    fn lpm_mut<K: Pod, V: Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<LpmTrie<&mut MapData, K, V>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::MissingMap(name))?;
-        LpmTrie::try_from(map).map_err(map_error(name))
-    }
-
     /// Registers (or updates) the endpoint behind host-side ifindex
     /// `ifindex` without touching attachments: its id, identity and
     /// addresses (for anti-spoofing and lookups by address). Enforcement is
@@ -114,16 +59,13 @@ impl Datapath {
         if record.host_mac == [0; 6] {
             record.host_mac = interface_mac(ifindex).unwrap_or_default();
         }
-        let previous = self
-            .hash::<u32, EndpointInfo>(names::ENDPOINTS)?
-            .get(&ifindex, 0)
-            .ok();
-        let mut by_ip = self.hash_mut::<IpKey, EndpointInfo>(names::ENDPOINTS_BY_IP)?;
+        let previous = self.maps.endpoints.get(&ifindex, 0).ok();
+        let by_ip = &mut self.maps.endpoints_by_ip;
         let addresses = endpoint_addresses(&record);
         if let Some(old) = previous {
             for address in endpoint_addresses(&old) {
                 if !addresses.contains(&address) {
-                    forget_address(&mut by_ip, &address, old.endpoint_id)?;
+                    forget_address(by_ip, &address, old.endpoint_id)?;
                 }
             }
         }
@@ -132,7 +74,8 @@ impl Datapath {
                 .insert(ip_key(address), record, 0)
                 .map_err(map_error(names::ENDPOINTS_BY_IP))?;
         }
-        self.hash_mut::<u32, EndpointInfo>(names::ENDPOINTS)?
+        self.maps
+            .endpoints
             .insert(ifindex, record, 0)
             .map_err(map_error(names::ENDPOINTS))
     }
@@ -140,22 +83,16 @@ impl Datapath {
     /// Forgets the endpoint behind `ifindex`: its records, its policy and
     /// its counters. Idempotent.
     pub fn delete_endpoint(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        let Ok(old) = self
-            .hash::<u32, EndpointInfo>(names::ENDPOINTS)?
-            .get(&ifindex, 0)
-        else {
+        let Ok(old) = self.maps.endpoints.get(&ifindex, 0) else {
             return Ok(());
         };
-        {
-            let mut by_ip = self.hash_mut::<IpKey, EndpointInfo>(names::ENDPOINTS_BY_IP)?;
-            for address in endpoint_addresses(&old) {
-                forget_address(&mut by_ip, &address, old.endpoint_id)?;
-            }
+        for address in endpoint_addresses(&old) {
+            forget_address(&mut self.maps.endpoints_by_ip, &address, old.endpoint_id)?;
         }
-        let mut endpoints = self.hash_mut::<u32, EndpointInfo>(names::ENDPOINTS)?;
-        removed(endpoints.remove(&ifindex), names::ENDPOINTS)?;
+        removed(self.maps.endpoints.remove(&ifindex), names::ENDPOINTS)?;
         let still_used = self
-            .hash::<u32, EndpointInfo>(names::ENDPOINTS)?
+            .maps
+            .endpoints
             .iter()
             .filter_map(Result::ok)
             .any(|(_, e)| e.endpoint_id == old.endpoint_id);
@@ -167,9 +104,10 @@ impl Datapath {
 
     /// The registered endpoints, by ifindex.
     pub fn endpoints(&self) -> Result<Vec<EndpointRecord>, DatapathError> {
-        let policies = self.hash::<u32, EndpointPolicy>(names::ENDPOINT_POLICY)?;
+        let policies = &self.maps.endpoint_policy;
         let mut out: Vec<EndpointRecord> = self
-            .hash::<u32, EndpointInfo>(names::ENDPOINTS)?
+            .maps
+            .endpoints
             .iter()
             .filter_map(Result::ok)
             .map(|(ifindex, e)| {
@@ -201,7 +139,8 @@ impl Datapath {
         identity: u32,
     ) -> Result<(), DatapathError> {
         let key = ipcache_key(&address, prefix_len)?;
-        self.lpm_mut::<IpcacheKey, IpcacheEntry>(names::IPCACHE)?
+        self.maps
+            .ipcache
             .insert(&key, IpcacheEntry { identity }, 0)
             .map_err(map_error(names::IPCACHE))
     }
@@ -209,14 +148,14 @@ impl Datapath {
     /// Removes the prefix `address/prefix_len`. Idempotent.
     pub fn ipcache_delete(&mut self, address: IpAddr, prefix_len: u8) -> Result<(), DatapathError> {
         let key = ipcache_key(&address, prefix_len)?;
-        let mut map = self.lpm_mut::<IpcacheKey, IpcacheEntry>(names::IPCACHE)?;
-        removed(map.remove(&key), names::IPCACHE)
+        removed(self.maps.ipcache.remove(&key), names::IPCACHE)
     }
 
     /// The ipcache, sorted by prefix.
     pub fn ipcache(&self) -> Result<Vec<IpcacheRecord>, DatapathError> {
-        let map = self.lpm::<IpcacheKey, IpcacheEntry>(names::IPCACHE)?;
-        let mut out: Vec<IpcacheRecord> = map
+        let mut out: Vec<IpcacheRecord> = self
+            .maps
+            .ipcache
             .iter()
             .filter_map(Result::ok)
             .map(|(key, entry)| {
@@ -243,14 +182,11 @@ impl Datapath {
         table: &PolicyTable,
     ) -> Result<(), DatapathError> {
         let slots = compile_policy(table)?;
-        let current = self
-            .hash::<u32, EndpointPolicy>(names::ENDPOINT_POLICY)?
-            .get(&endpoint_id, 0)
-            .ok();
+        let current = self.maps.endpoint_policy.get(&endpoint_id, 0).ok();
         let generation = current.map_or(1, |c| c.generation.wrapping_add(1).max(1));
         let mut written = Vec::with_capacity(slots.len());
+        let policy = &mut self.maps.policy;
         let result = (|| {
-            let mut policy = self.lpm_mut::<PolicyKey, PolicyEntry>(names::POLICY)?;
             for (slot, (action, rule_id)) in &slots {
                 let key = Key::new(
                     policy_prefix(slot),
@@ -265,14 +201,13 @@ impl Datapath {
         })();
         if let Err(e) = result {
             // Leave no half-written generation behind; the old one is in force.
-            if let Ok(mut policy) = self.lpm_mut::<PolicyKey, PolicyEntry>(names::POLICY) {
-                for key in &written {
-                    let _ = policy.remove(key);
-                }
+            for key in &written {
+                let _ = self.maps.policy.remove(key);
             }
             return Err(e);
         }
-        self.hash_mut::<u32, EndpointPolicy>(names::ENDPOINT_POLICY)?
+        self.maps
+            .endpoint_policy
             .insert(
                 endpoint_id,
                 EndpointPolicy {
@@ -290,12 +225,7 @@ impl Datapath {
     /// packet from the originator: policy changes apply to existing
     /// connections too (a denied one is cut, an allowed one goes on).
     fn bump_policy_revision(&mut self) -> Result<(), DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(names::POLICY_REVISION)
-            .ok_or(DatapathError::MissingMap(names::POLICY_REVISION))?;
-        let mut revision: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(map_error(names::POLICY_REVISION))?;
+        let revision = &mut self.maps.policy_revision;
         let current = revision
             .get(&0, 0)
             .map_err(map_error(names::POLICY_REVISION))?;
@@ -306,8 +236,10 @@ impl Datapath {
 
     /// Removes the endpoint's policy: both directions become allow-all.
     pub fn remove_policy(&mut self, endpoint_id: u32) -> Result<(), DatapathError> {
-        let mut state = self.hash_mut::<u32, EndpointPolicy>(names::ENDPOINT_POLICY)?;
-        removed(state.remove(&endpoint_id), names::ENDPOINT_POLICY)?;
+        removed(
+            self.maps.endpoint_policy.remove(&endpoint_id),
+            names::ENDPOINT_POLICY,
+        )?;
         self.bump_policy_revision()?;
         self.delete_policy_entries(endpoint_id, None)
     }
@@ -319,7 +251,8 @@ impl Datapath {
         keep: Option<u32>,
     ) -> Result<(), DatapathError> {
         let stale: Vec<Key<PolicyKey>> = self
-            .lpm::<PolicyKey, PolicyEntry>(names::POLICY)?
+            .maps
+            .policy
             .keys()
             .filter_map(Result::ok)
             .filter(|k| {
@@ -328,23 +261,20 @@ impl Datapath {
                     && Some(u32::from_be_bytes(data.generation)) != keep
             })
             .collect();
-        let mut policy = self.lpm_mut::<PolicyKey, PolicyEntry>(names::POLICY)?;
         for key in &stale {
-            removed(policy.remove(key), names::POLICY)?;
+            removed(self.maps.policy.remove(key), names::POLICY)?;
         }
         Ok(())
     }
 
     /// The policy entries in force for `endpoint_id` (empty when none).
     pub fn policy(&self, endpoint_id: u32) -> Result<Vec<PolicyRecord>, DatapathError> {
-        let Ok(state) = self
-            .hash::<u32, EndpointPolicy>(names::ENDPOINT_POLICY)?
-            .get(&endpoint_id, 0)
-        else {
+        let Ok(state) = self.maps.endpoint_policy.get(&endpoint_id, 0) else {
             return Ok(Vec::new());
         };
         let mut out: Vec<PolicyRecord> = self
-            .lpm::<PolicyKey, PolicyEntry>(names::POLICY)?
+            .maps
+            .policy
             .iter()
             .filter_map(Result::ok)
             .filter(|(k, _)| {
@@ -365,181 +295,78 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Creates or updates a service frontend with its backends. Backends
-    /// kept keep their ids, so connections to them are undisturbed; a
-    /// connection whose backend was removed is given a new one on its next
-    /// packet. Order of writes: backends, slots, frontend count, then stale
-    /// slots and backends, so the kernel never picks an empty slot. Last,
-    /// the session affinities that led to a removed backend (or all of the
-    /// frontend's, when it no longer has affinity) are forgotten: the next
-    /// connection of such a client picks anew.
-    pub fn upsert_service(&mut self, service: &Service) -> Result<ServiceRecord, DatapathError> {
-        let invalid = |reason: String| DatapathError::InvalidService {
-            frontend: service.frontend,
-            reason,
-        };
-        if service.backends.len() > MAX_BACKENDS {
-            return Err(invalid(format!(
-                "{} backends; at most {MAX_BACKENDS} per frontend",
-                service.backends.len()
-            )));
-        }
-        if let Some(b) = service
-            .backends
+    /// Programs the services: `desired` is the whole desired state. Every
+    /// frontend in the kernel that no group lists is removed first (also
+    /// those an earlier agent left behind), then each group whose frontends
+    /// differ from the kernel's is written all or nothing. One group's
+    /// failure (too big for the maps' free room, invalid) leaves the others
+    /// untouched: the outcome of each comes back in `desired`'s order. Err
+    /// only when a removal fails.
+    pub fn sync_services(
+        &mut self,
+        desired: &[ServiceGroup],
+    ) -> Result<Vec<ServiceOutcome>, DatapathError> {
+        let wanted: BTreeSet<FrontendKey> = desired
             .iter()
-            .find(|b| b.is_ipv4() != service.frontend.is_ipv4())
-        {
-            return Err(invalid(format!(
-                "backend {b} is of another address family than the frontend (no NAT46/64)"
-            )));
-        }
-        if service.affinity_timeout_s == Some(0) {
-            // The kernel reads a timeout of 0 as "no affinity".
-            return Err(invalid(
-                "a session affinity timeout of 0 s; it must be at least 1 s".into(),
-            ));
-        }
-        let protocol = service.protocol.number();
-        let master_key = service_key(&service.frontend, protocol, 0);
-        let existing = self.service_record(&master_key)?;
-        let rev_nat_index = match &existing {
-            Some(record) => record.rev_nat_index,
-            None => {
-                let used: BTreeSet<u32> = self
-                    .hash::<u32, L4Addr>(names::REV_NAT)?
-                    .keys()
-                    .filter_map(Result::ok)
-                    .collect();
-                let index = free_ids(&used, 1, u32::from(u16::MAX))
-                    .first()
-                    .copied()
-                    .ok_or_else(|| invalid("no free reverse-NAT index (65535 frontends)".into()))?;
-                index as u16
-            }
-        };
-        let old: BTreeMap<SocketAddr, u32> = existing
-            .as_ref()
-            .map(|r| r.backends.iter().map(|b| (b.address, b.id)).collect())
-            .unwrap_or_default();
-        let fresh_needed = service
-            .backends
-            .iter()
-            .filter(|b| !old.contains_key(b))
-            .count();
-        let used: BTreeSet<u32> = self
-            .hash::<u32, L4Addr>(names::BACKENDS)?
-            .keys()
-            .filter_map(Result::ok)
+            .flat_map(|g| g.frontends.iter().map(|s| (s.frontend, s.protocol)))
             .collect();
-        let mut fresh = free_ids(&used, fresh_needed, u32::MAX).into_iter();
-        let mut backends = Vec::with_capacity(service.backends.len());
-        {
-            let mut map = self.hash_mut::<u32, L4Addr>(names::BACKENDS)?;
-            for address in &service.backends {
-                let id = match old.get(address) {
-                    Some(id) => *id,
-                    None => {
-                        let id = fresh
-                            .next()
-                            .ok_or_else(|| invalid("no free backend id".into()))?;
-                        map.insert(id, l4_addr(address), 0)
-                            .map_err(map_error(names::BACKENDS))?;
-                        id
+        for key in self.service_index.keys() {
+            if !wanted.contains(&key) {
+                delete_frontend(&mut self.maps, &mut self.service_index, &key)?;
+            }
+        }
+        let mut owners: BTreeMap<FrontendKey, &str> = BTreeMap::new();
+        let mut outcomes = Vec::with_capacity(desired.len());
+        for group in desired {
+            let taken = group.frontends.iter().find_map(|s| {
+                let owner = owners.get(&(s.frontend, s.protocol))?;
+                Some(DatapathError::InvalidService {
+                    frontend: s.frontend,
+                    reason: format!("{} is also a frontend of service {owner}", s.protocol),
+                })
+            });
+            let result = match taken {
+                Some(e) => Err(e),
+                None => {
+                    for s in &group.frontends {
+                        owners.insert((s.frontend, s.protocol), &group.name);
                     }
-                };
-                backends.push(BackendRecord {
-                    id,
-                    address: *address,
-                });
-            }
-        }
-        self.hash_mut::<u32, L4Addr>(names::REV_NAT)?
-            .insert(u32::from(rev_nat_index), l4_addr(&service.frontend), 0)
-            .map_err(map_error(names::REV_NAT))?;
-        {
-            let mut services = self.hash_mut::<ServiceKey, ServiceEntry>(names::SERVICES)?;
-            for (slot, backend) in backends.iter().enumerate() {
-                let key = service_key(&service.frontend, protocol, slot as u16 + 1);
-                services
-                    .insert(
-                        key,
-                        ServiceEntry {
-                            backend_id: backend.id,
-                            ..ServiceEntry::default()
-                        },
-                        0,
+                    write_group(
+                        &mut self.maps,
+                        &mut self.service_index,
+                        &group.name,
+                        &group.frontends,
                     )
-                    .map_err(map_error(names::SERVICES))?;
-            }
-            services
-                .insert(
-                    master_key,
-                    ServiceEntry::frontend(
-                        backends.len() as u16,
-                        rev_nat_index,
-                        service.affinity_timeout_s.unwrap_or(0),
-                    ),
-                    0,
-                )
-                .map_err(map_error(names::SERVICES))?;
-            let old_count = existing.as_ref().map_or(0, |r| r.backends.len());
-            for slot in backends.len()..old_count {
-                let key = service_key(&service.frontend, protocol, slot as u16 + 1);
-                removed(services.remove(&key), names::SERVICES)?;
-            }
+                    .map(|written| written.len())
+                }
+            };
+            outcomes.push(ServiceOutcome {
+                name: group.name.clone(),
+                result,
+            });
         }
-        let kept: BTreeSet<u32> = backends.iter().map(|b| b.id).collect();
-        let gone: Vec<u32> = old
-            .values()
-            .filter(|id| !kept.contains(id))
-            .copied()
-            .collect();
-        {
-            let mut map = self.hash_mut::<u32, L4Addr>(names::BACKENDS)?;
-            for id in &gone {
-                removed(map.remove(id), names::BACKENDS)?;
-            }
-        }
-        // Only a frontend that had affinity has entries.
-        if existing.is_some_and(|r| r.affinity_timeout_s.is_some()) {
-            if service.affinity_timeout_s.is_none() {
-                self.forget_affinities(rev_nat_index, |_| true)?;
-            } else if !gone.is_empty() {
-                // After the backends' removal: an entry the kernel recalls in
-                // between finds its backend gone and picks anew.
-                self.forget_affinities(rev_nat_index, |e| !kept.contains(&e.backend_id))?;
-            }
-        }
-        Ok(ServiceRecord {
-            frontend: service.frontend,
-            protocol: service.protocol,
-            rev_nat_index,
-            affinity_timeout_s: service.affinity_timeout_s,
-            backends,
-        })
+        Ok(outcomes)
     }
 
-    /// Deletes the session affinity entries of frontend `rev_nat_index`
-    /// that `stale` picks. The index and the backend ids are reused once
-    /// free, so an entry left behind could send a client to another
-    /// service's backend.
-    fn forget_affinities(
-        &mut self,
-        rev_nat_index: u16,
-        stale: impl Fn(&AffinityEntry) -> bool,
-    ) -> Result<(), DatapathError> {
-        let keys: Vec<AffinityKey> = self
-            .hash::<AffinityKey, AffinityEntry>(names::AFFINITY)?
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| k.rev_nat_index == rev_nat_index && stale(e))
-            .map(|(k, _)| k)
-            .collect();
-        let mut map = self.hash_mut::<AffinityKey, AffinityEntry>(names::AFFINITY)?;
-        for key in &keys {
-            removed(map.remove(key), names::AFFINITY)?;
-        }
-        Ok(())
+    /// Creates or updates one service frontend with its backends, all or
+    /// nothing. Backends kept keep their ids, so connections to them are
+    /// undisturbed; a connection whose backend was removed is given a new
+    /// one on its next packet.
+    pub fn upsert_service(&mut self, service: &Service) -> Result<ServiceRecord, DatapathError> {
+        let name = format!("{} {}", service.protocol, service.frontend);
+        write_group(
+            &mut self.maps,
+            &mut self.service_index,
+            &name,
+            std::slice::from_ref(service),
+        )?;
+        self.service_index
+            .record(&(service.frontend, service.protocol))
+            .cloned()
+            .ok_or_else(|| DatapathError::InvalidService {
+                frontend: service.frontend,
+                reason: "not found after writing it".into(),
+            })
     }
 
     /// Removes a service frontend, its backends, its session affinities and
@@ -549,88 +376,16 @@ impl Datapath {
         frontend: SocketAddr,
         protocol: ServiceProtocol,
     ) -> Result<(), DatapathError> {
-        let master_key = service_key(&frontend, protocol.number(), 0);
-        let Some(record) = self.service_record(&master_key)? else {
-            return Ok(());
-        };
-        {
-            let mut services = self.hash_mut::<ServiceKey, ServiceEntry>(names::SERVICES)?;
-            // The frontend first: new connections stop finding it at once.
-            removed(services.remove(&master_key), names::SERVICES)?;
-            for slot in 1..=record.backends.len() {
-                let key = service_key(&frontend, protocol.number(), slot as u16);
-                removed(services.remove(&key), names::SERVICES)?;
-            }
-        }
-        {
-            let mut map = self.hash_mut::<u32, L4Addr>(names::BACKENDS)?;
-            for backend in &record.backends {
-                removed(map.remove(&backend.id), names::BACKENDS)?;
-            }
-        }
-        if record.affinity_timeout_s.is_some() {
-            // Before the reverse-NAT index is freed for another frontend.
-            self.forget_affinities(record.rev_nat_index, |_| true)?;
-        }
-        let mut rev_nat = self.hash_mut::<u32, L4Addr>(names::REV_NAT)?;
-        removed(
-            rev_nat.remove(&u32::from(record.rev_nat_index)),
-            names::REV_NAT,
+        delete_frontend(
+            &mut self.maps,
+            &mut self.service_index,
+            &(frontend, protocol),
         )
     }
 
-    fn service_record(
-        &self,
-        master_key: &ServiceKey,
-    ) -> Result<Option<ServiceRecord>, DatapathError> {
-        let services = self.hash::<ServiceKey, ServiceEntry>(names::SERVICES)?;
-        let Ok(master) = services.get(master_key, 0) else {
-            return Ok(None);
-        };
-        let backends_map = self.hash::<u32, L4Addr>(names::BACKENDS)?;
-        let mut backends = Vec::new();
-        for slot in 1..=master.count {
-            let key = ServiceKey {
-                slot,
-                ..*master_key
-            };
-            if let Ok(entry) = services.get(&key, 0)
-                && let Ok(address) = backends_map.get(&entry.backend_id, 0)
-            {
-                backends.push(BackendRecord {
-                    id: entry.backend_id,
-                    address: socket_from(&address),
-                });
-            }
-        }
-        Ok(Some(ServiceRecord {
-            frontend: SocketAddr::new(
-                ip_from(master_key.family, &master_key.addr),
-                master_key.port,
-            ),
-            protocol: service_protocol(master_key.protocol).unwrap_or(ServiceProtocol::Tcp),
-            rev_nat_index: master.rev_nat_index,
-            affinity_timeout_s: Some(master.affinity_timeout_s()).filter(|t| *t != 0),
-            backends,
-        }))
-    }
-
-    /// All service frontends, sorted.
+    /// All service frontends, sorted, as the kernel's maps have them.
     pub fn services(&self) -> Result<Vec<ServiceRecord>, DatapathError> {
-        let masters: Vec<ServiceKey> = self
-            .hash::<ServiceKey, ServiceEntry>(names::SERVICES)?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.slot == 0)
-            .collect();
-        let mut out = Vec::with_capacity(masters.len());
-        for key in masters {
-            if let Some(record) = self.service_record(&key)? {
-                out.push(record);
-            }
-        }
-        out.sort_by_key(|r| (r.frontend, r.protocol));
-        Ok(out)
+        Ok(read_services(&self.maps))
     }
 
     /// The conntrack table (expired entries included, with `expires_in`
@@ -638,7 +393,8 @@ impl Datapath {
     pub fn conntrack(&self) -> Result<Vec<CtRecord>, DatapathError> {
         let now = monotonic_ns();
         Ok(self
-            .hash::<CtKey, CtEntry>(names::CONNTRACK)?
+            .maps
+            .conntrack
             .iter()
             .filter_map(Result::ok)
             .map(|(k, e)| ct_record(&k, &e, now))
@@ -651,15 +407,15 @@ impl Datapath {
     pub fn conntrack_gc(&mut self) -> Result<usize, DatapathError> {
         let now = monotonic_ns();
         let expired: Vec<CtKey> = self
-            .hash::<CtKey, CtEntry>(names::CONNTRACK)?
+            .maps
+            .conntrack
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, e)| e.expires_ns < now)
             .map(|(k, _)| k)
             .collect();
-        let mut map = self.hash_mut::<CtKey, CtEntry>(names::CONNTRACK)?;
         for key in &expired {
-            removed(map.remove(key), names::CONNTRACK)?;
+            removed(self.maps.conntrack.remove(key), names::CONNTRACK)?;
         }
         Ok(expired.len())
     }
@@ -689,7 +445,7 @@ pub(crate) fn interface_mac(ifindex: u32) -> Option<[u8; 6]> {
 }
 
 fn forget_address(
-    by_ip: &mut HashMap<&mut MapData, IpKey, EndpointInfo>,
+    by_ip: &mut Hash<IpKey, EndpointInfo>,
     address: &IpAddr,
     endpoint_id: u32,
 ) -> Result<(), DatapathError> {
@@ -721,15 +477,4 @@ fn ipcache_key(address: &IpAddr, prefix_len: u8) -> Result<Key<IpcacheKey>, Data
             _pad: [0; 3],
         },
     ))
-}
-
-fn service_key(frontend: &SocketAddr, protocol: u8, slot: u16) -> ServiceKey {
-    ServiceKey {
-        addr: addr_bytes(&frontend.ip()),
-        port: frontend.port(),
-        slot,
-        protocol,
-        family: family_of(&frontend.ip()),
-        _pad: [0; 2],
-    }
 }

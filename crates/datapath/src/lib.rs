@@ -9,7 +9,9 @@ mod error;
 mod events;
 mod handles;
 mod loader;
+mod maps;
 pub mod proxy_routing;
+mod services;
 mod tables;
 
 pub use error::DatapathError;
@@ -23,6 +25,7 @@ pub use myelin_common::{
     EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,
     drop_reason,
 };
+pub use services::{ServiceGroup, ServiceOutcome};
 pub use tables::{
     BackendRecord, CtRecord, CtScope, EndpointRecord, IpcacheRecord, PolicyDirection, PolicyRecord,
     PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol, ServiceRecord,

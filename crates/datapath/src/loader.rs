@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::MapData;
 use aya::programs::LinkOrder;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
@@ -15,6 +15,8 @@ use myelin_common::{Direction, EndpointInfo, PacketStats};
 
 use crate::error::DatapathError;
 use crate::events::EventReader;
+use crate::maps::Maps;
+use crate::services::ServiceIndex;
 
 /// The program on a pod veth's ingress: packets leaving the pod.
 pub const PROGRAM_FROM_CONTAINER: &str = "from_container";
@@ -115,7 +117,11 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
 
 /// The loaded kernel programs and maps of one node.
 pub struct Datapath {
-    pub(crate) ebpf: Ebpf,
+    ebpf: Ebpf,
+    /// Typed handles on the maps, taken from `ebpf` at load.
+    pub(crate) maps: Maps,
+    /// What the service maps hold (read at load, kept in step by writes).
+    pub(crate) service_index: ServiceIndex,
     pin_dir: PathBuf,
     /// The socket lookup program is attached to the calling thread's network
     /// namespace (done with the first endpoint: that namespace is the node's).
@@ -241,6 +247,16 @@ impl Datapath {
     /// `pin_dir/maps` (a directory on a bpffs). A pinned map whose layout this
     /// build cannot use is created anew ([`Datapath::replaced_pins`]).
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_with_capacities(pin_dir, &[])
+    }
+
+    /// [`Datapath::load`], creating the maps named in `capacities` with
+    /// that many entries instead of the object's (maps found pinned keep
+    /// theirs). For node sizing, and tests that fill a map.
+    pub fn load_with_capacities(
+        pin_dir: &Path,
+        capacities: &[(&str, u32)],
+    ) -> Result<Self, DatapathError> {
         if crate::KERNEL_OBJECT.is_empty() {
             return Err(DatapathError::NoKernelPrograms);
         }
@@ -251,9 +267,12 @@ impl Datapath {
         }
         let migrated = take_old_endpoint_maps(&pin_dir.join("maps"))?;
         let replaced_pins = replace_incompatible_pins(&pin_dir.join("maps"))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir.join("maps"))
-            .load(crate::KERNEL_OBJECT)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir.join("maps"));
+        for (name, entries) in capacities {
+            loader.map_max_entries(name, *entries);
+        }
+        let mut ebpf = loader.load(crate::KERNEL_OBJECT)?;
         for (name, _, _) in HOOKS {
             classifier(&mut ebpf, name)?
                 .load()
@@ -268,8 +287,12 @@ impl Datapath {
                 program: PROGRAM_PROXY_LOOKUP,
                 source,
             })?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        let service_index = ServiceIndex::load(&mut maps)?;
         let mut datapath = Self {
             ebpf,
+            maps,
+            service_index,
             pin_dir: pin_dir.to_path_buf(),
             lookup_attached: false,
             replaced_pins,
@@ -447,9 +470,8 @@ impl Datapath {
             return Ok(());
         }
         self.delete_endpoint(ifindex)?;
-        let mut stats = self.stats_map()?;
         for direction in [Direction::FromContainer, Direction::ToContainer] {
-            let _ = stats.remove(&StatsKey {
+            let _ = self.maps.stats.remove(&StatsKey {
                 ifindex,
                 direction: direction as u32,
             });
@@ -473,15 +495,7 @@ impl Datapath {
     /// Packets and bytes of one endpoint, leaving and entering the pod,
     /// summed over CPUs.
     pub fn stats(&self, ifindex: u32) -> Result<(PacketStats, PacketStats), DatapathError> {
-        let map = self
-            .ebpf
-            .map(names::STATS)
-            .ok_or(DatapathError::MissingMap(names::STATS))?;
-        let stats: PerCpuHashMap<&MapData, StatsKey, PacketStats> = PerCpuHashMap::try_from(map)
-            .map_err(|source| DatapathError::Map {
-                map: names::STATS,
-                source,
-            })?;
+        let stats = &self.maps.stats;
         let sum = |direction: Direction| {
             let key = StatsKey {
                 ifindex,
@@ -503,14 +517,11 @@ impl Datapath {
 
     /// Takes the event ring and the lost-events counter; call once.
     pub fn event_reader(&mut self) -> Result<EventReader, DatapathError> {
-        let ring = self
-            .ebpf
-            .take_map(names::EVENTS)
+        let (ring, lost) = self
+            .maps
+            .events
+            .take()
             .ok_or(DatapathError::MissingMap(names::EVENTS))?;
-        let lost = self
-            .ebpf
-            .take_map(names::LOST)
-            .ok_or(DatapathError::MissingMap(names::LOST))?;
         EventReader::new(ring, lost)
     }
 
@@ -556,19 +567,6 @@ impl Datapath {
             verdict: result.return_value as i32,
             frame: out,
             duration: result.duration,
-        })
-    }
-
-    fn stats_map(
-        &mut self,
-    ) -> Result<PerCpuHashMap<&mut MapData, StatsKey, PacketStats>, DatapathError> {
-        let map = self
-            .ebpf
-            .map_mut(names::STATS)
-            .ok_or(DatapathError::MissingMap(names::STATS))?;
-        PerCpuHashMap::try_from(map).map_err(|source| DatapathError::Map {
-            map: names::STATS,
-            source,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! conntrack). Everything here is plain Rust values; the `#[repr(C)]` layouts
 //! stay in `myelin-common`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -581,14 +581,6 @@ fn action_from(action: u8, proxy_port: u16) -> RuleAction {
 
 pub(crate) fn service_protocol(value: u8) -> Option<ServiceProtocol> {
     ServiceProtocol::from_number(value)
-}
-
-/// Lowest ids not in `used`, starting at 1.
-pub(crate) fn free_ids(used: &BTreeSet<u32>, count: usize, max: u32) -> Vec<u32> {
-    (1..=max)
-        .filter(|id| !used.contains(id))
-        .take(count)
-        .collect()
 }
 
 pub(crate) fn ct_record(key: &CtKey, entry: &CtEntry, now_ns: u64) -> CtRecord {

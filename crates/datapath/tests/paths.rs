@@ -1329,3 +1329,133 @@ async fn a_policy_change_is_applied_to_established_flows() {
         "the revoked flow's entry is gone"
     );
 }
+
+/// Runs a TCP packet through the service flow of `port`: from the pod to
+/// the VIP 10.96.0.50:80 (`reply` false) or from the backend back.
+async fn service_packet(h: &mut Harness, port: u16, reply: bool, flags: u8) {
+    let (program, frame) = if reply {
+        let pkt = Pkt::tcp("10.244.2.7", 8080, POD_V4, port, flags);
+        (PROGRAM_TO_CONTAINER, pkt.build())
+    } else {
+        let pkt = Pkt::tcp(POD_V4, port, "10.96.0.50", 80, flags);
+        (PROGRAM_FROM_CONTAINER, pkt.build())
+    };
+    assert_eq!(h.run(program, &frame).await.0, TC_ACT_OK, "port {port}");
+}
+
+#[tokio::test]
+async fn closed_service_connections_leave_conntrack_with_the_close_timeout() {
+    if !privileged("closed_service_connections_leave_conntrack_with_the_close_timeout") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .upsert_service(&Service {
+            frontend: "10.96.0.50:80".parse().expect("vip"),
+            protocol: ServiceProtocol::Tcp,
+            backends: vec!["10.244.2.7:8080".parse().expect("backend")],
+            affinity_timeout_s: None,
+        })
+        .expect("service");
+    const RST: u8 = 0x04;
+    const RST_ACK: u8 = 0x14;
+    // Established: SYN, SYN-ACK, ACK.
+    for port in [47001, 47002, 47003, 47004] {
+        service_packet(&mut h, port, false, SYN).await;
+        service_packet(&mut h, port, true, SYN_ACK).await;
+        service_packet(&mut h, port, false, ACK).await;
+    }
+    // 47001: FIN both ways and the last ACK; 47002: the server resets;
+    // 47003: the client resets; 47004 stays open.
+    service_packet(&mut h, 47001, false, FIN_ACK).await;
+    service_packet(&mut h, 47001, true, FIN_ACK).await;
+    service_packet(&mut h, 47001, false, ACK).await;
+    service_packet(&mut h, 47002, true, RST_ACK).await;
+    service_packet(&mut h, 47003, false, RST).await;
+    // 47005: a SYN never answered.
+    service_packet(&mut h, 47005, false, SYN).await;
+
+    let entries = h.datapath.conntrack().expect("conntrack");
+    let of = |port: u16, scope: CtScope| {
+        entries
+            .iter()
+            .find(|c| c.source.port() == port && c.scope == scope)
+            .unwrap_or_else(|| panic!("no {scope} entry of port {port} in {entries:#?}"))
+    };
+    let close = std::time::Duration::from_secs(10);
+    for port in [47001, 47002, 47003] {
+        for scope in [CtScope::Egress, CtScope::Service] {
+            let entry = of(port, scope);
+            assert!(entry.closing, "{scope} entry of {port} closing: {entry:#?}");
+            let left = entry.expires_in.expect("not expired yet");
+            assert!(left <= close, "{scope} entry of {port} expires in {left:?}");
+        }
+    }
+    let open = of(47004, CtScope::Service);
+    assert!(!open.closing);
+    assert!(
+        open.expires_in.expect("live") > std::time::Duration::from_secs(3600),
+        "an open connection keeps the established timeout: {open:#?}"
+    );
+    let unanswered = of(47005, CtScope::Service);
+    assert!(
+        unanswered.expires_in.expect("live") <= std::time::Duration::from_secs(60),
+        "a handshake keeps the SYN timeout: {unanswered:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_ip_port_without_a_frontend_is_refused_without_a_conntrack_entry() {
+    if !privileged("a_cluster_ip_port_without_a_frontend_is_refused_without_a_conntrack_entry") {
+        return;
+    }
+    let mut h = harness();
+    for (frontend, protocol) in [
+        ("10.96.0.60:53", ServiceProtocol::Udp),
+        ("10.96.0.60:80", ServiceProtocol::Tcp),
+        ("[fd00:10:96::60]:53", ServiceProtocol::Udp),
+    ] {
+        h.datapath
+            .upsert_service(&Service {
+                frontend: frontend.parse().expect("vip"),
+                protocol,
+                backends: Vec::new(),
+                affinity_timeout_s: None,
+            })
+            .expect("service");
+    }
+    let cases = [
+        (Pkt::udp(POD_V4, 48001, "10.96.0.60", 9999), TC_ACT_REDIRECT),
+        (Pkt::udp(POD_V4, 48002, "10.96.0.60", 80), TC_ACT_REDIRECT),
+        (
+            Pkt::tcp(POD_V4, 48003, "10.96.0.60", 53, SYN),
+            TC_ACT_REDIRECT,
+        ),
+        (
+            Pkt::udp(POD_V6, 48004, "fd00:10:96::60", 9999),
+            TC_ACT_REDIRECT,
+        ),
+        (Pkt::echo(POD_V4, "10.96.0.60", 48005, false), TC_ACT_SHOT),
+    ];
+    for (pkt, expected) in &cases {
+        let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &pkt.build()).await;
+        assert_eq!(verdict, *expected, "{pkt:?}: refused");
+        let drop = find(&events, EventKind::Drop);
+        assert_eq!(drop.drop_reason, drop_reason::NO_SERVICE);
+    }
+    let entries = h.datapath.conntrack().expect("conntrack");
+    assert!(
+        entries
+            .iter()
+            .all(|c| !(48001..=48005).contains(&c.source.port())),
+        "no entries: {entries:#?}"
+    );
+    // Without frontends the address is no cluster IP any more.
+    for service in h.datapath.services().expect("services") {
+        h.datapath
+            .delete_service(service.frontend, service.protocol)
+            .expect("delete");
+    }
+    let again = Pkt::udp(POD_V4, 48006, "10.96.0.60", 9999).build();
+    assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &again).await.0, TC_ACT_OK);
+}

@@ -3,12 +3,13 @@
 
 use crate::State;
 use crate::events::{Outcome, drop_packet, emit};
-use crate::maps::CONNTRACK;
 use crate::parse::{IPPROTO_TCP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::policy::{decide, identity_of, policy_revision};
 use crate::service::rev_nat_error;
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::LruHashMap;
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_RELATED;
 use myelin_common::maps::{
@@ -207,3 +208,8 @@ pub(crate) fn ct_update(
     }
     report
 }
+
+/// Connection tracking; LRU so a full table evicts the oldest flows instead
+/// of refusing new ones.
+#[map(name = "MYELIN_CT")]
+pub(crate) static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262144, 0);

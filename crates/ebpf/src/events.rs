@@ -3,15 +3,16 @@
 
 use crate::State;
 use crate::conntrack::ct_key;
-use crate::maps::{EVENTS, LOST, REPORTS, SCRATCH, STATS};
 use crate::policy::Decision;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_SERVICE;
 use myelin_common::maps::TRACE_REPORT_INTERVAL_NS;
 use myelin_common::{
-    Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
+    CtKey, Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
     TraceEvent, TrafficDirection, Verdict,
 };
 
@@ -249,3 +250,27 @@ pub(crate) fn emit(ctx: &TcContext, st: &State, out: &Outcome) {
         unsafe { *lost += 1 };
     }
 }
+
+/// Packet counters per endpoint and direction.
+#[map(name = "MYELIN_STATS")]
+pub(crate) static STATS: PerCpuHashMap<StatsKey, PacketStats> = PerCpuHashMap::pinned(32768, 0);
+
+/// Events for the agent's observer.
+#[map(name = "MYELIN_EVENTS")]
+pub(crate) static EVENTS: RingBuf = RingBuf::pinned(1 << 22, 0);
+
+/// Events that found the ring full (index 0), so the agent can report loss.
+#[map(name = "MYELIN_LOST")]
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+/// When events without a conntrack entry to aggregate them (drops) were
+/// last reported, per tuple and reason: a denied flood reports once per
+/// interval instead of filling the ring.
+/// Not pinned: losing it on reload only repeats a report.
+#[map(name = "MYELIN_REPORTS")]
+pub(crate) static REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Scratch space for the event being built: it does not fit the 512-byte
+/// stack next to the keys.
+#[map(name = "MYELIN_SCRATCH")]
+pub(crate) static SCRATCH: PerCpuArray<TraceEvent> = PerCpuArray::with_max_entries(1, 0);

@@ -4,8 +4,9 @@
 //! conntrack, policy and service translation like an unfragmented packet
 //! (a large UDP datagram to a ClusterIP arrives whole at its backend).
 
-use crate::maps::FRAGMENTS;
 use crate::parse::Packet;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::LruHashMap;
 use myelin_common::drop_reason;
 
 /// A fragmented datagram as one hook sees it: addresses, protocol and
@@ -64,3 +65,10 @@ pub(crate) fn track_fragments(pkt: &mut Packet) -> Result<(), u8> {
     }
     Ok(())
 }
+
+/// The ports of fragmented datagrams in flight, registered by their first
+/// fragment ([`crate::fragments`]). Not pinned: a datagram's fragments pass
+/// within milliseconds, and a reload loses at most one in flight.
+#[map(name = "MYELIN_FRAGMENTS")]
+pub(crate) static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> =
+    LruHashMap::with_max_entries(8192, 0);

@@ -2,17 +2,18 @@
 //! sender's egress and a local receiver's ingress policy on a new flow.
 
 use crate::State;
+use crate::conntrack::CONNTRACK;
 use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
 use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
 use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
-use crate::maps::{CONNTRACK, ENDPOINTS, ENDPOINTS_BY_IP};
+use crate::maps::{ENDPOINTS, ENDPOINTS_BY_IP};
 use crate::parse::{
-    IPPROTO_TCP, IPPROTO_UDP, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
+    IPPROTO_TCP, IPPROTO_UDP, Packet, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };
 use crate::policy::{Decision, decide, identity_of, ip_key, policy_revision};
 use crate::redirect::{reply_to_proxy, to_proxy};
-use crate::service::{reset_client, service_translate, unreachable_client};
+use crate::service::{reset_client, service_translate, unreachable_client, unserved_cluster_ip};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
@@ -72,20 +73,8 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
     if st.pkt.protocol == IPPROTO_TCP || st.pkt.protocol == IPPROTO_UDP {
         match service_translate(ctx, st, now) {
             Ok(index) => rev_nat_index = index,
-            Err(reason) => {
-                let verdict = drop_packet(ctx, st, point, reason, 0);
-                if reason == drop_reason::NO_SERVICE {
-                    // Fail fast: the client gets a reset (TCP) or a port
-                    // unreachable (UDP) instead of retrying into the void.
-                    let refused = if st.pkt.protocol == IPPROTO_TCP {
-                        reset_client(ctx, &st.pkt, ifindex)
-                    } else {
-                        unreachable_client(ctx, &st.pkt, ifindex)
-                    };
-                    return refused.unwrap_or(verdict);
-                }
-                return verdict;
-            }
+            Err(drop_reason::NO_SERVICE) => return refuse(ctx, st, ifindex),
+            Err(reason) => return drop_packet(ctx, st, point, reason, 0),
         }
     }
 
@@ -143,10 +132,48 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
         }
         return host_route(ctx, st, now);
     }
+    // A new flow to a port of a cluster IP that no frontend serves.
+    if rev_nat_index == 0 && unserved_cluster_ip(&st.pkt) {
+        return refuse(ctx, st, ifindex);
+    }
     match from_container_new(ctx, st, endpoint.as_ref(), rev_nat_index, now) {
         REDIRECT => to_proxy(ctx, st, st.redirect_port, true),
         FORWARD => host_route(ctx, st, now),
         verdict => verdict,
+    }
+}
+
+/// Drops a packet to a service that cannot serve it ("Service backend not
+/// found"): a frontend without backends, or a cluster IP port without a
+/// frontend. Fail fast: the client gets a reset (TCP SYN) or a port
+/// unreachable (UDP) instead of retrying into the void.
+// Inlined, calling two frames one after the other: nested, the drop's and
+// the answer's frames would not fit the 512-byte stack with the caller's.
+#[inline(always)]
+fn refuse(ctx: &TcContext, st: &mut State, ifindex: u32) -> i32 {
+    let verdict = drop_refused(ctx, st);
+    answer_refused(ctx, &st.pkt, ifindex).unwrap_or(verdict)
+}
+
+/// The drop (and its report) of a refused packet.
+#[inline(never)]
+fn drop_refused(ctx: &TcContext, st: &mut State) -> i32 {
+    drop_packet(
+        ctx,
+        st,
+        ObservationPoint::ToStack,
+        drop_reason::NO_SERVICE,
+        0,
+    )
+}
+
+/// The refusal's answer to the client, if its packet gets one.
+#[inline(never)]
+fn answer_refused(ctx: &TcContext, pkt: &Packet, ifindex: u32) -> Option<i32> {
+    match pkt.protocol {
+        IPPROTO_TCP => reset_client(ctx, pkt, ifindex),
+        IPPROTO_UDP => unreachable_client(ctx, pkt, ifindex),
+        _ => None,
     }
 }
 

@@ -1,14 +1,17 @@
 //! Policy decisions: security identities of addresses and the LPM lookups
 //! of an endpoint's rules.
 
-use crate::maps::{ENDPOINT_POLICY, ENDPOINTS_BY_IP, IPCACHE, POLICY, POLICY_REVISION};
+use crate::maps::ENDPOINTS_BY_IP;
 use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, Packet};
+use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, HashMap, LpmTrie};
 use myelin_common::maps::{
     FAMILY_IPV4, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, POLICY_PREFIX_FULL,
 };
 use myelin_common::{
-    Direction, IpKey, IpcacheKey, PolicyAction, PolicyEntry, PolicyKey, Verdict, drop_reason,
+    Direction, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, PolicyAction, PolicyEntry,
+    PolicyKey, Verdict, drop_reason,
 };
 
 const IDENTITY_WORLD: u32 = 2;
@@ -155,3 +158,25 @@ fn pick(specific: Option<PolicyEntry>, any: Option<PolicyEntry>) -> Option<Polic
     }
     specific.or(any)
 }
+
+/// Policy generation and enforcement per endpoint id.
+#[map(name = "MYELIN_EP_POLICY")]
+pub(crate) static ENDPOINT_POLICY: HashMap<u32, EndpointPolicy> = HashMap::pinned(16384, 0);
+
+/// Policy entries; LPM so protocol and port ranges are prefixes.
+#[map(name = "MYELIN_POLICY")]
+pub(crate) static POLICY: LpmTrie<PolicyKey, PolicyEntry> =
+    LpmTrie::pinned(262144, BPF_F_NO_PREALLOC);
+
+/// Prefix → identity.
+#[map(name = "MYELIN_IPCACHE")]
+pub(crate) static IPCACHE: LpmTrie<IpcacheKey, IpcacheEntry> =
+    LpmTrie::pinned(65536, BPF_F_NO_PREALLOC);
+
+/// The policy revision (index 0), bumped by the agent on every policy
+/// change: flows decided under an older revision are checked again.
+#[map(name = "MYELIN_POLICY_REV")]
+pub(crate) static POLICY_REVISION: Array<u32> = Array::pinned(1, 0);
+
+/// LPM tries must be created without preallocation.
+const BPF_F_NO_PREALLOC: u32 = 1;

@@ -3,7 +3,6 @@
 //! `proxy_lookup` program reads.
 
 use crate::events::{Outcome, drop_packet, emit};
-use crate::maps::PROXY_LISTENERS;
 use crate::parse::Packet;
 use crate::{State, mark};
 use aya_ebpf::bindings::{
@@ -13,6 +12,8 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::{
     bpf_map_lookup_elem, bpf_map_update_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp,
 };
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::SockHash;
 use aya_ebpf::programs::TcContext;
 use myelin_common::maps::{FAMILY_IPV4, PROXY_MARK_EGRESS, PROXY_MARK_MASK, PROXY_MARK_TO_PROXY};
 use myelin_common::{ObservationPoint, Verdict, drop_reason};
@@ -222,3 +223,12 @@ fn register_listener(family: u8, port: u16, sk: *mut bpf_sock) {
         )
     };
 }
+
+/// The proxy's listeners by [`listener_key`] (family, proxy port), registered
+/// by `assign_to_proxy` the first time it hands a connection to one (a
+/// closed listener leaves the map by itself). `proxy_lookup` needs them to
+/// steer a SYN that reopens a tuple in TIME_WAIT.
+///
+/// [`listener_key`]: crate::redirect::listener_key
+#[map(name = "MYELIN_PROXY_LISTENERS")]
+pub(crate) static PROXY_LISTENERS: SockHash<u32> = SockHash::pinned(64, 0);

@@ -2,8 +2,8 @@
 //! ICMP errors, and the refusal of clients of a service without backends.
 
 use crate::State;
-use crate::conntrack::{ct_key, live_entry};
-use crate::maps::{AFFINITY, BACKENDS, CONNTRACK, REV_NAT, SERVICES};
+use crate::conntrack::CONNTRACK;
+use crate::conntrack::{ct_key, ct_update, live_entry, new_entry};
 use crate::parse::{
     ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST,
     TCP_SYN,
@@ -14,10 +14,12 @@ use aya_ebpf::helpers::{
     bpf_csum_diff, bpf_get_prandom_u32, bpf_redirect, bpf_skb_adjust_room, bpf_skb_change_tail,
     bpf_skb_load_bytes, bpf_skb_store_bytes,
 };
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap};
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_SERVICE;
-use myelin_common::maps::{CT_SCOPE_SERVICE, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_NS, FAMILY_IPV4};
-use myelin_common::{AffinityEntry, AffinityKey, CtEntry, L4Addr, ServiceKey, drop_reason};
+use myelin_common::maps::{CT_SCOPE_SERVICE, FAMILY_IPV4};
+use myelin_common::{AffinityEntry, AffinityKey, L4Addr, ServiceEntry, ServiceKey, drop_reason};
 
 /// Rewrites an ICMP error about a service connection so that it quotes the
 /// packet the pod sent (to the frontend) and, when the backend itself
@@ -138,8 +140,9 @@ pub(crate) fn service_translate(ctx: &TcContext, st: &mut State, now: u64) -> Re
         let id = unsafe { (*entry).backend_id };
         // SAFETY: read-only lookup, copied out.
         if let Some(b) = unsafe { BACKENDS.get(&id) }.copied() {
-            // SAFETY: as above.
-            unsafe { (*entry).expires_ns = now + service_timeout(pkt) };
+            // The client's side of the connection's state; the server's
+            // comes with its replies ([`service_reply`]).
+            ct_update(entry, pkt, ctx.len(), false, now);
             backend = Some(b);
         }
     }
@@ -187,12 +190,11 @@ pub(crate) fn service_translate(ctx: &TcContext, st: &mut State, now: u64) -> Re
                 // A failed write only costs the affinity of the next connection.
                 let _ = AFFINITY.insert(&affinity, &entry, 0);
             }
-            st.entry = CtEntry {
-                expires_ns: now + service_timeout(pkt),
-                backend_id,
-                rev_nat_index: frontend.rev_nat_index,
-                ..CtEntry::default()
-            };
+            // Tracked like the connection itself (handshake, established,
+            // closing), so it expires with it.
+            st.entry = new_entry(pkt, ctx.len(), now);
+            st.entry.backend_id = backend_id;
+            st.entry.rev_nat_index = frontend.rev_nat_index;
             CONNTRACK
                 .insert(&st.key, &st.entry, 0)
                 .map_err(|_| drop_reason::CT_MAP_INSERTION_FAILED)?;
@@ -221,12 +223,29 @@ fn affinity_backend(key: &AffinityKey, timeout_s: u32, now: u64) -> Option<(u32,
     Some((entry.backend_id, backend))
 }
 
-fn service_timeout(pkt: &Packet) -> u64 {
-    if pkt.protocol == IPPROTO_TCP {
-        CT_TIMEOUT_TCP_NS
-    } else {
-        CT_TIMEOUT_OTHER_NS
+/// A reply of a service connection, after reverse NAT (its source is the
+/// frontend): the connection's service entry sees only the client's
+/// packets, so the server's side of the state (its answer, FIN or RST)
+/// is added here. A closed connection's entry then expires with the close
+/// timeout, not the established one. Called for the replies conntrack
+/// reports, which include every one that changes the state.
+pub(crate) fn service_reply(st: &mut State, len: u32, now: u64) {
+    st.key = ct_key(&st.pkt, CT_SCOPE_SERVICE, true);
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&st.key) {
+        ct_update(entry, &st.pkt, len, true, now);
     }
+}
+
+/// True when the packet is addressed to a cluster IP (an address some
+/// frontend uses) at a port and protocol no frontend has: nothing serves
+/// it, so it must not open a flow (or a conntrack entry) that the stack
+/// would then route elsewhere.
+// A separate BPF function: the key gets its own frame.
+#[inline(never)]
+pub(crate) fn unserved_cluster_ip(pkt: &Packet) -> bool {
+    let key = ServiceKey::cluster_ip(pkt.daddr, pkt.family);
+    // SAFETY: read-only lookup, nothing kept.
+    unsafe { SERVICES.get(&key) }.is_some()
 }
 
 /// Rewrites the source (`source`) or destination address and port, fixing
@@ -509,3 +528,22 @@ fn fold_csum(mut sum: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
 }
+
+/// Frontends (slot 0) and their backend slots.
+#[map(name = "MYELIN_SERVICES")]
+pub(crate) static SERVICES: HashMap<ServiceKey, ServiceEntry> = HashMap::pinned(65536, 0);
+
+/// Backend id → address.
+#[map(name = "MYELIN_BACKENDS")]
+pub(crate) static BACKENDS: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
+
+/// Reverse-NAT index → the frontend replies must appear to come from.
+#[map(name = "MYELIN_REV_NAT")]
+pub(crate) static REV_NAT: HashMap<u32, L4Addr> = HashMap::pinned(65536, 0);
+
+/// The backend of each client of a frontend with ClientIP session affinity,
+/// and when the client last opened a connection to it. LRU: a full table
+/// forgets its least recent clients (who then get a new backend) instead of
+/// refusing new ones. Pinned: an agent restart keeps the affinities.
+#[map(name = "MYELIN_AFFINITY")]
+pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::pinned(65536, 0);

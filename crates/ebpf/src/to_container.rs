@@ -2,13 +2,15 @@
 //! replies with reverse NAT, admitted flows, and the pod's ingress policy on
 //! a new flow.
 
+use crate::conntrack::CONNTRACK;
 use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
 use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
 use crate::fragments::track_fragments;
-use crate::maps::{CONNTRACK, ENDPOINTS, REV_NAT};
+use crate::maps::ENDPOINTS;
 use crate::parse::{is_infrastructure_icmpv6, is_link_local, parse};
 use crate::policy::{Decision, decide, identity_of, policy_revision};
-use crate::service::rewrite;
+use crate::service::REV_NAT;
+use crate::service::{rewrite, service_reply};
 use crate::{State, mark};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
@@ -129,6 +131,9 @@ pub(crate) fn to_container_tracked(
                 }
                 st.meta.flags |= EVENT_FLAG_SERVICE;
                 st.meta.service = frontend;
+                if report {
+                    service_reply(st, ctx.len(), now);
+                }
             }
         }
         if report {
