@@ -4,6 +4,8 @@
 //! service with the API users know from Cilium's guide, and the spaceships
 //! are idle pods that users `exec` into to run curl.
 
+#![forbid(unsafe_code)]
+
 pub mod deathstar;
 
 /// The images the lab knows, and which program of this crate runs each.

@@ -4,6 +4,8 @@
 //! since the lab has no upstream to forward them to; the DNS proxy issue turns
 //! this into the policy-enforcing DNS proxy.
 
+#![forbid(unsafe_code)]
+
 mod wire;
 
 use std::collections::BTreeMap;
