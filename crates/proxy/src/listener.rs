@@ -173,7 +173,11 @@ async fn serve(
             }
             Sniff::NeedMore => {}
         }
-        match tokio::time::timeout_at(first_request_deadline, stream.read_buf(&mut prefix)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(first_request_deadline, stream.read_buf(&mut prefix)) => read,
+            () = services.drain.started() => return,
+        };
+        match read {
             Ok(Ok(0)) => return,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

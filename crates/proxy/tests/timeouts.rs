@@ -111,3 +111,22 @@ async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
         "{waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn http2_client_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    let upstream = upstream().await;
+    let (_dir, proxy) = proxy(&upstream).await;
+    let mut stream = TcpStream::connect(proxy.listener_addr("ingress").unwrap())
+        .await
+        .unwrap();
+    // The preface and an empty SETTINGS frame, then nothing.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let waited = closed_after(&mut stream).await;
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(60),
+        "{waited:?}"
+    );
+}
