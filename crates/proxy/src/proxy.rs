@@ -217,7 +217,7 @@ fn load(path: &Path) -> Result<Option<Snapshot>, String> {
 /// ```no_run
 /// # async fn f() -> Result<(), myelin_proxy::ProxyError> {
 /// let proxy = myelin_proxy::Proxy::new(myelin_proxy::ProxyConfig::new("/run/myelin/proxy.sock"));
-/// let registry = proxy.registry(); // serve it on the metrics endpoint
+/// let registry = proxy.registry(); // also served on `ProxyConfig::metrics_addr`, if set
 /// proxy.run().await
 /// # }
 /// ```
