@@ -123,6 +123,10 @@ struct ProxyArgs {
     /// Runtime worker threads (default: one per CPU; 1 runs a single-threaded runtime).
     #[arg(long)]
     workers: Option<usize>,
+    /// TCP address of the proxy's Prometheus metrics endpoint (GET /metrics). The default,
+    /// loopback of the node's network namespace, is out of the pods' reach.
+    #[arg(long, default_value_t = myelin_proxy::DEFAULT_METRICS_ADDR)]
+    metrics: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -243,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Proxy(args) => {
             let mut config = myelin_proxy::ProxyConfig::new(args.control_socket);
             config.snapshot_file = args.snapshot_file;
+            config.metrics_addr = Some(args.metrics);
             if let Some(workers) = args.workers {
                 config.workers = workers;
             }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ pub struct Activity {
     base: Instant,
     last_micros: AtomicU64,
     in_flight: AtomicUsize,
+    /// A request head arrived on the connection.
+    requested: AtomicBool,
 }
 
 impl Default for Activity {
@@ -36,6 +38,7 @@ impl Activity {
             base: Instant::now(),
             last_micros: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            requested: AtomicBool::new(false),
         }
     }
 
@@ -46,6 +49,19 @@ impl Activity {
 
     fn last(&self) -> Instant {
         self.base + Duration::from_micros(self.last_micros.load(Ordering::Relaxed))
+    }
+
+    /// Records that a request head arrived.
+    pub fn request_arrived(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves at `deadline` if no request head arrived by then; never otherwise.
+    pub async fn no_request_by(&self, deadline: Instant) {
+        tokio::time::sleep_until(deadline).await;
+        if self.requested.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Marks a request as waiting for its upstream until the guard is dropped; a connection

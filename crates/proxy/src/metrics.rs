@@ -1,33 +1,25 @@
-//! Proxy metrics: Hubble's `hubble_http_*` families and the proxy's own.
+//! The proxy's own metric families (`myelin_proxy_*`) and the endpoint that serves them.
+//!
+//! Hubble's `hubble_http_*` families are not here: the agent derives them from the L7
+//! events the proxy sends (as Hubble derives them from flows), so each family has one
+//! definition and one process that serves it.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// Labels of `hubble_http_requests_total`, as Hubble names them.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// Request method.
-    pub method: String,
-    /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: String,
-    /// `server` for ingress policy, `client` for egress.
-    pub reporter: String,
-    /// Response status code.
-    pub status: String,
-}
-
-/// Labels of `hubble_http_request_duration_seconds`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct DurationLabels {
-    /// Request method.
-    pub method: String,
-    /// `server` or `client`.
-    pub reporter: String,
-}
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 /// Kinds of proxy errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -48,6 +40,34 @@ pub enum ErrorKind {
     Persist,
 }
 
+impl ErrorKind {
+    const ALL: [Self; 7] = [
+        Self::Accept,
+        Self::NonHttp,
+        Self::Connection,
+        Self::Upstream,
+        Self::MissingPolicy,
+        Self::SnapshotRejected,
+        Self::Persist,
+    ];
+}
+
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum RefusedReason {
+    /// It was opened straight to a transparent listener's port, not handed over by the
+    /// datapath.
+    NotRedirected,
+    /// Its client address held its share of the connection limit already.
+    PerSource,
+    /// The clients of its security identity held their share already.
+    PerIdentity,
+}
+
+impl RefusedReason {
+    const ALL: [Self; 3] = [Self::NotRedirected, Self::PerSource, Self::PerIdentity];
+}
+
 /// Labels of `myelin_proxy_errors_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -55,15 +75,22 @@ pub struct ErrorLabels {
     pub kind: ErrorKind,
 }
 
+/// Labels of `myelin_proxy_connections_refused_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Which bound refused it.
+    pub reason: RefusedReason,
+}
+
 /// All metrics of the proxy; cheap to clone (handles share their values).
 #[derive(Debug, Clone)]
 pub struct Metrics {
-    /// `hubble_http_requests_total`.
-    pub http_requests: Family<RequestLabels, Counter>,
-    /// `hubble_http_request_duration_seconds`.
-    pub http_duration: Family<DurationLabels, Histogram>,
     /// `myelin_proxy_connections`: client connections open now.
     pub connections: Gauge,
+    /// `myelin_proxy_connection_limit`: most client connections served at once.
+    pub connection_limit: Gauge,
+    /// `myelin_proxy_connections_refused_total`.
+    pub refused: Family<RefusedLabels, Counter>,
     /// `myelin_proxy_errors_total`.
     pub errors: Family<ErrorLabels, Counter>,
     /// `myelin_proxy_snapshot_version`: version of the snapshot being served.
@@ -73,32 +100,43 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them.
+    /// Creates the metrics and registers them. Every label value starts at zero, so that
+    /// rates exist before the first error.
     pub fn new(registry: &mut Registry) -> Self {
         let metrics = Self {
-            http_requests: Family::default(),
-            http_duration: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-            }),
             connections: Gauge::default(),
+            connection_limit: Gauge::default(),
+            refused: Family::default(),
             errors: Family::default(),
             snapshot_version: Gauge::default(),
             events_dropped: Counter::default(),
         };
-        registry.register(
-            "hubble_http_requests",
-            "HTTP requests seen by the L7 proxy",
-            metrics.http_requests.clone(),
-        );
-        registry.register(
-            "hubble_http_request_duration_seconds",
-            "Time from request to response headers",
-            metrics.http_duration.clone(),
-        );
+        for kind in ErrorKind::ALL {
+            metrics
+                .errors
+                .get_or_create(&ErrorLabels { kind })
+                .inc_by(0);
+        }
+        for reason in RefusedReason::ALL {
+            metrics
+                .refused
+                .get_or_create(&RefusedLabels { reason })
+                .inc_by(0);
+        }
         registry.register(
             "myelin_proxy_connections",
             "Client connections open in the L7 proxy",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "myelin_proxy_connection_limit",
+            "Most client connections the L7 proxy serves at once",
+            metrics.connection_limit.clone(),
+        );
+        registry.register(
+            "myelin_proxy_connections_refused",
+            "Client connections closed at once, by the bound that refused them",
+            metrics.refused.clone(),
         );
         registry.register(
             "myelin_proxy_errors",
@@ -122,4 +160,73 @@ impl Metrics {
     pub fn error(&self, kind: ErrorKind) {
         self.errors.get_or_create(&ErrorLabels { kind }).inc();
     }
+
+    /// Counts one refused connection.
+    pub fn refused(&self, reason: RefusedReason) {
+        self.refused.get_or_create(&RefusedLabels { reason }).inc();
+    }
+}
+
+/// The content type of OpenMetrics text.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` (the registry as OpenMetrics text) on `listener` until `cancel`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (stream, peer): (_, SocketAddr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    debug!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let answer = scrape(&registry, request.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The answer to a scrape of `path`.
+fn scrape(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = if path != "/metrics" {
+        (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; metrics are at /metrics\n".to_owned(),
+        )
+    } else {
+        let mut text = String::new();
+        match prometheus_client::encoding::text::encode(&mut text, registry) {
+            Ok(()) => (StatusCode::OK, OPENMETRICS, text),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "metrics encoding failed\n".to_owned(),
+            ),
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }

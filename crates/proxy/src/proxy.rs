@@ -1,119 +1,29 @@
-//! The proxy process: configuration, snapshot state, listeners, the control client.
+//! The proxy process: snapshot state, listeners, the metrics endpoint, the control client,
+//! and the drain on shutdown.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::config::{ListenerUpstream, Snapshot};
 use crate::control::{SnapshotSink, run_client};
 use crate::event::{EventSink, L7Event};
-use crate::http::{Engine, accept_loop};
+use crate::fd_limit::{connection_capacity, raise_open_file_limit};
+use crate::listener::{accept_loop, server};
 use crate::metrics::{ErrorKind, Metrics};
 use crate::rules::CompiledSnapshot;
+use crate::settings::ProxyConfig;
 use crate::socket::bind_listener;
-
-/// The mark the proxy puts on its upstream sockets by default; it must not match the
-/// datapath's redirect mark `0x200/0xf00` (see the L7 redirect recipe).
-pub const DEFAULT_MARK: u32 = 0xb00;
-
-/// Bounds that keep one client from pinning the proxy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Most client connections served at once; further connections wait in the kernel's
-    /// accept queue until a slot frees up.
-    pub max_connections: usize,
-    /// Largest HTTP/1 request head (request line and headers) in bytes, and the HTTP/2 header
-    /// list size. Values under 8 KiB are raised to 8 KiB (hyper's minimum buffer).
-    pub max_header_bytes: usize,
-    /// Most headers in one HTTP/1 request.
-    pub max_headers: usize,
-    /// Time a client has to send the first bytes and then a complete request head. On
-    /// HTTP/1.1 the timer also runs while a keep-alive connection waits for its next request
-    /// (hyper's behaviour), so it is the keep-alive idle limit there too.
-    pub header_read_timeout: Duration,
-    /// A client connection that moves no byte for this long, with no request waiting for its
-    /// upstream, is closed: idle HTTP/2 connections, stalled bodies, upgraded tunnels.
-    pub idle_timeout: Duration,
-    /// Time allowed to establish an upstream TCP connection.
-    pub upstream_connect_timeout: Duration,
-    /// How long an unused pooled upstream HTTP/2 connection is kept. (An HTTP/1 client
-    /// connection's own upstream connection lives as long as the client connection.)
-    pub upstream_idle_timeout: Duration,
-    /// Most concurrent HTTP/2 streams per client connection.
-    pub max_concurrent_streams: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 10_000,
-            max_header_bytes: 64 * 1024,
-            max_headers: 100,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-            upstream_connect_timeout: Duration::from_secs(5),
-            upstream_idle_timeout: Duration::from_secs(90),
-            max_concurrent_streams: 256,
-        }
-    }
-}
-
-/// How the proxy process is run (the `myelin proxy` command line).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// The agent's control socket; the proxy connects to it and reconnects when it goes away.
-    pub control_socket: PathBuf,
-    /// Where the last good snapshot is persisted (written atomically) and loaded from at
-    /// start, so a restarted proxy serves before the agent answers. `None` disables it.
-    pub snapshot_file: Option<PathBuf>,
-    /// `SO_MARK` of upstream sockets, so the datapath does not redirect them again; 0 leaves
-    /// sockets unmarked. Default [`DEFAULT_MARK`].
-    pub mark: u32,
-    /// Connection and request bounds.
-    pub limits: Limits,
-    /// Most L7 events queued for the agent; more are dropped and counted.
-    pub event_queue: usize,
-    /// Threads of the runtime [`ProxyConfig::runtime`] builds; default: the number of CPUs.
-    /// With 1 it is a current-thread runtime (no work stealing, no cross-thread wake-ups),
-    /// the cheapest per request when the proxy is given one core.
-    pub workers: usize,
-}
-
-impl ProxyConfig {
-    /// A configuration with defaults for everything but the control socket.
-    pub fn new(control_socket: impl Into<PathBuf>) -> Self {
-        Self {
-            control_socket: control_socket.into(),
-            snapshot_file: None,
-            mark: DEFAULT_MARK,
-            limits: Limits::default(),
-            event_queue: 4096,
-            workers: std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-        }
-    }
-
-    /// A tokio runtime for the proxy with [`ProxyConfig::workers`] threads: current-thread
-    /// for one, multi-thread otherwise.
-    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        if self.workers <= 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.workers)
-                .enable_all()
-                .build()
-        }
-    }
-}
+use crate::state::{Drain, Services};
+use crate::upstream::Upstreams;
 
 /// Errors that stop the proxy from starting.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +31,14 @@ pub enum ProxyError {
     /// The proxy was already started.
     #[error("the proxy was already started")]
     AlreadyStarted,
+    /// The metrics endpoint could not be bound.
+    #[error("cannot bind the metrics endpoint {address}: {source} (choose another with --metrics)")]
+    Metrics {
+        /// The address asked for.
+        address: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 struct ListenerTask {
@@ -130,23 +48,21 @@ struct ListenerTask {
     cancel: CancellationToken,
 }
 
-/// State shared by the listeners, connections and the control client.
-pub(crate) struct Shared {
-    pub(crate) config: ProxyConfig,
-    pub(crate) snapshot: watch::Sender<Option<Arc<CompiledSnapshot>>>,
-    pub(crate) metrics: Metrics,
-    pub(crate) events: EventSink,
-    pub(crate) connection_slots: Arc<Semaphore>,
-    pub(crate) engine: Engine,
+/// The process's state: the services connections share, and what only the process
+/// touches (its listeners, snapshot applies, the control client).
+struct Shared {
+    config: ProxyConfig,
+    services: Arc<Services>,
     listeners: Mutex<HashMap<String, ListenerTask>>,
     apply_lock: Mutex<()>,
     cancel: CancellationToken,
+    metrics_addr: Mutex<Option<SocketAddr>>,
 }
 
 impl Shared {
     /// The snapshot being served.
-    pub(crate) fn current(&self) -> Option<Arc<CompiledSnapshot>> {
-        self.snapshot.borrow().clone()
+    fn current(&self) -> Option<Arc<CompiledSnapshot>> {
+        self.services.current()
     }
 
     fn apply_snapshot(self: &Arc<Self>, snapshot: Snapshot) -> Result<(), String> {
@@ -163,25 +79,26 @@ impl Shared {
         let compiled = match CompiledSnapshot::compile(snapshot) {
             Ok(compiled) => Arc::new(compiled),
             Err(e) => {
-                self.metrics.error(ErrorKind::SnapshotRejected);
+                self.services.metrics.error(ErrorKind::SnapshotRejected);
                 warn!(version, error = %e, "rejecting snapshot; the previous one keeps serving");
                 return Err(e.to_string());
             }
         };
         if let Err(e) = self.reconcile_listeners(&compiled) {
-            self.metrics.error(ErrorKind::SnapshotRejected);
+            self.services.metrics.error(ErrorKind::SnapshotRejected);
             warn!(version, error = %e, "rejecting snapshot; the previous one keeps serving");
             return Err(e);
         }
-        self.snapshot.send_replace(Some(compiled.clone()));
-        self.metrics
+        self.services.snapshot.send_replace(Some(compiled.clone()));
+        self.services
+            .metrics
             .snapshot_version
             .set(i64::try_from(version).unwrap_or(i64::MAX));
         info!(version, "serving snapshot");
         if let Some(path) = &self.config.snapshot_file
             && let Err(e) = persist(path, &compiled.source)
         {
-            self.metrics.error(ErrorKind::Persist);
+            self.services.metrics.error(ErrorKind::Persist);
             warn!(path = %path.display(), error = %e, "could not persist the snapshot; a restart will wait for the agent");
         }
         Ok(())
@@ -234,7 +151,7 @@ impl Shared {
             let cancel = self.cancel.child_token();
             info!(listener = %name, %local, transparent, "listening");
             tokio::spawn(accept_loop(
-                self.clone(),
+                self.services.clone(),
                 name.clone(),
                 socket,
                 cancel.clone(),
@@ -300,7 +217,7 @@ fn load(path: &Path) -> Result<Option<Snapshot>, String> {
 /// ```no_run
 /// # async fn f() -> Result<(), myelin_proxy::ProxyError> {
 /// let proxy = myelin_proxy::Proxy::new(myelin_proxy::ProxyConfig::new("/run/myelin/proxy.sock"));
-/// let registry = proxy.registry(); // serve it on the metrics endpoint
+/// let registry = proxy.registry(); // also served on `ProxyConfig::metrics_addr`, if set
 /// proxy.run().await
 /// # }
 /// ```
@@ -311,22 +228,55 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Creates the proxy and its metrics; nothing runs until [`Proxy::start`].
+    /// Creates the proxy and its metrics; nothing runs until [`Proxy::start`]. Raises the
+    /// process's open-file limit to the hard limit and lowers the connection limit to what
+    /// it allows ([`crate::fd_limit`]).
     pub fn new(config: ProxyConfig) -> Self {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
         let (events, receiver) = EventSink::new(config.event_queue, metrics.events_dropped.clone());
-        let engine = Engine::new(&config);
-        let shared = Arc::new(Shared {
-            connection_slots: Arc::new(Semaphore::new(config.limits.max_connections.max(1))),
-            config,
+        let limits = config.limits.clone();
+        let open_files = match raise_open_file_limit() {
+            Ok(open_files) => open_files,
+            Err(e) => {
+                warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+                1024
+            }
+        };
+        let max_connections = limits
+            .max_connections
+            .min(connection_capacity(open_files))
+            .max(1);
+        let (per_source, per_identity) = (
+            limits.per_source(max_connections),
+            limits.per_identity(max_connections),
+        );
+        info!(
+            open_files,
+            max_connections, per_source, per_identity, "connection limits"
+        );
+        metrics
+            .connection_limit
+            .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        let services = Arc::new(Services {
+            server: server(&limits),
+            upstreams: Arc::new(Upstreams::new(&config)),
+            connection_slots: Arc::new(Semaphore::new(max_connections)),
+            admission: Arc::new(Admission::new(per_source, per_identity)),
+            max_connections,
+            limits,
             snapshot: watch::Sender::new(None),
             metrics,
             events,
-            engine,
+            drain: Drain::default(),
+        });
+        let shared = Arc::new(Shared {
+            config,
+            services,
             listeners: Mutex::new(HashMap::new()),
             apply_lock: Mutex::new(()),
             cancel: CancellationToken::new(),
+            metrics_addr: Mutex::new(None),
         });
         Self {
             shared,
@@ -335,14 +285,14 @@ impl Proxy {
         }
     }
 
-    /// The metrics registry, to be served by the caller.
+    /// The metrics registry (also served on [`ProxyConfig::metrics_addr`]).
     pub fn registry(&self) -> Arc<Registry> {
         self.registry.clone()
     }
 
-    /// Loads the persisted snapshot (if any), starts its listeners and connects to the agent.
-    /// Returns once the persisted snapshot serves; the agent connection runs in the
-    /// background.
+    /// Serves the metrics (when configured), loads the persisted snapshot (if any), starts
+    /// its listeners and connects to the agent. Returns once the persisted snapshot serves;
+    /// the agent connection runs in the background.
     pub fn start(&self) -> Result<(), ProxyError> {
         let events = self
             .events
@@ -350,6 +300,22 @@ impl Proxy {
             .ok()
             .and_then(|mut e| e.take())
             .ok_or(ProxyError::AlreadyStarted)?;
+        if let Some(address) = self.shared.config.metrics_addr {
+            let listener = std::net::TcpListener::bind(address)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|source| ProxyError::Metrics { address, source })?;
+            let local = listener.local_addr().unwrap_or(address);
+            info!(address = %local, "serving metrics at /metrics");
+            if let Ok(mut bound) = self.shared.metrics_addr.lock() {
+                *bound = Some(local);
+            }
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.registry.clone(),
+                self.shared.cancel.child_token(),
+            ));
+        }
         if let Some(path) = &self.shared.config.snapshot_file {
             match load(path) {
                 Ok(Some(snapshot)) => match self.shared.apply_snapshot(snapshot) {
@@ -383,8 +349,36 @@ impl Proxy {
         Ok(())
     }
 
-    /// Stops the control client and every accept loop. Established connections finish on
-    /// their own.
+    /// Drains the proxy: stops accepting, lets connections finish their in-flight requests
+    /// (idle ones close at once) until [`crate::Limits::drain_timeout`], then closes the
+    /// rest. Returns when every connection is closed.
+    pub async fn drain(&self) {
+        let deadline = Instant::now() + self.shared.services.limits.drain_timeout;
+        self.shutdown();
+        let services = &self.shared.services;
+        services.drain.start(deadline);
+        let everyone = u32::try_from(services.max_connections).unwrap_or(u32::MAX);
+        // Every slot back: every connection (and tunnel) has ended. They end by the deadline
+        // at the latest; the timeout only guards against a task that never runs again.
+        let grace = std::time::Duration::from_secs(1);
+        match tokio::time::timeout_at(
+            deadline + grace,
+            services.connection_slots.acquire_many(everyone),
+        )
+        .await
+        {
+            Ok(_) => info!("drained"),
+            Err(_) => warn!("connections still open after the drain deadline"),
+        }
+    }
+
+    /// Where the metrics are served, once started with [`ProxyConfig::metrics_addr`].
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.shared.metrics_addr.lock().ok().and_then(|a| *a)
+    }
+
+    /// Stops the control client, the metrics endpoint and every accept loop. Established
+    /// connections finish on their own (see [`Proxy::drain`]).
     pub fn shutdown(&self) {
         self.shared.cancel.cancel();
         if let Ok(mut tasks) = self.shared.listeners.lock() {
@@ -399,7 +393,7 @@ impl Proxy {
 
     /// Waits until a snapshot of at least `version` serves.
     pub async fn wait_for_version(&self, version: u64) {
-        let mut rx = self.shared.snapshot.subscribe();
+        let mut rx = self.shared.services.snapshot.subscribe();
         // The sender lives in `self.shared`, so `wait_for` cannot fail while we hold it.
         let _ = rx
             .wait_for(|s| s.as_ref().is_some_and(|s| s.version() >= version))
@@ -428,8 +422,31 @@ impl Drop for Proxy {
     }
 }
 
-/// Runs a proxy with `config` until it fails to start; the entry point of `myelin proxy`
-/// for callers that do not serve metrics.
+/// Runs a proxy with `config` until SIGTERM or SIGINT, then drains it: the entry point of
+/// `myelin proxy`.
 pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
-    Proxy::new(config).run().await
+    use tokio::signal::unix::{SignalKind, signal};
+    let proxy = Proxy::new(config);
+    proxy.start()?;
+    let stop = async {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                warn!("cannot install signal handlers; stopping on ctrl-c only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    stop.await;
+    info!("stopping: draining connections");
+    proxy.drain().await;
+    Ok(())
 }

@@ -55,6 +55,36 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
     stream.local_addr().map(canonical)
 }
 
+/// Whether a transparent listener's accepted connection was handed over by the datapath.
+///
+/// A connection reaches a transparent listener in two ways: the datapath hands it over
+/// (`bpf_sk_assign`), and then its local address is the original destination the client
+/// dialled, a pod or service address and port; or a client dialled the listener itself, an
+/// address of this node and the listener's port, and ordinary routing delivered it. Only
+/// the second kind has both the listener's port and an address of the node as its local
+/// address (a redirect to a server that listens on the proxy's port keeps the server's
+/// address, which is not the node's), so that pair is what gives it away. The address test
+/// runs only when the port matches, so handed-over connections pay nothing for it.
+pub fn is_handed_over(local: SocketAddr, listener_port: u16) -> bool {
+    let local = canonical(local);
+    local.port() != listener_port || !is_node_address(local.ip())
+}
+
+/// Whether `ip` is an address of this host (its network namespace): a socket without
+/// `IP_TRANSPARENT` can bind to it. With the `ip_nonlocal_bind` sysctl set every address
+/// binds, so every address counts as the node's (the safe side: such connections are
+/// refused).
+pub fn is_node_address(ip: IpAddr) -> bool {
+    let Ok(socket) = Socket::new(
+        Domain::for_address(SocketAddr::new(ip, 0)),
+        Type::STREAM,
+        None,
+    ) else {
+        return true;
+    };
+    socket.bind(&SocketAddr::new(ip, 0).into()).is_ok()
+}
+
 /// Turns v4-mapped IPv6 addresses into IPv4 so policy keys have one spelling.
 pub fn canonical(address: SocketAddr) -> SocketAddr {
     match address {

@@ -29,13 +29,15 @@ async fn closed_after(stream: &mut TcpStream) -> Duration {
     started.elapsed()
 }
 
-#[tokio::test(start_paused = true)]
-async fn silent_client_is_closed_after_the_header_read_timeout() {
+/// Sends `bytes` to a fresh connection and asserts the proxy closes it after the header
+/// read timeout (10 s), well before the idle timeout (60 s).
+async fn closed_by_the_header_read_timeout_after(bytes: &[u8]) {
     let upstream = upstream().await;
     let (_dir, proxy) = proxy(&upstream).await;
     let mut stream = TcpStream::connect(proxy.listener_addr("ingress").unwrap())
         .await
         .unwrap();
+    stream.write_all(bytes).await.unwrap();
     let waited = closed_after(&mut stream).await;
     assert!(
         waited >= Duration::from_secs(10) && waited < Duration::from_secs(60),
@@ -44,21 +46,22 @@ async fn silent_client_is_closed_after_the_header_read_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn silent_client_is_closed_after_the_header_read_timeout() {
+    closed_by_the_header_read_timeout_after(b"").await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn slow_request_head_is_closed_after_the_header_read_timeout() {
-    let upstream = upstream().await;
-    let (_dir, proxy) = proxy(&upstream).await;
-    let mut stream = TcpStream::connect(proxy.listener_addr("ingress").unwrap())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n")
-        .await
-        .unwrap();
-    let waited = closed_after(&mut stream).await;
-    assert!(
-        waited >= Duration::from_secs(10) && waited < Duration::from_secs(60),
-        "{waited:?}"
-    );
+    closed_by_the_header_read_timeout_after(b"GET / HTTP/1.1\r\nhost: x\r\n").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn http2_client_that_sends_no_request_is_closed_after_the_header_read_timeout() {
+    // The preface and an empty SETTINGS frame, then nothing.
+    closed_by_the_header_read_timeout_after(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -269,7 +269,7 @@ pub async fn h1_from(
     h1_on(socket.connect(addr).await.unwrap()).await
 }
 
-async fn h1_on(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<Body> {
+pub async fn h1_on(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<Body> {
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
