@@ -1,19 +1,11 @@
 //! Hubble's metric families computed from flows, with Hubble's names and
 //! labels, and a small HTTP endpoint serving them as OpenMetrics text.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
 use crate::flows;
 use crate::proto::flow::{
@@ -356,54 +348,5 @@ fn destination_port(flow: &Flow) -> Option<(String, u32)> {
     }
 }
 
-/// Encodes the registry as OpenMetrics text (what Prometheus scrapes).
-pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, registry)?;
-    Ok(out)
-}
-
-/// The content type of OpenMetrics text.
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-async fn handle(
-    registry: Arc<Registry>,
-    request: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let response = if request.uri().path() != "/metrics" {
-        Response::builder()
-            .status(StatusCode::NOT_FOUND)
-            .body(Full::new(Bytes::from_static(
-                b"not found; metrics are at /metrics\n",
-            )))
-    } else {
-        match encode(&registry) {
-            Ok(text) => Response::builder()
-                .header(http::header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
-                .body(Full::new(Bytes::from(text))),
-            Err(_) => Response::builder()
-                .status(StatusCode::INTERNAL_SERVER_ERROR)
-                .body(Full::new(Bytes::from_static(b"metrics encoding failed\n"))),
-        }
-    };
-    // Only fails on invalid header values, and ours are constants.
-    Ok(response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve_metrics(listener: TcpListener, registry: Arc<Registry>) -> std::io::Result<()> {
-    loop {
-        let (stream, peer): (_, SocketAddr) = listener.accept().await?;
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(registry.clone(), req));
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "metrics connection ended with an error");
-            }
-        });
-    }
-}
+/// The endpoint that serves a registry (the agent serves its families with it).
+pub use myelin_metrics_endpoint::{OPENMETRICS_CONTENT_TYPE, encode, serve as serve_metrics};

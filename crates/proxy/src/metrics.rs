@@ -4,22 +4,11 @@
 //! events the proxy sends (as Hubble derives them from flows), so each family has one
 //! definition and one process that serves it.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 /// Kinds of proxy errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -165,68 +154,4 @@ impl Metrics {
     pub fn refused(&self, reason: RefusedReason) {
         self.refused.get_or_create(&RefusedLabels { reason }).inc();
     }
-}
-
-/// The content type of OpenMetrics text.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Serves `GET /metrics` (the registry as OpenMetrics text) on `listener` until `cancel`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    debug!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
-            () = cancel.cancelled() => return,
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let answer = scrape(&registry, request.uri().path());
-                async move { Ok::<_, std::convert::Infallible>(answer) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
-}
-
-/// The answer to a scrape of `path`.
-fn scrape(registry: &Registry, path: &str) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = if path != "/metrics" {
-        (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; metrics are at /metrics\n".to_owned(),
-        )
-    } else {
-        let mut text = String::new();
-        match prometheus_client::encoding::text::encode(&mut text, registry) {
-            Ok(()) => (StatusCode::OK, OPENMETRICS, text),
-            Err(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                "metrics encoding failed\n".to_owned(),
-            ),
-        }
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    response
 }

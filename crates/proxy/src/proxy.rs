@@ -310,11 +310,14 @@ impl Proxy {
             if let Ok(mut bound) = self.shared.metrics_addr.lock() {
                 *bound = Some(local);
             }
-            tokio::spawn(crate::metrics::serve(
-                listener,
-                self.registry.clone(),
-                self.shared.cancel.child_token(),
-            ));
+            let registry = self.registry.clone();
+            let cancel = self.shared.cancel.child_token();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = myelin_metrics_endpoint::serve(listener, registry) => {}
+                    () = cancel.cancelled() => {}
+                }
+            });
         }
         if let Some(path) = &self.shared.config.snapshot_file {
             match load(path) {
