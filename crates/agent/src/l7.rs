@@ -301,6 +301,75 @@ impl ProxyConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{allow, apply, engine_with, pod};
+
+    const LANDING: &str = "        - method: POST\n          path: /v1/request-landing\n";
+
+    #[test]
+    fn only_a_change_the_proxy_sees_sends_a_snapshot() {
+        let deathstar = pod("deathstar", "deathstar", None, 2);
+        let pods = [
+            (1, deathstar.clone()),
+            (2, pod("tiefighter", "tiefighter", None, 3)),
+        ];
+        let mut engine = engine_with(&pods);
+        let mut config = ProxyConfig::default();
+        config.mark_unsent();
+        let key = myelin_policy::EndpointKey::new("default", "deathstar");
+        let headers = FlowHeaders::default();
+        let update =
+            |config: &mut ProxyConfig, engine: &PolicyEngine, changes: &myelin_policy::Changes| {
+                for key in changes.endpoints.keys() {
+                    let spec = pods.iter().map(|(_, s)| s).find(|s| s.pod == key.name);
+                    config.update(engine, key, spec);
+                }
+            };
+        let first = config
+            .take_snapshot(&headers, 1)
+            .expect("a fresh start sends");
+        assert!(first.l7_policies.is_empty() && first.identities.is_empty());
+        config.update(&engine, &key, Some(&deathstar));
+        let second = config
+            .take_snapshot(&headers, 2)
+            .expect("a new pod's identity");
+        assert_eq!(second.identities.len(), 2, "both families");
+
+        let changes = apply(
+            &mut engine,
+            &allow("l7", "tiefighter", "deathstar", 80, Some(LANDING)),
+        );
+        assert!(changes.endpoints.contains_key(&key));
+        update(&mut config, &engine, &changes);
+        let third = config.take_snapshot(&headers, 3).expect("an L7 rule");
+        assert_eq!(third.version, 3);
+        assert_eq!(third.l7_policies.len(), 2, "port 80 of both addresses");
+        assert_eq!(
+            third.l7_policies[0].http[0].path.as_deref(),
+            Some("/v1/request-landing")
+        );
+
+        // An L3/L4 rule changes the endpoint's policy but nothing the proxy sees.
+        let changes = apply(
+            &mut engine,
+            &allow("l4", "tiefighter", "deathstar", 443, None),
+        );
+        assert!(
+            changes.endpoints.contains_key(&key),
+            "the policy did change"
+        );
+        update(&mut config, &engine, &changes);
+        assert_eq!(config.take_snapshot(&headers, 4), None);
+
+        let gone = engine.remove_policy(&myelin_policy::PolicyKey {
+            kind: myelin_policy::PolicyKind::CiliumNetworkPolicy,
+            namespace: "default".into(),
+            name: "l7".into(),
+        });
+        update(&mut config, &engine, &gone);
+        let fourth = config.take_snapshot(&headers, 4).expect("the L7 rule went");
+        assert!(fourth.l7_policies.is_empty());
+        assert_eq!(fourth.identities, second.identities);
+    }
 
     #[test]
     fn header_names_are_case_insensitive_and_traceparent_is_always_asked_for() {

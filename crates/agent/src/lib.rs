@@ -18,6 +18,8 @@ mod reconcile;
 pub mod rpc;
 mod services;
 mod state;
+#[cfg(test)]
+mod testing;
 mod view;
 
 pub use daemon::{AgentConfig, run};

@@ -349,13 +349,65 @@ pub fn desired_services<'a>(
     out
 }
 
+/// The writes a plan makes: the kernel's maps (or, in tests, a record).
+pub trait Writes {
+    /// Maps a prefix to an identity.
+    fn ipcache_upsert(&mut self, net: IpNet, identity: u32) -> anyhow::Result<()>;
+    /// Deletes a prefix.
+    fn ipcache_delete(&mut self, net: IpNet) -> anyhow::Result<()>;
+    /// Replaces an endpoint's whole policy table atomically.
+    fn replace_policy(&mut self, endpoint: u32, table: &PolicyTable) -> anyhow::Result<()>;
+    /// Removes an endpoint's policy.
+    fn remove_policy(&mut self, endpoint: u32) -> anyhow::Result<()>;
+    /// Writes a frontend and its backends.
+    fn upsert_service(&mut self, service: &Service) -> anyhow::Result<()>;
+    /// Deletes a frontend.
+    fn delete_service(&mut self, frontend: Frontend) -> anyhow::Result<()>;
+}
+
+impl Writes for Datapath {
+    fn ipcache_upsert(&mut self, net: IpNet, identity: u32) -> anyhow::Result<()> {
+        Ok(Datapath::ipcache_upsert(
+            self,
+            net.addr(),
+            net.prefix_len(),
+            identity,
+        )?)
+    }
+
+    fn ipcache_delete(&mut self, net: IpNet) -> anyhow::Result<()> {
+        Ok(Datapath::ipcache_delete(
+            self,
+            net.addr(),
+            net.prefix_len(),
+        )?)
+    }
+
+    fn replace_policy(&mut self, endpoint: u32, table: &PolicyTable) -> anyhow::Result<()> {
+        Ok(Datapath::replace_policy(self, endpoint, table)?)
+    }
+
+    fn remove_policy(&mut self, endpoint: u32) -> anyhow::Result<()> {
+        Ok(Datapath::remove_policy(self, endpoint)?)
+    }
+
+    fn upsert_service(&mut self, service: &Service) -> anyhow::Result<()> {
+        Datapath::upsert_service(self, service)?;
+        Ok(())
+    }
+
+    fn delete_service(&mut self, (frontend, protocol): Frontend) -> anyhow::Result<()> {
+        Ok(Datapath::delete_service(self, frontend, protocol)?)
+    }
+}
+
 /// Writes a plan, in an order that never leaves a rule naming an unknown
 /// peer: the ipcache's new prefixes first, then policy, then services, then
 /// what is gone. Each write that succeeds is recorded as applied, so after
 /// an error the next plan holds what is left.
-pub fn apply(datapath: &mut Datapath, applied: &mut Applied, plan: &Plan) -> anyhow::Result<()> {
+pub fn apply(datapath: &mut impl Writes, applied: &mut Applied, plan: &Plan) -> anyhow::Result<()> {
     for (net, identity, _) in &plan.ipcache_upserted {
-        datapath.ipcache_upsert(net.addr(), net.prefix_len(), *identity)?;
+        datapath.ipcache_upsert(*net, *identity)?;
         applied.set_ipcache(*net, Some(*identity));
     }
     for (endpoint, _, table) in &plan.policies {
@@ -368,17 +420,235 @@ pub fn apply(datapath: &mut Datapath, applied: &mut Applied, plan: &Plan) -> any
             .services
             .insert((service.frontend, service.protocol), service.clone());
     }
-    for (frontend, protocol) in &plan.services_deleted {
-        datapath.delete_service(*frontend, *protocol)?;
-        applied.services.remove(&(*frontend, *protocol));
+    for frontend in &plan.services_deleted {
+        datapath.delete_service(*frontend)?;
+        applied.services.remove(frontend);
     }
     for endpoint in &plan.policies_removed {
         datapath.remove_policy(*endpoint)?;
         applied.set_policy(*endpoint, None);
     }
     for (net, _) in &plan.ipcache_deleted {
-        datapath.ipcache_delete(net.addr(), net.prefix_len())?;
+        datapath.ipcache_delete(*net)?;
         applied.set_ipcache(*net, None);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EndpointSpec;
+    use crate::testing::{allow, apply as apply_yaml, engine_with, pod};
+
+    /// The writes made, in order; fails the write named by `fail`.
+    #[derive(Default)]
+    struct Record {
+        writes: Vec<String>,
+        fail: Option<&'static str>,
+    }
+
+    impl Record {
+        fn write(&mut self, what: &'static str, detail: String) -> anyhow::Result<()> {
+            if self.fail == Some(what) {
+                anyhow::bail!("{what} refused");
+            }
+            self.writes.push(format!("{what} {detail}"));
+            Ok(())
+        }
+    }
+
+    impl Writes for Record {
+        fn ipcache_upsert(&mut self, net: IpNet, identity: u32) -> anyhow::Result<()> {
+            self.write("ipcache_upsert", format!("{net} {identity}"))
+        }
+        fn ipcache_delete(&mut self, net: IpNet) -> anyhow::Result<()> {
+            self.write("ipcache_delete", net.to_string())
+        }
+        fn replace_policy(&mut self, endpoint: u32, table: &PolicyTable) -> anyhow::Result<()> {
+            self.write(
+                "replace_policy",
+                format!("{endpoint} {}", table.rules.len()),
+            )
+        }
+        fn remove_policy(&mut self, endpoint: u32) -> anyhow::Result<()> {
+            self.write("remove_policy", endpoint.to_string())
+        }
+        fn upsert_service(&mut self, service: &Service) -> anyhow::Result<()> {
+            self.write("upsert_service", service.frontend.to_string())
+        }
+        fn delete_service(&mut self, frontend: Frontend) -> anyhow::Result<()> {
+            self.write("delete_service", frontend.0.to_string())
+        }
+    }
+
+    /// `n` pods `pod-<i>` (endpoint id i), each allowed from `client` (id
+    /// 100, at .100) by a policy of its own, `allow-<i>`.
+    fn node(n: u8) -> (PolicyEngine, Vec<(u32, EndpointSpec)>) {
+        let mut pods: Vec<(u32, EndpointSpec)> = (1..=n)
+            .map(|i| {
+                let spec = pod(&format!("pod-{i}"), &format!("app-{i}"), None, i);
+                (u32::from(i), spec)
+            })
+            .collect();
+        pods.push((100, pod("client", "client", None, 100)));
+        let mut engine = engine_with(&pods);
+        for i in 1..=n {
+            let policy = allow(
+                &format!("allow-{i}"),
+                "client",
+                &format!("app-{i}"),
+                80,
+                None,
+            );
+            apply_yaml(&mut engine, &policy);
+        }
+        (engine, pods)
+    }
+
+    fn plan(
+        applied: &mut Applied,
+        dirty: &Dirty,
+        engine: &PolicyEngine,
+        pods: &[(u32, EndpointSpec)],
+    ) -> Plan {
+        let endpoint_id = |key: &EndpointKey| {
+            pods.iter()
+                .find(|(_, s)| s.namespace == key.namespace && s.pod == key.name)
+                .map(|(id, _)| *id)
+        };
+        applied.plan(
+            dirty,
+            &Desired {
+                engine,
+                endpoint_id: &endpoint_id,
+                services: None,
+                node_addresses: &["10.0.0.1".parse().expect("ip")],
+            },
+        )
+    }
+
+    fn everything(pods: &[(u32, EndpointSpec)]) -> Dirty {
+        Dirty {
+            endpoints: pods
+                .iter()
+                .map(|(_, s)| EndpointKey::new(&s.namespace, &s.pod))
+                .collect(),
+            all: true,
+            ..Dirty::default()
+        }
+    }
+
+    fn policy_key(name: &str) -> myelin_policy::PolicyKey {
+        myelin_policy::PolicyKey {
+            kind: myelin_policy::PolicyKind::CiliumNetworkPolicy,
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn after_a_start_every_table_is_written_whole_then_only_what_the_engine_diff_touched() {
+        let (mut engine, pods) = node(3);
+        let mut applied = Applied::default();
+        let mut record = Record::default();
+        let first = plan(&mut applied, &everything(&pods), &engine, &pods);
+        assert_eq!(first.policies.len(), 4, "three servers and the client");
+        assert!(
+            first
+                .policies
+                .iter()
+                .filter(|(id, _, _)| *id != 100)
+                .all(|(_, _, t)| t.ingress_enforced && !t.rules.is_empty())
+        );
+        assert!(
+            first
+                .ipcache_upserted
+                .iter()
+                .any(|(net, id, _)| net.to_string() == "10.0.0.1/32"
+                    && *id == myelin_policy::identity::HOST)
+        );
+        apply(&mut record, &mut applied, &first).expect("written");
+        // Nothing changed: nothing to write.
+        assert_eq!(
+            plan(&mut applied, &everything(&pods), &engine, &pods),
+            Plan::default()
+        );
+
+        let mut dirty = Dirty::default();
+        dirty.record(&engine.remove_policy(&policy_key("allow-2")));
+        let second = plan(&mut applied, &dirty, &engine, &pods);
+        let written: Vec<u32> = second.policies.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(written, [2], "only the endpoint the policy selected");
+        assert!(second.ipcache_upserted.is_empty() && second.ipcache_deleted.is_empty());
+        let before = record.writes.len();
+        apply(&mut record, &mut applied, &second).expect("written");
+        assert_eq!(record.writes[before..], ["replace_policy 2 0".to_string()]);
+    }
+
+    #[test]
+    fn deleting_policies_one_by_one_costs_one_table_each() {
+        let n = 40;
+        let (mut engine, pods) = node(n);
+        let mut applied = Applied::default();
+        let mut record = Record::default();
+        let first = plan(&mut applied, &everything(&pods), &engine, &pods);
+        apply(&mut record, &mut applied, &first).expect("written");
+        let mut tables = 0;
+        for i in 1..=n {
+            let mut dirty = Dirty::default();
+            dirty.record(&engine.remove_policy(&policy_key(&format!("allow-{i}"))));
+            // The tables a sync builds are those of the dirty endpoints.
+            tables += dirty.endpoints.len();
+            let next = plan(&mut applied, &dirty, &engine, &pods);
+            apply(&mut record, &mut applied, &next).expect("written");
+        }
+        assert_eq!(tables, usize::from(n));
+        assert_eq!(applied.policy_rules(), 0);
+    }
+
+    #[test]
+    fn after_a_failed_write_the_next_plan_holds_what_is_left() {
+        let (engine, pods) = node(2);
+        let mut applied = Applied::default();
+        let mut record = Record {
+            fail: Some("replace_policy"),
+            ..Record::default()
+        };
+        let dirty = everything(&pods);
+        let first = plan(&mut applied, &dirty, &engine, &pods);
+        assert!(apply(&mut record, &mut applied, &first).is_err());
+        let retry = plan(&mut applied, &dirty, &engine, &pods);
+        assert!(retry.ipcache_upserted.is_empty(), "the ipcache was written");
+        assert_eq!(retry.policies, first.policies);
+        record.fail = None;
+        apply(&mut record, &mut applied, &retry).expect("written");
+        assert_eq!(plan(&mut applied, &dirty, &engine, &pods), Plan::default());
+    }
+
+    #[test]
+    fn a_gone_endpoint_loses_its_policy_and_its_prefixes() {
+        let (mut engine, pods) = node(2);
+        let mut applied = Applied::default();
+        let mut record = Record::default();
+        let first = plan(&mut applied, &everything(&pods), &engine, &pods);
+        apply(&mut record, &mut applied, &first).expect("written");
+        let mut dirty = Dirty::default();
+        dirty.record(&engine.remove_endpoint(&EndpointKey::new("default", "pod-2")));
+        dirty.removed.insert(2);
+        let left = &pods[..1];
+        let gone = plan(&mut applied, &dirty, &engine, left);
+        assert_eq!(gone.policies_removed, [2]);
+        let deleted: Vec<String> = gone
+            .ipcache_deleted
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(deleted, ["10.244.1.2/32", "fd00:10:244:1::2/128"]);
+        apply(&mut record, &mut applied, &gone).expect("written");
+        assert_eq!(
+            record.writes.last().map(String::as_str),
+            Some("ipcache_delete fd00:10:244:1::2/128")
+        );
+    }
 }

@@ -269,36 +269,8 @@ mod tests {
     use super::*;
     use crate::api::{ServicePortSpec, TargetPort};
     use crate::flows::FlowContext as _;
-    use myelin_policy::{EndpointKey, MemoryStore};
+    use crate::testing::{engine_with, identity, pod};
     use std::collections::BTreeMap;
-
-    fn pod(name: &str, app: &str, hash: Option<&str>, last: u8) -> EndpointSpec {
-        let mut labels: BTreeMap<String, String> = [("app".to_string(), app.to_string())].into();
-        if let Some(hash) = hash {
-            labels.insert("pod-template-hash".into(), hash.into());
-        }
-        EndpointSpec {
-            namespace: "default".into(),
-            pod: name.into(),
-            labels,
-            ifname: format!("veth{last}"),
-            ipv4: Some(std::net::Ipv4Addr::new(10, 244, 1, last)),
-            ipv6: Some(format!("fd00:10:244:1::{last:x}").parse().expect("ipv6")),
-            mac: None,
-            ports: vec![],
-            ready: true,
-        }
-    }
-
-    fn engine_with(pods: &[(u32, EndpointSpec)]) -> PolicyEngine {
-        let mut engine = PolicyEngine::new(Arc::new(MemoryStore::new()), "node-a");
-        for (_, spec) in pods {
-            engine
-                .upsert_endpoint(crate::policy::endpoint(spec))
-                .expect("endpoint");
-        }
-        engine
-    }
 
     fn view_of(engine: &PolicyEngine, pods: &[(u32, EndpointSpec)]) -> View {
         View::default().with_addresses(engine, pods.iter().map(|(id, s)| (*id, s)))
@@ -306,13 +278,6 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("ip")
-    }
-
-    fn identity(engine: &PolicyEngine, pod: &str) -> u32 {
-        engine
-            .policy(&EndpointKey::new("default", pod))
-            .map(|p| p.identity)
-            .expect("resolved")
     }
 
     #[test]
