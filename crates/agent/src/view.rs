@@ -270,6 +270,7 @@ mod tests {
     use crate::api::{ServicePortSpec, TargetPort};
     use crate::flows::FlowContext as _;
     use crate::testing::{engine_with, identity, pod};
+    use myelin_common::{EventKind, ObservationPoint};
     use std::collections::BTreeMap;
 
     fn view_of(engine: &PolicyEngine, pods: &[(u32, EndpointSpec)]) -> View {
@@ -415,5 +416,151 @@ mod tests {
         assert_eq!(index.lookup(ip("10.1.9.9")), Some(16_777_218));
         assert_eq!(index.lookup(ip("10.9.9.9")), Some(16_777_217));
         assert_eq!(index.lookup(ip("192.0.2.1")), Some(2));
+    }
+
+    /// The look-ups flow enrichment made before views: scans of the
+    /// engine's ipcache and endpoints, of the node's pods and services.
+    struct Scans<'a> {
+        engine: &'a PolicyEngine,
+        pods: &'a [(u32, EndpointSpec)],
+        services: &'a ServiceTable,
+    }
+
+    impl flows::FlowContext for Scans<'_> {
+        fn endpoint(&self, ip: IpAddr) -> EndpointMeta {
+            let identity = self.engine.identity_of_ip(ip);
+            let labels = self.identity_labels(identity);
+            let Some(key) = self.engine.endpoint_of_ip(ip) else {
+                return EndpointMeta {
+                    identity,
+                    labels,
+                    ..EndpointMeta::default()
+                };
+            };
+            let local = self
+                .pods
+                .iter()
+                .find(|(_, s)| addresses(s).any(|a| a == ip));
+            EndpointMeta {
+                id: local.map_or(0, |(id, _)| *id),
+                identity,
+                workload: local.and_then(|(_, s)| flows::workload_of(&s.pod, &s.labels)),
+                namespace: key.namespace,
+                pod: key.name,
+                labels,
+            }
+        }
+        fn rule(&self, _: u32) -> Option<Provenance> {
+            None
+        }
+        fn service(&self, frontend: SocketAddr) -> Option<(String, String)> {
+            self.services
+                .values()
+                .find(|s| {
+                    s.cluster_ips.contains(&frontend.ip())
+                        && s.ports.iter().any(|p| p.port == frontend.port())
+                })
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+        }
+        fn identity_labels(&self, identity: u32) -> Vec<String> {
+            self.engine
+                .identity_labels(identity)
+                .map(|l| l.to_strings())
+                .unwrap_or_default()
+        }
+        fn local_identity(&self, _: u32) -> Option<EndpointMeta> {
+            None
+        }
+    }
+
+    /// Prints the cost of enriching one kernel event (`cargo test -p
+    /// myelin-agent --release --lib enrichment_cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement: prints figures, asserts none"]
+    fn enrichment_cost() {
+        let pods: Vec<(u32, EndpointSpec)> = (1..=200u8)
+            .map(|i| {
+                (
+                    u32::from(i),
+                    pod(&format!("pod-{i}"), &format!("app-{}", i % 20), None, i),
+                )
+            })
+            .collect();
+        let engine = engine_with(&pods);
+        let mut services = ServiceTable::new();
+        for i in 0..100u8 {
+            services.insert(
+                ("default".into(), format!("svc-{i}")),
+                crate::api::ServiceSpec {
+                    namespace: "default".into(),
+                    name: format!("svc-{i}"),
+                    cluster_ips: vec![IpAddr::from([10, 96, 0, i])],
+                    ports: vec![ServicePortSpec {
+                        name: None,
+                        port: 80,
+                        target_port: TargetPort::Number(8080),
+                        protocol: "TCP".into(),
+                    }],
+                    selector: None,
+                    affinity_timeout_s: None,
+                },
+            );
+        }
+        let view = view_of(&engine, &pods).with_services(&services);
+        let scans = Scans {
+            engine: &engine,
+            pods: &pods,
+            services: &services,
+        };
+        let clock = flows::KernelClock::now();
+        let events: Vec<myelin_common::TraceEvent> = (0..10_000u32)
+            .map(|n| {
+                let mut event = myelin_common::TraceEvent {
+                    ktime_ns: 0,
+                    ifindex: 0,
+                    len: 60,
+                    endpoint_id: 0,
+                    kind: EventKind::Trace as u8,
+                    observation_point: ObservationPoint::ToEndpoint as u8,
+                    drop_reason: 0,
+                    ip_version: 4,
+                    protocol: 6,
+                    tcp_flags: 0x10,
+                    icmp_code: 0,
+                    flags: 0,
+                    source_port: 40_000,
+                    destination_port: 80,
+                    source: [0; 16],
+                    destination: [0; 16],
+                    source_identity: 0,
+                    destination_identity: 0,
+                    rule_id: 0,
+                    service_address: [0; 16],
+                    service_port: 0,
+                    proxy_port: 0,
+                    verdict: 0,
+                    traffic_direction: 0,
+                    match_type: 0,
+                    icmp_type: 0,
+                    _pad: [0; 4],
+                };
+                let byte = |k: u32| u8::try_from(k % 200 + 1).unwrap_or(1);
+                event.source[..4].copy_from_slice(&[10, 244, 1, byte(n)]);
+                event.destination[..4].copy_from_slice(&[10, 244, 1, byte(n * 7 + 3)]);
+                event
+            })
+            .collect();
+        let measure = |name: &str, context: &dyn Fn(&myelin_common::TraceEvent) -> bool| {
+            let start = std::time::Instant::now();
+            let made = events.iter().filter(|e| context(e)).count();
+            let per_event = start.elapsed() / u32::try_from(events.len()).unwrap_or(1);
+            println!("{name}: {per_event:?} per event ({made} flows)");
+        };
+        measure("scans (before)", &|e| {
+            flows::kernel_flow(e, &clock, &scans).is_some()
+        });
+        measure("view (after)", &|e| {
+            flows::kernel_flow(e, &clock, &view).is_some()
+        });
     }
 }
