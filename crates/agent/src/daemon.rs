@@ -426,6 +426,8 @@ impl Node {
         self.persist()
     }
 
+    /// Saves the endpoints and services (resources are saved one by one as
+    /// they come and go).
     fn persist(&self) -> anyhow::Result<()> {
         state::save(
             &self.state_dir,
@@ -439,7 +441,7 @@ impl Node {
                     })
                     .collect(),
                 services: self.services.values().cloned().collect(),
-                resources: self.resources.values().cloned().collect(),
+                resources: Vec::new(),
             },
         )
     }
@@ -513,7 +515,10 @@ impl Node {
         let dirty = &self.dirty;
         let mut view = self.view.clone();
         let mut changed = false;
-        if dirty.all || dirty.specs || !dirty.endpoints.is_empty() || !dirty.prefixes.is_empty() {
+        // Addresses and identities change with endpoints (specs) and the
+        // ipcache (an endpoint's new identity moves its prefixes); a change
+        // of policy alone leaves them be.
+        if dirty.all || dirty.specs || !dirty.prefixes.is_empty() {
             let local = self.endpoints.values().map(|e| (e.id, &e.spec));
             view = view.with_addresses(&self.engine, local);
             changed = true;
@@ -641,11 +646,11 @@ impl Node {
                 for (document, outcome) in documents.into_iter().zip(&outcomes) {
                     if outcome.error.is_none() {
                         self.policy_changed(AgentEventType::PolicyUpdated, &document.resource);
+                        state::save_resource(&self.state_dir, &document)?;
                         self.resources.insert(outcome.key.clone(), document);
                     }
                 }
                 self.sync()?;
-                self.persist()?;
                 Response::Resources { outcomes }
             }
             Request::ResourcesDelete { keys } => {
@@ -653,10 +658,10 @@ impl Node {
                     if let Some(document) = self.resources.remove(&key) {
                         self.forget(&document.resource);
                         self.policy_changed(AgentEventType::PolicyDeleted, &document.resource);
+                        state::remove_resource(&self.state_dir, &key)?;
                     }
                 }
                 self.sync()?;
-                self.persist()?;
                 Response::Ok
             }
             Request::PolicyGet { endpoint, json } => Response::Text {
