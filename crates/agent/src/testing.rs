@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use myelin_policy::{Changes, EndpointKey, MemoryStore, PolicyEngine};
 
-use crate::api::EndpointSpec;
+use crate::api::{EndpointSpec, ServicePortSpec, ServiceSpec, TargetPort};
 
 /// A pod of namespace `default` labelled `app: <app>` (and
 /// `pod-template-hash` when given), at 10.244.1.`last` and
@@ -71,4 +71,22 @@ pub fn allow(name: &str, from: &str, to: &str, port: u16, http: Option<&str>) ->
     format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  endpointSelector:\n    matchLabels:\n      app: {to}\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n        app: {from}\n    toPorts:\n    - ports:\n      - port: \"{port}\"\n        protocol: TCP{rules}\n"
     )
+}
+
+/// A selector-less service `default/<name>` on TCP port 80 (target 8080) of
+/// `cluster_ips`.
+pub fn service(name: &str, cluster_ips: Vec<std::net::IpAddr>) -> ServiceSpec {
+    ServiceSpec {
+        namespace: "default".into(),
+        name: name.into(),
+        cluster_ips,
+        ports: vec![ServicePortSpec {
+            name: None,
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            protocol: "TCP".into(),
+        }],
+        selector: None,
+        affinity_timeout_s: None,
+    }
 }

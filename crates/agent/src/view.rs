@@ -267,9 +267,8 @@ impl flows::FlowContext for View {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ServicePortSpec, TargetPort};
     use crate::flows::FlowContext as _;
-    use crate::testing::{engine_with, identity, pod};
+    use crate::testing::{engine_with, identity, pod, service};
     use myelin_common::{EventKind, ObservationPoint};
     use std::collections::BTreeMap;
 
@@ -342,19 +341,7 @@ mod tests {
         let mut services = ServiceTable::new();
         services.insert(
             ("default".into(), "deathstar".into()),
-            crate::api::ServiceSpec {
-                namespace: "default".into(),
-                name: "deathstar".into(),
-                cluster_ips: vec![ip("10.96.0.10"), ip("fd00:10:96::a")],
-                ports: vec![ServicePortSpec {
-                    name: None,
-                    port: 80,
-                    target_port: TargetPort::Number(8080),
-                    protocol: "TCP".into(),
-                }],
-                selector: None,
-                affinity_timeout_s: None,
-            },
+            service("deathstar", vec![ip("10.96.0.10"), ip("fd00:10:96::a")]),
         );
         let provenance = Provenance {
             policy: myelin_policy::PolicyKey {
@@ -491,19 +478,7 @@ mod tests {
         for i in 0..100u8 {
             services.insert(
                 ("default".into(), format!("svc-{i}")),
-                crate::api::ServiceSpec {
-                    namespace: "default".into(),
-                    name: format!("svc-{i}"),
-                    cluster_ips: vec![IpAddr::from([10, 96, 0, i])],
-                    ports: vec![ServicePortSpec {
-                        name: None,
-                        port: 80,
-                        target_port: TargetPort::Number(8080),
-                        protocol: "TCP".into(),
-                    }],
-                    selector: None,
-                    affinity_timeout_s: None,
-                },
+                service(&format!("svc-{i}"), vec![IpAddr::from([10, 96, 0, i])]),
             );
         }
         let view = view_of(&engine, &pods).with_services(&services);
