@@ -137,7 +137,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (views, view) = watch::channel(Arc::new(View::default()));
     let tally = Arc::new(readers::EventTally::default());
-    let conntrack = conntrack::Conntrack::open(&config.bpffs)?;
     let mut node = Node {
         name: config.node.clone(),
         datapath,
@@ -215,7 +214,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
     tokio::spawn(readers::read_events(reader, view, observer, tally));
-    tokio::spawn(conntrack::collect_garbage(conntrack, agent_metrics));
+    match conntrack::Conntrack::open(&config.bpffs) {
+        Ok(conntrack) => {
+            tokio::spawn(conntrack::collect_garbage(conntrack, agent_metrics));
+        }
+        // Expired entries still give way to new flows (LRU); only tidiness is lost.
+        Err(e) => tracing::warn!("no conntrack garbage collection: {e:#}"),
+    }
     let (calls, queue) = mpsc::channel::<Call>(64);
     tokio::spawn(node.own(queue));
 
