@@ -1,7 +1,15 @@
 //! The agent's main loop: load the datapath, restore state, serve the API,
-//! the DNS responder and the event reader.
+//! the DNS responder and the event readers.
+//!
+//! One task owns the node's state ([`Node`]) and applies every change: API
+//! requests reach it over a channel, one at a time. After each change it
+//! publishes a [`View`]; the kernel and proxy event readers enrich flows
+//! from the view they hold, so flows never wait for a change and changes
+//! never wait for flows. The conntrack collector has a map handle of its
+//! own and needs neither.
 
 mod agent_events;
+mod readers;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,23 +17,23 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
-use myelin_common::{EndpointInfo, EventKind, ObservationPoint};
-use myelin_datapath::{Datapath, EventReader};
+use myelin_common::EndpointInfo;
+use myelin_datapath::Datapath;
 use myelin_dns::SharedZone;
 use tokio::net::UnixListener;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api::{
-    AgentStatus, EndpointSpec, EndpointStatus, EventCounters, Request, Response, ServiceStatus,
-};
+use crate::api::{AgentStatus, EndpointSpec, EndpointStatus, Request, Response, ServiceStatus};
+use crate::reconcile::{Applied, Desired, Dirty};
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
-use crate::{flows, l7, policy, reconcile};
+use crate::view::View;
+use crate::{conntrack, l7, policy, reconcile};
 use myelin_observe::proto::flow::AgentEventType;
 use myelin_observe::servicemap::{ServiceMapConfig, SharedServiceMap, serve_servicemap};
 use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
 use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
-use myelin_proxy::control::{ControlServer, ProxyMessage};
+use myelin_proxy::control::ControlServer;
 use prometheus_client::registry::Registry;
 
 /// How an agent is started.
@@ -66,20 +74,27 @@ pub struct AgentConfig {
     pub flow_headers: l7::FlowHeaders,
 }
 
+/// The node's state, owned by one task.
 struct Node {
     name: String,
     datapath: Datapath,
     state_dir: PathBuf,
-    endpoints: BTreeMap<(String, String), Endpoint>,
+    endpoints: BTreeMap<EndpointKey, Endpoint>,
     services: ServiceTable,
     zone: SharedZone,
-    counters: EventCounters,
+    tally: Arc<readers::EventTally>,
     engine: PolicyEngine,
     resources: BTreeMap<myelin_model::ResourceKey, myelin_model::Document>,
     observer: Observer,
     proxy: Option<ControlServer>,
     proxy_version: u64,
-    applied: reconcile::Applied,
+    proxy_config: l7::ProxyConfig,
+    applied: Applied,
+    /// What changed since the last sync.
+    dirty: Dirty,
+    /// The view published last, and where it is published.
+    view: View,
+    views: watch::Sender<Arc<View>>,
     /// The node's own addresses (the host identity in the ipcache).
     addresses: Vec<IpAddr>,
     metrics: crate::metrics::AgentMetrics,
@@ -93,6 +108,9 @@ struct Endpoint {
     ifindex: u32,
     spec: EndpointSpec,
 }
+
+/// An API request and where its answer goes.
+type Call = (Request, oneshot::Sender<Result<Response, String>>);
 
 /// Runs the agent until SIGINT or SIGTERM. Programs and maps stay pinned and
 /// attached when it exits, so traffic flows on while it is away.
@@ -117,14 +135,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let node = Arc::new(Mutex::new(Node {
+    let (views, view) = watch::channel(Arc::new(View::default()));
+    let tally = Arc::new(readers::EventTally::default());
+    let mut node = Node {
         name: config.node.clone(),
         datapath,
         state_dir: config.state_dir.clone(),
         endpoints: BTreeMap::new(),
         services: ServiceTable::new(),
         zone: zone.clone(),
-        counters: EventCounters::default(),
+        tally: tally.clone(),
         engine: PolicyEngine::new(
             Arc::new(FileStore::new(&config.identity_store)),
             config.node.clone(),
@@ -137,22 +157,25 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         proxy_version: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
-        applied: reconcile::Applied::default(),
+        proxy_config: l7::ProxyConfig::default(),
+        applied: Applied::default(),
+        dirty: Dirty::default(),
+        view: View::default(),
+        views,
         addresses: config.dns_listen.clone(),
-        metrics: agent_metrics,
+        metrics: agent_metrics.clone(),
         agent_events: agent_events::AgentEvents::default(),
         flow_headers: config.flow_headers.clone(),
-    }));
-    node.lock().await.agent_started();
-    restore(&node).await?;
-    if let Some(events) = node
-        .lock()
-        .await
-        .proxy
-        .as_ref()
-        .map(ControlServer::subscribe)
-    {
-        tokio::spawn(read_proxy_messages(events, node.clone()));
+    };
+    node.agent_started();
+    node.restore()?;
+    if let Some(events) = node.proxy.as_ref().map(ControlServer::subscribe) {
+        tokio::spawn(readers::read_proxy_messages(
+            events,
+            view.clone(),
+            observer.clone(),
+            config.flow_headers.clone(),
+        ));
     }
     if config.observer_socket.is_some() || config.observer_tcp.is_some() {
         let serve_config = ServeConfig {
@@ -190,8 +213,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     for socket in dns_sockets(&config).await? {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
-    tokio::spawn(read_events(reader, node.clone()));
-    tokio::spawn(collect_garbage(node.clone()));
+    tokio::spawn(readers::read_events(reader, view, observer, tally));
+    match conntrack::Conntrack::open(&config.bpffs) {
+        Ok(conntrack) => {
+            tokio::spawn(conntrack::collect_garbage(conntrack, agent_metrics));
+        }
+        // Expired entries still give way to new flows (LRU); only tidiness is lost.
+        Err(e) => tracing::warn!("no conntrack garbage collection: {e:#}"),
+    }
+    let (calls, queue) = mpsc::channel::<Call>(64);
+    tokio::spawn(node.own(queue));
 
     if config.api_socket.exists() {
         std::fs::remove_file(&config.api_socket)
@@ -206,10 +237,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _) = accepted?;
-                let node = node.clone();
+                let calls = calls.clone();
                 tokio::spawn(crate::rpc::serve_connection(stream, move |request: Request| {
-                    let node = node.clone();
-                    async move { node.lock().await.handle(request).map_err(|e| format!("{e:#}")) }
+                    let calls = calls.clone();
+                    async move {
+                        let (answer, answered) = oneshot::channel();
+                        let gone = || "the agent is stopping; try again once it is back".to_string();
+                        calls.send((request, answer)).await.map_err(|_| gone())?;
+                        answered.await.map_err(|_| gone())?
+                    }
                 }));
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -247,86 +283,16 @@ async fn dns_sockets(config: &AgentConfig) -> anyhow::Result<Vec<tokio::net::Udp
     Ok(sockets)
 }
 
-async fn restore(node: &Arc<Mutex<Node>>) -> anyhow::Result<()> {
-    let mut node = node.lock().await;
-    let stored = state::load(&node.state_dir)?;
-    for outcome in policy::apply(&mut node.engine, &stored.resources) {
-        if let Some(error) = outcome.error {
-            tracing::warn!("stored resource {} not restored: {error}", outcome.key);
-        }
-    }
-    node.resources = stored
-        .resources
-        .into_iter()
-        .map(|d| (d.resource.key(), d))
-        .collect();
-    for service in stored.services {
-        node.services
-            .insert((service.namespace.clone(), service.name.clone()), service);
-    }
-    // Policy, services and the ipcache go into the maps before any endpoint's programs are
-    // swapped for this build's: a map created anew (another build pinned it with another
-    // layout) must never meet a new program empty, which would leave its endpoint
-    // unenforced for a moment.
-    for StoredEndpoint { id, spec } in stored.endpoints {
-        match node.engine.upsert_endpoint(policy::endpoint(&spec)) {
-            Ok(_) => {
-                node.endpoints.insert(
-                    (spec.namespace.clone(), spec.pod.clone()),
-                    Endpoint {
-                        id,
-                        ifindex: 0,
-                        spec,
-                    },
-                );
-            }
-            Err(e) => tracing::warn!(pod = %spec.pod, "endpoint not restored: {e}"),
-        }
-    }
-    node.sync()?;
-    let stored: Vec<((String, String), u32, EndpointSpec)> = node
-        .endpoints
-        .iter()
-        .map(|(key, e)| (key.clone(), e.id, e.spec.clone()))
-        .collect();
-    for (key, id, spec) in stored {
-        match attach(&mut node, id, &spec) {
-            Ok(ifindex) => {
-                if let Some(endpoint) = node.endpoints.get_mut(&key) {
-                    endpoint.ifindex = ifindex;
-                }
-            }
-            // The pod went away while the agent was down: forget it.
-            Err(e) => {
-                tracing::warn!(pod = %spec.pod, "endpoint not restored: {e}");
-                node.endpoints.remove(&key);
-                node.engine
-                    .remove_endpoint(&EndpointKey::new(&spec.namespace, &spec.pod));
-            }
-        }
-    }
-    let pinned = node.datapath.pinned_interfaces();
-    let known: Vec<String> = node
-        .endpoints
-        .values()
-        .map(|e| e.spec.ifname.clone())
-        .collect();
-    for ifname in pinned.into_iter().filter(|i| !known.contains(i)) {
-        tracing::info!(%ifname, "detaching programs of an endpoint that no longer exists");
-        node.datapath.detach_endpoint(&ifname, 0)?;
-    }
-    node.sync()?;
-    node.persist()
-}
-
 fn attach(node: &mut Node, id: u32, spec: &EndpointSpec) -> anyhow::Result<u32> {
-    node.engine
+    let changes = node
+        .engine
         .upsert_endpoint(policy::endpoint(spec))
         .with_context(|| format!("resolving policy for pod {}/{}", spec.namespace, spec.pod))?;
-    let identity = node
-        .engine
-        .policy(&EndpointKey::new(&spec.namespace, &spec.pod))
-        .map_or(0, |p| p.identity);
+    node.dirty.record(&changes);
+    let key = EndpointKey::new(&spec.namespace, &spec.pod);
+    node.dirty.endpoints.insert(key.clone());
+    node.dirty.specs = true;
+    let identity = node.engine.policy(&key).map_or(0, |p| p.identity);
     let mut info = EndpointInfo {
         endpoint_id: id,
         identity,
@@ -351,6 +317,122 @@ fn attach(node: &mut Node, id: u32, spec: &EndpointSpec) -> anyhow::Result<u32> 
 }
 
 impl Node {
+    /// Applies API requests, one at a time, until every sender is gone; and
+    /// collects unused identities now and then.
+    async fn own(mut self, mut calls: mpsc::Receiver<Call>) {
+        let mut identities = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                call = calls.recv() => {
+                    let Some((request, answer)) = call else { return };
+                    let _ = answer.send(self.handle(request).map_err(|e| format!("{e:#}")));
+                }
+                _ = identities.tick() => self.collect_identities(),
+            }
+        }
+    }
+
+    /// Identities no agent has used for the retention's grace are deleted,
+    /// so label churn cannot exhaust the cluster range.
+    fn collect_identities(&mut self) {
+        match self.engine.collect_identities(
+            myelin_policy::unix_now(),
+            myelin_policy::Retention::default(),
+        ) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    ?removed,
+                    "identities nobody used for the grace period deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("identity garbage collection: {e}"),
+        }
+    }
+
+    fn restore(&mut self) -> anyhow::Result<()> {
+        let stored = state::load(&self.state_dir)?;
+        for outcome in policy::apply(&mut self.engine, &stored.resources, &mut self.dirty) {
+            if let Some(error) = outcome.error {
+                tracing::warn!("stored resource {} not restored: {error}", outcome.key);
+            }
+        }
+        self.resources = stored
+            .resources
+            .into_iter()
+            .map(|d| (d.resource.key(), d))
+            .collect();
+        for service in stored.services {
+            self.services
+                .insert((service.namespace.clone(), service.name.clone()), service);
+        }
+        // Policy, services and the ipcache go into the maps before any endpoint's programs
+        // are swapped for this build's: a map created anew (another build pinned it with
+        // another layout) must never meet a new program empty, which would leave its
+        // endpoint unenforced for a moment. Until each endpoint's table is written whole,
+        // the one pinned by the agent before stays in force.
+        for StoredEndpoint { id, spec } in stored.endpoints {
+            match self.engine.upsert_endpoint(policy::endpoint(&spec)) {
+                Ok(changes) => {
+                    self.dirty.record(&changes);
+                    self.endpoints.insert(
+                        EndpointKey::new(&spec.namespace, &spec.pod),
+                        Endpoint {
+                            id,
+                            ifindex: 0,
+                            spec,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(pod = %spec.pod, "endpoint not restored: {e}"),
+            }
+        }
+        // Nothing is known applied yet: compare everything.
+        self.dirty.all = true;
+        self.proxy_config.mark_unsent();
+        self.sync()?;
+        let stored: Vec<(EndpointKey, u32, EndpointSpec)> = self
+            .endpoints
+            .iter()
+            .map(|(key, e)| (key.clone(), e.id, e.spec.clone()))
+            .collect();
+        for (key, id, spec) in stored {
+            match attach(self, id, &spec) {
+                Ok(ifindex) => {
+                    if let Some(endpoint) = self.endpoints.get_mut(&key) {
+                        endpoint.ifindex = ifindex;
+                    }
+                }
+                // The pod went away while the agent was down: forget it.
+                Err(e) => {
+                    tracing::warn!(pod = %spec.pod, "endpoint not restored: {e}");
+                    self.endpoints.remove(&key);
+                    let changes = self.engine.remove_endpoint(&key);
+                    self.dirty.record(&changes);
+                    self.dirty.removed.insert(id);
+                }
+            }
+        }
+        let pinned = self.datapath.pinned_interfaces();
+        let known: std::collections::BTreeSet<&str> = self
+            .endpoints
+            .values()
+            .map(|e| e.spec.ifname.as_str())
+            .collect();
+        let gone: Vec<String> = pinned
+            .into_iter()
+            .filter(|i| !known.contains(i.as_str()))
+            .collect();
+        for ifname in gone {
+            tracing::info!(%ifname, "detaching programs of an endpoint that no longer exists");
+            self.datapath.detach_endpoint(&ifname, 0)?;
+        }
+        self.sync()?;
+        self.persist()
+    }
+
+    /// Saves the endpoints and services (resources are saved one by one as
+    /// they come and go).
     fn persist(&self) -> anyhow::Result<()> {
         state::save(
             &self.state_dir,
@@ -364,154 +446,103 @@ impl Node {
                     })
                     .collect(),
                 services: self.services.values().cloned().collect(),
-                resources: self.resources.values().cloned().collect(),
+                resources: Vec::new(),
             },
         )
     }
 
-    /// Brings everything derived from the node's state up to date: the
-    /// datapath's policy, ipcache and services, the DNS names and the
-    /// proxy's configuration.
+    /// Brings everything derived from the node's state up to date with what
+    /// changed since the last sync: the datapath's policy, ipcache and
+    /// services, the DNS names, the proxy's configuration and the published
+    /// view. After an error the changes stay dirty, for the next sync.
     fn sync(&mut self) -> anyhow::Result<()> {
-        self.refresh_zone();
-        let mut policies = BTreeMap::new();
-        for endpoint in self.endpoints.values() {
-            let key = EndpointKey::new(&endpoint.spec.namespace, &endpoint.spec.pod);
-            if let Some(resolved) = self.engine.policy(&key) {
-                policies.insert(
-                    endpoint.id,
-                    reconcile::policy_table(resolved, &mut self.applied.rule_ids),
-                );
-            }
+        if self.dirty.all {
+            let keys: Vec<EndpointKey> = self.endpoints.keys().cloned().collect();
+            self.dirty.endpoints.extend(keys);
+            self.dirty.specs = true;
         }
-        let specs: Vec<&EndpointSpec> = self.endpoints.values().map(|e| &e.spec).collect();
-        let services = reconcile::desired_services(self.services.values(), specs.iter().copied());
-        let ipcache = reconcile::desired_ipcache(self.engine.ipcache(), &self.addresses);
-        let policy_changed = self.applied.policies_differ(&policies);
-        let pending = agent_events::pending(&self.applied, &policies, &services, &ipcache);
-        let reconciled = reconcile::reconcile(
-            &mut self.datapath,
-            &mut self.applied,
-            &policies,
-            &services,
-            &ipcache,
-        )
-        .context("programming the datapath");
-        self.reconciled(pending, reconciled.as_ref().err());
-        reconciled?;
-        if policy_changed {
+        let specs_changed = self.dirty.specs;
+        if specs_changed {
+            self.refresh_zone();
+        }
+        let services = specs_changed.then(|| {
+            reconcile::desired_services(
+                self.services.values(),
+                self.endpoints.values().map(|e| &e.spec),
+            )
+        });
+        let endpoints = &self.endpoints;
+        let desired = Desired {
+            engine: &self.engine,
+            endpoint_id: &|key: &EndpointKey| endpoints.get(key).map(|e| e.id),
+            services,
+            node_addresses: &self.addresses,
+        };
+        let plan = self.applied.plan(&self.dirty, &desired);
+        let written = reconcile::apply(&mut self.datapath, &mut self.applied, &plan)
+            .context("programming the datapath");
+        self.publish_view();
+        let view = self.view.clone();
+        self.reconciled(&plan, &view, written.as_ref().err());
+        written?;
+        let dirty = std::mem::take(&mut self.dirty);
+        for key in &dirty.endpoints {
+            let spec = self.endpoints.get(key).map(|e| &e.spec);
+            self.proxy_config.update(&self.engine, key, spec);
+        }
+        if !plan.policies.is_empty() || !plan.policies_removed.is_empty() {
             self.metrics.policy_revision.inc();
         }
         self.metrics.endpoints.set(self.endpoints.len() as i64);
-        let identities: std::collections::BTreeSet<u32> = ipcache.values().copied().collect();
-        self.metrics.identities.set(identities.len() as i64);
-        self.metrics.map_entries("endpoints", self.endpoints.len());
-        self.metrics.map_entries("ipcache", ipcache.len());
         self.metrics
-            .map_entries("policy", policies.values().map(|t| t.rules.len()).sum());
-        self.metrics.map_entries("services", services.len());
-        if let Some(proxy) = &self.proxy {
+            .identities
+            .set(self.applied.identity_count() as i64);
+        self.metrics.map_entries("endpoints", self.endpoints.len());
+        self.metrics
+            .map_entries("ipcache", self.applied.ipcache_len());
+        self.metrics
+            .map_entries("policy", self.applied.policy_rules());
+        self.metrics
+            .map_entries("services", self.applied.services_len());
+        if let Some(proxy) = &self.proxy
+            && let Some(snapshot) = self
+                .proxy_config
+                .take_snapshot(&self.flow_headers, self.proxy_version + 1)
+        {
             self.proxy_version += 1;
-            let snapshot = l7::snapshot(
-                &self.engine,
-                self.endpoints.values().map(|e| &e.spec),
-                &self.flow_headers,
-                self.proxy_version,
-            );
             proxy.push(snapshot);
         }
         Ok(())
     }
 
-    /// The endpoint id of a pod of this node by address.
-    fn local_endpoint(&self, ip: IpAddr) -> Option<&Endpoint> {
-        self.endpoints.values().find(|e| {
-            e.spec.ipv4.map(IpAddr::V4) == Some(ip) || e.spec.ipv6.map(IpAddr::V6) == Some(ip)
-        })
-    }
-}
-
-impl flows::FlowContext for Node {
-    /// What the node knows of an address: a local pod, a pod elsewhere, or
-    /// a reserved identity such as world.
-    fn endpoint(&self, ip: IpAddr) -> flows::EndpointMeta {
-        let identity = self.engine.identity_of_ip(ip);
-        let labels = self
-            .engine
-            .identity_labels(identity)
-            .map(|l| l.to_strings())
-            .unwrap_or_default();
-        match self.engine.endpoint_of_ip(ip) {
-            Some(key) => {
-                let local = self.local_endpoint(ip);
-                flows::EndpointMeta {
-                    id: local.map_or(0, |e| e.id),
-                    identity,
-                    workload: local.and_then(|e| flows::workload_of(&e.spec.pod, &e.spec.labels)),
-                    namespace: key.namespace,
-                    pod: key.name,
-                    labels,
-                }
-            }
-            None => flows::EndpointMeta {
-                identity,
-                labels,
-                ..flows::EndpointMeta::default()
-            },
+    /// Publishes a view with the parts the dirty changes touched built anew.
+    fn publish_view(&mut self) {
+        let dirty = &self.dirty;
+        let mut view = self.view.clone();
+        let mut changed = false;
+        // Addresses and identities change with endpoints (specs) and the
+        // ipcache (an endpoint's new identity moves its prefixes); a change
+        // of policy alone leaves them be.
+        if dirty.all || dirty.specs || !dirty.prefixes.is_empty() {
+            let local = self.endpoints.values().map(|e| (e.id, &e.spec));
+            view = view.with_addresses(&self.engine, local);
+            changed = true;
+        }
+        if dirty.all || dirty.specs {
+            view = view.with_services(&self.services);
+            changed = true;
+        }
+        let rules = self.applied.rule_ids.rules();
+        if rules.len() != view.rule_count() {
+            view = view.with_rules(rules);
+            changed = true;
+        }
+        if changed {
+            self.views.send_replace(Arc::new(view.clone()));
+            self.view = view;
         }
     }
 
-    fn local_identity(&self, identity: u32) -> Option<flows::EndpointMeta> {
-        let metas: Vec<flows::EndpointMeta> = self
-            .endpoints
-            .values()
-            .filter_map(|e| {
-                let ip = e
-                    .spec
-                    .ipv4
-                    .map(IpAddr::V4)
-                    .or(e.spec.ipv6.map(IpAddr::V6))?;
-                Some(flows::FlowContext::endpoint(self, ip))
-            })
-            .filter(|m| m.identity == identity)
-            .collect();
-        let first = metas.first()?.clone();
-        if metas.len() == 1 {
-            return Some(first);
-        }
-        let shared = metas
-            .iter()
-            .all(|m| m.workload.is_some() && m.workload == first.workload);
-        shared.then(|| flows::EndpointMeta {
-            id: 0,
-            pod: String::new(),
-            ..first
-        })
-    }
-
-    fn identity_labels(&self, identity: u32) -> Vec<String> {
-        self.engine
-            .identity_labels(identity)
-            .map(|l| l.to_strings())
-            .unwrap_or_default()
-    }
-
-    fn rule(&self, id: u32) -> Option<myelin_policy::Provenance> {
-        self.applied.rule_ids.rule(id).cloned()
-    }
-
-    fn service(&self, frontend: SocketAddr) -> Option<(String, String)> {
-        self.services
-            .values()
-            .find(|s| {
-                s.cluster_ips.contains(&frontend.ip())
-                    && s.ports.iter().any(|p| p.port == frontend.port())
-            })
-            .map(|s| (s.namespace.clone(), s.name.clone()))
-    }
-}
-
-impl Node {
     fn refresh_zone(&self) {
         let zone = services::zone(
             self.services.values(),
@@ -557,7 +588,7 @@ impl Node {
     fn handle(&mut self, request: Request) -> anyhow::Result<Response> {
         Ok(match request {
             Request::EndpointUpsert(spec) => {
-                let key = (spec.namespace.clone(), spec.pod.clone());
+                let key = EndpointKey::new(&spec.namespace, &spec.pod);
                 let created = !self.endpoints.contains_key(&key);
                 let id = self
                     .endpoints
@@ -582,12 +613,16 @@ impl Node {
                 Response::Endpoint(self.endpoint_status(endpoint))
             }
             Request::EndpointDelete { namespace, pod } => {
+                let key = EndpointKey::new(&namespace, &pod);
                 let labels = self.endpoint_labels(&namespace, &pod);
-                self.engine
-                    .remove_endpoint(&EndpointKey::new(&namespace, &pod));
-                if let Some(endpoint) = self.endpoints.remove(&(namespace.clone(), pod.clone())) {
+                let changes = self.engine.remove_endpoint(&key);
+                self.dirty.record(&changes);
+                if let Some(endpoint) = self.endpoints.remove(&key) {
                     let kind = AgentEventType::EndpointDeleted;
                     self.endpoint_changed(kind, endpoint.id, &namespace, &pod, labels);
+                    self.dirty.endpoints.insert(key);
+                    self.dirty.removed.insert(endpoint.id);
+                    self.dirty.specs = true;
                     self.datapath
                         .detach_endpoint(&endpoint.spec.ifname, endpoint.ifindex)?;
                     self.sync()?;
@@ -598,27 +633,29 @@ impl Node {
             Request::ServiceUpsert(spec) => {
                 self.services
                     .insert((spec.namespace.clone(), spec.name.clone()), spec);
+                self.dirty.specs = true;
                 self.sync()?;
                 self.persist()?;
                 Response::Ok
             }
             Request::ServiceDelete { namespace, name } => {
                 self.services.remove(&(namespace, name));
+                self.dirty.specs = true;
                 self.sync()?;
                 self.persist()?;
                 Response::Ok
             }
             Request::Status => Response::Status(self.status()),
             Request::ResourcesApply { documents } => {
-                let outcomes = policy::apply(&mut self.engine, &documents);
+                let outcomes = policy::apply(&mut self.engine, &documents, &mut self.dirty);
                 for (document, outcome) in documents.into_iter().zip(&outcomes) {
                     if outcome.error.is_none() {
                         self.policy_changed(AgentEventType::PolicyUpdated, &document.resource);
+                        state::save_resource(&self.state_dir, &document)?;
                         self.resources.insert(outcome.key.clone(), document);
                     }
                 }
                 self.sync()?;
-                self.persist()?;
                 Response::Resources { outcomes }
             }
             Request::ResourcesDelete { keys } => {
@@ -626,10 +663,10 @@ impl Node {
                     if let Some(document) = self.resources.remove(&key) {
                         self.forget(&document.resource);
                         self.policy_changed(AgentEventType::PolicyDeleted, &document.resource);
+                        state::remove_resource(&self.state_dir, &key)?;
                     }
                 }
                 self.sync()?;
-                self.persist()?;
                 Response::Ok
             }
             Request::PolicyGet { endpoint, json } => Response::Text {
@@ -644,7 +681,7 @@ impl Node {
                 let id = match &endpoint {
                     Some((namespace, pod)) => Some(
                         self.endpoints
-                            .get(&(namespace.clone(), pod.clone()))
+                            .get(&EndpointKey::new(namespace, pod))
                             .map(|e| e.id)
                             .ok_or_else(|| {
                                 anyhow::anyhow!("no endpoint {namespace}/{pod} on this node")
@@ -666,29 +703,36 @@ impl Node {
     /// Removes a resource from the policy engine.
     fn forget(&mut self, resource: &myelin_model::Resource) {
         use myelin_model::Resource;
-        match resource {
+        let changes = match resource {
             Resource::CiliumNetworkPolicy(_)
             | Resource::CiliumClusterwideNetworkPolicy(_)
-            | Resource::NetworkPolicy(_) => {
-                if let Some(key) = myelin_policy::PolicyKey::of(resource) {
-                    self.engine.remove_policy(&key);
-                }
-            }
+            | Resource::NetworkPolicy(_) => match myelin_policy::PolicyKey::of(resource) {
+                Some(key) => self.engine.remove_policy(&key),
+                None => return,
+            },
             Resource::Service(s) => {
                 let namespace = s
                     .metadata
                     .namespace
                     .as_deref()
                     .unwrap_or(myelin_model::manifest::DEFAULT_NAMESPACE);
-                self.engine.remove_service(namespace, &s.metadata.name);
+                self.engine.remove_service(namespace, &s.metadata.name)
             }
             Resource::Namespace(n) => {
-                let _ = self
+                match self
                     .engine
-                    .set_namespace_labels(&n.metadata.name, BTreeMap::new());
+                    .set_namespace_labels(&n.metadata.name, BTreeMap::new())
+                {
+                    Ok(changes) => changes,
+                    Err(e) => {
+                        tracing::warn!(namespace = %n.metadata.name, "namespace labels not reset: {e}");
+                        return;
+                    }
+                }
             }
-            Resource::Pod(_) | Resource::Deployment(_) => {}
-        }
+            Resource::Pod(_) | Resource::Deployment(_) => return,
+        };
+        self.dirty.record(&changes);
     }
 
     fn status(&self) -> AgentStatus {
@@ -720,109 +764,7 @@ impl Node {
                 .collect(),
             dns_names: self.zone.read().map(|z| z.len()).unwrap_or(0),
             policies: self.engine.policy_keys().map(ToString::to_string).collect(),
-            events: self.counters.clone(),
-        }
-    }
-}
-
-async fn read_events(mut reader: EventReader, node: Arc<Mutex<Node>>) {
-    let clock = flows::KernelClock::now();
-    let mut batch = Vec::new();
-    loop {
-        batch.clear();
-        if let Err(e) = reader.read(&mut batch).await {
-            tracing::error!("event ring: {e}");
-            return;
-        }
-        let mut node = node.lock().await;
-        for event in &batch {
-            if let Some(flow) = flows::kernel_flow(event, &clock, &*node) {
-                node.observer.push(flow);
-            }
-        }
-        let lost = reader.lost();
-        if lost > node.counters.lost {
-            node.observer.record_lost(
-                myelin_observe::proto::flow::LostEventSource::PerfEventRingBuffer,
-                lost - node.counters.lost,
-            );
-        }
-        let counters = &mut node.counters;
-        counters.lost = lost;
-        for event in &batch {
-            counters.seen += 1;
-            match (
-                EventKind::from_u8(event.kind),
-                ObservationPoint::from_u8(event.observation_point),
-            ) {
-                (Some(EventKind::Drop), _) => counters.drops += 1,
-                (Some(EventKind::Trace), Some(ObservationPoint::ToStack)) => counters.to_stack += 1,
-                (Some(EventKind::Trace), Some(ObservationPoint::ToEndpoint)) => {
-                    counters.to_endpoint += 1
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-async fn read_proxy_messages(
-    mut messages: tokio::sync::broadcast::Receiver<ProxyMessage>,
-    node: Arc<Mutex<Node>>,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match messages.recv().await {
-            Ok(ProxyMessage::Event(event)) => {
-                let node = node.lock().await;
-                let flow = flows::l7_flow(&event, &*node, &node.flow_headers);
-                node.observer.push(flow);
-            }
-            Ok(ProxyMessage::Nack { version, error }) => {
-                tracing::error!(version, "the proxy rejected its configuration: {error}");
-            }
-            Ok(ProxyMessage::Ack { version }) => tracing::debug!(version, "proxy configured"),
-            Ok(ProxyMessage::Hello { version }) => tracing::info!(?version, "proxy connected"),
-            Err(RecvError::Lagged(missed)) => {
-                let node = node.lock().await;
-                node.observer.record_lost(
-                    myelin_observe::proto::flow::LostEventSource::ObserverEventsQueue,
-                    missed,
-                );
-            }
-            Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-/// Removes expired conntrack entries now and then (a full table also degrades by LRU
-/// eviction, so this only keeps it tidy), and collects identities no agent has used for the
-/// retention's grace, so label churn cannot exhaust the cluster range.
-async fn collect_garbage(node: Arc<Mutex<Node>>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-    loop {
-        every.tick().await;
-        let mut node = node.lock().await;
-        if let Ok(entries) = node.datapath.conntrack() {
-            node.metrics.map_entries("conntrack", entries.len());
-        }
-        match node.datapath.conntrack_gc() {
-            Ok(removed) if removed > 0 => tracing::debug!(removed, "conntrack entries expired"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("conntrack garbage collection: {e}"),
-        }
-        match node.engine.collect_identities(
-            myelin_policy::unix_now(),
-            myelin_policy::Retention::default(),
-        ) {
-            Ok(removed) if !removed.is_empty() => {
-                tracing::info!(
-                    ?removed,
-                    "identities nobody used for the grace period deleted"
-                );
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("identity garbage collection: {e}"),
+            events: self.tally.counters(),
         }
     }
 }

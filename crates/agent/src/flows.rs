@@ -202,6 +202,17 @@ pub fn l7_flow(event: &L7Event, context: &impl FlowContext, headers: &FlowHeader
     flow
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the kernel programs' clock
+/// (bpf_ktime_get_ns).
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// Converts the kernel's monotonic timestamps (bpf_ktime_get_ns) to wall-clock time.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelClock {
@@ -211,9 +222,7 @@ pub struct KernelClock {
 impl KernelClock {
     /// The offset between the monotonic clock and the wall clock, now.
     pub fn now() -> Self {
-        let monotonic = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
-            .unwrap_or(0);
+        let monotonic = i128::from(monotonic_ns());
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);

@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use myelin_datapath::Datapath;
+use std::net::SocketAddr;
+
+use myelin_datapath::{CtRecord, Datapath};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -180,32 +182,11 @@ pub fn render(
         }
         BpfTable::Conntrack => {
             let records = datapath.conntrack().map_err(|e| e.to_string())?;
-            let _ = writeln!(
-                out,
-                "{:<8} {:<6} {:<44} {:<44} {:<10} {:<9} {:<10} EXPIRES",
-                "SCOPE", "PROTO", "SOURCE", "DESTINATION", "VERDICT", "IDENTITY", "PACKETS"
-            );
-            for r in &records {
-                let _ = writeln!(
-                    out,
-                    "{:<8} {:<6} {:<44} {:<44} {:<10} {:<9} {:<10} {}",
-                    r.scope.to_string(),
-                    protocol_name(r.protocol),
-                    r.source.to_string(),
-                    r.destination.to_string(),
-                    r.verdict.to_string(),
-                    r.peer_identity,
-                    r.packets,
-                    r.expires_in
-                        .map_or_else(|| "expired".to_string(), |d| format!("{}s", d.as_secs())),
-                );
-            }
-            json!(records.iter().map(|r| json!({
-                "scope": r.scope.to_string(), "protocol": r.protocol, "source": r.source, "destination": r.destination,
-                "verdict": r.verdict.to_string(), "peer_identity": r.peer_identity, "rule_id": r.rule_id,
-                "packets": r.packets, "bytes": r.bytes, "backend_id": r.backend_id, "from_proxy": r.from_proxy,
-                "expires_in_seconds": r.expires_in.map(|d| d.as_secs()),
-            })).collect::<Vec<_>>())
+            return Ok(if as_json {
+                conntrack_json(&records)
+            } else {
+                conntrack_text(&records)
+            });
         }
     };
     Ok(if as_json {
@@ -215,7 +196,131 @@ pub fn render(
     })
 }
 
+/// The conntrack table as text, one line per entry.
+fn conntrack_text(records: &[CtRecord]) -> String {
+    let mut out = String::with_capacity(160 * (records.len() + 1));
+    let _ = writeln!(
+        out,
+        "{:<8} {:<6} {:<44} {:<44} {:<10} {:<9} {:<10} EXPIRES",
+        "SCOPE", "PROTO", "SOURCE", "DESTINATION", "VERDICT", "IDENTITY", "PACKETS"
+    );
+    for r in records {
+        let _ = writeln!(
+            out,
+            "{:<8} {:<6} {:<44} {:<44} {:<10} {:<9} {:<10} {}",
+            r.scope.to_string(),
+            protocol_name(r.protocol),
+            r.source.to_string(),
+            r.destination.to_string(),
+            r.verdict.to_string(),
+            r.peer_identity,
+            r.packets,
+            r.expires_in
+                .map_or_else(|| "expired".to_string(), |d| format!("{}s", d.as_secs())),
+        );
+    }
+    out
+}
+
+/// One conntrack entry as `--json` shows it; the fields in the order of
+/// serde_json's maps (sorted), as the other tables print theirs.
+#[derive(Serialize)]
+struct CtRow {
+    backend_id: u32,
+    bytes: u64,
+    destination: SocketAddr,
+    expires_in_seconds: Option<u64>,
+    from_proxy: bool,
+    packets: u64,
+    peer_identity: u32,
+    protocol: u8,
+    rule_id: u32,
+    scope: String,
+    source: SocketAddr,
+    verdict: String,
+}
+
+/// The entries, encoded one at a time as they are written out: a full
+/// table (262,144 entries) never becomes a tree of JSON values.
+struct CtRows<'a>(&'a [CtRecord]);
+
+impl Serialize for CtRows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|r| CtRow {
+            backend_id: r.backend_id,
+            bytes: r.bytes,
+            destination: r.destination,
+            expires_in_seconds: r.expires_in.map(|d| d.as_secs()),
+            from_proxy: r.from_proxy,
+            packets: r.packets,
+            peer_identity: r.peer_identity,
+            protocol: r.protocol,
+            rule_id: r.rule_id,
+            scope: r.scope.to_string(),
+            source: r.source,
+            verdict: r.verdict.to_string(),
+        }))
+    }
+}
+
+/// The conntrack table as JSON.
+fn conntrack_json(records: &[CtRecord]) -> String {
+    serde_json::to_string_pretty(&CtRows(records)).unwrap_or_default()
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use myelin_datapath::{CtScope, RuleAction};
+
+    fn record(expires_in: Option<u64>, verdict: RuleAction) -> CtRecord {
+        CtRecord {
+            scope: CtScope::Service,
+            protocol: 6,
+            source: "10.244.1.4:42742".parse().expect("addr"),
+            destination: "[fd00:10:96::a]:80".parse().expect("addr"),
+            expires_in: expires_in.map(std::time::Duration::from_secs),
+            packets: 12,
+            bytes: 3400,
+            verdict,
+            peer_identity: 16530,
+            rule_id: 3,
+            backend_id: 7,
+            rev_nat_index: 2,
+            flags_forward: 0x12,
+            flags_reply: 0x10,
+            replied: true,
+            closing: false,
+            from_proxy: true,
+        }
+    }
+
+    #[test]
+    fn conntrack_json_encoded_entry_by_entry_reads_as_before() {
+        let records = [
+            record(Some(21_600), RuleAction::Allow),
+            record(None, RuleAction::Redirect { proxy_port: 15001 }),
+        ];
+        // How the table was encoded before: a tree of values, then text.
+        let tree = json!(records.iter().map(|r| json!({
+            "scope": r.scope.to_string(), "protocol": r.protocol, "source": r.source, "destination": r.destination,
+            "verdict": r.verdict.to_string(), "peer_identity": r.peer_identity, "rule_id": r.rule_id,
+            "packets": r.packets, "bytes": r.bytes, "backend_id": r.backend_id, "from_proxy": r.from_proxy,
+            "expires_in_seconds": r.expires_in.map(|d| d.as_secs()),
+        })).collect::<Vec<_>>());
+        let before = serde_json::to_string_pretty(&tree).expect("encoded");
+        assert_eq!(conntrack_json(&records), before);
+        assert_eq!(conntrack_json(&[]), "[]");
+        let text = conntrack_text(&records);
+        assert_eq!(text.lines().count(), 3);
+        assert!(
+            text.lines().nth(2).is_some_and(|l| l.ends_with("expired")),
+            "{text}"
+        );
+    }
 }

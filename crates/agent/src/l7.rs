@@ -1,6 +1,7 @@
 //! The node proxy's configuration, derived from resolved policy: one
-//! transparent listener per direction and family, and an L7 policy for every
-//! (endpoint address, port, direction) whose entry redirects to the proxy.
+//! transparent listener per direction and family, an L7 policy for every
+//! (endpoint address, port, direction) whose entry redirects to the proxy,
+//! and the identities of the node's pods.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -161,23 +162,17 @@ fn endpoint_policies(
         (Direction::Ingress, &policy.ingress),
         (Direction::Egress, &policy.egress),
     ] {
-        for entry in table.entry_list() {
-            let Action::Redirect(l7) = &entry.value.action else {
+        for (key, value) in &table.entries {
+            let Action::Redirect(l7) = &value.action else {
                 continue;
             };
             let rules: Vec<HttpRule> = if l7.allow_all {
-                vec![rule(
-                    &myelin_model::policy::HttpRule::default(),
-                    entry.key.peer,
-                )]
+                vec![rule(&myelin_model::policy::HttpRule::default(), key.peer)]
             } else {
-                l7.http
-                    .iter()
-                    .map(|r| rule(&r.rule, entry.key.peer))
-                    .collect()
+                l7.http.iter().map(|r| rule(&r.rule, key.peer)).collect()
             };
             for address in addresses {
-                for port in entry.key.ports.start..=entry.key.ports.end {
+                for port in key.ports.start..=key.ports.end {
                     let key = PolicyKey {
                         endpoint: *address,
                         port,
@@ -186,68 +181,195 @@ fn endpoint_policies(
                             Direction::Egress => proxy::Direction::Egress,
                         },
                     };
-                    let slot = out.entry(key).or_default();
-                    for r in &rules {
-                        if !slot.contains(r) {
-                            slot.push(r.clone());
-                        }
-                    }
+                    add_rules(out.entry(key).or_default(), &rules);
                 }
             }
         }
     }
 }
 
-/// The snapshot for the node's proxy at `version`; its events carry `headers`.
-pub fn snapshot<'a>(
-    engine: &PolicyEngine,
-    endpoints: impl Iterator<Item = &'a EndpointSpec>,
-    headers: &FlowHeaders,
-    version: u64,
-) -> Snapshot {
-    let mut policies = BTreeMap::new();
-    let mut identities = Vec::new();
-    for spec in endpoints {
+fn add_rules(slot: &mut Vec<HttpRule>, rules: &[HttpRule]) {
+    for r in rules {
+        if !slot.contains(r) {
+            slot.push(r.clone());
+        }
+    }
+}
+
+/// What one endpoint puts in the proxy's snapshot.
+#[derive(Debug, Clone, PartialEq)]
+struct Contribution {
+    policies: BTreeMap<PolicyKey, Vec<HttpRule>>,
+    identities: Vec<IdentityEntry>,
+}
+
+impl Contribution {
+    fn of(engine: &PolicyEngine, spec: &EndpointSpec) -> Option<Self> {
+        let policy = engine.policy(&myelin_policy::EndpointKey::new(&spec.namespace, &spec.pod))?;
         let addresses: Vec<IpAddr> = [spec.ipv4.map(IpAddr::V4), spec.ipv6.map(IpAddr::V6)]
             .into_iter()
             .flatten()
             .collect();
-        let Some(policy) =
-            engine.policy(&myelin_policy::EndpointKey::new(&spec.namespace, &spec.pod))
-        else {
-            continue;
-        };
+        let mut policies = BTreeMap::new();
         endpoint_policies(policy, &addresses, &mut policies);
         let labels = engine
             .identity_labels(policy.identity)
             .map(|l| l.to_strings())
             .unwrap_or_default();
-        for ip in addresses {
-            identities.push(IdentityEntry {
+        let identities = addresses
+            .into_iter()
+            .map(|ip| IdentityEntry {
                 ip,
                 identity: policy.identity,
                 labels: labels.clone(),
                 namespace: Some(spec.namespace.clone()),
                 pod_name: Some(spec.pod.clone()),
-            });
-        }
+            })
+            .collect();
+        Some(Self {
+            policies,
+            identities,
+        })
     }
-    Snapshot {
-        version,
-        listeners: listeners(),
-        clusters: Vec::new(),
-        l7_policies: policies
-            .into_iter()
-            .map(|(key, http)| L7Policy { key, http })
-            .collect(),
-        identities,
-        event_headers: headers.event_headers(),
+}
+
+/// The node proxy's configuration, kept per endpoint: a change recomputes
+/// the endpoints it touched only, and a new snapshot goes out only when
+/// what the proxy sees (its L7 policies and the identities of the node's
+/// pods) changed.
+#[derive(Debug, Default)]
+pub struct ProxyConfig {
+    endpoints: BTreeMap<myelin_policy::EndpointKey, Contribution>,
+    /// Whether the proxy has not been sent what it holds now.
+    unsent: bool,
+}
+
+impl ProxyConfig {
+    /// Recomputes endpoint `key` from its spec on this node (`None` when it
+    /// is gone) and its resolved policy.
+    pub fn update(
+        &mut self,
+        engine: &PolicyEngine,
+        key: &myelin_policy::EndpointKey,
+        spec: Option<&EndpointSpec>,
+    ) {
+        let new = spec.and_then(|spec| Contribution::of(engine, spec));
+        if self.endpoints.get(key) == new.as_ref() {
+            return;
+        }
+        match new {
+            Some(contribution) => self.endpoints.insert(key.clone(), contribution),
+            None => self.endpoints.remove(key),
+        };
+        self.unsent = true;
+    }
+
+    /// Marks the configuration as not sent (a fresh start: the proxy may
+    /// hold an older agent's).
+    pub fn mark_unsent(&mut self) {
+        self.unsent = true;
+    }
+
+    /// The snapshot at `version`, when the proxy has not been sent what the
+    /// configuration holds now; its events carry `headers`.
+    pub fn take_snapshot(&mut self, headers: &FlowHeaders, version: u64) -> Option<Snapshot> {
+        if !std::mem::take(&mut self.unsent) {
+            return None;
+        }
+        let mut policies: BTreeMap<PolicyKey, Vec<HttpRule>> = BTreeMap::new();
+        let mut identities = Vec::new();
+        for contribution in self.endpoints.values() {
+            for (key, rules) in &contribution.policies {
+                add_rules(policies.entry(*key).or_default(), rules);
+            }
+            identities.extend(contribution.identities.iter().cloned());
+        }
+        Some(Snapshot {
+            version,
+            listeners: listeners(),
+            clusters: Vec::new(),
+            l7_policies: policies
+                .into_iter()
+                .map(|(key, http)| L7Policy { key, http })
+                .collect(),
+            identities,
+            event_headers: headers.event_headers(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{allow, apply, engine_with, pod};
+
+    const LANDING: &str = "        - method: POST\n          path: /v1/request-landing\n";
+
+    #[test]
+    fn only_a_change_the_proxy_sees_sends_a_snapshot() {
+        let deathstar = pod("deathstar", "deathstar", None, 2);
+        let pods = [
+            (1, deathstar.clone()),
+            (2, pod("tiefighter", "tiefighter", None, 3)),
+        ];
+        let mut engine = engine_with(&pods);
+        let mut config = ProxyConfig::default();
+        config.mark_unsent();
+        let key = myelin_policy::EndpointKey::new("default", "deathstar");
+        let headers = FlowHeaders::default();
+        let update =
+            |config: &mut ProxyConfig, engine: &PolicyEngine, changes: &myelin_policy::Changes| {
+                for key in changes.endpoints.keys() {
+                    let spec = pods.iter().map(|(_, s)| s).find(|s| s.pod == key.name);
+                    config.update(engine, key, spec);
+                }
+            };
+        let first = config
+            .take_snapshot(&headers, 1)
+            .expect("a fresh start sends");
+        assert!(first.l7_policies.is_empty() && first.identities.is_empty());
+        config.update(&engine, &key, Some(&deathstar));
+        let second = config
+            .take_snapshot(&headers, 2)
+            .expect("a new pod's identity");
+        assert_eq!(second.identities.len(), 2, "both families");
+
+        let changes = apply(
+            &mut engine,
+            &allow("l7", "tiefighter", "deathstar", 80, Some(LANDING)),
+        );
+        assert!(changes.endpoints.contains_key(&key));
+        update(&mut config, &engine, &changes);
+        let third = config.take_snapshot(&headers, 3).expect("an L7 rule");
+        assert_eq!(third.version, 3);
+        assert_eq!(third.l7_policies.len(), 2, "port 80 of both addresses");
+        assert_eq!(
+            third.l7_policies[0].http[0].path.as_deref(),
+            Some("/v1/request-landing")
+        );
+
+        // An L3/L4 rule changes the endpoint's policy but nothing the proxy sees.
+        let changes = apply(
+            &mut engine,
+            &allow("l4", "tiefighter", "deathstar", 443, None),
+        );
+        assert!(
+            changes.endpoints.contains_key(&key),
+            "the policy did change"
+        );
+        update(&mut config, &engine, &changes);
+        assert_eq!(config.take_snapshot(&headers, 4), None);
+
+        let gone = engine.remove_policy(&myelin_policy::PolicyKey {
+            kind: myelin_policy::PolicyKind::CiliumNetworkPolicy,
+            namespace: "default".into(),
+            name: "l7".into(),
+        });
+        update(&mut config, &engine, &gone);
+        let fourth = config.take_snapshot(&headers, 4).expect("the L7 rule went");
+        assert!(fourth.l7_policies.is_empty());
+        assert_eq!(fourth.identities, second.identities);
+    }
 
     #[test]
     fn header_names_are_case_insensitive_and_traceparent_is_always_asked_for() {

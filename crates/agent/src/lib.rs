@@ -6,6 +6,7 @@
 //! started for, so several agents (one per lab node) can run side by side.
 
 pub mod api;
+mod conntrack;
 mod daemon;
 pub mod flows;
 pub mod inspect;
@@ -17,6 +18,9 @@ mod reconcile;
 pub mod rpc;
 mod services;
 mod state;
+#[cfg(test)]
+mod testing;
+mod view;
 
 pub use daemon::{AgentConfig, run};
 pub use netns::enter_netns;

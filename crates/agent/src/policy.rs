@@ -9,6 +9,7 @@ use myelin_policy::{
 };
 
 use crate::api::{EndpointSpec, ExplainRequest, ResourceOutcome};
+use crate::reconcile::Dirty;
 
 /// The policy engine's view of an endpoint.
 pub fn endpoint(spec: &EndpointSpec) -> myelin_policy::Endpoint {
@@ -38,19 +39,27 @@ pub fn endpoint(spec: &EndpointSpec) -> myelin_policy::Endpoint {
     }
 }
 
-/// Applies each document on its own; the outcome of each is reported.
+/// Applies each document on its own; the outcome of each is reported, and
+/// what each changed is marked dirty.
 pub fn apply(
     engine: &mut PolicyEngine,
     documents: &[myelin_model::Document],
+    dirty: &mut Dirty,
 ) -> Vec<ResourceOutcome> {
     documents
         .iter()
         .map(|d| ResourceOutcome {
             key: d.resource.key(),
-            error: engine
-                .apply(&d.resource)
-                .err()
-                .map(|e| format!("{}: document {}: {e}", d.source.file, d.source.document)),
+            error: match engine.apply(&d.resource) {
+                Ok(changes) => {
+                    dirty.record(&changes);
+                    None
+                }
+                Err(e) => Some(format!(
+                    "{}: document {}: {e}",
+                    d.source.file, d.source.document
+                )),
+            },
         })
         .collect()
 }

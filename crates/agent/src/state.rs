@@ -1,9 +1,13 @@
 //! What the agent keeps on disk so that a restart resumes where it stopped:
-//! the endpoints (with their ids) and the services.
+//! the endpoints (with their ids) and the services in one file, and each
+//! resource policy is resolved from in a file of its own under
+//! `resources/`, so that applying or deleting one resource writes that
+//! resource only, whatever the number of others.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use myelin_model::{Document, ResourceKey};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{EndpointSpec, ServiceSpec};
@@ -25,45 +29,151 @@ pub struct StoredState {
     /// Services.
     pub services: Vec<ServiceSpec>,
     /// Resources policy is resolved from (policies, namespaces, services).
-    #[serde(default)]
-    pub resources: Vec<myelin_model::Document>,
+    /// On disk only in state files of agents before `resources/`: read
+    /// once, then moved there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<Document>,
 }
 
 fn state_file(dir: &Path) -> PathBuf {
     dir.join("agent-state.json")
 }
 
-/// Loads the state; an absent file is an empty state.
+fn resources_dir(dir: &Path) -> PathBuf {
+    dir.join("resources")
+}
+
+/// The file of one resource: `KIND_NAMESPACE_NAME.json`, every byte but
+/// letters, digits, `-` and `.` written `%XX`, so that no name can reach
+/// outside the directory or collide with another.
+fn resource_file(dir: &Path, key: &ResourceKey) -> PathBuf {
+    let escape = |text: &str| {
+        let mut out = String::with_capacity(text.len());
+        for byte in text.bytes() {
+            if byte.is_ascii_alphanumeric() || byte == b'-' || (byte == b'.' && !out.is_empty()) {
+                out.push(char::from(byte));
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
+    };
+    resources_dir(dir).join(format!(
+        "{}_{}_{}.json",
+        escape(&key.kind),
+        escape(&key.namespace),
+        escape(&key.name)
+    ))
+}
+
+/// Loads the state; an absent file is an empty state. Resources come from
+/// `resources/`, and from the state file of an older agent (moved to
+/// `resources/` now, the file's own copy dropped at the next [`save`]).
 pub fn load(dir: &Path) -> anyhow::Result<StoredState> {
     let path = state_file(dir);
-    match std::fs::read(&path) {
+    let mut state = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
             format!(
                 "{} is corrupt; move it away to start the agent afresh",
                 path.display()
             )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoredState::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoredState::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut resources: std::collections::BTreeMap<ResourceKey, Document> = Default::default();
+    for document in std::mem::take(&mut state.resources) {
+        save_resource(dir, &document)?;
+        resources.insert(document.resource.key(), document);
     }
+    let folder = resources_dir(dir);
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries.collect::<Result<Vec<_>, _>>(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+    .with_context(|| format!("reading {}", folder.display()))?;
+    for entry in entries {
+        let file = entry.path();
+        if file.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let document: Document = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is corrupt; delete it and apply that resource again",
+                file.display()
+            )
+        })?;
+        resources.insert(document.resource.key(), document);
+    }
+    state.resources = resources.into_values().collect();
+    Ok(state)
 }
 
-/// Saves the state atomically (write, fsync, rename).
-pub fn save(dir: &Path, state: &StoredState) -> anyhow::Result<()> {
+/// Writes `bytes` to `path` atomically (write, fsync, rename).
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
-    let path = state_file(dir);
     let tmp = path.with_extension("json.tmp");
     let mut file =
         std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(state)?)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming into {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
+}
+
+/// Saves the endpoints and services (`state.resources` are saved one by
+/// one, by [`save_resource`]).
+pub fn save(dir: &Path, state: &StoredState) -> anyhow::Result<()> {
+    let state = StoredState {
+        endpoints: state.endpoints.clone(),
+        services: state.services.clone(),
+        resources: Vec::new(),
+    };
+    write_atomically(&state_file(dir), &serde_json::to_vec_pretty(&state)?)
+}
+
+/// Saves one resource (replacing the one of the same key).
+pub fn save_resource(dir: &Path, document: &Document) -> anyhow::Result<()> {
+    let folder = resources_dir(dir);
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    let path = resource_file(dir, &document.resource.key());
+    write_atomically(&path, &serde_json::to_vec_pretty(document)?)
+}
+
+/// Forgets one resource.
+pub fn remove_resource(dir: &Path, key: &ResourceKey) -> anyhow::Result<()> {
+    let path = resource_file(dir, key);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service() -> ServiceSpec {
+        ServiceSpec {
+            namespace: "default".into(),
+            name: "s".into(),
+            cluster_ips: vec![],
+            ports: vec![],
+            selector: None,
+            affinity_timeout_s: Some(10_800),
+        }
+    }
+
+    fn documents() -> Vec<Document> {
+        let yaml = (1..=3)
+            .map(|i| crate::testing::allow(&format!("allow-{i}"), "a", "b", 80, None))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        myelin_model::parse_str("test.yaml", &yaml).documents
+    }
 
     #[test]
     fn round_trip_and_absent_file() {
@@ -71,14 +181,7 @@ mod tests {
         assert_eq!(load(dir.path()).expect("empty"), StoredState::default());
         let state = StoredState {
             endpoints: vec![],
-            services: vec![ServiceSpec {
-                namespace: "default".into(),
-                name: "s".into(),
-                cluster_ips: vec![],
-                ports: vec![],
-                selector: None,
-                affinity_timeout_s: Some(10_800),
-            }],
+            services: vec![service()],
             resources: vec![],
         };
         save(dir.path(), &state).expect("save");
@@ -89,6 +192,58 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("corrupt")
+        );
+    }
+
+    #[test]
+    fn each_resource_is_saved_and_removed_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let documents = documents();
+        for document in &documents {
+            save_resource(dir.path(), document).expect("saved");
+        }
+        assert_eq!(load(dir.path()).expect("load").resources, documents);
+        remove_resource(dir.path(), &documents[1].resource.key()).expect("removed");
+        let files = std::fs::read_dir(dir.path().join("resources"))
+            .expect("folder")
+            .count();
+        assert_eq!(files, 2, "one file per resource left");
+        let left = load(dir.path()).expect("load").resources;
+        assert_eq!(left, [documents[0].clone(), documents[2].clone()]);
+        // Removing what is not there is no error.
+        remove_resource(dir.path(), &documents[1].resource.key()).expect("removed");
+    }
+
+    #[test]
+    fn resources_in_an_older_state_file_move_to_their_own_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = StoredState {
+            endpoints: vec![],
+            services: vec![service()],
+            resources: documents(),
+        };
+        let path = dir.path().join("agent-state.json");
+        std::fs::write(&path, serde_json::to_vec(&old).expect("json")).expect("write");
+        let loaded = load(dir.path()).expect("load");
+        assert_eq!(loaded, old);
+        save(dir.path(), &loaded).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(!text.contains("resources"), "{text}");
+        assert_eq!(load(dir.path()).expect("load"), old);
+    }
+
+    #[test]
+    fn a_name_never_leaves_the_folder() {
+        let key = ResourceKey {
+            kind: "CiliumNetworkPolicy".into(),
+            namespace: "..".into(),
+            name: "../../etc/x_y".into(),
+        };
+        let path = resource_file(Path::new("/state"), &key);
+        assert_eq!(path.parent(), Some(Path::new("/state/resources")));
+        assert_eq!(
+            path.file_name().and_then(|n| n.to_str()),
+            Some("CiliumNetworkPolicy_%2E._%2E.%2F..%2Fetc%2Fx%5Fy.json")
         );
     }
 }

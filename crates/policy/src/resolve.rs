@@ -883,6 +883,12 @@ impl PolicyEngine {
         self.identities.get(&id).map(|i| &i.labels)
     }
 
+    /// Every identity known to the engine (reserved, endpoint and CIDR ones)
+    /// with its labels, in order.
+    pub fn identities(&self) -> impl Iterator<Item = (Identity, &LabelSet)> {
+        self.identities.iter().map(|(id, info)| (*id, &info.labels))
+    }
+
     /// Keys of the policies held.
     pub fn policy_keys(&self) -> impl Iterator<Item = &PolicyKey> {
         self.policies.keys()

@@ -4,13 +4,13 @@
 //! into the observer's agent event ring (GetAgentEvents).
 //!
 //! Everything here runs on control-plane changes (API requests and the
-//! reconcile after them), never per packet or per flow.
+//! sync after them), never per packet or per flow: the events report the
+//! sync's plan, the one diff the datapath writes were made from.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use myelin_datapath::{PolicyTable, Service, ServiceProtocol};
 use myelin_observe::proto::flow::{
     AgentEvent, AgentEventType, EndpointRegenNotification, EndpointUpdateNotification,
     IpCacheNotification, PolicyUpdateNotification, ServiceDeleteNotification,
@@ -19,10 +19,9 @@ use myelin_observe::proto::flow::{
 use myelin_policy::EndpointKey;
 
 use super::Node;
-use crate::reconcile::Applied;
-
-/// A service frontend as the datapath keys it.
-type Frontend = (SocketAddr, ServiceProtocol);
+use crate::flows::FlowContext as _;
+use crate::reconcile::{Frontend, Plan};
+use crate::view::View;
 
 /// What agent events need to remember between changes.
 #[derive(Debug)]
@@ -53,57 +52,6 @@ impl AgentEvents {
         let id = (1..).find(|id| !used.contains(id)).unwrap_or(u32::MAX);
         self.service_ids.insert(frontend, id);
         id
-    }
-}
-
-/// What a reconcile is about to change, found before it runs so that the
-/// events can say what was there before.
-#[derive(Debug, Default)]
-pub(super) struct Pending {
-    regenerated: Vec<u32>,
-    ipcache_upserted: Vec<(IpNet, u32, Option<u32>)>,
-    ipcache_deleted: Vec<(IpNet, u32)>,
-    services_upserted: Vec<(Frontend, Vec<SocketAddr>)>,
-    services_deleted: Vec<Frontend>,
-}
-
-/// The differences between what was applied and what is about to be.
-pub(super) fn pending(
-    applied: &Applied,
-    policies: &BTreeMap<u32, PolicyTable>,
-    services: &BTreeMap<Frontend, Service>,
-    ipcache: &BTreeMap<IpNet, u32>,
-) -> Pending {
-    let old_ipcache = applied.ipcache();
-    let old_services = applied.services();
-    Pending {
-        regenerated: policies
-            .iter()
-            .filter(|(id, table)| applied.policy(**id) != Some(*table))
-            .map(|(id, _)| *id)
-            .collect(),
-        ipcache_upserted: ipcache
-            .iter()
-            .filter_map(|(net, identity)| match old_ipcache.get(net) {
-                Some(old) if old == identity => None,
-                old => Some((*net, *identity, old.copied())),
-            })
-            .collect(),
-        ipcache_deleted: old_ipcache
-            .iter()
-            .filter(|(net, _)| !ipcache.contains_key(net))
-            .map(|(net, identity)| (*net, *identity))
-            .collect(),
-        services_upserted: services
-            .iter()
-            .filter(|(frontend, service)| old_services.get(frontend) != Some(*service))
-            .map(|(frontend, service)| (*frontend, service.backends.clone()))
-            .collect(),
-        services_deleted: old_services
-            .keys()
-            .filter(|frontend| !services.contains_key(frontend))
-            .copied()
-            .collect(),
     }
 }
 
@@ -211,20 +159,29 @@ impl Node {
 
     /// The node's own address of the family of `ip`, when `ip` is a pod of
     /// this node (Cilium's host IP of an ipcache entry).
-    fn host_ip(&self, ip: IpAddr) -> Option<IpAddr> {
-        self.local_endpoint(ip)?;
+    fn host_ip(&self, view: &View, ip: IpAddr) -> Option<IpAddr> {
+        if !view.is_local(ip) {
+            return None;
+        }
         self.addresses
             .iter()
             .find(|a| a.is_ipv4() == ip.is_ipv4())
             .copied()
     }
 
-    fn ipcache_event(&self, kind: AgentEventType, net: IpNet, identity: u32, old: Option<u32>) {
+    fn ipcache_event(
+        &self,
+        view: &View,
+        kind: AgentEventType,
+        net: IpNet,
+        identity: u32,
+        old: Option<u32>,
+    ) {
         let single = net.prefix_len() == net.max_prefix_len();
-        let pod = single
-            .then(|| self.engine.endpoint_of_ip(net.addr()))
-            .flatten();
-        let (namespace, pod_name) = pod.map_or_else(Default::default, |k| (k.namespace, k.name));
+        let pod = single.then(|| view.pod_of(net.addr())).flatten();
+        let (namespace, pod_name) = pod.map_or_else(Default::default, |(namespace, name)| {
+            (namespace.to_string(), name.to_string())
+        });
         self.observer.push_agent_event(event(
             kind,
             agent_event::Notification::IpcacheUpdate(IpCacheNotification {
@@ -232,7 +189,7 @@ impl Node {
                 identity,
                 old_identity: old,
                 host_ip: single
-                    .then(|| self.host_ip(net.addr()))
+                    .then(|| self.host_ip(view, net.addr()))
                     .flatten()
                     .map(|ip| ip.to_string())
                     .unwrap_or_default(),
@@ -243,52 +200,49 @@ impl Node {
         ));
     }
 
-    /// The events of a reconcile: what it changed when it succeeded, or the
-    /// endpoints it failed to regenerate.
-    pub(super) fn reconciled(&mut self, pending: Pending, error: Option<&anyhow::Error>) {
-        let labels_of = |node: &Self, id: u32| {
-            node.endpoints
-                .values()
-                .find(|e| e.id == id)
-                .map(|e| node.endpoint_labels(&e.spec.namespace, &e.spec.pod))
-                .unwrap_or_default()
-        };
+    /// The events of a sync: what its plan changed when the writes
+    /// succeeded, or the endpoints it failed to regenerate. `view` is the
+    /// view published after the sync.
+    pub(super) fn reconciled(&mut self, plan: &Plan, view: &View, error: Option<&anyhow::Error>) {
+        let labels_of =
+            |node: &Self, key: &EndpointKey| node.endpoint_labels(&key.namespace, &key.name);
         if let Some(error) = error {
-            for id in pending.regenerated {
+            for (id, key, _) in &plan.policies {
                 self.observer.push_agent_event(event(
                     AgentEventType::EndpointRegenerateFailure,
                     agent_event::Notification::EndpointRegenerate(EndpointRegenNotification {
-                        id: u64::from(id),
-                        labels: labels_of(self, id),
+                        id: u64::from(*id),
+                        labels: labels_of(self, key),
                         error: format!("{error:#}"),
                     }),
                 ));
             }
             return;
         }
-        // As the reconcile: the ipcache first, then policy, then services.
-        for (net, identity, old) in pending.ipcache_upserted {
-            self.ipcache_event(AgentEventType::IpcacheUpserted, net, identity, old);
+        // As the writes: the ipcache first, then policy, then services.
+        for (net, identity, old) in &plan.ipcache_upserted {
+            self.ipcache_event(view, AgentEventType::IpcacheUpserted, *net, *identity, *old);
         }
-        for id in pending.regenerated {
+        for (id, key, _) in &plan.policies {
             self.observer.push_agent_event(event(
                 AgentEventType::EndpointRegenerateSuccess,
                 agent_event::Notification::EndpointRegenerate(EndpointRegenNotification {
-                    id: u64::from(id),
-                    labels: labels_of(self, id),
+                    id: u64::from(*id),
+                    labels: labels_of(self, key),
                     error: String::new(),
                 }),
             ));
         }
-        for (frontend, backends) in pending.services_upserted {
+        for service in &plan.services_upserted {
+            let frontend = (service.frontend, service.protocol);
             let id = self.agent_events.service_id(frontend);
-            let (namespace, name) = flows_service(self, frontend.0).unwrap_or_default();
+            let (namespace, name) = view.service(service.frontend).unwrap_or_default();
             self.observer.push_agent_event(event(
                 AgentEventType::ServiceUpserted,
                 agent_event::Notification::ServiceUpsert(ServiceUpsertNotification {
                     id,
-                    frontend_address: Some(service_addr(frontend.0)),
-                    backend_addresses: backends.into_iter().map(service_addr).collect(),
+                    frontend_address: Some(service_addr(service.frontend)),
+                    backend_addresses: service.backends.iter().copied().map(service_addr).collect(),
                     r#type: "ClusterIP".to_string(),
                     // Myelin's services balance over every backend, as
                     // Cilium's "Cluster" traffic policies.
@@ -300,8 +254,8 @@ impl Node {
                 }),
             ));
         }
-        for frontend in pending.services_deleted {
-            let Some(id) = self.agent_events.service_ids.remove(&frontend) else {
+        for frontend in &plan.services_deleted {
+            let Some(id) = self.agent_events.service_ids.remove(frontend) else {
                 continue;
             };
             self.observer.push_agent_event(event(
@@ -309,20 +263,16 @@ impl Node {
                 agent_event::Notification::ServiceDelete(ServiceDeleteNotification { id }),
             ));
         }
-        for (net, identity) in pending.ipcache_deleted {
-            self.ipcache_event(AgentEventType::IpcacheDeleted, net, identity, None);
+        for (net, identity) in &plan.ipcache_deleted {
+            self.ipcache_event(view, AgentEventType::IpcacheDeleted, *net, *identity, None);
         }
     }
-}
-
-/// The service (namespace, name) behind a frontend.
-fn flows_service(node: &Node, frontend: SocketAddr) -> Option<(String, String)> {
-    crate::flows::FlowContext::service(node, frontend)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use myelin_datapath::ServiceProtocol;
 
     #[test]
     fn policy_labels_are_ciliums() {
@@ -354,31 +304,6 @@ mod tests {
             ))
         );
         assert_eq!(policy_labels(&docs[2].resource), None);
-    }
-
-    #[test]
-    fn pending_is_what_differs_from_what_was_applied() {
-        let net: IpNet = "10.244.1.5/32".parse().expect("net");
-        let frontend = ("10.96.0.1:80".parse().expect("addr"), ServiceProtocol::Tcp);
-        let backends = vec!["10.244.1.5:8080".parse().expect("addr")];
-        let pending = pending(
-            &Applied::default(),
-            &BTreeMap::from([(3, PolicyTable::default())]),
-            &BTreeMap::from([(
-                frontend,
-                Service {
-                    frontend: frontend.0,
-                    protocol: frontend.1,
-                    backends: backends.clone(),
-                    affinity_timeout_s: None,
-                },
-            )]),
-            &BTreeMap::from([(net, 16530)]),
-        );
-        assert_eq!(pending.regenerated, [3]);
-        assert_eq!(pending.ipcache_upserted, [(net, 16530, None)]);
-        assert_eq!(pending.services_upserted, [(frontend, backends)]);
-        assert!(pending.ipcache_deleted.is_empty() && pending.services_deleted.is_empty());
     }
 
     #[test]
