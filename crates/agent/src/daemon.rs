@@ -101,6 +101,9 @@ struct Node {
     /// What Hubble agent events remember between changes.
     agent_events: agent_events::AgentEvents,
     flow_headers: l7::FlowHeaders,
+    /// Services the datapath could not program at the last sync, by
+    /// `namespace/name`, with the reason.
+    service_failures: BTreeMap<String, String>,
 }
 
 struct Endpoint {
@@ -165,6 +168,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         addresses: config.dns_listen.clone(),
         metrics: agent_metrics.clone(),
         agent_events: agent_events::AgentEvents::default(),
+        service_failures: BTreeMap::new(),
         flow_headers: config.flow_headers.clone(),
     };
     node.agent_started();
@@ -214,7 +218,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
     tokio::spawn(readers::read_events(reader, view, observer, tally));
-    match conntrack::Conntrack::open(&config.bpffs) {
+    match myelin_datapath::ConntrackCollector::open(&config.bpffs) {
         Ok(conntrack) => {
             tokio::spawn(conntrack::collect_garbage(conntrack, agent_metrics));
         }
@@ -481,6 +485,20 @@ impl Node {
         let plan = self.applied.plan(&self.dirty, &desired);
         let written = reconcile::apply(&mut self.datapath, &mut self.applied, &plan)
             .context("programming the datapath");
+        if plan.service_groups.is_some()
+            && let Ok(failures) = &written
+        {
+            let failures: BTreeMap<String, String> = failures
+                .iter()
+                .map(|f| (f.name.clone(), f.error.clone()))
+                .collect();
+            for (name, error) in &failures {
+                if self.service_failures.get(name) != Some(error) {
+                    tracing::warn!(service = %name, %error, "the datapath refused a service; the others are in force");
+                }
+            }
+            self.service_failures = failures;
+        }
         self.publish_view();
         let view = self.view.clone();
         self.reconciled(&plan, &view, written.as_ref().err());
@@ -631,10 +649,22 @@ impl Node {
                 Response::Ok
             }
             Request::ServiceUpsert(spec) => {
-                self.services
-                    .insert((spec.namespace.clone(), spec.name.clone()), spec);
+                let key = (spec.namespace.clone(), spec.name.clone());
+                let previous = self.services.insert(key.clone(), spec);
                 self.dirty.specs = true;
                 self.sync()?;
+                let name = format!("{}/{}", key.0, key.1);
+                if let Some(error) = self.service_failures.get(&name).cloned() {
+                    // All or nothing: the Service stays as it was before
+                    // this request, in the kernel and in the agent's state.
+                    match previous {
+                        Some(previous) => self.services.insert(key, previous),
+                        None => self.services.remove(&key),
+                    };
+                    self.dirty.specs = true;
+                    self.sync()?;
+                    anyhow::bail!("service {name} not programmed: {error}");
+                }
                 self.persist()?;
                 Response::Ok
             }

@@ -9,7 +9,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use myelin_datapath::{
-    Datapath, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service, ServiceProtocol,
+    Datapath, PolicyDirection, PolicyRule, PolicyTable, RuleAction, Service, ServiceGroup,
+    ServiceOutcome, ServiceProtocol,
 };
 use myelin_policy::{
     Action, Changes, Direction, EndpointKey, EndpointPolicy, PolicyEngine, Proto, Provenance,
@@ -95,6 +96,19 @@ pub struct Plan {
     pub services_upserted: Vec<Service>,
     /// Frontends to delete.
     pub services_deleted: Vec<Frontend>,
+    /// Every Service's frontends, when services or endpoint specs changed:
+    /// the datapath brings its service maps to exactly these, one Service
+    /// at a time and all or nothing.
+    pub service_groups: Option<Vec<ServiceGroup>>,
+}
+
+/// A Service the datapath could not program (the others were).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceFailure {
+    /// `namespace/name`.
+    pub name: String,
+    /// Why, as the datapath said it.
+    pub error: String,
 }
 
 /// The desired state a plan is made from.
@@ -103,8 +117,8 @@ pub struct Desired<'a> {
     pub engine: &'a PolicyEngine,
     /// The endpoint id of a pod of this node.
     pub endpoint_id: &'a dyn Fn(&EndpointKey) -> Option<u32>,
-    /// The frontends, when services or endpoint specs changed.
-    pub services: Option<BTreeMap<Frontend, Service>>,
+    /// Every Service's frontends, when services or endpoint specs changed.
+    pub services: Option<Vec<ServiceGroup>>,
     /// The node's own addresses (the host identity in the ipcache).
     pub node_addresses: &'a [IpAddr],
 }
@@ -205,18 +219,24 @@ impl Applied {
             .filter(|id| !plan.policies.iter().any(|(written, _, _)| written == *id))
             .copied()
             .collect();
-        if let Some(services) = &desired.services {
-            plan.services_upserted = services
+        if let Some(groups) = &desired.services {
+            let wanted: BTreeMap<Frontend, &Service> = groups
                 .iter()
-                .filter(|(frontend, service)| self.services.get(frontend) != Some(*service))
-                .map(|(_, service)| service.clone())
+                .flat_map(|g| &g.frontends)
+                .map(|s| ((s.frontend, s.protocol), s))
+                .collect();
+            plan.services_upserted = wanted
+                .iter()
+                .filter(|(frontend, service)| self.services.get(frontend) != Some(**service))
+                .map(|(_, service)| (*service).clone())
                 .collect();
             plan.services_deleted = self
                 .services
                 .keys()
-                .filter(|frontend| !services.contains_key(frontend))
+                .filter(|frontend| !wanted.contains_key(frontend))
                 .copied()
                 .collect();
+            plan.service_groups = Some(groups.clone());
         }
         plan
     }
@@ -311,40 +331,48 @@ pub fn policy_table(policy: &EndpointPolicy, rule_ids: &mut RuleIds) -> PolicyTa
     }
 }
 
-/// The services the datapath should balance: one frontend per cluster IP
-/// and port, with the ready backends of that port and the service's session
-/// affinity.
+/// The services the datapath should balance, one group per Service: a
+/// frontend per cluster IP and port, with the ready backends of that port
+/// and the service's session affinity.
 pub fn desired_services<'a>(
     services: impl Iterator<Item = &'a ServiceSpec>,
     endpoints: impl Iterator<Item = &'a EndpointSpec> + Clone,
-) -> BTreeMap<Frontend, Service> {
-    let mut out = BTreeMap::new();
+) -> Vec<ServiceGroup> {
+    let mut out = Vec::new();
     for service in services {
-        let backends = services::backends(service, endpoints.clone());
+        let mut by_port: BTreeMap<u16, Vec<SocketAddr>> = BTreeMap::new();
+        for backend in services::backends(service, endpoints.clone()) {
+            by_port
+                .entry(backend.service_port)
+                .or_default()
+                .push(backend.address);
+        }
+        let mut frontends = Vec::with_capacity(service.ports.len() * service.cluster_ips.len());
         for port in &service.ports {
             let proto = if port.protocol == "UDP" {
                 ServiceProtocol::Udp
             } else {
                 ServiceProtocol::Tcp
             };
+            let backends = by_port.get(&port.port).map_or(&[][..], Vec::as_slice);
             for ip in &service.cluster_ips {
-                let same_family: Vec<SocketAddr> = backends
-                    .iter()
-                    .filter(|b| b.service_port == port.port && b.address.is_ipv4() == ip.is_ipv4())
-                    .map(|b| b.address)
-                    .collect();
                 let frontend = SocketAddr::new(*ip, port.port);
-                out.insert(
-                    (frontend, proto),
-                    Service {
-                        frontend,
-                        protocol: proto,
-                        backends: same_family,
-                        affinity_timeout_s: service.affinity_timeout_s,
-                    },
-                );
+                frontends.push(Service {
+                    frontend,
+                    protocol: proto,
+                    backends: backends
+                        .iter()
+                        .filter(|b| b.is_ipv4() == ip.is_ipv4())
+                        .copied()
+                        .collect(),
+                    affinity_timeout_s: service.affinity_timeout_s,
+                });
             }
         }
+        out.push(ServiceGroup {
+            name: format!("{}/{}", service.namespace, service.name),
+            frontends,
+        });
     }
     out
 }
@@ -359,10 +387,9 @@ pub trait Writes {
     fn replace_policy(&mut self, endpoint: u32, table: &PolicyTable) -> anyhow::Result<()>;
     /// Removes an endpoint's policy.
     fn remove_policy(&mut self, endpoint: u32) -> anyhow::Result<()>;
-    /// Writes a frontend and its backends.
-    fn upsert_service(&mut self, service: &Service) -> anyhow::Result<()>;
-    /// Deletes a frontend.
-    fn delete_service(&mut self, frontend: Frontend) -> anyhow::Result<()>;
+    /// Brings the service maps to exactly `groups`, each group all or
+    /// nothing, one outcome per group.
+    fn sync_services(&mut self, groups: &[ServiceGroup]) -> anyhow::Result<Vec<ServiceOutcome>>;
 }
 
 impl Writes for Datapath {
@@ -391,21 +418,21 @@ impl Writes for Datapath {
         Ok(Datapath::remove_policy(self, endpoint)?)
     }
 
-    fn upsert_service(&mut self, service: &Service) -> anyhow::Result<()> {
-        Datapath::upsert_service(self, service)?;
-        Ok(())
-    }
-
-    fn delete_service(&mut self, (frontend, protocol): Frontend) -> anyhow::Result<()> {
-        Ok(Datapath::delete_service(self, frontend, protocol)?)
+    fn sync_services(&mut self, groups: &[ServiceGroup]) -> anyhow::Result<Vec<ServiceOutcome>> {
+        Ok(Datapath::sync_services(self, groups)?)
     }
 }
 
 /// Writes a plan, in an order that never leaves a rule naming an unknown
 /// peer: the ipcache's new prefixes first, then policy, then services, then
 /// what is gone. Each write that succeeds is recorded as applied, so after
-/// an error the next plan holds what is left.
-pub fn apply(datapath: &mut impl Writes, applied: &mut Applied, plan: &Plan) -> anyhow::Result<()> {
+/// an error the next plan holds what is left. A Service the datapath cannot
+/// program blocks nothing else: it is returned, the others are in force.
+pub fn apply(
+    datapath: &mut impl Writes,
+    applied: &mut Applied,
+    plan: &Plan,
+) -> anyhow::Result<Vec<ServiceFailure>> {
     for (net, identity, _) in &plan.ipcache_upserted {
         datapath.ipcache_upsert(*net, *identity)?;
         applied.set_ipcache(*net, Some(*identity));
@@ -414,15 +441,26 @@ pub fn apply(datapath: &mut impl Writes, applied: &mut Applied, plan: &Plan) -> 
         datapath.replace_policy(*endpoint, table)?;
         applied.set_policy(*endpoint, Some(table.clone()));
     }
-    for service in &plan.services_upserted {
-        datapath.upsert_service(service)?;
-        applied
-            .services
-            .insert((service.frontend, service.protocol), service.clone());
-    }
-    for frontend in &plan.services_deleted {
-        datapath.delete_service(*frontend)?;
-        applied.services.remove(frontend);
+    let mut failures = Vec::new();
+    if let Some(groups) = &plan.service_groups {
+        let outcomes = datapath.sync_services(groups)?;
+        for frontend in &plan.services_deleted {
+            applied.services.remove(frontend);
+        }
+        for (group, outcome) in groups.iter().zip(outcomes) {
+            match outcome.result {
+                Ok(_) => applied.services.extend(
+                    group
+                        .frontends
+                        .iter()
+                        .map(|s| ((s.frontend, s.protocol), s.clone())),
+                ),
+                Err(error) => failures.push(ServiceFailure {
+                    name: group.name.clone(),
+                    error: error.to_string(),
+                }),
+            }
+        }
     }
     for endpoint in &plan.policies_removed {
         datapath.remove_policy(*endpoint)?;
@@ -432,7 +470,7 @@ pub fn apply(datapath: &mut impl Writes, applied: &mut Applied, plan: &Plan) -> 
         datapath.ipcache_delete(*net)?;
         applied.set_ipcache(*net, None);
     }
-    Ok(())
+    Ok(failures)
 }
 
 #[cfg(test)]
@@ -446,6 +484,8 @@ mod tests {
     struct Record {
         writes: Vec<String>,
         fail: Option<&'static str>,
+        /// A Service whose group the datapath refuses.
+        refuse_service: Option<String>,
     }
 
     impl Record {
@@ -474,11 +514,26 @@ mod tests {
         fn remove_policy(&mut self, endpoint: u32) -> anyhow::Result<()> {
             self.write("remove_policy", endpoint.to_string())
         }
-        fn upsert_service(&mut self, service: &Service) -> anyhow::Result<()> {
-            self.write("upsert_service", service.frontend.to_string())
-        }
-        fn delete_service(&mut self, frontend: Frontend) -> anyhow::Result<()> {
-            self.write("delete_service", frontend.0.to_string())
+        fn sync_services(
+            &mut self,
+            groups: &[ServiceGroup],
+        ) -> anyhow::Result<Vec<ServiceOutcome>> {
+            let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+            self.write("sync_services", names.join(","))?;
+            Ok(groups
+                .iter()
+                .map(|g| ServiceOutcome {
+                    name: g.name.clone(),
+                    result: if self.refuse_service.as_deref() == Some(g.name.as_str()) {
+                        Err(myelin_datapath::DatapathError::InvalidService {
+                            frontend: g.frontends[0].frontend,
+                            reason: "refused by the test".into(),
+                        })
+                    } else {
+                        Ok(g.frontends.len())
+                    },
+                })
+                .collect())
         }
     }
 
@@ -624,6 +679,57 @@ mod tests {
         record.fail = None;
         apply(&mut record, &mut applied, &retry).expect("written");
         assert_eq!(plan(&mut applied, &dirty, &engine, &pods), Plan::default());
+    }
+
+    fn group(name: &str, frontend: &str) -> ServiceGroup {
+        ServiceGroup {
+            name: name.into(),
+            frontends: vec![Service {
+                frontend: frontend.parse().expect("socket address"),
+                protocol: ServiceProtocol::Tcp,
+                backends: vec!["10.0.0.5:8080".parse().expect("socket address")],
+                affinity_timeout_s: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_service_the_datapath_refuses_blocks_no_other_and_is_not_recorded() {
+        let (engine, _) = node(1);
+        let mut applied = Applied::default();
+        let mut record = Record {
+            refuse_service: Some("default/big".into()),
+            ..Record::default()
+        };
+        let groups = vec![
+            group("default/big", "10.96.0.9:80"),
+            group("default/web", "10.96.0.10:80"),
+        ];
+        let endpoint_id = |_: &EndpointKey| None;
+        let desired = Desired {
+            engine: &engine,
+            endpoint_id: &endpoint_id,
+            services: Some(groups),
+            node_addresses: &[],
+        };
+        let first = applied.plan(&Dirty::default(), &desired);
+        assert_eq!(first.services_upserted.len(), 2);
+        let failures = apply(&mut record, &mut applied, &first).expect("others written");
+        assert_eq!(
+            failures,
+            [ServiceFailure {
+                name: "default/big".into(),
+                error: "service 10.96.0.9:80: refused by the test".into(),
+            }]
+        );
+        assert_eq!(applied.services_len(), 1, "only default/web is in force");
+        let again = applied.plan(&Dirty::default(), &desired);
+        let pending: Vec<String> = again
+            .services_upserted
+            .iter()
+            .map(|s| s.frontend.to_string())
+            .collect();
+        assert_eq!(pending, ["10.96.0.9:80"], "the refused one is still wanted");
     }
 
     #[test]

@@ -177,16 +177,23 @@ mod tests {
         let pods = [pod("ds-1", "deathstar", 5, true)];
         let mut sticky = service(TargetPort::Number(80));
         sticky.affinity_timeout_s = Some(600);
-        let frontends = crate::reconcile::desired_services([sticky].iter(), pods.iter());
+        let groups = crate::reconcile::desired_services([sticky].iter(), pods.iter());
+        assert_eq!(groups.len(), 1, "one group per Service: {groups:?}");
+        let frontends = &groups[0].frontends;
         assert_eq!(frontends.len(), 2, "one per family: {frontends:?}");
         assert!(
             frontends
-                .values()
+                .iter()
                 .all(|s| s.affinity_timeout_s == Some(600) && s.backends.len() == 1)
         );
         let plain = [service(TargetPort::Number(80))];
-        let frontends = crate::reconcile::desired_services(plain.iter(), pods.iter());
-        assert!(frontends.values().all(|s| s.affinity_timeout_s.is_none()));
+        let groups = crate::reconcile::desired_services(plain.iter(), pods.iter());
+        assert!(
+            groups
+                .iter()
+                .flat_map(|g| &g.frontends)
+                .all(|s| s.affinity_timeout_s.is_none())
+        );
     }
 
     #[test]

@@ -6,9 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::maps::lpm_trie::Key;
 use myelin_common::maps::{FAMILY_IPV4, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, names};
-use myelin_common::{
-    CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, PolicyKey,
-};
+use myelin_common::{EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, PolicyKey};
 
 use crate::error::DatapathError;
 use crate::loader::Datapath;
@@ -405,19 +403,9 @@ impl Datapath {
     /// already ignores them; this returns their room before LRU eviction
     /// has to.
     pub fn conntrack_gc(&mut self) -> Result<usize, DatapathError> {
-        let now = monotonic_ns();
-        let expired: Vec<CtKey> = self
-            .maps
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, e)| e.expires_ns < now)
-            .map(|(k, _)| k)
-            .collect();
-        for key in &expired {
-            removed(self.maps.conntrack.remove(key), names::CONNTRACK)?;
-        }
-        Ok(expired.len())
+        let collected =
+            crate::conntrack::collect_expired(&mut self.maps.conntrack, monotonic_ns())?;
+        Ok(collected.removed)
     }
 }
 

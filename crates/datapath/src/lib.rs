@@ -5,6 +5,7 @@
 //! restarts finds its maps and attached programs where it left them: traffic
 //! is never interrupted by an agent restart.
 
+mod conntrack;
 mod error;
 mod events;
 mod handles;
@@ -14,6 +15,7 @@ pub mod proxy_routing;
 mod services;
 mod tables;
 
+pub use conntrack::{Collected, ConntrackCollector};
 pub use error::DatapathError;
 pub use events::EventReader;
 pub use handles::parse_mac;
