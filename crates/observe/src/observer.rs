@@ -204,6 +204,8 @@ impl Observer {
             source: source as i32,
             num_events_lost: count,
             cpu: None,
+            first: None,
+            last: None,
         };
         let mut state = self.state();
         self.insert(&mut state, Event::Lost(lost, SystemTime::now()));

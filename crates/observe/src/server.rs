@@ -307,6 +307,8 @@ impl observer_server::Observer for ObserverService {
                             source: LostEventSource::HubbleRingBuffer as i32,
                             num_events_lost: lost,
                             cpu: None,
+                            first: None,
+                            last: None,
                         };
                         if tx
                             .send(Ok(lost_response(notice, &node, SystemTime::now())))
