@@ -22,6 +22,7 @@ pub mod proto {
     }
 }
 
+pub mod cel_filter;
 pub mod cli;
 pub mod filter;
 pub mod filter_flags;
