@@ -452,4 +452,33 @@ mod tests {
         assert!(matches!(sub.history.first(), Some(Event::Lost(l, _)) if l.num_events_lost == 7));
         assert_eq!(observer.status().num_flows, 0);
     }
+
+    #[tokio::test]
+    async fn ring_is_in_time_order_and_rate_counts_the_last_minute() {
+        let observer = Observer::new(ObserverConfig::new("n"));
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs: u64, ns: &str| Flow {
+            time: Some(prost_types::Timestamp::from(
+                base + Duration::from_secs(secs),
+            )),
+            ..flow(ns)
+        };
+        observer.push(at(0, "a"));
+        observer.push(at(100, "c"));
+        // An L7 flow reported after a later packet goes before it.
+        observer.push(at(50, "b"));
+        let order: Vec<String> = observer
+            .subscribe(false)
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                Event::Flow(f) => f.source.as_ref().map(|s| s.namespace.clone()),
+                Event::Lost(..) => None,
+            })
+            .collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        // At base+100 s the last minute holds the flows at 50 s and 100 s.
+        let rate = observer.flows_rate(base + Duration::from_secs(100));
+        assert!((rate - 2.0 / 60.0).abs() < 1e-9, "{rate}");
+    }
 }
