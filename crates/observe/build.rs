@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // The server refuses request fields it does not know (see
+        // src/wire_check.rs), which needs the descriptors at run time.
+        .file_descriptor_set_path(out_dir.join("hubble_descriptor.bin"))
+        .codec_path("crate::wire_check::CheckedCodec")
         .build_server(true)
         .build_client(true)
         .compile_protos(&protos, &["proto"])?;

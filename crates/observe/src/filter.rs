@@ -8,10 +8,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use regex::Regex;
 
+use crate::cel_filter::{CelError, CelFilter};
 use crate::flows;
 use crate::proto::flow::{
-    Endpoint, EventTypeFilter, Flow, FlowFilter, Http, HttpHeader, IpVersion, L7FlowType, TcpFlags,
-    Verdict, Workload, layer4, layer7,
+    Endpoint, EventTypeFilter, Flow, FlowFilter, Http, HttpHeader, IpVersion, L7FlowType,
+    NetworkInterface, TcpFlags, Verdict, Workload, layer4, layer7,
 };
 
 /// A filter field holds a value Hubble would reject.
@@ -61,6 +62,30 @@ pub enum FilterError {
     /// A pod, service or node name filter that is empty.
     #[error("empty value in {0}: give a name, a prefix or `namespace/`")]
     Empty(&'static str),
+    /// A filter field this agent cannot fill, so that matching on it would
+    /// be a guess.
+    #[error(
+        "filter {field} is not supported: {reason}; remove the flag that sets it (hubble {flag})"
+    )]
+    Unsupported {
+        /// The FlowFilter field.
+        field: &'static str,
+        /// The hubble flag that sets it.
+        flag: &'static str,
+        /// Why the agent cannot honour it.
+        reason: &'static str,
+    },
+    /// A CEL expression that cannot be used.
+    #[error(transparent)]
+    Cel(#[from] CelError),
+    /// A node name pattern Hubble would reject.
+    #[error("invalid node name pattern {value:?}: {reason}")]
+    NodeName {
+        /// The rejected pattern.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A protocol name Hubble does not know.
     #[error(
         "unknown protocol {0:?}: expected tcp, udp, sctp, icmp, icmpv4, icmpv6, http, dns or kafka"
@@ -97,7 +122,8 @@ impl FilterSet {
     }
 }
 
-/// `ns/prefix` as Hubble parses pod and service filters.
+/// `ns/prefix` as Hubble parses pod and service filters; an empty namespace
+/// (`/`, `/prefix`, what `--all-namespaces` sends) means any namespace.
 #[derive(Debug)]
 struct NamePattern {
     namespace: String,
@@ -126,7 +152,7 @@ impl NamePattern {
         if namespace.is_empty() && name.is_empty() {
             return false;
         }
-        namespace == self.namespace && name.starts_with(&self.prefix)
+        (self.namespace.is_empty() || namespace == self.namespace) && name.starts_with(&self.prefix)
     }
 }
 
@@ -385,7 +411,7 @@ impl Protocol {
     }
 }
 
-/// A glob with `*` wildcards, used for node names and FQDNs.
+/// A glob with `*` wildcards, used for FQDNs.
 #[derive(Debug)]
 struct Glob(Regex);
 
@@ -399,12 +425,7 @@ impl Glob {
             .map(regex::escape)
             .collect::<Vec<_>>()
             .join("[^/]*");
-        // Hubble accepts "cluster/" to mean every node of that cluster.
-        let pattern = if value.ends_with('/') {
-            format!("^{pattern}.*$")
-        } else {
-            format!("^{pattern}$")
-        };
+        let pattern = format!("^{pattern}$");
         Regex::new(&pattern)
             .map(Self)
             .map_err(|e| FilterError::Regex {
@@ -414,6 +435,90 @@ impl Glob {
             })
     }
 }
+
+/// Hubble's node name pattern: `[cluster/]node`, each part an FQDN pattern
+/// (`*` spans letters, digits, `-` and `.`; an empty part matches any name),
+/// matched against `cluster/node`, where a flow's node name without a
+/// cluster is in the cluster `default`.
+#[derive(Debug)]
+struct NodePattern(Regex);
+
+/// Any FQDN, as Hubble's pattern for an empty part.
+const ANY_FQDN: &str = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)";
+
+fn push_fqdn_pattern(out: &mut String, value: &str, part: &str) -> Result<(), FilterError> {
+    let part = part.trim();
+    let part = part.strip_suffix('.').unwrap_or(part).to_ascii_lowercase();
+    if part.is_empty() {
+        out.push_str(ANY_FQDN);
+        return Ok(());
+    }
+    if part.ends_with('.') {
+        return Err(FilterError::NodeName {
+            value: value.to_string(),
+            reason: "more than one trailing dot",
+        });
+    }
+    for c in part.chars() {
+        match c {
+            '.' => out.push_str(r"\."),
+            '*' => out.push_str("[-.0-9a-z]*"),
+            '-' | '_' | '0'..='9' | 'a'..='z' => out.push(c),
+            _ => {
+                return Err(FilterError::NodeName {
+                    value: value.to_string(),
+                    reason: "only letters, digits, '-', '_', '.', '*' and one '/' are allowed",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl NodePattern {
+    fn parse(value: &str) -> Result<Self, FilterError> {
+        if value.is_empty() {
+            return Err(FilterError::Empty("node_name"));
+        }
+        let (cluster, node) = match value.split('/').collect::<Vec<_>>()[..] {
+            [node] => ("", node),
+            [cluster, node] => (cluster, node),
+            _ => {
+                return Err(FilterError::NodeName {
+                    value: value.to_string(),
+                    reason: "more than one '/'",
+                });
+            }
+        };
+        let mut pattern = String::from(r"\A");
+        push_fqdn_pattern(&mut pattern, value, cluster)?;
+        pattern.push('/');
+        push_fqdn_pattern(&mut pattern, value, node)?;
+        pattern.push_str(r"\z");
+        Regex::new(&pattern)
+            .map(Self)
+            .map_err(|e| FilterError::Regex {
+                field: "node_name",
+                value: value.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    fn matches(&self, node_name: &str) -> bool {
+        if node_name.is_empty() {
+            return false;
+        }
+        if node_name.contains('/') {
+            self.0.is_match(node_name)
+        } else {
+            self.0.is_match(&format!("{DEFAULT_CLUSTER}/{node_name}"))
+        }
+    }
+}
+
+/// Cilium's default cluster name, which Hubble puts in front of node names
+/// that carry none.
+const DEFAULT_CLUSTER: &str = "default";
 
 fn compile_regexes(values: &[String], field: &'static str) -> Result<Vec<Regex>, FilterError> {
     values
@@ -488,7 +593,46 @@ struct CompiledFilter {
     http_path: Vec<Regex>,
     http_url: Vec<Regex>,
     dns_query: Vec<Regex>,
-    node_name: Vec<Glob>,
+    node_name: Vec<NodePattern>,
+    node_labels: Vec<Selector>,
+    cel: Option<CelFilter>,
+}
+
+/// FlowFilter fields this agent has no data for: refused, never ignored.
+fn refuse_unsupported(raw: &FlowFilter) -> Result<(), FilterError> {
+    if !raw.source_ip_xlated.is_empty() {
+        return Err(FilterError::Unsupported {
+            field: "source_ip_xlated",
+            flag: "--snat-ip",
+            reason: "the datapath does not report addresses after SNAT",
+        });
+    }
+    if !raw.ip_trace_id.is_empty() {
+        return Err(FilterError::Unsupported {
+            field: "ip_trace_id",
+            flag: "--ip-trace-id",
+            reason: "the datapath does not read IP option trace ids",
+        });
+    }
+    Ok(())
+}
+
+fn cluster_names(values: &[String], field: &'static str) -> Result<(), FilterError> {
+    if values.iter().any(String::is_empty) {
+        return Err(FilterError::Empty(field));
+    }
+    Ok(())
+}
+
+/// As Hubble: a zero index or an empty name in a filter matches any.
+fn interface_matches(filters: &[NetworkInterface], flow: &Flow) -> bool {
+    filters.is_empty()
+        || flow.interface.as_ref().is_some_and(|have| {
+            filters.iter().any(|f| {
+                (f.index == 0 || f.index == have.index)
+                    && (f.name.is_empty() || f.name == have.name)
+            })
+        })
 }
 
 fn ip_matches(nets: &[IpNet], addr: Option<&str>) -> bool {
@@ -573,6 +717,14 @@ fn url_path(url: &str) -> &str {
 
 impl CompiledFilter {
     fn new(raw: &FlowFilter) -> Result<Self, FilterError> {
+        refuse_unsupported(raw)?;
+        cluster_names(&raw.source_cluster_name, "source_cluster_name")?;
+        cluster_names(&raw.destination_cluster_name, "destination_cluster_name")?;
+        let cel_expressions = raw
+            .experimental
+            .as_ref()
+            .map(|e| e.cel_expression.as_slice())
+            .unwrap_or_default();
         Ok(Self {
             source_ip: parse_nets(&raw.source_ip, "source_ip")?,
             destination_ip: parse_nets(&raw.destination_ip, "destination_ip")?,
@@ -610,8 +762,14 @@ impl CompiledFilter {
             node_name: raw
                 .node_name
                 .iter()
-                .map(|v| Glob::parse(v, "node_name"))
+                .map(|v| NodePattern::parse(v))
                 .collect::<Result<_, _>>()?,
+            node_labels: parse_selectors(&raw.node_labels)?,
+            cel: if cel_expressions.is_empty() {
+                None
+            } else {
+                Some(CelFilter::new(cel_expressions)?)
+            },
             raw: raw.clone(),
         })
     }
@@ -688,7 +846,13 @@ impl CompiledFilter {
             && (self.dns_query.is_empty()
                 || dns.is_some_and(|d| self.dns_query.iter().any(|r| r.is_match(&d.query))))
             && tcp_flags_match(&raw.tcp_flags, flow)
-            && (self.node_name.is_empty() || self.node_name.iter().any(|g| g.0.is_match(&flow.node_name)))
+            && (self.node_name.is_empty() || self.node_name.iter().any(|p| p.matches(&flow.node_name)))
+            && (self.node_labels.is_empty() || self.node_labels.iter().any(|s| s.matches(&flow.node_labels)))
+            && (raw.source_cluster_name.is_empty() || raw.source_cluster_name.contains(&src.cluster_name))
+            && (raw.destination_cluster_name.is_empty()
+                || raw.destination_cluster_name.contains(&dst.cluster_name))
+            && interface_matches(&raw.interface, flow)
+            && (raw.encrypted.is_empty() || raw.encrypted.contains(&ip.is_some_and(|i| i.encrypted)))
             // As Hubble: a flow without an IP header has IP_NOT_USED.
             && (raw.ip_version.is_empty()
                 || raw
@@ -700,6 +864,8 @@ impl CompiledFilter {
                     .as_ref()
                     .and_then(|t| t.parent.as_ref())
                     .is_some_and(|p| raw.trace_id.contains(&p.trace_id)))
+            // Last: the costliest test, as Hubble advises.
+            && self.cel.as_ref().is_none_or(|c| c.matches(flow))
     }
 }
 

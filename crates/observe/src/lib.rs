@@ -1,5 +1,6 @@
 //! Flows, filters, the Hubble-compatible observer API, metrics and the service map.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 /// Code generated from the protos in `proto/`, with Hubble's package names.
@@ -21,6 +22,7 @@ pub mod proto {
     }
 }
 
+pub mod cel_filter;
 pub mod cli;
 pub mod filter;
 pub mod filter_flags;
@@ -33,6 +35,7 @@ pub mod printer;
 pub mod server;
 pub mod servicemap;
 pub mod tls;
+pub mod wire_check;
 
 pub use cli::{AgentEventsArgs, ObserveArgs, ObserveCommand, run};
 pub use filter::{FilterError, FilterSet};

@@ -65,6 +65,22 @@ pub enum Event {
     Lost(LostEvent, SystemTime),
 }
 
+impl Event {
+    /// When the flow was observed, or the loss noticed.
+    pub fn time(&self) -> SystemTime {
+        match self {
+            Self::Flow(flow) => flow
+                .time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            Self::Lost(_, at) => *at,
+        }
+    }
+}
+
+/// The span ServerStatus's flow rate covers, as Hubble's.
+const FLOW_RATE_WINDOW: Duration = Duration::from_secs(60);
+
 /// Figures ServerStatus reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingStatus {
@@ -204,6 +220,8 @@ impl Observer {
             source: source as i32,
             num_events_lost: count,
             cpu: None,
+            first: None,
+            last: None,
         };
         let mut state = self.state();
         self.insert(&mut state, Event::Lost(lost, SystemTime::now()));
@@ -251,15 +269,25 @@ impl Observer {
         }
     }
 
-    /// Appends under the lock, so that a subscription taken under the same
-    /// lock sees every event exactly once: in its history or live.
+    /// Adds under the lock, so that a subscription taken under the same
+    /// lock sees every event exactly once: in its history or live. The ring
+    /// stays in time order: an event older than the newest ones (an L7 flow
+    /// the proxy reports after the packets of its connection) goes before
+    /// them, so that `--first`/`--last` count in time order. Followers get
+    /// events as they arrive.
     fn insert(&self, state: &mut State, event: Event) {
-        if state.ring.len() >= self.inner.config.capacity
+        let at = event.time();
+        let position = state
+            .ring
+            .iter()
+            .rposition(|e| e.time() <= at)
+            .map_or(0, |i| i + 1);
+        state.ring.insert(position, event.clone());
+        if state.ring.len() > self.inner.config.capacity
             && let Some(Event::Flow(_)) = state.ring.pop_front()
         {
             state.num_flows -= 1;
         }
-        state.ring.push_back(event.clone());
         // No receivers is normal (nobody follows); that is not an error.
         let _ = self.inner.tx.send(event);
     }
@@ -282,6 +310,27 @@ impl Observer {
             seen_flows: state.seen_flows,
             uptime: self.inner.started.elapsed(),
         }
+    }
+
+    /// Flows per second over the last minute before `now`, counted from the
+    /// flows' times in the ring, as Hubble's `flows_rate`.
+    pub fn flows_rate(&self, now: SystemTime) -> f64 {
+        let since = now
+            .checked_sub(FLOW_RATE_WINDOW)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let state = self.state();
+        // The ring is in time order: count back from the newest.
+        let recent = state
+            .ring
+            .iter()
+            .rev()
+            .filter(|e| matches!(e, Event::Flow(_)))
+            .take_while(|e| e.time() >= since)
+            .filter(|e| e.time() <= now)
+            .count();
+        #[allow(clippy::cast_precision_loss)]
+        let recent = recent as f64;
+        recent / FLOW_RATE_WINDOW.as_secs_f64()
     }
 
     /// Namespaces seen in flows during the last hour, sorted.
@@ -402,5 +451,34 @@ mod tests {
         let sub = observer.subscribe(false);
         assert!(matches!(sub.history.first(), Some(Event::Lost(l, _)) if l.num_events_lost == 7));
         assert_eq!(observer.status().num_flows, 0);
+    }
+
+    #[tokio::test]
+    async fn ring_is_in_time_order_and_rate_counts_the_last_minute() {
+        let observer = Observer::new(ObserverConfig::new("n"));
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs: u64, ns: &str| Flow {
+            time: Some(prost_types::Timestamp::from(
+                base + Duration::from_secs(secs),
+            )),
+            ..flow(ns)
+        };
+        observer.push(at(0, "a"));
+        observer.push(at(100, "c"));
+        // An L7 flow reported after a later packet goes before it.
+        observer.push(at(50, "b"));
+        let order: Vec<String> = observer
+            .subscribe(false)
+            .history
+            .iter()
+            .filter_map(|e| match e {
+                Event::Flow(f) => f.source.as_ref().map(|s| s.namespace.clone()),
+                Event::Lost(..) => None,
+            })
+            .collect();
+        assert_eq!(order, ["a", "b", "c"]);
+        // At base+100 s the last minute holds the flows at 50 s and 100 s.
+        let rate = observer.flows_rate(base + Duration::from_secs(100));
+        assert!((rate - 2.0 / 60.0).abs() < 1e-9, "{rate}");
     }
 }

@@ -307,6 +307,8 @@ impl observer_server::Observer for ObserverService {
                             source: LostEventSource::HubbleRingBuffer as i32,
                             num_events_lost: lost,
                             cpu: None,
+                            first: None,
+                            last: None,
                         };
                         if tx
                             .send(Ok(lost_response(notice, &node, SystemTime::now())))
@@ -445,15 +447,7 @@ impl observer_server::Observer for ObserverService {
         _request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
         let status = self.observer.status();
-        let uptime_secs = status.uptime.as_secs_f64();
-        // Average since start; Hubble reports the last minute, close enough
-        // for a status line and cheap to compute.
-        #[allow(clippy::cast_precision_loss)]
-        let flows_rate = if uptime_secs > 0.0 {
-            status.seen_flows as f64 / uptime_secs
-        } else {
-            0.0
-        };
+        let flows_rate = self.observer.flows_rate(SystemTime::now());
         Ok(Response::new(ServerStatusResponse {
             num_flows: status.num_flows,
             max_flows: status.max_flows,

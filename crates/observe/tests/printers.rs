@@ -310,6 +310,8 @@ fn lost_events_go_to_stderr() {
                 source: myelin_observe::proto::flow::LostEventSource::HubbleRingBuffer as i32,
                 num_events_lost: 12,
                 cpu: None,
+                first: None,
+                last: None,
             },
         )),
         ..Default::default()

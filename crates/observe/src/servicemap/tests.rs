@@ -43,6 +43,7 @@ fn tcp_flow(src: Endpoint, dst: Endpoint, sport: u32, dport: u32) -> Flow {
             destination: "10.0.1.2".into(),
             ip_version: IpVersion::IPv4 as i32,
             encrypted: false,
+            source_xlated: String::new(),
         }),
         l4: Some(Layer4 {
             protocol: Some(layer4::Protocol::Tcp(Tcp {

@@ -73,6 +73,7 @@ fn ip(src: &str, dst: &str) -> Option<myelin_observe::proto::flow::Ip> {
         destination: dst.into(),
         ip_version: IpVersion::IPv4 as i32,
         encrypted: false,
+        source_xlated: String::new(),
     })
 }
 
