@@ -12,7 +12,7 @@ use myelin_common::event::{
     EVENT_FLAG_FRAGMENT, EVENT_FLAG_FROM_PROXY, EVENT_FLAG_RELATED, EVENT_FLAG_REPLY,
     EVENT_FLAG_SERVICE,
 };
-use myelin_common::maps::names;
+use myelin_common::maps::{DROP_EVENT_BURST, names};
 use myelin_common::{AffinityEntry, AffinityKey};
 use myelin_datapath::{
     CtScope, EventKind, ObservationPoint, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
@@ -1116,26 +1116,77 @@ async fn a_redirect_without_a_proxy_listener_fails_closed() {
 }
 
 #[tokio::test]
-async fn repeated_drops_are_aggregated_per_flow() {
-    if !privileged("repeated_drops_are_aggregated_per_flow") {
+async fn every_drop_is_reported() {
+    if !privileged("every_drop_is_reported") {
         return;
     }
     let mut h = harness();
     h.datapath
         .replace_policy(POD_ENDPOINT, &egress_policy(vec![]))
         .expect("policy");
+    // A client retransmitting its denied SYN: each drop is a flow, as
+    // Cilium reports it.
     let syn = Pkt::tcp(POD_V4, 51000, "10.244.2.7", 80, SYN).build();
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(events.len(), 2, "policy verdict and drop: {events:?}");
-    // The retransmitted SYN is dropped again, silently.
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert!(events.is_empty(), "aggregated: {events:?}");
-    // Another flow is reported.
-    let other = Pkt::tcp(POD_V4, 51001, "10.244.2.7", 80, SYN).build();
-    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &other).await;
-    assert_eq!(events.len(), 2);
+    for attempt in 0..3 {
+        let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+        assert_eq!(verdict, TC_ACT_SHOT);
+        let kinds: Vec<_> = events.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            [Some(EventKind::PolicyVerdict), Some(EventKind::Drop)],
+            "attempt {attempt}: {events:?}"
+        );
+    }
+    // Not a policy drop: reported every time too.
+    let spoofed = Pkt::tcp("10.244.1.99", 51001, "10.244.2.7", 80, SYN).build();
+    for attempt in 0..3 {
+        let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &spoofed).await;
+        let drop = find(&events, EventKind::Drop);
+        assert_eq!(
+            drop.drop_reason,
+            drop_reason::INVALID_SOURCE_IP,
+            "attempt {attempt}"
+        );
+    }
+    assert_eq!(h.reader.suppressed_drops(), 0);
+}
+
+#[tokio::test]
+async fn a_flood_of_drops_is_rate_limited_and_the_rest_counted() {
+    if !privileged("a_flood_of_drops_is_rate_limited_and_the_rest_counted") {
+        return;
+    }
+    let mut h = harness();
+    let spoofed = Pkt::tcp("10.244.1.99", 51002, "10.244.2.7", 80, SYN).build();
+    // One test run repeats on one CPU: one bucket.
+    let flood = DROP_EVENT_BURST as u32 + 1_000;
+    let outcome = h
+        .datapath
+        .test_run(PROGRAM_FROM_CONTAINER, &spoofed, flood)
+        .expect("test run");
+    assert_eq!(outcome.verdict, TC_ACT_SHOT);
+    let mut events = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(150),
+        h.reader.read(&mut events),
+    )
+    .await;
+    let reported = events
+        .iter()
+        .filter(|e| kind(e) == Some(EventKind::Drop))
+        .count() as u64;
+    let suppressed = h.reader.suppressed_drops();
+    assert!(
+        reported >= DROP_EVENT_BURST,
+        "the burst is reported: {reported}"
+    );
+    assert!(suppressed > 0, "the flood bites");
+    assert_eq!(
+        reported + suppressed,
+        u64::from(flood),
+        "each drop reported or counted"
+    );
+    assert_eq!(h.reader.lost(), 0, "the ring kept up");
 }
 
 #[tokio::test]

@@ -113,13 +113,13 @@ async fn per_packet_cost() {
             TC_ACT_OK,
         ),
         (
-            "egress, new flow denied (lookups; report aggregated)",
+            "egress, new flow denied (lookups; reports rate-limited)",
             PROGRAM_FROM_CONTAINER,
             &denied,
             TC_ACT_SHOT,
         ),
         (
-            "egress, IPv6 UDP denied (lookups; report aggregated)",
+            "egress, IPv6 UDP denied (lookups; reports rate-limited)",
             PROGRAM_FROM_CONTAINER,
             &ipv6,
             TC_ACT_SHOT,

@@ -1,18 +1,17 @@
-//! Events for the agent's observer (traces, drops, policy verdicts), their
-//! aggregation per tuple and reason, and the packet counters.
+//! Events for the agent's observer (traces, drops, policy verdicts), the
+//! rate limit of drop events, and the packet counters.
 
 use crate::State;
-use crate::conntrack::ct_key;
 use crate::policy::Decision;
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
 use myelin_common::event::EVENT_FLAG_SERVICE;
-use myelin_common::maps::TRACE_REPORT_INTERVAL_NS;
+use myelin_common::maps::{DROP_EVENT_BURST, DROP_EVENTS_PER_SECOND};
 use myelin_common::{
-    CtKey, Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
+    Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
     TraceEvent, TrafficDirection, Verdict,
 };
 
@@ -125,7 +124,7 @@ pub(crate) fn drop_packet(
     reason: u8,
     rule_id: u32,
 ) -> i32 {
-    if !recently_reported(st, reason) {
+    if drop_report_allowed() {
         emit_drop(ctx, st, point, reason, rule_id);
     }
     TC_ACT_SHOT as i32
@@ -141,7 +140,8 @@ fn emit_drop(ctx: &TcContext, st: &State, point: ObservationPoint, reason: u8, r
 }
 
 /// Drops a new flow the policy denies, reporting the policy verdict and the
-/// drop (once per interval for the same tuple).
+/// drop (every time, as any drop: a denied flow has no conntrack entry to
+/// aggregate its reports).
 pub(crate) fn deny(
     ctx: &TcContext,
     st: &State,
@@ -149,29 +149,49 @@ pub(crate) fn deny(
     decision: &Decision,
     direction: TrafficDirection,
 ) -> i32 {
-    let reason = decision.drop_reason();
-    if !recently_reported(st, reason) {
+    if drop_report_allowed() {
         emit_verdict(ctx, st, point, decision, direction);
-        emit_drop(ctx, st, point, reason, decision.rule_id);
+        emit_drop(ctx, st, point, decision.drop_reason(), decision.rule_id);
     }
     TC_ACT_SHOT as i32
 }
 
-/// True when an event for this packet's tuple and `tag` was reported less
-/// than the report interval ago; otherwise records now and returns false.
-fn recently_reported(st: &State, tag: u8) -> bool {
-    let key = ct_key(&st.pkt, tag, false);
+/// Time that earns one drop event.
+const NS_PER_DROP_EVENT: u64 = 1_000_000_000 / DROP_EVENTS_PER_SECOND;
+
+/// Takes a token from this CPU's drop-event bucket: true when the drop may
+/// be reported. An empty bucket counts the drop in [`DROPS_SUPPRESSED`].
+/// Every drop is reported while the rate stays under
+/// [`DROP_EVENTS_PER_SECOND`] (after a burst of [`DROP_EVENT_BURST`]); the
+/// bucket only keeps a flood of drops from filling the ring.
+fn drop_report_allowed() -> bool {
+    let Some(bucket) = DROP_BUCKET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU.
+    let bucket = unsafe { &mut *bucket };
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: read-only lookup, copied out.
-    if let Some(last) = unsafe { REPORTS.get(&key) }.copied()
-        && now.saturating_sub(last) < TRACE_REPORT_INTERVAL_NS
-    {
-        return true;
+    // A zeroed bucket (the first drop on this CPU) earns a full one.
+    let earned = now.saturating_sub(bucket.refilled_ns) / NS_PER_DROP_EVENT;
+    if earned > 0 {
+        if bucket.tokens + earned >= DROP_EVENT_BURST {
+            bucket.tokens = DROP_EVENT_BURST;
+            bucket.refilled_ns = now;
+        } else {
+            bucket.tokens += earned;
+            bucket.refilled_ns += earned * NS_PER_DROP_EVENT;
+        }
     }
-    // A failed insert only means one more report.
-    let _ = REPORTS.insert(&key, &now, 0);
-    false
+    if bucket.tokens == 0 {
+        if let Some(suppressed) = DROPS_SUPPRESSED.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *suppressed += 1 };
+        }
+        return false;
+    }
+    bucket.tokens -= 1;
+    true
 }
 
 pub(crate) fn emit_verdict(
@@ -263,12 +283,23 @@ pub(crate) static EVENTS: RingBuf = RingBuf::pinned(1 << 22, 0);
 #[map(name = "MYELIN_LOST")]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
-/// When events without a conntrack entry to aggregate them (drops) were
-/// last reported, per tuple and reason: a denied flood reports once per
-/// interval instead of filling the ring.
-/// Not pinned: losing it on reload only repeats a report.
-#[map(name = "MYELIN_REPORTS")]
-pub(crate) static REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(16384, 0);
+/// A CPU's drop-event token bucket ([`drop_report_allowed`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct DropBucket {
+    tokens: u64,
+    /// When the tokens were last topped up (ktime).
+    refilled_ns: u64,
+}
+
+/// Each CPU's drop-event bucket. Not pinned: a reload only refills it.
+#[map(name = "MYELIN_DROP_BUCKET")]
+pub(crate) static DROP_BUCKET: PerCpuArray<DropBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drops whose event the rate limit suppressed (index 0), so the agent can
+/// tell when it bites.
+#[map(name = "MYELIN_DROPS_SUPPRESSED")]
+pub(crate) static DROPS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 /// Scratch space for the event being built: it does not fit the 512-byte
 /// stack next to the keys.

@@ -16,8 +16,8 @@
 //! Established flows skip policy until the agent bumps the policy revision;
 //! then each is checked once more on its next packet from the originator.
 //! A service without backends refuses the client at once (TCP reset, ICMP
-//! port unreachable) back through the same veth. Events are aggregated per
-//! flow (conntrack) or per tuple and reason (drops).
+//! port unreachable) back through the same veth. Traces are aggregated per
+//! flow (conntrack); every drop is reported, under a per-CPU rate limit.
 //!
 //! Everything per endpoint comes from maps; the agent never recompiles.
 #![no_std]
