@@ -224,6 +224,98 @@ async fn a_forged_source_address_is_dropped() {
     assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &ns).await.0, TC_ACT_OK);
 }
 
+/// The direction Hubble gives each event, as Cilium's: policy verdicts
+/// and policy drops the policy side's, other drops the packet's at the
+/// endpoint (egress leaving it, ingress entering it), traces their
+/// connection's (a reply its flow's).
+#[tokio::test]
+async fn events_carry_their_traffic_direction() {
+    if !privileged("events_carry_their_traffic_direction") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: true,
+                rules: vec![
+                    rule(
+                        PolicyDirection::Egress,
+                        PEER_IDENTITY,
+                        TCP,
+                        Some((80, 80)),
+                        RuleAction::Allow,
+                        1,
+                    ),
+                    rule(
+                        PolicyDirection::Ingress,
+                        PEER_IDENTITY,
+                        TCP,
+                        Some((8080, 8080)),
+                        RuleAction::Allow,
+                        2,
+                    ),
+                ],
+            },
+        )
+        .expect("policy");
+    let egress = TrafficDirection::Egress as u8;
+    let ingress = TrafficDirection::Ingress as u8;
+    let direction = |events: &[TraceEvent], k: EventKind| find(events, k).traffic_direction;
+
+    // The pod's own connection: egress, its reply too.
+    let syn = Pkt::tcp(POD_V4, 40000, "10.244.2.7", 80, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), egress);
+    assert_eq!(direction(&events, EventKind::Trace), egress);
+    let syn_ack = Pkt::tcp("10.244.2.7", 80, POD_V4, 40000, SYN_ACK).build();
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &syn_ack).await;
+    let reply = find(&events, EventKind::Trace);
+    assert_ne!(reply.flags & EVENT_FLAG_REPLY, 0);
+    assert_eq!(reply.traffic_direction, egress, "a reply is its flow's");
+
+    // A connection into the pod: ingress, the pod's answer too.
+    let syn = Pkt::tcp("10.244.2.7", 50000, POD_V4, 8080, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &syn).await;
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), ingress);
+    assert_eq!(direction(&events, EventKind::Trace), ingress);
+    let syn_ack = Pkt::tcp(POD_V4, 8080, "10.244.2.7", 50000, SYN_ACK).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn_ack).await;
+    let reply = find(&events, EventKind::Trace);
+    assert_ne!(reply.flags & EVENT_FLAG_REPLY, 0);
+    assert_eq!(reply.traffic_direction, ingress, "a reply is its flow's");
+
+    // Policy drops: the policy side, the drop as its verdict.
+    let denied_out = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 81, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &denied_out).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), egress);
+    assert_eq!(direction(&events, EventKind::Drop), egress);
+    let denied_in = Pkt::tcp("10.244.2.7", 50001, POD_V4, 8081, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &denied_in).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), ingress);
+    assert_eq!(direction(&events, EventKind::Drop), ingress);
+
+    // Other drops: the packet's at the pod.
+    let spoofed = Pkt::tcp("10.244.1.99", 40002, "10.244.2.7", 80, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &spoofed).await;
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(drop.drop_reason, drop_reason::INVALID_SOURCE_IP);
+    assert_eq!(drop.traffic_direction, egress);
+    let mut truncated = Pkt::tcp("10.244.2.7", 50002, POD_V4, 8080, SYN).build();
+    truncated.truncate(14 + 20 + 4);
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &truncated).await;
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(
+        drop.drop_reason,
+        drop_reason::CT_TRUNCATED_OR_INVALID_HEADER
+    );
+    assert_eq!(drop.traffic_direction, ingress);
+}
+
 #[tokio::test]
 async fn egress_policy_allow_deny_deny_wins_ranges_and_wildcards() {
     if !privileged("egress_policy_allow_deny_deny_wins_ranges_and_wildcards") {

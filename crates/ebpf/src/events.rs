@@ -8,7 +8,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
-use myelin_common::event::EVENT_FLAG_SERVICE;
+use myelin_common::event::{EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE};
 use myelin_common::maps::{DROP_EVENT_BURST, DROP_EVENTS_PER_SECOND};
 use myelin_common::{
     Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
@@ -24,6 +24,8 @@ pub(crate) struct Outcome {
     pub(crate) point: ObservationPoint,
     pub(crate) verdict: Verdict,
     pub(crate) drop_reason: u8,
+    /// The policy side ([`TrafficDirection`] as u8) of a policy verdict or
+    /// drop; 0: the event's own ([`traffic_direction`]).
     pub(crate) direction: u8,
     pub(crate) match_type: u8,
     pub(crate) proxy_port: u16,
@@ -31,6 +33,7 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// A trace; its direction is the connection's (see [`traffic_direction`]).
     pub(crate) fn trace(point: ObservationPoint) -> Self {
         Outcome {
             kind: EventKind::Trace,
@@ -43,6 +46,17 @@ impl Outcome {
             rule_id: 0,
         }
     }
+
+    /// A drop; its direction is the packet's (see [`traffic_direction`]).
+    fn drop(point: ObservationPoint, reason: u8, rule_id: u32) -> Self {
+        Outcome {
+            kind: EventKind::Drop,
+            verdict: Verdict::Dropped,
+            drop_reason: reason,
+            rule_id,
+            ..Self::trace(point)
+        }
+    }
 }
 
 /// Facts the events carry beyond the packet itself.
@@ -53,6 +67,9 @@ pub(crate) struct Context {
     pub(crate) src_identity: u32,
     pub(crate) dst_identity: u32,
     pub(crate) flags: u8,
+    /// [`TrafficDirection`] as u8 of the packet at the endpoint the program
+    /// runs for: egress leaving it, ingress entering it.
+    pub(crate) direction: u8,
     pub(crate) service: L4Addr,
 }
 
@@ -69,6 +86,11 @@ pub(crate) fn reset_meta(
         src_identity: if sending { identity } else { 0 },
         dst_identity: if sending { 0 } else { identity },
         flags: 0,
+        direction: if sending {
+            TrafficDirection::Egress as u8
+        } else {
+            TrafficDirection::Ingress as u8
+        },
         service: L4Addr::default(),
     };
 }
@@ -125,18 +147,9 @@ pub(crate) fn drop_packet(
     rule_id: u32,
 ) -> i32 {
     if drop_report_allowed() {
-        emit_drop(ctx, st, point, reason, rule_id);
+        emit(ctx, st, &Outcome::drop(point, reason, rule_id));
     }
     TC_ACT_SHOT as i32
-}
-
-fn emit_drop(ctx: &TcContext, st: &State, point: ObservationPoint, reason: u8, rule_id: u32) {
-    let mut out = Outcome::trace(point);
-    out.kind = EventKind::Drop;
-    out.verdict = Verdict::Dropped;
-    out.drop_reason = reason;
-    out.rule_id = rule_id;
-    emit(ctx, st, &out);
 }
 
 /// Drops a new flow the policy denies, reporting the policy verdict and the
@@ -151,7 +164,10 @@ pub(crate) fn deny(
 ) -> i32 {
     if drop_report_allowed() {
         emit_verdict(ctx, st, point, decision, direction);
-        emit_drop(ctx, st, point, decision.drop_reason(), decision.rule_id);
+        // The drop's direction is the policy side's, as the verdict's.
+        let mut out = Outcome::drop(point, decision.drop_reason(), decision.rule_id);
+        out.direction = direction as u8;
+        emit(ctx, st, &out);
     }
     TC_ACT_SHOT as i32
 }
@@ -214,6 +230,26 @@ pub(crate) fn emit_verdict(
     emit(ctx, st, &out);
 }
 
+/// Hubble's traffic direction of an event, as Cilium's datapath and Hubble's
+/// parser give it: a policy verdict's (and a policy drop's) is the policy
+/// side's; a drop's is the packet's at the endpoint the program runs for
+/// (egress leaving it, ingress entering it); a trace's is the connection's,
+/// so a reply has its flow's (a reply entering a pod belongs to the pod's
+/// egress connection).
+fn traffic_direction(out: &Outcome, meta: &Context) -> u8 {
+    if out.direction != 0 {
+        out.direction
+    } else if out.kind == EventKind::Trace && meta.flags & EVENT_FLAG_REPLY != 0 {
+        if meta.direction == TrafficDirection::Egress as u8 {
+            TrafficDirection::Ingress as u8
+        } else {
+            TrafficDirection::Egress as u8
+        }
+    } else {
+        meta.direction
+    }
+}
+
 /// Writes one event to the ring, counting it as lost when the ring is full.
 pub(crate) fn emit(ctx: &TcContext, st: &State, out: &Outcome) {
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
@@ -251,7 +287,7 @@ pub(crate) fn emit(ctx: &TcContext, st: &State, out: &Outcome) {
     }
     e.proxy_port = out.proxy_port;
     e.verdict = out.verdict as u8;
-    e.traffic_direction = out.direction;
+    e.traffic_direction = traffic_direction(out, meta);
     e.match_type = out.match_type;
     e.icmp_type = pkt.icmp_type;
     e._pad = [0; 4];
