@@ -523,6 +523,79 @@ async fn ingress_uses_the_ipcache_identity_and_the_proxy_mark() {
     assert_ne!(trace.flags & EVENT_FLAG_FROM_PROXY, 0);
 }
 
+/// A request through the proxy is reported once: the client's connection
+/// has its policy verdict (redirected) where it leaves the client; the
+/// proxy's upstream connection to the pod, with the proxy's mark, has its
+/// trace (flagged from-proxy) but no second verdict.
+#[tokio::test]
+async fn the_proxys_upstream_connection_reports_no_second_policy_verdict() {
+    if !privileged("the_proxys_upstream_connection_reports_no_second_policy_verdict") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: false,
+                rules: vec![
+                    rule(
+                        PolicyDirection::Ingress,
+                        PEER_IDENTITY,
+                        TCP,
+                        Some((80, 80)),
+                        RuleAction::Redirect { proxy_port: 15001 },
+                        71,
+                    ),
+                    rule(
+                        PolicyDirection::Ingress,
+                        PEER_IDENTITY,
+                        TCP,
+                        Some((8080, 8080)),
+                        RuleAction::Allow,
+                        72,
+                    ),
+                ],
+            },
+        )
+        .expect("policy");
+    let mark = 0xb00 | (PEER_IDENTITY << 16);
+    // Upstream connections for a redirect rule and for an allow rule (the
+    // client's egress was redirected): neither is a new decision.
+    for (port, sport) in [(80, 53000), (8080, 53001)] {
+        let upstream = Pkt::tcp("10.244.2.7", sport, POD_V4, port, SYN).build();
+        let (verdict, _, events) = h.run_marked(PROGRAM_TO_CONTAINER, &upstream, mark).await;
+        assert_eq!(verdict, TC_ACT_OK);
+        assert!(
+            events
+                .iter()
+                .all(|e| kind(e) != Some(EventKind::PolicyVerdict)),
+            "port {port}: {events:?}"
+        );
+        let trace = find(&events, EventKind::Trace);
+        assert_ne!(trace.flags & EVENT_FLAG_FROM_PROXY, 0);
+        assert_eq!(trace.source_identity, PEER_IDENTITY);
+    }
+    // Without the mark the same connection is the client's own: its verdict.
+    let direct = Pkt::tcp("10.244.2.7", 53002, POD_V4, 8080, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &direct).await;
+    let pv = find(&events, EventKind::PolicyVerdict);
+    assert_eq!((pv.verdict, pv.rule_id), (Verdict::Forwarded as u8, 72));
+    // A proxy connection the policy denies is still reported, verdict and drop.
+    let denied = Pkt::tcp("10.244.2.7", 53003, POD_V4, 9090, SYN).build();
+    let (verdict, _, events) = h.run_marked(PROGRAM_TO_CONTAINER, &denied, mark).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::PolicyVerdict).verdict,
+        Verdict::Dropped as u8
+    );
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::POLICY_DENIED
+    );
+}
+
 #[tokio::test]
 async fn ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksums() {
     if !privileged("ipv4_tcp_service_is_dnated_and_replies_reverse_nated_with_valid_checksums") {

@@ -199,7 +199,11 @@ fn to_container_new(
     if ingress.drop_reason() != 0 {
         return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
-    if ingress.enforced {
+    // The proxy's upstream connection carries a flow whose verdicts the
+    // client's `from_container` reported (its egress, and this pod's
+    // ingress: the proxy only serves clients of this node): a second
+    // verdict would make one request look like two connections.
+    if ingress.enforced && !from_proxy {
         emit_verdict(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
     if ingress.action == PolicyAction::Redirect as u8 {
