@@ -1,8 +1,7 @@
 //! Events for the agent's observer (traces, drops, policy verdicts), the
 //! rate limit of drop events, and the packet counters.
 
-use crate::State;
-use crate::policy::Decision;
+use crate::state::{Context, State};
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
@@ -11,8 +10,8 @@ use aya_ebpf::programs::TcContext;
 use myelin_common::event::{EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE};
 use myelin_common::maps::{DROP_EVENT_BURST, DROP_EVENTS_PER_SECOND};
 use myelin_common::{
-    Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
-    TraceEvent, TrafficDirection, Verdict,
+    Direction, EventKind, ObservationPoint, PacketStats, StatsKey, TraceEvent, TrafficDirection,
+    Verdict,
 };
 
 /// Unread event bytes from which a new event wakes the reader (see `emit`'s flags).
@@ -57,42 +56,6 @@ impl Outcome {
             ..Self::trace(point)
         }
     }
-}
-
-/// Facts the events carry beyond the packet itself.
-#[derive(Clone, Copy)]
-pub(crate) struct Context {
-    pub(crate) ifindex: u32,
-    pub(crate) endpoint_id: u32,
-    pub(crate) src_identity: u32,
-    pub(crate) dst_identity: u32,
-    pub(crate) flags: u8,
-    /// [`TrafficDirection`] as u8 of the packet at the endpoint the program
-    /// runs for: egress leaving it, ingress entering it.
-    pub(crate) direction: u8,
-    pub(crate) service: L4Addr,
-}
-
-pub(crate) fn reset_meta(
-    st: &mut State,
-    ifindex: u32,
-    endpoint: Option<&EndpointInfo>,
-    sending: bool,
-) {
-    let (id, identity) = endpoint.map_or((0, 0), |e| (e.endpoint_id, e.identity));
-    st.meta = Context {
-        ifindex,
-        endpoint_id: id,
-        src_identity: if sending { identity } else { 0 },
-        dst_identity: if sending { 0 } else { identity },
-        flags: 0,
-        direction: if sending {
-            TrafficDirection::Egress as u8
-        } else {
-            TrafficDirection::Ingress as u8
-        },
-        service: L4Addr::default(),
-    };
 }
 
 pub(crate) fn count(ifindex: u32, direction: Direction, len: u32) {
@@ -152,21 +115,14 @@ pub(crate) fn drop_packet(
     TC_ACT_SHOT as i32
 }
 
-/// Drops a new flow the policy denies, reporting the policy verdict and the
-/// drop (every time, as any drop: a denied flow has no conntrack entry to
-/// aggregate its reports).
-pub(crate) fn deny(
-    ctx: &TcContext,
-    st: &State,
-    point: ObservationPoint,
-    decision: &Decision,
-    direction: TrafficDirection,
-) -> i32 {
+/// Drops a packet a policy verdict denies: reports the `verdict` and the
+/// drop it explains (its reason, rule and policy side), as one drop for the
+/// rate limit.
+pub(crate) fn drop_with_verdict(ctx: &TcContext, st: &State, verdict: &Outcome) -> i32 {
     if drop_report_allowed() {
-        emit_verdict(ctx, st, point, decision, direction);
-        // The drop's direction is the policy side's, as the verdict's.
-        let mut out = Outcome::drop(point, decision.drop_reason(), decision.rule_id);
-        out.direction = direction as u8;
+        emit(ctx, st, verdict);
+        let mut out = Outcome::drop(verdict.point, verdict.drop_reason, verdict.rule_id);
+        out.direction = verdict.direction;
         emit(ctx, st, &out);
     }
     TC_ACT_SHOT as i32
@@ -208,26 +164,6 @@ fn drop_report_allowed() -> bool {
     }
     bucket.tokens -= 1;
     true
-}
-
-pub(crate) fn emit_verdict(
-    ctx: &TcContext,
-    st: &State,
-    point: ObservationPoint,
-    decision: &Decision,
-    direction: TrafficDirection,
-) {
-    let out = Outcome {
-        kind: EventKind::PolicyVerdict,
-        point,
-        verdict: decision.verdict(),
-        drop_reason: decision.drop_reason(),
-        direction: direction as u8,
-        match_type: decision.match_type,
-        proxy_port: decision.proxy_port,
-        rule_id: decision.rule_id,
-    };
-    emit(ctx, st, &out);
 }
 
 /// Hubble's traffic direction of an event, as Cilium's datapath and Hubble's

@@ -1,10 +1,9 @@
 //! Host routing: delivery to a pod of this node with `bpf_redirect_peer`.
 
-use crate::State;
+use crate::endpoints::{ENDPOINTS_BY_IP, ip_key};
 use crate::events::{count, drop_packet};
-use crate::maps::ENDPOINTS_BY_IP;
 use crate::parse::ETH_HLEN;
-use crate::policy::ip_key;
+use crate::state::State;
 use crate::to_container::{UNTRACKED, to_container_tracked};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_redirect_peer;

@@ -2,16 +2,16 @@
 //! replies with reverse NAT, admitted flows, and the pod's ingress policy on
 //! a new flow.
 
-use crate::conntrack::CONNTRACK;
-use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
-use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
+use crate::conntrack::{CONNTRACK, ct_key, ct_update, live_entry, new_entry};
+use crate::endpoints::ENDPOINTS;
+use crate::events::{Outcome, drop_packet, drop_unparsed, emit};
 use crate::fragments::track_fragments;
-use crate::maps::ENDPOINTS;
 use crate::parse::{is_infrastructure_icmpv6, is_link_local, parse};
-use crate::policy::{Decision, decide, identity_of, policy_revision};
-use crate::service::REV_NAT;
-use crate::service::{rewrite, service_reply};
-use crate::{State, mark};
+use crate::policy::{Decision, decide, deny, emit_verdict, identity_of, policy_revision};
+use crate::related::related_error;
+use crate::service::{REV_NAT, rewrite, service_reply};
+use crate::skb::mark;
+use crate::state::{State, reset_meta};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
