@@ -61,6 +61,14 @@ fn egress_policy(rules: Vec<PolicyRule>) -> PolicyTable {
     }
 }
 
+fn ingress_policy(rules: Vec<PolicyRule>) -> PolicyTable {
+    PolicyTable {
+        ingress_enforced: true,
+        egress_enforced: false,
+        rules,
+    }
+}
+
 /// A harness whose pod talks to a peer 10.244.2.7 of identity PEER_IDENTITY.
 fn harness() -> Harness {
     let mut h = Harness::with_pod();
@@ -134,14 +142,7 @@ async fn replies_of_an_allowed_flow_pass_without_a_policy_lookup() {
     let mut h = harness();
     // Ingress enforced with no rule: only replies may come in.
     h.datapath
-        .replace_policy(
-            POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![],
-            },
-        )
+        .replace_policy(POD_ENDPOINT, &ingress_policy(vec![]))
         .expect("policy");
     let syn = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 443, SYN).build();
     assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &syn).await.0, TC_ACT_OK);
@@ -489,18 +490,14 @@ async fn ingress_uses_the_ipcache_identity_and_the_proxy_mark() {
     h.datapath
         .replace_policy(
             POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![rule(
-                    i,
-                    PEER_IDENTITY,
-                    TCP,
-                    Some((80, 80)),
-                    RuleAction::Allow,
-                    21,
-                )],
-            },
+            &ingress_policy(vec![rule(
+                i,
+                PEER_IDENTITY,
+                TCP,
+                Some((80, 80)),
+                RuleAction::Allow,
+                21,
+            )]),
         )
         .expect("policy");
     let from_peer = Pkt::tcp("10.244.2.7", 50000, POD_V4, 80, SYN).build();
@@ -536,28 +533,24 @@ async fn the_proxys_upstream_connection_reports_no_second_policy_verdict() {
     h.datapath
         .replace_policy(
             POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![
-                    rule(
-                        PolicyDirection::Ingress,
-                        PEER_IDENTITY,
-                        TCP,
-                        Some((80, 80)),
-                        RuleAction::Redirect { proxy_port: 15001 },
-                        71,
-                    ),
-                    rule(
-                        PolicyDirection::Ingress,
-                        PEER_IDENTITY,
-                        TCP,
-                        Some((8080, 8080)),
-                        RuleAction::Allow,
-                        72,
-                    ),
-                ],
-            },
+            &ingress_policy(vec![
+                rule(
+                    PolicyDirection::Ingress,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((80, 80)),
+                    RuleAction::Redirect { proxy_port: 15001 },
+                    71,
+                ),
+                rule(
+                    PolicyDirection::Ingress,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((8080, 8080)),
+                    RuleAction::Allow,
+                    72,
+                ),
+            ]),
         )
         .expect("policy");
     let mark = 0xb00 | (PEER_IDENTITY << 16);
@@ -1015,14 +1008,7 @@ async fn icmp_echo_and_related_errors_follow_their_flows() {
     }
     let mut h = harness();
     h.datapath
-        .replace_policy(
-            POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![],
-            },
-        )
+        .replace_policy(POD_ENDPOINT, &ingress_policy(vec![]))
         .expect("policy");
     for (src, dst) in [(POD_V4, "10.244.2.7"), (POD_V6, "fd00:10:244:2::7")] {
         let request = Pkt::echo(src, dst, 77, false).build();
@@ -1383,18 +1369,14 @@ async fn an_ingress_redirect_for_a_client_off_this_node_fails_closed() {
     h.datapath
         .replace_policy(
             POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![rule(
-                    PolicyDirection::Ingress,
-                    PEER_IDENTITY,
-                    TCP,
-                    Some((80, 80)),
-                    RuleAction::Redirect { proxy_port: 15001 },
-                    61,
-                )],
-            },
+            &ingress_policy(vec![rule(
+                PolicyDirection::Ingress,
+                PEER_IDENTITY,
+                TCP,
+                Some((80, 80)),
+                RuleAction::Redirect { proxy_port: 15001 },
+                61,
+            )]),
         )
         .expect("policy");
     // From a pod of another node: to_container cannot hand it to the proxy.
