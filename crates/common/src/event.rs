@@ -194,7 +194,7 @@ pub struct TraceEvent {
     /// the packet's at the endpoint the program ran for (egress leaving it,
     /// ingress entering it); a trace's is its connection's (a reply has its
     /// flow's direction: ingress for a pod's answer to a flow it accepted).
-    /// 0 never, in this build.
+    /// Always set by this build (0 would be unknown).
     pub traffic_direction: u8,
     /// Hubble's policy match type (policy verdicts): 0 none, 1 L3-Only,
     /// 2 L3-L4, 3 L4-Only, 4 all, 5 L3-Proto, 6 Proto-Only.
