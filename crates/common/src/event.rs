@@ -76,13 +76,14 @@ pub enum Verdict {
     Redirected = 5,
 }
 
-/// Hubble's `flow.TrafficDirection` of the policy side that applied.
+/// Hubble's `flow.TrafficDirection`: of the endpoint an event was reported
+/// for (see [`TraceEvent::traffic_direction`]).
 #[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrafficDirection {
-    /// Into the endpoint (its ingress policy; the to-container program).
+    /// Into the endpoint (its ingress policy; a packet `to_container` sees).
     Ingress = 1,
-    /// Out of the endpoint (its egress policy; the from-container program).
+    /// Out of the endpoint (its egress policy; a packet `from_container` sees).
     Egress = 2,
 }
 
@@ -188,7 +189,12 @@ pub struct TraceEvent {
     pub proxy_port: u16,
     /// [`Verdict`] as u8.
     pub verdict: u8,
-    /// [`TrafficDirection`] as u8 of the policy side (0 when none applied).
+    /// [`TrafficDirection`] as u8, as Cilium's Hubble gives it: a policy
+    /// verdict's and a policy drop's is the policy side's; another drop's is
+    /// the packet's at the endpoint the program ran for (egress leaving it,
+    /// ingress entering it); a trace's is its connection's (a reply has its
+    /// flow's direction: ingress for a pod's answer to a flow it accepted).
+    /// Always set by this build (0 would be unknown).
     pub traffic_direction: u8,
     /// Hubble's policy match type (policy verdicts): 0 none, 1 L3-Only,
     /// 2 L3-L4, 3 L4-Only, 4 all, 5 L3-Proto, 6 Proto-Only.

@@ -381,6 +381,14 @@ pub const CT_TIMEOUT_CLOSE_NS: u64 = 10 * 1_000_000_000;
 pub const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
 /// A busy established flow reports a trace event at most this often.
 pub const TRACE_REPORT_INTERVAL_NS: u64 = 5 * 1_000_000_000;
+/// Drop events each CPU may report per second, sustained: every drop is
+/// reported (none is aggregated), and this bucket only keeps a flood of
+/// drops from filling the event ring. Drops past it are counted in
+/// [`names::DROPS_SUPPRESSED`].
+pub const DROP_EVENTS_PER_SECOND: u64 = 1_000;
+/// Drop events a CPU may report at once before [`DROP_EVENTS_PER_SECOND`]
+/// applies (the bucket's size).
+pub const DROP_EVENT_BURST: u64 = 2_000;
 
 /// Packets carrying this mark (under [`PROXY_MARK_MASK`]) come from the L7
 /// proxy: never redirected again. Bits 16..31 may carry the source identity
@@ -465,4 +473,7 @@ pub mod names {
     pub const EVENTS: &str = "MYELIN_EVENTS";
     /// Per-CPU counter of events the ring had no room for (index 0).
     pub const LOST: &str = "MYELIN_LOST";
+    /// Per-CPU counter (index 0) of drops whose event the rate limit
+    /// ([`super::DROP_EVENTS_PER_SECOND`]) suppressed.
+    pub const DROPS_SUPPRESSED: &str = "MYELIN_DROPS_SUPPRESSED";
 }

@@ -8,6 +8,7 @@ use myelin_common::maps::names;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::DatapathError;
+use crate::maps::map_error;
 
 /// How often the reader looks for events the kernel programs did not wake it for.
 pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
@@ -27,23 +28,34 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<TraceEvent>) {
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    suppressed: PerCpuArray<MapData, u64>,
+}
+
+/// The event maps the reader takes from the loaded object.
+pub(crate) struct EventMaps {
+    /// The ring buffer.
+    pub(crate) ring: Map,
+    /// Events the ring had no room for.
+    pub(crate) lost: Map,
+    /// Drops whose event the rate limit suppressed.
+    pub(crate) suppressed: Map,
 }
 
 impl EventReader {
-    pub(crate) fn new(ring: Map, lost: Map) -> Result<Self, DatapathError> {
-        let ring = RingBuf::try_from(ring).map_err(|source| DatapathError::Map {
-            map: names::EVENTS,
-            source,
-        })?;
-        let lost = PerCpuArray::try_from(lost).map_err(|source| DatapathError::Map {
-            map: names::LOST,
-            source,
-        })?;
+    pub(crate) fn new(maps: EventMaps) -> Result<Self, DatapathError> {
+        let ring = RingBuf::try_from(maps.ring).map_err(map_error(names::EVENTS))?;
+        let lost = PerCpuArray::try_from(maps.lost).map_err(map_error(names::LOST))?;
+        let suppressed =
+            PerCpuArray::try_from(maps.suppressed).map_err(map_error(names::DROPS_SUPPRESSED))?;
         // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns
         // the RingBuf, and always returns that same fd.
         let ring =
             unsafe { AsyncFd::register(ring) }.map_err(|e| DatapathError::Events(e.into()))?;
-        Ok(Self { ring, lost })
+        Ok(Self {
+            ring,
+            lost,
+            suppressed,
+        })
     }
 
     /// Waits for events and appends every one available to `out`: at most
@@ -64,9 +76,23 @@ impl EventReader {
     /// Events the kernel could not write because the ring was full, since the
     /// maps were created.
     pub fn lost(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        sum(&self.lost)
     }
+
+    /// Drops the kernel programs did not report because a CPU exceeded its
+    /// drop-event rate (`DROP_EVENTS_PER_SECOND`, after a burst of
+    /// `DROP_EVENT_BURST`), since the maps were created. Every drop under
+    /// that rate is reported.
+    pub fn suppressed_drops(&self) -> u64 {
+        sum(&self.suppressed)
+    }
+}
+
+/// The sum over CPUs of a per-CPU counter at index 0 (0 when unreadable: a
+/// counter never fails the reader).
+fn sum(counter: &PerCpuArray<MapData, u64>) -> u64 {
+    counter
+        .get(&0, 0)
+        .map(|per_cpu| per_cpu.iter().sum())
+        .unwrap_or(0)
 }

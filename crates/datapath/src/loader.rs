@@ -515,14 +515,15 @@ impl Datapath {
         Ok((sum(Direction::FromContainer), sum(Direction::ToContainer)))
     }
 
-    /// Takes the event ring and the lost-events counter; call once.
+    /// Takes the event ring and its counters (lost events, suppressed
+    /// drops); call once.
     pub fn event_reader(&mut self) -> Result<EventReader, DatapathError> {
-        let (ring, lost) = self
+        let maps = self
             .maps
             .events
             .take()
             .ok_or(DatapathError::MissingMap(names::EVENTS))?;
-        EventReader::new(ring, lost)
+        EventReader::new(maps)
     }
 
     /// Runs a program once on a crafted Ethernet frame with

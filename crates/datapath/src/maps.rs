@@ -11,6 +11,7 @@ use myelin_common::{
 };
 
 use crate::error::DatapathError;
+use crate::events::EventMaps;
 
 /// An owned hash (or LRU hash) map handle.
 pub(crate) type Hash<K, V> = HashMap<MapData, K, V>;
@@ -29,9 +30,8 @@ pub(crate) struct Maps {
     pub(crate) policy_revision: Array<MapData, u32>,
     pub(crate) conntrack: Hash<CtKey, CtEntry>,
     pub(crate) stats: PerCpuHashMap<MapData, StatsKey, PacketStats>,
-    /// The event ring and its lost-events counter, until the event reader
-    /// takes them.
-    pub(crate) events: Option<(Map, Map)>,
+    /// The event ring and its counters, until the event reader takes them.
+    pub(crate) events: Option<EventMaps>,
 }
 
 impl Maps {
@@ -50,7 +50,11 @@ impl Maps {
             policy_revision: typed(ebpf, names::POLICY_REVISION)?,
             conntrack: typed(ebpf, names::CONNTRACK)?,
             stats: typed(ebpf, names::STATS)?,
-            events: Some((untyped(ebpf, names::EVENTS)?, untyped(ebpf, names::LOST)?)),
+            events: Some(EventMaps {
+                ring: untyped(ebpf, names::EVENTS)?,
+                lost: untyped(ebpf, names::LOST)?,
+                suppressed: untyped(ebpf, names::DROPS_SUPPRESSED)?,
+            }),
         })
     }
 }

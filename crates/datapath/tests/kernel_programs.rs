@@ -205,7 +205,7 @@ async fn maps_are_pinned_and_reused_by_a_second_load() {
 /// conntrack side, reverse NAT, trace, counters) is done on the way.
 mod host_routing {
     use myelin_common::event::{EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE};
-    use myelin_common::{EventKind, ObservationPoint, TraceEvent};
+    use myelin_common::{EventKind, ObservationPoint, TraceEvent, TrafficDirection};
     use myelin_datapath::{
         EndpointInfo, PROGRAM_FROM_CONTAINER, PolicyDirection, PolicyRule, PolicyTable, RuleAction,
         Service, ServiceProtocol,
@@ -347,6 +347,12 @@ mod host_routing {
             (40000, 80, ACK)
         );
         assert_eq!(e.flags, 0);
+        // Each side's direction: the sender's egress, the receiver's ingress.
+        assert_eq!(
+            to_stack[0].traffic_direction,
+            TrafficDirection::Egress as u8
+        );
+        assert_eq!(e.traffic_direction, TrafficDirection::Ingress as u8);
         // The receiver's counters, as its to_container would have kept them.
         let (_, to) = h.datapath.stats(PEER_IFINDEX).expect("stats");
         assert_eq!(to.packets, 2);
@@ -365,6 +371,11 @@ mod host_routing {
         assert_eq!(
             (e.source_identity, e.destination_identity),
             (PEER_IDENTITY, POD_IDENTITY)
+        );
+        assert_eq!(
+            e.traffic_direction,
+            TrafficDirection::Egress as u8,
+            "the reply of the pod's own connection"
         );
     }
 

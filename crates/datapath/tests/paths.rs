@@ -12,7 +12,7 @@ use myelin_common::event::{
     EVENT_FLAG_FRAGMENT, EVENT_FLAG_FROM_PROXY, EVENT_FLAG_RELATED, EVENT_FLAG_REPLY,
     EVENT_FLAG_SERVICE,
 };
-use myelin_common::maps::names;
+use myelin_common::maps::{DROP_EVENT_BURST, names};
 use myelin_common::{AffinityEntry, AffinityKey};
 use myelin_datapath::{
     CtScope, EventKind, ObservationPoint, PROGRAM_FROM_CONTAINER, PROGRAM_TO_CONTAINER,
@@ -57,6 +57,14 @@ fn egress_policy(rules: Vec<PolicyRule>) -> PolicyTable {
     PolicyTable {
         ingress_enforced: false,
         egress_enforced: true,
+        rules,
+    }
+}
+
+fn ingress_policy(rules: Vec<PolicyRule>) -> PolicyTable {
+    PolicyTable {
+        ingress_enforced: true,
+        egress_enforced: false,
         rules,
     }
 }
@@ -134,14 +142,7 @@ async fn replies_of_an_allowed_flow_pass_without_a_policy_lookup() {
     let mut h = harness();
     // Ingress enforced with no rule: only replies may come in.
     h.datapath
-        .replace_policy(
-            POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![],
-            },
-        )
+        .replace_policy(POD_ENDPOINT, &ingress_policy(vec![]))
         .expect("policy");
     let syn = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 443, SYN).build();
     assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &syn).await.0, TC_ACT_OK);
@@ -222,6 +223,98 @@ async fn a_forged_source_address_is_dropped() {
     }
     .build();
     assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &ns).await.0, TC_ACT_OK);
+}
+
+/// The direction Hubble gives each event, as Cilium's: policy verdicts
+/// and policy drops the policy side's, other drops the packet's at the
+/// endpoint (egress leaving it, ingress entering it), traces their
+/// connection's (a reply its flow's).
+#[tokio::test]
+async fn events_carry_their_traffic_direction() {
+    if !privileged("events_carry_their_traffic_direction") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &PolicyTable {
+                ingress_enforced: true,
+                egress_enforced: true,
+                rules: vec![
+                    rule(
+                        PolicyDirection::Egress,
+                        PEER_IDENTITY,
+                        TCP,
+                        Some((80, 80)),
+                        RuleAction::Allow,
+                        1,
+                    ),
+                    rule(
+                        PolicyDirection::Ingress,
+                        PEER_IDENTITY,
+                        TCP,
+                        Some((8080, 8080)),
+                        RuleAction::Allow,
+                        2,
+                    ),
+                ],
+            },
+        )
+        .expect("policy");
+    let egress = TrafficDirection::Egress as u8;
+    let ingress = TrafficDirection::Ingress as u8;
+    let direction = |events: &[TraceEvent], k: EventKind| find(events, k).traffic_direction;
+
+    // The pod's own connection: egress, its reply too.
+    let syn = Pkt::tcp(POD_V4, 40000, "10.244.2.7", 80, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), egress);
+    assert_eq!(direction(&events, EventKind::Trace), egress);
+    let syn_ack = Pkt::tcp("10.244.2.7", 80, POD_V4, 40000, SYN_ACK).build();
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &syn_ack).await;
+    let reply = find(&events, EventKind::Trace);
+    assert_ne!(reply.flags & EVENT_FLAG_REPLY, 0);
+    assert_eq!(reply.traffic_direction, egress, "a reply is its flow's");
+
+    // A connection into the pod: ingress, the pod's answer too.
+    let syn = Pkt::tcp("10.244.2.7", 50000, POD_V4, 8080, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &syn).await;
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), ingress);
+    assert_eq!(direction(&events, EventKind::Trace), ingress);
+    let syn_ack = Pkt::tcp(POD_V4, 8080, "10.244.2.7", 50000, SYN_ACK).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn_ack).await;
+    let reply = find(&events, EventKind::Trace);
+    assert_ne!(reply.flags & EVENT_FLAG_REPLY, 0);
+    assert_eq!(reply.traffic_direction, ingress, "a reply is its flow's");
+
+    // Policy drops: the policy side, the drop as its verdict.
+    let denied_out = Pkt::tcp(POD_V4, 40001, "10.244.2.7", 81, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &denied_out).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), egress);
+    assert_eq!(direction(&events, EventKind::Drop), egress);
+    let denied_in = Pkt::tcp("10.244.2.7", 50001, POD_V4, 8081, SYN).build();
+    let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &denied_in).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(direction(&events, EventKind::PolicyVerdict), ingress);
+    assert_eq!(direction(&events, EventKind::Drop), ingress);
+
+    // Other drops: the packet's at the pod.
+    let spoofed = Pkt::tcp("10.244.1.99", 40002, "10.244.2.7", 80, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &spoofed).await;
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(drop.drop_reason, drop_reason::INVALID_SOURCE_IP);
+    assert_eq!(drop.traffic_direction, egress);
+    let mut truncated = Pkt::tcp("10.244.2.7", 50002, POD_V4, 8080, SYN).build();
+    truncated.truncate(14 + 20 + 4);
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &truncated).await;
+    let drop = find(&events, EventKind::Drop);
+    assert_eq!(
+        drop.drop_reason,
+        drop_reason::CT_TRUNCATED_OR_INVALID_HEADER
+    );
+    assert_eq!(drop.traffic_direction, ingress);
 }
 
 #[tokio::test]
@@ -397,18 +490,14 @@ async fn ingress_uses_the_ipcache_identity_and_the_proxy_mark() {
     h.datapath
         .replace_policy(
             POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![rule(
-                    i,
-                    PEER_IDENTITY,
-                    TCP,
-                    Some((80, 80)),
-                    RuleAction::Allow,
-                    21,
-                )],
-            },
+            &ingress_policy(vec![rule(
+                i,
+                PEER_IDENTITY,
+                TCP,
+                Some((80, 80)),
+                RuleAction::Allow,
+                21,
+            )]),
         )
         .expect("policy");
     let from_peer = Pkt::tcp("10.244.2.7", 50000, POD_V4, 80, SYN).build();
@@ -429,6 +518,75 @@ async fn ingress_uses_the_ipcache_identity_and_the_proxy_mark() {
     let trace = find(&events, EventKind::Trace);
     assert_eq!(trace.source_identity, PEER_IDENTITY);
     assert_ne!(trace.flags & EVENT_FLAG_FROM_PROXY, 0);
+}
+
+/// A request through the proxy is reported once: the client's connection
+/// has its policy verdict (redirected) where it leaves the client; the
+/// proxy's upstream connection to the pod, with the proxy's mark, has its
+/// trace (flagged from-proxy) but no second verdict.
+#[tokio::test]
+async fn the_proxys_upstream_connection_reports_no_second_policy_verdict() {
+    if !privileged("the_proxys_upstream_connection_reports_no_second_policy_verdict") {
+        return;
+    }
+    let mut h = harness();
+    h.datapath
+        .replace_policy(
+            POD_ENDPOINT,
+            &ingress_policy(vec![
+                rule(
+                    PolicyDirection::Ingress,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((80, 80)),
+                    RuleAction::Redirect { proxy_port: 15001 },
+                    71,
+                ),
+                rule(
+                    PolicyDirection::Ingress,
+                    PEER_IDENTITY,
+                    TCP,
+                    Some((8080, 8080)),
+                    RuleAction::Allow,
+                    72,
+                ),
+            ]),
+        )
+        .expect("policy");
+    let mark = 0xb00 | (PEER_IDENTITY << 16);
+    // Upstream connections for a redirect rule and for an allow rule (the
+    // client's egress was redirected): neither is a new decision.
+    for (port, sport) in [(80, 53000), (8080, 53001)] {
+        let upstream = Pkt::tcp("10.244.2.7", sport, POD_V4, port, SYN).build();
+        let (verdict, _, events) = h.run_marked(PROGRAM_TO_CONTAINER, &upstream, mark).await;
+        assert_eq!(verdict, TC_ACT_OK);
+        assert!(
+            events
+                .iter()
+                .all(|e| kind(e) != Some(EventKind::PolicyVerdict)),
+            "port {port}: {events:?}"
+        );
+        let trace = find(&events, EventKind::Trace);
+        assert_ne!(trace.flags & EVENT_FLAG_FROM_PROXY, 0);
+        assert_eq!(trace.source_identity, PEER_IDENTITY);
+    }
+    // Without the mark the same connection is the client's own: its verdict.
+    let direct = Pkt::tcp("10.244.2.7", 53002, POD_V4, 8080, SYN).build();
+    let (_, _, events) = h.run(PROGRAM_TO_CONTAINER, &direct).await;
+    let pv = find(&events, EventKind::PolicyVerdict);
+    assert_eq!((pv.verdict, pv.rule_id), (Verdict::Forwarded as u8, 72));
+    // A proxy connection the policy denies is still reported, verdict and drop.
+    let denied = Pkt::tcp("10.244.2.7", 53003, POD_V4, 9090, SYN).build();
+    let (verdict, _, events) = h.run_marked(PROGRAM_TO_CONTAINER, &denied, mark).await;
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        find(&events, EventKind::PolicyVerdict).verdict,
+        Verdict::Dropped as u8
+    );
+    assert_eq!(
+        find(&events, EventKind::Drop).drop_reason,
+        drop_reason::POLICY_DENIED
+    );
 }
 
 #[tokio::test]
@@ -850,14 +1008,7 @@ async fn icmp_echo_and_related_errors_follow_their_flows() {
     }
     let mut h = harness();
     h.datapath
-        .replace_policy(
-            POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![],
-            },
-        )
+        .replace_policy(POD_ENDPOINT, &ingress_policy(vec![]))
         .expect("policy");
     for (src, dst) in [(POD_V4, "10.244.2.7"), (POD_V6, "fd00:10:244:2::7")] {
         let request = Pkt::echo(src, dst, 77, false).build();
@@ -1116,26 +1267,77 @@ async fn a_redirect_without_a_proxy_listener_fails_closed() {
 }
 
 #[tokio::test]
-async fn repeated_drops_are_aggregated_per_flow() {
-    if !privileged("repeated_drops_are_aggregated_per_flow") {
+async fn every_drop_is_reported() {
+    if !privileged("every_drop_is_reported") {
         return;
     }
     let mut h = harness();
     h.datapath
         .replace_policy(POD_ENDPOINT, &egress_policy(vec![]))
         .expect("policy");
+    // A client retransmitting its denied SYN: each drop is a flow, as
+    // Cilium reports it.
     let syn = Pkt::tcp(POD_V4, 51000, "10.244.2.7", 80, SYN).build();
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(events.len(), 2, "policy verdict and drop: {events:?}");
-    // The retransmitted SYN is dropped again, silently.
-    let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
-    assert_eq!(verdict, TC_ACT_SHOT);
-    assert!(events.is_empty(), "aggregated: {events:?}");
-    // Another flow is reported.
-    let other = Pkt::tcp(POD_V4, 51001, "10.244.2.7", 80, SYN).build();
-    let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &other).await;
-    assert_eq!(events.len(), 2);
+    for attempt in 0..3 {
+        let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &syn).await;
+        assert_eq!(verdict, TC_ACT_SHOT);
+        let kinds: Vec<_> = events.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            [Some(EventKind::PolicyVerdict), Some(EventKind::Drop)],
+            "attempt {attempt}: {events:?}"
+        );
+    }
+    // Not a policy drop: reported every time too.
+    let spoofed = Pkt::tcp("10.244.1.99", 51001, "10.244.2.7", 80, SYN).build();
+    for attempt in 0..3 {
+        let (_, _, events) = h.run(PROGRAM_FROM_CONTAINER, &spoofed).await;
+        let drop = find(&events, EventKind::Drop);
+        assert_eq!(
+            drop.drop_reason,
+            drop_reason::INVALID_SOURCE_IP,
+            "attempt {attempt}"
+        );
+    }
+    assert_eq!(h.reader.suppressed_drops(), 0);
+}
+
+#[tokio::test]
+async fn a_flood_of_drops_is_rate_limited_and_the_rest_counted() {
+    if !privileged("a_flood_of_drops_is_rate_limited_and_the_rest_counted") {
+        return;
+    }
+    let mut h = harness();
+    let spoofed = Pkt::tcp("10.244.1.99", 51002, "10.244.2.7", 80, SYN).build();
+    // One test run repeats on one CPU: one bucket.
+    let flood = DROP_EVENT_BURST as u32 + 1_000;
+    let outcome = h
+        .datapath
+        .test_run(PROGRAM_FROM_CONTAINER, &spoofed, flood)
+        .expect("test run");
+    assert_eq!(outcome.verdict, TC_ACT_SHOT);
+    let mut events = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(150),
+        h.reader.read(&mut events),
+    )
+    .await;
+    let reported = events
+        .iter()
+        .filter(|e| kind(e) == Some(EventKind::Drop))
+        .count() as u64;
+    let suppressed = h.reader.suppressed_drops();
+    assert!(
+        reported >= DROP_EVENT_BURST,
+        "the burst is reported: {reported}"
+    );
+    assert!(suppressed > 0, "the flood bites");
+    assert_eq!(
+        reported + suppressed,
+        u64::from(flood),
+        "each drop reported or counted"
+    );
+    assert_eq!(h.reader.lost(), 0, "the ring kept up");
 }
 
 #[tokio::test]
@@ -1167,18 +1369,14 @@ async fn an_ingress_redirect_for_a_client_off_this_node_fails_closed() {
     h.datapath
         .replace_policy(
             POD_ENDPOINT,
-            &PolicyTable {
-                ingress_enforced: true,
-                egress_enforced: false,
-                rules: vec![rule(
-                    PolicyDirection::Ingress,
-                    PEER_IDENTITY,
-                    TCP,
-                    Some((80, 80)),
-                    RuleAction::Redirect { proxy_port: 15001 },
-                    61,
-                )],
-            },
+            &ingress_policy(vec![rule(
+                PolicyDirection::Ingress,
+                PEER_IDENTITY,
+                TCP,
+                Some((80, 80)),
+                RuleAction::Redirect { proxy_port: 15001 },
+                61,
+            )]),
         )
         .expect("policy");
     // From a pod of another node: to_container cannot hand it to the proxy.

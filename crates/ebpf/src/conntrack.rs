@@ -1,35 +1,25 @@
 //! Connection tracking: keys, entries, their state and timeouts, and the
-//! ICMP errors related to tracked flows.
+//! flows ICMP errors quote.
 
-use crate::State;
-use crate::events::{Outcome, drop_packet, emit};
 use crate::parse::{IPPROTO_TCP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::policy::{decide, identity_of, policy_revision};
-use crate::service::rev_nat_error;
-use aya_ebpf::bindings::TC_ACT_OK;
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use crate::policy::policy_revision;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::LruHashMap;
-use aya_ebpf::programs::TcContext;
-use myelin_common::event::EVENT_FLAG_RELATED;
 use myelin_common::maps::{
     CT_FLAG_CLOSING, CT_FLAG_FROM_PROXY, CT_FLAG_REPLIED, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS,
     CT_TIMEOUT_CLOSE_NS, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_SYN_NS, CT_TIMEOUT_TCP_NS,
     TRACE_REPORT_INTERVAL_NS,
 };
-use myelin_common::{CtEntry, CtKey, Direction, ObservationPoint, PolicyAction};
+use myelin_common::{CtEntry, CtKey, PolicyAction};
 
-/// An ICMP error passes when it quotes a packet of a tracked flow (in either
-/// scope, either way round); otherwise it is policed as ICMP with no port,
-/// like a new flow: an endpoint that enforces needs an ICMP rule for it. An
-/// error about a pod's connection to a service is reverse-NAT'd like the
-/// replies, so the pod's socket recognises it.
-// A separate BPF function: its locals get their own frame instead of
-// adding to the caller's 512 bytes.
-#[inline(never)]
-pub(crate) fn related_error(ctx: &TcContext, st: &mut State, point: ObservationPoint) -> i32 {
-    let pkt = &st.pkt;
-    st.key = CtKey {
+/// The tracked flow an ICMP error quotes, looked up in either scope, either
+/// way round (`key` is scratch space, off the stack): `None` when no flow
+/// is tracked, else the reverse-NAT index of the pod's own connection to a
+/// service (0: none).
+// Inlined into its one caller, whose frame it shares.
+#[inline(always)]
+pub(crate) fn quoted_flow(key: &mut CtKey, pkt: &Packet, now: u64) -> Option<u16> {
+    *key = CtKey {
         saddr: pkt.inner_saddr,
         daddr: pkt.inner_daddr,
         sport: pkt.inner_sport,
@@ -39,47 +29,23 @@ pub(crate) fn related_error(ctx: &TcContext, st: &mut State, point: ObservationP
         family: pkt.family,
         _pad: 0,
     };
-    // SAFETY: the program's own monotonic clock.
-    let now = unsafe { bpf_ktime_get_ns() };
     // The pod's own connection, as it sent it (after DNAT).
     let mut rev_nat_index = 0;
     let mut found = false;
-    if let Some(entry) = live_entry(&st.key, now) {
+    if let Some(entry) = live_entry(key, now) {
         found = true;
         // SAFETY: entry points into the map value.
         rev_nat_index = unsafe { (*entry).rev_nat_index };
     }
-    st.key.scope = CT_SCOPE_INGRESS;
-    if live_entry(&st.key, now).is_some() || live_entry(&swap(&st.key), now).is_some() {
+    key.scope = CT_SCOPE_INGRESS;
+    if live_entry(key, now).is_some() || live_entry(&swap(key), now).is_some() {
         found = true;
     }
-    st.key.scope = CT_SCOPE_EGRESS;
-    if live_entry(&swap(&st.key), now).is_some() {
+    key.scope = CT_SCOPE_EGRESS;
+    if live_entry(&swap(key), now).is_some() {
         found = true;
     }
-    st.meta.src_identity = identity_of(st.pkt.family, &st.pkt.saddr);
-    st.meta.dst_identity = identity_of(st.pkt.family, &st.pkt.daddr);
-    if found {
-        st.meta.flags |= EVENT_FLAG_RELATED;
-        if rev_nat_index != 0 && point == ObservationPoint::ToEndpoint {
-            if let Err(reason) = rev_nat_error(ctx, st, rev_nat_index) {
-                return drop_packet(ctx, st, point, reason, 0);
-            }
-        }
-    } else {
-        let (direction, peer) = if point == ObservationPoint::ToStack {
-            (Direction::FromContainer, st.meta.dst_identity)
-        } else {
-            (Direction::ToContainer, st.meta.src_identity)
-        };
-        let decision = decide(st.meta.endpoint_id, direction, peer, &st.pkt);
-        let reason = decision.drop_reason();
-        if reason != 0 {
-            return drop_packet(ctx, st, point, reason, decision.rule_id);
-        }
-    }
-    emit(ctx, st, &Outcome::trace(point));
-    TC_ACT_OK
+    found.then_some(rev_nat_index)
 }
 
 fn swap(key: &CtKey) -> CtKey {

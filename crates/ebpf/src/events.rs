@@ -1,19 +1,17 @@
-//! Events for the agent's observer (traces, drops, policy verdicts), their
-//! aggregation per tuple and reason, and the packet counters.
+//! Events for the agent's observer (traces, drops, policy verdicts), the
+//! rate limit of drop events, and the packet counters.
 
-use crate::State;
-use crate::conntrack::ct_key;
-use crate::policy::Decision;
+use crate::state::{Context, State};
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{PerCpuArray, PerCpuHashMap, RingBuf};
 use aya_ebpf::programs::TcContext;
-use myelin_common::event::EVENT_FLAG_SERVICE;
-use myelin_common::maps::TRACE_REPORT_INTERVAL_NS;
+use myelin_common::event::{EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE};
+use myelin_common::maps::{DROP_EVENT_BURST, DROP_EVENTS_PER_SECOND};
 use myelin_common::{
-    CtKey, Direction, EndpointInfo, EventKind, L4Addr, ObservationPoint, PacketStats, StatsKey,
-    TraceEvent, TrafficDirection, Verdict,
+    Direction, EventKind, ObservationPoint, PacketStats, StatsKey, TraceEvent, TrafficDirection,
+    Verdict,
 };
 
 /// Unread event bytes from which a new event wakes the reader (see `emit`'s flags).
@@ -25,6 +23,8 @@ pub(crate) struct Outcome {
     pub(crate) point: ObservationPoint,
     pub(crate) verdict: Verdict,
     pub(crate) drop_reason: u8,
+    /// The policy side ([`TrafficDirection`] as u8) of a policy verdict or
+    /// drop; 0: the event's own ([`traffic_direction`]).
     pub(crate) direction: u8,
     pub(crate) match_type: u8,
     pub(crate) proxy_port: u16,
@@ -32,6 +32,7 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// A trace; its direction is the connection's (see [`traffic_direction`]).
     pub(crate) fn trace(point: ObservationPoint) -> Self {
         Outcome {
             kind: EventKind::Trace,
@@ -44,34 +45,17 @@ impl Outcome {
             rule_id: 0,
         }
     }
-}
 
-/// Facts the events carry beyond the packet itself.
-#[derive(Clone, Copy)]
-pub(crate) struct Context {
-    pub(crate) ifindex: u32,
-    pub(crate) endpoint_id: u32,
-    pub(crate) src_identity: u32,
-    pub(crate) dst_identity: u32,
-    pub(crate) flags: u8,
-    pub(crate) service: L4Addr,
-}
-
-pub(crate) fn reset_meta(
-    st: &mut State,
-    ifindex: u32,
-    endpoint: Option<&EndpointInfo>,
-    sending: bool,
-) {
-    let (id, identity) = endpoint.map_or((0, 0), |e| (e.endpoint_id, e.identity));
-    st.meta = Context {
-        ifindex,
-        endpoint_id: id,
-        src_identity: if sending { identity } else { 0 },
-        dst_identity: if sending { 0 } else { identity },
-        flags: 0,
-        service: L4Addr::default(),
-    };
+    /// A drop; its direction is the packet's (see [`traffic_direction`]).
+    fn drop(point: ObservationPoint, reason: u8, rule_id: u32) -> Self {
+        Outcome {
+            kind: EventKind::Drop,
+            verdict: Verdict::Dropped,
+            drop_reason: reason,
+            rule_id,
+            ..Self::trace(point)
+        }
+    }
 }
 
 pub(crate) fn count(ifindex: u32, direction: Direction, len: u32) {
@@ -125,73 +109,81 @@ pub(crate) fn drop_packet(
     reason: u8,
     rule_id: u32,
 ) -> i32 {
-    if !recently_reported(st, reason) {
-        emit_drop(ctx, st, point, reason, rule_id);
+    if drop_report_allowed() {
+        emit(ctx, st, &Outcome::drop(point, reason, rule_id));
     }
     TC_ACT_SHOT as i32
 }
 
-fn emit_drop(ctx: &TcContext, st: &State, point: ObservationPoint, reason: u8, rule_id: u32) {
-    let mut out = Outcome::trace(point);
-    out.kind = EventKind::Drop;
-    out.verdict = Verdict::Dropped;
-    out.drop_reason = reason;
-    out.rule_id = rule_id;
-    emit(ctx, st, &out);
-}
-
-/// Drops a new flow the policy denies, reporting the policy verdict and the
-/// drop (once per interval for the same tuple).
-pub(crate) fn deny(
-    ctx: &TcContext,
-    st: &State,
-    point: ObservationPoint,
-    decision: &Decision,
-    direction: TrafficDirection,
-) -> i32 {
-    let reason = decision.drop_reason();
-    if !recently_reported(st, reason) {
-        emit_verdict(ctx, st, point, decision, direction);
-        emit_drop(ctx, st, point, reason, decision.rule_id);
+/// Drops a packet a policy verdict denies: reports the `verdict` and the
+/// drop it explains (its reason, rule and policy side), as one drop for the
+/// rate limit.
+pub(crate) fn drop_with_verdict(ctx: &TcContext, st: &State, verdict: &Outcome) -> i32 {
+    if drop_report_allowed() {
+        emit(ctx, st, verdict);
+        let mut out = Outcome::drop(verdict.point, verdict.drop_reason, verdict.rule_id);
+        out.direction = verdict.direction;
+        emit(ctx, st, &out);
     }
     TC_ACT_SHOT as i32
 }
 
-/// True when an event for this packet's tuple and `tag` was reported less
-/// than the report interval ago; otherwise records now and returns false.
-fn recently_reported(st: &State, tag: u8) -> bool {
-    let key = ct_key(&st.pkt, tag, false);
+/// Time that earns one drop event.
+const NS_PER_DROP_EVENT: u64 = 1_000_000_000 / DROP_EVENTS_PER_SECOND;
+
+/// Takes a token from this CPU's drop-event bucket: true when the drop may
+/// be reported. An empty bucket counts the drop in [`DROPS_SUPPRESSED`].
+/// Every drop is reported while the rate stays under
+/// [`DROP_EVENTS_PER_SECOND`] (after a burst of [`DROP_EVENT_BURST`]); the
+/// bucket only keeps a flood of drops from filling the ring.
+fn drop_report_allowed() -> bool {
+    let Some(bucket) = DROP_BUCKET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU.
+    let bucket = unsafe { &mut *bucket };
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: read-only lookup, copied out.
-    if let Some(last) = unsafe { REPORTS.get(&key) }.copied()
-        && now.saturating_sub(last) < TRACE_REPORT_INTERVAL_NS
-    {
-        return true;
+    // A zeroed bucket (the first drop on this CPU) earns a full one.
+    let earned = now.saturating_sub(bucket.refilled_ns) / NS_PER_DROP_EVENT;
+    if earned > 0 {
+        if bucket.tokens + earned >= DROP_EVENT_BURST {
+            bucket.tokens = DROP_EVENT_BURST;
+            bucket.refilled_ns = now;
+        } else {
+            bucket.tokens += earned;
+            bucket.refilled_ns += earned * NS_PER_DROP_EVENT;
+        }
     }
-    // A failed insert only means one more report.
-    let _ = REPORTS.insert(&key, &now, 0);
-    false
+    if bucket.tokens == 0 {
+        if let Some(suppressed) = DROPS_SUPPRESSED.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *suppressed += 1 };
+        }
+        return false;
+    }
+    bucket.tokens -= 1;
+    true
 }
 
-pub(crate) fn emit_verdict(
-    ctx: &TcContext,
-    st: &State,
-    point: ObservationPoint,
-    decision: &Decision,
-    direction: TrafficDirection,
-) {
-    let out = Outcome {
-        kind: EventKind::PolicyVerdict,
-        point,
-        verdict: decision.verdict(),
-        drop_reason: decision.drop_reason(),
-        direction: direction as u8,
-        match_type: decision.match_type,
-        proxy_port: decision.proxy_port,
-        rule_id: decision.rule_id,
-    };
-    emit(ctx, st, &out);
+/// Hubble's traffic direction of an event, as Cilium's datapath and Hubble's
+/// parser give it: a policy verdict's (and a policy drop's) is the policy
+/// side's; a drop's is the packet's at the endpoint the program runs for
+/// (egress leaving it, ingress entering it); a trace's is the connection's,
+/// so a reply has its flow's (a reply entering a pod belongs to the pod's
+/// egress connection).
+fn traffic_direction(out: &Outcome, meta: &Context) -> u8 {
+    if out.direction != 0 {
+        out.direction
+    } else if out.kind == EventKind::Trace && meta.flags & EVENT_FLAG_REPLY != 0 {
+        if meta.direction == TrafficDirection::Egress as u8 {
+            TrafficDirection::Ingress as u8
+        } else {
+            TrafficDirection::Egress as u8
+        }
+    } else {
+        meta.direction
+    }
 }
 
 /// Writes one event to the ring, counting it as lost when the ring is full.
@@ -231,7 +223,7 @@ pub(crate) fn emit(ctx: &TcContext, st: &State, out: &Outcome) {
     }
     e.proxy_port = out.proxy_port;
     e.verdict = out.verdict as u8;
-    e.traffic_direction = out.direction;
+    e.traffic_direction = traffic_direction(out, meta);
     e.match_type = out.match_type;
     e.icmp_type = pkt.icmp_type;
     e._pad = [0; 4];
@@ -263,12 +255,23 @@ pub(crate) static EVENTS: RingBuf = RingBuf::pinned(1 << 22, 0);
 #[map(name = "MYELIN_LOST")]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
-/// When events without a conntrack entry to aggregate them (drops) were
-/// last reported, per tuple and reason: a denied flood reports once per
-/// interval instead of filling the ring.
-/// Not pinned: losing it on reload only repeats a report.
-#[map(name = "MYELIN_REPORTS")]
-pub(crate) static REPORTS: LruHashMap<CtKey, u64> = LruHashMap::with_max_entries(16384, 0);
+/// A CPU's drop-event token bucket ([`drop_report_allowed`]).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct DropBucket {
+    tokens: u64,
+    /// When the tokens were last topped up (ktime).
+    refilled_ns: u64,
+}
+
+/// Each CPU's drop-event bucket. Not pinned: a reload only refills it.
+#[map(name = "MYELIN_DROP_BUCKET")]
+pub(crate) static DROP_BUCKET: PerCpuArray<DropBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Drops whose event the rate limit suppressed (index 0), so the agent can
+/// tell when it bites.
+#[map(name = "MYELIN_DROPS_SUPPRESSED")]
+pub(crate) static DROPS_SUPPRESSED: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
 
 /// Scratch space for the event being built: it does not fit the 512-byte
 /// stack next to the keys.

@@ -1,19 +1,19 @@
 //! Packets leaving a pod (`from_container`): service DNAT, conntrack, the
 //! sender's egress and a local receiver's ingress policy on a new flow.
 
-use crate::State;
-use crate::conntrack::CONNTRACK;
-use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
-use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
+use crate::conntrack::{CONNTRACK, ct_key, ct_update, live_entry, new_entry};
+use crate::endpoints::{ENDPOINTS, ENDPOINTS_BY_IP, ip_key};
+use crate::events::{Outcome, drop_packet, drop_unparsed, emit};
 use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
-use crate::maps::{ENDPOINTS, ENDPOINTS_BY_IP};
 use crate::parse::{
     IPPROTO_TCP, IPPROTO_UDP, Packet, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };
-use crate::policy::{Decision, decide, identity_of, ip_key, policy_revision};
+use crate::policy::{Decision, decide, deny, emit_verdict, identity_of, policy_revision};
 use crate::redirect::{reply_to_proxy, to_proxy};
+use crate::related::related_error;
 use crate::service::{reset_client, service_translate, unreachable_client, unserved_cluster_ip};
+use crate::state::{State, reset_meta};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;

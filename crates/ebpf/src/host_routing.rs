@@ -1,16 +1,15 @@
 //! Host routing: delivery to a pod of this node with `bpf_redirect_peer`.
 
-use crate::State;
+use crate::endpoints::{ENDPOINTS_BY_IP, ip_key};
 use crate::events::{count, drop_packet};
-use crate::maps::ENDPOINTS_BY_IP;
 use crate::parse::ETH_HLEN;
-use crate::policy::ip_key;
+use crate::state::State;
 use crate::to_container::{UNTRACKED, to_container_tracked};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_redirect_peer;
 use aya_ebpf::programs::TcContext;
 use myelin_common::maps::FAMILY_IPV4;
-use myelin_common::{Direction, ObservationPoint, drop_reason};
+use myelin_common::{Direction, ObservationPoint, TrafficDirection, drop_reason};
 
 /// Host routing: a packet `from_container` forwards to a pod of this node
 /// skips the node's IP stack (routing, forwarding, neighbour output) and the
@@ -69,6 +68,7 @@ fn host_route_prepare(ctx: &TcContext, st: &mut State) -> bool {
     st.meta.src_identity = 0;
     st.meta.dst_identity = st.peer.identity;
     st.meta.flags = 0;
+    st.meta.direction = TrafficDirection::Ingress as u8;
     true
 }
 

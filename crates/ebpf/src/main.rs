@@ -16,32 +16,35 @@
 //! Established flows skip policy until the agent bumps the policy revision;
 //! then each is checked once more on its next packet from the originator.
 //! A service without backends refuses the client at once (TCP reset, ICMP
-//! port unreachable) back through the same veth. Events are aggregated per
-//! flow (conntrack) or per tuple and reason (drops).
+//! port unreachable) back through the same veth. Traces are aggregated per
+//! flow (conntrack); every drop is reported, under a per-CPU rate limit.
 //!
 //! Everything per endpoint comes from maps; the agent never recompiles.
 #![no_std]
 #![no_main]
 
 mod conntrack;
+mod endpoints;
 mod events;
 mod fragments;
 mod from_container;
 mod host_routing;
-mod maps;
 mod parse;
 mod policy;
 mod redirect;
+mod related;
 mod service;
+mod skb;
+mod state;
 mod to_container;
 
 use crate::conntrack::live_entry;
-use crate::events::{Context, count};
+use crate::events::count;
 use crate::from_container::from_container_inner;
-use crate::maps::STATE;
-use crate::parse::{IPPROTO_TCP, Packet};
-use crate::redirect::PROXY_LISTENERS;
-use crate::redirect::listener_key;
+use crate::parse::IPPROTO_TCP;
+use crate::redirect::{PROXY_LISTENERS, listener_key};
+use crate::skb::ifindex;
+use crate::state::STATE;
 use crate::to_container::to_container_inner;
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::bindings::sk_action::SK_PASS;
@@ -49,22 +52,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::{classifier, sk_lookup};
 use aya_ebpf::programs::{SkLookupContext, TcContext};
 use myelin_common::maps::{CT_SCOPE_EGRESS, FAMILY_IPV4, FAMILY_IPV6};
-use myelin_common::{CtEntry, CtKey, Direction, EndpointInfo, PolicyAction};
-
-/// The working state of one run.
-pub(crate) struct State {
-    pub(crate) pkt: Packet,
-    pub(crate) meta: Context,
-    /// The proxy port when a new flow is to be redirected.
-    pub(crate) redirect_port: u16,
-    /// Conntrack key and entry being written (off the stack).
-    pub(crate) key: CtKey,
-    pub(crate) entry: CtEntry,
-    /// The local pod a packet is handed to by [`host_route`].
-    ///
-    /// [`host_route`]: crate::host_routing::host_route
-    pub(crate) peer: EndpointInfo,
-}
+use myelin_common::{CtKey, Direction, PolicyAction};
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
@@ -86,16 +74,6 @@ pub fn to_container(ctx: TcContext) -> i32 {
     };
     // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
     to_container_inner(&ctx, unsafe { &mut *st }, ifindex)
-}
-
-pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
-    // SAFETY: the context pointer is valid for the whole program run.
-    unsafe { (*ctx.skb.skb).ifindex }
-}
-
-pub(crate) fn mark(ctx: &TcContext) -> u32 {
-    // SAFETY: as above.
-    unsafe { (*ctx.skb.skb).mark }
 }
 
 const AF_INET: u32 = 2;

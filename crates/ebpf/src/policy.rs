@@ -1,17 +1,20 @@
-//! Policy decisions: security identities of addresses and the LPM lookups
-//! of an endpoint's rules.
+//! Policy decisions: security identities of addresses, the LPM lookups of
+//! an endpoint's rules, and the verdict events of a decision.
 
-use crate::maps::ENDPOINTS_BY_IP;
+use crate::endpoints::{ENDPOINTS_BY_IP, ip_key};
+use crate::events::{Outcome, drop_with_verdict, emit};
 use crate::parse::{IPPROTO_TCP, IPPROTO_UDP, Packet};
+use crate::state::State;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie};
+use aya_ebpf::programs::TcContext;
 use myelin_common::maps::{
     FAMILY_IPV4, POLICY_FLAG_EGRESS, POLICY_FLAG_INGRESS, POLICY_PREFIX_FULL,
 };
 use myelin_common::{
-    Direction, EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, PolicyAction, PolicyEntry,
-    PolicyKey, Verdict, drop_reason,
+    Direction, EndpointPolicy, EventKind, IpcacheEntry, IpcacheKey, ObservationPoint, PolicyAction,
+    PolicyEntry, PolicyKey, TrafficDirection, Verdict, drop_reason,
 };
 
 const IDENTITY_WORLD: u32 = 2;
@@ -58,18 +61,49 @@ impl Decision {
             Verdict::Forwarded
         }
     }
+
+    /// The policy-verdict event of this decision, taken at `point` for the
+    /// endpoint's `direction`.
+    fn verdict_event(&self, point: ObservationPoint, direction: TrafficDirection) -> Outcome {
+        Outcome {
+            kind: EventKind::PolicyVerdict,
+            point,
+            verdict: self.verdict(),
+            drop_reason: self.drop_reason(),
+            direction: direction as u8,
+            match_type: self.match_type,
+            proxy_port: self.proxy_port,
+            rule_id: self.rule_id,
+        }
+    }
+}
+
+/// Drops a new flow the policy denies, reporting the policy verdict and the
+/// drop (every time, as any drop: a denied flow has no conntrack entry to
+/// aggregate its reports).
+pub(crate) fn deny(
+    ctx: &TcContext,
+    st: &State,
+    point: ObservationPoint,
+    decision: &Decision,
+    direction: TrafficDirection,
+) -> i32 {
+    drop_with_verdict(ctx, st, &decision.verdict_event(point, direction))
+}
+
+/// Reports the policy verdict of a new flow the policy lets through.
+pub(crate) fn emit_verdict(
+    ctx: &TcContext,
+    st: &State,
+    point: ObservationPoint,
+    decision: &Decision,
+    direction: TrafficDirection,
+) {
+    emit(ctx, st, &decision.verdict_event(point, direction));
 }
 
 pub(crate) fn policy_revision() -> u32 {
     POLICY_REVISION.get(0).copied().unwrap_or(0)
-}
-
-pub(crate) fn ip_key(family: u8, addr: &[u8; 16]) -> IpKey {
-    IpKey {
-        addr: *addr,
-        family,
-        _pad: [0; 3],
-    }
 }
 
 /// Security identity of an address: a local endpoint, else the ipcache's

@@ -4,7 +4,8 @@
 
 use crate::events::{Outcome, drop_packet, emit};
 use crate::parse::Packet;
-use crate::{State, mark};
+use crate::skb::mark;
+use crate::state::State;
 use aya_ebpf::bindings::{
     BPF_ANY, BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, TC_ACT_OK, bpf_sock, bpf_sock_tuple,
     bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,

@@ -1,13 +1,12 @@
 //! Services: ClusterIP lookup, backend choice and DNAT, reverse NAT of
 //! ICMP errors, and the refusal of clients of a service without backends.
 
-use crate::State;
-use crate::conntrack::CONNTRACK;
-use crate::conntrack::{ct_key, ct_update, live_entry, new_entry};
+use crate::conntrack::{CONNTRACK, ct_key, ct_update, live_entry, new_entry};
 use crate::parse::{
     ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Packet, TCP_ACK, TCP_RST,
     TCP_SYN,
 };
+use crate::state::State;
 use aya_ebpf::bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_NET;
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT};
 use aya_ebpf::helpers::{

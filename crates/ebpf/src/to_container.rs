@@ -2,16 +2,16 @@
 //! replies with reverse NAT, admitted flows, and the pod's ingress policy on
 //! a new flow.
 
-use crate::conntrack::CONNTRACK;
-use crate::conntrack::{ct_key, ct_update, live_entry, new_entry, related_error};
-use crate::events::{Outcome, deny, drop_packet, drop_unparsed, emit, emit_verdict, reset_meta};
+use crate::conntrack::{CONNTRACK, ct_key, ct_update, live_entry, new_entry};
+use crate::endpoints::ENDPOINTS;
+use crate::events::{Outcome, drop_packet, drop_unparsed, emit};
 use crate::fragments::track_fragments;
-use crate::maps::ENDPOINTS;
 use crate::parse::{is_infrastructure_icmpv6, is_link_local, parse};
-use crate::policy::{Decision, decide, identity_of, policy_revision};
-use crate::service::REV_NAT;
-use crate::service::{rewrite, service_reply};
-use crate::{State, mark};
+use crate::policy::{Decision, decide, deny, emit_verdict, identity_of, policy_revision};
+use crate::related::related_error;
+use crate::service::{REV_NAT, rewrite, service_reply};
+use crate::skb::mark;
+use crate::state::{State, reset_meta};
 use aya_ebpf::bindings::TC_ACT_OK;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
@@ -199,7 +199,11 @@ fn to_container_new(
     if ingress.drop_reason() != 0 {
         return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
-    if ingress.enforced {
+    // The proxy's upstream connection carries a flow whose verdicts the
+    // client's `from_container` reported (its egress, and this pod's
+    // ingress: the proxy only serves clients of this node): a second
+    // verdict would make one request look like two connections.
+    if ingress.enforced && !from_proxy {
         emit_verdict(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
     if ingress.action == PolicyAction::Redirect as u8 {

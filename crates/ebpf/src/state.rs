@@ -1,0 +1,66 @@
+//! The working state of one program run: the parsed packet, what its events
+//! will say, and the records being written, kept per CPU off the 512-byte
+//! stack.
+
+use crate::parse::Packet;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::PerCpuArray;
+use myelin_common::{CtEntry, CtKey, EndpointInfo, L4Addr, TrafficDirection};
+
+/// The working state of one run.
+pub(crate) struct State {
+    pub(crate) pkt: Packet,
+    pub(crate) meta: Context,
+    /// The proxy port when a new flow is to be redirected.
+    pub(crate) redirect_port: u16,
+    /// Conntrack key and entry being written (off the stack).
+    pub(crate) key: CtKey,
+    pub(crate) entry: CtEntry,
+    /// The local pod a packet is handed to by [`host_route`].
+    ///
+    /// [`host_route`]: crate::host_routing::host_route
+    pub(crate) peer: EndpointInfo,
+}
+
+/// Facts the events carry beyond the packet itself.
+#[derive(Clone, Copy)]
+pub(crate) struct Context {
+    pub(crate) ifindex: u32,
+    pub(crate) endpoint_id: u32,
+    pub(crate) src_identity: u32,
+    pub(crate) dst_identity: u32,
+    pub(crate) flags: u8,
+    /// [`TrafficDirection`] as u8 of the packet at the endpoint the program
+    /// runs for: egress leaving it, ingress entering it.
+    pub(crate) direction: u8,
+    pub(crate) service: L4Addr,
+}
+
+/// Starts a run's event context: the veth `ifindex`, its endpoint, and
+/// whether the endpoint is `sending` (`from_container`) or receiving.
+pub(crate) fn reset_meta(
+    st: &mut State,
+    ifindex: u32,
+    endpoint: Option<&EndpointInfo>,
+    sending: bool,
+) {
+    let (id, identity) = endpoint.map_or((0, 0), |e| (e.endpoint_id, e.identity));
+    st.meta = Context {
+        ifindex,
+        endpoint_id: id,
+        src_identity: if sending { identity } else { 0 },
+        dst_identity: if sending { 0 } else { identity },
+        flags: 0,
+        direction: if sending {
+            TrafficDirection::Egress as u8
+        } else {
+            TrafficDirection::Ingress as u8
+        },
+        service: L4Addr::default(),
+    };
+}
+
+/// Per-CPU working state of one program run. TC programs do not nest on a
+/// CPU, so one slot suffices.
+#[map(name = "MYELIN_STATE")]
+pub(crate) static STATE: PerCpuArray<State> = PerCpuArray::with_max_entries(1, 0);
