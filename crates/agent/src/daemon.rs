@@ -217,7 +217,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     for socket in dns_sockets(&config).await? {
         tokio::spawn(myelin_dns::serve_socket(socket, zone.clone()));
     }
-    tokio::spawn(readers::read_events(reader, view, observer, tally));
+    let suppressed = agent_metrics.drop_events_suppressed.clone();
+    tokio::spawn(readers::read_events(
+        reader, view, observer, tally, suppressed,
+    ));
     match myelin_datapath::ConntrackCollector::open(&config.bpffs) {
         Ok(conntrack) => {
             tokio::spawn(conntrack::collect_garbage(conntrack, agent_metrics));

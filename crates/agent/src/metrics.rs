@@ -25,6 +25,9 @@ pub struct AgentMetrics {
     pub policy_revision: Counter,
     /// Entries per datapath map.
     pub map_entries: Family<MapLabel, Gauge>,
+    /// Drops the datapath counted but did not report as events (its per-CPU
+    /// drop-event rate limit bit).
+    pub drop_events_suppressed: Counter,
 }
 
 impl AgentMetrics {
@@ -50,6 +53,11 @@ impl AgentMetrics {
             "myelin_datapath_map_entries",
             "Entries in each datapath map",
             metrics.map_entries.clone(),
+        );
+        registry.register(
+            "myelin_datapath_drop_events_suppressed",
+            "Drops the datapath did not report as events because a CPU exceeded its drop-event rate (1,000/s after a burst of 2,000)",
+            metrics.drop_events_suppressed.clone(),
         );
         metrics
     }

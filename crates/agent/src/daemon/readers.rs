@@ -10,6 +10,7 @@ use myelin_datapath::EventReader;
 use myelin_observe::Observer;
 use myelin_observe::proto::flow::LostEventSource;
 use myelin_proxy::control::ProxyMessage;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use crate::api::EventCounters;
@@ -60,6 +61,7 @@ pub(super) async fn read_events(
     views: watch::Receiver<Arc<View>>,
     observer: Observer,
     tally: Arc<EventTally>,
+    suppressed_drops: Counter,
 ) {
     let clock = flows::KernelClock::now();
     let mut batch = Vec::new();
@@ -80,6 +82,12 @@ pub(super) async fn read_events(
         let before = tally.lost.swap(lost, Ordering::Relaxed);
         if lost > before {
             observer.record_lost(LostEventSource::PerfEventRingBuffer, lost - before);
+        }
+        // The kernel's count is cumulative; the counter follows it.
+        let suppressed = reader.suppressed_drops();
+        let reported = suppressed_drops.get();
+        if suppressed > reported {
+            suppressed_drops.inc_by(suppressed - reported);
         }
     }
 }
