@@ -62,7 +62,6 @@ impl EndpointMeta {
                     kind: "Deployment".to_string(),
                 })
                 .collect(),
-            ..Endpoint::default()
         }
     }
 }
@@ -276,10 +275,16 @@ pub trait FlowContext {
     /// The pods of this node that carry `identity`, as one endpoint: the
     /// pod when there is one, the shared workload when there are several.
     fn local_identity(&self, identity: u32) -> Option<EndpointMeta>;
-    /// The host-side interface (veth) of a pod of this node, by endpoint id.
-    fn interface_name(&self, endpoint_id: u32) -> Option<String>;
-    /// This node's labels, `key=value` (Flow.node_labels).
-    fn node_labels(&self) -> Vec<String>;
+    /// The host-side interface (veth) of a pod of this node, by endpoint id;
+    /// none known unless the context indexes them.
+    fn interface_name(&self, _endpoint_id: u32) -> Option<String> {
+        None
+    }
+    /// This node's labels, `key=value` (Flow.node_labels); none unless the
+    /// context knows the node.
+    fn node_labels(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The labels of node `name` that the agent knows to be true: those the
