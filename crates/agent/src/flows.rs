@@ -483,6 +483,44 @@ pub fn kernel_flow(
     Some(flow)
 }
 
+/// A kernel event for tests: a TCP ACK from `source`:40000 to
+/// `destination`:80, traced to the endpoint, on no interface.
+#[cfg(test)]
+pub(crate) fn tcp_to_endpoint(source: [u8; 4], destination: [u8; 4]) -> TraceEvent {
+    let mut event = TraceEvent {
+        ktime_ns: 0,
+        ifindex: 0,
+        len: 60,
+        endpoint_id: 0,
+        kind: EventKind::Trace as u8,
+        observation_point: ObservationPoint::ToEndpoint as u8,
+        drop_reason: 0,
+        ip_version: 4,
+        protocol: 6,
+        tcp_flags: 0x10,
+        icmp_code: 0,
+        flags: 0,
+        source_port: 40_000,
+        destination_port: 80,
+        source: [0; 16],
+        destination: [0; 16],
+        source_identity: 0,
+        destination_identity: 0,
+        rule_id: 0,
+        service_address: [0; 16],
+        service_port: 0,
+        proxy_port: 0,
+        verdict: 0,
+        traffic_direction: 0,
+        match_type: 0,
+        icmp_type: 0,
+        _pad: [0; 4],
+    };
+    event.source[..4].copy_from_slice(&source);
+    event.destination[..4].copy_from_slice(&destination);
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,41 +587,14 @@ mod tests {
         }
     }
 
-    /// A TCP packet from tiefighter to the deathstar (or to 8.8.8.8),
-    /// delivered to the deathstar's veth.
+    /// A TCP packet from tiefighter to `destination`, seen on `ifindex`
+    /// in front of endpoint `endpoint_id`.
     fn to_endpoint(destination: [u8; 4], ifindex: u32, endpoint_id: u32) -> TraceEvent {
-        let mut event = TraceEvent {
-            ktime_ns: 1,
+        TraceEvent {
             ifindex,
-            len: 60,
             endpoint_id,
-            kind: EventKind::Trace as u8,
-            observation_point: ObservationPoint::ToEndpoint as u8,
-            drop_reason: 0,
-            ip_version: 4,
-            protocol: 6,
-            tcp_flags: 0x02,
-            icmp_code: 0,
-            flags: 0,
-            source_port: 42742,
-            destination_port: 80,
-            source: [0; 16],
-            destination: [0; 16],
-            source_identity: 0,
-            destination_identity: 0,
-            rule_id: 0,
-            service_address: [0; 16],
-            service_port: 0,
-            proxy_port: 0,
-            verdict: 0,
-            traffic_direction: 1,
-            match_type: 0,
-            icmp_type: 0,
-            _pad: [0; 4],
-        };
-        event.source[..4].copy_from_slice(&[10, 244, 1, 4]);
-        event.destination[..4].copy_from_slice(&destination);
-        event
+            ..tcp_to_endpoint([10, 244, 1, 4], destination)
+        }
     }
 
     fn cluster_names(flow: &Flow) -> (String, String) {

@@ -283,7 +283,6 @@ mod tests {
     use super::*;
     use crate::flows::FlowContext as _;
     use crate::testing::{engine_with, identity, pod, service};
-    use myelin_common::{EventKind, ObservationPoint};
     use std::collections::BTreeMap;
 
     fn view_of(engine: &PolicyEngine, pods: &[(u32, EndpointSpec)]) -> View {
@@ -527,35 +526,7 @@ mod tests {
         let clock = flows::KernelClock::now();
         let events: Vec<myelin_common::TraceEvent> = (0..10_000u32)
             .map(|n| {
-                let mut event = myelin_common::TraceEvent {
-                    ktime_ns: 0,
-                    ifindex: 0,
-                    len: 60,
-                    endpoint_id: 0,
-                    kind: EventKind::Trace as u8,
-                    observation_point: ObservationPoint::ToEndpoint as u8,
-                    drop_reason: 0,
-                    ip_version: 4,
-                    protocol: 6,
-                    tcp_flags: 0x10,
-                    icmp_code: 0,
-                    flags: 0,
-                    source_port: 40_000,
-                    destination_port: 80,
-                    source: [0; 16],
-                    destination: [0; 16],
-                    source_identity: 0,
-                    destination_identity: 0,
-                    rule_id: 0,
-                    service_address: [0; 16],
-                    service_port: 0,
-                    proxy_port: 0,
-                    verdict: 0,
-                    traffic_direction: 0,
-                    match_type: 0,
-                    icmp_type: 0,
-                    _pad: [0; 4],
-                };
+                let mut event = flows::tcp_to_endpoint([0; 4], [0; 4]);
                 let byte = |k: u32| u8::try_from(k % 200 + 1).unwrap_or(1);
                 event.source[..4].copy_from_slice(&[10, 244, 1, byte(n)]);
                 event.destination[..4].copy_from_slice(&[10, 244, 1, byte(n * 7 + 3)]);

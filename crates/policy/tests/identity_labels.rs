@@ -6,13 +6,19 @@
 mod common;
 
 use common::{apply, cluster, endpoint, verdict};
-use myelin_policy::Verdict::{Allowed, Denied};
-use myelin_policy::identity;
+use myelin_policy::Verdict::{self, Allowed, Denied};
+use myelin_policy::{PolicyEngine, identity};
 
-fn cnp(name: &str, spec: &str) -> String {
+/// A policy letting into the deathstar only the pods matching `labels`.
+fn from_endpoints(labels: &str) -> String {
     format!(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  endpointSelector: {{matchLabels: {{class: deathstar}}}}\n{spec}\n"
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p}}\nspec:\n  endpointSelector: {{matchLabels: {{class: deathstar}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{{labels}}}}}]\n"
     )
+}
+
+/// The verdict on `from` calling the deathstar's port 80.
+fn to_deathstar(engine: &PolicyEngine, from: &str) -> Verdict {
+    verdict(engine, from, "default/deathstar", "80/TCP")
 }
 
 #[test]
@@ -25,58 +31,26 @@ fn a_policy_selects_on_the_service_account() {
     engine.upsert_endpoint(probe).expect("endpoint");
     apply(
         &mut engine,
-        &cnp(
-            "by-sa",
-            "  ingress:\n  - fromEndpoints: [{matchLabels: {io.cilium.k8s.policy.serviceaccount: empire-probe}}]",
-        ),
+        &from_endpoints("io.cilium.k8s.policy.serviceaccount: empire-probe"),
     );
-    assert_eq!(
-        verdict(&engine, "default/probe", "default/deathstar", "80/TCP"),
-        Allowed
-    );
-    assert_eq!(
-        verdict(&engine, "default/tiefighter", "default/deathstar", "80/TCP"),
-        Denied
-    );
+    assert_eq!(to_deathstar(&engine, "default/probe"), Allowed);
+    assert_eq!(to_deathstar(&engine, "default/tiefighter"), Denied);
 
-    let mut engine = cluster("");
-    apply(
-        &mut engine,
-        &cnp(
-            "default-sa",
-            "  ingress:\n  - fromEndpoints: [{matchLabels: {k8s:io.cilium.k8s.policy.serviceaccount: default}}]",
-        ),
-    );
-    assert_eq!(
-        verdict(&engine, "default/tiefighter", "default/deathstar", "80/TCP"),
-        Allowed
-    );
+    let engine = cluster(&from_endpoints(
+        "k8s:io.cilium.k8s.policy.serviceaccount: default",
+    ));
+    assert_eq!(to_deathstar(&engine, "default/tiefighter"), Allowed);
 }
 
 #[test]
 fn a_policy_selects_on_the_cluster() {
-    let this = cluster(&cnp(
-        "this-cluster",
-        "  ingress:\n  - fromEndpoints: [{matchLabels: {io.cilium.k8s.policy.cluster: default}}]",
-    ));
-    assert_eq!(
-        verdict(&this, "default/xwing", "default/deathstar", "80/TCP"),
-        Allowed
-    );
+    let engine = cluster(&from_endpoints("io.cilium.k8s.policy.cluster: default"));
+    assert_eq!(to_deathstar(&engine, "default/xwing"), Allowed);
     // Outside the cluster's pods: no match.
-    assert_eq!(
-        verdict(&this, "8.8.8.8", "default/deathstar", "80/TCP"),
-        Denied
-    );
+    assert_eq!(to_deathstar(&engine, "8.8.8.8"), Denied);
 
-    let other = cluster(&cnp(
-        "other-cluster",
-        "  ingress:\n  - fromEndpoints: [{matchLabels: {io.cilium.k8s.policy.cluster: elsewhere}}]",
-    ));
-    assert_eq!(
-        verdict(&other, "default/xwing", "default/deathstar", "80/TCP"),
-        Denied
-    );
+    let engine = cluster(&from_endpoints("io.cilium.k8s.policy.cluster: elsewhere"));
+    assert_eq!(to_deathstar(&engine, "default/xwing"), Denied);
 }
 
 #[test]
