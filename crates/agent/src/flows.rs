@@ -8,9 +8,10 @@ use myelin_common::{EventKind, ObservationPoint, TraceEvent};
 use myelin_observe::flows::PolicyMatch;
 use myelin_observe::proto::flow::{
     DropReason, Endpoint, Flow, Http, HttpHeader, IcmPv4, IcmPv6, Ip, IpVersion, L7FlowType,
-    Layer4, Layer7, Policy, Service, Tcp, TcpFlags, TraceContext, TraceObservationPoint,
-    TraceParent, TrafficDirection, Udp, Verdict, Workload, layer4, layer7,
+    Layer4, Layer7, NetworkInterface, Policy, Service, Tcp, TcpFlags, TraceContext,
+    TraceObservationPoint, TraceParent, TrafficDirection, Udp, Verdict, Workload, layer4, layer7,
 };
+use myelin_policy::labels::{CLUSTER_LABEL, SOURCE_K8S};
 use myelin_proxy::event::{L7Event, L7EventKind};
 
 use crate::l7::{FlowHeaders, TRACEPARENT};
@@ -33,11 +34,23 @@ pub struct EndpointMeta {
 }
 
 impl EndpointMeta {
+    /// The cluster of the endpoint, from its identity's cluster label as
+    /// Cilium sets it on every pod; reserved and CIDR identities have none.
+    fn cluster_name(&self) -> String {
+        let prefix = format!("{SOURCE_K8S}:{CLUSTER_LABEL}=");
+        self.labels
+            .iter()
+            .find_map(|label| label.strip_prefix(&prefix))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Hubble's endpoint message.
     pub fn to_proto(&self) -> Endpoint {
         Endpoint {
             id: self.id,
             identity: self.identity,
+            cluster_name: self.cluster_name(),
             namespace: self.namespace.clone(),
             labels: self.labels.clone(),
             pod_name: self.pod.clone(),
@@ -49,7 +62,6 @@ impl EndpointMeta {
                     kind: "Deployment".to_string(),
                 })
                 .collect(),
-            ..Endpoint::default()
         }
     }
 }
@@ -147,6 +159,7 @@ pub fn l7_flow(event: &L7Event, context: &impl FlowContext, headers: &FlowHeader
             myelin_proxy::config::Direction::Ingress => TrafficDirection::Ingress as i32,
             myelin_proxy::config::Direction::Egress => TrafficDirection::Egress as i32,
         },
+        node_labels: context.node_labels(),
         ..Flow::default()
     };
     let l7_type = match event.kind {
@@ -262,6 +275,37 @@ pub trait FlowContext {
     /// The pods of this node that carry `identity`, as one endpoint: the
     /// pod when there is one, the shared workload when there are several.
     fn local_identity(&self, identity: u32) -> Option<EndpointMeta>;
+    /// The host-side interface (veth) of a pod of this node, by endpoint id;
+    /// none known unless the context indexes them.
+    fn interface_name(&self, _endpoint_id: u32) -> Option<String> {
+        None
+    }
+    /// This node's labels, `key=value` (Flow.node_labels); none unless the
+    /// context knows the node.
+    fn node_labels(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The labels of node `name` that the agent knows to be true: those the
+/// kubelet gives every node (Cilium reads them from the Node object, which
+/// the lab's nodes do not have).
+pub fn node_labels(name: &str) -> Vec<String> {
+    vec![
+        format!("kubernetes.io/hostname={name}"),
+        "kubernetes.io/os=linux".to_string(),
+    ]
+}
+
+/// The interface a kernel event was seen on: its index, and the pod's
+/// veth name when the event names the pod behind it.
+fn interface(event: &TraceEvent, context: &impl FlowContext) -> Option<NetworkInterface> {
+    (event.ifindex != 0).then(|| NetworkInterface {
+        index: event.ifindex,
+        name: context
+            .interface_name(event.endpoint_id)
+            .unwrap_or_default(),
+    })
 }
 
 fn l4(event: &TraceEvent) -> Option<layer4::Protocol> {
@@ -362,6 +406,8 @@ pub fn kernel_flow(
         destination: Some(destination_meta.to_proto()),
         traffic_direction: direction as i32,
         proxy_port: u32::from(event.proxy_port),
+        node_labels: context.node_labels(),
+        interface: interface(event, context),
         ..Flow::default()
     };
     let service = |ip: IpAddr, port: u16| {
@@ -437,6 +483,44 @@ pub fn kernel_flow(
     Some(flow)
 }
 
+/// A kernel event for tests: a TCP ACK from `source`:40000 to
+/// `destination`:80, traced to the endpoint, on no interface.
+#[cfg(test)]
+pub(crate) fn tcp_to_endpoint(source: [u8; 4], destination: [u8; 4]) -> TraceEvent {
+    let mut event = TraceEvent {
+        ktime_ns: 0,
+        ifindex: 0,
+        len: 60,
+        endpoint_id: 0,
+        kind: EventKind::Trace as u8,
+        observation_point: ObservationPoint::ToEndpoint as u8,
+        drop_reason: 0,
+        ip_version: 4,
+        protocol: 6,
+        tcp_flags: 0x10,
+        icmp_code: 0,
+        flags: 0,
+        source_port: 40_000,
+        destination_port: 80,
+        source: [0; 16],
+        destination: [0; 16],
+        source_identity: 0,
+        destination_identity: 0,
+        rule_id: 0,
+        service_address: [0; 16],
+        service_port: 0,
+        proxy_port: 0,
+        verdict: 0,
+        traffic_direction: 0,
+        match_type: 0,
+        icmp_type: 0,
+        _pad: [0; 4],
+    };
+    event.source[..4].copy_from_slice(&source);
+    event.destination[..4].copy_from_slice(&destination);
+    event
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,7 +537,10 @@ mod tests {
                     identity: 256,
                     namespace: "default".into(),
                     pod: "deathstar-57ncjppv6c-fdp7q".into(),
-                    labels: vec!["k8s:class=deathstar".into()],
+                    labels: vec![
+                        "k8s:class=deathstar".into(),
+                        "k8s:io.cilium.k8s.policy.cluster=default".into(),
+                    ],
                     workload: Some("deathstar".into()),
                 },
                 "10.244.1.4" => EndpointMeta {
@@ -461,10 +548,17 @@ mod tests {
                     identity: 257,
                     namespace: "default".into(),
                     pod: "tiefighter".into(),
-                    labels: vec!["k8s:class=tiefighter".into()],
+                    labels: vec![
+                        "k8s:class=tiefighter".into(),
+                        "k8s:io.cilium.k8s.policy.cluster=default".into(),
+                    ],
                     workload: None,
                 },
-                _ => EndpointMeta::default(),
+                _ => EndpointMeta {
+                    identity: myelin_policy::identity::WORLD,
+                    labels: vec!["reserved:world".into()],
+                    ..EndpointMeta::default()
+                },
             }
         }
 
@@ -483,6 +577,90 @@ mod tests {
         fn local_identity(&self, _: u32) -> Option<EndpointMeta> {
             None
         }
+
+        fn interface_name(&self, endpoint_id: u32) -> Option<String> {
+            (endpoint_id == 7).then(|| "lxc-deathstar".to_string())
+        }
+
+        fn node_labels(&self) -> Vec<String> {
+            vec!["kubernetes.io/hostname=node1".into()]
+        }
+    }
+
+    /// A TCP packet from tiefighter to `destination`, seen on `ifindex`
+    /// in front of endpoint `endpoint_id`.
+    fn to_endpoint(destination: [u8; 4], ifindex: u32, endpoint_id: u32) -> TraceEvent {
+        TraceEvent {
+            ifindex,
+            endpoint_id,
+            ..tcp_to_endpoint([10, 244, 1, 4], destination)
+        }
+    }
+
+    fn cluster_names(flow: &Flow) -> (String, String) {
+        let name = |e: &Option<Endpoint>| e.as_ref().map(|e| e.cluster_name.clone());
+        (
+            name(&flow.source).unwrap_or_default(),
+            name(&flow.destination).unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn kernel_flows_carry_node_labels_interface_and_cluster_names() {
+        let clock = KernelClock::now();
+        let flow = kernel_flow(&to_endpoint([10, 244, 1, 2], 12, 7), &clock, &Pods)
+            .expect("an IPv4 event makes a flow");
+        assert_eq!(flow.node_labels, ["kubernetes.io/hostname=node1"]);
+        assert_eq!(
+            flow.interface,
+            Some(NetworkInterface {
+                index: 12,
+                name: "lxc-deathstar".into(),
+            })
+        );
+        assert_eq!(
+            cluster_names(&flow),
+            ("default".to_string(), "default".to_string())
+        );
+
+        // A veth of no known pod keeps its index; no ifindex, no interface.
+        // World is in no cluster, as in Cilium.
+        let flow = kernel_flow(&to_endpoint([8, 8, 8, 8], 5, 0), &clock, &Pods).expect("flow");
+        assert_eq!(
+            flow.interface,
+            Some(NetworkInterface {
+                index: 5,
+                name: String::new(),
+            })
+        );
+        assert_eq!(cluster_names(&flow), ("default".to_string(), String::new()));
+        let flow = kernel_flow(&to_endpoint([10, 244, 1, 2], 0, 7), &clock, &Pods).expect("flow");
+        assert_eq!(flow.interface, None);
+    }
+
+    #[test]
+    fn proxy_flows_carry_node_labels_and_cluster_names() {
+        let flow = l7_flow(
+            &exchange(L7EventKind::HttpRequest, vec![]),
+            &Pods,
+            &FlowHeaders::default(),
+        );
+        assert_eq!(flow.node_labels, ["kubernetes.io/hostname=node1"]);
+        assert_eq!(
+            cluster_names(&flow),
+            ("default".to_string(), "default".to_string())
+        );
+        // The node's --node-label and --cluster filters select it.
+        let filters = myelin_observe::FilterSet::new(
+            &[myelin_observe::proto::flow::FlowFilter {
+                node_labels: vec!["kubernetes.io/hostname=node1".into()],
+                source_cluster_name: vec!["default".into()],
+                ..Default::default()
+            }],
+            &[],
+        )
+        .expect("filters");
+        assert!(filters.matches(&flow));
     }
 
     fn peer(address: &str, identity: u32) -> Peer {

@@ -60,6 +60,8 @@ struct Addresses {
     /// shared workload when several do (identities no one pod or workload
     /// stands for are absent).
     local: HashMap<u32, EndpointMeta>,
+    /// The host-side veth of each pod of this node, by endpoint id.
+    interfaces: HashMap<u32, String>,
 }
 
 impl Addresses {
@@ -95,6 +97,7 @@ impl Addresses {
         // endpoint does (both in (namespace, name) order).
         let mut local_by_address: HashMap<IpAddr, (u32, &EndpointSpec)> = HashMap::new();
         for (id, spec) in local.clone() {
+            out.interfaces.insert(id, spec.ifname.clone());
             for ip in addresses(spec) {
                 local_by_address.entry(ip).or_insert((id, spec));
             }
@@ -177,6 +180,8 @@ pub struct View {
     services: Arc<HashMap<SocketAddr, (String, String)>>,
     /// Policy rules by id: id `n` at `n - 1`.
     rules: Arc<Vec<Provenance>>,
+    /// This node's labels, `key=value` (the engine knows the node's name).
+    node_labels: Arc<Vec<String>>,
 }
 
 impl View {
@@ -189,6 +194,7 @@ impl View {
     ) -> Self {
         Self {
             addresses: Arc::new(Addresses::build(engine, local)),
+            node_labels: Arc::new(flows::node_labels(engine.node_name())),
             ..self.clone()
         }
     }
@@ -262,6 +268,14 @@ impl flows::FlowContext for View {
     fn local_identity(&self, identity: u32) -> Option<EndpointMeta> {
         self.addresses.local.get(&identity).cloned()
     }
+
+    fn interface_name(&self, endpoint_id: u32) -> Option<String> {
+        self.addresses.interfaces.get(&endpoint_id).cloned()
+    }
+
+    fn node_labels(&self) -> Vec<String> {
+        self.node_labels.to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -269,7 +283,6 @@ mod tests {
     use super::*;
     use crate::flows::FlowContext as _;
     use crate::testing::{engine_with, identity, pod, service};
-    use myelin_common::{EventKind, ObservationPoint};
     use std::collections::BTreeMap;
 
     fn view_of(engine: &PolicyEngine, pods: &[(u32, EndpointSpec)]) -> View {
@@ -278,6 +291,20 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("ip")
+    }
+
+    #[test]
+    fn the_node_labels_and_the_pods_veths_are_known() {
+        let pods = [(3, pod("deathstar-5b7-x1", "deathstar", Some("5b7"), 2))];
+        let view = view_of(&engine_with(&pods), &pods);
+        assert!(
+            view.node_labels()
+                .contains(&"kubernetes.io/hostname=node-a".to_string()),
+            "{:?}",
+            view.node_labels()
+        );
+        assert_eq!(view.interface_name(3).as_deref(), Some("veth2"));
+        assert_eq!(view.interface_name(0), None);
     }
 
     #[test]
@@ -458,6 +485,15 @@ mod tests {
         fn local_identity(&self, _: u32) -> Option<EndpointMeta> {
             None
         }
+        fn interface_name(&self, endpoint_id: u32) -> Option<String> {
+            self.pods
+                .iter()
+                .find(|(id, _)| *id == endpoint_id)
+                .map(|(_, s)| s.ifname.clone())
+        }
+        fn node_labels(&self) -> Vec<String> {
+            Vec::new()
+        }
     }
 
     /// Prints the cost of enriching one kernel event (`cargo test -p
@@ -490,35 +526,7 @@ mod tests {
         let clock = flows::KernelClock::now();
         let events: Vec<myelin_common::TraceEvent> = (0..10_000u32)
             .map(|n| {
-                let mut event = myelin_common::TraceEvent {
-                    ktime_ns: 0,
-                    ifindex: 0,
-                    len: 60,
-                    endpoint_id: 0,
-                    kind: EventKind::Trace as u8,
-                    observation_point: ObservationPoint::ToEndpoint as u8,
-                    drop_reason: 0,
-                    ip_version: 4,
-                    protocol: 6,
-                    tcp_flags: 0x10,
-                    icmp_code: 0,
-                    flags: 0,
-                    source_port: 40_000,
-                    destination_port: 80,
-                    source: [0; 16],
-                    destination: [0; 16],
-                    source_identity: 0,
-                    destination_identity: 0,
-                    rule_id: 0,
-                    service_address: [0; 16],
-                    service_port: 0,
-                    proxy_port: 0,
-                    verdict: 0,
-                    traffic_direction: 0,
-                    match_type: 0,
-                    icmp_type: 0,
-                    _pad: [0; 4],
-                };
+                let mut event = flows::tcp_to_endpoint([0; 4], [0; 4]);
                 let byte = |k: u32| u8::try_from(k % 200 + 1).unwrap_or(1);
                 event.source[..4].copy_from_slice(&[10, 244, 1, byte(n)]);
                 event.destination[..4].copy_from_slice(&[10, 244, 1, byte(n * 7 + 3)]);

@@ -9,8 +9,8 @@ use crate::filter;
 use crate::flows;
 use crate::printer;
 use crate::proto::flow::{
-    DropReason, EventTypeFilter, FlowFilter, HttpHeader, IpVersion, TcpFlags, TrafficDirection,
-    Verdict, Workload,
+    DropReason, EventTypeFilter, FlowFilter, HttpHeader, IpVersion, NetworkInterface, TcpFlags,
+    TrafficDirection, Verdict, Workload,
 };
 
 /// One filter flag with its value, e.g. `--to-pod kube-system/` is
@@ -78,6 +78,8 @@ const CONFLICTS: &[&[&str]] = &[
         "fqdn",
         "from-namespace",
         "namespace",
+        "from-all-namespaces",
+        "all-namespaces",
     ],
     &["from-fqdn", "from-ip", "ip", "fqdn", "from-pod", "pod"],
     &[
@@ -87,12 +89,14 @@ const CONFLICTS: &[&[&str]] = &[
         "fqdn",
         "to-namespace",
         "namespace",
+        "to-all-namespaces",
+        "all-namespaces",
     ],
     &["to-fqdn", "to-ip", "ip", "fqdn", "to-pod", "pod"],
-    &["to-pod", "namespace"],
-    &["from-pod", "namespace"],
-    &["to-service", "namespace"],
-    &["from-service", "namespace"],
+    &["to-pod", "namespace", "all-namespaces"],
+    &["from-pod", "namespace", "all-namespaces"],
+    &["to-service", "namespace", "all-namespaces"],
+    &["from-service", "namespace", "all-namespaces"],
     &["label", "from-label"],
     &["label", "to-label"],
     &["service", "from-service"],
@@ -103,6 +107,7 @@ const CONFLICTS: &[&[&str]] = &[
     &["identity", "from-identity"],
     &["workload", "to-workload"],
     &["workload", "from-workload"],
+    &["encrypted", "unencrypted"],
 ];
 
 /// Hubble's namespace modifier for one side: an empty side becomes the
@@ -318,6 +323,45 @@ const SPECS: &[Spec] = &[
             Ok(())
         }),
     ),
+    // Hubble's all-namespaces flags are the empty namespace, which the
+    // server reads as any namespace ("/" alone, "/xwing" with --pod xwing).
+    Spec {
+        short: Some('A'),
+        bare: Some(SWITCHED_ON),
+        ..spec(
+            "all-namespaces",
+            "Flows from or to pods in any namespace (names in --pod and --service without a namespace are taken in any)",
+            Rule::Parsed(|t, v| {
+                switch(v)?;
+                t.ns.push(String::new());
+                Ok(())
+            }),
+        )
+    },
+    Spec {
+        bare: Some(SWITCHED_ON),
+        ..spec(
+            "from-all-namespaces",
+            "Flows from pods in any namespace",
+            Rule::Parsed(|t, v| {
+                switch(v)?;
+                t.src_ns.push(String::new());
+                Ok(())
+            }),
+        )
+    },
+    Spec {
+        bare: Some(SWITCHED_ON),
+        ..spec(
+            "to-all-namespaces",
+            "Flows to pods in any namespace",
+            Rule::Parsed(|t, v| {
+                switch(v)?;
+                t.dst_ns.push(String::new());
+                Ok(())
+            }),
+        )
+    },
     Spec {
         short: Some('l'),
         ..spec(
@@ -438,6 +482,11 @@ const SPECS: &[Spec] = &[
         Rule::Both(|f| &mut f.destination_ip),
     ),
     spec(
+        "snat-ip",
+        "Flows SNATed to an IP address or CIDR (sent to the server; a myelin agent refuses it: the datapath does not report addresses after SNAT)",
+        Rule::Both(|f| &mut f.source_ip_xlated),
+    ),
+    spec(
         "port",
         "Flows with this L4 source or destination port",
         Rule::Either(|f| &mut f.source_port, |f| &mut f.destination_port),
@@ -522,6 +571,15 @@ const SPECS: &[Spec] = &[
         Rule::Both(|f| &mut f.trace_id),
     ),
     spec(
+        "ip-trace-id",
+        "Flows with this IP option trace id, a number above 0 (sent to the server; a myelin agent refuses it: the datapath does not read IP options)",
+        Rule::Parsed(|t, v| {
+            let id = parse_ip_trace_id(v)?;
+            t.both(|f| f.ip_trace_id.push(id));
+            Ok(())
+        }),
+    ),
+    spec(
         "uuid",
         "The flow with this unique identifier, if any",
         Rule::Both(|f| &mut f.uuid),
@@ -593,7 +651,103 @@ const SPECS: &[Spec] = &[
         "Node name pattern (\"k8s*\", \"cluster/*\")",
         Rule::Both(|f| &mut f.node_name),
     ),
+    spec(
+        "node-label",
+        "Flows seen on nodes matching a label selector (\"kubernetes.io/hostname=node1\")",
+        Rule::Both(|f| &mut f.node_labels),
+    ),
+    spec(
+        "cluster",
+        "Flows from or to endpoints in a cluster (exact name, e.g. default)",
+        Rule::Either(
+            |f| &mut f.source_cluster_name,
+            |f| &mut f.destination_cluster_name,
+        ),
+    ),
+    spec(
+        "from-cluster",
+        "Flows from endpoints in a cluster",
+        Rule::Both(|f| &mut f.source_cluster_name),
+    ),
+    spec(
+        "to-cluster",
+        "Flows to endpoints in a cluster",
+        Rule::Both(|f| &mut f.destination_cluster_name),
+    ),
+    spec(
+        "interface",
+        "Flows seen on a network interface, by name (a pod's host-side veth)",
+        Rule::Parsed(|t, v| {
+            let name = v.to_string();
+            t.both(|f| {
+                f.interface.push(NetworkInterface {
+                    index: 0,
+                    name: name.clone(),
+                })
+            });
+            Ok(())
+        }),
+    ),
+    Spec {
+        bare: Some(SWITCHED_ON),
+        ..spec(
+            "encrypted",
+            "Only encrypted flows (the myelin datapath encrypts none)",
+            Rule::Parsed(|t, v| {
+                switch(v)?;
+                t.both(|f| f.encrypted.push(true));
+                Ok(())
+            }),
+        )
+    },
+    Spec {
+        bare: Some(SWITCHED_ON),
+        ..spec(
+            "unencrypted",
+            "Only unencrypted flows",
+            Rule::Parsed(|t, v| {
+                switch(v)?;
+                t.both(|f| f.encrypted.push(false));
+                Ok(())
+            }),
+        )
+    },
+    spec(
+        "cel-expression",
+        "Flows for which a CEL expression over `_flow` is true (\"_flow.verdict == 2\")",
+        Rule::Parsed(|t, v| {
+            t.both(|f| {
+                f.experimental
+                    .get_or_insert_with(Default::default)
+                    .cel_expression
+                    .push(v.to_string())
+            });
+            Ok(())
+        }),
+    ),
 ];
+
+/// The value clap gives a flag that takes none (`--encrypted`, `-A`).
+const SWITCHED_ON: &str = "true";
+
+/// A flag without value may only be written bare or as `--flag=true`:
+/// Hubble ignores a value there, so `--encrypted=false` would mean
+/// encrypted; refused instead.
+fn switch(value: &str) -> anyhow::Result<()> {
+    if value != SWITCHED_ON {
+        bail!("takes no value (got {value:?}); write the flag alone");
+    }
+    Ok(())
+}
+
+/// Hubble's `--ip-trace-id`: a number above 0.
+fn parse_ip_trace_id(value: &str) -> anyhow::Result<u64> {
+    match value.parse::<u64>() {
+        Ok(0) => bail!("invalid IP trace id 0: expected a number above 0"),
+        Ok(id) => Ok(id),
+        Err(_) => bail!("invalid IP trace id {value:?}: expected a number above 0"),
+    }
+}
 
 /// Help heading of the filter flags in `--help`.
 const HEADING: &str = "Filters";
@@ -987,6 +1141,9 @@ mod tests {
             "ip-version" => "v6",
             "http-header" => "x-request-id:42",
             "drop-reason-desc" => "policy_denied",
+            "snat-ip" => "10.0.0.1",
+            "ip-trace-id" => "7",
+            "cel-expression" => "_flow.verdict == 2",
             _ => "x",
         };
         for spec in SPECS {
@@ -1002,8 +1159,164 @@ mod tests {
                 "--{} made {filters:?}",
                 spec.name
             );
-            filter::FilterSet::new(&filters, &[])
-                .unwrap_or_else(|e| panic!("--{}: {e}", spec.name));
+            // Fields the agent has no data for go to the server, which
+            // refuses them; every other one it evaluates.
+            match filter::FilterSet::new(&filters, &[]) {
+                Err(filter::FilterError::Unsupported { flag, .. }) => {
+                    assert_eq!(flag.trim_start_matches('-'), spec.name)
+                }
+                other => {
+                    other.unwrap_or_else(|e| panic!("--{}: {e}", spec.name));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hubble_1_19_flags_build_hubbles_filters() {
+        let any_ns = |source: bool| FlowFilter {
+            source_pod: if source { vec!["/".into()] } else { vec![] },
+            destination_pod: if source { vec![] } else { vec!["/".into()] },
+            ..Default::default()
+        };
+        // -A is the empty namespace: "/" on each side, "/xwing" with --pod.
+        for argv in [
+            &["-A"][..],
+            &["--all-namespaces"],
+            &["--all-namespaces=true"],
+        ] {
+            assert_eq!(
+                whitelist(argv).unwrap_or_default(),
+                [any_ns(true), any_ns(false)],
+                "{argv:?}"
+            );
+        }
+        assert_eq!(
+            whitelist(&["--pod", "xwing", "-A"]).unwrap_or_default(),
+            [
+                FlowFilter {
+                    source_pod: vec!["/xwing".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    destination_pod: vec!["/xwing".into()],
+                    ..Default::default()
+                },
+            ]
+        );
+        assert_eq!(
+            whitelist(&["--from-all-namespaces", "--to-pod", "kube-system/"]).unwrap_or_default(),
+            [FlowFilter {
+                source_pod: vec!["/".into()],
+                destination_pod: vec!["kube-system/".into()],
+                ..Default::default()
+            }]
+        );
+        assert_eq!(
+            whitelist(&["--to-all-namespaces"]).unwrap_or_default(),
+            [FlowFilter {
+                destination_pod: vec!["/".into()],
+                ..Default::default()
+            }]
+        );
+        // A bare flag takes no separate value: what follows is not eaten.
+        let args = parse(&["-A", "--last", "3"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.whitelist, [flag("all-namespaces", "true")]);
+        let err = whitelist(&["--encrypted=false"]).expect_err("value on a switch");
+        assert!(
+            format!("{err:#}").starts_with("--encrypted: takes no value"),
+            "{err:#}"
+        );
+        for (argv, message) in [
+            (
+                &["-A", "--to-pod", "xwing"][..],
+                "filters --to-pod and --all-namespaces cannot be combined",
+            ),
+            (
+                &["--from-ip", "10.0.0.1", "-A"],
+                "filters --from-ip and --all-namespaces cannot be combined",
+            ),
+            (
+                &["--to-all-namespaces", "--to-fqdn", "x.io"],
+                "filters --to-fqdn and --to-all-namespaces cannot be combined",
+            ),
+            (
+                &["--encrypted", "--unencrypted"],
+                "filters --encrypted and --unencrypted cannot be combined",
+            ),
+            (
+                &["-A", "--pod", "default/xwing"],
+                "namespace conflict: \"\" does not contain \"default/xwing\"",
+            ),
+        ] {
+            let err = whitelist(argv).expect_err("conflict");
+            assert_eq!(format!("{err:#}"), message, "{argv:?}");
+        }
+
+        // --cluster is two-sided, --from/--to-cluster one field on both.
+        assert_eq!(
+            whitelist(&["--cluster", "c1"]).unwrap_or_default(),
+            [
+                FlowFilter {
+                    source_cluster_name: vec!["c1".into()],
+                    ..Default::default()
+                },
+                FlowFilter {
+                    destination_cluster_name: vec!["c1".into()],
+                    ..Default::default()
+                },
+            ]
+        );
+        assert_eq!(
+            whitelist(&[
+                "--from-cluster",
+                "c1",
+                "--to-cluster",
+                "c2",
+                "--node-label",
+                "kubernetes.io/hostname=node1",
+                "--interface",
+                "lxc1",
+                "--encrypted",
+                "--cel-expression",
+                "_flow.verdict == 2",
+            ])
+            .unwrap_or_default(),
+            [FlowFilter {
+                source_cluster_name: vec!["c1".into()],
+                destination_cluster_name: vec!["c2".into()],
+                node_labels: vec!["kubernetes.io/hostname=node1".into()],
+                interface: vec![NetworkInterface {
+                    index: 0,
+                    name: "lxc1".into(),
+                }],
+                encrypted: vec![true],
+                experimental: Some(crate::proto::flow::flow_filter::Experimental {
+                    cel_expression: vec!["_flow.verdict == 2".into()],
+                }),
+                ..Default::default()
+            }]
+        );
+        assert_eq!(
+            whitelist(&["--unencrypted"]).unwrap_or_default()[0].encrypted,
+            [false]
+        );
+
+        // --snat-ip and --ip-trace-id reach the request; the server decides.
+        assert_eq!(
+            whitelist(&["--snat-ip", "10.0.0.0/24", "--ip-trace-id", "42"]).unwrap_or_default(),
+            [FlowFilter {
+                source_ip_xlated: vec!["10.0.0.0/24".into()],
+                ip_trace_id: vec![42],
+                ..Default::default()
+            }]
+        );
+        for bad in ["0", "18446744073709551616", "x"] {
+            let err = whitelist(&["--ip-trace-id", bad]).expect_err("bad trace id");
+            assert!(
+                format!("{err:#}").starts_with("--ip-trace-id: invalid IP trace id"),
+                "{err:#}"
+            );
         }
     }
 

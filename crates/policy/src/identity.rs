@@ -439,6 +439,11 @@ impl Allocator {
         }
     }
 
+    /// The name this allocator holds identities as: the node's.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
     /// The identity of `labels`, held by this allocator's holder: the one bound already
     /// (by any agent), or a new one.
     pub fn allocate(&mut self, labels: &LabelSet) -> Result<Identity, IdentityError> {

@@ -18,6 +18,12 @@ pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 /// The service-account label of a pod identity.
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+/// The service account of a pod that names none, as Kubernetes assigns it.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
+/// The cluster label of a pod identity.
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
+/// The cluster's name, Cilium's default: one cluster, no cluster mesh.
+pub const CLUSTER_NAME: &str = "default";
 /// Source of labels from Kubernetes.
 pub const SOURCE_K8S: &str = "k8s";
 /// Source of the labels of reserved identities.
@@ -47,9 +53,10 @@ impl LabelSet {
         self.0.get(key).map(|(s, v)| (s.as_str(), v.as_str()))
     }
 
-    /// The security-relevant labels of a pod: its own labels (minus the
-    /// volatile ones, see [`is_security_relevant`]) with source `k8s`, its
-    /// namespace, its namespace's labels and its service account.
+    /// The security-relevant labels of a pod, as Cilium gives them: its own
+    /// labels (minus the volatile ones, see [`is_security_relevant`]) with
+    /// source `k8s`, its namespace, its namespace's labels, its service
+    /// account (`default` when it names none) and the cluster.
     pub fn for_pod(
         namespace: &str,
         labels: &BTreeMap<String, String>,
@@ -66,17 +73,27 @@ impl LabelSet {
             set.insert(SOURCE_K8S, &format!("{NAMESPACE_LABELS_PREFIX}{k}"), v);
         }
         set.insert(SOURCE_K8S, NAMESPACE_LABEL, namespace);
-        if let Some(sa) = service_account {
-            set.insert(SOURCE_K8S, SERVICE_ACCOUNT_LABEL, sa);
-        }
+        set.insert(
+            SOURCE_K8S,
+            SERVICE_ACCOUNT_LABEL,
+            service_account.unwrap_or(DEFAULT_SERVICE_ACCOUNT),
+        );
+        set.insert(SOURCE_K8S, CLUSTER_LABEL, CLUSTER_NAME);
         set
     }
 
-    /// The labels as `source:key=value` strings, sorted.
+    /// The labels as Cilium writes them, sorted: `source:key=value`, or
+    /// `source:key` when the value is empty (`reserved:host`).
     pub fn to_strings(&self) -> Vec<String> {
         self.0
             .iter()
-            .map(|(k, (s, v))| format!("{s}:{k}={v}"))
+            .map(|(k, (s, v))| {
+                if v.is_empty() {
+                    format!("{s}:{k}")
+                } else {
+                    format!("{s}:{k}={v}")
+                }
+            })
             .collect()
     }
 

@@ -861,6 +861,11 @@ impl PolicyEngine {
         &self.ipcache
     }
 
+    /// The node this engine runs on: the name it holds identities as.
+    pub fn node_name(&self) -> &str {
+        self.allocator.holder()
+    }
+
     /// The identity of an address: longest-prefix match in the ipcache.
     pub fn identity_of_ip(&self, ip: IpAddr) -> Identity {
         self.ipcache
