@@ -16,7 +16,8 @@ use tokio::net::UnixListener;
 use tokio::sync::Mutex;
 
 use crate::api::{
-    AgentStatus, EndpointSpec, EndpointStatus, EventCounters, Request, Response, ServiceStatus,
+    AgentStatus, EndpointMac as _, EndpointSpec, EndpointStatus, EventCounters, Request, Response,
+    ServiceStatus,
 };
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};

@@ -3,25 +3,9 @@
 
 use std::fmt::Write as _;
 
+pub use myelin_api::agent::BpfTable;
 use myelin_datapath::Datapath;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-
-/// Which map to show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BpfTable {
-    /// Endpoints (ifindex, id, identity, addresses, enforcement).
-    Endpoints,
-    /// The ipcache (prefix → identity).
-    Ipcache,
-    /// The policy of one endpoint.
-    Policy,
-    /// Services and backends.
-    Services,
-    /// Conntrack entries.
-    Conntrack,
-}
 
 fn protocol_name(protocol: u8) -> String {
     match protocol {

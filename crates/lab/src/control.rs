@@ -1,0 +1,1081 @@
+//! The lab's control plane: checks what is applied, plans it, carries it out
+//! as one transaction, and reports what became of each resource.
+//!
+//! An apply is all or nothing. Everything is checked and planned first
+//! (addresses, cluster IPs, pod names); nothing is touched if any document
+//! fails. Then it is carried out: the agents learn namespaces, services and
+//! policies (before any new pod starts, so pods start under their policy),
+//! pods come up (without holding the state's lock), and only then does the
+//! lab record the resources. Every step that changed something leaves an
+//! undo; when a later step fails, the undos run in reverse, on the agents
+//! too, and the failed resource is reported with its reason, the others as
+//! not applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use anyhow::{Context as _, anyhow};
+use myelin_api::agent::{
+    EndpointSpec, Request, Response, ServicePortSpec, ServiceSpec, TargetPort,
+};
+use myelin_api::lab::{Change, LabStatus, NodeStatus, Outcome, PodStatus, ServiceSummary};
+use myelin_model::workload::{Deployment, IntOrString, Pod};
+use myelin_model::{Document, Metadata, Resource, ResourceKey, Source};
+
+use crate::ipam;
+use crate::kubelet;
+use crate::names::host_veth;
+use crate::state::{self, LabState, PodRecord, ServiceRecord};
+use crate::supervisor::{Lab, Owner};
+use crate::vocabulary::{kubectl_kind, namespace_of, protocol_name};
+
+/// How long `lab status` waits for an agent that is busy.
+const AGENT_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One document of an apply and what the plan does with it.
+struct Item {
+    document: Document,
+    outcome: Outcome,
+}
+
+/// What an apply will do, decided before anything is touched.
+#[derive(Default)]
+struct Plan {
+    items: Vec<Item>,
+    /// Services with their cluster IPs, by item index; with the record they replace.
+    services: Vec<(usize, ServiceRecord, Option<ServiceRecord>)>,
+    /// Pods to create, by item index (of the Pod or its Deployment), with their owner.
+    new_pods: Vec<(usize, Pod, Option<String>)>,
+    /// Existing pods whose labels change: item index, key, new labels.
+    relabelled: Vec<(usize, String, BTreeMap<String, String>)>,
+    /// Pods of older templates or beyond the replicas: removed once the apply holds.
+    retired: Vec<String>,
+}
+
+/// A change already made that a failed apply takes back.
+enum Undo {
+    /// Agents: apply these documents again (what was replaced) and forget these keys (what was new).
+    Resources {
+        restore: Vec<Document>,
+        forget: Vec<ResourceKey>,
+    },
+    /// Agents: the service as it was (none: it was new).
+    Service {
+        namespace: String,
+        name: String,
+        previous: Option<ServiceSpec>,
+    },
+    /// An agent: the endpoint as it was.
+    Endpoint {
+        node: String,
+        previous: EndpointSpec,
+    },
+    /// A pod this apply created.
+    Pod(String),
+}
+
+/// A step of the apply failed: which item, and why.
+struct Failure {
+    item: usize,
+    error: anyhow::Error,
+}
+
+/// Applies `documents` as one transaction and reports each resource once.
+pub async fn apply(lab: &Lab, documents: Vec<Document>) -> Vec<Change> {
+    let _turn = lab.writes.lock().await;
+    let mut documents = documents;
+    documents.sort_by_key(|d| rank(&d.resource.key().kind));
+    let plan = lab.read(|state| match check(state, &documents) {
+        Ok(()) => Ok(plan(state, documents)),
+        Err(problems) => Err(report_refused(&documents, &problems)),
+    });
+    let mut plan = match plan {
+        Ok(plan) => plan,
+        Err(changes) => return changes,
+    };
+    let mut undo = Vec::new();
+    match carry_out(lab, &plan, &mut undo).await {
+        Ok(()) => {
+            if let Err(e) = commit(lab, &plan) {
+                tracing::error!("recording the apply: {e:#}");
+            }
+            for key in &plan.retired {
+                if let Err(e) = delete_pod(lab, key).await {
+                    tracing::warn!(pod = key, "removing a retired pod: {e:#}");
+                }
+            }
+        }
+        Err(Failure { item, error }) => {
+            tracing::warn!("apply failed, rolling back: {error:#}");
+            rollback(lab, undo).await;
+            for (i, entry) in plan.items.iter_mut().enumerate() {
+                entry.outcome = if i == item {
+                    Outcome::Failed {
+                        reason: format!("{error:#}"),
+                    }
+                } else {
+                    Outcome::NotApplied
+                };
+            }
+        }
+    }
+    plan.items.iter().map(change_of).collect()
+}
+
+/// Creation order: what others live in or refer to first.
+fn rank(kind: &str) -> u8 {
+    match kind {
+        "Namespace" => 0,
+        "Service" => 1,
+        "Deployment" => 3,
+        "Pod" => 4,
+        _ => 2,
+    }
+}
+
+fn change_of(item: &Item) -> Change {
+    let key = item.document.resource.key();
+    Change {
+        kind: kubectl_kind(&key.kind).to_string(),
+        name: key.name,
+        outcome: item.outcome.clone(),
+    }
+}
+
+/// Every document, failed with its problems or not applied.
+fn report_refused(documents: &[Document], problems: &BTreeMap<usize, Vec<String>>) -> Vec<Change> {
+    documents
+        .iter()
+        .enumerate()
+        .map(|(i, document)| {
+            let outcome = match problems.get(&i) {
+                Some(problems) => Outcome::Failed {
+                    reason: format!(
+                        "{}: document {}: {}",
+                        document.source.file,
+                        document.source.document,
+                        problems.join("; ")
+                    ),
+                },
+                None => Outcome::NotApplied,
+            };
+            change_of(&Item {
+                document: document.clone(),
+                outcome,
+            })
+        })
+        .collect()
+}
+
+/// Checks a whole batch against the lab before changing anything; the
+/// problems of each document by its index.
+fn check(state: &LabState, documents: &[Document]) -> Result<(), BTreeMap<usize, Vec<String>>> {
+    let mut problems: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut namespaces = state.namespaces.clone();
+    for d in documents {
+        if let Resource::Namespace(n) = &d.resource {
+            namespaces.insert(n.metadata.name.clone());
+        }
+    }
+    for (i, d) in documents.iter().enumerate() {
+        let mut problem = |text: String| problems.entry(i).or_default().push(text);
+        let key = d.resource.key();
+        if !key.namespace.is_empty() && !namespaces.contains(&key.namespace) {
+            problem(format!(
+                "{key}: namespace {:?} does not exist; create it first (kind: Namespace)",
+                key.namespace
+            ));
+        }
+        let pod_spec = match &d.resource {
+            Resource::Pod(p) => Some(&p.spec),
+            Resource::Deployment(dep) => Some(&dep.spec.template.spec),
+            _ => None,
+        };
+        for (c, container) in pod_spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter().enumerate())
+        {
+            if let Some(why) = kubelet::container_problem(container) {
+                problem(format!(
+                    "{key}: containers[{c}] ({}): {why}",
+                    container.name
+                ));
+            }
+        }
+        if let Resource::Pod(p) = &d.resource
+            && let Some(existing) = state.pods.get(&state::key(&key.namespace, &key.name))
+            && existing.pod.spec != p.spec
+        {
+            problem(format!(
+                "{key}: a pod's spec cannot change; delete the pod and apply it again"
+            ));
+        }
+        if let Resource::Service(s) = &d.resource
+            && let Some(ip) = s
+                .spec
+                .cluster_ip
+                .as_deref()
+                .filter(|ip| *ip != "None" && !ip.is_empty())
+        {
+            match ip.parse::<IpAddr>() {
+                Ok(ip) if !ipam::in_service_cidr(ip) => problem(format!(
+                    "{key}: spec.clusterIP {ip} is outside the service CIDRs {}",
+                    ipam::SERVICE_CIDRS.join(", ")
+                )),
+                Ok(ip) => {
+                    let taken = state.services.iter().any(|(k, r)| {
+                        *k != state::key(&key.namespace, &key.name) && r.cluster_ips.contains(&ip)
+                    });
+                    if taken {
+                        problem(format!("{key}: spec.clusterIP {ip} is already allocated"));
+                    }
+                }
+                Err(_) => problem(format!("{key}: spec.clusterIP {ip:?} is not an address")),
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Decides what the apply does to each checked document, touching nothing.
+fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
+    let mut plan = Plan::default();
+    let mut fresh_namespaces = BTreeSet::new();
+    let mut used_ips: BTreeSet<IpAddr> = state
+        .services
+        .values()
+        .flat_map(|r| r.cluster_ips.iter().copied())
+        .collect();
+    let mut pod_names: BTreeSet<String> = state.pods.keys().cloned().collect();
+    for (i, document) in documents.into_iter().enumerate() {
+        let outcome = match &document.resource {
+            Resource::Namespace(n) => {
+                let name = &n.metadata.name;
+                if state.namespaces.contains(name) || !fresh_namespaces.insert(name.clone()) {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Created
+                }
+            }
+            Resource::Service(service) => {
+                let key = state::key(&namespace_of(&service.metadata), &service.metadata.name);
+                let existing = state.services.get(&key).cloned();
+                let cluster_ips = match (&existing, service.spec.cluster_ip.as_deref()) {
+                    (Some(record), _) => record.cluster_ips.clone(),
+                    (None, Some("None")) => Vec::new(),
+                    (None, Some(ip)) if !ip.is_empty() => ip.parse().into_iter().collect(),
+                    _ => match ipam::next_service_addresses(&used_ips) {
+                        Some((v4, v6)) => vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+                        None => Vec::new(),
+                    },
+                };
+                used_ips.extend(cluster_ips.iter().copied());
+                let outcome = match &existing {
+                    None => Outcome::Created,
+                    Some(r) if r.service == *service => Outcome::Unchanged,
+                    Some(_) => Outcome::Configured,
+                };
+                let record = ServiceRecord {
+                    service: service.clone(),
+                    cluster_ips,
+                };
+                plan.services.push((i, record, existing));
+                outcome
+            }
+            Resource::Deployment(deployment) => {
+                plan_deployment(state, i, deployment, &mut pod_names, &mut plan)
+            }
+            Resource::Pod(pod) => {
+                let key = state::key(&namespace_of(&pod.metadata), &pod.metadata.name);
+                match state.pods.get(&key) {
+                    Some(existing) if existing.pod.metadata.labels == pod.metadata.labels => {
+                        Outcome::Unchanged
+                    }
+                    Some(_) => {
+                        plan.relabelled.push((i, key, pod.metadata.labels.clone()));
+                        Outcome::Configured
+                    }
+                    None if pod_names.insert(key) => {
+                        plan.new_pods.push((i, pod.clone(), None));
+                        Outcome::Created
+                    }
+                    None => Outcome::Unchanged,
+                }
+            }
+            policy => match state.policies.get(&policy.key().to_string()) {
+                None => Outcome::Created,
+                Some(existing) if existing.resource == *policy => Outcome::Unchanged,
+                Some(_) => Outcome::Configured,
+            },
+        };
+        plan.items.push(Item { document, outcome });
+    }
+    plan
+}
+
+/// A Deployment's pods: those of an older template and beyond the replicas
+/// retire (the Recreate strategy, once the apply holds), missing ones are
+/// created.
+fn plan_deployment(
+    state: &LabState,
+    item: usize,
+    deployment: &Deployment,
+    pod_names: &mut BTreeSet<String>,
+    plan: &mut Plan,
+) -> Outcome {
+    let namespace = namespace_of(&deployment.metadata);
+    let key = state::key(&namespace, &deployment.metadata.name);
+    let hash = template_hash(deployment);
+    let (current, stale): (Vec<(&String, &PodRecord)>, Vec<_>) = state
+        .pods
+        .iter()
+        .filter(|(_, p)| p.owner.as_deref() == Some(key.as_str()))
+        .partition(|(_, p)| p.pod.metadata.labels.get("pod-template-hash") == Some(&hash));
+    let replicas = deployment.spec.replicas as usize;
+    plan.retired.extend(stale.iter().map(|(k, _)| (*k).clone()));
+    plan.retired
+        .extend(current.iter().skip(replicas).map(|(k, _)| (*k).clone()));
+    for _ in current.len()..replicas {
+        let mut labels = deployment.spec.template.metadata.labels.clone();
+        labels.insert("pod-template-hash".into(), hash.clone());
+        let name = loop {
+            let candidate = format!("{}-{hash}-{}", deployment.metadata.name, random_suffix());
+            if pod_names.insert(state::key(&namespace, &candidate)) {
+                break candidate;
+            }
+        };
+        let pod = Pod::from_template(
+            Metadata::named(name, Some(namespace.clone()), labels),
+            deployment.spec.template.spec.clone(),
+        );
+        plan.new_pods.push((item, pod, Some(key.clone())));
+    }
+    match state.deployments.get(&key) {
+        None => Outcome::Created,
+        Some(d) if d == deployment => Outcome::Unchanged,
+        Some(_) => Outcome::Configured,
+    }
+}
+
+/// Carries the plan out, leaving an undo for every change made.
+async fn carry_out(lab: &Lab, plan: &Plan, undo: &mut Vec<Undo>) -> Result<(), Failure> {
+    // The agents resolve policy from namespaces and services too.
+    let for_agents: Vec<usize> = plan
+        .items
+        .iter()
+        .enumerate()
+        .filter(|(_, item)| {
+            !matches!(
+                item.document.resource,
+                Resource::Pod(_) | Resource::Deployment(_)
+            )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if !for_agents.is_empty() {
+        let documents: Vec<Document> = for_agents
+            .iter()
+            .map(|&i| plan.items[i].document.clone())
+            .collect();
+        let (restore, forget) = lab.read(|state| replaced(state, &documents));
+        for node in &lab.nodes {
+            let request = Request::ResourcesApply {
+                documents: documents.clone(),
+            };
+            let answer = node.agent(&request).await;
+            // Whatever the agent took in is taken back on failure, even a part.
+            undo.push(Undo::Resources {
+                restore: restore.clone(),
+                forget: forget.clone(),
+            });
+            let outcomes = match answer {
+                Ok(Response::Resources { outcomes }) => outcomes,
+                Ok(other) => {
+                    return Err(Failure {
+                        item: for_agents[0],
+                        error: anyhow!("the agent of {} answered {other:?}", node.name()),
+                    });
+                }
+                Err(error) => {
+                    return Err(Failure {
+                        item: for_agents[0],
+                        error,
+                    });
+                }
+            };
+            if let Some((n, reason)) = rejected(&outcomes) {
+                return Err(Failure {
+                    item: for_agents[n],
+                    error: anyhow!("rejected by the agent of {}: {reason}", node.name()),
+                });
+            }
+        }
+    }
+    for (item, record, previous) in &plan.services {
+        let spec = service_spec(record);
+        undo.push(Undo::Service {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            previous: previous.as_ref().map(service_spec),
+        });
+        let result = if record.cluster_ips.is_empty()
+            && record.service.spec.cluster_ip.as_deref() != Some("None")
+        {
+            Err(anyhow!("the service CIDRs are full"))
+        } else {
+            lab.tell_agents(&Request::ServiceUpsert(spec)).await
+        };
+        result.map_err(|error| Failure { item: *item, error })?;
+    }
+    for (item, key, labels) in &plan.relabelled {
+        relabel(lab, key, labels, undo)
+            .await
+            .map_err(|error| Failure { item: *item, error })?;
+    }
+    for (item, pod, owner) in &plan.new_pods {
+        create_pod(lab, pod.clone(), owner.clone(), undo)
+            .await
+            .map_err(|error| Failure { item: *item, error })?;
+    }
+    Ok(())
+}
+
+/// The first document an agent rejected: its index among those sent, and why.
+fn rejected(outcomes: &[myelin_api::agent::ResourceOutcome]) -> Option<(usize, String)> {
+    outcomes
+        .iter()
+        .enumerate()
+        .find_map(|(n, o)| o.error.clone().map(|e| (n, e)))
+}
+
+/// What the agents must get back if `documents` are undone: the documents
+/// they replace, and the keys of those that are new.
+fn replaced(state: &LabState, documents: &[Document]) -> (Vec<Document>, Vec<ResourceKey>) {
+    let mut restore = Vec::new();
+    let mut forget = Vec::new();
+    for document in documents {
+        let key = document.resource.key();
+        let previous = match &document.resource {
+            Resource::Namespace(n) => {
+                // The lab keeps no namespace labels: an existing namespace stays as applied.
+                if state.namespaces.contains(&n.metadata.name) {
+                    continue;
+                }
+                None
+            }
+            Resource::Service(_) => state
+                .services
+                .get(&state::key(&key.namespace, &key.name))
+                .map(|r| Document {
+                    source: Source {
+                        file: "the lab's state".into(),
+                        document: 0,
+                    },
+                    resource: Resource::Service(r.service.clone()),
+                }),
+            _ => state.policies.get(&key.to_string()).cloned(),
+        };
+        match previous {
+            Some(previous) => restore.push(previous),
+            None => forget.push(key),
+        }
+    }
+    (restore, forget)
+}
+
+/// Changes an existing pod's labels in its agent.
+async fn relabel(
+    lab: &Lab,
+    key: &str,
+    labels: &BTreeMap<String, String>,
+    undo: &mut Vec<Undo>,
+) -> anyhow::Result<()> {
+    let record = lab
+        .read(|s| s.pods.get(key).cloned())
+        .ok_or_else(|| anyhow!("pod {key} vanished"))?;
+    let previous = kubelet::endpoint_spec(&record);
+    let mut spec = previous.clone();
+    spec.labels = labels.clone();
+    undo.push(Undo::Endpoint {
+        node: record.node.clone(),
+        previous,
+    });
+    lab.node(&record.node)?
+        .agent(&Request::EndpointUpsert(spec))
+        .await?;
+    Ok(())
+}
+
+/// Creates a pod on node1: its record (before anything exists, so a crash
+/// leaves nothing unnamed), namespace and veth, the endpoint in the agent,
+/// its processes; waits until it is ready.
+async fn create_pod(
+    lab: &Lab,
+    pod: Pod,
+    owner: Option<String>,
+    undo: &mut Vec<Undo>,
+) -> anyhow::Result<()> {
+    let namespace = namespace_of(&pod.metadata);
+    let key = state::key(&namespace, &pod.metadata.name);
+    let node = lab.node("node1")?;
+    let record = lab.write(|state| {
+        let used: BTreeSet<IpAddr> = state
+            .pods
+            .values()
+            .flat_map(|p| [IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)])
+            .collect();
+        let (ipv4, ipv6) = ipam::next_pod_addresses(node.record.index, &used)
+            .ok_or_else(|| anyhow!("node {} has no free pod address", node.name()))?;
+        let record = PodRecord {
+            netns: lab.names.pod_netns(&namespace, &pod.metadata.name),
+            host_veth: host_veth(&namespace, &pod.metadata.name),
+            pod,
+            owner,
+            node: node.name().to_string(),
+            ipv4,
+            ipv6,
+            mac: Some(ipam::pod_mac(ipv4)),
+            processes: Vec::new(),
+            phase: "Pending".into(),
+            ready: false,
+        };
+        state.pods.insert(key.clone(), record.clone());
+        anyhow::Ok(record)
+    })??;
+    undo.push(Undo::Pod(key.clone()));
+    kubelet::wire(&record, &node.record)?;
+    node.agent(&Request::EndpointUpsert(kubelet::endpoint_spec(&record)))
+        .await?;
+    let started = kubelet::start(&lab.names, &lab.exe, &record)
+        .await
+        .with_context(|| format!("pod {key} did not become ready"))?;
+    let processes = started.iter().map(|s| s.record.clone()).collect();
+    let spec = lab.write(|state| {
+        let r = state.pods.get_mut(&key)?;
+        r.processes = processes;
+        r.phase = "Running".into();
+        r.ready = true;
+        Some(kubelet::endpoint_spec(r))
+    })?;
+    for s in started {
+        lab.watch(s.child, Owner::Pod(key.clone()), s.record.pid);
+    }
+    let spec = spec.ok_or_else(|| anyhow!("pod {key} vanished"))?;
+    node.agent(&Request::EndpointUpsert(spec)).await?;
+    Ok(())
+}
+
+/// Takes back what a failed apply changed, newest first. Best effort: what
+/// cannot be undone is logged.
+async fn rollback(lab: &Lab, undo: Vec<Undo>) {
+    for step in undo.into_iter().rev() {
+        let result = match step {
+            Undo::Resources { restore, forget } => {
+                let mut result = Ok(());
+                for node in &lab.nodes {
+                    if !forget.is_empty() {
+                        let request = Request::ResourcesDelete {
+                            keys: forget.clone(),
+                        };
+                        result = result.and(node.agent(&request).await.map(drop));
+                    }
+                    if !restore.is_empty() {
+                        let request = Request::ResourcesApply {
+                            documents: restore.clone(),
+                        };
+                        result = result.and(node.agent(&request).await.map(drop));
+                    }
+                }
+                result
+            }
+            Undo::Service {
+                namespace,
+                name,
+                previous,
+            } => {
+                let request = match previous {
+                    Some(spec) => Request::ServiceUpsert(spec),
+                    None => Request::ServiceDelete { namespace, name },
+                };
+                lab.tell_agents(&request).await
+            }
+            Undo::Endpoint { node, previous } => match lab.node(&node) {
+                Ok(node) => node
+                    .agent(&Request::EndpointUpsert(previous))
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            },
+            Undo::Pod(key) => delete_pod(lab, &key).await,
+        };
+        if let Err(e) = result {
+            tracing::error!("rolling back: {e:#}");
+        }
+    }
+}
+
+/// Records what the apply made, in one write.
+fn commit(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
+    lab.write(|state| {
+        for item in &plan.items {
+            let key = item.document.resource.key();
+            match &item.document.resource {
+                Resource::Namespace(n) => {
+                    state.namespaces.insert(n.metadata.name.clone());
+                }
+                Resource::Deployment(d) => {
+                    state
+                        .deployments
+                        .insert(state::key(&key.namespace, &key.name), d.clone());
+                }
+                Resource::Service(_) | Resource::Pod(_) => {}
+                _ => {
+                    state
+                        .policies
+                        .insert(key.to_string(), item.document.clone());
+                }
+            }
+        }
+        for (_, record, _) in &plan.services {
+            let service = &record.service.metadata;
+            let key = state::key(&namespace_of(service), &service.name);
+            state.services.insert(key, record.clone());
+        }
+        for (_, key, labels) in &plan.relabelled {
+            if let Some(pod) = state.pods.get_mut(key) {
+                pod.pod.metadata.labels = labels.clone();
+            }
+        }
+    })
+}
+
+/// Removes a pod: from its agent, then its processes and namespace, then
+/// from the state.
+async fn delete_pod(lab: &Lab, key: &str) -> anyhow::Result<()> {
+    let Some(record) = lab.read(|s| s.pods.get(key).cloned()) else {
+        return Ok(());
+    };
+    let request = Request::EndpointDelete {
+        namespace: namespace_of(&record.pod.metadata),
+        pod: record.pod.metadata.name.clone(),
+    };
+    let told = match lab.node(&record.node) {
+        Ok(node) => node.agent(&request).await.map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = told {
+        tracing::warn!(pod = key, "agent did not forget the endpoint: {e:#}");
+    }
+    kubelet::remove(&record)?;
+    lab.write(|s| {
+        s.pods.remove(key);
+    })
+}
+
+/// What a delete removes, decided from the state at once.
+#[derive(Debug, Default, PartialEq)]
+struct DeletePlan {
+    /// One per key, in the order they are handled.
+    changes: Vec<Change>,
+    /// Pods to remove (named, owned by a deleted Deployment, or in a deleted namespace).
+    pods: Vec<String>,
+    /// Deployments to forget.
+    deployments: Vec<String>,
+    /// Services to remove, as `(namespace, name)`.
+    services: Vec<(String, String)>,
+    /// Namespaces to forget.
+    namespaces: Vec<String>,
+    /// Policies to forget, by their key's text.
+    policies: Vec<String>,
+    /// What the agents' policy engines forget: policies, namespaces, services.
+    engine_keys: Vec<ResourceKey>,
+}
+
+impl DeletePlan {
+    /// The requests every agent gets, besides one per pod: one per service
+    /// and one for everything its policy engine forgets, however many.
+    fn agent_requests(&self) -> Vec<Request> {
+        let mut requests: Vec<Request> = self
+            .services
+            .iter()
+            .map(|(namespace, name)| Request::ServiceDelete {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        if !self.engine_keys.is_empty() {
+            requests.push(Request::ResourcesDelete {
+                keys: self.engine_keys.clone(),
+            });
+        }
+        requests
+    }
+}
+
+/// Plans the delete of `keys`: each is looked up once, in creation order
+/// reversed (a namespace goes after what is in it).
+fn plan_delete(state: &LabState, mut keys: Vec<ResourceKey>) -> DeletePlan {
+    keys.sort_by_key(|k| std::cmp::Reverse(rank(&k.kind)));
+    let mut plan = DeletePlan::default();
+    let mut pods = BTreeSet::new();
+    let mut services = BTreeSet::new();
+    for key in keys {
+        let k = state::key(&key.namespace, &key.name);
+        let found = match key.kind.as_str() {
+            "Pod" => state.pods.contains_key(&k).then(|| {
+                pods.insert(k.clone());
+            }),
+            "Deployment" => state.deployments.contains_key(&k).then(|| {
+                plan.deployments.push(k.clone());
+                pods.extend(
+                    state
+                        .pods
+                        .iter()
+                        .filter(|(_, p)| p.owner.as_deref() == Some(k.as_str()))
+                        .map(|(k, _)| k.clone()),
+                );
+            }),
+            "Service" => state.services.contains_key(&k).then(|| {
+                services.insert((key.namespace.clone(), key.name.clone()));
+                plan.engine_keys.push(key.clone());
+            }),
+            "Namespace" => state.namespaces.contains(&key.name).then(|| {
+                let prefix = format!("{}/", key.name);
+                let inside = |k: &&String| k.starts_with(&prefix);
+                pods.extend(state.pods.keys().filter(inside).cloned());
+                plan.deployments
+                    .extend(state.deployments.keys().filter(inside).cloned());
+                services.extend(
+                    state
+                        .services
+                        .keys()
+                        .filter(inside)
+                        .filter_map(|k| k.split_once('/'))
+                        .map(|(n, s)| (n.to_string(), s.to_string())),
+                );
+                plan.namespaces.push(key.name.clone());
+                plan.engine_keys.push(key.clone());
+            }),
+            _ => state.policies.contains_key(&key.to_string()).then(|| {
+                plan.policies.push(key.to_string());
+                plan.engine_keys.push(key.clone());
+            }),
+        };
+        plan.changes.push(Change {
+            kind: kubectl_kind(&key.kind).to_string(),
+            name: key.name,
+            outcome: match found {
+                Some(()) => Outcome::Deleted,
+                None => Outcome::NotFound,
+            },
+        });
+    }
+    plan.pods = pods.into_iter().collect();
+    plan.services = services.into_iter().collect();
+    plan
+}
+
+/// Deletes `keys`; a missing one is reported, the rest deleted. Linear in
+/// what it deletes: the agents get one request for all the policies.
+pub async fn delete(lab: &Lab, keys: Vec<ResourceKey>) -> Vec<Change> {
+    let _turn = lab.writes.lock().await;
+    let mut plan = lab.read(|state| plan_delete(state, keys));
+    let mut failures = Vec::new();
+    for pod in &plan.pods {
+        if let Err(e) = delete_pod(lab, pod).await {
+            failures.push(format!("pod {pod}: {e:#}"));
+        }
+    }
+    for request in plan.agent_requests() {
+        if let Err(e) = lab.tell_agents(&request).await {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    let recorded = lab.write(|state| {
+        for deployment in &plan.deployments {
+            state.deployments.remove(deployment);
+        }
+        for (namespace, name) in &plan.services {
+            state.services.remove(&state::key(namespace, name));
+        }
+        for namespace in &plan.namespaces {
+            state.namespaces.remove(namespace);
+        }
+        for policy in &plan.policies {
+            state.policies.remove(policy);
+        }
+    });
+    if let Err(e) = recorded {
+        failures.push(format!("recording the delete: {e:#}"));
+    }
+    if !failures.is_empty() {
+        let reason = failures.join("; ");
+        for change in plan.changes.iter_mut() {
+            if change.outcome == Outcome::Deleted {
+                change.outcome = Outcome::Failed {
+                    reason: reason.clone(),
+                };
+            }
+        }
+    }
+    plan.changes
+}
+
+/// The lab as `lab status` shows it. The state is read at once; the agents
+/// are asked after, each for at most [`AGENT_STATUS_TIMEOUT`].
+pub async fn status(lab: &Lab) -> LabStatus {
+    let mut status = lab.read(|state| LabStatus {
+        lab: state.lab.clone(),
+        nodes: Vec::new(),
+        pods: state.pods.values().map(pod_status).collect(),
+        services: state.services.values().map(service_summary).collect(),
+        exposed: lab.exposed.clone(),
+        policies: state.policies.keys().cloned().collect(),
+    });
+    for node in &lab.nodes {
+        let asked = tokio::time::timeout(AGENT_STATUS_TIMEOUT, node.agent(&Request::Status)).await;
+        let agent = match asked {
+            Ok(Ok(Response::Status(status))) => Ok(status),
+            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(_) => Err(format!(
+                "busy: no answer within {} s",
+                AGENT_STATUS_TIMEOUT.as_secs()
+            )),
+        };
+        status.nodes.push(NodeStatus {
+            name: node.name().to_string(),
+            netns: node.record.netns.clone(),
+            pod_cidrs: ipam::node_pod_cidrs(node.record.index).to_vec(),
+            agent,
+        });
+    }
+    status
+}
+
+fn pod_status(p: &PodRecord) -> PodStatus {
+    PodStatus {
+        namespace: namespace_of(&p.pod.metadata),
+        name: p.pod.metadata.name.clone(),
+        node: p.node.clone(),
+        addresses: vec![IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)],
+        phase: p.phase.clone(),
+        ready: p.ready,
+        netns: p.netns.clone(),
+    }
+}
+
+fn service_summary(s: &ServiceRecord) -> ServiceSummary {
+    ServiceSummary {
+        namespace: namespace_of(&s.service.metadata),
+        name: s.service.metadata.name.clone(),
+        cluster_ips: s.cluster_ips.clone(),
+        ports: s
+            .service
+            .spec
+            .ports
+            .iter()
+            .map(|p| format!("{}/{}", p.port, protocol_name(p.protocol)))
+            .collect(),
+        affinity_timeout_s: s.service.spec.client_ip_affinity_timeout(),
+    }
+}
+
+/// The agent's view of a service.
+fn service_spec(record: &ServiceRecord) -> ServiceSpec {
+    ServiceSpec {
+        namespace: namespace_of(&record.service.metadata),
+        name: record.service.metadata.name.clone(),
+        cluster_ips: record.cluster_ips.clone(),
+        ports: record
+            .service
+            .spec
+            .ports
+            .iter()
+            .map(|p| ServicePortSpec {
+                name: p.name.clone(),
+                port: p.port,
+                target_port: match &p.target_port {
+                    None => TargetPort::Number(p.port),
+                    Some(IntOrString::Int(n)) => {
+                        TargetPort::Number(u16::try_from(*n).unwrap_or(p.port))
+                    }
+                    Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                        Ok(n) => TargetPort::Number(n),
+                        Err(_) => TargetPort::Name(s.clone()),
+                    },
+                },
+                protocol: protocol_name(p.protocol).to_string(),
+            })
+            .collect(),
+        selector: record.service.spec.selector.clone(),
+        affinity_timeout_s: record.service.spec.client_ip_affinity_timeout(),
+    }
+}
+
+/// A template hash as Kubernetes prints it: 10 characters from a safe alphabet.
+fn template_hash(deployment: &Deployment) -> String {
+    let text = serde_json::to_string(&deployment.spec.template).unwrap_or_default();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    encode_safe(hash, 10)
+}
+
+fn random_suffix() -> String {
+    encode_safe(rand::random::<u64>(), 5)
+}
+
+/// Kubernetes' alphabet for generated names: no vowels, no look-alikes.
+fn encode_safe(mut value: u64, len: usize) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..len)
+        .map(|_| {
+            let c = ALPHABET[(value % ALPHABET.len() as u64) as usize] as char;
+            value /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Vec<Document> {
+        let parsed = myelin_model::parse_str("t.yaml", yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.documents
+    }
+
+    fn policies(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{i}}}\n\
+                     spec:\n  endpointSelector: {{matchLabels: {{app: a}}}}\n"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    fn lab_state() -> LabState {
+        LabState {
+            namespaces: ["default".to_string()].into(),
+            ..LabState::default()
+        }
+    }
+
+    #[test]
+    fn generated_names_use_the_safe_alphabet() {
+        let s = encode_safe(123_456_789, 10);
+        assert_eq!(s.len(), 10);
+        assert!(
+            s.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        );
+        assert_eq!(encode_safe(0, 3), "bbb");
+    }
+
+    #[test]
+    fn a_client_ip_service_reaches_the_agent_with_its_timeout() {
+        let documents = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}], \
+             sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}}\n",
+        );
+        let Some(Resource::Service(service)) = documents.into_iter().next().map(|d| d.resource)
+        else {
+            panic!("a Service");
+        };
+        let record = ServiceRecord {
+            service,
+            cluster_ips: vec![],
+        };
+        assert_eq!(service_spec(&record).affinity_timeout_s, Some(600));
+    }
+
+    #[test]
+    fn deleting_many_policies_is_one_request_per_agent() {
+        let mut state = lab_state();
+        for document in parse(&policies(2000)) {
+            state
+                .policies
+                .insert(document.resource.key().to_string(), document);
+        }
+        let keys: Vec<ResourceKey> = state.policies.values().map(|d| d.resource.key()).collect();
+        let plan = plan_delete(&state, keys);
+        assert_eq!(plan.agent_requests().len(), 1);
+        assert_eq!(plan.policies.len(), 2000);
+        assert!(plan.changes.iter().all(|c| c.outcome == Outcome::Deleted));
+    }
+
+    #[test]
+    fn a_delete_reports_each_key_once_and_what_is_missing() {
+        let state = lab_state();
+        let keys: Vec<ResourceKey> = parse(&policies(1))
+            .iter()
+            .map(|d| d.resource.key())
+            .collect();
+        let plan = plan_delete(&state, keys);
+        assert_eq!(plan.changes.len(), 1);
+        assert_eq!(plan.changes[0].outcome, Outcome::NotFound);
+        assert!(plan.agent_requests().is_empty());
+    }
+
+    #[test]
+    fn a_refused_apply_reports_every_document_once() {
+        let state = lab_state();
+        let documents = parse(&format!(
+            "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: nowhere}}\n\
+             spec:\n  containers:\n  - {{name: c, image: nginx:1.27}}\n",
+            policies(1)
+        ));
+        let problems = check(&state, &documents).expect_err("problems");
+        let changes = report_refused(&documents, &problems);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].outcome, Outcome::NotApplied);
+        let Outcome::Failed { reason } = &changes[1].outcome else {
+            panic!("{changes:?}");
+        };
+        assert!(
+            reason.contains("\"nowhere\" does not exist") && reason.contains("nginx:1.27"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_agent_rejection_names_the_document() {
+        use myelin_api::agent::ResourceOutcome;
+        let key = parse(&policies(1))[0].resource.key();
+        let accepted = ResourceOutcome {
+            key: key.clone(),
+            error: None,
+        };
+        let refused = ResourceOutcome {
+            key,
+            error: Some("bad".into()),
+        };
+        assert_eq!(rejected(&[accepted.clone()]), None);
+        assert_eq!(rejected(&[accepted, refused]), Some((1, "bad".into())));
+    }
+
+    #[test]
+    fn undoing_restores_replaced_policies_and_forgets_new_ones() {
+        let mut state = lab_state();
+        let old = parse(&policies(1));
+        state
+            .policies
+            .insert(old[0].resource.key().to_string(), old[0].clone());
+        let documents = parse(&policies(2));
+        let (restore, forget) = replaced(&state, &documents);
+        assert_eq!(restore, old);
+        assert_eq!(forget, vec![documents[1].resource.key()]);
+    }
+}
