@@ -1062,7 +1062,7 @@ mod tests {
             key,
             error: Some("bad".into()),
         };
-        assert_eq!(rejected(&[accepted.clone()]), None);
+        assert_eq!(rejected(std::slice::from_ref(&accepted)), None);
         assert_eq!(rejected(&[accepted, refused]), Some((1, "bad".into())));
     }
 
