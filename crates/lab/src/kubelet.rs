@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use myelin_api::agent::{EndpointSpec, NamedPort};
 use myelin_demo_apps::program_for_image;
 use myelin_model::workload::Container;
 
@@ -15,7 +14,7 @@ use crate::names::LabNames;
 use crate::net;
 use crate::state::{NodeRecord, PodRecord, ProcessRecord, record_process};
 use crate::teardown;
-use crate::vocabulary::{namespace_of, protocol_name};
+use crate::vocabulary::namespace_of;
 
 /// How long a pod may take to serve on its port before the apply fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,32 +30,6 @@ pub struct Started {
     pub child: tokio::process::Child,
     /// Its record.
     pub record: ProcessRecord,
-}
-
-/// The agent's view of a pod.
-pub fn endpoint_spec(record: &PodRecord) -> EndpointSpec {
-    EndpointSpec {
-        namespace: namespace_of(&record.pod.metadata),
-        pod: record.pod.metadata.name.clone(),
-        labels: record.pod.metadata.labels.clone(),
-        ifname: record.host_veth.clone(),
-        ipv4: Some(record.ipv4),
-        ipv6: Some(record.ipv6),
-        mac: record.mac.clone(),
-        ports: record
-            .pod
-            .spec
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter())
-            .map(|p| NamedPort {
-                name: p.name.clone(),
-                port: p.container_port,
-                protocol: protocol_name(p.protocol).to_string(),
-            })
-            .collect(),
-        ready: record.ready,
-    }
 }
 
 /// Why a container cannot be started, found before anything is created:

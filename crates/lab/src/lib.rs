@@ -7,6 +7,7 @@
 //! containers' processes. Nodes have no route out of the lab. Everything the
 //! lab creates carries the lab's name, and `lab down` removes exactly that.
 
+mod agent_specs;
 mod bpffs;
 mod control;
 mod forward;
@@ -18,6 +19,8 @@ mod node;
 pub mod state;
 mod supervisor;
 mod teardown;
+#[cfg(test)]
+mod test_manifests;
 mod vocabulary;
 
 use std::os::unix::process::CommandExt as _;

@@ -20,7 +20,6 @@ use myelin_api::lab::{LabRequest, LabResponse};
 use tokio::sync::mpsc;
 
 use crate::forward;
-use crate::kubelet;
 use crate::names::LabNames;
 use crate::node::{Node, child_pid};
 use crate::state::{LabState, ProcessRecord, record_process};
@@ -175,7 +174,10 @@ impl Lab {
                         None => "Failed (killed by a signal)".to_string(),
                     };
                     record.ready = false;
-                    Some((record.node.clone(), kubelet::endpoint_spec(record)))
+                    Some((
+                        record.node.clone(),
+                        crate::agent_specs::endpoint_spec(record),
+                    ))
                 });
                 let Ok(Some((node, spec))) = marked else {
                     return;

@@ -15,22 +15,28 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use anyhow::{Context as _, anyhow};
-use myelin_api::agent::{
-    EndpointSpec, Request, Response, ServicePortSpec, ServiceSpec, TargetPort,
-};
-use myelin_api::lab::{Change, LabStatus, NodeStatus, Outcome, PodStatus, ServiceSummary};
-use myelin_model::workload::{Deployment, IntOrString, Pod};
+use myelin_api::agent::{EndpointSpec, Request, Response, ServiceSpec};
+use myelin_api::lab::{Change, Outcome};
+use myelin_model::workload::{Deployment, Pod};
 use myelin_model::{Document, Metadata, Resource, ResourceKey, Source};
 
 use crate::ipam;
+mod check;
+mod delete;
+mod generated_names;
+mod status;
+
+pub use delete::delete;
+pub use status::status;
+
+use crate::agent_specs::{endpoint_spec, service_spec};
 use crate::kubelet;
 use crate::names::host_veth;
 use crate::state::{self, LabState, PodRecord, ServiceRecord};
 use crate::supervisor::{Lab, Owner};
-use crate::vocabulary::{kubectl_kind, namespace_of, protocol_name};
-
-/// How long `lab status` waits for an agent that is busy.
-const AGENT_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::vocabulary::{kubectl_kind, namespace_of};
+use check::{check, report_refused};
+use generated_names::{random_suffix, template_hash};
 
 /// One document of an apply and what the plan does with it.
 struct Item {
@@ -139,105 +145,6 @@ fn change_of(item: &Item) -> Change {
         kind: kubectl_kind(&key.kind).to_string(),
         name: key.name,
         outcome: item.outcome.clone(),
-    }
-}
-
-/// Every document, failed with its problems or not applied.
-fn report_refused(documents: &[Document], problems: &BTreeMap<usize, Vec<String>>) -> Vec<Change> {
-    documents
-        .iter()
-        .enumerate()
-        .map(|(i, document)| {
-            let outcome = match problems.get(&i) {
-                Some(problems) => Outcome::Failed {
-                    reason: format!(
-                        "{}: document {}: {}",
-                        document.source.file,
-                        document.source.document,
-                        problems.join("; ")
-                    ),
-                },
-                None => Outcome::NotApplied,
-            };
-            change_of(&Item {
-                document: document.clone(),
-                outcome,
-            })
-        })
-        .collect()
-}
-
-/// Checks a whole batch against the lab before changing anything; the
-/// problems of each document by its index.
-fn check(state: &LabState, documents: &[Document]) -> Result<(), BTreeMap<usize, Vec<String>>> {
-    let mut problems: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    let mut namespaces = state.namespaces.clone();
-    for d in documents {
-        if let Resource::Namespace(n) = &d.resource {
-            namespaces.insert(n.metadata.name.clone());
-        }
-    }
-    for (i, d) in documents.iter().enumerate() {
-        let mut problem = |text: String| problems.entry(i).or_default().push(text);
-        let key = d.resource.key();
-        if !key.namespace.is_empty() && !namespaces.contains(&key.namespace) {
-            problem(format!(
-                "{key}: namespace {:?} does not exist; create it first (kind: Namespace)",
-                key.namespace
-            ));
-        }
-        let pod_spec = match &d.resource {
-            Resource::Pod(p) => Some(&p.spec),
-            Resource::Deployment(dep) => Some(&dep.spec.template.spec),
-            _ => None,
-        };
-        for (c, container) in pod_spec
-            .into_iter()
-            .flat_map(|s| s.containers.iter().enumerate())
-        {
-            if let Some(why) = kubelet::container_problem(container) {
-                problem(format!(
-                    "{key}: containers[{c}] ({}): {why}",
-                    container.name
-                ));
-            }
-        }
-        if let Resource::Pod(p) = &d.resource
-            && let Some(existing) = state.pods.get(&state::key(&key.namespace, &key.name))
-            && existing.pod.spec != p.spec
-        {
-            problem(format!(
-                "{key}: a pod's spec cannot change; delete the pod and apply it again"
-            ));
-        }
-        if let Resource::Service(s) = &d.resource
-            && let Some(ip) = s
-                .spec
-                .cluster_ip
-                .as_deref()
-                .filter(|ip| *ip != "None" && !ip.is_empty())
-        {
-            match ip.parse::<IpAddr>() {
-                Ok(ip) if !ipam::in_service_cidr(ip) => problem(format!(
-                    "{key}: spec.clusterIP {ip} is outside the service CIDRs {}",
-                    ipam::SERVICE_CIDRS.join(", ")
-                )),
-                Ok(ip) => {
-                    let taken = state.services.iter().any(|(k, r)| {
-                        *k != state::key(&key.namespace, &key.name) && r.cluster_ips.contains(&ip)
-                    });
-                    if taken {
-                        problem(format!("{key}: spec.clusterIP {ip} is already allocated"));
-                    }
-                }
-                Err(_) => problem(format!("{key}: spec.clusterIP {ip:?} is not an address")),
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
     }
 }
 
@@ -497,7 +404,7 @@ async fn relabel(
     let record = lab
         .read(|s| s.pods.get(key).cloned())
         .ok_or_else(|| anyhow!("pod {key} vanished"))?;
-    let previous = kubelet::endpoint_spec(&record);
+    let previous = endpoint_spec(&record);
     let mut spec = previous.clone();
     spec.labels = labels.clone();
     undo.push(Undo::Endpoint {
@@ -548,7 +455,7 @@ async fn create_pod(
     })??;
     undo.push(Undo::Pod(key.clone()));
     kubelet::wire(&record, &node.record)?;
-    node.agent(&Request::EndpointUpsert(kubelet::endpoint_spec(&record)))
+    node.agent(&Request::EndpointUpsert(endpoint_spec(&record)))
         .await?;
     let started = kubelet::start(&lab.names, &lab.exe, &record)
         .await
@@ -559,7 +466,7 @@ async fn create_pod(
         r.processes = processes;
         r.phase = "Running".into();
         r.ready = true;
-        Some(kubelet::endpoint_spec(r))
+        Some(endpoint_spec(r))
     })?;
     for s in started {
         lab.watch(s.child, Owner::Pod(key.clone()), s.record.pid);
@@ -676,379 +583,10 @@ async fn delete_pod(lab: &Lab, key: &str) -> anyhow::Result<()> {
     })
 }
 
-/// What a delete removes, decided from the state at once.
-#[derive(Debug, Default, PartialEq)]
-struct DeletePlan {
-    /// One per key, in the order they are handled.
-    changes: Vec<Change>,
-    /// Pods to remove (named, owned by a deleted Deployment, or in a deleted namespace).
-    pods: Vec<String>,
-    /// Deployments to forget.
-    deployments: Vec<String>,
-    /// Services to remove, as `(namespace, name)`.
-    services: Vec<(String, String)>,
-    /// Namespaces to forget.
-    namespaces: Vec<String>,
-    /// Policies to forget, by their key's text.
-    policies: Vec<String>,
-    /// What the agents' policy engines forget: policies, namespaces, services.
-    engine_keys: Vec<ResourceKey>,
-}
-
-impl DeletePlan {
-    /// The requests every agent gets, besides one per pod: one per service
-    /// and one for everything its policy engine forgets, however many.
-    fn agent_requests(&self) -> Vec<Request> {
-        let mut requests: Vec<Request> = self
-            .services
-            .iter()
-            .map(|(namespace, name)| Request::ServiceDelete {
-                namespace: namespace.clone(),
-                name: name.clone(),
-            })
-            .collect();
-        if !self.engine_keys.is_empty() {
-            requests.push(Request::ResourcesDelete {
-                keys: self.engine_keys.clone(),
-            });
-        }
-        requests
-    }
-}
-
-/// Plans the delete of `keys`: each is looked up once, in creation order
-/// reversed (a namespace goes after what is in it).
-fn plan_delete(state: &LabState, mut keys: Vec<ResourceKey>) -> DeletePlan {
-    keys.sort_by_key(|k| std::cmp::Reverse(rank(&k.kind)));
-    let mut plan = DeletePlan::default();
-    let mut pods = BTreeSet::new();
-    let mut services = BTreeSet::new();
-    for key in keys {
-        let k = state::key(&key.namespace, &key.name);
-        let found = match key.kind.as_str() {
-            "Pod" => state.pods.contains_key(&k).then(|| {
-                pods.insert(k.clone());
-            }),
-            "Deployment" => state.deployments.contains_key(&k).then(|| {
-                plan.deployments.push(k.clone());
-                pods.extend(
-                    state
-                        .pods
-                        .iter()
-                        .filter(|(_, p)| p.owner.as_deref() == Some(k.as_str()))
-                        .map(|(k, _)| k.clone()),
-                );
-            }),
-            "Service" => state.services.contains_key(&k).then(|| {
-                services.insert((key.namespace.clone(), key.name.clone()));
-                plan.engine_keys.push(key.clone());
-            }),
-            "Namespace" => state.namespaces.contains(&key.name).then(|| {
-                let prefix = format!("{}/", key.name);
-                let inside = |k: &&String| k.starts_with(&prefix);
-                pods.extend(state.pods.keys().filter(inside).cloned());
-                plan.deployments
-                    .extend(state.deployments.keys().filter(inside).cloned());
-                services.extend(
-                    state
-                        .services
-                        .keys()
-                        .filter(inside)
-                        .filter_map(|k| k.split_once('/'))
-                        .map(|(n, s)| (n.to_string(), s.to_string())),
-                );
-                plan.namespaces.push(key.name.clone());
-                plan.engine_keys.push(key.clone());
-            }),
-            _ => state.policies.contains_key(&key.to_string()).then(|| {
-                plan.policies.push(key.to_string());
-                plan.engine_keys.push(key.clone());
-            }),
-        };
-        plan.changes.push(Change {
-            kind: kubectl_kind(&key.kind).to_string(),
-            name: key.name,
-            outcome: match found {
-                Some(()) => Outcome::Deleted,
-                None => Outcome::NotFound,
-            },
-        });
-    }
-    plan.pods = pods.into_iter().collect();
-    plan.services = services.into_iter().collect();
-    plan
-}
-
-/// Deletes `keys`; a missing one is reported, the rest deleted. Linear in
-/// what it deletes: the agents get one request for all the policies.
-pub async fn delete(lab: &Lab, keys: Vec<ResourceKey>) -> Vec<Change> {
-    let _turn = lab.writes.lock().await;
-    let mut plan = lab.read(|state| plan_delete(state, keys));
-    let mut failures = Vec::new();
-    for pod in &plan.pods {
-        if let Err(e) = delete_pod(lab, pod).await {
-            failures.push(format!("pod {pod}: {e:#}"));
-        }
-    }
-    for request in plan.agent_requests() {
-        if let Err(e) = lab.tell_agents(&request).await {
-            failures.push(format!("{e:#}"));
-        }
-    }
-    let recorded = lab.write(|state| {
-        for deployment in &plan.deployments {
-            state.deployments.remove(deployment);
-        }
-        for (namespace, name) in &plan.services {
-            state.services.remove(&state::key(namespace, name));
-        }
-        for namespace in &plan.namespaces {
-            state.namespaces.remove(namespace);
-        }
-        for policy in &plan.policies {
-            state.policies.remove(policy);
-        }
-    });
-    if let Err(e) = recorded {
-        failures.push(format!("recording the delete: {e:#}"));
-    }
-    if !failures.is_empty() {
-        let reason = failures.join("; ");
-        for change in plan.changes.iter_mut() {
-            if change.outcome == Outcome::Deleted {
-                change.outcome = Outcome::Failed {
-                    reason: reason.clone(),
-                };
-            }
-        }
-    }
-    plan.changes
-}
-
-/// The lab as `lab status` shows it. The state is read at once; the agents
-/// are asked after, each for at most [`AGENT_STATUS_TIMEOUT`].
-pub async fn status(lab: &Lab) -> LabStatus {
-    let mut status = lab.read(|state| LabStatus {
-        lab: state.lab.clone(),
-        nodes: Vec::new(),
-        pods: state.pods.values().map(pod_status).collect(),
-        services: state.services.values().map(service_summary).collect(),
-        exposed: lab.exposed.clone(),
-        policies: state.policies.keys().cloned().collect(),
-    });
-    for node in &lab.nodes {
-        let asked = tokio::time::timeout(AGENT_STATUS_TIMEOUT, node.agent(&Request::Status)).await;
-        let agent = match asked {
-            Ok(Ok(Response::Status(status))) => Ok(status),
-            Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
-            Ok(Err(e)) => Err(format!("{e:#}")),
-            Err(_) => Err(format!(
-                "busy: no answer within {} s",
-                AGENT_STATUS_TIMEOUT.as_secs()
-            )),
-        };
-        status.nodes.push(NodeStatus {
-            name: node.name().to_string(),
-            netns: node.record.netns.clone(),
-            pod_cidrs: ipam::node_pod_cidrs(node.record.index).to_vec(),
-            agent,
-        });
-    }
-    status
-}
-
-fn pod_status(p: &PodRecord) -> PodStatus {
-    PodStatus {
-        namespace: namespace_of(&p.pod.metadata),
-        name: p.pod.metadata.name.clone(),
-        node: p.node.clone(),
-        addresses: vec![IpAddr::V4(p.ipv4), IpAddr::V6(p.ipv6)],
-        phase: p.phase.clone(),
-        ready: p.ready,
-        netns: p.netns.clone(),
-    }
-}
-
-fn service_summary(s: &ServiceRecord) -> ServiceSummary {
-    ServiceSummary {
-        namespace: namespace_of(&s.service.metadata),
-        name: s.service.metadata.name.clone(),
-        cluster_ips: s.cluster_ips.clone(),
-        ports: s
-            .service
-            .spec
-            .ports
-            .iter()
-            .map(|p| format!("{}/{}", p.port, protocol_name(p.protocol)))
-            .collect(),
-        affinity_timeout_s: s.service.spec.client_ip_affinity_timeout(),
-    }
-}
-
-/// The agent's view of a service.
-fn service_spec(record: &ServiceRecord) -> ServiceSpec {
-    ServiceSpec {
-        namespace: namespace_of(&record.service.metadata),
-        name: record.service.metadata.name.clone(),
-        cluster_ips: record.cluster_ips.clone(),
-        ports: record
-            .service
-            .spec
-            .ports
-            .iter()
-            .map(|p| ServicePortSpec {
-                name: p.name.clone(),
-                port: p.port,
-                target_port: match &p.target_port {
-                    None => TargetPort::Number(p.port),
-                    Some(IntOrString::Int(n)) => {
-                        TargetPort::Number(u16::try_from(*n).unwrap_or(p.port))
-                    }
-                    Some(IntOrString::String(s)) => match s.parse::<u16>() {
-                        Ok(n) => TargetPort::Number(n),
-                        Err(_) => TargetPort::Name(s.clone()),
-                    },
-                },
-                protocol: protocol_name(p.protocol).to_string(),
-            })
-            .collect(),
-        selector: record.service.spec.selector.clone(),
-        affinity_timeout_s: record.service.spec.client_ip_affinity_timeout(),
-    }
-}
-
-/// A template hash as Kubernetes prints it: 10 characters from a safe alphabet.
-fn template_hash(deployment: &Deployment) -> String {
-    let text = serde_json::to_string(&deployment.spec.template).unwrap_or_default();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    encode_safe(hash, 10)
-}
-
-fn random_suffix() -> String {
-    encode_safe(rand::random::<u64>(), 5)
-}
-
-/// Kubernetes' alphabet for generated names: no vowels, no look-alikes.
-fn encode_safe(mut value: u64, len: usize) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..len)
-        .map(|_| {
-            let c = ALPHABET[(value % ALPHABET.len() as u64) as usize] as char;
-            value /= ALPHABET.len() as u64;
-            c
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(yaml: &str) -> Vec<Document> {
-        let parsed = myelin_model::parse_str("t.yaml", yaml);
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        parsed.documents
-    }
-
-    fn policies(n: usize) -> String {
-        (0..n)
-            .map(|i| {
-                format!(
-                    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{i}}}\n\
-                     spec:\n  endpointSelector: {{matchLabels: {{app: a}}}}\n"
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("---\n")
-    }
-
-    fn lab_state() -> LabState {
-        LabState {
-            namespaces: ["default".to_string()].into(),
-            ..LabState::default()
-        }
-    }
-
-    #[test]
-    fn generated_names_use_the_safe_alphabet() {
-        let s = encode_safe(123_456_789, 10);
-        assert_eq!(s.len(), 10);
-        assert!(
-            s.bytes()
-                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
-        );
-        assert_eq!(encode_safe(0, 3), "bbb");
-    }
-
-    #[test]
-    fn a_client_ip_service_reaches_the_agent_with_its_timeout() {
-        let documents = parse(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}], \
-             sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}}\n",
-        );
-        let Some(Resource::Service(service)) = documents.into_iter().next().map(|d| d.resource)
-        else {
-            panic!("a Service");
-        };
-        let record = ServiceRecord {
-            service,
-            cluster_ips: vec![],
-        };
-        assert_eq!(service_spec(&record).affinity_timeout_s, Some(600));
-    }
-
-    #[test]
-    fn deleting_many_policies_is_one_request_per_agent() {
-        let mut state = lab_state();
-        for document in parse(&policies(2000)) {
-            state
-                .policies
-                .insert(document.resource.key().to_string(), document);
-        }
-        let keys: Vec<ResourceKey> = state.policies.values().map(|d| d.resource.key()).collect();
-        let plan = plan_delete(&state, keys);
-        assert_eq!(plan.agent_requests().len(), 1);
-        assert_eq!(plan.policies.len(), 2000);
-        assert!(plan.changes.iter().all(|c| c.outcome == Outcome::Deleted));
-    }
-
-    #[test]
-    fn a_delete_reports_each_key_once_and_what_is_missing() {
-        let state = lab_state();
-        let keys: Vec<ResourceKey> = parse(&policies(1))
-            .iter()
-            .map(|d| d.resource.key())
-            .collect();
-        let plan = plan_delete(&state, keys);
-        assert_eq!(plan.changes.len(), 1);
-        assert_eq!(plan.changes[0].outcome, Outcome::NotFound);
-        assert!(plan.agent_requests().is_empty());
-    }
-
-    #[test]
-    fn a_refused_apply_reports_every_document_once() {
-        let state = lab_state();
-        let documents = parse(&format!(
-            "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web, namespace: nowhere}}\n\
-             spec:\n  containers:\n  - {{name: c, image: nginx:1.27}}\n",
-            policies(1)
-        ));
-        let problems = check(&state, &documents).expect_err("problems");
-        let changes = report_refused(&documents, &problems);
-        assert_eq!(changes.len(), 2);
-        assert_eq!(changes[0].outcome, Outcome::NotApplied);
-        let Outcome::Failed { reason } = &changes[1].outcome else {
-            panic!("{changes:?}");
-        };
-        assert!(
-            reason.contains("\"nowhere\" does not exist") && reason.contains("nginx:1.27"),
-            "{reason}"
-        );
-    }
+    use crate::test_manifests::{lab_state, parse, policies};
 
     #[test]
     fn an_agent_rejection_names_the_document() {
