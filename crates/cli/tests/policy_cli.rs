@@ -60,3 +60,38 @@ fn validate_rejects_a_bad_policy_alone_with_its_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn validate_takes_several_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = |name: &str| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  endpointSelector: {{matchLabels: {{app: a}}}}\n"
+            ),
+        )
+        .expect("write");
+        path
+    };
+    let (first, second) = (policy("first"), policy("second"));
+    let output = Command::new(MYELIN)
+        .args(["policy", "validate", "-f"])
+        .arg(&first)
+        .arg("-f")
+        .arg(&second)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("valid: CiliumNetworkPolicy default/first")
+            && stdout.contains("valid: CiliumNetworkPolicy default/second"),
+        "{stdout}"
+    );
+}

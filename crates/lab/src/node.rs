@@ -37,6 +37,9 @@ pub struct Node {
     /// DNS sockets, bound once and handed to every agent the node runs:
     /// queries sent while an agent restarts wait in them.
     dns_sockets: Vec<std::net::UdpSocket>,
+    /// Held (written) while the agent starts: requests wait for it instead
+    /// of failing on a socket nobody serves yet.
+    agent_starting: tokio::sync::RwLock<()>,
 }
 
 impl Node {
@@ -58,6 +61,7 @@ impl Node {
             bpffs: names.bpffs(),
             observer_socket: names.observer_socket(name),
             dns_sockets: Vec::new(),
+            agent_starting: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -125,8 +129,19 @@ impl Node {
         self.dir.join("agent.sock")
     }
 
-    /// Sends one request to the node's agent.
+    /// Sends one request to the node's agent; while the agent (re)starts,
+    /// waits until it answers.
     pub async fn agent(&self, request: &Request) -> anyhow::Result<Response> {
+        let _started = self.agent_starting.read().await;
+        self.call_agent(request).await
+    }
+
+    /// Marks the agent as starting until the guard is dropped.
+    pub async fn agent_starting(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.agent_starting.write().await
+    }
+
+    async fn call_agent(&self, request: &Request) -> anyhow::Result<Response> {
         myelin_api::agent::call(&self.agent_socket(), request)
             .await
             .with_context(|| format!("agent of {}", self.name()))
@@ -198,7 +213,7 @@ impl Node {
     pub async fn wait_agent(&self) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + AGENT_START_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
-            if self.agent(&Request::Status).await.is_ok() {
+            if self.call_agent(&Request::Status).await.is_ok() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

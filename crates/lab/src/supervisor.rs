@@ -25,6 +25,10 @@ use crate::node::{Node, child_pid};
 use crate::state::{LabState, ProcessRecord, record_process};
 use crate::teardown;
 
+/// How long an agent or proxy that exited is left down before it is
+/// started again (no tight loop for one that fails at once).
+const RESTART_DELAY: Duration = Duration::from_millis(200);
+
 /// The namespaces every lab starts with.
 const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
 
@@ -104,9 +108,12 @@ impl Lab {
         });
     }
 
-    /// Starts node `index`'s agent, records it, and waits until it answers.
-    async fn start_agent(&self, index: usize) -> anyhow::Result<()> {
+    /// Starts node `index`'s agent after `delay`, records it, and waits
+    /// until it answers; requests to the agent wait meanwhile.
+    async fn start_agent(&self, index: usize, delay: Duration) -> anyhow::Result<()> {
         let node = &self.nodes[index];
+        let _starting = node.agent_starting().await;
+        tokio::time::sleep(delay).await;
         let child = node.spawn_agent(&self.exe)?;
         let pid = child_pid(&child, "agent")?;
         self.watch(child, Owner::Agent(index), pid);
@@ -153,10 +160,12 @@ impl Lab {
                 }
                 let node = self.nodes[index].name().to_string();
                 tracing::warn!(node, ?code, "the {which} exited; starting it again");
-                tokio::time::sleep(Duration::from_millis(200)).await;
                 let restarted = match owner {
-                    Owner::Agent(_) => self.start_agent(index).await,
-                    _ => self.start_proxy(index),
+                    Owner::Agent(_) => self.start_agent(index, RESTART_DELAY).await,
+                    _ => {
+                        tokio::time::sleep(RESTART_DELAY).await;
+                        self.start_proxy(index)
+                    }
                 };
                 if let Err(e) = restarted {
                     tracing::error!(node, "the {which} could not be started again: {e:#}");
@@ -258,7 +267,7 @@ pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
         stopping: AtomicBool::new(false),
     });
     for index in 0..lab.nodes.len() {
-        lab.start_agent(index)
+        lab.start_agent(index, Duration::ZERO)
             .await
             .context("starting the node's agent")?;
         lab.start_proxy(index)

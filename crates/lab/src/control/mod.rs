@@ -577,7 +577,10 @@ async fn delete_pod(lab: &Lab, key: &str) -> anyhow::Result<()> {
     if let Err(e) = told {
         tracing::warn!(pod = key, "agent did not forget the endpoint: {e:#}");
     }
-    kubelet::remove(&record)?;
+    // Stopping processes waits for them: off the async workers.
+    tokio::task::spawn_blocking(move || kubelet::remove(&record))
+        .await
+        .map_err(|e| anyhow!("removing pod {key}: {e}"))??;
     lab.write(|s| {
         s.pods.remove(key);
     })
