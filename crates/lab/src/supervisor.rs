@@ -220,6 +220,22 @@ impl Lab {
         }
     }
 
+    /// A lab of `nodes` holding `state`, whose processes nobody starts (for
+    /// the control plane's tests, with agents of their own).
+    #[cfg(test)]
+    pub fn for_tests(names: LabNames, nodes: Vec<Node>, state: LabState) -> Self {
+        Self {
+            names,
+            exe: PathBuf::from("/nonexistent"),
+            nodes,
+            exposed: Vec::new(),
+            state: Mutex::new(state),
+            writes: tokio::sync::Mutex::new(()),
+            exits: mpsc::unbounded_channel().0,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
     fn tear_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.read(|state| teardown::teardown(&self.names, Some(state)));

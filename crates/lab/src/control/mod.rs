@@ -619,4 +619,79 @@ mod tests {
         assert_eq!(restore, old);
         assert_eq!(forget, vec![documents[1].resource.key()]);
     }
+
+    /// An agent that rejects every policy and records what it is asked.
+    async fn rejecting_agent(
+        socket: &std::path::Path,
+    ) -> std::sync::Arc<std::sync::Mutex<Vec<Request>>> {
+        use myelin_api::agent::ResourceOutcome;
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = tokio::net::UnixListener::bind(socket).expect("bind the agent's socket");
+        let record = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(myelin_api::serve_connection(
+                    stream,
+                    move |request: Request| {
+                        record.lock().expect("record").push(request.clone());
+                        async move {
+                            Ok::<_, String>(match request {
+                                Request::ResourcesApply { documents } => Response::Resources {
+                                    outcomes: documents
+                                        .iter()
+                                        .map(|d| ResourceOutcome {
+                                            key: d.resource.key(),
+                                            error: (d.resource.key().kind == "CiliumNetworkPolicy")
+                                                .then(|| "this agent takes no policy".to_string()),
+                                        })
+                                        .collect(),
+                                },
+                                _ => Response::Ok,
+                            })
+                        }
+                    },
+                ));
+            }
+        });
+        asked
+    }
+
+    #[tokio::test]
+    async fn a_policy_an_agent_rejects_fails_once_and_is_taken_back() {
+        if !myelin_test_support::privileged(
+            "a_policy_an_agent_rejects_fails_once_and_is_taken_back",
+        ) {
+            return;
+        }
+        let names = crate::LabNames::new(&format!("u{}-reject", std::process::id()));
+        let node = crate::node::Node::new(&names, "node1", 1);
+        std::fs::create_dir_all(names.node_dir("node1")).expect("node dir");
+        let asked = rejecting_agent(&node.agent_socket()).await;
+        let lab = Lab::for_tests(names.clone(), vec![node], lab_state());
+        let documents = parse(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: fresh}}\n---\n{}",
+            policies(1)
+        ));
+        let changes = apply(&lab, documents).await;
+        let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "namespace/fresh not applied: another resource of this apply failed",
+                "ciliumnetworkpolicy.cilium.io/p0 failed: rejected by the agent of node1: this agent takes no policy",
+            ]
+        );
+        lab.read(|state| {
+            assert!(state.policies.is_empty() && !state.namespaces.contains("fresh"));
+        });
+        // What the agent took in is taken back from it.
+        let asked = asked.lock().expect("asked").clone();
+        let Some(Request::ResourcesDelete { keys }) = asked.last() else {
+            panic!("no rollback on the agent: {asked:?}");
+        };
+        let names_taken_back: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(names_taken_back, ["fresh", "p0"]);
+        std::fs::remove_dir_all(names.run_dir()).expect("remove the test's run directory");
+    }
 }
