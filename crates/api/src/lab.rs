@@ -120,10 +120,52 @@ pub struct LabStatus {
     pub services: Vec<ServiceSummary>,
     /// Node services reachable from this machine (`observer` → 127.0.0.1:4245, ...).
     #[serde(default)]
-    pub exposed: Vec<(String, std::net::SocketAddr)>,
+    pub exposed: Vec<(Exposed, std::net::SocketAddr)>,
     /// Network policies applied (`CiliumNetworkPolicy default/rule1`, ...).
     #[serde(default)]
     pub policies: Vec<String>,
+}
+
+/// A service of a node's agent that the lab forwards from this machine's
+/// loopback to the same port on the node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exposed {
+    /// Hubble's observer gRPC API.
+    Observer,
+    /// The live service map page (Hubble UI's port).
+    Servicemap,
+}
+
+impl Exposed {
+    /// Every exposed service.
+    pub const ALL: [Exposed; 2] = [Exposed::Observer, Exposed::Servicemap];
+
+    /// Its port, on the node's loopback and on this machine's.
+    pub fn port(self) -> u16 {
+        match self {
+            Exposed::Observer => 4245,
+            Exposed::Servicemap => 12000,
+        }
+    }
+
+    /// How `lab status` names it and where a user points a client: a URL
+    /// for the page, `host:port` for the gRPC API.
+    pub fn address_text(self, address: std::net::SocketAddr) -> String {
+        match self {
+            Exposed::Observer => address.to_string(),
+            Exposed::Servicemap => format!("http://{address}/"),
+        }
+    }
+}
+
+impl std::fmt::Display for Exposed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Exposed::Observer => "observer",
+            Exposed::Servicemap => "servicemap",
+        })
+    }
 }
 
 /// A node.
@@ -202,5 +244,17 @@ mod tests {
         assert_eq!(failed.to_string(), "pod/xwing failed: exited at once");
         assert!(failed.outcome.is_error());
         assert!(!Outcome::Unchanged.is_error());
+    }
+
+    #[test]
+    fn exposed_services_keep_their_names_and_ports() {
+        let json = serde_json::to_string(&Exposed::ALL).expect("json");
+        assert_eq!(json, r#"["observer","servicemap"]"#);
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], Exposed::Servicemap.port()));
+        assert_eq!(
+            Exposed::Servicemap.address_text(address),
+            "http://127.0.0.1:12000/"
+        );
+        assert_eq!(Exposed::Observer.port(), 4245);
     }
 }

@@ -179,12 +179,7 @@ fn print_status(status: &myelin_lab::LabStatus) {
         );
     }
     for (what, address) in &status.exposed {
-        let url = if what == "servicemap" {
-            format!("http://{address}/")
-        } else {
-            address.to_string()
-        };
-        println!("{what:<10} {url}");
+        println!("{:<10} {}", what.to_string(), what.address_text(*address));
     }
     if !status.policies.is_empty() {
         println!("\nPOLICIES");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use myelin_api::agent::{Request, Response};
+use myelin_api::lab::Exposed;
 
 use crate::names::LabNames;
 use crate::net;
@@ -170,14 +171,11 @@ impl Node {
             .arg(self.dir.join("proxy.sock"))
             .arg("--observer-socket")
             .arg(&self.observer_socket)
-            .args([
-                "--observer-tcp",
-                "127.0.0.1:4245",
-                "--metrics",
-                "0.0.0.0:9965",
-                "--servicemap",
-                "127.0.0.1:12000",
-            ])
+            .arg("--observer-tcp")
+            .arg(format!("127.0.0.1:{}", Exposed::Observer.port()))
+            .args(["--metrics", "0.0.0.0:9965"])
+            .arg("--servicemap")
+            .arg(format!("127.0.0.1:{}", Exposed::Servicemap.port()))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use myelin_api::ApiError;
 use myelin_api::agent::Request;
-use myelin_api::lab::{LabRequest, LabResponse};
+use myelin_api::lab::{Exposed, LabRequest, LabResponse};
 use tokio::sync::mpsc;
 
 use crate::forward;
@@ -59,7 +59,7 @@ pub struct Lab {
     /// The nodes.
     pub nodes: Vec<Node>,
     /// Node services forwarded to the host's loopback.
-    pub exposed: Vec<(String, std::net::SocketAddr)>,
+    pub exposed: Vec<(Exposed, std::net::SocketAddr)>,
     /// What the lab holds, saved to disk after every change.
     state: Mutex<LabState>,
     /// One write (apply, delete) at a time.
@@ -89,6 +89,20 @@ impl Lab {
             .iter()
             .find(|n| n.name() == name)
             .ok_or_else(|| anyhow!("node {name} does not exist"))
+    }
+
+    /// The node a new pod goes to: the one running the fewest pods.
+    pub fn schedule(&self) -> anyhow::Result<&Node> {
+        self.read(|state| {
+            self.nodes.iter().min_by_key(|node| {
+                state
+                    .pods
+                    .values()
+                    .filter(|p| p.node == node.name())
+                    .count()
+            })
+        })
+        .ok_or_else(|| anyhow!("the lab has no node"))
     }
 
     /// Sends `request` to every node's agent.
@@ -263,13 +277,13 @@ pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
     // On failure `lab up` reads this process's log, then tears the lab down.
     node.create().context("creating the lab's node")?;
     let mut exposed = Vec::new();
-    for (what, port) in ["observer", "servicemap"]
-        .into_iter()
-        .zip(forward::EXPOSED_PORTS)
-    {
-        match forward::expose(node.record.netns.clone(), port).await {
-            Some(address) => exposed.push((what.to_string(), address)),
-            None => tracing::info!(port, "port taken on this machine; {what} not exposed"),
+    for what in Exposed::ALL {
+        match forward::expose(node.record.netns.clone(), what.port()).await {
+            Some(address) => exposed.push((what, address)),
+            None => tracing::info!(
+                port = what.port(),
+                "port taken on this machine; {what} not exposed"
+            ),
         }
     }
     let lab = Arc::new(Lab {

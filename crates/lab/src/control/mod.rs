@@ -417,7 +417,7 @@ async fn relabel(
     Ok(())
 }
 
-/// Creates a pod on node1: its record (before anything exists, so a crash
+/// Creates a pod on the node the lab picks: its record (before anything exists, so a crash
 /// leaves nothing unnamed), namespace and veth, the endpoint in the agent,
 /// its processes; waits until it is ready.
 async fn create_pod(
@@ -428,7 +428,7 @@ async fn create_pod(
 ) -> anyhow::Result<()> {
     let namespace = namespace_of(&pod.metadata);
     let key = state::key(&namespace, &pod.metadata.name);
-    let node = lab.node("node1")?;
+    let node = lab.schedule()?;
     let record = lab.write(|state| {
         let used: BTreeSet<IpAddr> = state
             .pods
