@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-pub use myelin_api::agent::BpfTable;
+use crate::api::BpfTable;
 use myelin_datapath::Datapath;
 use serde_json::json;
 
