@@ -31,7 +31,8 @@ pub enum LabRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum LabResponse {
-    /// What became of each resource, once each, in the order given.
+    /// What became of each resource, once each, in the order they were
+    /// handled (an apply: namespaces, services, policies, deployments, pods).
     Changes {
         /// One per resource.
         changes: Vec<Change>,

@@ -10,19 +10,26 @@ fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starwars")
 }
 
-#[test]
-fn validate_accepts_the_star_wars_policies() {
-    let output = Command::new(MYELIN)
-        .args(["policy", "validate", "-f"])
-        .arg(examples())
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// `myelin policy validate -f PATH...`, which must succeed; its standard output.
+fn validate_ok(paths: &[&Path]) -> String {
+    let mut command = Command::new(MYELIN);
+    command.args(["policy", "validate"]);
+    for path in paths {
+        command.arg("-f").arg(path);
+    }
+    let output = command.output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn validate_accepts_the_star_wars_policies() {
+    let stdout = validate_ok(&[&examples()]);
     assert!(
         stdout.contains("valid: CiliumNetworkPolicy default/rule1"),
         "{stdout}"
@@ -76,19 +83,7 @@ fn validate_takes_several_files() {
         path
     };
     let (first, second) = (policy("first"), policy("second"));
-    let output = Command::new(MYELIN)
-        .args(["policy", "validate", "-f"])
-        .arg(&first)
-        .arg("-f")
-        .arg(&second)
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = validate_ok(&[&first, &second]);
     assert!(
         stdout.contains("valid: CiliumNetworkPolicy default/first")
             && stdout.contains("valid: CiliumNetworkPolicy default/second"),
