@@ -140,6 +140,7 @@ pub async fn delete(lab: &Lab, keys: Vec<ResourceKey>) -> Vec<Change> {
         }
         for namespace in &plan.namespaces {
             state.namespaces.remove(namespace);
+            state.namespace_labels.remove(namespace);
         }
         for policy in &plan.policies {
             state.policies.remove(policy);

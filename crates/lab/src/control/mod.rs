@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use anyhow::{Context as _, anyhow};
 use myelin_api::agent::{EndpointSpec, Request, Response, ServiceSpec};
 use myelin_api::lab::{Change, Outcome};
-use myelin_model::workload::{Deployment, Pod};
+use myelin_model::workload::{Deployment, Namespace, Pod};
 use myelin_model::{Document, Metadata, Resource, ResourceKey, Source};
 
 use crate::ipam;
@@ -162,10 +162,12 @@ fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
         let outcome = match &document.resource {
             Resource::Namespace(n) => {
                 let name = &n.metadata.name;
-                if state.namespaces.contains(name) || !fresh_namespaces.insert(name.clone()) {
+                if !state.namespaces.contains(name) && fresh_namespaces.insert(name.clone()) {
+                    Outcome::Created
+                } else if namespace_labels(state, name) == n.metadata.labels {
                     Outcome::Unchanged
                 } else {
-                    Outcome::Created
+                    Outcome::Configured
                 }
             }
             Resource::Service(service) => {
@@ -368,22 +370,17 @@ fn replaced(state: &LabState, documents: &[Document]) -> (Vec<Document>, Vec<Res
         let key = document.resource.key();
         let previous = match &document.resource {
             Resource::Namespace(n) => {
-                // The lab keeps no namespace labels: an existing namespace stays as applied.
-                if state.namespaces.contains(&n.metadata.name) {
-                    continue;
-                }
-                None
+                let name = &n.metadata.name;
+                state.namespaces.contains(name).then(|| {
+                    let mut namespace = Namespace::named(name);
+                    namespace.metadata.labels = namespace_labels(state, name);
+                    from_state(Resource::Namespace(namespace))
+                })
             }
             Resource::Service(_) => state
                 .services
                 .get(&state::key(&key.namespace, &key.name))
-                .map(|r| Document {
-                    source: Source {
-                        file: "the lab's state".into(),
-                        document: 0,
-                    },
-                    resource: Resource::Service(r.service.clone()),
-                }),
+                .map(|r| from_state(Resource::Service(r.service.clone()))),
             _ => state.policies.get(&key.to_string()).cloned(),
         };
         match previous {
@@ -392,6 +389,26 @@ fn replaced(state: &LabState, documents: &[Document]) -> (Vec<Document>, Vec<Res
         }
     }
     (restore, forget)
+}
+
+/// A resource as the lab recorded it, to give back to the agents.
+fn from_state(resource: Resource) -> Document {
+    Document {
+        source: Source {
+            file: "the lab's state".into(),
+            document: 0,
+        },
+        resource,
+    }
+}
+
+/// The labels namespace `name` has in the lab.
+fn namespace_labels(state: &LabState, name: &str) -> BTreeMap<String, String> {
+    state
+        .namespace_labels
+        .get(name)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Changes an existing pod's labels in its agent.
@@ -532,7 +549,15 @@ fn commit(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
             let key = item.document.resource.key();
             match &item.document.resource {
                 Resource::Namespace(n) => {
-                    state.namespaces.insert(n.metadata.name.clone());
+                    let name = &n.metadata.name;
+                    state.namespaces.insert(name.clone());
+                    if n.metadata.labels.is_empty() {
+                        state.namespace_labels.remove(name);
+                    } else {
+                        state
+                            .namespace_labels
+                            .insert(name.clone(), n.metadata.labels.clone());
+                    }
                 }
                 Resource::Deployment(d) => {
                     state
@@ -618,6 +643,37 @@ mod tests {
         let (restore, forget) = replaced(&state, &documents);
         assert_eq!(restore, old);
         assert_eq!(forget, vec![documents[1].resource.key()]);
+    }
+
+    #[test]
+    fn undoing_gives_a_namespace_back_its_labels() {
+        let mut state = lab_state();
+        state.namespace_labels.insert(
+            "default".into(),
+            [("team".to_string(), "a".to_string())].into(),
+        );
+        let documents = parse(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {team: b}}\n",
+        );
+        let (restore, forget) = replaced(&state, &documents);
+        assert!(forget.is_empty());
+        let [
+            Document {
+                resource: Resource::Namespace(namespace),
+                ..
+            },
+        ] = restore.as_slice()
+        else {
+            panic!("{restore:?}");
+        };
+        assert_eq!(
+            namespace.metadata.labels.get("team").map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(
+            plan(&state, documents).items[0].outcome,
+            Outcome::Configured
+        );
     }
 
     /// An agent that rejects every policy and records what it is asked.
