@@ -632,3 +632,42 @@ fn observe_takes_an_explicit_server_over_the_lab() {
     assert!(!explicit.contains(&socket_text), "{explicit}");
     std::fs::remove_dir_all(myelin_lab::LabNames::new(&lab.name).run_dir()).expect("cleanup");
 }
+
+#[test]
+fn status_answers_while_an_apply_brings_pods_up() {
+    if !privileged("status_answers_while_an_apply_brings_pods_up") {
+        return;
+    }
+    let lab = Lab::named();
+    let dir = tempfile::tempdir().expect("tempdir");
+    lab.up(Path::new(&write(
+        dir.path(),
+        "lone.yaml",
+        &idle_pod("lone"),
+    )));
+    const PODS: usize = 8;
+    let many: Vec<String> = (0..PODS).map(|i| idle_pod(&format!("many{i}"))).collect();
+    let manifest = write(dir.path(), "many.yaml", &many.join("---\n"));
+    let mut apply = Command::new(common::MYELIN)
+        .args(["apply", "-f", &manifest])
+        .env("MYELIN_LAB", &lab.name)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the apply");
+    // Pods come up one after the other; a status while they do shows some of
+    // them. (A status held up until the apply ends would see all or none.)
+    let seen = loop {
+        let pods = lab.status()["pods"].to_string();
+        let seen = (0..PODS)
+            .filter(|i| pods.contains(&format!("\"many{i}\"")))
+            .count();
+        if seen > 0 || apply.try_wait().expect("apply").is_some() {
+            break seen;
+        }
+    };
+    assert!(apply.wait().expect("apply").success());
+    assert!(
+        (1..PODS).contains(&seen),
+        "a status during the apply saw {seen} of its {PODS} pods"
+    );
+}
