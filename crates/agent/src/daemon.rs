@@ -23,7 +23,9 @@ use myelin_dns::SharedZone;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::api::{AgentStatus, EndpointSpec, EndpointStatus, Request, Response, ServiceStatus};
+use crate::api::{
+    AgentStatus, EndpointMac as _, EndpointSpec, EndpointStatus, Request, Response, ServiceStatus,
+};
 use crate::reconcile::{Applied, Desired, Dirty};
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};

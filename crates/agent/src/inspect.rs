@@ -6,24 +6,10 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use myelin_datapath::{CtRecord, Datapath};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Serialize;
 
-/// Which map to show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BpfTable {
-    /// Endpoints (ifindex, id, identity, addresses, enforcement).
-    Endpoints,
-    /// The ipcache (prefix → identity).
-    Ipcache,
-    /// The policy of one endpoint.
-    Policy,
-    /// Services and backends.
-    Services,
-    /// Conntrack entries.
-    Conntrack,
-}
+use crate::api::BpfTable;
+use serde_json::json;
 
 fn protocol_name(protocol: u8) -> String {
     match protocol {

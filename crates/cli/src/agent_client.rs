@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use myelin_agent::api::{Request, Response};
+use myelin_api::agent::{Request, Response};
 
 /// Which agent to ask.
 #[derive(Args)]
@@ -33,7 +33,7 @@ impl AgentTarget {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        match runtime.block_on(myelin_agent::api::call(&self.socket(), &request))? {
+        match runtime.block_on(myelin_api::agent::call(&self.socket(), &request))? {
             Response::Text { text } => Ok(text),
             other => bail!("unexpected answer from the agent: {other:?}"),
         }

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use myelin_agent::api::Request;
-use myelin_agent::inspect::BpfTable;
+use myelin_api::agent::BpfTable;
+use myelin_api::agent::Request;
 
 use crate::agent_client::AgentTarget;
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use myelin_lab::Change;
 
 /// The lab used when none is named.
 pub const DEFAULT_LAB: &str = "myelin";
@@ -20,11 +21,11 @@ pub struct LabArgs {
 
 #[derive(Subcommand)]
 enum LabCommand {
-    /// Create the lab and apply the manifests in FILE or DIR.
+    /// Create the lab and apply the manifests in FILE or DIR (`-f` repeatable).
     Up {
-        /// A manifest file, or a directory of them.
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        /// A manifest file, or a directory of them; repeat for more, applied in order as one.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
     },
     /// Remove the lab and everything it created.
     Down,
@@ -52,9 +53,9 @@ enum LabCommand {
 
 #[derive(Args)]
 pub struct ManifestArgs {
-    /// A manifest file, or a directory of them.
-    #[arg(short = 'f', long = "filename")]
-    file: PathBuf,
+    /// A manifest file, or a directory of them; repeat for more, taken in order as one.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
     /// Which lab.
     #[arg(long = "lab", env = "MYELIN_LAB", default_value = DEFAULT_LAB)]
     name: String,
@@ -74,17 +75,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn print_lines(lines: &[String]) -> ExitCode {
-    let mut failed = false;
-    for line in lines {
-        if line.starts_with("Error:") {
-            failed = true;
-            eprintln!("{line}");
+/// Prints each change once: successes on stdout, failures on stderr.
+fn print_changes(changes: &[Change]) -> ExitCode {
+    for change in changes {
+        if change.outcome.is_error() {
+            eprintln!("Error: {change}");
         } else {
-            println!("{line}");
+            println!("{change}");
         }
     }
-    if failed {
+    if myelin_lab::any_failed(changes) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -94,10 +94,10 @@ fn print_lines(lines: &[String]) -> ExitCode {
 pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
     let lab = args.name;
     match args.command {
-        LabCommand::Up { file } => {
+        LabCommand::Up { files } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            let lines = runtime()?.block_on(myelin_lab::up(&lab, &file, &exe))?;
-            let code = print_lines(&lines);
+            let changes = runtime()?.block_on(myelin_lab::up(&lab, &files, &exe))?;
+            let code = print_changes(&changes);
             println!(
                 "lab {lab:?} is up: `myelin lab status` shows it, `myelin lab down` removes it"
             );
@@ -131,13 +131,17 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_apply(args: ManifestArgs) -> anyhow::Result<ExitCode> {
-    let lines = runtime()?.block_on(myelin_lab::apply(&args.name, &args.file))?;
-    Ok(print_lines(&lines))
+    let changes = runtime()?.block_on(myelin_lab::apply(&args.name, &args.files))?;
+    let code = print_changes(&changes);
+    if myelin_lab::any_failed(&changes) {
+        eprintln!("Error: nothing was applied: the apply is all or nothing");
+    }
+    Ok(code)
 }
 
 pub fn run_delete(args: ManifestArgs) -> anyhow::Result<ExitCode> {
-    let lines = runtime()?.block_on(myelin_lab::delete(&args.name, &args.file))?;
-    Ok(print_lines(&lines))
+    let changes = runtime()?.block_on(myelin_lab::delete(&args.name, &args.files))?;
+    Ok(print_changes(&changes))
 }
 
 fn print_status(status: &myelin_lab::LabStatus) {
@@ -175,12 +179,7 @@ fn print_status(status: &myelin_lab::LabStatus) {
         );
     }
     for (what, address) in &status.exposed {
-        let url = if what == "servicemap" {
-            format!("http://{address}/")
-        } else {
-            address.to_string()
-        };
-        println!("{what:<10} {url}");
+        println!("{:<10} {}", what.to_string(), what.address_text(*address));
     }
     if !status.policies.is_empty() {
         println!("\nPOLICIES");

@@ -200,17 +200,18 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Observe(mut args) => {
-            // Without a server named, observe the lab's node.
+            // Without a server named (flag or HUBBLE_SERVER), observe the lab's node.
             let (server, tls) = args.connection_mut();
-            if server == "localhost:4245"
-                && std::env::var_os("HUBBLE_SERVER").is_none()
-                && tls.client_tls(server).is_none()
+            if server.is_none()
+                && tls
+                    .client_tls(myelin_observe::cli::DEFAULT_SERVER)
+                    .is_none()
             {
                 let lab = std::env::var("MYELIN_LAB")
                     .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
                 let socket = myelin_lab::LabNames::new(&lab).observer_socket("node1");
                 if socket.exists() {
-                    *server = format!("unix://{}", socket.display());
+                    *server = Some(format!("unix://{}", socket.display()));
                 }
             }
             runtime()?.block_on(myelin_observe::run(*args))?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use myelin_agent::api::{ExplainRequest, Request};
+use myelin_api::agent::{ExplainRequest, Request};
 
 use crate::agent_client::AgentTarget;
 
@@ -22,9 +22,9 @@ pub struct PolicyArgs {
 enum PolicyCommand {
     /// Check policy manifests offline: parsing, fields, selectors, regexes.
     Validate {
-        /// A manifest file, or a directory of them.
-        #[arg(short = 'f', long = "filename")]
-        file: PathBuf,
+        /// A manifest file, or a directory of them; repeat for more, checked together.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
     },
     /// The resolved policy of a pod (or of every pod on the node).
     Get {
@@ -74,7 +74,7 @@ fn port_and_protocol(text: &str) -> anyhow::Result<(u16, String)> {
 
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
     match &args.command {
-        PolicyCommand::Validate { file } => validate(file),
+        PolicyCommand::Validate { files } => validate(files),
         PolicyCommand::Get {
             pod,
             namespace,
@@ -98,7 +98,7 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
         } => {
             let (port, protocol) = port_and_protocol(port)?;
             let proposed = match proposed {
-                Some(path) => myelin_lab::read_manifests(path)?,
+                Some(path) => myelin_lab::read_manifests(std::slice::from_ref(path))?,
                 None => Vec::new(),
             };
             let request = Request::PolicyExplain(ExplainRequest {
@@ -119,8 +119,13 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
 
 /// Parses and resolves the manifests with a scratch engine, so that what
 /// the agent would reject is reported here, each document on its own.
-fn validate(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let parsed = myelin_model::load_path(file);
+fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut parsed = myelin_model::Parsed::default();
+    for file in files {
+        let more = myelin_model::load_path(file);
+        parsed.documents.extend(more.documents);
+        parsed.errors.extend(more.errors);
+    }
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
     let store = std::sync::Arc::new(myelin_policy::FileStore::new(
         dir.path().join("identities.json"),

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -456,4 +457,217 @@ fn flows_and_metrics_come_from_the_agent() {
     );
     let ct = lab.ok(&["bpf", "ct"]);
     assert!(ct.lines().any(|l| l.contains(&format!("{v4}:80"))), "{ct}");
+}
+
+/// A pod of the idle spaceship image, labelled `app: NAME`.
+fn idle_pod(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\n\
+         spec:\n  containers:\n  - {{name: c, image: quay.io/cilium/json-mock:v1.3.8}}\n"
+    )
+}
+
+/// An ingress policy for the pods labelled `app: TARGET`.
+fn policy_for(name: &str, target: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: {target}}}}}\n  ingress:\n  \
+         - fromEndpoints: [{{matchLabels: {{app: nobody}}}}]\n"
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path.to_str().expect("utf-8").to_string()
+}
+
+fn agent_policies(lab: &Lab) -> String {
+    lab.status()["nodes"][0]["agent"]["Ok"]["policies"].to_string()
+}
+
+#[test]
+fn repeated_files_are_one_apply() {
+    if !privileged("repeated_files_are_one_apply") {
+        return;
+    }
+    let lab = Lab::named();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = write(dir.path(), "app.yaml", &idle_pod("lone"));
+    let policy = write(dir.path(), "policy.yaml", &policy_for("guard", "lone"));
+    let created = lab.ok(&["lab", "up", "-f", &app, "-f", &policy]);
+    assert!(
+        created.contains("pod/lone created")
+            && created.contains("ciliumnetworkpolicy.cilium.io/guard created"),
+        "{created}"
+    );
+    assert!(agent_policies(&lab).contains("guard"));
+
+    // Any bad file refuses them all: the good one is not applied either.
+    let more = write(dir.path(), "more.yaml", &policy_for("extra", "lone"));
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n  - {name: nginx, image: nginx:1.27}\n",
+    );
+    let output = lab.myelin(&["apply", "-f", &more, "-f", &bad]);
+    assert!(!output.status.success());
+    let message = text(&output);
+    assert!(
+        message.contains("pod/web failed:") && message.contains("nginx:1.27"),
+        "{message}"
+    );
+    assert!(message.contains("nothing was applied"), "{message}");
+    assert!(!lab.status()["policies"].to_string().contains("extra"));
+    assert!(!agent_policies(&lab).contains("extra"));
+
+    // A user who is not root is told why the lab does not answer.
+    let as_nobody = Command::new(common::MYELIN)
+        .args(["lab", "status"])
+        .env("MYELIN_LAB", &lab.name)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run myelin as nobody");
+    assert!(!as_nobody.status.success());
+    let message = text(&as_nobody);
+    assert!(message.contains("permission denied"), "{message}");
+    assert!(!message.contains("not running"), "{message}");
+
+    let deleted = lab.ok(&["delete", "-f", &policy, "-f", &app]);
+    assert!(
+        deleted.contains("pod \"lone\" deleted")
+            && deleted.contains("ciliumnetworkpolicy.cilium.io \"guard\" deleted"),
+        "{deleted}"
+    );
+    assert!(!agent_policies(&lab).contains("guard"));
+}
+
+#[test]
+fn a_failed_apply_leaves_nothing_behind() {
+    if !privileged("a_failed_apply_leaves_nothing_behind") {
+        return;
+    }
+    let lab = Lab::named();
+    let dir = tempfile::tempdir().expect("tempdir");
+    lab.up(Path::new(&write(
+        dir.path(),
+        "lone.yaml",
+        &idle_pod("lone"),
+    )));
+    let before = lab.netns();
+    // The pod's command exits at once: the pod fails after the namespace, the
+    // service and the policy reached the agent.
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: tx}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: txsvc}}\n\
+         spec: {{selector: {{app: lone}}, ports: [{{port: 80}}]}}\n---\n{}---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: quitter}}\n\
+         spec:\n  containers:\n  - {{name: c, image: busybox, command: [\"false\"]}}\n",
+        policy_for("txpolicy", "lone")
+    );
+    let output = lab.myelin(&["apply", "-f", &write(dir.path(), "tx.yaml", &manifest)]);
+    let message = text(&output);
+    assert!(!output.status.success(), "{message}");
+    assert_eq!(
+        message.matches("pod/quitter failed:").count(),
+        1,
+        "{message}"
+    );
+    assert_eq!(message.matches("txpolicy").count(), 1, "{message}");
+    assert!(
+        message.contains("ciliumnetworkpolicy.cilium.io/txpolicy not applied"),
+        "{message}"
+    );
+    assert!(message.contains("service/txsvc not applied"), "{message}");
+    assert!(!message.contains("created"), "{message}");
+
+    let status = lab.status();
+    assert!(!status["pods"].to_string().contains("quitter"), "{status}");
+    assert!(
+        !status["services"].to_string().contains("txsvc"),
+        "{status}"
+    );
+    assert!(
+        !status["policies"].to_string().contains("txpolicy"),
+        "{status}"
+    );
+    let agent = &status["nodes"][0]["agent"]["Ok"];
+    assert!(
+        !agent["policies"].to_string().contains("txpolicy"),
+        "{agent}"
+    );
+    assert!(!agent["services"].to_string().contains("txsvc"), "{agent}");
+    let resolved = lab.ok(&["policy", "get", "lone"]);
+    assert!(!resolved.contains("txpolicy"), "{resolved}");
+    assert_eq!(lab.netns(), before);
+    // The lab and its agents agree: the policy is nowhere, so deleting it finds nothing.
+    let output = lab.myelin(&[
+        "delete",
+        "-f",
+        &write(dir.path(), "p.yaml", &policy_for("txpolicy", "lone")),
+    ]);
+    assert!(
+        text(&output).contains("\"txpolicy\" not found"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn observe_takes_an_explicit_server_over_the_lab() {
+    if !privileged("observe_takes_an_explicit_server_over_the_lab") {
+        return;
+    }
+    // A lab that seems to run: its observer socket is there (a plain file, so
+    // connecting to it fails and says where it tried).
+    let lab = Lab::named();
+    let socket = myelin_lab::LabNames::new(&lab.name).observer_socket("node1");
+    std::fs::create_dir_all(socket.parent().expect("node dir")).expect("mkdir");
+    std::fs::write(&socket, "").expect("write");
+    let socket_text = socket.display().to_string();
+    let implicit = text(&lab.myelin(&["observe", "--last", "1"]));
+    assert!(implicit.contains(&socket_text), "{implicit}");
+    let explicit = text(&lab.myelin(&["observe", "--server", "localhost:4245", "--last", "1"]));
+    assert!(!explicit.contains(&socket_text), "{explicit}");
+    std::fs::remove_dir_all(myelin_lab::LabNames::new(&lab.name).run_dir()).expect("cleanup");
+}
+
+#[test]
+fn status_answers_while_an_apply_brings_pods_up() {
+    if !privileged("status_answers_while_an_apply_brings_pods_up") {
+        return;
+    }
+    let lab = Lab::named();
+    let dir = tempfile::tempdir().expect("tempdir");
+    lab.up(Path::new(&write(
+        dir.path(),
+        "lone.yaml",
+        &idle_pod("lone"),
+    )));
+    const PODS: usize = 8;
+    let many: Vec<String> = (0..PODS).map(|i| idle_pod(&format!("many{i}"))).collect();
+    let manifest = write(dir.path(), "many.yaml", &many.join("---\n"));
+    let mut apply = Command::new(common::MYELIN)
+        .args(["apply", "-f", &manifest])
+        .env("MYELIN_LAB", &lab.name)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the apply");
+    // Pods come up one after the other; a status while they do shows some of
+    // them. (A status held up until the apply ends would see all or none.)
+    let seen = loop {
+        let pods = lab.status()["pods"].to_string();
+        let seen = (0..PODS)
+            .filter(|i| pods.contains(&format!("\"many{i}\"")))
+            .count();
+        if seen > 0 || apply.try_wait().expect("apply").is_some() {
+            break seen;
+        }
+    };
+    assert!(apply.wait().expect("apply").success());
+    assert!(
+        (1..PODS).contains(&seen),
+        "a status during the apply saw {seen} of its {PODS} pods"
+    );
 }

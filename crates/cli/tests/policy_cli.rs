@@ -10,19 +10,26 @@ fn examples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/starwars")
 }
 
-#[test]
-fn validate_accepts_the_star_wars_policies() {
-    let output = Command::new(MYELIN)
-        .args(["policy", "validate", "-f"])
-        .arg(examples())
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// `myelin policy validate -f PATH...`, which must succeed; its standard output.
+fn validate_ok(paths: &[&Path]) -> String {
+    let mut command = Command::new(MYELIN);
+    command.args(["policy", "validate"]);
+    for path in paths {
+        command.arg("-f").arg(path);
+    }
+    let output = command.output().expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn validate_accepts_the_star_wars_policies() {
+    let stdout = validate_ok(&[&examples()]);
     assert!(
         stdout.contains("valid: CiliumNetworkPolicy default/rule1"),
         "{stdout}"
@@ -58,5 +65,28 @@ fn validate_rejects_a_bad_policy_alone_with_its_field() {
     assert!(
         stderr.contains("spec.ingress[0].toPorts[0].ports[0].protocol"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn validate_takes_several_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = |name: &str| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  endpointSelector: {{matchLabels: {{app: a}}}}\n"
+            ),
+        )
+        .expect("write");
+        path
+    };
+    let (first, second) = (policy("first"), policy("second"));
+    let stdout = validate_ok(&[&first, &second]);
+    assert!(
+        stdout.contains("valid: CiliumNetworkPolicy default/first")
+            && stdout.contains("valid: CiliumNetworkPolicy default/second"),
+        "{stdout}"
     );
 }

@@ -8,10 +8,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// Ports a lab exposes on the host's loopback: Hubble's observer and the
-/// service map page (Hubble UI's port).
-pub const EXPOSED_PORTS: [u16; 2] = [4245, 12000];
-
 /// Listens on 127.0.0.1:`port` of the host and forwards each connection to
 /// 127.0.0.1:`port` inside `netns`. `None` when the host port is taken (by
 /// another lab, say): the lab then runs without it.

@@ -7,42 +7,55 @@
 //! containers' processes. Nodes have no route out of the lab. Everything the
 //! lab creates carries the lab's name, and `lab down` removes exactly that.
 
-pub mod api;
+mod agent_specs;
 mod bpffs;
+mod control;
 mod forward;
 pub mod ipam;
+mod kubelet;
 pub mod names;
 mod net;
+mod node;
 pub mod state;
 mod supervisor;
 mod teardown;
+#[cfg(test)]
+mod test_manifests;
+mod vocabulary;
 
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use myelin_agent::rpc;
+use myelin_api::ClientError;
+use myelin_api::lab::{LabRequest, LabResponse};
 use myelin_model::{Document, ResourceKey};
 
-pub use api::{LabRequest, LabResponse, LabStatus};
+pub use myelin_api::lab::{Change, LabStatus};
 pub use names::LabNames;
 pub use supervisor::supervise;
 
-/// Reads manifests and refuses the whole set if any document is bad.
-pub fn read_manifests(path: &Path) -> anyhow::Result<Vec<Document>> {
-    let parsed = myelin_model::load_path(path);
-    if !parsed.errors.is_empty() {
-        let lines: Vec<String> = parsed.errors.iter().map(ToString::to_string).collect();
+/// Reads the manifests of every path (`-f`, repeatable), in order, and
+/// refuses the whole set if any document of any file is bad.
+pub fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let parsed = myelin_model::load_path(path);
+        if parsed.errors.is_empty() && parsed.documents.is_empty() {
+            errors.push(format!("{}: no resources found", path.display()));
+        }
+        errors.extend(parsed.errors.iter().map(ToString::to_string));
+        documents.extend(parsed.documents);
+    }
+    if !errors.is_empty() {
         bail!(
             "nothing was applied; fix these first:\n{}",
-            lines.join("\n")
+            errors.join("\n")
         );
     }
-    if parsed.documents.is_empty() {
-        bail!("{}: no resources found", path.display());
-    }
-    Ok(parsed.documents)
+    Ok(documents)
 }
 
 fn names_for(lab: &str) -> anyhow::Result<LabNames> {
@@ -51,15 +64,35 @@ fn names_for(lab: &str) -> anyhow::Result<LabNames> {
 }
 
 async fn request(names: &LabNames, request: &LabRequest) -> anyhow::Result<LabResponse> {
-    rpc::call(&names.socket(), request)
+    myelin_api::call(&names.socket(), request)
         .await
         .map_err(|e| match e {
-            rpc::ClientError::Connect { .. } => anyhow!(
-                "lab {:?} is not running; start it with `myelin lab up -f DIR`",
-                names.lab
-            ),
+            ClientError::Connect { cause, path } => unreachable_lab(&names.lab, &path, &cause),
             other => anyhow!(other),
         })
+}
+
+/// Why lab `lab` cannot be reached at `socket`, and what to do.
+fn unreachable_lab(lab: &str, socket: &str, cause: &std::io::Error) -> anyhow::Error {
+    if cause.kind() == std::io::ErrorKind::PermissionDenied {
+        anyhow!(
+            "permission denied on {socket}: lab {lab:?} belongs to root (it creates network \
+             namespaces); run this command as root, e.g. with sudo"
+        )
+    } else {
+        anyhow!("lab {lab:?} is not running; start it with `myelin lab up -f DIR`")
+    }
+}
+
+/// Whether any change is an error the command must report.
+pub fn any_failed(changes: &[Change]) -> bool {
+    changes.iter().any(|c| c.outcome.is_error())
+}
+
+/// The changes as kubectl prints them, one a line.
+fn render(changes: &[Change]) -> String {
+    let lines: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    lines.join("\n")
 }
 
 /// Whether lab `lab` answers.
@@ -70,12 +103,12 @@ pub async fn is_up(lab: &str) -> bool {
     }
 }
 
-/// Brings lab `lab` up with the manifests at `path` and returns the lines of
-/// what was created. `exe` is the myelin binary (for the supervisor, agents
+/// Brings lab `lab` up with the manifests at `paths` and returns what was
+/// created. `exe` is the myelin binary (for the supervisor, agents
 /// and demo apps). All or nothing: if anything fails, the lab is removed.
-pub async fn up(lab: &str, path: &Path, exe: &Path) -> anyhow::Result<Vec<String>> {
+pub async fn up(lab: &str, paths: &[PathBuf], exe: &Path) -> anyhow::Result<Vec<Change>> {
     let names = names_for(lab)?;
-    let documents = read_manifests(path)?;
+    let documents = read_manifests(paths)?;
     if is_up(lab).await {
         bail!(
             "lab {lab:?} is already up; add resources with `myelin apply -f`, or run `myelin lab down` first"
@@ -115,7 +148,14 @@ pub async fn up(lab: &str, path: &Path, exe: &Path) -> anyhow::Result<Vec<String
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     match request(&names, &LabRequest::Apply { documents }).await {
-        Ok(LabResponse::Changes { lines }) => Ok(lines),
+        Ok(LabResponse::Changes { changes }) if !any_failed(&changes) => Ok(changes),
+        Ok(LabResponse::Changes { changes }) => {
+            down(lab).await?;
+            bail!(
+                "{}\nnothing was applied, and the lab was removed again",
+                render(&changes)
+            )
+        }
         Ok(other) => {
             down(lab).await?;
             bail!("unexpected answer from the supervisor: {other:?}")
@@ -127,25 +167,26 @@ pub async fn up(lab: &str, path: &Path, exe: &Path) -> anyhow::Result<Vec<String
     }
 }
 
-/// Applies manifests to a running lab; all or nothing.
-pub async fn apply(lab: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+/// Applies manifests to a running lab; all or nothing. What became of each
+/// resource is returned, failures included.
+pub async fn apply(lab: &str, paths: &[PathBuf]) -> anyhow::Result<Vec<Change>> {
     let names = names_for(lab)?;
-    let documents = read_manifests(path)?;
+    let documents = read_manifests(paths)?;
     match request(&names, &LabRequest::Apply { documents }).await? {
-        LabResponse::Changes { lines } => Ok(lines),
+        LabResponse::Changes { changes } => Ok(changes),
         other => bail!("unexpected answer from the supervisor: {other:?}"),
     }
 }
 
 /// Deletes the resources named in manifests from a running lab.
-pub async fn delete(lab: &str, path: &Path) -> anyhow::Result<Vec<String>> {
+pub async fn delete(lab: &str, paths: &[PathBuf]) -> anyhow::Result<Vec<Change>> {
     let names = names_for(lab)?;
-    let keys: Vec<ResourceKey> = read_manifests(path)?
+    let keys: Vec<ResourceKey> = read_manifests(paths)?
         .iter()
         .map(|d| d.resource.key())
         .collect();
     match request(&names, &LabRequest::Delete { keys }).await? {
-        LabResponse::Changes { lines } => Ok(lines),
+        LabResponse::Changes { changes } => Ok(changes),
         other => bail!("unexpected answer from the supervisor: {other:?}"),
     }
 }

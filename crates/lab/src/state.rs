@@ -91,6 +91,10 @@ pub struct LabState {
     pub nodes: Vec<NodeRecord>,
     /// Namespaces.
     pub namespaces: BTreeSet<String>,
+    /// The labels of namespaces applied with some (policies select
+    /// namespaces by them); absent: none.
+    #[serde(default)]
+    pub namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// Services by `namespace/name`.
     pub services: BTreeMap<String, ServiceRecord>,
     /// Deployments by `namespace/name`.

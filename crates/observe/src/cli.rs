@@ -19,6 +19,9 @@ use crate::tls::ClientTls;
 /// Flows printed when no count, time range or follow is given (Hubble's default).
 pub const DEFAULT_LAST: u64 = 20;
 
+/// The observer address when none is named (hubble's default).
+pub const DEFAULT_SERVER: &str = "localhost:4245";
+
 /// Flags of `observe`, named and meant as in `hubble observe`.
 #[derive(Debug, Clone, Default, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -27,9 +30,9 @@ pub struct ObserveArgs {
     #[command(subcommand)]
     pub command: Option<ObserveCommand>,
     /// Observer API address: unix:///path/to.sock, host:port, http://host:port
-    /// or tls://host:port (TLS).
-    #[arg(long, env = "HUBBLE_SERVER", default_value = "localhost:4245")]
-    pub server: String,
+    /// or tls://host:port (TLS) [default: localhost:4245, or the lab's node].
+    #[arg(long, env = "HUBBLE_SERVER")]
+    pub server: Option<String>,
     /// TLS to the observer API (hubble's flags).
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -83,9 +86,9 @@ pub enum ObserveCommand {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AgentEventsArgs {
     /// Observer API address: unix:///path/to.sock, host:port, http://host:port
-    /// or tls://host:port (TLS).
-    #[arg(long, env = "HUBBLE_SERVER", default_value = "localhost:4245")]
-    pub server: String,
+    /// or tls://host:port (TLS) [default: localhost:4245, or the lab's node].
+    #[arg(long, env = "HUBBLE_SERVER")]
+    pub server: Option<String>,
     /// TLS to the observer API (hubble's flags).
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -118,9 +121,10 @@ pub struct AgentEventsArgs {
 }
 
 impl ObserveArgs {
-    /// The server address and TLS flags this command line connects with:
-    /// the subcommand's when one is given.
-    pub fn connection_mut(&mut self) -> (&mut String, &TlsArgs) {
+    /// The server address (`None`: not named by flag or environment) and
+    /// TLS flags this command line connects with: the subcommand's when one
+    /// is given.
+    pub fn connection_mut(&mut self) -> (&mut Option<String>, &TlsArgs) {
         match &mut self.command {
             Some(ObserveCommand::AgentEvents(args)) => (&mut args.server, &args.tls),
             None => (&mut self.server, &self.tls),
@@ -276,8 +280,13 @@ pub fn build_request(args: &ObserveArgs) -> anyhow::Result<GetFlowsRequest> {
     };
     let whitelist = args.filters.whitelist_filters()?;
     let blacklist = args.filters.blacklist_filters()?;
-    // Validate here so that a typo is reported before connecting.
-    filter::FilterSet::new(&whitelist, &blacklist).context("invalid filter")?;
+    // Validate here so that a typo is reported before connecting; a filter
+    // only this agent cannot honour still goes to the server, which may be
+    // another (a Hubble Relay, a newer agent) and answers for itself.
+    match filter::FilterSet::new(&whitelist, &blacklist) {
+        Ok(_) | Err(filter::FilterError::Unsupported { .. }) => {}
+        Err(e) => return Err(anyhow::Error::new(e).context("invalid filter")),
+    }
     Ok(GetFlowsRequest {
         number,
         first,
@@ -337,7 +346,8 @@ fn output_format(output: OutputFormatArg, follow: bool) -> anyhow::Result<Output
 pub async fn run_agent_events(args: AgentEventsArgs) -> anyhow::Result<()> {
     let format = output_format(args.output, args.follow)?;
     let request = build_agent_events_request(&args)?;
-    let mut client = connect_with(&args.server, &args.tls).await?;
+    let server = args.server.as_deref().unwrap_or(DEFAULT_SERVER);
+    let mut client = connect_with(server, &args.tls).await?;
     let stream = client
         .get_agent_events(request)
         .await
@@ -446,7 +456,8 @@ pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
     }
     let format = output_format(args.output, args.follow)?;
     let request = build_request(&args)?;
-    let mut client = connect_with(&args.server, &args.tls).await?;
+    let server = args.server.as_deref().unwrap_or(DEFAULT_SERVER);
+    let mut client = connect_with(server, &args.tls).await?;
     let stream = client
         .get_flows(request)
         .await
@@ -664,7 +675,10 @@ mod tests {
             "--print-node-name",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cmd.args.connection_mut().0, "unix:///x.sock");
+        assert_eq!(
+            cmd.args.connection_mut().0.as_deref(),
+            Some("unix:///x.sock")
+        );
         // Flow filters belong to flows, not to agent-events.
         assert!(Cmd::try_parse_from(["observe", "--pod", "x", "agent-events"]).is_err());
         assert!(Cmd::try_parse_from(["observe", "agent-events", "--pod", "x"]).is_err());

@@ -119,4 +119,8 @@ fn snat_ip_and_ip_trace_id_are_in_the_request_filters() {
     // The agent refuses them, naming the flag.
     let err = FilterSet::new(&filters, &[]).expect_err("refused");
     assert!(err.to_string().contains("--snat-ip"), "{err}");
+    // The command still sends them: the server answers for itself.
+    let request = build_request(&args(&["--snat-ip", "10.0.0.0/24"]))
+        .unwrap_or_else(|e| panic!("the request is built: {e:#}"));
+    assert_eq!(request.whitelist[0].source_ip_xlated, ["10.0.0.0/24"]);
 }
