@@ -487,9 +487,20 @@ impl Node {
             services,
             node_addresses: &self.addresses,
         };
-        let plan = self.applied.plan(&self.dirty, &desired);
+        let mut plan = self.applied.plan(&self.dirty, &desired);
         let written = reconcile::apply(&mut self.datapath, &mut self.applied, &plan)
             .context("programming the datapath");
+        if let (Some(groups), Ok(failures)) = (&plan.service_groups, &written) {
+            // A refused Service's frontends were not written: no event says
+            // they were.
+            let refused: std::collections::BTreeSet<reconcile::Frontend> = groups
+                .iter()
+                .filter(|g| failures.iter().any(|f| f.name == g.name))
+                .flat_map(|g| g.frontends.iter().map(|s| (s.frontend, s.protocol)))
+                .collect();
+            plan.services_upserted
+                .retain(|s| !refused.contains(&(s.frontend, s.protocol)));
+        }
         if plan.service_groups.is_some()
             && let Ok(failures) = &written
         {
