@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
+use tracing::debug;
 
 /// Fewest connections that must have closed (from the peak) before a trim: below this the
 /// memory given back (about 20-40 KB a connection) is not worth walking the heap.
@@ -59,11 +60,15 @@ impl MemoryTrim {
         let trim = self.clone();
         // Connections that closed while the heap was walked are looked at again after it.
         let run = move || {
+            let mut open = open;
             loop {
+                let started = std::time::Instant::now();
                 release_free_memory();
+                debug!(open, elapsed = ?started.elapsed(), "handed freed memory back to the system");
                 trim.trims.inc();
                 trim.trimming.store(false, Ordering::Release);
-                if !trim.due(trim.open.load(Ordering::Relaxed)) {
+                open = trim.open.load(Ordering::Relaxed);
+                if !trim.due(open) {
                     break;
                 }
             }

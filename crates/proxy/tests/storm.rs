@@ -62,12 +62,13 @@ async fn memory_comes_back_after_a_connection_storm() {
         |u| snapshot(1, u, vec![]),
     )
     .await;
-    // Warm up lazily built state (allocator arenas, pools, the runtime's blocking pool).
-    let warm: Vec<Held> = futures::future::join_all((0..64).map(|i| storm_connection(&h, i))).await;
+    // Warm up lazily built state (allocator arenas, pools), with too few connections (under
+    // 64) to trim.
+    let warm: Vec<Held> = futures::future::join_all((0..48).map(|i| storm_connection(&h, i))).await;
     drop(warm);
     wait_for_closed(&h).await;
     let before = resident_bytes();
-    let trims = metric(&h, "myelin_proxy_memory_trims_total");
+    assert_eq!(metric(&h, "myelin_proxy_memory_trims_total"), 0);
 
     let mut held = Vec::with_capacity(STORM);
     for batch in 0..STORM / 100 {
@@ -79,13 +80,17 @@ async fn memory_comes_back_after_a_connection_storm() {
     assert_eq!(metric(&h, "myelin_proxy_connections"), STORM as u64);
     drop(held);
     wait_for_closed(&h).await;
-    // The trim runs on a blocking thread once the connections closed.
-    while metric(&h, "myelin_proxy_memory_trims_total") == trims {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // The trims run on a blocking thread, one after another, as the connections close: give
+    // them until the process is back within the bound (a minute at most, for a loaded
+    // machine). What the last few dozen connections freed waits for the next storm's trims.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut after = resident_bytes();
+    while after.saturating_sub(before) > KEPT_AFTER_STORM && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = resident_bytes();
     }
-    // The last trims may still run, and what the last few dozen connections freed waits
-    // for the next storm's trims: both are inside the bound.
-    let after = resident_bytes();
+    assert!(metric(&h, "myelin_proxy_memory_trims_total") > 0);
     eprintln!(
         "{STORM} connections: {} MB before, {} MB at the peak, {} MB after",
         before >> 20,
