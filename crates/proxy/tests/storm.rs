@@ -106,9 +106,18 @@ async fn memory_comes_back_after_a_connection_storm() {
     );
 }
 
-/// Waits until the proxy counts no open client connection.
+/// Waits until the proxy counts no open client connection (a minute at most).
 async fn wait_for_closed(h: &Harness) {
-    while metric(h, "myelin_proxy_connections") != 0 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = metric(h, "myelin_proxy_connections");
+        if open == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} client connections still open a minute after their clients closed them"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
