@@ -361,8 +361,8 @@ def soak_markdown(soak):
     if not soak:
         return ""
     mib = 1 << 20
-    rounds = ", ".join(f"{r['kind']} {r['peak_rss'] / mib:.0f} → {r['after_rss'] / mib:.1f} MiB"
-                       for r in soak["rounds"])
+    rounds = ", ".join(f"{r['kind']} {r['bytes_per_connection']:,} B/conn, {r['peak_rss'] / mib:.0f} → "
+                       f"{r['after_rss'] / mib:.1f} MiB" for r in soak["rounds"])
     return "\n".join([
         "",
         "### Proxy memory under a connection storm",
@@ -373,7 +373,7 @@ def soak_markdown(soak):
         f"Baseline {soak['baseline_rss'] / mib:.1f} MiB; {soak['bytes_per_idle_connection']:,} bytes per idle "
         f"HTTP/2 connection; {soak['bytes_per_connection']:,} bytes per connection of the mixed storm, i.e. "
         f"{soak['connections_per_gib']:,} connections per GiB; after the last storm "
-        f"{soak['after_storm_rss'] / mib:.1f} MiB. Storms (peak → after): {rounds}.",
+        f"{soak['after_storm_rss'] / mib:.1f} MiB. Storms (per connection, peak → after): {rounds}.",
         "",
     ])
 

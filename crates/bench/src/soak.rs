@@ -59,8 +59,8 @@ struct Report {
     /// Resident set growth per idle HTTP/2 connection (preface and settings exchanged, no
     /// request), with `connections` of them open.
     bytes_per_idle_connection: u64,
-    /// Resident set growth per connection of a mixed storm at its peak (a quarter each:
-    /// HTTP/1.1 idle, HTTP/1.1 after a request, HTTP/2 idle, HTTP/2 after a request).
+    /// Resident set growth per connection of the mixed storms at their highest (a quarter
+    /// each: HTTP/1.1 idle, HTTP/1.1 after a request, HTTP/2 idle, HTTP/2 after a request).
     bytes_per_connection: u64,
     /// Mixed connections one GiB of proxy memory holds, at `bytes_per_connection`.
     connections_per_gib: u64,
@@ -69,12 +69,15 @@ struct Report {
     rounds: Vec<Round>,
 }
 
-/// One storm: the proxy's resident set with its connections open and after they closed.
+/// One storm: the proxy's resident set before it, with its connections open and after they
+/// closed, and the growth per connection.
 #[derive(Debug, Serialize)]
 struct Round {
     kind: &'static str,
+    before_rss: u64,
     peak_rss: u64,
     after_rss: u64,
+    bytes_per_connection: u64,
 }
 
 /// How a storm's client connection behaves.
@@ -84,6 +87,18 @@ enum Client {
     Http1Request,
     Http2Idle,
     Http2Request,
+}
+
+impl Client {
+    /// The name of a storm of this kind alone.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Http1Idle => "http1-idle",
+            Self::Http1Request => "http1-after-request",
+            Self::Http2Idle => "http2-idle",
+            Self::Http2Request => "http2-after-request",
+        }
+    }
 }
 
 const MIXED: [Client; 4] = [
@@ -114,36 +129,42 @@ async fn soak(args: &SoakArgs, connections: usize) -> anyhow::Result<Report> {
     tokio::time::sleep(settle).await;
     let baseline_rss = rss(pid)?;
 
-    let idle = storm(listener, connections, &[Client::Http2Idle]).await?;
-    let idle_rss = rss(pid)?;
-    drop(idle);
-    tokio::time::sleep(settle).await;
-    let mut rounds = vec![Round {
-        kind: "http2-idle",
-        peak_rss: idle_rss,
-        after_rss: rss(pid)?,
-    }];
-    for _ in 0..args.rounds {
-        let held = storm(listener, connections, &MIXED).await?;
+    // One storm of each kind alone, then the mixed storms.
+    let storms = MIXED
+        .iter()
+        .map(|&kind| (kind.name(), vec![kind]))
+        .chain((0..args.rounds).map(|_| ("mixed", MIXED.to_vec())));
+    let mut rounds = Vec::new();
+    for (kind, clients) in storms {
+        let before_rss = rss(pid)?;
+        let held = storm(listener, connections, &clients).await?;
         let peak_rss = rss(pid)?;
         drop(held);
         tokio::time::sleep(settle).await;
         rounds.push(Round {
-            kind: "mixed",
+            kind,
+            before_rss,
             peak_rss,
             after_rss: rss(pid)?,
+            bytes_per_connection: peak_rss.saturating_sub(before_rss) / connections.max(1) as u64,
         });
     }
     proxy.kill().await.context("stopping the proxy")?;
 
-    let per = |peak: u64| peak.saturating_sub(baseline_rss) / connections.max(1) as u64;
-    let mixed_peak = rounds.iter().skip(1).map(|r| r.peak_rss).max().unwrap_or(0);
-    let bytes_per_connection = per(mixed_peak);
+    let bytes_of = |kind: &str| {
+        rounds
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.bytes_per_connection)
+            .max()
+            .unwrap_or(0)
+    };
+    let bytes_per_connection = bytes_of("mixed");
     Ok(Report {
         connections,
         workers: args.workers,
         baseline_rss,
-        bytes_per_idle_connection: per(idle_rss),
+        bytes_per_idle_connection: bytes_of(Client::Http2Idle.name()),
         bytes_per_connection,
         connections_per_gib: (1u64 << 30) / bytes_per_connection.max(1),
         after_storm_rss: rounds.last().map_or(0, |r| r.after_rss),
