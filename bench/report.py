@@ -356,6 +356,37 @@ def check_smoke(rows, present):
     return problems
 
 
+def soak_markdown(soak):
+    """The proxy's memory under a connection storm (`myelin-bench soak`)."""
+    if not soak:
+        return ""
+    mib = 1 << 20
+    rounds = ", ".join(f"{r['kind']} {r['bytes_per_connection']:,} B/conn, {r['peak_rss'] / mib:.0f} → "
+                       f"{r['after_rss'] / mib:.1f} MiB" for r in soak["rounds"])
+    return "\n".join([
+        "",
+        "### Proxy memory under a connection storm",
+        "",
+        f"`myelin-bench soak`: the proxy ({soak['workers']} workers, a process of its own) takes "
+        f"{soak['connections']:,} client connections from 127.0.1.x (HTTP/1.1 and HTTP/2, idle and after one "
+        "request each), they close, and after a settle its resident set is read again. "
+        f"Baseline {soak['baseline_rss'] / mib:.1f} MiB; {soak['bytes_per_idle_connection']:,} bytes per idle "
+        f"HTTP/2 connection; {soak['bytes_per_connection']:,} bytes per connection of the mixed storm, i.e. "
+        f"{soak['connections_per_gib']:,} connections per GiB; after the last storm "
+        f"{soak['after_storm_rss'] / mib:.1f} MiB. Storms (per connection, peak → after): {rounds}.",
+        "",
+    ])
+
+
+def check_soak(soak):
+    """The soak produced numbers."""
+    if soak is None:
+        return []
+    if not soak.get("bytes_per_connection") or not soak.get("after_storm_rss"):
+        return ["soak: no numbers"]
+    return []
+
+
 def check_podready(podready):
     """Pod-ready produced numbers (whether the lab polices is a result, not a harness fault)."""
     if podready is None:
@@ -379,6 +410,7 @@ def main():
     ap.add_argument("--podready", help="bench/podready.sh's JSON")
     ap.add_argument("--resolve", help="output of myelin-policy's resolve_bench example")
     ap.add_argument("--events", help="JSON line of myelin-agent's event_throughput benchmark")
+    ap.add_argument("--soak", help="myelin-bench soak's JSON report")
     args = ap.parse_args()
 
     rows = load_raw(args.raw)
@@ -409,6 +441,10 @@ def main():
     if args.events:
         with open(args.events, encoding="utf-8") as f:
             events = json.loads(f.readline())
+    soak = None
+    if args.soak:
+        with open(args.soak, encoding="utf-8") as f:
+            soak = json.load(f)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "summary": summary, "ratios_vs_no_mesh": ratios,
@@ -416,9 +452,11 @@ def main():
                                            if "no-mesh" in present},
                    "goals": goal_rows,
                    "memory_estimate": mem, "podready": podready,
-                   "policy_resolution": resolve, "kernel_events": events, "raw": rows}, f, indent=1)
+                   "policy_resolution": resolve, "kernel_events": events, "proxy_soak": soak,
+                   "raw": rows}, f, indent=1)
     mesh_cpu = {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present if "no-mesh" in present}
     md = markdown(meta, rows, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu, podready, resolve, events)
+    md += soak_markdown(soak)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(args.out, "results.svg"), "w", encoding="utf-8") as f:
@@ -434,7 +472,7 @@ def main():
                 f.write(f"{head}{start}\n{md}{end}{tail}")
     print(md)
     if args.smoke:
-        problems = check_smoke(rows, present) + check_podready(podready)
+        problems = check_smoke(rows, present) + check_podready(podready) + check_soak(soak)
         if problems:
             print("smoke: FAILED\n  " + "\n  ".join(problems), file=sys.stderr)
             sys.exit(1)

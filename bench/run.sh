@@ -9,6 +9,7 @@
 #   options: --rounds N  --rate REQ_PER_S  --duration SECONDS (whole)  --server nginx|deathstar
 #            --podready PODS (pod-ready time in a lab of its own; default 100, 3 with --smoke,
 #            0 with --scenario)  --no-build  --out DIR  --keep (keep the temp dir with the logs)
+#            --soak CONNECTIONS (proxy memory storm; default 10000, 1000 with --smoke, 0 with --scenario)
 #
 # Run as root. Nothing leaves the namespaces created here (mb-<pid>-client, -server, -node);
 # they and every process started here are removed by name/PID on exit, failure or Ctrl-C.
@@ -29,9 +30,10 @@ BUILD=1
 OUT=""
 KEEP=0
 PODREADY=""
+SOAK=""
 SCENARIOS=()
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --duration) shift; DURATION=${1:?--duration needs seconds} ;;
     --server) shift; SERVER=${1:?--server needs nginx or deathstar} ;;
     --podready) shift; PODREADY=${1:?--podready needs a number of pods} ;;
+    --soak) shift; SOAK=${1:?--soak needs a number of connections} ;;
     --no-build) BUILD=0 ;;
     --out) shift; OUT=${1:?--out needs a directory} ;;
     --keep) KEEP=1 ;;
@@ -53,6 +56,7 @@ done
 
 if [ "${#SCENARIOS[@]}" -gt 0 ]; then
   PODREADY=${PODREADY:-0}
+  SOAK=${SOAK:-0}
 else
   SCENARIOS=("${ALL_SCENARIOS[@]}")
 fi
@@ -565,6 +569,20 @@ if [ "$PODREADY" != 0 ]; then
   PODREADY_ARGS+=(--podready "$TMP/podready.json")
 fi
 
+# The proxy's memory under a storm of client connections and after it closed (myelin-bench
+# soak: the proxy in a process of its own, clients and upstream on 127.0.0.0/8, ~15 s).
+SOAK_ARGS=()
+soak_measurement() {
+  local connections=$1 rounds=3 settle=2
+  [ "$SMOKE" = 0 ] || { rounds=1; settle=0.5; }
+  say "proxy memory: storms of $connections connections (myelin-bench soak)"
+  "$BIN/myelin-bench" soak --connections "$connections" --rounds "$rounds" --settle "$settle" \
+    >"$TMP/soak.json" 2>"$TMP/soak.log" || { cat "$TMP/soak.log" >&2; die "myelin-bench soak failed"; }
+  SOAK_ARGS+=(--soak "$TMP/soak.json")
+}
+SOAK=${SOAK:-$([ "$SMOKE" = 1 ] && echo 1000 || echo 10000)}
+[ "$SOAK" = 0 ] || soak_measurement "$SOAK"
+
 if [ "$SMOKE" = 1 ]; then
   DEST=${OUT:-$TMP/results}
 else
@@ -577,6 +595,7 @@ COMMAND="bench/run.sh"
 python3 "$ROOT/bench/report.py" --raw "$RAW" --out "$DEST" \
   --started "$STARTED" --seconds "$(( $(date +%s) - T0 ))" --command "$COMMAND --rounds $ROUNDS --rate $RATE --duration $DURATION --server $SERVER" \
   --rate "$RATE" --server "$SERVER" $([ "$SMOKE" = 1 ] && echo --smoke) "${PODREADY_ARGS[@]+"${PODREADY_ARGS[@]}"}" \
+  "${SOAK_ARGS[@]+"${SOAK_ARGS[@]}"}" \
   $([ "$SMOKE" = 0 ] && [ -z "$OUT" ] && [ "${#SCENARIOS[@]}" -eq "${#ALL_SCENARIOS[@]}" ] && echo --readme "$ROOT/bench/README.md")
 FAILED=0
 say "results in $DEST"

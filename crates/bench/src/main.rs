@@ -7,13 +7,15 @@
 //! - `agent`: a stand-in for the agent's proxy side: it serves the control socket, pushes
 //!   the snapshot and consumes the proxy's L7 events, as the agent does;
 //! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths;
-//! - `grpc-server`, `grpc-load`: gRPC unary calls over h2c, for calls per second.
+//! - `grpc-server`, `grpc-load`: gRPC unary calls over h2c, for calls per second;
+//! - `soak`: the proxy's memory under a storm of client connections and after it.
 
 mod cpu;
 mod grpc;
 mod kernel;
 mod load;
 mod mesh;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,9 @@ enum Command {
     GrpcServer(grpc::ServerArgs),
     /// Closed-loop gRPC unary calls on one h2c connection; prints one JSON report.
     GrpcLoad(grpc::LoadArgs),
+    /// The proxy's memory under a storm of client connections and after; prints one JSON
+    /// report.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Datapath(args) => kernel::run(&args),
         Command::GrpcServer(args) => grpc::run_server(&args),
         Command::GrpcLoad(args) => grpc::run_load(&args),
+        Command::Soak(args) => soak::run(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::memory::MemoryTrim;
 use crate::metrics::RefusedReason;
 
 /// Connections held per client address and per identity.
@@ -102,27 +103,32 @@ fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: K) {
 }
 
 /// A client connection's place in the proxy: its global connection slot, its share of its
-/// source's and identity's limits, and its count in the connections gauge. Held by the
-/// connection and any upgraded tunnel, so it is given back when both are done.
+/// source's and identity's limits, and its count in the connections gauge and in the
+/// memory trim's tally. Held by the connection and any upgraded tunnel, so it is given back
+/// when both are done.
 #[derive(Debug)]
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
     _admitted: Option<Admitted>,
     connections: Gauge,
+    memory: Arc<MemoryTrim>,
 }
 
 impl Slot {
-    /// Takes the slot, counting the connection in `connections`.
+    /// Takes the slot, counting the connection in `connections` and `memory`.
     pub(crate) fn new(
         permit: OwnedSemaphorePermit,
         admitted: Option<Admitted>,
         connections: Gauge,
+        memory: Arc<MemoryTrim>,
     ) -> Self {
         connections.inc();
+        memory.opened();
         Self {
             _permit: permit,
             _admitted: admitted,
             connections,
+            memory,
         }
     }
 }
@@ -130,6 +136,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.connections.dec();
+        self.memory.closed();
     }
 }
 

@@ -116,7 +116,12 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let slot = Slot::new(permit, Some(admitted), services.metrics.connections.clone());
+        let slot = Slot::new(
+            permit,
+            Some(admitted),
+            services.metrics.connections.clone(),
+            services.memory.clone(),
+        );
         let span = info_span!("connection", listener = %name, client = %source);
         tokio::spawn(serve(services.clone(), name.clone(), stream, source, slot).instrument(span));
     }

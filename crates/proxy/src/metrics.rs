@@ -86,6 +86,9 @@ pub struct Metrics {
     pub snapshot_version: Gauge,
     /// `myelin_proxy_events_dropped_total`: L7 events lost because the agent was slow or away.
     pub events_dropped: Counter,
+    /// `myelin_proxy_memory_trims_total`: times freed memory was handed back to the system
+    /// after many connections closed.
+    pub memory_trims: Counter,
 }
 
 impl Metrics {
@@ -99,6 +102,7 @@ impl Metrics {
             errors: Family::default(),
             snapshot_version: Gauge::default(),
             events_dropped: Counter::default(),
+            memory_trims: Counter::default(),
         };
         for kind in ErrorKind::ALL {
             metrics
@@ -141,6 +145,11 @@ impl Metrics {
             "myelin_proxy_events_dropped",
             "L7 events dropped because the agent did not read them in time",
             metrics.events_dropped.clone(),
+        );
+        registry.register(
+            "myelin_proxy_memory_trims",
+            "Times the L7 proxy handed freed memory back to the system after connections closed",
+            metrics.memory_trims.clone(),
         );
         metrics
     }

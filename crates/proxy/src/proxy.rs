@@ -18,6 +18,7 @@ use crate::control::{SnapshotSink, run_client};
 use crate::event::{EventSink, L7Event};
 use crate::fd_limit::{connection_capacity, raise_open_file_limit};
 use crate::listener::{accept_loop, server};
+use crate::memory::MemoryTrim;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::rules::CompiledSnapshot;
 use crate::settings::ProxyConfig;
@@ -263,6 +264,7 @@ impl Proxy {
             upstreams: Arc::new(Upstreams::new(&config)),
             connection_slots: Arc::new(Semaphore::new(max_connections)),
             admission: Arc::new(Admission::new(per_source, per_identity)),
+            memory: Arc::new(MemoryTrim::new(metrics.memory_trims.clone())),
             max_connections,
             limits,
             snapshot: watch::Sender::new(None),

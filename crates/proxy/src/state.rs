@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Admission;
 use crate::event::EventSink;
+use crate::memory::MemoryTrim;
 use crate::metrics::Metrics;
 use crate::rules::CompiledSnapshot;
 use crate::settings::Limits;
@@ -31,6 +32,8 @@ pub(crate) struct Services {
     pub(crate) upstreams: Arc<Upstreams>,
     pub(crate) connection_slots: Arc<Semaphore>,
     pub(crate) admission: Arc<Admission>,
+    /// Hands freed memory back to the system once many connections closed.
+    pub(crate) memory: Arc<MemoryTrim>,
     pub(crate) drain: Drain,
 }
 

@@ -1,6 +1,7 @@
 //! Memory held per idle client connection, from the process's resident set
 //! (`/proc/self/statm`); client and proxy share the process, so the figure is an upper
-//! bound for the proxy's share.
+//! bound for the proxy's share. (The storm is in `storm.rs`: a test binary of its own, so
+//! that neither measures the other's connections.)
 
 mod common;
 
@@ -14,12 +15,6 @@ const CONNECTIONS: usize = 500;
 /// What one idle HTTP/2 connection may cost the proxy at most (with hyper's default
 /// 1 MiB windows and per-connection buffers it was several times this).
 const MAX_BYTES_PER_CONNECTION: usize = 48 * 1024;
-
-fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
 
 /// Opens an HTTP/2 connection, sends one request, and leaves the connection idle.
 async fn idle_h2(addr: std::net::SocketAddr) -> TcpStream {

@@ -300,3 +300,10 @@ pub async fn status(harness: &Harness, request: Request<Body>) -> StatusCode {
     let mut sender = harness.h1().await;
     send(&mut sender, request).await.0
 }
+
+/// The process's resident set in bytes (`/proc/self/statm`).
+pub fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
