@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use myelin_api::agent::{ExplainRequest, Request};
+use myelin_api::agent::{ExplainProtocol, ExplainRequest, Request};
 
 use crate::agent_client::AgentTarget;
 
@@ -64,12 +64,15 @@ enum PolicyCommand {
 }
 
 /// Splits `80/TCP` (protocol defaults to TCP).
-fn port_and_protocol(text: &str) -> anyhow::Result<(u16, String)> {
+fn port_and_protocol(text: &str) -> anyhow::Result<(u16, ExplainProtocol)> {
     let (port, protocol) = text.split_once('/').unwrap_or((text, "TCP"));
     let port: u16 = port
         .parse()
         .with_context(|| format!("--port {text:?}: expected PORT/PROTO such as 80/TCP"))?;
-    Ok((port, protocol.to_string()))
+    let protocol = protocol
+        .parse()
+        .with_context(|| format!("--port {text:?}"))?;
+    Ok((port, protocol))
 }
 
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {

@@ -4,7 +4,7 @@ use myelin_api::agent::{EndpointSpec, NamedPort, ServicePortSpec, ServiceSpec, T
 use myelin_model::workload::IntOrString;
 
 use crate::state::{PodRecord, ServiceRecord};
-use crate::vocabulary::{namespace_of, protocol_name};
+use crate::vocabulary::namespace_of;
 
 /// The agent's view of a pod.
 pub fn endpoint_spec(record: &PodRecord) -> EndpointSpec {
@@ -12,6 +12,7 @@ pub fn endpoint_spec(record: &PodRecord) -> EndpointSpec {
         namespace: namespace_of(&record.pod.metadata),
         pod: record.pod.metadata.name.clone(),
         labels: record.pod.metadata.labels.clone(),
+        service_account: record.pod.spec.service_account().map(str::to_string),
         ifname: record.host_veth.clone(),
         ipv4: Some(record.ipv4),
         ipv6: Some(record.ipv6),
@@ -25,7 +26,7 @@ pub fn endpoint_spec(record: &PodRecord) -> EndpointSpec {
             .map(|p| NamedPort {
                 name: p.name.clone(),
                 port: p.container_port,
-                protocol: protocol_name(p.protocol).to_string(),
+                protocol: p.protocol,
             })
             .collect(),
         ready: record.ready,
@@ -58,7 +59,7 @@ pub fn service_spec(record: &ServiceRecord) -> ServiceSpec {
                     }
                     _ => TargetPort::Number(p.port),
                 },
-                protocol: protocol_name(p.protocol).to_string(),
+                protocol: p.protocol,
             })
             .collect(),
         selector: record.service.spec.selector.clone(),
