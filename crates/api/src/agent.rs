@@ -360,3 +360,72 @@ pub struct AgentStatus {
 pub async fn call(socket: &Path, request: &Request) -> Result<Response, crate::ClientError> {
     crate::call(socket, request).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDPOINT: &str = r#"{"namespace":"default","pod":"web","labels":{},"ifname":"veth1",
+        "ipv4":"10.244.1.2","ipv6":null,"ports":[{"name":"http","port":80,"protocol":"TCP"},
+        {"name":"dns","port":53,"protocol":"UDP"}],"ready":true}"#;
+
+    #[test]
+    fn protocols_keep_the_json_kubernetes_spells() {
+        let spec: EndpointSpec = serde_json::from_str(ENDPOINT).expect("an endpoint");
+        let protocols: Vec<Protocol> = spec.ports.iter().map(|p| p.protocol).collect();
+        assert_eq!(protocols, [Protocol::Tcp, Protocol::Udp]);
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(json.contains(r#""protocol":"UDP""#), "{json}");
+        let back: EndpointSpec = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn an_endpoint_saved_before_service_accounts_loads_without_one() {
+        let spec: EndpointSpec = serde_json::from_str(ENDPOINT).expect("an endpoint");
+        assert_eq!(spec.service_account, None);
+        let with = EndpointSpec {
+            service_account: Some("empire".into()),
+            ..spec
+        };
+        let json = serde_json::to_string(&with).expect("json");
+        let back: EndpointSpec = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back.service_account.as_deref(), Some("empire"));
+    }
+
+    #[test]
+    fn a_port_of_sctp_is_refused_with_the_reason() {
+        let sctp = ENDPOINT.replace(r#""protocol":"UDP""#, r#""protocol":"SCTP""#);
+        let error = serde_json::from_str::<EndpointSpec>(&sctp).expect_err("SCTP refused");
+        assert!(
+            error
+                .to_string()
+                .contains("SCTP is not supported (this kernel has no SCTP)"),
+            "{error}"
+        );
+        let service = r#"{"namespace":"default","name":"s","cluster_ips":[],"selector":null,
+            "ports":[{"name":null,"port":80,"target_port":{"number":80},"protocol":"SCTP"}]}"#;
+        let error = serde_json::from_str::<ServiceSpec>(service).expect_err("SCTP refused");
+        assert!(error.to_string().contains("use TCP or UDP"), "{error}");
+    }
+
+    #[test]
+    fn explain_protocols_parse_in_any_case_and_refuse_the_rest() {
+        assert_eq!("tcp".parse(), Ok(ExplainProtocol::Tcp));
+        assert_eq!("ICMPv6".parse(), Ok(ExplainProtocol::Icmpv6));
+        assert_eq!("any".parse(), Ok(ExplainProtocol::Any));
+        assert_eq!(
+            "sctp".parse::<ExplainProtocol>(),
+            Err(ProtocolError::Unsupported(UnsupportedProtocol(
+                Protocol::Sctp
+            )))
+        );
+        let unknown = "gre".parse::<ExplainProtocol>().expect_err("unknown");
+        assert_eq!(
+            unknown.to_string(),
+            r#"unknown protocol "gre"; use TCP, UDP, ICMP, ICMPv6 or ANY"#
+        );
+        let json = serde_json::to_string(&ExplainProtocol::Icmpv6).expect("json");
+        assert_eq!(json, r#""ICMPv6""#);
+    }
+}

@@ -91,6 +91,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_reaches_the_agent_with_its_service_account_and_port_protocols() {
+        let documents = parse(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: probe}\nspec:\n  serviceAccountName: empire-probe\n  \
+             containers: [{name: c, image: nginx, ports: [{name: dns, containerPort: 53, protocol: UDP}]}]\n",
+        );
+        let Some(Resource::Pod(pod)) = documents.into_iter().next().map(|d| d.resource) else {
+            panic!("a Pod");
+        };
+        let record = PodRecord {
+            pod,
+            owner: None,
+            node: "node1".into(),
+            netns: "ns".into(),
+            host_veth: "veth1".into(),
+            ipv4: "10.244.1.2".parse().expect("ipv4"),
+            ipv6: "fd00:10:244:1::2".parse().expect("ipv6"),
+            mac: None,
+            processes: vec![],
+            phase: "Running".into(),
+            ready: true,
+        };
+        let spec = endpoint_spec(&record);
+        assert_eq!(spec.service_account.as_deref(), Some("empire-probe"));
+        assert_eq!(spec.ports[0].protocol, myelin_api::agent::Protocol::Udp);
+    }
+
+    #[test]
     fn a_target_port_of_zero_or_empty_means_the_service_port() {
         let documents = parse(
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [\

@@ -427,3 +427,65 @@ pub enum IntOrString {
     /// A name (or a number written as a string).
     String(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Resource, parse_str};
+
+    fn pod(spec_extra: &str) -> crate::Parsed {
+        parse_str(
+            "pod.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, image: nginx}}]\n{spec_extra}"
+            ),
+        )
+    }
+
+    fn service_account(spec_extra: &str) -> Option<String> {
+        let parsed = pod(spec_extra);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        match &parsed.documents[0].resource {
+            Resource::Pod(p) => p.spec.service_account().map(str::to_string),
+            other => panic!("a pod, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pod_names_its_service_account_or_the_deprecated_alias() {
+        assert_eq!(
+            service_account("  serviceAccountName: empire\n").as_deref(),
+            Some("empire")
+        );
+        assert_eq!(
+            service_account("  serviceAccount: rebels\n").as_deref(),
+            Some("rebels")
+        );
+        assert_eq!(
+            service_account("  serviceAccountName: empire\n  serviceAccount: rebels\n").as_deref(),
+            Some("empire")
+        );
+        assert_eq!(service_account("  serviceAccountName: ''\n"), None);
+        assert_eq!(service_account(""), None);
+    }
+
+    #[test]
+    fn a_service_account_must_be_a_dns_subdomain() {
+        let parsed = pod("  serviceAccountName: Death_Star\n");
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        let error = &parsed.errors[0];
+        assert_eq!(error.field, "spec.serviceAccountName");
+        assert!(error.message.contains("DNS-1123 subdomain"), "{error}");
+    }
+
+    #[test]
+    fn sctp_is_named_and_refused() {
+        assert_eq!(Protocol::Udp.supported(), Ok(Protocol::Udp));
+        let refused = Protocol::Sctp.supported().expect_err("SCTP");
+        assert_eq!(
+            refused.to_string(),
+            "SCTP is not supported (this kernel has no SCTP); use TCP or UDP"
+        );
+        assert_eq!(Protocol::Tcp.to_string(), "TCP");
+    }
+}
