@@ -165,8 +165,23 @@ mod tests {
 
     #[test]
     fn ports_parse_with_a_default_protocol() {
-        assert_eq!(port_and_protocol("80/TCP").expect("ok"), (80, "TCP".into()));
-        assert_eq!(port_and_protocol("53").expect("ok"), (53, "TCP".into()));
+        assert_eq!(
+            port_and_protocol("80/TCP").expect("ok"),
+            (80, ExplainProtocol::Tcp)
+        );
+        assert_eq!(
+            port_and_protocol("53").expect("ok"),
+            (53, ExplainProtocol::Tcp)
+        );
+        assert_eq!(
+            port_and_protocol("8/icmp").expect("ok"),
+            (8, ExplainProtocol::Icmp)
+        );
         assert!(port_and_protocol("http/TCP").is_err());
+        let sctp = port_and_protocol("80/SCTP").expect_err("SCTP refused");
+        assert!(
+            format!("{sctp:#}").contains("SCTP is not supported"),
+            "{sctp:#}"
+        );
     }
 }

@@ -73,20 +73,24 @@ mod tests {
     use crate::test_manifests::parse;
     use myelin_model::Resource;
 
-    #[test]
-    fn a_client_ip_service_reaches_the_agent_with_its_timeout() {
-        let documents = parse(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}], \
-             sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}}\n",
-        );
-        let Some(Resource::Service(service)) = documents.into_iter().next().map(|d| d.resource)
+    /// The lab's record of the one Service `yaml` holds, without cluster IPs.
+    fn service_record(yaml: &str) -> ServiceRecord {
+        let Some(Resource::Service(service)) = parse(yaml).into_iter().next().map(|d| d.resource)
         else {
             panic!("a Service");
         };
-        let record = ServiceRecord {
+        ServiceRecord {
             service,
             cluster_ips: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn a_client_ip_service_reaches_the_agent_with_its_timeout() {
+        let record = service_record(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}], \
+             sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}}\n",
+        );
         assert_eq!(service_spec(&record).affinity_timeout_s, Some(600));
     }
 
@@ -119,19 +123,11 @@ mod tests {
 
     #[test]
     fn a_target_port_of_zero_or_empty_means_the_service_port() {
-        let documents = parse(
+        let record = service_record(
             "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [\
              {name: a, port: 80, targetPort: 0}, {name: b, port: 81, targetPort: ''}, \
              {name: c, port: 82, targetPort: 8080}, {name: d, port: 83, targetPort: http}]}\n",
         );
-        let Some(Resource::Service(service)) = documents.into_iter().next().map(|d| d.resource)
-        else {
-            panic!("a Service");
-        };
-        let record = ServiceRecord {
-            service,
-            cluster_ips: vec![],
-        };
         let targets: Vec<TargetPort> = service_spec(&record)
             .ports
             .into_iter()
