@@ -694,6 +694,23 @@ impl Node {
             Request::Status => Response::Status(self.status()),
             Request::ResourcesApply { documents } => {
                 let outcomes = policy::apply(&mut self.engine, &documents, &mut self.dirty);
+                if let Err(error) = self.sync() {
+                    // All or nothing: the engine goes back to the resources
+                    // in force before this request, and the kernel with it.
+                    policy::revert(
+                        &mut self.engine,
+                        &documents,
+                        &outcomes,
+                        &self.resources,
+                        &mut self.dirty,
+                    );
+                    if let Err(again) = self.sync() {
+                        tracing::warn!(
+                            "restoring the resources in force before a failed apply: {again:#}; the next change retries"
+                        );
+                    }
+                    return Err(error.context("resources not applied; those in force before stay"));
+                }
                 for (document, outcome) in documents.into_iter().zip(&outcomes) {
                     if outcome.error.is_none() {
                         self.policy_changed(AgentEventType::PolicyUpdated, &document.resource);
@@ -701,7 +718,6 @@ impl Node {
                         self.resources.insert(outcome.key.clone(), document);
                     }
                 }
-                self.sync()?;
                 Response::Resources { outcomes }
             }
             Request::ResourcesDelete { keys } => {
@@ -748,37 +764,7 @@ impl Node {
 
     /// Removes a resource from the policy engine.
     fn forget(&mut self, resource: &myelin_model::Resource) {
-        use myelin_model::Resource;
-        let changes = match resource {
-            Resource::CiliumNetworkPolicy(_)
-            | Resource::CiliumClusterwideNetworkPolicy(_)
-            | Resource::NetworkPolicy(_) => match myelin_policy::PolicyKey::of(resource) {
-                Some(key) => self.engine.remove_policy(&key),
-                None => return,
-            },
-            Resource::Service(s) => {
-                let namespace = s
-                    .metadata
-                    .namespace
-                    .as_deref()
-                    .unwrap_or(myelin_model::manifest::DEFAULT_NAMESPACE);
-                self.engine.remove_service(namespace, &s.metadata.name)
-            }
-            Resource::Namespace(n) => {
-                match self
-                    .engine
-                    .set_namespace_labels(&n.metadata.name, BTreeMap::new())
-                {
-                    Ok(changes) => changes,
-                    Err(e) => {
-                        tracing::warn!(namespace = %n.metadata.name, "namespace labels not reset: {e}");
-                        return;
-                    }
-                }
-            }
-            Resource::Pod(_) | Resource::Deployment(_) => return,
-        };
-        self.dirty.record(&changes);
+        policy::remove(&mut self.engine, resource, &mut self.dirty);
     }
 
     fn status(&self) -> AgentStatus {

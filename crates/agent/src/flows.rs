@@ -4,8 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use myelin_common::event::{EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE};
-use myelin_common::{EventKind, ObservationPoint, TraceEvent};
-use myelin_observe::flows::PolicyMatch;
+use myelin_common::{EventKind, ObservationPoint, PolicyMatch, TraceEvent};
 use myelin_observe::proto::flow::{
     DropReason, Endpoint, Flow, Http, HttpHeader, IcmPv4, IcmPv6, Ip, IpVersion, L7FlowType,
     Layer4, Layer7, NetworkInterface, Policy, Service, Tcp, TcpFlags, TraceContext,
@@ -455,15 +454,7 @@ pub fn kernel_flow(
             myelin_observe::flows::mark_drop(&mut flow, reason);
         }
         EventKind::PolicyVerdict => {
-            let matched = match event.match_type {
-                1 => PolicyMatch::L3Only,
-                2 => PolicyMatch::L3L4,
-                3 => PolicyMatch::L4Only,
-                4 => PolicyMatch::All,
-                5 => PolicyMatch::L3Proto,
-                6 => PolicyMatch::ProtoOnly,
-                _ => PolicyMatch::None,
-            };
+            let matched = PolicyMatch::from_u8(event.match_type).unwrap_or(PolicyMatch::None);
             myelin_observe::flows::mark_policy_verdict(&mut flow, direction, matched, verdict);
             flow.is_reply = Some(false);
             if let Some(rule) = context.rule(event.rule_id) {
@@ -636,6 +627,26 @@ mod tests {
         assert_eq!(cluster_names(&flow), ("default".to_string(), String::new()));
         let flow = kernel_flow(&to_endpoint([10, 244, 1, 2], 0, 7), &clock, &Pods).expect("flow");
         assert_eq!(flow.interface, None);
+    }
+
+    #[test]
+    fn a_policy_verdict_reports_the_match_type_the_kernel_wrote() {
+        let clock = KernelClock::now();
+        let event = TraceEvent {
+            kind: EventKind::PolicyVerdict as u8,
+            traffic_direction: 1,
+            verdict: 1,
+            match_type: PolicyMatch::L3L4 as u8,
+            ..to_endpoint([10, 244, 1, 2], 12, 7)
+        };
+        let flow = kernel_flow(&event, &clock, &Pods).expect("flow");
+        assert_eq!(flow.policy_match_type, PolicyMatch::L3L4 as u32);
+        let unknown = TraceEvent {
+            match_type: 99,
+            ..event
+        };
+        let flow = kernel_flow(&unknown, &clock, &Pods).expect("flow");
+        assert_eq!(flow.policy_match_type, PolicyMatch::None as u32);
     }
 
     #[test]

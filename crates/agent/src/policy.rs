@@ -1,14 +1,17 @@
 //! The agent's side of policy: endpoints and resources into the policy
 //! engine, and the views the CLI asks for.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+use myelin_model::{Document, Resource, ResourceKey};
 
 use myelin_policy::{
     EndpointKey, Explanation, HttpRequest, NamedPort, PolicyEngine, PolicyView, Proto, Query,
     Target,
 };
 
-use crate::api::{EndpointSpec, ExplainRequest, ResourceOutcome};
+use crate::api::{EndpointSpec, ExplainProtocol, ExplainRequest, Protocol, ResourceOutcome};
 use crate::reconcile::Dirty;
 
 /// The policy engine's view of an endpoint.
@@ -28,14 +31,22 @@ pub fn endpoint(spec: &EndpointSpec) -> myelin_policy::Endpoint {
                 Some(NamedPort {
                     name: p.name.clone()?,
                     port: p.port,
-                    proto: match p.protocol.as_str() {
-                        "UDP" => Proto::Udp,
-                        _ => Proto::Tcp,
-                    },
+                    proto: port_protocol(p.protocol)?,
                 })
             })
             .collect(),
-        service_account: None,
+        service_account: spec.service_account.clone(),
+    }
+}
+
+/// The policy protocol of a container port. The API refuses SCTP, so none
+/// reaches here; were one built in-process, its port names nothing policy
+/// could match rather than passing for TCP.
+fn port_protocol(protocol: Protocol) -> Option<Proto> {
+    match protocol {
+        Protocol::Tcp => Some(Proto::Tcp),
+        Protocol::Udp => Some(Proto::Udp),
+        Protocol::Sctp => None,
     }
 }
 
@@ -43,7 +54,7 @@ pub fn endpoint(spec: &EndpointSpec) -> myelin_policy::Endpoint {
 /// what each changed is marked dirty.
 pub fn apply(
     engine: &mut PolicyEngine,
-    documents: &[myelin_model::Document],
+    documents: &[Document],
     dirty: &mut Dirty,
 ) -> Vec<ResourceOutcome> {
     documents
@@ -64,6 +75,64 @@ pub fn apply(
         .collect()
 }
 
+/// Takes a resource out of the engine (a namespace's labels back to none)
+/// and marks what that changed dirty.
+pub fn remove(engine: &mut PolicyEngine, resource: &Resource, dirty: &mut Dirty) {
+    let changes = match resource {
+        Resource::CiliumNetworkPolicy(_)
+        | Resource::CiliumClusterwideNetworkPolicy(_)
+        | Resource::NetworkPolicy(_) => match myelin_policy::PolicyKey::of(resource) {
+            Some(key) => engine.remove_policy(&key),
+            None => return,
+        },
+        Resource::Service(s) => {
+            let namespace = s
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(myelin_model::manifest::DEFAULT_NAMESPACE);
+            engine.remove_service(namespace, &s.metadata.name)
+        }
+        Resource::Namespace(n) => {
+            match engine.set_namespace_labels(&n.metadata.name, BTreeMap::new()) {
+                Ok(changes) => changes,
+                Err(e) => {
+                    tracing::warn!(namespace = %n.metadata.name, "namespace labels not reset: {e}");
+                    return;
+                }
+            }
+        }
+        Resource::Pod(_) | Resource::Deployment(_) => return,
+    };
+    dirty.record(&changes);
+}
+
+/// Undoes what [`apply`] accepted of `documents`: each resource goes back
+/// to what `in_force` holds under its key, or out of the engine when it
+/// holds none.
+pub fn revert(
+    engine: &mut PolicyEngine,
+    documents: &[Document],
+    outcomes: &[ResourceOutcome],
+    in_force: &BTreeMap<ResourceKey, Document>,
+    dirty: &mut Dirty,
+) {
+    let accepted = documents
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.error.is_none());
+    for (document, outcome) in accepted {
+        match in_force.get(&outcome.key) {
+            // It was in force before: the engine took it then, and takes it again.
+            Some(previous) => match engine.apply(&previous.resource) {
+                Ok(changes) => dirty.record(&changes),
+                Err(e) => tracing::warn!(resource = %outcome.key, "not restored: {e}"),
+            },
+            None => remove(engine, &document.resource, dirty),
+        }
+    }
+}
+
 /// `pod`, `namespace/pod` or an IP address.
 fn target(text: &str) -> Target {
     if let Ok(ip) = text.parse::<IpAddr>() {
@@ -75,17 +144,14 @@ fn target(text: &str) -> Target {
     }
 }
 
-/// Parses a protocol name as the CLI accepts it.
-pub fn protocol(text: &str) -> Result<Proto, String> {
-    match text.to_ascii_uppercase().as_str() {
-        "TCP" => Ok(Proto::Tcp),
-        "UDP" => Ok(Proto::Udp),
-        "ICMP" => Ok(Proto::Icmp),
-        "ICMPV6" => Ok(Proto::Icmpv6),
-        "ANY" => Ok(Proto::Any),
-        other => Err(format!(
-            "unknown protocol {other:?}; use TCP, UDP, ICMP, ICMPv6 or ANY"
-        )),
+/// The policy engine's protocol of a flow to explain.
+fn protocol(protocol: ExplainProtocol) -> Proto {
+    match protocol {
+        ExplainProtocol::Tcp => Proto::Tcp,
+        ExplainProtocol::Udp => Proto::Udp,
+        ExplainProtocol::Icmp => Proto::Icmp,
+        ExplainProtocol::Icmpv6 => Proto::Icmpv6,
+        ExplainProtocol::Any => Proto::Any,
     }
 }
 
@@ -100,7 +166,7 @@ pub fn explain(engine: &PolicyEngine, request: &ExplainRequest) -> Result<String
     let query = Query {
         from: target(&request.from),
         to: target(&request.to),
-        proto: protocol(&request.protocol)?,
+        proto: protocol(request.protocol),
         port: request.port,
         http,
     };
@@ -145,4 +211,112 @@ pub fn get(
             .collect::<Vec<_>>()
             .join("\n")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing;
+
+    fn documents(yaml: &str) -> Vec<Document> {
+        let parsed = myelin_model::parse_str("test.yaml", yaml);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.documents
+    }
+
+    fn resolved(engine: &PolicyEngine) -> String {
+        get(engine, None, true).expect("every endpoint's policy")
+    }
+
+    #[test]
+    fn a_reverted_apply_leaves_the_engine_as_it_was() {
+        let pods = [
+            (1, testing::pod("deathstar", "deathstar", None, 2)),
+            (2, testing::pod("tiefighter", "tiefighter", None, 4)),
+        ];
+        let mut engine = testing::engine_with(&pods);
+        let mut dirty = Dirty::default();
+        let door = documents(&testing::allow("door", "tiefighter", "deathstar", 80, None));
+        apply(&mut engine, &door, &mut dirty);
+        let in_force: BTreeMap<ResourceKey, Document> =
+            door.into_iter().map(|d| (d.resource.key(), d)).collect();
+        let before = resolved(&engine);
+
+        // One document replaces `door`, one is new.
+        let mut request = documents(&testing::allow(
+            "door",
+            "tiefighter",
+            "deathstar",
+            8080,
+            None,
+        ));
+        request.extend(documents(&testing::allow(
+            "window",
+            "deathstar",
+            "tiefighter",
+            443,
+            None,
+        )));
+        let outcomes = apply(&mut engine, &request, &mut dirty);
+        assert!(outcomes.iter().all(|o| o.error.is_none()), "{outcomes:?}");
+        assert_ne!(resolved(&engine), before);
+
+        revert(&mut engine, &request, &outcomes, &in_force, &mut dirty);
+        assert_eq!(resolved(&engine), before);
+    }
+
+    #[test]
+    fn a_policy_selects_pods_by_their_service_account() {
+        let mut foo = testing::pod("a", "web", None, 2);
+        foo.service_account = Some("foo".into());
+        let without = testing::pod("b", "web", None, 3);
+        let mut engine = testing::engine_with(&[(1, foo), (2, without)]);
+        testing::apply(
+            &mut engine,
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: sa, namespace: default}\n\
+             spec:\n  endpointSelector: {matchLabels: {io.cilium.k8s.policy.serviceaccount: foo}}\n  \
+             ingress: [{fromEndpoints: [{}]}]\n",
+        );
+        let enforced = |pod: &str| {
+            engine
+                .policy(&EndpointKey::new("default", pod))
+                .map(|p| p.ingress.enforced)
+        };
+        assert_eq!(enforced("a"), Some(true));
+        assert_eq!(enforced("b"), Some(false));
+    }
+
+    #[test]
+    fn named_ports_keep_their_protocol() {
+        let mut spec = testing::pod("a", "web", None, 2);
+        spec.ports = vec![
+            crate::api::NamedPort {
+                name: Some("dns".into()),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            crate::api::NamedPort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            crate::api::NamedPort {
+                name: Some("signal".into()),
+                port: 2905,
+                protocol: Protocol::Sctp,
+            },
+        ];
+        let protocols: Vec<(String, Proto)> = endpoint(&spec)
+            .ports
+            .into_iter()
+            .map(|p| (p.name, p.proto))
+            .collect();
+        assert_eq!(
+            protocols,
+            [
+                ("dns".to_string(), Proto::Udp),
+                ("http".to_string(), Proto::Tcp)
+            ]
+        );
+    }
 }

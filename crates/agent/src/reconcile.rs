@@ -16,7 +16,7 @@ use myelin_policy::{
     Action, Changes, Direction, EndpointKey, EndpointPolicy, PolicyEngine, Proto, Provenance,
 };
 
-use crate::api::{EndpointSpec, ServiceSpec};
+use crate::api::{EndpointSpec, Protocol, ServiceSpec};
 use crate::l7::proxy_port;
 use crate::services;
 
@@ -349,10 +349,12 @@ pub fn desired_services<'a>(
         }
         let mut frontends = Vec::with_capacity(service.ports.len() * service.cluster_ips.len());
         for port in &service.ports {
-            let proto = if port.protocol == "UDP" {
-                ServiceProtocol::Udp
-            } else {
-                ServiceProtocol::Tcp
+            // The API refuses SCTP; were one built in-process, it gets no
+            // frontend rather than a TCP one.
+            let proto = match port.protocol {
+                Protocol::Tcp => ServiceProtocol::Tcp,
+                Protocol::Udp => ServiceProtocol::Udp,
+                Protocol::Sctp => continue,
             };
             let backends = by_port.get(&port.port).map_or(&[][..], Vec::as_slice);
             for ip in &service.cluster_ips {

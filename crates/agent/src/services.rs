@@ -101,7 +101,7 @@ pub type ServiceTable = BTreeMap<(String, String), ServiceSpec>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{NamedPort, ServicePortSpec};
+    use crate::api::{NamedPort, Protocol, ServicePortSpec};
 
     fn pod(name: &str, class: &str, last: u8, ready: bool) -> EndpointSpec {
         EndpointSpec {
@@ -116,11 +116,12 @@ mod tests {
             ifname: format!("veth{last}"),
             ipv4: Some(std::net::Ipv4Addr::new(10, 244, 1, last)),
             ipv6: Some(format!("fd00:10:244:1::{last:x}").parse().expect("ipv6")),
+            service_account: None,
             mac: None,
             ports: vec![NamedPort {
                 name: Some("http".into()),
                 port: 8080,
-                protocol: "TCP".into(),
+                protocol: Protocol::Tcp,
             }],
             ready,
         }
@@ -138,7 +139,7 @@ mod tests {
                 name: None,
                 port: 80,
                 target_port,
-                protocol: "TCP".into(),
+                protocol: Protocol::Tcp,
             }],
             selector: Some([("class".into(), "deathstar".into())].into_iter().collect()),
             affinity_timeout_s: None,

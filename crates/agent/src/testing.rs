@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use myelin_policy::{Changes, EndpointKey, MemoryStore, PolicyEngine};
 
-use crate::api::{EndpointSpec, ServicePortSpec, ServiceSpec, TargetPort};
+use crate::api::{EndpointSpec, Protocol, ServicePortSpec, ServiceSpec, TargetPort};
 
 /// A pod of namespace `default` labelled `app: <app>` (and
 /// `pod-template-hash` when given), at 10.244.1.`last` and
@@ -23,6 +23,7 @@ pub fn pod(name: &str, app: &str, hash: Option<&str>, last: u8) -> EndpointSpec 
         ifname: format!("veth{last}"),
         ipv4: Some(std::net::Ipv4Addr::new(10, 244, 1, last)),
         ipv6: Some(format!("fd00:10:244:1::{last:x}").parse().expect("ipv6")),
+        service_account: None,
         mac: None,
         ports: vec![],
         ready: true,
@@ -84,7 +85,7 @@ pub fn service(name: &str, cluster_ips: Vec<std::net::IpAddr>) -> ServiceSpec {
             name: None,
             port: 80,
             target_port: TargetPort::Number(8080),
-            protocol: "TCP".into(),
+            protocol: Protocol::Tcp,
         }],
         selector: None,
         affinity_timeout_s: None,

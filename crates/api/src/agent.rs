@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+pub use myelin_model::workload::{Protocol, UnsupportedProtocol};
 
 /// A pod on this node, as the CNI plugin (or the lab) set it up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +19,11 @@ pub struct EndpointSpec {
     pub pod: String,
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
+    /// The pod's service account (`spec.serviceAccountName`); `None` is the
+    /// namespace's `default`. Absent in requests and saved state of builds
+    /// before service accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
     /// Host-side veth in the node's network namespace.
     pub ifname: String,
     /// IPv4 address of the pod.
@@ -43,8 +50,9 @@ pub struct NamedPort {
     pub name: Option<String>,
     /// The port.
     pub port: u16,
-    /// `TCP` or `UDP`.
-    pub protocol: String,
+    /// `TCP` or `UDP`; a request naming `SCTP` is refused.
+    #[serde(deserialize_with = "supported_protocol")]
+    pub protocol: Protocol,
 }
 
 /// A service with the cluster IPs allocated for it.
@@ -76,8 +84,18 @@ pub struct ServicePortSpec {
     pub port: u16,
     /// The backend port: a number or the name of a container port.
     pub target_port: TargetPort,
-    /// `TCP` or `UDP`.
-    pub protocol: String,
+    /// `TCP` or `UDP`; a request naming `SCTP` is refused.
+    #[serde(deserialize_with = "supported_protocol")]
+    pub protocol: Protocol,
+}
+
+/// Reads a port's protocol, refusing those the datapath cannot carry (SCTP),
+/// so that no part of the agent ever meets one.
+fn supported_protocol<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Protocol, D::Error> {
+    let protocol = Protocol::deserialize(deserializer)?;
+    protocol
+        .supported()
+        .map_err(|e| serde::de::Error::custom(e.to_string()))
 }
 
 /// A service's backend port.
@@ -169,8 +187,8 @@ pub struct ExplainRequest {
     pub from: String,
     /// Destination: `pod`, `namespace/pod` or an IP address.
     pub to: String,
-    /// `TCP`, `UDP`, `ICMP`, `ICMPv6` or `ANY`.
-    pub protocol: String,
+    /// The flow's protocol.
+    pub protocol: ExplainProtocol,
     /// Destination port (ICMP type for ICMP).
     pub port: u16,
     /// HTTP method, to evaluate L7 rules.
@@ -181,6 +199,54 @@ pub struct ExplainRequest {
     pub proposed: Vec<myelin_model::Document>,
     /// JSON instead of text.
     pub json: bool,
+}
+
+/// The protocol of a flow to explain: what policy can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExplainProtocol {
+    /// TCP.
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+    /// ICMP; the port is the ICMP type.
+    #[serde(rename = "ICMP")]
+    Icmp,
+    /// ICMPv6; the port is the ICMPv6 type.
+    #[serde(rename = "ICMPv6")]
+    Icmpv6,
+    /// Any protocol.
+    #[serde(rename = "ANY")]
+    Any,
+}
+
+/// A protocol name `myelin policy explain` does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// Not a protocol policy matches on.
+    #[error("unknown protocol {0:?}; use TCP, UDP, ICMP, ICMPv6 or ANY")]
+    Unknown(String),
+    /// A protocol this kernel cannot carry.
+    #[error(transparent)]
+    Unsupported(#[from] UnsupportedProtocol),
+}
+
+impl std::str::FromStr for ExplainProtocol {
+    type Err = ProtocolError;
+
+    /// Reads a protocol name in any case, as the CLI accepts it.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_uppercase().as_str() {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "ICMP" => Ok(Self::Icmp),
+            "ICMPV6" => Ok(Self::Icmpv6),
+            "ANY" => Ok(Self::Any),
+            "SCTP" => Err(UnsupportedProtocol(Protocol::Sctp).into()),
+            _ => Err(ProtocolError::Unknown(text.to_string())),
+        }
+    }
 }
 
 /// What became of one applied resource.
@@ -293,4 +359,73 @@ pub struct AgentStatus {
 /// Sends one request to the agent at `socket`.
 pub async fn call(socket: &Path, request: &Request) -> Result<Response, crate::ClientError> {
     crate::call(socket, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENDPOINT: &str = r#"{"namespace":"default","pod":"web","labels":{},"ifname":"veth1",
+        "ipv4":"10.244.1.2","ipv6":null,"ports":[{"name":"http","port":80,"protocol":"TCP"},
+        {"name":"dns","port":53,"protocol":"UDP"}],"ready":true}"#;
+
+    #[test]
+    fn protocols_keep_the_json_kubernetes_spells() {
+        let spec: EndpointSpec = serde_json::from_str(ENDPOINT).expect("an endpoint");
+        let protocols: Vec<Protocol> = spec.ports.iter().map(|p| p.protocol).collect();
+        assert_eq!(protocols, [Protocol::Tcp, Protocol::Udp]);
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(json.contains(r#""protocol":"UDP""#), "{json}");
+        let back: EndpointSpec = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn an_endpoint_saved_before_service_accounts_loads_without_one() {
+        let spec: EndpointSpec = serde_json::from_str(ENDPOINT).expect("an endpoint");
+        assert_eq!(spec.service_account, None);
+        let with = EndpointSpec {
+            service_account: Some("empire".into()),
+            ..spec
+        };
+        let json = serde_json::to_string(&with).expect("json");
+        let back: EndpointSpec = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back.service_account.as_deref(), Some("empire"));
+    }
+
+    #[test]
+    fn a_port_of_sctp_is_refused_with_the_reason() {
+        let sctp = ENDPOINT.replace(r#""protocol":"UDP""#, r#""protocol":"SCTP""#);
+        let error = serde_json::from_str::<EndpointSpec>(&sctp).expect_err("SCTP refused");
+        assert!(
+            error
+                .to_string()
+                .contains("SCTP is not supported (this kernel has no SCTP)"),
+            "{error}"
+        );
+        let service = r#"{"namespace":"default","name":"s","cluster_ips":[],"selector":null,
+            "ports":[{"name":null,"port":80,"target_port":{"number":80},"protocol":"SCTP"}]}"#;
+        let error = serde_json::from_str::<ServiceSpec>(service).expect_err("SCTP refused");
+        assert!(error.to_string().contains("use TCP or UDP"), "{error}");
+    }
+
+    #[test]
+    fn explain_protocols_parse_in_any_case_and_refuse_the_rest() {
+        assert_eq!("tcp".parse(), Ok(ExplainProtocol::Tcp));
+        assert_eq!("ICMPv6".parse(), Ok(ExplainProtocol::Icmpv6));
+        assert_eq!("any".parse(), Ok(ExplainProtocol::Any));
+        assert_eq!(
+            "sctp".parse::<ExplainProtocol>(),
+            Err(ProtocolError::Unsupported(UnsupportedProtocol(
+                Protocol::Sctp
+            )))
+        );
+        let unknown = "gre".parse::<ExplainProtocol>().expect_err("unknown");
+        assert_eq!(
+            unknown.to_string(),
+            r#"unknown protocol "gre"; use TCP, UDP, ICMP, ICMPv6 or ANY"#
+        );
+        let json = serde_json::to_string(&ExplainProtocol::Icmpv6).expect("json");
+        assert_eq!(json, r#""ICMPv6""#);
+    }
 }

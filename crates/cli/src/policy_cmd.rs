@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use myelin_api::agent::{ExplainRequest, Request};
+use myelin_api::agent::{ExplainProtocol, ExplainRequest, Request};
 
 use crate::agent_client::AgentTarget;
 
@@ -64,12 +64,15 @@ enum PolicyCommand {
 }
 
 /// Splits `80/TCP` (protocol defaults to TCP).
-fn port_and_protocol(text: &str) -> anyhow::Result<(u16, String)> {
+fn port_and_protocol(text: &str) -> anyhow::Result<(u16, ExplainProtocol)> {
     let (port, protocol) = text.split_once('/').unwrap_or((text, "TCP"));
     let port: u16 = port
         .parse()
         .with_context(|| format!("--port {text:?}: expected PORT/PROTO such as 80/TCP"))?;
-    Ok((port, protocol.to_string()))
+    let protocol = protocol
+        .parse()
+        .with_context(|| format!("--port {text:?}"))?;
+    Ok((port, protocol))
 }
 
 pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
@@ -162,8 +165,23 @@ mod tests {
 
     #[test]
     fn ports_parse_with_a_default_protocol() {
-        assert_eq!(port_and_protocol("80/TCP").expect("ok"), (80, "TCP".into()));
-        assert_eq!(port_and_protocol("53").expect("ok"), (53, "TCP".into()));
+        assert_eq!(
+            port_and_protocol("80/TCP").expect("ok"),
+            (80, ExplainProtocol::Tcp)
+        );
+        assert_eq!(
+            port_and_protocol("53").expect("ok"),
+            (53, ExplainProtocol::Tcp)
+        );
+        assert_eq!(
+            port_and_protocol("8/icmp").expect("ok"),
+            (8, ExplainProtocol::Icmp)
+        );
         assert!(port_and_protocol("http/TCP").is_err());
+        let sctp = port_and_protocol("80/SCTP").expect_err("SCTP refused");
+        assert!(
+            format!("{sctp:#}").contains("SCTP is not supported"),
+            "{sctp:#}"
+        );
     }
 }

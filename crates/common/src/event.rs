@@ -196,8 +196,7 @@ pub struct TraceEvent {
     /// flow's direction: ingress for a pod's answer to a flow it accepted).
     /// Always set by this build (0 would be unknown).
     pub traffic_direction: u8,
-    /// Hubble's policy match type (policy verdicts): 0 none, 1 L3-Only,
-    /// 2 L3-L4, 3 L4-Only, 4 all, 5 L3-Proto, 6 Proto-Only.
+    /// [`crate::maps::PolicyMatch`] as u8 (policy verdicts).
     pub match_type: u8,
     /// ICMP type, 0 when not ICMP.
     pub icmp_type: u8,

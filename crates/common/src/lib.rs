@@ -12,7 +12,7 @@ pub use event::{EventKind, ObservationPoint, TraceEvent, TrafficDirection, Verdi
 pub use maps::{
     AffinityEntry, AffinityKey, CtEntry, CtKey, Direction, EndpointInfo, EndpointPolicy, IpKey,
     IpcacheEntry, IpcacheKey, L4Addr, PacketStats, PolicyAction, PolicyEntry, PolicyKey,
-    ServiceEntry, ServiceKey, StatsKey,
+    PolicyMatch, ServiceEntry, ServiceKey, StatsKey,
 };
 
 #[cfg(test)]

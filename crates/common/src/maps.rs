@@ -137,6 +137,57 @@ impl PolicyAction {
     }
 }
 
+/// Hubble's policy match type: which parts of a policy entry matched a
+/// packet, as the policy map's entries carry it and policy-verdict events
+/// report it (`Flow.policy_match_type`).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMatch {
+    /// No rule matched (default deny).
+    None = 0,
+    /// Matched on the peer only.
+    L3Only = 1,
+    /// Matched on peer and port.
+    L3L4 = 2,
+    /// Matched on port only.
+    L4Only = 3,
+    /// Allow-all rule.
+    All = 4,
+    /// Matched on peer and protocol.
+    L3Proto = 5,
+    /// Matched on protocol only.
+    ProtoOnly = 6,
+}
+
+impl PolicyMatch {
+    /// Decodes the wire value; `None` for a value no program writes.
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            0 => Some(Self::None),
+            1 => Some(Self::L3Only),
+            2 => Some(Self::L3L4),
+            3 => Some(Self::L4Only),
+            4 => Some(Self::All),
+            5 => Some(Self::L3Proto),
+            6 => Some(Self::ProtoOnly),
+            _ => None,
+        }
+    }
+
+    /// Cilium's name of the match type, as Hubble prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::L3Only => "L3-Only",
+            Self::L3L4 => "L3-L4",
+            Self::L4Only => "L4-Only",
+            Self::All => "all",
+            Self::L3Proto => "L3-Proto",
+            Self::ProtoOnly => "Proto-Only",
+        }
+    }
+}
+
 /// Value of the policy map.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -147,8 +198,7 @@ pub struct PolicyEntry {
     pub proxy_port: u16,
     /// [`PolicyAction`] as u8.
     pub action: u8,
-    /// Hubble's policy match type of the entry (1 L3-Only, 2 L3-L4,
-    /// 3 L4-Only, 4 all, 5 L3-Proto, 6 Proto-Only).
+    /// [`PolicyMatch`] of the entry as u8.
     pub match_type: u8,
 }
 
@@ -476,4 +526,26 @@ pub mod names {
     /// Per-CPU counter (index 0) of drops whose event the rate limit
     /// ([`super::DROP_EVENTS_PER_SECOND`]) suppressed.
     pub const DROPS_SUPPRESSED: &str = "MYELIN_DROPS_SUPPRESSED";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PolicyMatch;
+
+    #[test]
+    fn a_policy_match_decodes_from_the_number_it_is_written_as() {
+        let all = [
+            PolicyMatch::None,
+            PolicyMatch::L3Only,
+            PolicyMatch::L3L4,
+            PolicyMatch::L4Only,
+            PolicyMatch::All,
+            PolicyMatch::L3Proto,
+            PolicyMatch::ProtoOnly,
+        ];
+        for matched in all {
+            assert_eq!(PolicyMatch::from_u8(matched as u8), Some(matched));
+        }
+        assert_eq!(PolicyMatch::from_u8(7), None);
+    }
 }

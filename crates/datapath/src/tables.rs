@@ -14,6 +14,7 @@ use myelin_common::maps::{
 };
 use myelin_common::{
     CtEntry, CtKey, Direction, EndpointInfo, IpKey, L4Addr, PolicyAction, PolicyEntry, PolicyKey,
+    PolicyMatch,
 };
 
 use crate::error::DatapathError;
@@ -417,15 +418,15 @@ impl Slot {
         }
     }
 
-    fn match_type(&self) -> u8 {
+    fn match_type(&self) -> PolicyMatch {
         let l3 = self.peer != 0;
         match (l3, self.protocol, self.port_bits) {
-            (true, None, _) => 1,
-            (true, Some(_), 0) => 5,
-            (true, Some(_), _) => 2,
-            (false, None, _) => 4,
-            (false, Some(_), 0) => 6,
-            (false, Some(_), _) => 3,
+            (true, None, _) => PolicyMatch::L3Only,
+            (true, Some(_), 0) => PolicyMatch::L3Proto,
+            (true, Some(_), _) => PolicyMatch::L3L4,
+            (false, None, _) => PolicyMatch::All,
+            (false, Some(_), 0) => PolicyMatch::ProtoOnly,
+            (false, Some(_), _) => PolicyMatch::L4Only,
         }
     }
 }
@@ -541,7 +542,7 @@ pub(crate) fn policy_entry(slot: &Slot, action: RuleAction, rule_id: u32) -> Pol
         rule_id,
         proxy_port,
         action: action as u8,
-        match_type: slot.match_type(),
+        match_type: slot.match_type() as u8,
     }
 }
 
@@ -559,15 +560,9 @@ pub(crate) fn policy_record(prefix_len: u32, key: &PolicyKey, entry: &PolicyEntr
         ports: (lo, hi),
         action: action_from(entry.action, entry.proxy_port),
         rule_id: entry.rule_id,
-        match_type: match entry.match_type {
-            1 => "L3-Only",
-            2 => "L3-L4",
-            3 => "L4-Only",
-            4 => "all",
-            5 => "L3-Proto",
-            6 => "Proto-Only",
-            _ => "none",
-        },
+        match_type: PolicyMatch::from_u8(entry.match_type)
+            .unwrap_or(PolicyMatch::None)
+            .name(),
     }
 }
 
@@ -691,5 +686,32 @@ mod tests {
         let record = policy_record(policy_prefix(&slot), &key, &entry);
         assert_eq!(record.ports, (8080, 8081));
         assert_eq!(record.match_type, "L4-Only");
+    }
+
+    #[test]
+    fn each_kind_of_entry_carries_its_match_type_to_the_record() {
+        let cases = [
+            (7, None, 0, "L3-Only"),
+            (7, Some(6), 0, "L3-Proto"),
+            (7, Some(6), 16, "L3-L4"),
+            (0, None, 0, "all"),
+            (0, Some(17), 0, "Proto-Only"),
+            (0, Some(17), 16, "L4-Only"),
+        ];
+        for (peer, protocol, port_bits, name) in cases {
+            let slot = Slot {
+                direction: 1,
+                peer,
+                protocol,
+                port: 53,
+                port_bits,
+            };
+            let entry = policy_entry(&slot, RuleAction::Allow, 1);
+            let record = policy_record(policy_prefix(&slot), &policy_key(1, 1, &slot), &entry);
+            assert_eq!(
+                record.match_type, name,
+                "peer {peer}, protocol {protocol:?}, port bits {port_bits}"
+            );
+        }
     }
 }

@@ -1,8 +1,7 @@
 //! How the lab names things the way Kubernetes does: a resource's
-//! namespace, a protocol, a kind in kubectl's output.
+//! namespace, a kind in kubectl's output.
 
 use myelin_model::Metadata;
-use myelin_model::workload::Protocol;
 
 /// The namespace of a namespaced object (`default` when none is given).
 pub fn namespace_of(metadata: &Metadata) -> String {
@@ -10,15 +9,6 @@ pub fn namespace_of(metadata: &Metadata) -> String {
         .namespace
         .clone()
         .unwrap_or_else(|| myelin_model::manifest::DEFAULT_NAMESPACE.to_string())
-}
-
-/// A protocol as Kubernetes spells it (and the agent's API carries it).
-pub fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-        Protocol::Sctp => "SCTP",
-    }
 }
 
 /// How kubectl names a kind in its output lines.

@@ -634,11 +634,11 @@ fn check_port(
             "port must be 1-65535",
         ));
     }
-    if protocol == Protocol::Sctp {
+    if let Err(unsupported) = protocol.supported() {
         return Err(FieldError::new(
             format!("{at}.protocol"),
-            Some("SCTP".into()),
-            "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
+            Some(protocol.to_string()),
+            unsupported.to_string(),
         ));
     }
     Ok(())

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{Ignored, LabelSelector, Metadata};
+use crate::meta::{Ignored, LabelSelector, Metadata, is_dns1123_subdomain};
 
 /// A namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,10 +72,20 @@ pub struct PodSpec {
     termination_grace_period_seconds: Option<Ignored>,
     #[serde(default, skip_serializing)]
     dns_policy: Option<Ignored>,
-    #[serde(default, skip_serializing)]
-    service_account_name: Option<Ignored>,
-    #[serde(default, skip_serializing)]
-    service_account: Option<Ignored>,
+    /// The pod's service account; the namespace's `default` when absent.
+    #[serde(
+        default,
+        deserialize_with = "service_account_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_account_name: Option<String>,
+    /// Deprecated alias of `serviceAccountName`, used when that is absent.
+    #[serde(
+        default,
+        deserialize_with = "service_account_name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_account: Option<String>,
     #[serde(default, skip_serializing)]
     security_context: Option<Ignored>,
     #[serde(default, skip_serializing)]
@@ -96,6 +106,31 @@ pub struct PodSpec {
     enable_service_links: Option<Ignored>,
     #[serde(default, skip_serializing)]
     automount_service_account_token: Option<Ignored>,
+}
+
+impl PodSpec {
+    /// The pod's service account: `serviceAccountName`, else the deprecated
+    /// `serviceAccount`; `None` means the namespace's `default`.
+    pub fn service_account(&self) -> Option<&str> {
+        self.service_account_name
+            .as_deref()
+            .or(self.service_account.as_deref())
+    }
+}
+
+/// Reads a service account name, which Kubernetes requires to be a DNS-1123
+/// subdomain; empty means none given.
+fn service_account_name<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    let name = Option::<String>::deserialize(deserializer)?;
+    match name {
+        Some(name) if name.is_empty() => Ok(None),
+        Some(name) if !is_dns1123_subdomain(&name) => Err(serde::de::Error::custom(format!(
+            "service account {name:?} must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters"
+        ))),
+        name => Ok(name),
+    }
 }
 
 /// A container of a pod.
@@ -189,6 +224,36 @@ pub enum Protocol {
     /// SCTP: parsed so the error can say this kernel has no SCTP.
     Sctp,
 }
+
+impl Protocol {
+    /// The protocol, if the datapath can carry it (TCP, UDP); SCTP is refused.
+    pub fn supported(self) -> Result<Self, UnsupportedProtocol> {
+        match self {
+            Protocol::Tcp | Protocol::Udp => Ok(self),
+            Protocol::Sctp => Err(UnsupportedProtocol(self)),
+        }
+    }
+
+    /// The name as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A protocol Kubernetes names but this kernel cannot carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not supported (this kernel has no {0}); use TCP or UDP")]
+pub struct UnsupportedProtocol(pub Protocol);
 
 /// A Deployment: `replicas` pods made from one template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,4 +426,66 @@ pub enum IntOrString {
     Int(i64),
     /// A name (or a number written as a string).
     String(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Resource, parse_str};
+
+    fn pod(spec_extra: &str) -> crate::Parsed {
+        parse_str(
+            "pod.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, image: nginx}}]\n{spec_extra}"
+            ),
+        )
+    }
+
+    fn service_account(spec_extra: &str) -> Option<String> {
+        let parsed = pod(spec_extra);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        match &parsed.documents[0].resource {
+            Resource::Pod(p) => p.spec.service_account().map(str::to_string),
+            other => panic!("a pod, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pod_names_its_service_account_or_the_deprecated_alias() {
+        assert_eq!(
+            service_account("  serviceAccountName: empire\n").as_deref(),
+            Some("empire")
+        );
+        assert_eq!(
+            service_account("  serviceAccount: rebels\n").as_deref(),
+            Some("rebels")
+        );
+        assert_eq!(
+            service_account("  serviceAccountName: empire\n  serviceAccount: rebels\n").as_deref(),
+            Some("empire")
+        );
+        assert_eq!(service_account("  serviceAccountName: ''\n"), None);
+        assert_eq!(service_account(""), None);
+    }
+
+    #[test]
+    fn a_service_account_must_be_a_dns_subdomain() {
+        let parsed = pod("  serviceAccountName: Death_Star\n");
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        let error = &parsed.errors[0];
+        assert_eq!(error.field, "spec.serviceAccountName");
+        assert!(error.message.contains("DNS-1123 subdomain"), "{error}");
+    }
+
+    #[test]
+    fn sctp_is_named_and_refused() {
+        assert_eq!(Protocol::Udp.supported(), Ok(Protocol::Udp));
+        let refused = Protocol::Sctp.supported().expect_err("SCTP");
+        assert_eq!(
+            refused.to_string(),
+            "SCTP is not supported (this kernel has no SCTP); use TCP or UDP"
+        );
+        assert_eq!(Protocol::Tcp.to_string(), "TCP");
+    }
 }

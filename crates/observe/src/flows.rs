@@ -146,37 +146,14 @@ pub fn drop_reason_text(code: u32) -> String {
     text.to_string()
 }
 
+pub use myelin_common::PolicyMatch;
+
 /// Cilium's name of a policy match type (`Flow.policy_match_type`).
 pub fn policy_match_text(match_type: u32) -> &'static str {
-    match match_type {
-        0 => "none",
-        1 => "L3-Only",
-        2 => "L3-L4",
-        3 => "L4-Only",
-        4 => "all",
-        5 => "L3-Proto",
-        6 => "Proto-Only",
-        _ => "unknown",
-    }
-}
-
-/// The policy match types Cilium's datapath reports (`Flow.policy_match_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PolicyMatch {
-    /// No rule matched (default deny).
-    None = 0,
-    /// Matched on the peer only.
-    L3Only = 1,
-    /// Matched on peer and port.
-    L3L4 = 2,
-    /// Matched on port only.
-    L4Only = 3,
-    /// Allow-all rule.
-    All = 4,
-    /// Matched on peer and protocol.
-    L3Proto = 5,
-    /// Matched on protocol only.
-    ProtoOnly = 6,
+    u8::try_from(match_type)
+        .ok()
+        .and_then(PolicyMatch::from_u8)
+        .map_or("unknown", PolicyMatch::name)
 }
 
 /// Names of TCP flags in the order Hubble prints them.
@@ -388,6 +365,25 @@ pub fn complete(flow: &mut Flow) {
 mod tests {
     use super::*;
     use crate::proto::flow::{L7FlowType, Tcp};
+
+    #[test]
+    fn policy_match_types_have_cilium_names_and_others_are_unknown() {
+        let names: Vec<&str> = (0..=7).map(policy_match_text).collect();
+        assert_eq!(
+            names,
+            [
+                "none",
+                "L3-Only",
+                "L3-L4",
+                "L4-Only",
+                "all",
+                "L3-Proto",
+                "Proto-Only",
+                "unknown"
+            ]
+        );
+        assert_eq!(policy_match_text(256 + 2), "unknown");
+    }
 
     #[test]
     fn tcp_flag_order_matches_hubble() {

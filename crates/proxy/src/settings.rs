@@ -4,9 +4,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The mark the proxy puts on its upstream sockets by default; it must not match the
-/// datapath's redirect mark `0x200/0xf00` (see the L7 redirect recipe).
-pub const DEFAULT_MARK: u32 = 0xb00;
+/// The mark the proxy puts on its upstream sockets by default: the one the datapath
+/// knows as the proxy's own traffic and never redirects again (it must not match the
+/// redirect mark `0x200/0xf00`; see the L7 redirect recipe).
+pub const DEFAULT_MARK: u32 = myelin_common::maps::PROXY_MARK_EGRESS;
 
 /// Where `myelin proxy` serves its metrics by default: loopback of the node's network
 /// namespace, which pods (in namespaces of their own) cannot reach.

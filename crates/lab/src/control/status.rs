@@ -8,7 +8,7 @@ use myelin_api::lab::{LabStatus, NodeStatus, PodStatus, ServiceSummary};
 use crate::ipam;
 use crate::state::{PodRecord, ServiceRecord};
 use crate::supervisor::Lab;
-use crate::vocabulary::{namespace_of, protocol_name};
+use crate::vocabulary::namespace_of;
 
 /// How long `lab status` waits for an agent that is busy.
 const AGENT_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -67,7 +67,7 @@ fn service_summary(s: &ServiceRecord) -> ServiceSummary {
             .spec
             .ports
             .iter()
-            .map(|p| format!("{}/{}", p.port, protocol_name(p.protocol)))
+            .map(|p| format!("{}/{}", p.port, p.protocol))
             .collect(),
         affinity_timeout_s: s.service.spec.client_ip_affinity_timeout(),
     }

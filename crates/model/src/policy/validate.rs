@@ -617,11 +617,11 @@ pub(crate) fn validate_network_policy(p: &NetworkPolicy) -> Check {
     let ports_of = |at: String, ports: &[NetworkPolicyPort]| -> Check {
         for (i, p) in ports.iter().enumerate() {
             let at = format!("{at}[{i}]");
-            if p.protocol == Some(Protocol::Sctp) {
+            if let Some(Err(unsupported)) = p.protocol.map(Protocol::supported) {
                 return Err(fail(
                     format!("{at}.protocol"),
-                    Some("SCTP".into()),
-                    "SCTP is not supported (this kernel has no SCTP); use TCP or UDP",
+                    Some(unsupported.0.to_string()),
+                    unsupported.to_string(),
                 ));
             }
             PortSpec::parse(p.port.as_ref(), p.end_port.map(i64::from))
