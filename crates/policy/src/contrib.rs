@@ -1,0 +1,318 @@
+//! An endpoint's tables kept as the sum of what each policy contributes, so
+//! that adding, replacing or removing one policy costs that policy's own
+//! entries instead of a recomputation from every policy selecting the
+//! endpoint.
+//!
+//! Each key holds a tally of its sources (deny and allow/redirect rules
+//! with counts, and each policy's L7 rules); the visible entry is a pure
+//! function of the tally and of the deny keys covering it, so adding and
+//! subtracting contributions in any order gives the table a recomputation
+//! from scratch gives.
+
+use std::collections::btree_map::Entry as MapEntry;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::identity::{ANY, Identity};
+use crate::resolve::{
+    Action, DirectionDiff, DirectionPolicy, Entry, EntryKey, EntryValue, L7Policy, PortRange,
+};
+use crate::rules::{Direction, PolicyKey, Proto, Provenance};
+
+/// One entry a policy rule produces for an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Contributed {
+    pub direction: Direction,
+    pub key: EntryKey,
+    pub action: Action,
+    pub from: Provenance,
+}
+
+/// Everything one policy produces for one endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Contribution {
+    /// A selecting rule enforces default deny on ingress.
+    pub ingress_enforced: bool,
+    /// A selecting rule enforces default deny on egress.
+    pub egress_enforced: bool,
+    pub entries: Vec<Contributed>,
+}
+
+impl Contribution {
+    fn is_empty(&self) -> bool {
+        !self.ingress_enforced && !self.egress_enforced && self.entries.is_empty()
+    }
+}
+
+/// The sources of one key.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    /// Deny rules, with how many entries each produced here.
+    deny: BTreeMap<Provenance, u32>,
+    /// Allow and redirect rules, with counts.
+    permit: BTreeMap<Provenance, u32>,
+    /// Allow entries.
+    allows: u32,
+    /// Each policy's L7 rules on this key, merged in the policy's order.
+    redirects: BTreeMap<PolicyKey, L7Policy>,
+}
+
+fn count_up(map: &mut BTreeMap<Provenance, u32>, from: &Provenance) {
+    *map.entry(from.clone()).or_default() += 1;
+}
+
+fn count_down(map: &mut BTreeMap<Provenance, u32>, from: &Provenance) {
+    if let Some(n) = map.get_mut(from) {
+        *n -= 1;
+        if *n == 0 {
+            map.remove(from);
+        }
+    }
+}
+
+impl Tally {
+    fn add(&mut self, c: &Contributed) {
+        match &c.action {
+            Action::Deny => count_up(&mut self.deny, &c.from),
+            Action::Allow => {
+                self.allows += 1;
+                count_up(&mut self.permit, &c.from);
+            }
+            Action::Redirect(l7) => {
+                count_up(&mut self.permit, &c.from);
+                match self.redirects.entry(c.from.policy.clone()) {
+                    MapEntry::Vacant(v) => {
+                        v.insert(l7.clone());
+                    }
+                    MapEntry::Occupied(mut o) => o.get_mut().merge(l7.clone()),
+                }
+            }
+        }
+    }
+
+    /// Subtracts an entry. A policy's contribution leaves whole, so its
+    /// L7 rules on this key go with its first redirect entry.
+    fn remove(&mut self, c: &Contributed) {
+        match &c.action {
+            Action::Deny => count_down(&mut self.deny, &c.from),
+            Action::Allow => {
+                self.allows = self.allows.saturating_sub(1);
+                count_down(&mut self.permit, &c.from);
+            }
+            Action::Redirect(_) => {
+                count_down(&mut self.permit, &c.from);
+                self.redirects.remove(&c.from.policy);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.permit.is_empty()
+    }
+
+    fn is_deny(&self) -> bool {
+        !self.deny.is_empty()
+    }
+
+    /// The entry: any deny wins (with only the deny rules as provenance);
+    /// otherwise redirects, their L7 rules merged in policy order, with
+    /// `allow_all` when an allow overlaps; otherwise an allow.
+    fn value(&self) -> EntryValue {
+        if self.is_deny() {
+            return EntryValue {
+                action: Action::Deny,
+                provenance: self.deny.keys().cloned().collect(),
+            };
+        }
+        let provenance = self.permit.keys().cloned().collect();
+        let mut redirects = self.redirects.values();
+        let Some(first) = redirects.next() else {
+            return EntryValue {
+                action: Action::Allow,
+                provenance,
+            };
+        };
+        let mut l7 = first.clone();
+        for more in redirects {
+            l7.merge(more.clone());
+        }
+        l7.allow_all |= self.allows > 0;
+        EntryValue {
+            action: Action::Redirect(l7),
+            provenance,
+        }
+    }
+}
+
+/// The tallies of one direction.
+#[derive(Debug, Clone, Default)]
+struct DirectionTally {
+    /// Contributions that enforce default deny.
+    enforcing: u32,
+    tallies: BTreeMap<EntryKey, Tally>,
+    /// Keys whose tally is a deny, by peer (to find what a deny covers).
+    denies: BTreeMap<Identity, BTreeSet<EntryKey>>,
+    /// Keys changed since the last settle.
+    touched: BTreeSet<EntryKey>,
+}
+
+impl DirectionTally {
+    fn add(&mut self, c: &Contributed) {
+        self.tallies.entry(c.key).or_default().add(c);
+        self.touched.insert(c.key);
+    }
+
+    fn remove(&mut self, c: &Contributed) {
+        if let Some(t) = self.tallies.get_mut(&c.key) {
+            t.remove(c);
+            if t.is_empty() {
+                self.tallies.remove(&c.key);
+            }
+        }
+        self.touched.insert(c.key);
+    }
+
+    /// Whether a deny entry covers `key` entirely (then an allow or
+    /// redirect on it can never apply and the datapath need not hold it).
+    fn covered(&self, key: &EntryKey) -> bool {
+        let mut peers = vec![ANY];
+        if key.peer != ANY {
+            peers.push(key.peer);
+        }
+        peers
+            .iter()
+            .filter_map(|p| self.denies.get(p))
+            .flatten()
+            .any(|d| d.covers(key))
+    }
+
+    /// Keys of one peer's tallies.
+    fn keys_of(&self, peer: Identity) -> impl Iterator<Item = EntryKey> + '_ {
+        let first = EntryKey {
+            peer,
+            proto: Proto::Any,
+            ports: PortRange { start: 0, end: 0 },
+        };
+        self.tallies
+            .range(first..)
+            .map(|(k, _)| *k)
+            .take_while(move |k| k.peer == peer)
+    }
+
+    /// Brings `table` up to date with the touched keys (and the keys a deny
+    /// that appeared or left covers); returns the diff and the keys visited.
+    fn settle(&mut self, table: &mut DirectionPolicy) -> (DirectionDiff, usize) {
+        let touched = std::mem::take(&mut self.touched);
+        let mut deny_peers = BTreeSet::new();
+        for key in &touched {
+            let now = self.tallies.get(key).is_some_and(Tally::is_deny);
+            let set = self.denies.entry(key.peer).or_default();
+            let changed = if now {
+                set.insert(*key)
+            } else {
+                set.remove(key)
+            };
+            if set.is_empty() {
+                self.denies.remove(&key.peer);
+            }
+            if changed {
+                deny_peers.insert(key.peer);
+            }
+        }
+        let mut recheck = touched;
+        if deny_peers.contains(&ANY) {
+            recheck.extend(self.tallies.keys().copied());
+        } else {
+            for peer in deny_peers {
+                recheck.extend(self.keys_of(peer));
+            }
+        }
+        table.enforced = self.enforcing > 0;
+        let mut diff = DirectionDiff {
+            enforced: table.enforced,
+            upsert: Vec::new(),
+            remove: Vec::new(),
+        };
+        let visited = recheck.len();
+        for key in recheck {
+            let value = self
+                .tallies
+                .get(&key)
+                .filter(|t| t.is_deny() || !self.covered(&key))
+                .map(Tally::value);
+            match value {
+                Some(value) => {
+                    if table.entries.get(&key) != Some(&value) {
+                        table.entries.insert(key, value.clone());
+                        diff.upsert.push(Entry { key, value });
+                    }
+                }
+                None => {
+                    if table.entries.remove(&key).is_some() {
+                        diff.remove.push(key);
+                    }
+                }
+            }
+        }
+        (diff, visited)
+    }
+}
+
+/// One endpoint's contributions and the tallies they add up to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EndpointTables {
+    contributions: BTreeMap<PolicyKey, Contribution>,
+    ingress: DirectionTally,
+    egress: DirectionTally,
+}
+
+impl EndpointTables {
+    /// The policies contributing now.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyKey> {
+        self.contributions.keys()
+    }
+
+    fn direction(&mut self, direction: Direction) -> &mut DirectionTally {
+        match direction {
+            Direction::Ingress => &mut self.ingress,
+            Direction::Egress => &mut self.egress,
+        }
+    }
+
+    /// Replaces what `policy` contributes (empty: it contributes nothing
+    /// any more); returns the entries visited.
+    pub fn set(&mut self, policy: &PolicyKey, new: Contribution) -> usize {
+        let old = self.contributions.remove(policy).unwrap_or_default();
+        if old == new {
+            if !new.is_empty() {
+                self.contributions.insert(policy.clone(), new);
+            }
+            return 0;
+        }
+        for c in &old.entries {
+            self.direction(c.direction).remove(c);
+        }
+        for c in &new.entries {
+            self.direction(c.direction).add(c);
+        }
+        let count = |b: bool| u32::from(b);
+        self.ingress.enforcing =
+            self.ingress.enforcing + count(new.ingress_enforced) - count(old.ingress_enforced);
+        self.egress.enforcing =
+            self.egress.enforcing + count(new.egress_enforced) - count(old.egress_enforced);
+        let visited = old.entries.len() + new.entries.len();
+        if !new.is_empty() {
+            self.contributions.insert(policy.clone(), new);
+        }
+        visited
+    }
+
+    /// Brings one direction's visible table up to date; returns its diff
+    /// and the keys visited.
+    pub fn settle(
+        &mut self,
+        direction: Direction,
+        table: &mut DirectionPolicy,
+    ) -> (DirectionDiff, usize) {
+        self.direction(direction).settle(table)
+    }
+}
