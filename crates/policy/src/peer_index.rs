@@ -1,14 +1,24 @@
-//! Peer selectors indexed by the identities they can match, so that a new
-//! identity is checked against the selectors that might select it instead
-//! of every selector of every policy.
+//! Peer selectors and identities indexed by each other: a new identity is
+//! checked against the selectors that might select it, and a new policy's
+//! selectors against the identities they might select, instead of every
+//! selector of every policy or every identity.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
+use crate::identity::Identity;
 use crate::labels::{NAMESPACE_LABEL, SOURCE_K8S};
 use crate::resolve::{IdentityInfo, IdentityKind};
 use crate::rules::{CompiledPolicy, PeerSelector, Peers, PolicyKey, Scope};
+
+/// The namespace of an endpoint identity.
+fn namespace_of(info: &IdentityInfo) -> Option<&str> {
+    info.labels
+        .get(NAMESPACE_LABEL)
+        .filter(|(source, _)| *source == SOURCE_K8S)
+        .map(|(_, ns)| ns)
+}
 
 /// A peer selector: policy, rule, section and peer index.
 pub(crate) type PeerRef = (PolicyKey, usize, usize, usize);
@@ -86,11 +96,7 @@ impl PeerIndex {
         match &info.kind {
             IdentityKind::Endpoint => {
                 out.extend(self.pods.iter().cloned());
-                let ns = info
-                    .labels
-                    .get(NAMESPACE_LABEL)
-                    .filter(|(source, _)| *source == SOURCE_K8S)
-                    .and_then(|(_, ns)| self.namespace.get(ns));
+                let ns = namespace_of(info).and_then(|ns| self.namespace.get(ns));
                 out.extend(ns.into_iter().flatten().cloned());
             }
             // A CIDR selector selects the prefixes inside its own: look up
@@ -105,5 +111,100 @@ impl PeerIndex {
             IdentityKind::Reserved => out.extend(self.cidr.values().flatten().cloned()),
         }
         out
+    }
+}
+
+/// The identities known, by what selects them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdentityIndex {
+    reserved: BTreeSet<Identity>,
+    /// Endpoint identities by namespace.
+    namespace: BTreeMap<String, BTreeSet<Identity>>,
+    /// CIDR identities by prefix.
+    cidr: BTreeMap<IpNet, Identity>,
+}
+
+impl IdentityIndex {
+    /// Indexes an identity.
+    pub fn insert(&mut self, id: Identity, info: &IdentityInfo) {
+        match &info.kind {
+            IdentityKind::Reserved => {
+                self.reserved.insert(id);
+            }
+            IdentityKind::Endpoint => {
+                let ns = namespace_of(info).unwrap_or_default().to_string();
+                self.namespace.entry(ns).or_default().insert(id);
+            }
+            IdentityKind::Cidr(prefix) => {
+                self.cidr.insert(*prefix, id);
+            }
+        }
+    }
+
+    /// Forgets an identity.
+    pub fn remove(&mut self, id: Identity, info: &IdentityInfo) {
+        match &info.kind {
+            IdentityKind::Reserved => {
+                self.reserved.remove(&id);
+            }
+            IdentityKind::Endpoint => {
+                let ns = namespace_of(info).unwrap_or_default();
+                if let Some(set) = self.namespace.get_mut(ns) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.namespace.remove(ns);
+                    }
+                }
+            }
+            IdentityKind::Cidr(prefix) => {
+                self.cidr.remove(prefix);
+            }
+        }
+    }
+
+    /// The identities a selector might select (a superset of those it does).
+    pub fn candidates(&self, peer: &PeerSelector) -> Vec<Identity> {
+        let pods = || self.namespace.values().flatten().copied();
+        match peer {
+            // The reserved world identity stands for the default routes.
+            PeerSelector::Cidr { net, .. } => {
+                let (first, last) = match net {
+                    IpNet::V4(n) => (
+                        IpNet::V4(ipnet::Ipv4Net::new_assert(n.network(), 0)),
+                        IpNet::V4(ipnet::Ipv4Net::new_assert(n.broadcast(), 32)),
+                    ),
+                    IpNet::V6(n) => (
+                        IpNet::V6(ipnet::Ipv6Net::new_assert(n.network(), 0)),
+                        IpNet::V6(ipnet::Ipv6Net::new_assert(n.broadcast(), 128)),
+                    ),
+                };
+                let inside = self.cidr.range(first..=last).map(|(_, id)| *id);
+                self.reserved.iter().copied().chain(inside).collect()
+            }
+            PeerSelector::Labels {
+                scope: Scope::Namespace(ns),
+                ..
+            } => self
+                .namespace
+                .get(ns)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
+            PeerSelector::Labels {
+                scope: Scope::Pods, ..
+            }
+            | PeerSelector::Service { .. } => pods().collect(),
+            PeerSelector::Labels {
+                scope: Scope::Any, ..
+            }
+            | PeerSelector::Entity(_) => self
+                .reserved
+                .iter()
+                .copied()
+                .chain(pods())
+                .chain(self.cidr.values().copied())
+                .collect(),
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::identity::{
     cidr_labels, reserved_labels,
 };
 use crate::labels::{LabelSet, SOURCE_K8S, Selector};
-use crate::peer_index::PeerIndex;
+use crate::peer_index::{IdentityIndex, PeerIndex};
 use crate::rules::{
     CompiledPolicy, Direction, L7Spec, PeerSelector, Peers, PolicyKey, Proto, Provenance, Section,
     compile, protos,
@@ -552,6 +552,7 @@ pub struct PolicyEngine {
     matched_in: BTreeMap<Identity, BTreeSet<PolicyKey>>,
     peers: PeerIndex,
     identities: BTreeMap<Identity, IdentityInfo>,
+    identity_index: IdentityIndex,
     tables: BTreeMap<EndpointKey, EndpointTables>,
     resolved: BTreeMap<EndpointKey, EndpointPolicy>,
     ipcache: BTreeMap<IpNet, Identity>,
@@ -587,7 +588,7 @@ impl PolicyEngine {
     /// An engine allocating cluster identities from `store`, holding them as `holder`
     /// (unique per agent sharing the store: the node name).
     pub fn new(store: Arc<dyn IdentityStore>, holder: impl Into<String>) -> Self {
-        let identities = RESERVED
+        let identities: BTreeMap<Identity, IdentityInfo> = RESERVED
             .iter()
             .filter_map(|(id, _)| {
                 Some((
@@ -599,6 +600,10 @@ impl PolicyEngine {
                 ))
             })
             .collect();
+        let mut identity_index = IdentityIndex::default();
+        for (id, info) in &identities {
+            identity_index.insert(*id, info);
+        }
         Self {
             allocator: Allocator::new(store, holder),
             local: LocalIdentities::default(),
@@ -612,6 +617,7 @@ impl PolicyEngine {
             matched_in: BTreeMap::new(),
             peers: PeerIndex::default(),
             identities,
+            identity_index,
             tables: BTreeMap::new(),
             resolved: BTreeMap::new(),
             ipcache: default_routes().into_iter().map(|n| (n, WORLD)).collect(),
@@ -663,7 +669,8 @@ impl PolicyEngine {
             matched: Vec::new(),
             selects: BTreeSet::new(),
         };
-        state.matched = self.match_all(&state.compiled);
+        state.matched = self.match_all(&state.compiled, &mut pending.work);
+        pending.work += self.endpoints.len();
         for id in state.matched_ids() {
             self.matched_in.entry(id).or_default().insert(key.clone());
         }
@@ -1034,12 +1041,15 @@ impl PolicyEngine {
                 pending.policies.insert(pk);
             }
         }
+        self.identity_index.insert(id, &info);
         self.identities.insert(id, info);
     }
 
     /// An identity gone: only the policies that matched it change.
     fn remove_identity(&mut self, id: Identity, pending: &mut Pending) {
-        self.identities.remove(&id);
+        if let Some(info) = self.identities.remove(&id) {
+            self.identity_index.remove(id, &info);
+        }
         for pk in self.matched_in.remove(&id).unwrap_or_default() {
             let Some(state) = self.policies.get_mut(&pk) else {
                 continue;
@@ -1077,7 +1087,7 @@ impl PolicyEngine {
             .collect();
         for key in keys {
             let matched = match self.policies.get(&key) {
-                Some(state) => self.match_all(&state.compiled),
+                Some(state) => self.match_all(&state.compiled, &mut pending.work),
                 None => continue,
             };
             let Some(state) = self.policies.get_mut(&key) else {
@@ -1105,7 +1115,13 @@ impl PolicyEngine {
         self.finish(pending)
     }
 
-    fn match_all(&self, compiled: &CompiledPolicy) -> Vec<Vec<Vec<BTreeSet<Identity>>>> {
+    /// For every peer of a policy, the identities it selects: checked
+    /// among the candidates the identity index gives.
+    fn match_all(
+        &self,
+        compiled: &CompiledPolicy,
+        work: &mut usize,
+    ) -> Vec<Vec<Vec<BTreeSet<Identity>>>> {
         compiled
             .rules
             .iter()
@@ -1117,12 +1133,15 @@ impl PolicyEngine {
                         Peers::Some(peers) => peers
                             .iter()
                             .map(|peer| {
-                                self.identities
-                                    .iter()
-                                    .filter(|(id, info)| {
-                                        peer_matches(&self.services, peer, **id, info)
+                                let candidates = self.identity_index.candidates(peer);
+                                *work += candidates.len();
+                                candidates
+                                    .into_iter()
+                                    .filter(|id| {
+                                        self.identities.get(id).is_some_and(|info| {
+                                            peer_matches(&self.services, peer, *id, info)
+                                        })
                                     })
-                                    .map(|(id, _)| *id)
                                     .collect()
                             })
                             .collect(),
