@@ -316,3 +316,112 @@ impl EndpointTables {
         self.direction(direction).settle(table)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::PolicyKind;
+
+    fn provenance(policy: &str) -> Provenance {
+        Provenance {
+            policy: PolicyKey {
+                kind: PolicyKind::CiliumNetworkPolicy,
+                namespace: "default".into(),
+                name: policy.into(),
+            },
+            rule: "spec.ingress[0]".into(),
+        }
+    }
+
+    fn key(peer: Identity, port: u16) -> EntryKey {
+        EntryKey {
+            peer,
+            proto: Proto::Tcp,
+            ports: PortRange {
+                start: port,
+                end: port,
+            },
+        }
+    }
+
+    fn contribution(policy: &str, entries: &[(EntryKey, Action)]) -> (PolicyKey, Contribution) {
+        let from = provenance(policy);
+        let entries = entries
+            .iter()
+            .map(|(key, action)| Contributed {
+                direction: Direction::Ingress,
+                key: *key,
+                action: action.clone(),
+                from: from.clone(),
+            })
+            .collect();
+        (
+            from.policy.clone(),
+            Contribution {
+                ingress_enforced: true,
+                egress_enforced: false,
+                entries,
+            },
+        )
+    }
+
+    fn settled(tables: &mut EndpointTables) -> DirectionPolicy {
+        let mut table = DirectionPolicy::default();
+        tables.settle(Direction::Ingress, &mut table);
+        table
+    }
+
+    #[test]
+    fn removing_a_policy_leaves_what_the_others_contribute() {
+        let (a, ca) = contribution("a", &[(key(300, 80), Action::Allow)]);
+        let (b, cb) = contribution(
+            "b",
+            &[(key(300, 80), Action::Allow), (key(301, 80), Action::Allow)],
+        );
+        let mut both = EndpointTables::default();
+        both.set(&a, ca);
+        both.set(&b, cb.clone());
+        let mut table = settled(&mut both);
+        assert_eq!(table.entries[&key(300, 80)].provenance.len(), 2);
+        both.set(&a, Contribution::default());
+        let (diff, visited) = both.settle(Direction::Ingress, &mut table);
+        // Only the key policy a touched is visited and re-emitted.
+        assert_eq!(visited, 1);
+        assert_eq!(diff.upsert.len(), 1);
+        let mut only_b = EndpointTables::default();
+        only_b.set(&b, cb);
+        assert_eq!(table, settled(&mut only_b));
+        both.set(&b, Contribution::default());
+        both.settle(Direction::Ingress, &mut table);
+        assert_eq!(table, DirectionPolicy::default());
+    }
+
+    #[test]
+    fn a_deny_hides_what_it_covers_until_it_leaves() {
+        let any_on_80 = key(ANY, 80);
+        let (d, deny) = contribution("deny", &[(any_on_80, Action::Deny)]);
+        let (a, allow) = contribution(
+            "allow",
+            &[(key(300, 80), Action::Allow), (key(300, 81), Action::Allow)],
+        );
+        let mut tables = EndpointTables::default();
+        tables.set(&a, allow);
+        let mut table = settled(&mut tables);
+        tables.set(&d, deny);
+        let (diff, _) = tables.settle(Direction::Ingress, &mut table);
+        assert_eq!(diff.remove, vec![key(300, 80)]);
+        assert_eq!(
+            table.entries.keys().copied().collect::<Vec<_>>(),
+            vec![any_on_80, key(300, 81)]
+        );
+        assert_eq!(
+            table.entries[&any_on_80].provenance,
+            BTreeSet::from([provenance("deny")])
+        );
+        tables.set(&d, Contribution::default());
+        let (diff, _) = tables.settle(Direction::Ingress, &mut table);
+        assert_eq!(diff.remove, vec![any_on_80]);
+        assert_eq!(diff.upsert.len(), 1);
+        assert!(table.entries.contains_key(&key(300, 80)));
+    }
+}
