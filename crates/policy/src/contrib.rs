@@ -54,54 +54,86 @@ struct Tally {
     allows: u32,
     /// Each policy's L7 rules on this key, merged in the policy's order.
     redirects: BTreeMap<PolicyKey, L7Policy>,
+    /// Since the last settle: whether the action (or its L7 rules) may
+    /// have changed, so the entry is built again.
+    rebuild: bool,
+    /// Since the last settle: rules that entered (`true`) or left the
+    /// entry's provenance, applied to the visible entry in place (an entry
+    /// many policies share is not rebuilt for each of them).
+    delta: Vec<(Provenance, bool)>,
 }
 
-fn count_up(map: &mut BTreeMap<Provenance, u32>, from: &Provenance) {
-    *map.entry(from.clone()).or_default() += 1;
+/// Counts one more entry of `from`; whether `from` is new here.
+fn count_up(map: &mut BTreeMap<Provenance, u32>, from: &Provenance) -> bool {
+    let n = map.entry(from.clone()).or_default();
+    *n += 1;
+    *n == 1
 }
 
-fn count_down(map: &mut BTreeMap<Provenance, u32>, from: &Provenance) {
-    if let Some(n) = map.get_mut(from) {
-        *n -= 1;
-        if *n == 0 {
-            map.remove(from);
-        }
+/// Counts one entry of `from` less; whether `from` left.
+fn count_down(map: &mut BTreeMap<Provenance, u32>, from: &Provenance) -> bool {
+    let Some(n) = map.get_mut(from) else {
+        return false;
+    };
+    *n -= 1;
+    if *n == 0 {
+        map.remove(from);
+        return true;
     }
+    false
 }
 
 impl Tally {
     fn add(&mut self, c: &Contributed) {
-        match &c.action {
+        let was_deny = self.is_deny();
+        let entered = match &c.action {
             Action::Deny => count_up(&mut self.deny, &c.from),
             Action::Allow => {
                 self.allows += 1;
-                count_up(&mut self.permit, &c.from);
+                self.rebuild |= self.allows == 1;
+                count_up(&mut self.permit, &c.from)
             }
             Action::Redirect(l7) => {
-                count_up(&mut self.permit, &c.from);
+                self.rebuild = true;
                 match self.redirects.entry(c.from.policy.clone()) {
                     MapEntry::Vacant(v) => {
                         v.insert(l7.clone());
                     }
                     MapEntry::Occupied(mut o) => o.get_mut().merge(l7.clone()),
                 }
+                count_up(&mut self.permit, &c.from)
             }
-        }
+        };
+        self.note(was_deny, c, entered, true);
     }
 
     /// Subtracts an entry. A policy's contribution leaves whole, so its
     /// L7 rules on this key go with its first redirect entry.
     fn remove(&mut self, c: &Contributed) {
-        match &c.action {
+        let was_deny = self.is_deny();
+        let left = match &c.action {
             Action::Deny => count_down(&mut self.deny, &c.from),
             Action::Allow => {
                 self.allows = self.allows.saturating_sub(1);
-                count_down(&mut self.permit, &c.from);
+                self.rebuild |= self.allows == 0;
+                count_down(&mut self.permit, &c.from)
             }
             Action::Redirect(_) => {
-                count_down(&mut self.permit, &c.from);
+                self.rebuild = true;
                 self.redirects.remove(&c.from.policy);
+                count_down(&mut self.permit, &c.from)
             }
+        };
+        self.note(was_deny, c, left, false);
+    }
+
+    /// Records how the visible entry changed: a rule entering or leaving
+    /// the provenance of the kind shown, or a switch between deny and the rest.
+    fn note(&mut self, was_deny: bool, c: &Contributed, changed: bool, entered: bool) {
+        if was_deny != self.is_deny() {
+            self.rebuild = true;
+        } else if changed && (c.action == Action::Deny) == self.is_deny() {
+            self.delta.push((c.from.clone(), entered));
         }
     }
 
@@ -157,7 +189,15 @@ struct DirectionTally {
 
 impl DirectionTally {
     fn add(&mut self, c: &Contributed) {
-        self.tallies.entry(c.key).or_default().add(c);
+        // A new tally has no delta against what the table holds (a key
+        // emptied and filled again in one change included): built whole.
+        self.tallies
+            .entry(c.key)
+            .or_insert_with(|| Tally {
+                rebuild: true,
+                ..Tally::default()
+            })
+            .add(c);
         self.touched.insert(c.key);
     }
 
@@ -234,21 +274,56 @@ impl DirectionTally {
         };
         let visited = recheck.len();
         for key in recheck {
-            let value = self
+            let visible = self
                 .tallies
                 .get(&key)
-                .filter(|t| t.is_deny() || !self.covered(&key))
-                .map(Tally::value);
-            match value {
-                Some(value) => {
-                    if table.entries.get(&key) != Some(&value) {
-                        table.entries.insert(key, value.clone());
-                        diff.upsert.push(Entry { key, value });
+                .is_some_and(|t| t.is_deny() || !self.covered(&key));
+            let Some(tally) = self.tallies.get_mut(&key) else {
+                if table.entries.remove(&key).is_some() {
+                    diff.remove.push(key);
+                }
+                continue;
+            };
+            if !visible {
+                // Hidden: built whole when it shows again.
+                tally.rebuild = true;
+                tally.delta.clear();
+                if table.entries.remove(&key).is_some() {
+                    diff.remove.push(key);
+                }
+                continue;
+            }
+            let rebuild = std::mem::take(&mut tally.rebuild);
+            let delta = std::mem::take(&mut tally.delta);
+            match table.entries.get_mut(&key) {
+                // Only rules came or went: the entry is updated in place.
+                Some(held) if !rebuild => {
+                    // A rule that left and came back (a replaced policy
+                    // producing this entry again) is no change.
+                    let mut net: BTreeMap<Provenance, i32> = BTreeMap::new();
+                    for (from, entered) in delta {
+                        *net.entry(from).or_default() += if entered { 1 } else { -1 };
+                    }
+                    let mut changed = false;
+                    for (from, n) in net {
+                        changed |= match n.cmp(&0) {
+                            std::cmp::Ordering::Greater => held.provenance.insert(from),
+                            std::cmp::Ordering::Less => held.provenance.remove(&from),
+                            std::cmp::Ordering::Equal => false,
+                        };
+                    }
+                    if changed {
+                        diff.upsert.push(Entry {
+                            key,
+                            value: held.clone(),
+                        });
                     }
                 }
-                None => {
-                    if table.entries.remove(&key).is_some() {
-                        diff.remove.push(key);
+                held => {
+                    let value = tally.value();
+                    if held.as_deref() != Some(&value) {
+                        table.entries.insert(key, value.clone());
+                        diff.upsert.push(Entry { key, value });
                     }
                 }
             }
@@ -394,6 +469,23 @@ mod tests {
         both.set(&b, Contribution::default());
         both.settle(Direction::Ingress, &mut table);
         assert_eq!(table, DirectionPolicy::default());
+    }
+
+    #[test]
+    fn an_entry_emptied_and_filled_again_in_one_change_names_only_the_new_rules() {
+        let (a, ca) = contribution("a", &[(key(300, 80), Action::Allow)]);
+        let (b, cb) = contribution("b", &[(key(300, 80), Action::Allow)]);
+        let mut tables = EndpointTables::default();
+        tables.set(&a, ca);
+        let mut table = settled(&mut tables);
+        tables.set(&a, Contribution::default());
+        tables.set(&b, cb);
+        let (diff, _) = tables.settle(Direction::Ingress, &mut table);
+        assert_eq!(diff.upsert.len(), 1);
+        assert_eq!(
+            table.entries[&key(300, 80)].provenance,
+            BTreeSet::from([provenance("b")])
+        );
     }
 
     #[test]
