@@ -84,9 +84,21 @@ impl PeerIndex {
     pub fn remove(&mut self, policy: &CompiledPolicy) {
         for (r, peer) in peers(policy) {
             self.bucket(peer).remove(&r);
+            match peer {
+                PeerSelector::Cidr { net, .. }
+                    if self.cidr.get(net).is_some_and(BTreeSet::is_empty) =>
+                {
+                    self.cidr.remove(net);
+                }
+                PeerSelector::Labels {
+                    scope: Scope::Namespace(ns),
+                    ..
+                } if self.namespace.get(ns).is_some_and(BTreeSet::is_empty) => {
+                    self.namespace.remove(ns);
+                }
+                _ => {}
+            }
         }
-        self.cidr.retain(|_, set| !set.is_empty());
-        self.namespace.retain(|_, set| !set.is_empty());
     }
 
     /// The selectors that might select an identity (a superset of those

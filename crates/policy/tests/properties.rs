@@ -97,19 +97,20 @@ enum Op {
     Delete(usize),
 }
 
+/// One endpoint as the diffs describe it: ingress and egress enforced,
+/// ingress and egress entries.
+type MirroredTables = (
+    bool,
+    bool,
+    BTreeMap<EntryKey, EntryValue>,
+    BTreeMap<EntryKey, EntryValue>,
+);
+
 /// What a consumer of the diffs (the agent) holds: each endpoint's tables
 /// and the ipcache, built from [`Changes`] alone.
 #[derive(Debug, Default)]
 struct Mirror {
-    tables: BTreeMap<
-        EndpointKey,
-        (
-            bool,
-            bool,
-            BTreeMap<EntryKey, EntryValue>,
-            BTreeMap<EntryKey, EntryValue>,
-        ),
-    >,
+    tables: BTreeMap<EndpointKey, MirroredTables>,
     ipcache: BTreeMap<ipnet::IpNet, myelin_policy::identity::Identity>,
 }
 
