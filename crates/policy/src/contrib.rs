@@ -11,6 +11,7 @@
 
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::identity::{ANY, Identity};
 use crate::resolve::{
@@ -152,10 +153,10 @@ impl Tally {
         if self.is_deny() {
             return EntryValue {
                 action: Action::Deny,
-                provenance: self.deny.keys().cloned().collect(),
+                provenance: Arc::new(self.deny.keys().cloned().collect()),
             };
         }
-        let provenance = self.permit.keys().cloned().collect();
+        let provenance = Arc::new(self.permit.keys().cloned().collect());
         let mut redirects = self.redirects.values();
         let Some(first) = redirects.next() else {
             return EntryValue {
@@ -307,8 +308,12 @@ impl DirectionTally {
                     let mut changed = false;
                     for (from, n) in net {
                         changed |= match n.cmp(&0) {
-                            std::cmp::Ordering::Greater => held.provenance.insert(from),
-                            std::cmp::Ordering::Less => held.provenance.remove(&from),
+                            std::cmp::Ordering::Greater => {
+                                Arc::make_mut(&mut held.provenance).insert(from)
+                            }
+                            std::cmp::Ordering::Less => {
+                                Arc::make_mut(&mut held.provenance).remove(&from)
+                            }
                             std::cmp::Ordering::Equal => false,
                         };
                     }
@@ -483,7 +488,7 @@ mod tests {
         let (diff, _) = tables.settle(Direction::Ingress, &mut table);
         assert_eq!(diff.upsert.len(), 1);
         assert_eq!(
-            table.entries[&key(300, 80)].provenance,
+            *table.entries[&key(300, 80)].provenance,
             BTreeSet::from([provenance("b")])
         );
     }
@@ -507,7 +512,7 @@ mod tests {
             vec![any_on_80, key(300, 81)]
         );
         assert_eq!(
-            table.entries[&any_on_80].provenance,
+            *table.entries[&any_on_80].provenance,
             BTreeSet::from([provenance("deny")])
         );
         tables.set(&d, Contribution::default());

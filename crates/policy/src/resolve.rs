@@ -279,7 +279,33 @@ pub struct EntryValue {
     #[serde(flatten)]
     pub action: Action,
     /// The rules that produced it (only the deny rules, for a deny).
-    pub provenance: BTreeSet<Provenance>,
+    /// Shared: an entry many policies produce is updated in place when one
+    /// of them comes or goes, and a diff carrying it does not copy it.
+    #[serde(with = "shared_set")]
+    pub provenance: Arc<BTreeSet<Provenance>>,
+}
+
+/// Serde for a shared set: as the set itself.
+mod shared_set {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::rules::Provenance;
+
+    pub fn serialize<S: Serializer>(
+        set: &Arc<BTreeSet<Provenance>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        set.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<BTreeSet<Provenance>>, D::Error> {
+        BTreeSet::deserialize(d).map(Arc::new)
+    }
 }
 
 /// One entry, key and value together.
