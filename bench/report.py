@@ -270,8 +270,9 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
             f"Lab node agent + proxy RSS: {rss}.",
         ]
     if resolve:
-        lines += ["", "Policy resolution (`cargo run --release -p myelin-policy --example resolve_bench`, on cpu0): "
-                  + "; ".join(resolve) + "."]
+        # One line per figure: build, one change, the largest manifest, 10,000 applies and deletes.
+        lines += ["", "Policy resolution (`cargo run --release -p myelin-policy --example resolve_bench`, on cpu0):", ""]
+        lines += [f"- {figure}" for figure in resolve]
     if events:
         lines += ["", "Kernel event pipeline (`cargo test --release -p myelin-agent --test event_throughput -- --ignored`: "
                   "new flows from BPF_PROG_TEST_RUN → ring buffer → Hubble flow → flow ring): "

@@ -547,7 +547,8 @@ for round in $(seq "$ROUNDS"); do
 done
 
 PODREADY_ARGS=()
-# Policy resolution time: the policy crate's own benchmark (1,000 policies, 1,000 endpoints),
+# Policy resolution time: the policy crate's own benchmark (1,000 policies, 1,000 endpoints;
+# the largest policy document accepted; 10,000 policies applied then deleted one by one),
 # with the full runs (those that also measure pod-ready).
 if [ "$PODREADY" != 0 ] && [ "$SMOKE" = 0 ] && [ -x "$BIN/examples/resolve_bench" ]; then
   say "policy resolution (myelin-policy's resolve_bench)"

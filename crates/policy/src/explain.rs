@@ -395,7 +395,7 @@ impl Explanation {
                 }
             );
             for e in &s.entries {
-                for p in &e.value.provenance {
+                for p in e.value.provenance.iter() {
                     let _ = writeln!(out, "    by {p}");
                 }
             }

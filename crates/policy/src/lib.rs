@@ -7,10 +7,14 @@
 //! datapath, with L7 rules for the proxy. [`explain`] answers "would this
 //! flow pass, and why", also for policies not applied yet.
 
+#![forbid(unsafe_code)]
+
+mod contrib;
 pub mod error;
 pub mod explain;
 pub mod identity;
 pub mod labels;
+mod peer_index;
 pub mod resolve;
 pub mod rules;
 

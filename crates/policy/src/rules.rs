@@ -115,7 +115,7 @@ pub(crate) enum Peers {
 #[derive(Debug, Clone)]
 pub(crate) enum PeerSelector {
     /// Identities whose labels match.
-    Labels(Selector),
+    Labels { selector: Selector, scope: Scope },
     /// A reserved class.
     Entity(Entity),
     /// CIDR identities inside `net` and outside every exception.
@@ -126,6 +126,18 @@ pub(crate) enum PeerSelector {
         name: Option<String>,
         selector: Option<Selector>,
     },
+}
+
+/// The identities a label selector can match at most (it requires the
+/// labels that say so); the engine indexes peers by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Pods of this namespace.
+    Namespace(String),
+    /// Pods of any namespace.
+    Pods,
+    /// Any identity.
+    Any,
 }
 
 /// The protocol of a policy entry. In entries, `Any` covers every protocol
@@ -269,9 +281,15 @@ fn cilium_peer(selector: &LabelSelector, namespace: Option<&str>) -> PeerSelecto
             if !compiled.mentions(NAMESPACE_LABEL)
                 && !compiled.mentions_source(SOURCE_RESERVED) =>
         {
-            PeerSelector::Labels(compiled.and(Selector::in_namespace(ns)))
+            PeerSelector::Labels {
+                selector: compiled.and(Selector::in_namespace(ns)),
+                scope: Scope::Namespace(ns.to_string()),
+            }
         }
-        _ => PeerSelector::Labels(compiled),
+        _ => PeerSelector::Labels {
+            selector: compiled,
+            scope: Scope::Any,
+        },
     }
 }
 
@@ -330,7 +348,7 @@ impl CiliumPeerFields<'_> {
         let mut out = Vec::new();
         for s in self.endpoints.into_iter().flatten() {
             let peer = cilium_peer(s, namespace);
-            if matches!(&peer, PeerSelector::Labels(sel) if sel.is_wildcard()) {
+            if matches!(&peer, PeerSelector::Labels { selector, .. } if selector.is_wildcard()) {
                 // `{}` in a cluster-wide policy is Cilium's wildcard selector:
                 // every identity, reserved and CIDR ones included.
                 return Peers::Any;
@@ -608,13 +626,16 @@ fn np_peer(peer: &NetworkPolicyPeer, namespace: &str) -> Option<PeerSelector> {
         return Some(PeerSelector::Cidr { net, except });
     }
     let pods = peer.pod_selector.as_ref().map(Selector::pods);
-    let selector = match (&peer.namespace_selector, pods) {
-        (Some(ns), Some(pods)) => Selector::namespaces(ns).and(pods),
-        (Some(ns), None) => Selector::namespaces(ns),
-        (None, Some(pods)) => pods.and(Selector::in_namespace(namespace)),
+    let (selector, scope) = match (&peer.namespace_selector, pods) {
+        (Some(ns), Some(pods)) => (Selector::namespaces(ns).and(pods), Scope::Pods),
+        (Some(ns), None) => (Selector::namespaces(ns), Scope::Pods),
+        (None, Some(pods)) => (
+            pods.and(Selector::in_namespace(namespace)),
+            Scope::Namespace(namespace.to_string()),
+        ),
         (None, None) => return None,
     };
-    Some(PeerSelector::Labels(selector))
+    Some(PeerSelector::Labels { selector, scope })
 }
 
 fn np_ports(ports: &[NetworkPolicyPort]) -> Option<Vec<PortItem>> {

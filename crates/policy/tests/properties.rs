@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use myelin_model::meta::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
-use myelin_policy::{Endpoint, EndpointKey, LabelSet, MemoryStore, PolicyEngine, Selector};
+use myelin_policy::{
+    Changes, Endpoint, EndpointChange, EndpointKey, EntryKey, EntryValue, LabelSet, MemoryStore,
+    PolicyEngine, Selector,
+};
 use proptest::prelude::*;
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
@@ -77,6 +80,13 @@ const POLICIES: &[&str] = &[
     "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p2}\nspec:\n  endpointSelector: {matchLabels: {b: x}}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {a: y}}]\n  ingress:\n  - fromEntities: [cluster]\n",
     "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p3}\nspec:\n  podSelector: {matchLabels: {c: x}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {a: x}}}, {ipBlock: {cidr: 10.9.0.0/16}}]\n    ports: [{port: 80}]\n",
     "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p0}\nspec:\n  endpointSelector: {matchLabels: {c: y}}\n  egress:\n  - toCIDR: [10.9.1.0/24]\n",
+    // L7 rules of two policies on one key merge; an overlapping allow sets allow_all.
+    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: l7a}\nspec:\n  endpointSelector: {matchLabels: {a: x}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {b: y}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: GET}]}}]\n",
+    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: l7b}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {b: y}}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: POST}]}}]\n  - fromEndpoints: [{}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
+    // A deny of every peer on one port covers allows and redirects there; it leaves no default deny.
+    "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny80}\nspec:\n  endpointSelector: {matchExpressions: [{key: b, operator: Exists}]}\n  enableDefaultDeny: {ingress: false, egress: false}\n  ingressDeny:\n  - toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
+    // A deny of one peer on every port, and the same CIDR as p4 (a shared CIDR identity).
+    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: denyb}\nspec:\n  endpointSelector: {}\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {b: y}}]\n  egress:\n  - toCIDR: [10.9.1.0/24]\n    toPorts: [{ports: [{port: http}]}]\n",
 ];
 
 #[derive(Debug, Clone)]
@@ -85,6 +95,72 @@ enum Op {
     Remove(usize),
     Pod(usize, BTreeMap<String, String>, bool),
     Delete(usize),
+}
+
+/// One endpoint as the diffs describe it: ingress and egress enforced,
+/// ingress and egress entries.
+type MirroredTables = (
+    bool,
+    bool,
+    BTreeMap<EntryKey, EntryValue>,
+    BTreeMap<EntryKey, EntryValue>,
+);
+
+/// What a consumer of the diffs (the agent) holds: each endpoint's tables
+/// and the ipcache, built from [`Changes`] alone.
+#[derive(Debug, Default)]
+struct Mirror {
+    tables: BTreeMap<EndpointKey, MirroredTables>,
+    ipcache: BTreeMap<ipnet::IpNet, myelin_policy::identity::Identity>,
+}
+
+impl Mirror {
+    fn apply(&mut self, changes: &Changes) {
+        for (key, change) in &changes.endpoints {
+            match change {
+                EndpointChange::Removed => {
+                    self.tables.remove(key);
+                }
+                EndpointChange::Updated {
+                    ingress, egress, ..
+                } => {
+                    let t = self.tables.entry(key.clone()).or_default();
+                    t.0 = ingress.enforced;
+                    t.1 = egress.enforced;
+                    for (diff, map) in [(ingress, &mut t.2), (egress, &mut t.3)] {
+                        for k in &diff.remove {
+                            map.remove(k);
+                        }
+                        for e in &diff.upsert {
+                            map.insert(e.key, e.value.clone());
+                        }
+                    }
+                }
+            }
+        }
+        for p in &changes.ipcache.remove {
+            self.ipcache.remove(p);
+        }
+        self.ipcache.extend(changes.ipcache.upsert.iter().copied());
+    }
+
+    fn matches(&self, engine: &PolicyEngine) -> bool {
+        let held: BTreeMap<_, _> = engine
+            .policies()
+            .map(|p| {
+                (
+                    p.endpoint.clone(),
+                    (
+                        p.ingress.enforced,
+                        p.egress.enforced,
+                        p.ingress.entries.clone(),
+                        p.egress.entries.clone(),
+                    ),
+                )
+            })
+            .collect();
+        held == self.tables && engine.ipcache() == &self.ipcache
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -121,22 +197,34 @@ fn resource(i: usize) -> myelin_model::Resource {
     parsed.documents[0].resource.clone()
 }
 
-/// Every endpoint's tables with peer identities replaced by their labels,
-/// so engines that numbered CIDR identities differently compare equal.
+/// An identity by its labels, so engines that numbered CIDR identities
+/// differently compare equal.
+fn name(engine: &PolicyEngine, id: myelin_policy::identity::Identity) -> String {
+    if id == 0 {
+        "any".to_string()
+    } else {
+        engine
+            .identity_labels(id)
+            .map(|l| l.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The ipcache with identities named by their labels.
+fn canonical_ipcache(engine: &PolicyEngine) -> BTreeMap<ipnet::IpNet, String> {
+    engine
+        .ipcache()
+        .iter()
+        .map(|(p, id)| (*p, name(engine, *id)))
+        .collect()
+}
+
+/// Every endpoint's tables with peer identities replaced by their labels.
 fn canonical(engine: &PolicyEngine) -> BTreeMap<EndpointKey, String> {
     engine
         .policies()
         .map(|p| {
-            let name = |id| {
-                if id == 0 {
-                    "any".to_string()
-                } else {
-                    engine
-                        .identity_labels(id)
-                        .map(|l| l.to_string())
-                        .unwrap_or_default()
-                }
-            };
+            let name = |id| name(engine, id);
             let mut text = format!(
                 "{} {}|{}\n",
                 name(p.identity),
@@ -168,11 +256,15 @@ fn canonical(engine: &PolicyEngine) -> BTreeMap<EndpointKey, String> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
-    /// Incremental updates equal a full recomputation from the final state.
+    /// Incremental updates (policy adds, replaces and deletes, pod changes)
+    /// equal a full recomputation from the final state; after every step the
+    /// engine agrees with its own recomputation from scratch, and the diffs
+    /// it returned, replayed, give its tables and ipcache.
     #[test]
-    fn incremental_equals_full(ops in prop::collection::vec(op(), 1..25)) {
+    fn incremental_equals_full(ops in prop::collection::vec(op(), 1..40)) {
         let store = Arc::new(MemoryStore::new());
         let mut incremental = PolicyEngine::new(store.clone(), "node1");
+        let mut mirror = Mirror { ipcache: incremental.ipcache().clone(), ..Mirror::default() };
         let mut applied: BTreeMap<usize, myelin_model::Resource> = BTreeMap::new();
         let mut pods: BTreeMap<usize, Endpoint> = BTreeMap::new();
         for op in ops {
@@ -181,7 +273,7 @@ proptest! {
                     let r = resource(i);
                     // Pool entries 0 and 4 share a name: the later replaces the earlier.
                     applied.retain(|_, old| old.key() != r.key());
-                    incremental.apply(&r).expect("apply");
+                    mirror.apply(&incremental.apply(&r).expect("apply"));
                     applied.insert(i, r);
                 }
                 Op::Remove(i) => {
@@ -196,20 +288,22 @@ proptest! {
                             namespace: if matches!(r, myelin_model::Resource::CiliumClusterwideNetworkPolicy(_)) { String::new() } else { "default".into() },
                             name: r.key().name,
                         };
-                        incremental.remove_policy(&key);
+                        mirror.apply(&incremental.remove_policy(&key));
                         applied.retain(|_, old| old.key() != r.key());
                     }
                 }
                 Op::Pod(i, labels, named) => {
                     let p = pod(i, labels, named);
-                    incremental.upsert_endpoint(p.clone()).expect("endpoint");
+                    mirror.apply(&incremental.upsert_endpoint(p.clone()).expect("endpoint"));
                     pods.insert(i, p);
                 }
                 Op::Delete(i) => {
-                    incremental.remove_endpoint(&EndpointKey::new("default", &format!("pod{i}")));
+                    mirror.apply(&incremental.remove_endpoint(&EndpointKey::new("default", &format!("pod{i}"))));
                     pods.remove(&i);
                 }
             }
+            prop_assert!(mirror.matches(&incremental));
+            prop_assert!(incremental.clone().resolve_all().is_empty());
         }
         let mut full = PolicyEngine::new(store, "node1");
         for p in pods.values() {
@@ -219,6 +313,7 @@ proptest! {
             full.apply(r).expect("apply");
         }
         prop_assert_eq!(canonical(&incremental), canonical(&full));
+        prop_assert_eq!(canonical_ipcache(&incremental), canonical_ipcache(&full));
         // And the incremental engine agrees with its own full recomputation.
         prop_assert!(incremental.resolve_all().is_empty());
     }
