@@ -694,9 +694,21 @@ impl Node {
             Request::Status => Response::Status(self.status()),
             Request::ResourcesApply { documents } => {
                 let outcomes = policy::apply(&mut self.engine, &documents, &mut self.dirty);
+                // As Cilium reports it: the policy update, then the
+                // regenerations it causes (the sync's events).
+                let accepted: Vec<&myelin_model::Document> = documents
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| outcome.error.is_none())
+                    .map(|(document, _)| document)
+                    .collect();
+                for document in &accepted {
+                    self.policy_changed(AgentEventType::PolicyUpdated, &document.resource);
+                }
                 if let Err(error) = self.sync() {
                     // All or nothing: the engine goes back to the resources
-                    // in force before this request, and the kernel with it.
+                    // in force before this request, and the kernel with it;
+                    // the events say so.
                     policy::revert(
                         &mut self.engine,
                         &documents,
@@ -704,6 +716,16 @@ impl Node {
                         &self.resources,
                         &mut self.dirty,
                     );
+                    for document in &accepted {
+                        match self.resources.get(&document.resource.key()) {
+                            Some(before) => {
+                                let before = before.resource.clone();
+                                self.policy_changed(AgentEventType::PolicyUpdated, &before);
+                            }
+                            None => self
+                                .policy_changed(AgentEventType::PolicyDeleted, &document.resource),
+                        }
+                    }
                     if let Err(again) = self.sync() {
                         tracing::warn!(
                             "restoring the resources in force before a failed apply: {again:#}; the next change retries"
@@ -713,7 +735,6 @@ impl Node {
                 }
                 for (document, outcome) in documents.into_iter().zip(&outcomes) {
                     if outcome.error.is_none() {
-                        self.policy_changed(AgentEventType::PolicyUpdated, &document.resource);
                         state::save_resource(&self.state_dir, &document)?;
                         self.resources.insert(outcome.key.clone(), document);
                     }
