@@ -184,14 +184,21 @@ impl SnapshotSink for Applier {
 }
 
 /// Writes the snapshot to a temporary file next to `path`, syncs it and renames it over
-/// `path`, so a crash leaves either the old or the new snapshot, never half of one.
+/// `path`, so a crash leaves either the old or the new snapshot, never half of one. Only
+/// root reads it (mode 0600): it holds every L7 rule of the node.
 fn persist(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let data = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&data)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
