@@ -70,13 +70,8 @@ fn flows_metrics_and_state_are_for_root_only() {
 
     // The observer's TCP port: the lab's client certificate is required.
     let tls = names.observer_tls();
-    let observe = |extra: &[&str]| {
-        let mut args = vec!["observe", "--server", "localhost:4245", "--last", "1"];
-        args.extend_from_slice(extra);
-        in_node(&lab, MYELIN, &args)
-    };
     let ca = tls.ca.to_str().expect("utf-8");
-    let with_cert = observe(&[
+    let with_cert = [
         "--tls",
         "--tls-ca-cert-files",
         ca,
@@ -84,12 +79,47 @@ fn flows_metrics_and_state_are_for_root_only() {
         tls.client_cert.to_str().expect("utf-8"),
         "--tls-client-key-file",
         tls.client_key.to_str().expect("utf-8"),
-    ]);
-    assert!(with_cert.status.success(), "{}", text(&with_cert));
-    let plaintext = observe(&[]);
-    assert!(!plaintext.status.success(), "{}", text(&plaintext));
-    let without_cert = observe(&["--tls", "--tls-ca-cert-files", ca]);
-    assert!(!without_cert.status.success(), "{}", text(&without_cert));
+    ];
+    // Inside the node, and through the host's forwarded port when this lab
+    // holds it.
+    let status = lab.status();
+    let forwarded = status["exposed"]
+        .as_array()
+        .expect("exposed")
+        .iter()
+        .find(|e| e[0] == "observer")
+        .map(|e| {
+            e[1].as_str()
+                .expect("address")
+                .replace("127.0.0.1", "localhost")
+        });
+    let observe = |server: &str, host: bool, extra: &[&str]| {
+        let mut args = vec!["observe", "--server", server, "--last", "1"];
+        args.extend_from_slice(extra);
+        if host {
+            Command::new(MYELIN).args(&args).output().expect("myelin")
+        } else {
+            in_node(&lab, MYELIN, &args)
+        }
+    };
+    let mut servers = vec![("localhost:4245".to_string(), false)];
+    servers.extend(forwarded.map(|server| (server, true)));
+    for (server, host) in &servers {
+        let ok = observe(server, *host, &with_cert);
+        assert!(ok.status.success(), "{server}: {}", text(&ok));
+        let plaintext = observe(server, *host, &[]);
+        assert!(
+            !plaintext.status.success(),
+            "{server}: {}",
+            text(&plaintext)
+        );
+        let without_cert = observe(server, *host, &["--tls", "--tls-ca-cert-files", ca]);
+        assert!(
+            !without_cert.status.success(),
+            "{server}: {}",
+            text(&without_cert)
+        );
+    }
 
     // The service map page: 401 without the token, the map with it.
     let token = std::fs::read_to_string(names.servicemap_token()).expect("token file");

@@ -460,3 +460,22 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     proxy.drain().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_file_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy-snapshot.json");
+        persist(&path, &Snapshot::default()).expect("persist");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(&path), Ok(Some(Snapshot::default())));
+    }
+}
