@@ -146,6 +146,23 @@ fn flows_metrics_and_state_are_for_root_only() {
     assert_eq!(status_of(&page), "200");
     let url = lab.ok(&["servicemap", "--url", "--server", "127.0.0.1:12000"]);
     assert_eq!(url.trim(), page);
+    // `lab status` tells root how to get in to the host ports this lab holds.
+    let status_text = lab.ok(&["lab", "status"]);
+    let holds = |what: &str| {
+        status["exposed"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e[0] == what))
+    };
+    if holds("servicemap") {
+        let line = format!("?token={}", token.trim());
+        assert!(status_text.contains(&line), "{status_text}");
+    }
+    if holds("observer") {
+        assert!(
+            status_text.contains("--tls-client-key-file"),
+            "{status_text}"
+        );
+    }
 
     // The agent's metrics: on the node's loopback, not on its address.
     let state = myelin_lab::state::LabState::load(&run_dir.join("state.json")).expect("state");
