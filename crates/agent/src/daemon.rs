@@ -66,7 +66,7 @@ pub struct AgentConfig {
     pub proxy_socket: Option<PathBuf>,
     /// Unix socket of the Hubble-compatible observer API.
     pub observer_socket: Option<PathBuf>,
-    /// TCP address of the observer API (plaintext: keep it on loopback).
+    /// TCP address of the observer API (plaintext without `observer_tls`: keep it on loopback).
     pub observer_tcp: Option<SocketAddr>,
     /// TLS for the observer's TCP listener (the unix socket stays plaintext).
     pub observer_tls: Option<myelin_observe::ServerTls>,
@@ -196,8 +196,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let mut server = myelin_observe::bind(observer.clone(), &serve_config)
             .await
             .context("starting the observer API")?;
-        if let Some(tls) = &config.observer_tls {
-            server = server.with_tls(tls).context("the observer API's TLS")?;
+        match (&config.observer_tls, config.observer_tcp) {
+            (Some(tls), _) => server = server.with_tls(tls).context("the observer API's TLS")?,
+            (None, Some(address)) => tracing::warn!(
+                %address,
+                "the observer's TCP port is plaintext and asks no certificate: whoever reaches \
+                 it reads every flow; give --hubble-tls-cert-file, --hubble-tls-key-file and \
+                 --hubble-tls-client-ca-files"
+            ),
+            (None, None) => {}
         }
 
         tokio::spawn(server.run(std::future::pending()));

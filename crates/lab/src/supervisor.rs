@@ -269,12 +269,16 @@ pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
     // identities) names the cluster's pods and carries its flows: root only.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    // `lab up` created these before this process ran.
-    for path in [run_dir.clone(), run_dir.join("supervisor.log")] {
-        let mode = if path == run_dir { 0o700 } else { 0o600 };
-        if let Err(e) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)) {
-            tracing::warn!("restricting {}: {e}", path.display());
-        }
+    // `lab up` created the directory and this process's log before it ran.
+    let restrict = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    restrict(&run_dir, 0o700).with_context(|| format!("making {} root's", run_dir.display()))?;
+    let log = run_dir.join("supervisor.log");
+    if let Err(e) = restrict(&log, 0o600)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("making {} root's: {e}", log.display());
     }
     secrets::create_pki(&names)?;
     let (exits, mut exit_events) = mpsc::unbounded_channel();
