@@ -32,7 +32,9 @@ use crate::state::{self, StoredEndpoint, StoredState};
 use crate::view::View;
 use crate::{conntrack, l7, policy, reconcile};
 use myelin_observe::proto::flow::AgentEventType;
-use myelin_observe::servicemap::{ServiceMapConfig, SharedServiceMap, serve_servicemap};
+use myelin_observe::servicemap::{
+    AccessToken, ServiceMapConfig, SharedServiceMap, serve_servicemap,
+};
 use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
 use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
 use myelin_proxy::control::ControlServer;
@@ -64,7 +66,7 @@ pub struct AgentConfig {
     pub proxy_socket: Option<PathBuf>,
     /// Unix socket of the Hubble-compatible observer API.
     pub observer_socket: Option<PathBuf>,
-    /// TCP address of the observer API (plaintext: keep it on loopback).
+    /// TCP address of the observer API (plaintext without `observer_tls`: keep it on loopback).
     pub observer_tcp: Option<SocketAddr>,
     /// TLS for the observer's TCP listener (the unix socket stays plaintext).
     pub observer_tls: Option<myelin_observe::ServerTls>,
@@ -72,6 +74,9 @@ pub struct AgentConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// TCP address of the live service map page.
     pub servicemap_addr: Option<SocketAddr>,
+    /// File holding the token the service map page requires (created with
+    /// a random token, mode 0600, when it does not exist).
+    pub servicemap_token_file: PathBuf,
     /// The HTTP headers L7 flows carry.
     pub flow_headers: l7::FlowHeaders,
 }
@@ -120,8 +125,7 @@ type Call = (Request, oneshot::Sender<Result<Response, String>>);
 /// Runs the agent until SIGINT or SIGTERM. Programs and maps stay pinned and
 /// attached when it exits, so traffic flows on while it is away.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    crate::state::create_private_dir(&config.state_dir)?;
     let mut datapath = Datapath::load(&config.bpffs)?;
     for replaced in datapath.replaced_pins() {
         tracing::warn!("{replaced}: created anew, its content is rebuilt from the agent's state");
@@ -192,19 +196,27 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let mut server = myelin_observe::bind(observer.clone(), &serve_config)
             .await
             .context("starting the observer API")?;
-        if let Some(tls) = &config.observer_tls {
-            server = server.with_tls(tls).context("the observer API's TLS")?;
+        match (&config.observer_tls, config.observer_tcp) {
+            (Some(tls), _) => server = server.with_tls(tls).context("the observer API's TLS")?,
+            (None, Some(address)) => tracing::warn!(
+                %address,
+                "the observer's TCP port is plaintext and asks no certificate: whoever reaches \
+                 it reads every flow; give --hubble-tls-cert-file, --hubble-tls-key-file and \
+                 --hubble-tls-client-ca-files"
+            ),
+            (None, None) => {}
         }
 
         tokio::spawn(server.run(std::future::pending()));
     }
     if let Some(address) = config.servicemap_addr {
+        let token = AccessToken::load_or_create(&config.servicemap_token_file)?;
         let map = SharedServiceMap::new(ServiceMapConfig::default());
         map.follow(&observer);
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding the service map page {address}"))?;
-        tokio::spawn(serve_servicemap(listener, map));
+        tokio::spawn(serve_servicemap(listener, map, token));
     }
     if let Some(address) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(address)

@@ -111,12 +111,19 @@ pub fn load(dir: &Path) -> anyhow::Result<StoredState> {
     Ok(state)
 }
 
-/// Writes `bytes` to `path` atomically (write, fsync, rename).
+/// Writes `bytes` to `path` atomically (write, fsync, rename), readable by
+/// root only: the state names every pod, address and policy of the node.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("json.tmp");
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
@@ -137,9 +144,19 @@ pub fn save(dir: &Path, state: &StoredState) -> anyhow::Result<()> {
 /// Saves one resource (replacing the one of the same key).
 pub fn save_resource(dir: &Path, document: &Document) -> anyhow::Result<()> {
     let folder = resources_dir(dir);
-    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    create_private_dir(&folder)?;
     let path = resource_file(dir, &document.resource.key());
     write_atomically(&path, &serde_json::to_vec_pretty(document)?)
+}
+
+/// Creates `dir` (and its parents) with mode 0700 where it does not exist.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Forgets one resource.
@@ -173,6 +190,26 @@ mod tests {
             .collect::<Vec<_>>()
             .join("---\n");
         myelin_model::parse_str("test.yaml", &yaml).documents
+    }
+
+    #[test]
+    fn state_and_resources_are_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = dir.path().join("node");
+        create_private_dir(&state_dir).expect("state dir");
+        save(&state_dir, &StoredState::default()).expect("save");
+        for document in documents() {
+            save_resource(&state_dir, &document).expect("save resource");
+        }
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(&state_file(&state_dir)), 0o600);
+        assert_eq!(mode(&resources_dir(&state_dir)), 0o700);
+        for entry in std::fs::read_dir(resources_dir(&state_dir)).expect("resources") {
+            let path = entry.expect("entry").path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use myelin_api::lab::Exposed;
 use myelin_lab::Change;
 
 /// The lab used when none is named.
@@ -49,6 +50,14 @@ enum LabCommand {
     /// Run the lab supervisor in the foreground (`lab up` starts it).
     #[command(hide = true)]
     Supervise,
+    /// Run a command with a pod's view of this machine (the kubelet and `lab exec` use it
+    /// inside `ip netns exec`): the labs' run directory hidden, for good.
+    #[command(hide = true)]
+    Sandbox {
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -114,6 +123,7 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print_status(&status);
+                print_access(&lab, &status);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -121,11 +131,54 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
             pod,
             namespace,
             command,
-        } => Err(myelin_lab::exec(&lab, &namespace, &pod, &command)),
+        } => {
+            let exe = std::env::current_exe().context("locating the myelin binary")?;
+            let mut sandboxed = vec![
+                exe.display().to_string(),
+                "lab".to_string(),
+                "sandbox".to_string(),
+                "--".to_string(),
+            ];
+            sandboxed.extend(command);
+            Err(myelin_lab::exec(&lab, &namespace, &pod, &sandboxed))
+        }
+        LabCommand::Sandbox { command } => Err(crate::pod_view::exec_as_pod(&command)),
         LabCommand::Supervise => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
             runtime()?.block_on(myelin_lab::supervise(&lab, exe))?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// How to reach the forwarded observer and service map, with the lab's
+/// credentials (only root can read them, so only root sees this).
+fn print_access(lab: &str, status: &myelin_lab::LabStatus) {
+    let names = myelin_lab::LabNames::new(lab);
+    for (what, address) in &status.exposed {
+        match what {
+            Exposed::Servicemap => {
+                let token =
+                    myelin_observe::servicemap::AccessToken::read(&names.servicemap_token());
+                if let Ok(token) = token {
+                    println!(
+                        "\nservice map page: http://{address}/?token={}",
+                        token.as_str()
+                    );
+                }
+            }
+            Exposed::Observer => {
+                let tls = names.observer_tls();
+                if tls.client_key.exists() {
+                    println!(
+                        "\nobserver over TCP (mutual TLS): hubble observe --server {address} --tls \
+                         --tls-ca-cert-files {} --tls-client-cert-file {} --tls-client-key-file {}",
+                        tls.ca.display(),
+                        tls.client_cert.display(),
+                        tls.client_key.display()
+                    );
+                }
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 mod agent_client;
 mod bpf_cmd;
 mod lab_cmd;
+mod pod_view;
 mod policy_cmd;
 
 use std::net::IpAddr;
@@ -92,12 +93,17 @@ struct AgentArgs {
     /// CA certificates clients must present certificates from (mutual TLS), comma-separated.
     #[arg(long, value_delimiter = ',')]
     hubble_tls_client_ca_files: Vec<PathBuf>,
-    /// TCP address of the Prometheus metrics endpoint.
+    /// TCP address of the Prometheus metrics endpoint (keep it on loopback: pods reach the
+    /// node's other addresses).
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
     /// TCP address of the live service map page.
     #[arg(long)]
     servicemap: Option<std::net::SocketAddr>,
+    /// File holding the token the service map page requires; created with a random token
+    /// (mode 0600) when missing [default: STATE_DIR/servicemap-token].
+    #[arg(long)]
+    servicemap_token_file: Option<PathBuf>,
     /// HTTP headers L7 flows carry, comma-separated, any case (each costs the proxy a copy
     /// per request; `traceparent` is always read for trace context, shown only if named).
     #[arg(
@@ -195,7 +201,16 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Delete(args) => lab_cmd::run_delete(args),
         Command::Policy(args) => policy_cmd::run(args),
         Command::Bpf(args) => bpf_cmd::run(args),
-        Command::Servicemap(args) => {
+        Command::Servicemap(mut args) => {
+            // Without a token named, a lab's own (readable by root only).
+            if args.token.is_none() && args.token_file.is_none() {
+                let lab = std::env::var("MYELIN_LAB")
+                    .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
+                let file = myelin_lab::LabNames::new(&lab).servicemap_token();
+                if file.exists() {
+                    args.token_file = Some(file);
+                }
+            }
             runtime()?.block_on(myelin_observe::servicemap::run(&args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -218,6 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Agent(args) => {
+            let servicemap_token_file = args
+                .servicemap_token_file
+                .clone()
+                .unwrap_or_else(|| args.state_dir.join("servicemap-token"));
             let config = myelin_agent::AgentConfig {
                 node: args.node,
                 api_socket: args.api_socket,
@@ -239,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 },
                 metrics_addr: args.metrics,
                 servicemap_addr: args.servicemap,
+                servicemap_token_file,
                 flow_headers: myelin_agent::l7::FlowHeaders::new(&args.hubble_http_headers)
                     .context("--hubble-http-headers")?,
             };

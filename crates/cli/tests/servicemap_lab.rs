@@ -75,10 +75,21 @@ fn land(lab: &Lab, pod: &str) -> bool {
     output.status.success() && output.stdout == b"Ship landed\n"
 }
 
+/// The lab's service map token (the page refuses requests without it).
+fn token(lab: &Lab) -> String {
+    let file = myelin_lab::LabNames::new(&lab.name).servicemap_token();
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+        .trim()
+        .to_string()
+}
+
 /// The map as the agent serves it to the page, read inside the node.
 fn map_view(lab: &Lab) -> Option<MapView> {
     let output = Command::new("ip")
         .args(["netns", "exec", &node_netns(lab), "curl", "-s", "-m", "5"])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", token(lab)))
         .arg(format!("{PAGE}api/servicemap"))
         .output()
         .ok()?;
@@ -266,7 +277,9 @@ fn chromium_renders_the_lab_service_map() {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     // Opened on the denied edge (#edge=N selects it, as a click does), so
     // that its recent flows are listed too.
-    let url = format!("{PAGE}#edge={xwing_edge}");
+    // The token in the URL once, as `myelin servicemap --url` prints it; the
+    // page's own requests carry the cookie it sets.
+    let url = format!("{PAGE}?token={}#edge={xwing_edge}", token(&lab));
     let dom = run_chromium(
         &lab,
         &browser,

@@ -19,7 +19,8 @@ pub fn is_mounted(path: &Path) -> bool {
     })
 }
 
-/// Mounts a bpffs at `path` unless one is there already.
+/// Mounts a bpffs at `path` unless one is there already; only root may
+/// enter it (a bpffs root is world-writable with the sticky bit otherwise).
 pub fn ensure_mounted(path: &Path) -> anyhow::Result<()> {
     if is_mounted(path) {
         return Ok(());
@@ -30,7 +31,7 @@ pub fn ensure_mounted(path: &Path) -> anyhow::Result<()> {
         path,
         Some("bpf"),
         nix::mount::MsFlags::empty(),
-        None::<&str>,
+        Some("mode=0700"),
     )
     .with_context(|| format!("mounting a bpffs at {} (needs root)", path.display()))
 }

@@ -139,6 +139,9 @@ fn spawn_container(
     let mut command = tokio::process::Command::new("ip");
     command
         .args(["netns", "exec", &pod.netns])
+        // The pod's view of this machine: the labs' run directory hidden.
+        .arg(exe)
+        .args(["lab", "sandbox", "--"])
         .arg(&program)
         .args(&args)
         .env("HOSTNAME", name)
@@ -277,20 +280,33 @@ fn wire_pod(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
 /// `/etc/netns/<ns>/hosts` and `resolv.conf`, which `ip netns exec` mounts
 /// over the pod's `/etc`.
 fn write_pod_files(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = Path::new("/etc/netns").join(&pod.netns);
+    // Readable by all whatever the supervisor's umask (077): a pod's
+    // processes that give up root still resolve names.
+    let public = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("making {} readable", path.display()))
+    };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    public(&dir, 0o755)?;
+    let write = |name: &str, text: String| -> anyhow::Result<()> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        public(&path, 0o644)
+    };
     let name = &pod.pod.metadata.name;
     let hosts = format!(
         "# Written by the myelin lab for pod {name}\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{name}\n{}\t{name}\n",
         pod.ipv4, pod.ipv6
     );
-    std::fs::write(dir.join("hosts"), hosts)?;
+    write("hosts", hosts)?;
     let namespace = namespace_of(&pod.pod.metadata);
     let resolv = format!(
         "# Written by the myelin lab: the node's DNS responder\nnameserver {}\nnameserver {}\nsearch {namespace}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 timeout:1 attempts:2\n",
         node.router_v4, node.router_v6
     );
-    std::fs::write(dir.join("resolv.conf"), resolv)?;
+    write("resolv.conf", resolv)?;
     Ok(())
 }
 

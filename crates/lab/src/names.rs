@@ -66,6 +66,25 @@ impl LabNames {
         self.run_dir().join("bpf")
     }
 
+    /// The token the service map pages of the lab's agents require.
+    pub fn servicemap_token(&self) -> PathBuf {
+        self.run_dir().join("servicemap-token")
+    }
+
+    /// The lab's observer PKI: the CA, the agents' server certificate and
+    /// the client certificate `observe` and `hubble` present over TCP.
+    pub fn observer_tls(&self) -> ObserverTlsFiles {
+        let dir = self.run_dir().join("tls");
+        ObserverTlsFiles {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            dir,
+        }
+    }
+
     /// The prefix shared by every network namespace of this lab.
     pub fn netns_prefix(&self) -> String {
         format!("{NETNS_PREFIX}{}_", self.lab)
@@ -81,6 +100,23 @@ impl LabNames {
     pub fn pod_netns(&self, namespace: &str, pod: &str) -> String {
         format!("{}{namespace}_{pod}", self.netns_prefix())
     }
+}
+
+/// Where a lab keeps its observer PKI (PEM files, readable by root only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObserverTlsFiles {
+    /// The directory holding them.
+    pub dir: PathBuf,
+    /// The lab's CA certificate: it signed the other two.
+    pub ca: PathBuf,
+    /// The agents' server certificate (localhost, 127.0.0.1, ::1).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// The client certificate the observer's TCP port requires.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
 }
 
 /// The host-side veth name of a pod: `ml` and 11 hex digits of a hash of the

@@ -10,7 +10,7 @@ use anyhow::{Context as _, anyhow, bail};
 use myelin_api::agent::{Request, Response};
 use myelin_api::lab::Exposed;
 
-use crate::names::LabNames;
+use crate::names::{LabNames, ObserverTlsFiles};
 use crate::net;
 use crate::state::NodeRecord;
 use crate::{bpffs, ipam};
@@ -35,6 +35,10 @@ pub struct Node {
     bpffs: PathBuf,
     /// The observer API socket of the node's agent.
     observer_socket: PathBuf,
+    /// The lab's observer PKI (its TCP port requires client certificates).
+    observer_tls: ObserverTlsFiles,
+    /// The token the agent's service map page requires.
+    servicemap_token: PathBuf,
     /// DNS sockets, bound once and handed to every agent the node runs:
     /// queries sent while an agent restarts wait in them.
     dns_sockets: Vec<std::net::UdpSocket>,
@@ -61,6 +65,8 @@ impl Node {
             run_dir: names.run_dir(),
             bpffs: names.bpffs(),
             observer_socket: names.observer_socket(name),
+            observer_tls: names.observer_tls(),
+            servicemap_token: names.servicemap_token(),
             dns_sockets: Vec::new(),
             agent_starting: tokio::sync::RwLock::new(()),
         }
@@ -154,6 +160,7 @@ impl Node {
         let record = &self.record;
         // Appended: a restarted agent's log follows its predecessor's.
         let log = self.log("agent.log")?;
+        let tls = &self.observer_tls;
         let mut command = tokio::process::Command::new(exe);
         command
             .args(["agent", "--node", &record.name, "--netns", &record.netns])
@@ -173,9 +180,18 @@ impl Node {
             .arg(&self.observer_socket)
             .arg("--observer-tcp")
             .arg(format!("127.0.0.1:{}", Exposed::Observer.port()))
-            .args(["--metrics", "0.0.0.0:9965"])
+            .arg("--hubble-tls-cert-file")
+            .arg(&tls.server_cert)
+            .arg("--hubble-tls-key-file")
+            .arg(&tls.server_key)
+            .arg("--hubble-tls-client-ca-files")
+            .arg(&tls.ca)
+            // The node's loopback: pods reach only the node's other addresses.
+            .args(["--metrics", "127.0.0.1:9965"])
             .arg("--servicemap")
             .arg(format!("127.0.0.1:{}", Exposed::Servicemap.port()))
+            .arg("--servicemap-token-file")
+            .arg(&self.servicemap_token)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -8,6 +8,7 @@
 //! wait); writes (apply, delete) take their turn on a second, async mutex
 //! for their whole run, so a `lab status` answers while a long apply runs.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +19,8 @@ use myelin_api::ApiError;
 use myelin_api::agent::Request;
 use myelin_api::lab::{Exposed, LabRequest, LabResponse};
 use tokio::sync::mpsc;
+
+mod secrets;
 
 use crate::forward;
 use crate::names::LabNames;
@@ -262,7 +265,22 @@ impl Lab {
 pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
     let names = LabNames::new(name);
     let run_dir = names.run_dir();
+    // Everything the lab, its agents and proxies write (state, sockets, logs,
+    // identities) names the cluster's pods and carries its flows: root only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // `lab up` created the directory and this process's log before it ran.
+    let restrict = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    restrict(&run_dir, 0o700).with_context(|| format!("making {} root's", run_dir.display()))?;
+    let log = run_dir.join("supervisor.log");
+    if let Err(e) = restrict(&log, 0o600)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("making {} root's: {e}", log.display());
+    }
+    secrets::create_pki(&names)?;
     let (exits, mut exit_events) = mpsc::unbounded_channel();
     let mut node = Node::new(&names, "node1", 1);
     let state = LabState {

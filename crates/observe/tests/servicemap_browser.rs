@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use servicemap_support::{MapServer, edge_id, starwars_flows};
+use servicemap_support::{MapServer, TOKEN, edge_id, starwars_flows};
 
 /// Longest a browser run may take before it is killed (with its children).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
@@ -168,7 +168,8 @@ async fn chromium_renders_the_starwars_map() {
 
     // Opened on the denied edge (#edge=N selects it, as a click does), so
     // that its recent flows are listed too.
-    let url = format!("http://{}/#edge={xwing}", server.addr);
+    // The token in the URL once; the page's own requests carry the cookie it sets.
+    let url = format!("http://{}/?token={TOKEN}#edge={xwing}", server.addr);
     let dom = run_chromium(
         &browser,
         &[

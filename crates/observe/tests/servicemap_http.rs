@@ -5,8 +5,53 @@ mod common;
 mod servicemap_support;
 
 use myelin_observe::printer::{PrintOptions, compact_line};
-use myelin_observe::servicemap::{EdgeFlows, EdgeStatus, MapView, fetch_view, render_text};
-use servicemap_support::{MapServer, edge_id, request, starwars_flows};
+use myelin_observe::servicemap::{
+    AccessToken, EdgeFlows, EdgeStatus, MapView, TOKEN_COOKIE, fetch_view, render_text,
+};
+use servicemap_support::{MapServer, TOKEN, edge_id, request, request_with, starwars_flows};
+
+fn token() -> AccessToken {
+    AccessToken::new(TOKEN.to_string())
+}
+
+#[tokio::test]
+async fn only_holders_of_the_token_read_the_map() {
+    let server = MapServer::start().await;
+    for path in [
+        "/",
+        "/api/servicemap",
+        "/api/edges/1/flows",
+        "/servicemap.js",
+    ] {
+        let (status, headers, body) = request_with(server.addr, "GET", path, &[]).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(headers["www-authenticate"], "Bearer");
+        assert!(body.contains("myelin servicemap --url"), "{body}");
+    }
+    let (status, _, _) = request_with(server.addr, "GET", "/?token=guess", &[]).await;
+    assert_eq!(status, 401);
+    let wrong = fetch_view(&server.addr.to_string(), &AccessToken::new("guess".into()))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(wrong.contains("401"), "{wrong}");
+
+    // The URL with the token sets a cookie the page's scripts cannot read;
+    // the cookie alone is enough afterwards.
+    let (status, headers, _) =
+        request_with(server.addr, "GET", &format!("/?token={TOKEN}"), &[]).await;
+    assert_eq!(status, 200);
+    let cookie = headers["set-cookie"].to_str().unwrap_or_default();
+    assert_eq!(
+        cookie,
+        format!("{TOKEN_COOKIE}={TOKEN}; HttpOnly; SameSite=Strict; Path=/")
+    );
+    let sent = format!("{TOKEN_COOKIE}={TOKEN}");
+    let (status, _, body) =
+        request_with(server.addr, "GET", "/api/servicemap", &[("cookie", &sent)]).await;
+    assert_eq!(status, 200, "{body}");
+}
 
 #[tokio::test]
 async fn page_api_and_edge_flows() {
@@ -104,7 +149,7 @@ async fn page_api_and_edge_flows() {
     assert_eq!((status.as_u16(), body.as_str()), (200, ""));
 
     // What `myelin servicemap` fetches and prints.
-    let fetched = fetch_view(&format!("http://{}/", server.addr))
+    let fetched = fetch_view(&format!("http://{}/", server.addr), &token())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(fetched.nodes, view.nodes);
@@ -126,7 +171,7 @@ async fn fetch_view_errors_name_the_server() {
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
     drop(listener);
-    let error = fetch_view(&addr.to_string())
+    let error = fetch_view(&addr.to_string(), &token())
         .await
         .err()
         .map(|e| e.to_string())
@@ -137,7 +182,7 @@ async fn fetch_view_errors_name_the_server() {
     );
 
     // An address without a port.
-    let error = fetch_view("127.0.0.1")
+    let error = fetch_view("127.0.0.1", &token())
         .await
         .err()
         .map(|e| e.to_string())
@@ -146,7 +191,7 @@ async fn fetch_view_errors_name_the_server() {
 
     // A server with no traffic yet answers an empty map.
     let server = MapServer::start().await;
-    let empty = fetch_view(&server.addr.to_string())
+    let empty = fetch_view(&server.addr.to_string(), &token())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(empty.edges.is_empty() && empty.nodes.is_empty());

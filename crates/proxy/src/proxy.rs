@@ -185,14 +185,21 @@ impl SnapshotSink for Applier {
 }
 
 /// Writes the snapshot to a temporary file next to `path`, syncs it and renames it over
-/// `path`, so a crash leaves either the old or the new snapshot, never half of one.
+/// `path`, so a crash leaves either the old or the new snapshot, never half of one. Only
+/// root reads it (mode 0600): it holds every L7 rule of the node.
 fn persist(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let data = serde_json::to_vec(snapshot).map_err(std::io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&data)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -454,4 +461,23 @@ pub async fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     info!("stopping: draining connections");
     proxy.drain().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_file_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("proxy-snapshot.json");
+        persist(&path, &Snapshot::default()).expect("persist");
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load(&path), Ok(Some(Snapshot::default())));
+    }
 }

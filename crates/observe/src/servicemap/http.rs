@@ -4,7 +4,10 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue};
+use http::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE,
+    HeaderValue, SET_COOKIE, WWW_AUTHENTICATE,
+};
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -17,6 +20,7 @@ use crate::printer::{PrintOptions, compact_line, verdict_text};
 
 use super::ServiceMapError;
 use super::shared::SharedServiceMap;
+use super::token::{AccessToken, TOKEN_COOKIE};
 use super::view::{EdgeFlows, FlowLine, MapView};
 
 /// The page, its script and its style, compiled into the binary so that the
@@ -127,11 +131,80 @@ fn edge_flows(map: &SharedServiceMap, id: &str) -> Response<Body> {
     })
 }
 
+/// How a request proves it may read the map.
+#[derive(Debug, PartialEq, Eq)]
+enum Access {
+    /// By the cookie or an `Authorization: Bearer` header.
+    Granted,
+    /// By `?token=` in the URL: the answer sets the cookie.
+    FromQuery,
+    /// Not at all.
+    Refused,
+}
+
+fn access<B>(token: &AccessToken, request: &Request<B>) -> Access {
+    let headers = request.headers();
+    let bearer = headers
+        .get_all(AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.strip_prefix("Bearer "))
+        .any(|given| token.matches(given.trim()));
+    let cookie = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='))
+        .any(|given| token.matches(given));
+    if bearer || cookie {
+        return Access::Granted;
+    }
+    let query = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("token="))
+        .any(|given| token.matches(given));
+    if query {
+        Access::FromQuery
+    } else {
+        Access::Refused
+    }
+}
+
+fn refused() -> Response<Body> {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "the service map needs its access token: open the URL `myelin servicemap --url` prints \
+         (as root), or send `Authorization: Bearer <token>`\n"
+            .to_string(),
+    );
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
 async fn handle(
     map: SharedServiceMap,
+    token: AccessToken,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    let access = access(&token, &request);
+    if access == Access::Refused {
+        return Ok(refused());
+    }
     let mut answer = route(&map, request.method(), request.uri().path());
+    if access == Access::FromQuery {
+        // Kept by the browser for this server only, out of the page's scripts' reach.
+        let cookie = format!(
+            "{TOKEN_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+            token.as_str()
+        );
+        if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+            answer.headers_mut().insert(SET_COOKIE, cookie);
+        }
+    }
     if request.method() == Method::HEAD {
         *answer.body_mut() = Full::new(Bytes::new());
     }
@@ -140,13 +213,19 @@ async fn handle(
 
 /// Serves the page (`GET /`), the map (`GET /api/servicemap`) and an edge's
 /// recent flows (`GET /api/edges/<id>/flows`) on `listener`, until the task
-/// is dropped or accepting fails.
-pub async fn serve_servicemap(listener: TcpListener, map: SharedServiceMap) -> std::io::Result<()> {
+/// is dropped or accepting fails. Every request must carry `token` (see
+/// [`AccessToken`]); others are answered 401.
+pub async fn serve_servicemap(
+    listener: TcpListener,
+    map: SharedServiceMap,
+    token: AccessToken,
+) -> std::io::Result<()> {
     loop {
         let (stream, peer): (_, SocketAddr) = listener.accept().await?;
-        let map = map.clone();
+        let (map, token) = (map.clone(), token.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(map.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| handle(map.clone(), token.clone(), req));
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -158,7 +237,7 @@ pub async fn serve_servicemap(listener: TcpListener, map: SharedServiceMap) -> s
 }
 
 /// `host:port` from `host:port`, `http://host:port` or `http://host:port/`.
-fn authority(server: &str) -> Result<&str, ServiceMapError> {
+pub(super) fn authority(server: &str) -> Result<&str, ServiceMapError> {
     if server.starts_with("https://") {
         return Err(ServiceMapError::Address {
             server: server.to_string(),
@@ -176,8 +255,9 @@ fn authority(server: &str) -> Result<&str, ServiceMapError> {
     Ok(rest)
 }
 
-/// Fetches the map from the server at `server` (`host:port` or `http://host:port`).
-pub async fn fetch_view(server: &str) -> Result<MapView, ServiceMapError> {
+/// Fetches the map from the server at `server` (`host:port` or
+/// `http://host:port`) with its access token.
+pub async fn fetch_view(server: &str, token: &AccessToken) -> Result<MapView, ServiceMapError> {
     let authority = authority(server)?;
     let stream =
         TcpStream::connect(authority)
@@ -192,6 +272,7 @@ pub async fn fetch_view(server: &str) -> Result<MapView, ServiceMapError> {
     let connection = tokio::spawn(connection);
     let request = Request::get(API_MAP_PATH)
         .header(http::header::HOST, authority)
+        .header(AUTHORIZATION, format!("Bearer {}", token.as_str()))
         .body(http_body_util::Empty::<Bytes>::new())
         .map_err(|e| ServiceMapError::Address {
             server: server.to_string(),
@@ -233,5 +314,45 @@ mod tests {
         assert!(authority("https://x:1").is_err());
         assert!(authority("http://x:1/api").is_err());
         assert!(authority("nohost").is_err());
+    }
+
+    #[test]
+    fn only_requests_with_the_token_are_served() {
+        let token = AccessToken::new("secret".to_string());
+        let request = |uri: &str, header: Option<(http::HeaderName, &str)>| {
+            let mut builder = Request::get(uri);
+            if let Some((name, value)) = header {
+                builder = builder.header(name, value);
+            }
+            builder.body(()).expect("request")
+        };
+        assert_eq!(access(&token, &request("/", None)), Access::Refused);
+        assert_eq!(
+            access(&token, &request("/?token=wrong", None)),
+            Access::Refused
+        );
+        assert_eq!(
+            access(&token, &request("/?a=1&token=secret", None)),
+            Access::FromQuery
+        );
+        let cookie = format!("x=1; {TOKEN_COOKIE}=secret");
+        assert_eq!(
+            access(&token, &request(API_MAP_PATH, Some((COOKIE, &cookie)))),
+            Access::Granted
+        );
+        assert_eq!(
+            access(
+                &token,
+                &request(API_MAP_PATH, Some((AUTHORIZATION, "Bearer secret")))
+            ),
+            Access::Granted
+        );
+        assert_eq!(
+            access(
+                &token,
+                &request(API_MAP_PATH, Some((AUTHORIZATION, "Bearer secrets")))
+            ),
+            Access::Refused
+        );
     }
 }

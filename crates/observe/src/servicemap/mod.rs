@@ -13,9 +13,11 @@ mod aggregate;
 mod http;
 mod render;
 mod shared;
+mod token;
 mod view;
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Context;
 
@@ -23,6 +25,7 @@ pub use aggregate::{MapCounters, ServiceMap, ServiceMapConfig};
 pub use http::{API_MAP_PATH, fetch_view, serve_servicemap};
 pub use render::{render_dot, render_text};
 pub use shared::SharedServiceMap;
+pub use token::{AccessToken, TOKEN_COOKIE, TokenError};
 pub use view::{EdgeFlows, EdgeStatus, EdgeView, FlowLine, MapView, NodeKind, NodeView};
 
 /// Where the agent serves the map unless told otherwise (Hubble UI's port).
@@ -97,11 +100,49 @@ pub struct ServiceMapArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = MapFormat::Text)]
     pub output: MapFormat,
+    /// The server's access token.
+    #[arg(long, env = "MYELIN_SERVICEMAP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the server's access token [default in a lab: the lab's token file].
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Print the page's URL with its token (open it in a browser) instead of the map.
+    #[arg(long)]
+    pub url: bool,
 }
 
-/// `myelin servicemap`: fetches the map and prints it to stdout.
+impl ServiceMapArgs {
+    /// The access token: given, or read from the token file.
+    pub fn access_token(&self) -> anyhow::Result<AccessToken> {
+        match (&self.token, &self.token_file) {
+            (Some(token), _) => Ok(AccessToken::new(token.clone())),
+            (None, Some(file)) => Ok(AccessToken::read(file)?),
+            (None, None) => anyhow::bail!(
+                "the service map needs its access token: give --token or --token-file (the \
+                 agent's token file, readable by root)"
+            ),
+        }
+    }
+}
+
+/// The page's URL on `server`, with `token` to open it in a browser.
+pub fn page_url(server: &str, token: &AccessToken) -> Result<String, ServiceMapError> {
+    Ok(format!(
+        "http://{}/?token={}",
+        http::authority(server)?,
+        token.as_str()
+    ))
+}
+
+/// `myelin servicemap`: fetches the map and prints it to stdout (or, with
+/// `--url`, the page's URL).
 pub async fn run(args: &ServiceMapArgs) -> anyhow::Result<()> {
-    let view = fetch_view(&args.server).await?;
+    let token = args.access_token()?;
+    if args.url {
+        println!("{}", page_url(&args.server, &token)?);
+        return Ok(());
+    }
+    let view = fetch_view(&args.server, &token).await?;
     let out = match args.output {
         MapFormat::Text => render_text(&view),
         MapFormat::Dot => render_dot(&view),

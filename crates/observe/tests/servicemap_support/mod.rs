@@ -12,7 +12,12 @@ use hyper::body::Bytes;
 use hyper::{HeaderMap, StatusCode};
 use hyper_util::rt::TokioIo;
 use myelin_observe::proto::flow::{Flow, Workload};
-use myelin_observe::servicemap::{MapView, ServiceMapConfig, SharedServiceMap, serve_servicemap};
+use myelin_observe::servicemap::{
+    AccessToken, MapView, ServiceMapConfig, SharedServiceMap, serve_servicemap,
+};
+
+/// The access token of every test server.
+pub const TOKEN: &str = "test-token";
 use myelin_observe::{Observer, ObserverConfig};
 
 use crate::common;
@@ -61,7 +66,8 @@ impl MapServer {
         let server = tokio::spawn({
             let map = map.clone();
             async move {
-                if let Err(e) = serve_servicemap(listener, map).await {
+                let token = AccessToken::new(TOKEN.to_string());
+                if let Err(e) = serve_servicemap(listener, map, token).await {
                     panic!("service map server failed: {e}");
                 }
             }
@@ -102,11 +108,22 @@ impl Drop for MapServer {
     }
 }
 
-/// One HTTP/1.1 request over a fresh connection.
+/// One HTTP/1.1 request with the access token over a fresh connection.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
     path: &str,
+) -> (StatusCode, HeaderMap, String) {
+    let bearer = format!("Bearer {TOKEN}");
+    request_with(addr, method, path, &[("authorization", &bearer)]).await
+}
+
+/// One HTTP/1.1 request with `headers` over a fresh connection.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, String) {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -115,10 +132,14 @@ pub async fn request(
         .await
         .unwrap_or_else(|e| panic!("handshake: {e}"));
     tokio::spawn(connection);
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", addr.to_string())
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Empty::<Bytes>::new())
         .unwrap_or_else(|e| panic!("request: {e}"));
     let answer = sender
