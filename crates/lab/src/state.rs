@@ -2,7 +2,9 @@
 //! created, so that `lab down` can remove it all even after a crash.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -116,7 +118,14 @@ impl LabState {
     /// Saves atomically.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+        // The lab's state names every pod and process: root's only.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut file| file.write_all(&serde_json::to_vec_pretty(self)?))
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
     }
@@ -178,6 +187,19 @@ mod tests {
             ..me.clone()
         };
         assert!(!recycled.alive());
+    }
+
+    #[test]
+    fn the_state_file_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.json");
+        LabState::default().save(&path).expect("saved");
+        let mode = std::fs::metadata(&path)
+            .expect("saved")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -364,7 +365,14 @@ impl FileStore {
             path: self.path.display().to_string(),
             message: e.to_string(),
         })?;
-        let mut file = File::create(&tmp).map_err(|e| self.io("create", &tmp, e))?;
+        // The store names every workload of the cluster: root's only.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| self.io("create", &tmp, e))?;
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| self.io("write", &tmp, e))?;
@@ -606,6 +614,18 @@ mod tests {
         // so the grace has long passed.
         assert!(store.collect(1000, RETENTION).unwrap().is_empty());
         assert_eq!(store.collect(1001, RETENTION).unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn the_file_store_is_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identities.json");
+        FileStore::new(&path)
+            .acquire("node1", &labels("a"), CLUSTER_MIN, 0)
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 
     #[test]
