@@ -5,6 +5,8 @@
 //!
 //! Callers depend on this crate, not on the daemon behind the socket.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 mod error;
 pub mod framing;
