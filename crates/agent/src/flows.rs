@@ -36,10 +36,16 @@ impl EndpointMeta {
     /// The cluster of the endpoint, from its identity's cluster label as
     /// Cilium sets it on every pod; reserved and CIDR identities have none.
     fn cluster_name(&self) -> String {
-        let prefix = format!("{SOURCE_K8S}:{CLUSTER_LABEL}=");
+        // Per flow, twice: matched in place, without building the prefix.
         self.labels
             .iter()
-            .find_map(|label| label.strip_prefix(&prefix))
+            .find_map(|label| {
+                label
+                    .strip_prefix(SOURCE_K8S)?
+                    .strip_prefix(':')?
+                    .strip_prefix(CLUSTER_LABEL)?
+                    .strip_prefix('=')
+            })
             .unwrap_or_default()
             .to_string()
     }
