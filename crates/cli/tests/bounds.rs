@@ -144,9 +144,14 @@ fn closed_connections_and_stray_datagrams_do_not_linger_in_conntrack() {
 
     // A datagram to a port of the cluster IP that no frontend serves is
     // refused without leaving an entry.
-    lab.exec(
+    let sent = lab.exec(
         "tiefighter",
         &["bash", "-c", &format!("echo probe > /dev/udp/{vip}/9999")],
+    );
+    assert!(
+        sent.status.success(),
+        "the datagram was not sent: {}",
+        text(&sent)
     );
     let stray: Vec<serde_json::Value> = ct(&lab)
         .into_iter()
