@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -126,11 +127,17 @@ impl Drop for RuntimeThread {
     }
 }
 
-/// The client with the cluster's keys and the call timeout; cheap to clone, used by the
-/// store's tasks (which must not keep the runtime alive, so they do not hold it).
+/// One client per etcd member with the cluster's keys and the call timeout; cheap to
+/// clone, used by the store's tasks (which must not keep the runtime alive, so they do
+/// not hold it).
+///
+/// Calls go to one member at a time and move to the next when it does not answer (a
+/// refused or broken connection, no leader, a timeout): a balanced channel over all
+/// members would keep sending to a dead member and fail one call in N.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    pub(crate) client: Client,
+    clients: Arc<[Client]>,
+    current: Arc<AtomicUsize>,
     pub(crate) keys: Keys,
     pub(crate) timeout: Duration,
 }
@@ -139,31 +146,73 @@ impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("root", &self.keys.root())
+            .field("members", &self.clients.len())
             .finish_non_exhaustive()
     }
 }
 
+/// Whether another member may answer where this one failed.
+fn unreachable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
 impl Conn {
-    /// Awaits an etcd call within the timeout.
-    pub(crate) async fn call<T>(
+    /// Runs `op` against the current member within the timeout; when that member does not
+    /// answer, against the next, each member at most once.
+    pub(crate) async fn call<T, F, Fut>(
         &self,
         what: impl Into<String>,
-        call: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
+        mut op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let what = what.into();
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(StoreError::etcd(what)),
-            Err(_) => Err(StoreError::Timeout {
-                what,
-                secs: self.timeout.as_secs_f64(),
-            }),
+        let members = self.clients.len();
+        let mut last = StoreError::Stopped;
+        for _ in 0..members {
+            let index = self.current.load(Ordering::Relaxed) % members;
+            match tokio::time::timeout(self.timeout, op(self.clients[index].clone())).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(source)) if members > 1 && unreachable(&source) => {
+                    last = StoreError::Etcd {
+                        what: what.clone(),
+                        source,
+                    };
+                }
+                Ok(Err(source)) => return Err(StoreError::Etcd { what, source }),
+                Err(_) => {
+                    last = StoreError::Timeout {
+                        what: what.clone(),
+                        secs: self.timeout.as_secs_f64(),
+                    };
+                }
+            }
+            // Move on, unless a concurrent call moved on already.
+            let _ = self.current.compare_exchange(
+                index,
+                (index + 1) % members,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
+        Err(last)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut client = self.client.clone();
         let mut response = self
-            .call(format!("get {key}"), client.get(key, None))
+            .call(format!("get {key}"), |mut c| {
+                let key = key.to_string();
+                async move { c.get(key, None).await }
+            })
             .await?;
         Ok(response.take_kvs().into_iter().next())
     }
@@ -174,13 +223,15 @@ impl Conn {
         prefix: &str,
         keys_only: bool,
     ) -> Result<(Vec<KeyValue>, i64), StoreError> {
-        let mut client = self.client.clone();
         let mut options = GetOptions::new().with_prefix();
         if keys_only {
             options = options.with_keys_only();
         }
         let mut response = self
-            .call(format!("list {prefix}"), client.get(prefix, Some(options)))
+            .call(format!("list {prefix}"), |mut c| {
+                let (prefix, options) = (prefix.to_string(), options.clone());
+                async move { c.get(prefix, Some(options)).await }
+            })
             .await?;
         let revision = response.header().map_or(0, |h| h.revision());
         Ok((response.take_kvs(), revision))
@@ -192,33 +243,46 @@ impl Conn {
         value: impl Into<Vec<u8>>,
         lease: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        let options = lease.map(|id| PutOptions::new().with_lease(id));
-        self.call(format!("put {key}"), client.put(key, value, options))
-            .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        self.call(format!("delete {key}"), client.delete(key, None))
-            .await?;
-        Ok(())
-    }
-
-    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
-        let mut client = self.client.clone();
-        self.call(
-            format!("delete {prefix}*"),
-            client.delete(prefix, Some(DeleteOptions::new().with_prefix())),
-        )
+        let value = value.into();
+        self.call(format!("put {key}"), |mut c| {
+            let (key, value) = (key.to_string(), value.clone());
+            let options = lease.map(|id| PutOptions::new().with_lease(id));
+            async move { c.put(key, value, options).await }
+        })
         .await?;
         Ok(())
     }
 
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.call(format!("delete {key}"), |mut c| {
+            let key = key.to_string();
+            async move { c.delete(key, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_prefix(&self, prefix: &str) -> Result<(), StoreError> {
+        self.call(format!("delete {prefix}*"), |mut c| {
+            let prefix = prefix.to_string();
+            async move {
+                c.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A transaction. Tried on another member only when the first did not answer: every
+    /// transaction here compares before it writes, so one that did commit fails its
+    /// compare when tried again and the caller reads what is there.
     pub(crate) async fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse, StoreError> {
-        let mut client = self.client.clone();
-        self.call(what, client.txn(txn)).await
+        self.call(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 }
 
@@ -237,10 +301,11 @@ impl Store {
         let runtime = Arc::new(RuntimeThread::start()?);
         let address = config.address.clone();
         let timeout = config.timeout;
-        let client = runtime.block_on(async move { connect_client(&address, timeout).await })?;
+        let clients = runtime.block_on(async move { connect_clients(&address, timeout).await })?;
         Ok(Self {
             conn: Conn {
-                client,
+                clients: clients.into(),
+                current: Arc::new(AtomicUsize::new(0)),
                 keys,
                 timeout,
             },
@@ -264,7 +329,10 @@ impl Store {
     }
 }
 
-async fn connect_client(address: &StoreAddress, timeout: Duration) -> Result<Client, StoreError> {
+async fn connect_clients(
+    address: &StoreAddress,
+    timeout: Duration,
+) -> Result<Vec<Client>, StoreError> {
     // HTTP/2 pings find a dead connection (an etcd killed without a FIN) well within a
     // lease's TTL; require_leader makes a member cut off from its peers cancel our watches
     // instead of leaving them silent.
@@ -275,12 +343,22 @@ async fn connect_client(address: &StoreAddress, timeout: Duration) -> Result<Cli
         .with_require_leader(true);
     match address {
         StoreAddress::Tcp(endpoints) => {
-            Client::connect(endpoints, Some(options))
-                .await
-                .map_err(StoreError::etcd(format!(
-                    "connect to {}",
-                    endpoints.join(",")
-                )))
+            let mut clients = Vec::new();
+            for endpoint in endpoints {
+                clients.push(
+                    Client::connect([endpoint], Some(options.clone()))
+                        .await
+                        .map_err(StoreError::etcd(format!("connect to {endpoint}")))?,
+                );
+            }
+            if clients.is_empty() {
+                return Err(StoreError::BadName {
+                    what: "etcd address list",
+                    value: String::new(),
+                    why: "it is empty",
+                });
+            }
+            Ok(clients)
         }
         StoreAddress::Unix(path) => {
             let socket = path.clone();
@@ -298,9 +376,10 @@ async fn connect_client(address: &StoreAddress, timeout: Duration) -> Result<Cli
                         ))
                     }
                 }));
-            Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options))
+            let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options))
                 .await
-                .map_err(StoreError::etcd(format!("connect to {}", path.display())))
+                .map_err(StoreError::etcd(format!("connect to {}", path.display())))?;
+            Ok(vec![client])
         }
     }
 }

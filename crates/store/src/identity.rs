@@ -66,6 +66,19 @@ impl Store {
             .collect()
     }
 
+    /// Who holds which identity.
+    pub async fn holds(&self) -> Result<BTreeMap<Identity, BTreeSet<String>>, StoreError> {
+        let keys = self.keys();
+        let (kvs, _) = self.conn.list(&keys.holds(), true).await?;
+        let mut holds: BTreeMap<Identity, BTreeSet<String>> = BTreeMap::new();
+        for kv in &kvs {
+            let key = String::from_utf8_lossy(kv.key());
+            let (id, holder) = keys.parse_hold(&key)?;
+            holds.entry(id).or_default().insert(holder.to_string());
+        }
+        Ok(holds)
+    }
+
     /// Marks unheld identities released as of `now` and deletes those released for at
     /// least `grace_secs`, each only if still unheld and unchanged; returns the deleted.
     /// (Silent holders need no timeout here: their holds go with their lease.)

@@ -191,20 +191,41 @@ impl EtcdMember {
     }
 }
 
-/// etcd's `/health` on the client port: true when the member has a leader.
-fn health(port: u16) -> bool {
+/// One plain HTTP/1.1 request to a member's client port (etcd serves its health and its
+/// JSON gateway there); the response's body, or None.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(500)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(3)));
-    let request = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.contains("\"health\":\"true\"")
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// etcd's `/health` on the client port: true when the member has a leader.
+fn health(port: u16) -> bool {
+    http(port, "GET", "/health", "").is_some_and(|body| body.contains("\"health\":\"true\""))
+}
+
+/// Whether the member on `port` leads, from its status (the JSON gateway's
+/// `/v3/maintenance/status`: its own id in the header, the leader's beside it).
+fn leads(port: u16) -> bool {
+    let Some(body) = http(port, "POST", "/v3/maintenance/status", "{}") else {
+        return false;
+    };
+    let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let member = &status["header"]["member_id"];
+    !member.is_null() && *member == status["leader"]
 }
 
 /// Free ports on 127.0.0.1, distinct: every listener is held until all are picked.
@@ -344,6 +365,13 @@ impl EtcdServer {
                 message: format!("there are {count} members"),
                 log: PathBuf::new(),
             })
+    }
+
+    /// The index of the member that leads now, if one does.
+    pub fn leader(&self) -> Option<usize> {
+        self.members
+            .iter()
+            .position(|m| m.child.is_some() && leads(m.client_port))
     }
 
     /// Kills member `index` with SIGKILL (a crash) and waits for it.

@@ -160,10 +160,17 @@ impl NodeSession {
     pub async fn close(self) -> Result<(), StoreError> {
         self.keepalive.0.abort();
         let lease = self.state.lock().await.lease;
-        let mut client = self.store.conn.client.clone();
-        self.store
-            .conn
-            .call("revoke the lease", client.lease_revoke(lease))
+        self.store.revoke_lease(lease).await
+    }
+}
+
+impl Store {
+    /// Revokes a lease: every key under it goes at once (a node removed by the lab).
+    pub async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
+        self.conn
+            .call("revoke a lease", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
             .await?;
         Ok(())
     }
@@ -175,9 +182,10 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 async fn grant(conn: &Conn, ttl_secs: i64) -> Result<i64, StoreError> {
-    let mut client = conn.client.clone();
     let response = conn
-        .call("grant a lease", client.lease_grant(ttl_secs, None))
+        .call("grant a lease", |mut c| async move {
+            c.lease_grant(ttl_secs, None).await
+        })
         .await?;
     Ok(response.id())
 }
@@ -189,9 +197,10 @@ async fn keep_alive(conn: Conn, state: Arc<Mutex<SessionState>>, ttl_secs: i64, 
     let retry = Duration::from_millis(500);
     loop {
         let lease = state.lock().await.lease;
-        let mut client = conn.client.clone();
         let wait = match conn
-            .call("keep the lease alive", client.lease_keep_alive(lease))
+            .call("keep the lease alive", |mut c| async move {
+                c.lease_keep_alive(lease).await
+            })
             .await
         {
             Ok(_) => {

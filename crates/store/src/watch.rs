@@ -162,13 +162,12 @@ async fn follow(
     seen: &mut Seen,
     tx: &mpsc::Sender<RawEvent>,
 ) -> Result<(), StoreError> {
-    let mut client = conn.client.clone();
     let options = WatchOptions::new().with_prefix().with_start_revision(start);
     let mut stream = conn
-        .call(
-            format!("watch {prefix}"),
-            client.watch(prefix, Some(options)),
-        )
+        .call(format!("watch {prefix}"), |mut c| {
+            let (prefix, options) = (prefix.to_string(), options.clone());
+            async move { c.watch(prefix, Some(options)).await }
+        })
         .await?;
     loop {
         let response = stream
