@@ -106,9 +106,10 @@ fn racing_agents_agree_on_one_number_per_label_set() {
     const SHARED: usize = 100;
     const OWN: usize = 100;
     let address = etcd.server.address();
+    let start = Arc::new(std::sync::Barrier::new(AGENTS));
     let threads: Vec<_> = (0..AGENTS)
         .map(|agent| {
-            let address = address.clone();
+            let (address, start) = (address.clone(), start.clone());
             std::thread::spawn(move || {
                 let store = connect(address, "race");
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -119,19 +120,31 @@ fn racing_agents_agree_on_one_number_per_label_set() {
                 let session = runtime
                     .block_on(NodeSession::start(&store, &node, Duration::from_secs(30)))
                     .expect("session");
-                // The agent's own allocator, unchanged, over etcd.
-                let mut allocator =
-                    Allocator::new(Arc::new(EtcdIdentityStore::new(session.clone())), &node);
-                // Shared sets in an order of this agent's own, so they really race.
-                let mut names: Vec<String> = (0..SHARED)
-                    .map(|i| format!("shared-{}", (i * 7 + agent * 13) % SHARED))
-                    .chain((0..OWN).map(|i| format!("own-{agent}-{i}")))
+                let identities = Arc::new(EtcdIdentityStore::new(session.clone()));
+                // Even agents use the agent's own allocator, unchanged, over etcd: its
+                // search starts at the bottom of the range, so racers pick the same
+                // number. Odd agents search from a number of their own, so racers for one
+                // label set pick different numbers: both races must be lost by one side.
+                let mut allocator = Allocator::new(identities.clone(), &node);
+                let mut hint = 256 + agent as Identity * 4000;
+                // Every agent asks for the shared sets in the same order, from the same
+                // moment on, so they race for each one; their own sets lie in between.
+                let names: Vec<String> = (0..SHARED.max(OWN))
+                    .flat_map(|i| [format!("shared-{i}"), format!("own-{agent}-{i}")])
                     .collect();
-                names.rotate_left(agent * 11);
+                start.wait();
                 let got: BTreeMap<String, Identity> = names
                     .into_iter()
                     .map(|name| {
-                        let id = allocator.allocate(&labels(&name)).expect("allocate");
+                        let id = if agent % 2 == 0 {
+                            allocator.allocate(&labels(&name)).expect("allocate")
+                        } else {
+                            let id = identities
+                                .acquire(&node, &labels(&name), hint, 0)
+                                .expect("acquire");
+                            hint = id + 1;
+                            id
+                        };
                         (name, id)
                     })
                     .collect();
