@@ -599,3 +599,55 @@ async fn an_apply_is_one_transaction_and_watchers_see_it() {
     assert!(resources.contains_key(&key("Service", "svc")));
     assert!(!resources.contains_key(&key("Pod", "pod-0")));
 }
+
+#[test]
+fn an_agent_in_another_network_namespace_reaches_etcd_over_its_unix_socket() {
+    if !myelin_test_support::privileged("store_netns") {
+        return;
+    }
+    let Some(etcd) = etcd("netns_socket", 1) else {
+        return;
+    };
+    let socket = etcd.server.members()[0]
+        .unix_socket()
+        .expect("socket")
+        .to_path_buf();
+    let tcp = etcd.server.address();
+    // A thread in a network namespace of its own (anonymous: it goes with the thread),
+    // as a lab node's agent: 127.0.0.1 there is not etcd's, the socket's path is.
+    let outcome = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let mut config = StoreConfig::new(tcp, "netns");
+        config.timeout = Duration::from_secs(1);
+        let over_tcp = Store::connect(&config).expect("connect");
+        let tcp_works = runtime.block_on(over_tcp.healthy());
+        let over_socket = connect(StoreAddress::Unix(socket), "netns");
+        let session = runtime
+            .block_on(NodeSession::start(
+                &over_socket,
+                "node1",
+                Duration::from_secs(5),
+            ))
+            .expect("a lease over the socket");
+        runtime
+            .block_on(session.publish_endpoint(&endpoint("10.244.1.10", "node1", 300)))
+            .expect("a write over the socket");
+        (tcp_works, session)
+    })
+    .join()
+    .expect("thread");
+    assert!(!outcome.0, "127.0.0.1 of another namespace reached etcd");
+    let store = connect(etcd.server.address(), "netns");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    assert_eq!(
+        runtime
+            .block_on(store.endpoints())
+            .expect("endpoints")
+            .len(),
+        1
+    );
+}
