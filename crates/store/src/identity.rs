@@ -176,6 +176,16 @@ impl NodeSession {
         labels: &LabelSet,
         hint: Identity,
     ) -> Result<Identity, StoreError> {
+        let result = self.acquire(holder, labels, hint).await;
+        self.check(result)
+    }
+
+    async fn acquire(
+        &self,
+        holder: &str,
+        labels: &LabelSet,
+        hint: Identity,
+    ) -> Result<Identity, StoreError> {
         let conn = &self.store.conn;
         let keys = &conn.keys;
         let labels_key = keys.identity_labels(labels);
@@ -276,6 +286,16 @@ impl NodeSession {
     /// session's lease, every other hold of `holder` is let go; an identity left without
     /// holders is marked released as of `now`.
     pub async fn refresh_holds(
+        &self,
+        holder: &str,
+        held: &BTreeSet<Identity>,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let result = self.refresh(holder, held, now).await;
+        self.check(result)
+    }
+
+    async fn refresh(
         &self,
         holder: &str,
         held: &BTreeSet<Identity>,

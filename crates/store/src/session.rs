@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use myelin_policy::{Identity, LabelSet};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use crate::client::Conn;
@@ -55,6 +55,8 @@ pub struct NodeSession {
     node: String,
     ttl: Duration,
     pub(crate) state: Arc<Mutex<SessionState>>,
+    /// Wakes the keep-alive early after a failed write: the lease may be gone.
+    wake: Arc<Notify>,
     keepalive: Arc<KeepAliveTask>,
 }
 
@@ -80,9 +82,11 @@ impl NodeSession {
             stale: false,
             bound_ids: None,
         }));
+        let wake = Arc::new(Notify::new());
         let task = store.runtime.handle().spawn(keep_alive(
             store.conn.clone(),
             state.clone(),
+            wake.clone(),
             ttl_secs,
             node.to_string(),
         ));
@@ -91,6 +95,7 @@ impl NodeSession {
             node: node.to_string(),
             ttl: Duration::from_secs(ttl_secs as u64),
             state,
+            wake,
             keepalive: Arc::new(KeepAliveTask(task)),
         })
     }
@@ -123,7 +128,10 @@ impl NodeSession {
             .owned
             .insert(key.to_string(), Owned::Value(value.clone()));
         let result = self.store.conn.put(key, value, Some(state.lease)).await;
-        state.stale |= result.is_err();
+        if result.is_err() {
+            state.stale = true;
+            self.wake.notify_one();
+        }
         result
     }
 
@@ -135,6 +143,15 @@ impl NodeSession {
         if result.is_err() {
             state.pending_deletes.insert(key.to_string());
             state.stale = true;
+            self.wake.notify_one();
+        }
+        result
+    }
+
+    /// Wakes the keep-alive when `result` failed (the lease may be gone); passes it on.
+    pub(crate) fn check<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.wake.notify_one();
         }
         result
     }
@@ -192,7 +209,13 @@ async fn grant(conn: &Conn, ttl_secs: i64) -> Result<i64, StoreError> {
 
 /// Keeps the lease alive every third of its TTL; replaces it when lost; writes the owned
 /// keys again after any doubt.
-async fn keep_alive(conn: Conn, state: Arc<Mutex<SessionState>>, ttl_secs: i64, node: String) {
+async fn keep_alive(
+    conn: Conn,
+    state: Arc<Mutex<SessionState>>,
+    wake: Arc<Notify>,
+    ttl_secs: i64,
+    node: String,
+) {
     let period = Duration::from_millis((ttl_secs as u64 * 1000) / 3);
     let retry = Duration::from_millis(500);
     loop {
@@ -236,7 +259,10 @@ async fn keep_alive(conn: Conn, state: Arc<Mutex<SessionState>>, ttl_secs: i64, 
                 retry
             }
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => {}
+        }
     }
 }
 
