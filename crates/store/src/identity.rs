@@ -104,7 +104,10 @@ impl Store {
         for kv in &marks {
             let key = String::from_utf8_lossy(kv.key());
             let id = keys.parse_released(&key)?;
-            let since = parse_id(&key, kv.value())? as u64;
+            let since = std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .ok_or_else(|| corrupt(&key, "value is not unix seconds"))?;
             released.insert(id, (since, kv.mod_revision()));
         }
         let mut deleted = Vec::new();

@@ -228,10 +228,14 @@ async fn keep_alive(
         {
             Ok(_) => {
                 let mut state = state.lock().await;
-                if state.stale && sync(&conn, &mut state).await.is_ok() {
+                if !state.stale {
+                    period
+                } else if sync(&conn, &mut state).await.is_ok() {
                     tracing::info!(%node, "store: owned keys written again after an outage");
+                    period
+                } else {
+                    retry
                 }
-                period
             }
             Err(StoreError::Etcd {
                 source: etcd_client::Error::LeaseKeepAliveError(_),

@@ -375,7 +375,7 @@ mod tests {
         let keys = Keys::new("lab").unwrap();
         let node = Node {
             name: "node1".into(),
-            addresses: vec!["192.168.0.1".parse().unwrap()],
+            addresses: vec!["10.99.0.1".parse().unwrap()],
             pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
             tunnel_endpoint: None,
         };
