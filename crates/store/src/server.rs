@@ -58,6 +58,7 @@ pub struct EtcdMember {
     name: String,
     dir: PathBuf,
     client_port: u16,
+    peer_port: u16,
     args: Vec<String>,
     unix_socket: Option<PathBuf>,
     child: Option<Child>,
@@ -256,44 +257,67 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
-    /// Starts the members and waits until every one is healthy.
+    /// Starts the members and waits until every one is healthy. To start again on the
+    /// data of an earlier start, give the same ports ([`EtcdServer::ports`]): the members
+    /// know each other by their peer URLs.
     pub fn start(spec: &EtcdSpec) -> Result<Self, StoreError> {
+        let invalid = |message: String| StoreError::Server {
+            what: "start".into(),
+            message,
+            log: spec.dir.clone(),
+        };
         if spec.members == 0 {
-            return Err(StoreError::Server {
-                what: "start".into(),
-                message: "a cluster needs at least one member".into(),
-                log: spec.dir.clone(),
-            });
+            return Err(invalid("a cluster needs at least one member".into()));
         }
-        let ports = match &spec.ports {
-            Some(ports) if ports.len() == spec.members => ports.clone(),
-            Some(ports) => {
-                return Err(StoreError::Server {
-                    what: "start".into(),
-                    message: format!(
-                        "{} port pairs given for {} members",
-                        ports.len(),
-                        spec.members
-                    ),
-                    log: spec.dir.clone(),
-                });
+        if let Some(ports) = &spec.ports {
+            if ports.len() != spec.members {
+                return Err(invalid(format!(
+                    "{} port pairs given for {} members",
+                    ports.len(),
+                    spec.members
+                )));
             }
-            None => free_ports(spec.members * 2)?
+            return Self::start_on(spec, ports);
+        }
+        // A port picked free may be taken by someone else before etcd binds it: a fresh
+        // cluster then starts over on other ports (its data dirs hold the old ones).
+        let fresh = (0..spec.members).all(|i| !Self::data_dir(spec, i).exists());
+        let mut attempt = 1;
+        loop {
+            let ports: Vec<(u16, u16)> = free_ports(spec.members * 2)?
                 .chunks(2)
                 .map(|pair| (pair[0], pair[1]))
-                .collect(),
-        };
+                .collect();
+            match Self::start_on(spec, &ports) {
+                Ok(server) => return Ok(server),
+                Err(e) if fresh && attempt < 3 => {
+                    tracing::warn!(error = %e, "etcd did not start; trying other ports");
+                    for i in 0..spec.members {
+                        let _ = std::fs::remove_dir_all(Self::data_dir(spec, i));
+                    }
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn data_dir(spec: &EtcdSpec, index: usize) -> PathBuf {
+        spec.dir.join(format!("etcd{index}")).join("data")
+    }
+
+    fn start_on(spec: &EtcdSpec, ports: &[(u16, u16)]) -> Result<Self, StoreError> {
         let names: Vec<String> = (0..spec.members).map(|i| format!("etcd{i}")).collect();
         let initial_cluster = names
             .iter()
-            .zip(&ports)
+            .zip(ports)
             .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         // Unique per start, so members of another cluster never join this one.
         let token = format!("myelin-{}-{}", std::process::id(), ports[0].1);
         let mut members = Vec::new();
-        for (name, (client, peer)) in names.iter().zip(&ports) {
+        for (name, (client, peer)) in names.iter().zip(ports) {
             let dir = spec.dir.join(name);
             std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
                 what: "create",
@@ -326,6 +350,7 @@ impl EtcdServer {
                 unix_socket: spec.unix_socket.then(|| dir.join(&unix_name)),
                 dir,
                 client_port: *client,
+                peer_port: *peer,
                 args,
                 child: None,
             });
@@ -344,6 +369,14 @@ impl EtcdServer {
     /// The members.
     pub fn members(&self) -> &[EtcdMember] {
         &self.members
+    }
+
+    /// Every member's `(client, peer)` ports, to start again on the same data.
+    pub fn ports(&self) -> Vec<(u16, u16)> {
+        self.members
+            .iter()
+            .map(|m| (m.client_port, m.peer_port))
+            .collect()
     }
 
     /// Every member's client address, for [`StoreAddress::Tcp`].

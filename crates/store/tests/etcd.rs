@@ -656,3 +656,38 @@ fn an_agent_in_another_network_namespace_reaches_etcd_over_its_unix_socket() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_again_on_its_data_and_ports_has_everything() {
+    if !require_etcd("etcd_again") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("myelin-store-etcd_again-{}-", std::process::id()))
+        .tempdir()
+        .expect("temp dir");
+    let mut spec = EtcdSpec::new(dir.path(), 1);
+    let mut first = EtcdServer::start(&spec).expect("start");
+    let store = connect(first.address(), "again");
+    let key = ResourceKey {
+        kind: "Service".into(),
+        namespace: "default".into(),
+        name: "deathstar".into(),
+    };
+    store
+        .apply_resources(
+            &[(key.clone(), serde_json::json!({"kind": "Service"}))],
+            &[],
+        )
+        .await
+        .expect("apply");
+    first.stop();
+    spec.ports = Some(first.ports());
+    drop(first);
+    let second = EtcdServer::start(&spec).expect("start again");
+    let resources = connect(second.address(), "again")
+        .resources()
+        .await
+        .expect("resources");
+    assert_eq!(resources.keys().collect::<Vec<_>>(), vec![&key]);
+}
