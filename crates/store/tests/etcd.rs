@@ -691,3 +691,83 @@ async fn a_server_started_again_on_its_data_and_ports_has_everything() {
         .expect("resources");
     assert_eq!(resources.keys().collect::<Vec<_>>(), vec![&key]);
 }
+
+/// A pod as the policy engine sees it.
+fn pod(name: &str, app: &str, ip: &str) -> myelin_policy::Endpoint {
+    myelin_policy::Endpoint {
+        namespace: "default".into(),
+        name: name.into(),
+        labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+        ips: vec![ip.parse().expect("ip")],
+        ports: Vec::new(),
+        service_account: None,
+    }
+}
+
+#[test]
+fn policy_engines_of_two_nodes_share_identities_through_etcd() {
+    let Some(etcd) = etcd("engines", 1) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = |node: &str| {
+        let store = connect(etcd.server.address(), "engines");
+        let session = runtime
+            .block_on(NodeSession::start(&store, node, Duration::from_secs(15)))
+            .expect("session");
+        myelin_policy::PolicyEngine::new(Arc::new(EtcdIdentityStore::new(session)), node)
+    };
+    // The agent's engine, unchanged, on each node.
+    let (mut node1, mut node2) = (engine("node1"), engine("node2"));
+    node1
+        .upsert_endpoint(pod("a-1", "a", "10.244.1.5"))
+        .expect("a-1");
+    node1
+        .upsert_endpoint(pod("b-1", "b", "10.244.1.6"))
+        .expect("b-1");
+    node2
+        .upsert_endpoint(pod("a-2", "a", "10.244.2.5"))
+        .expect("a-2");
+    let a = node1.identity_of_ip("10.244.1.5".parse().expect("ip"));
+    assert_eq!(node2.identity_of_ip("10.244.2.5".parse().expect("ip")), a);
+    assert_ne!(node1.identity_of_ip("10.244.1.6".parse().expect("ip")), a);
+    let retention = Retention {
+        grace_secs: 60,
+        holder_timeout_secs: 3600,
+    };
+    let now = myelin_policy::unix_now();
+    // node1's a pod goes: node2 still uses a.
+    node1.remove_endpoint(&myelin_policy::EndpointKey::new("default", "a-1"));
+    assert!(
+        node1
+            .collect_identities(now, retention)
+            .expect("gc")
+            .is_empty()
+    );
+    assert!(
+        node1
+            .collect_identities(now + 600, retention)
+            .expect("gc")
+            .is_empty()
+    );
+    // node2's goes too: a stays for the grace, then goes; b stays.
+    node2.remove_endpoint(&myelin_policy::EndpointKey::new("default", "a-2"));
+    assert!(
+        node2
+            .collect_identities(now + 700, retention)
+            .expect("gc")
+            .is_empty()
+    );
+    assert_eq!(
+        node2.collect_identities(now + 760, retention).expect("gc"),
+        vec![a]
+    );
+    let left = runtime
+        .block_on(connect(etcd.server.address(), "engines").identities())
+        .expect("identities");
+    assert_eq!(left.len(), 1);
+    assert!(
+        left.values().all(|l| l.to_string().contains("app=b")),
+        "{left:?}"
+    );
+}
