@@ -411,7 +411,7 @@ impl Protocol {
     }
 }
 
-/// A glob with `*` wildcards, used for FQDNs.
+/// A glob with `*` wildcards, used for FQDNs and cluster names.
 #[derive(Debug)]
 struct Glob(Regex);
 
@@ -595,6 +595,8 @@ struct CompiledFilter {
     dns_query: Vec<Regex>,
     node_name: Vec<NodePattern>,
     node_labels: Vec<Selector>,
+    source_cluster: Vec<Glob>,
+    destination_cluster: Vec<Glob>,
     cel: Option<CelFilter>,
 }
 
@@ -617,11 +619,18 @@ fn refuse_unsupported(raw: &FlowFilter) -> Result<(), FilterError> {
     Ok(())
 }
 
-fn cluster_names(values: &[String], field: &'static str) -> Result<(), FilterError> {
-    if values.iter().any(String::is_empty) {
-        return Err(FilterError::Empty(field));
-    }
-    Ok(())
+/// Cluster names as Hubble's `--cluster` help shows them (`prod-*`): a name
+/// without `*` matches exactly, as Cilium's server matches every name; `*`
+/// spans any characters (a cluster name has no `*` of its own, so a pattern
+/// Cilium would take literally matches nothing there).
+fn cluster_patterns(values: &[String], field: &'static str) -> Result<Vec<Glob>, FilterError> {
+    values.iter().map(|v| Glob::parse(v, field)).collect()
+}
+
+/// An endpoint without a cluster (world, host, CIDR) matches no pattern, `*`
+/// included.
+fn cluster_matches(patterns: &[Glob], cluster: &str) -> bool {
+    patterns.is_empty() || (!cluster.is_empty() && patterns.iter().any(|g| g.0.is_match(cluster)))
 }
 
 /// As Hubble: a zero index or an empty name in a filter matches any.
@@ -718,8 +727,6 @@ fn url_path(url: &str) -> &str {
 impl CompiledFilter {
     fn new(raw: &FlowFilter) -> Result<Self, FilterError> {
         refuse_unsupported(raw)?;
-        cluster_names(&raw.source_cluster_name, "source_cluster_name")?;
-        cluster_names(&raw.destination_cluster_name, "destination_cluster_name")?;
         let cel_expressions = raw
             .experimental
             .as_ref()
@@ -765,6 +772,11 @@ impl CompiledFilter {
                 .map(|v| NodePattern::parse(v))
                 .collect::<Result<_, _>>()?,
             node_labels: parse_selectors(&raw.node_labels)?,
+            source_cluster: cluster_patterns(&raw.source_cluster_name, "source_cluster_name")?,
+            destination_cluster: cluster_patterns(
+                &raw.destination_cluster_name,
+                "destination_cluster_name",
+            )?,
             cel: if cel_expressions.is_empty() {
                 None
             } else {
@@ -848,9 +860,8 @@ impl CompiledFilter {
             && tcp_flags_match(&raw.tcp_flags, flow)
             && (self.node_name.is_empty() || self.node_name.iter().any(|p| p.matches(&flow.node_name)))
             && (self.node_labels.is_empty() || self.node_labels.iter().any(|s| s.matches(&flow.node_labels)))
-            && (raw.source_cluster_name.is_empty() || raw.source_cluster_name.contains(&src.cluster_name))
-            && (raw.destination_cluster_name.is_empty()
-                || raw.destination_cluster_name.contains(&dst.cluster_name))
+            && cluster_matches(&self.source_cluster, &src.cluster_name)
+            && cluster_matches(&self.destination_cluster, &dst.cluster_name)
             && interface_matches(&raw.interface, flow)
             && (raw.encrypted.is_empty() || raw.encrypted.contains(&ip.is_some_and(|i| i.encrypted)))
             // As Hubble: a flow without an IP header has IP_NOT_USED.

@@ -191,6 +191,31 @@ fn cluster() {
             ff(|f| f.source_cluster_name = vec!["c9".into()]),
             &[],
         ),
+        (
+            "a name without '*' is exact, not a prefix",
+            ff(|f| f.source_cluster_name = vec!["c".into()]),
+            &[],
+        ),
+        (
+            "--from-cluster 'c*' (a pattern, as hubble's help shows)",
+            ff(|f| f.source_cluster_name = vec!["c*".into()]),
+            &[0, 1],
+        ),
+        (
+            "--to-cluster '*2'",
+            ff(|f| f.destination_cluster_name = vec!["*2".into()]),
+            &[0],
+        ),
+        (
+            "'*' matches every endpoint in a cluster, none without one",
+            ff(|f| f.destination_cluster_name = vec!["*".into()]),
+            &[0],
+        ),
+        (
+            "--from-cluster 'prod-*'",
+            ff(|f| f.source_cluster_name = vec!["prod-*".into()]),
+            &[],
+        ),
     ]);
     assert!(matching(&ff(|f| f.source_cluster_name = vec![String::new()])).is_err());
 }
