@@ -488,6 +488,123 @@ async fn lost_events_reach_readers() {
     running.stop().await;
 }
 
+/// A filter the agent cannot honour, sent by a real gRPC client over TCP and the
+/// unix socket, on either list: InvalidArgument naming the field and the flag,
+/// and no flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_the_agent_cannot_honour_are_refused_over_grpc() {
+    let running = Running::start(ObserverConfig::new("node-1")).await;
+    for flow in demo() {
+        running.observer.push(flow);
+    }
+    let mut tcp = running.tcp_client().await;
+    let mut unix = running.unix_client().await;
+    let snat = FlowFilter {
+        source_ip_xlated: vec!["10.0.0.1".into()],
+        ..Default::default()
+    };
+    let ip_trace = FlowFilter {
+        ip_trace_id: vec![7],
+        ..Default::default()
+    };
+    for (filter, field, flag) in [
+        (snat, "source_ip_xlated", "--snat-ip"),
+        (ip_trace, "ip_trace_id", "--ip-trace-id"),
+    ] {
+        for (client, list) in [(&mut tcp, "whitelist"), (&mut unix, "blacklist")] {
+            let mut req = GetFlowsRequest {
+                number: 10,
+                ..Default::default()
+            };
+            if list == "whitelist" {
+                req.whitelist = vec![filter.clone()];
+            } else {
+                req.blacklist = vec![filter.clone()];
+            }
+            let status = match client.get_flows(req).await {
+                Err(status) => status,
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    match tokio::time::timeout(WAIT, stream.message()).await {
+                        Ok(Err(status)) => status,
+                        other => panic!("{field} in the {list}: not refused: {other:?}"),
+                    }
+                }
+            };
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(
+                status.message().contains(field) && status.message().contains(flag),
+                "{list}: {}",
+                status.message()
+            );
+        }
+    }
+    running.stop().await;
+}
+
+/// A newer hubble sends a FlowFilter field this server lacks (here number 41,
+/// where a newer Hubble keeps `ip_trace_option`): refused with InvalidArgument
+/// naming the field number, where prost alone would drop it and answer every
+/// flow. The same filter without the field is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_from_a_newer_client_is_refused_over_grpc() {
+    let running = Running::start(ObserverConfig::new("node-1")).await;
+    running.observer.push(landing_request());
+    running.observer.push(xwing_drop());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.tcp))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let path = || http::uri::PathAndQuery::from_static("/observer.Observer/GetFlows");
+    let codec = || {
+        tonic_prost::ProstCodec::<hubble::NewerGetFlowsRequest, hubble::GetFlowsResponse>::default()
+    };
+    let request = |option: Vec<u32>| hubble::NewerGetFlowsRequest {
+        number: 5,
+        whitelist: vec![hubble::NewerFlowFilter {
+            source_pod: vec!["default/xwing".into()],
+            ip_trace_option: option,
+        }],
+    };
+
+    grpc.ready().await.expect("ready");
+    let refused = grpc
+        .server_streaming(tonic::Request::new(request(vec![136])), path(), codec())
+        .await;
+    let status = match refused {
+        Err(status) => status,
+        Ok(stream) => match tokio::time::timeout(WAIT, stream.into_inner().message()).await {
+            Ok(Err(status)) => status,
+            other => panic!("field 41 not refused: {other:?}"),
+        },
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("unknown field number 41 in flow.FlowFilter"),
+        "{}",
+        status.message()
+    );
+
+    grpc.ready().await.expect("ready");
+    let mut answered = grpc
+        .server_streaming(tonic::Request::new(request(Vec::new())), path(), codec())
+        .await
+        .expect("without the field")
+        .into_inner();
+    let flow = tokio::time::timeout(WAIT, answered.message())
+        .await
+        .expect("answer")
+        .expect("ok")
+        .and_then(|r| r.flow)
+        .expect("xwing's flow");
+    assert_eq!(flow.source.map(|s| s.pod_name).as_deref(), Some("xwing"));
+    running.stop().await;
+}
+
 /// Hubble's messages written by hand from Hubble's field numbers, independent
 /// of our .proto files: decoding our server's bytes with them proves the
 /// numbers match.
@@ -505,6 +622,22 @@ mod hubble {
         pub number: u64,
         #[prost(message, repeated, tag = "6")]
         pub whitelist: Vec<FlowFilter>,
+    }
+    /// A FlowFilter of a client newer than this server: field 41 is not in
+    /// our protos.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NewerFlowFilter {
+        #[prost(string, repeated, tag = "2")]
+        pub source_pod: Vec<String>,
+        #[prost(uint32, repeated, tag = "41")]
+        pub ip_trace_option: Vec<u32>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NewerGetFlowsRequest {
+        #[prost(uint64, tag = "1")]
+        pub number: u64,
+        #[prost(message, repeated, tag = "6")]
+        pub whitelist: Vec<NewerFlowFilter>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Endpoint {
