@@ -304,7 +304,8 @@ fn drops_traces_labels_order_and_verdicts_as_hubble_shows_them() {
     let host = &from_host.first().expect("a flow from the host")["source"];
     assert_eq!(labels(host), ["reserved:host"], "{host:#}");
 
-    // A policy on the service account: only pods of `imperial` may land.
+    // A policy on the service account and the cluster (both labels must be
+    // on the peer's identity): only pods of `imperial` may land.
     let probe = dir.path().join("probe.yaml");
     std::fs::write(
         &probe,
@@ -320,7 +321,8 @@ fn drops_traces_labels_order_and_verdicts_as_hubble_shows_them() {
         &by_account,
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: by-account}\n\
          spec:\n  endpointSelector: {matchLabels: {class: deathstar}}\n  \
-         ingress:\n  - fromEndpoints:\n    - matchLabels: {io.cilium.k8s.policy.serviceaccount: imperial}\n",
+         ingress:\n  - fromEndpoints:\n    - matchLabels:\n        io.cilium.k8s.policy.serviceaccount: imperial\n        \
+         io.cilium.k8s.policy.cluster: default\n",
     )
     .expect("write policy");
     lab.ok(&["apply", "-f", path(&by_account)]);

@@ -488,6 +488,73 @@ async fn lost_events_reach_readers() {
     running.stop().await;
 }
 
+/// The error GetFlows answers `req` with; a test failure if it answers flows.
+async fn refusal(client: &mut ObserverClient<Channel>, req: GetFlowsRequest) -> tonic::Status {
+    match client.get_flows(req).await {
+        Err(status) => status,
+        Ok(stream) => match tokio::time::timeout(WAIT, stream.into_inner().message()).await {
+            Ok(Err(status)) => status,
+            other => panic!("not refused: {other:?}"),
+        },
+    }
+}
+
+/// Request fields the server would otherwise drop are refused by name: a
+/// field mask path that names no Flow field (Hubble refuses it too), and
+/// extensions (this server reads none). A mask of real paths is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_paths_and_extensions_the_server_cannot_honour_are_refused() {
+    let running = Running::start(ObserverConfig::new("node-1")).await;
+    running.observer.push(xwing_drop());
+    let mut tcp = running.tcp_client().await;
+    let masked = |paths: &[&str]| GetFlowsRequest {
+        number: 5,
+        field_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_string()).collect(),
+        }),
+        ..Default::default()
+    };
+
+    let status = refusal(&mut tcp, masked(&["uuid", "source.pod_nmae"])).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("source.pod_nmae")
+            && status.message().contains("flow.Endpoint has no field"),
+        "{}",
+        status.message()
+    );
+
+    let answered = collect(&mut tcp, masked(&["uuid", "source.pod_name"])).await;
+    let flow = answered
+        .into_iter()
+        .find_map(flow_of)
+        .expect("the masked flow");
+    assert!(!flow.uuid.is_empty());
+    assert_eq!(flow.source.map(|s| s.pod_name).as_deref(), Some("xwing"));
+    assert!(flow.node_name.is_empty(), "not in the mask");
+
+    let status = refusal(
+        &mut tcp,
+        GetFlowsRequest {
+            number: 5,
+            extensions: vec![prost_types::Any {
+                type_url: "type.example/vendor.Filter".into(),
+                value: vec![8, 1],
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("extensions")
+            && status.message().contains("type.example/vendor.Filter"),
+        "{}",
+        status.message()
+    );
+    running.stop().await;
+}
+
 /// A filter the agent cannot honour, sent by a real gRPC client over TCP and the
 /// unix socket, on either list: InvalidArgument naming the field and the flag,
 /// and no flow.
@@ -521,16 +588,7 @@ async fn filters_the_agent_cannot_honour_are_refused_over_grpc() {
             } else {
                 req.blacklist = vec![filter.clone()];
             }
-            let status = match client.get_flows(req).await {
-                Err(status) => status,
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    match tokio::time::timeout(WAIT, stream.message()).await {
-                        Ok(Err(status)) => status,
-                        other => panic!("{field} in the {list}: not refused: {other:?}"),
-                    }
-                }
-            };
+            let status = refusal(client, req).await;
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
             assert!(
                 status.message().contains(field) && status.message().contains(flag),
