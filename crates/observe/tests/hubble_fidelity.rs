@@ -6,12 +6,14 @@ mod common;
 
 use common::*;
 use myelin_observe::proto::flow::flow_filter::Experimental;
-use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface};
+use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface, Service};
 use myelin_observe::{FilterError, FilterSet};
 
 /// 0: tiefighter verdict on node1 (cluster-less name), labels zone=a, eth0,
-/// cluster c1 -> c2; 1: xwing drop on `mesh/node2`, zone=b, lxc1;
-/// 2: landing request in namespace empire, no interface, encrypted.
+/// cluster c1 -> c2, to `api.cilium.io`/`cilium.io` and service
+/// default/deathstar; 1: xwing drop on `mesh/node2`, zone=b, lxc1, from
+/// `www.example.com`; 2: landing request in namespace empire, no interface,
+/// encrypted, from service empire/empire-api.
 fn flows() -> Vec<Flow> {
     let mut a = tiefighter_verdict();
     a.node_name = "node1".into();
@@ -22,6 +24,11 @@ fn flows() -> Vec<Flow> {
     });
     a.source.as_mut().expect("source").cluster_name = "c1".into();
     a.destination.as_mut().expect("destination").cluster_name = "c2".into();
+    a.destination_names = vec!["api.cilium.io".into(), "cilium.io".into()];
+    a.destination_service = Some(Service {
+        name: "deathstar".into(),
+        namespace: "default".into(),
+    });
 
     let mut b = xwing_drop();
     b.node_name = "mesh/node2".into();
@@ -31,11 +38,16 @@ fn flows() -> Vec<Flow> {
         name: "lxc1".into(),
     });
     b.source.as_mut().expect("source").cluster_name = "c2".into();
+    b.source_names = vec!["www.example.com".into()];
 
     let mut c = landing_request();
     c.node_name = "node3.example.com".into();
     c.source.as_mut().expect("source").namespace = "empire".into();
     c.destination.as_mut().expect("destination").namespace = "empire".into();
+    c.source_service = Some(Service {
+        name: "empire-api".into(),
+        namespace: "empire".into(),
+    });
     let ip = c.ip.get_or_insert_with(Ip::default);
     ip.encrypted = true;
     vec![a, b, c]
@@ -90,9 +102,9 @@ fn all_namespaces() {
             &[2],
         ),
         (
-            "--service / (no service on these flows)",
+            "--from-service / (any service of any namespace)",
             ff(|f| f.source_service = vec!["/".into()]),
-            &[],
+            &[2],
         ),
     ]);
 }
@@ -138,7 +150,7 @@ fn node_name() {
     ]);
     assert!(matches!(
         matching(&ff(|f| f.node_name = vec!["a/b/c".into()])),
-        Err(FilterError::NodeName { .. })
+        Err(FilterError::Pattern { .. })
     ));
 }
 
@@ -311,4 +323,87 @@ fn fields_the_agent_cannot_fill_are_refused_by_name() {
         let err = matching(&filter).expect_err("refused");
         assert!(err.to_string().contains(field), "{err}");
     }
+}
+
+#[test]
+fn fqdn() {
+    check(&[
+        (
+            "--to-fqdn '*.cilium.io'",
+            ff(|f| f.destination_fqdn = vec!["*.cilium.io".into()]),
+            &[0],
+        ),
+        (
+            "--to-fqdn cilium.io (whole name)",
+            ff(|f| f.destination_fqdn = vec!["cilium.io".into()]),
+            &[0],
+        ),
+        (
+            "--to-fqdn cilium (not a substring)",
+            ff(|f| f.destination_fqdn = vec!["cilium".into()]),
+            &[],
+        ),
+        (
+            "upper case and one trailing dot, as Hubble canonicalises",
+            ff(|f| f.destination_fqdn = vec![" API.Cilium.IO. ".into()]),
+            &[0],
+        ),
+        (
+            "'*' spans dots",
+            ff(|f| f.source_fqdn = vec!["www.*".into()]),
+            &[1],
+        ),
+        (
+            "--from-fqdn '*.cilium.io' (names of the other side)",
+            ff(|f| f.source_fqdn = vec!["*.cilium.io".into()]),
+            &[],
+        ),
+        (
+            "two patterns are ORed",
+            ff(|f| f.source_fqdn = vec!["*.example.com".into(), "nothing.io".into()]),
+            &[1],
+        ),
+    ]);
+    for bad in ["", ".", "cilium.io..", "cilium.io/x", "a b", "ci?ium.io"] {
+        assert!(
+            matching(&ff(|f| f.destination_fqdn = vec![bad.into()])).is_err(),
+            "{bad:?} should be refused"
+        );
+    }
+}
+
+#[test]
+fn service() {
+    check(&[
+        (
+            "--to-service default/deathstar",
+            ff(|f| f.destination_service = vec!["default/deathstar".into()]),
+            &[0],
+        ),
+        (
+            "a name prefix",
+            ff(|f| f.destination_service = vec!["default/death".into()]),
+            &[0],
+        ),
+        (
+            "namespace exact",
+            ff(|f| f.destination_service = vec!["empire/deathstar".into()]),
+            &[],
+        ),
+        (
+            "--from-service empire/ (the whole namespace)",
+            ff(|f| f.source_service = vec!["empire/".into()]),
+            &[2],
+        ),
+        (
+            "--from-service -A: any namespace",
+            ff(|f| f.source_service = vec!["/empire".into()]),
+            &[2],
+        ),
+        (
+            "flows without a service never match",
+            ff(|f| f.source_service = vec!["default/".into()]),
+            &[],
+        ),
+    ]);
 }
