@@ -273,6 +273,22 @@ async fn status_nodes_namespaces_agent_events_and_health() {
     assert_eq!(status.max_flows, 4);
     assert_eq!(status.seen_flows, 8);
     assert!(status.uptime_ns > 0);
+    // `hubble status` shows flows_rate: flows of the last minute, not since
+    // the start (the demo's flows are from 2024).
+    assert_eq!(status.flows_rate, 0.0);
+    for _ in 0..2 {
+        running.observer.push(xwing_drop_now());
+    }
+    let status = client
+        .server_status(ServerStatusRequest {})
+        .await
+        .expect("ServerStatus")
+        .into_inner();
+    assert!(
+        (status.flows_rate - 2.0 / 60.0).abs() < 1e-9,
+        "{}",
+        status.flows_rate
+    );
 
     let nodes = client
         .get_nodes(GetNodesRequest {})
@@ -486,6 +502,14 @@ async fn lost_events_reach_readers() {
         other => panic!("expected lost events, got {other:?}"),
     }
     running.stop().await;
+}
+
+/// xwing's drop, stamped when it is pushed.
+fn xwing_drop_now() -> myelin_observe::proto::flow::Flow {
+    myelin_observe::proto::flow::Flow {
+        time: None,
+        ..xwing_drop()
+    }
 }
 
 /// The error GetFlows answers `req` with; a test failure if it answers flows.
