@@ -81,6 +81,9 @@ fn time_key(flow: &Value) -> (String, u32) {
     (seconds.to_string(), nanos)
 }
 
+/// Filter flags and what every flow they return must satisfy.
+type FilterCheck<'a> = (&'a [&'a str], &'a dyn Fn(&Value) -> bool);
+
 /// curl's exit code (0: answered; 28: timed out).
 fn curl_code(lab: &Lab, pod: &str, args: &[&str]) -> i32 {
     let mut command = vec!["curl", "-s", "-o", "/dev/null"];
@@ -418,6 +421,48 @@ fn drops_traces_labels_order_and_verdicts_as_hubble_shows_them() {
             pair[0],
             pair[1]
         );
+    }
+
+    // Items 1-3 through the CLI: the filters hubble used to get every flow or
+    // none for, each answered by the flows it names.
+    let tiefighter_flows = flows(&lab, &["--all", "--from-pod", "default/tiefighter"]);
+    let veth = tiefighter_flows
+        .iter()
+        .find_map(|f| f["interface"]["name"].as_str())
+        .expect("a kernel flow of tiefighter with its interface")
+        .to_string();
+    let checks: [FilterCheck; 8] = [
+        (&["-A"], &|_| true),
+        (&["--from-all-namespaces"], &|f| {
+            !f["source"]["namespace"].is_null()
+        }),
+        (&["--pod", "/tiefighter"], &|f| {
+            f["source"]["pod_name"] == "tiefighter" || f["destination"]["pod_name"] == "tiefighter"
+        }),
+        (&["--node-name", "default/node1"], &|f| {
+            f["node_name"] == "node1"
+        }),
+        (&["--node-name", "node*"], &|f| f["node_name"] == "node1"),
+        (&["--node-label", "kubernetes.io/hostname=node1"], &|f| {
+            f["node_name"] == "node1"
+        }),
+        (&["--interface", veth.as_str()], &|f| {
+            f["interface"]["name"] == veth.as_str()
+        }),
+        (
+            &[
+                "--cel-expression",
+                "_flow.source.pod_name == 'tiefighter' && _flow.verdict == 1",
+            ],
+            &|f| f["source"]["pod_name"] == "tiefighter" && f["verdict"] == "FORWARDED",
+        ),
+    ];
+    for (args, holds) in checks {
+        let mut all = vec!["--last", "100"];
+        all.extend_from_slice(args);
+        let found = flows(&lab, &all);
+        assert!(!found.is_empty(), "{args:?} found nothing");
+        assert!(found.iter().all(holds), "{args:?}: {found:#?}");
     }
 
     // Item 1 through the CLI: a filter the agent cannot honour is an error
