@@ -655,7 +655,7 @@ fn refuse_unsupported(raw: &FlowFilter) -> Result<(), FilterError> {
 
 /// Cluster names as Hubble's `--cluster` help shows them (`prod-*`): a name
 /// without `*` matches exactly, as Cilium's server matches every name; `*`
-/// spans any characters (a cluster name has no `*` of its own, so a pattern
+/// spans any characters but `/` (a cluster name has no `*` of its own, so a pattern
 /// Cilium would take literally matches nothing there).
 fn cluster_patterns(values: &[String], field: &'static str) -> Result<Vec<Glob>, FilterError> {
     values.iter().map(|v| Glob::parse(v, field)).collect()
