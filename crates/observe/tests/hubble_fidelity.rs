@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use myelin_observe::cel_filter::CelError;
 use myelin_observe::proto::flow::flow_filter::Experimental;
 use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface, Service};
 use myelin_observe::{FilterError, FilterSet};
@@ -309,6 +310,28 @@ fn cel_expression() {
             "{bad} should be refused"
         );
     }
+    // has() on the flow would be true for unset messages here (false in
+    // Hubble): refused, naming the field, wherever it sits.
+    for (presence, field) in [
+        ("has(_flow.l7)", "_flow.l7"),
+        ("_flow.verdict == 2 || has(_flow.l7.http)", "_flow.l7.http"),
+        (
+            "_flow.node_labels.exists(l, l == 'zone=a' && has(_flow.IP.source))",
+            "_flow.IP.source",
+        ),
+    ] {
+        match matching(&cel(&[presence])) {
+            Err(FilterError::Cel(CelError::Presence { field: got, .. })) => {
+                assert_eq!(got, field, "{presence}");
+            }
+            other => panic!("{presence}: {other:?}"),
+        }
+    }
+    check(&[(
+        "has() on a map of the expression's own is CEL's",
+        cel(&["has({'a': 1}.a) && _flow.verdict == 2"]),
+        &[1],
+    )]);
 }
 
 #[test]
