@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use cel::common::ast::{EntryExpr, Expr};
 use cel::{Context, ExecutionError, IdedExpr, Program, Value};
 
-use crate::proto::flow::{Endpoint, Flow, Layer4, Layer7, Service, TcpFlags, layer4, layer7};
+use crate::proto::flow::{
+    Endpoint, Flow, Layer4, Layer7, Policy, Service, TcpFlags, layer4, layer7,
+};
 
 /// Hubble's limit on the length of one expression.
 const MAX_EXPRESSION_LEN: usize = 4096;
@@ -188,6 +190,23 @@ fn map<const N: usize>(fields: [(&str, Value); N]) -> Value {
 
 fn strings(values: &[String]) -> Value {
     values.to_vec().into()
+}
+
+/// The policies that allowed or denied a flow (`ingress_allowed_by`, ...).
+fn policies(list: &[Policy]) -> Value {
+    let list: Vec<Value> = list
+        .iter()
+        .map(|p| {
+            map([
+                ("name", p.name.clone().into()),
+                ("namespace", p.namespace.clone().into()),
+                ("labels", strings(&p.labels)),
+                ("revision", Value::UInt(p.revision)),
+                ("kind", p.kind.clone().into()),
+            ])
+        })
+        .collect();
+    list.into()
 }
 
 fn endpoint(ep: Option<&Endpoint>) -> Value {
@@ -424,5 +443,9 @@ fn flow_value(flow: &Flow) -> Value {
         ("socket_cookie", Value::UInt(flow.socket_cookie)),
         ("cgroup_id", Value::UInt(flow.cgroup_id)),
         ("Summary", flow.summary.clone().into()),
+        ("egress_allowed_by", policies(&flow.egress_allowed_by)),
+        ("ingress_allowed_by", policies(&flow.ingress_allowed_by)),
+        ("egress_denied_by", policies(&flow.egress_denied_by)),
+        ("ingress_denied_by", policies(&flow.ingress_denied_by)),
     ])
 }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use myelin_observe::cel_filter::CelError;
 use myelin_observe::proto::flow::flow_filter::Experimental;
-use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface, Service};
+use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface, Policy, Service};
 use myelin_observe::{FilterError, FilterSet};
 
 /// 0: tiefighter verdict on node1 (cluster-less name), labels zone=a, eth0,
@@ -26,6 +26,12 @@ fn flows() -> Vec<Flow> {
     a.source.as_mut().expect("source").cluster_name = "c1".into();
     a.destination.as_mut().expect("destination").cluster_name = "c2".into();
     a.destination_names = vec!["api.cilium.io".into(), "cilium.io".into()];
+    a.ingress_allowed_by = vec![Policy {
+        name: "rule1".into(),
+        namespace: "default".into(),
+        kind: "CiliumNetworkPolicy".into(),
+        ..Default::default()
+    }];
     a.destination_service = Some(Service {
         name: "deathstar".into(),
         namespace: "default".into(),
@@ -297,6 +303,13 @@ fn cel_expression() {
             "node labels list",
             cel(&["'zone=b' in _flow.node_labels"]),
             &[1],
+        ),
+        (
+            "the policies that allowed a flow",
+            cel(&[
+                "_flow.ingress_allowed_by.exists(p, p.name == 'rule1' && p.kind == 'CiliumNetworkPolicy')",
+            ]),
+            &[0],
         ),
         (
             "expressions are ORed",
