@@ -3,13 +3,17 @@
 //! field names (`_flow.source.pod_name`, `_flow.l4.TCP.destination_port`,
 //! `_flow.IP.source`); enums are their numbers, unset messages read as their
 //! defaults, as in proto. The flow's `time` is not exposed (the CEL library
-//! is built without its time types).
+//! is built without its time types). Because every field reads as present,
+//! `has()` on a field of `_flow` is refused rather than answered true.
 
 use std::collections::HashMap;
 
-use cel::{Context, ExecutionError, Program, Value};
+use cel::common::ast::{EntryExpr, Expr};
+use cel::{Context, ExecutionError, IdedExpr, Program, Value};
 
-use crate::proto::flow::{Endpoint, Flow, Layer4, Layer7, Service, TcpFlags, layer4, layer7};
+use crate::proto::flow::{
+    Endpoint, Flow, Layer4, Layer7, Policy, Service, TcpFlags, layer4, layer7,
+};
 
 /// Hubble's limit on the length of one expression.
 const MAX_EXPRESSION_LEN: usize = 4096;
@@ -27,6 +31,20 @@ pub enum CelError {
         expression: String,
         /// The parser's message.
         reason: String,
+    },
+    /// Tests a field of `_flow` with `has()`: every field reads as present
+    /// here (unset messages as their defaults), so `has()` would be true
+    /// where Hubble's is false.
+    #[error(
+        "CEL expression {expression:?} uses has() on {field}, which this server cannot answer as \
+         Hubble does (an unset message or default value counts as present here); compare the \
+         field with its default instead, e.g. _flow.l7.http.method != ''"
+    )]
+    Presence {
+        /// The expression.
+        expression: String,
+        /// The tested field, as written (`_flow.l7.http`).
+        field: String,
     },
     /// Names a field a flow does not have, or does not give a boolean.
     #[error("CEL expression {expression:?} is not a boolean expression over _flow: {reason}")]
@@ -63,6 +81,12 @@ impl CelFilter {
                     expression: expression.clone(),
                     reason: e.to_string(),
                 })?;
+                if let Some(field) = flow_presence_test(program.expression()) {
+                    return Err(CelError::Presence {
+                        expression: expression.clone(),
+                        field,
+                    });
+                }
                 let not_boolean = |reason: String| CelError::NotBoolean {
                     expression: expression.clone(),
                     reason,
@@ -92,6 +116,63 @@ impl CelFilter {
     }
 }
 
+/// The first `has(_flow....)` in the expression, as a path.
+fn flow_presence_test(expr: &IdedExpr) -> Option<String> {
+    let children: Vec<&IdedExpr> = match &expr.expr {
+        Expr::Select(select) => {
+            if select.test
+                && let Some(path) = flow_path(&select.operand)
+            {
+                return Some(format!("{path}.{}", select.field));
+            }
+            vec![&select.operand]
+        }
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(&call.args)
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Struct(st) => st
+            .entries
+            .iter()
+            .flat_map(|e| match &e.expr {
+                EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => Vec::new(),
+    };
+    children.into_iter().find_map(flow_presence_test)
+}
+
+/// `_flow` or a field path below it (`_flow.l7.http`).
+fn flow_path(expr: &IdedExpr) -> Option<String> {
+    match &expr.expr {
+        Expr::Ident(name) if name == "_flow" => Some(name.clone()),
+        Expr::Select(select) if !select.test => {
+            flow_path(&select.operand).map(|p| format!("{p}.{}", select.field))
+        }
+        _ => None,
+    }
+}
+
 fn evaluate(program: &Program, flow: Value) -> Result<Value, ExecutionError> {
     let mut context = Context::default();
     context.add_variable_from_value("_flow", flow);
@@ -109,6 +190,23 @@ fn map<const N: usize>(fields: [(&str, Value); N]) -> Value {
 
 fn strings(values: &[String]) -> Value {
     values.to_vec().into()
+}
+
+/// The policies that allowed or denied a flow (`ingress_allowed_by`, ...).
+fn policies(list: &[Policy]) -> Value {
+    let list: Vec<Value> = list
+        .iter()
+        .map(|p| {
+            map([
+                ("name", p.name.clone().into()),
+                ("namespace", p.namespace.clone().into()),
+                ("labels", strings(&p.labels)),
+                ("revision", Value::UInt(p.revision)),
+                ("kind", p.kind.clone().into()),
+            ])
+        })
+        .collect();
+    list.into()
 }
 
 fn endpoint(ep: Option<&Endpoint>) -> Value {
@@ -345,5 +443,9 @@ fn flow_value(flow: &Flow) -> Value {
         ("socket_cookie", Value::UInt(flow.socket_cookie)),
         ("cgroup_id", Value::UInt(flow.cgroup_id)),
         ("Summary", flow.summary.clone().into()),
+        ("egress_allowed_by", policies(&flow.egress_allowed_by)),
+        ("ingress_allowed_by", policies(&flow.ingress_allowed_by)),
+        ("egress_denied_by", policies(&flow.egress_denied_by)),
+        ("ingress_denied_by", policies(&flow.ingress_denied_by)),
     ])
 }

@@ -78,9 +78,11 @@ pub enum FilterError {
     /// A CEL expression that cannot be used.
     #[error(transparent)]
     Cel(#[from] CelError),
-    /// A node name pattern Hubble would reject.
-    #[error("invalid node name pattern {value:?}: {reason}")]
-    NodeName {
+    /// A node name or FQDN pattern Hubble would reject.
+    #[error("invalid pattern {value:?} in {field}: {reason}")]
+    Pattern {
+        /// The filter field.
+        field: &'static str,
         /// The rejected pattern.
         value: String,
         /// What is wrong with it.
@@ -411,7 +413,7 @@ impl Protocol {
     }
 }
 
-/// A glob with `*` wildcards, used for FQDNs.
+/// A glob with `*` wildcards, used for cluster names.
 #[derive(Debug)]
 struct Glob(Regex);
 
@@ -446,7 +448,15 @@ struct NodePattern(Regex);
 /// Any FQDN, as Hubble's pattern for an empty part.
 const ANY_FQDN: &str = r"(?:[-0-9_a-z]+(?:\.[-0-9_a-z]+)*)";
 
-fn push_fqdn_pattern(out: &mut String, value: &str, part: &str) -> Result<(), FilterError> {
+/// Appends Hubble's FQDN pattern `part` (of the filter value `value`) as a
+/// regular expression: trimmed, one trailing dot dropped, lower case; `*`
+/// spans letters, digits, `-` and `.`. An empty part matches any FQDN.
+fn push_fqdn_pattern(
+    out: &mut String,
+    field: &'static str,
+    value: &str,
+    part: &str,
+) -> Result<(), FilterError> {
     let part = part.trim();
     let part = part.strip_suffix('.').unwrap_or(part).to_ascii_lowercase();
     if part.is_empty() {
@@ -454,7 +464,8 @@ fn push_fqdn_pattern(out: &mut String, value: &str, part: &str) -> Result<(), Fi
         return Ok(());
     }
     if part.ends_with('.') {
-        return Err(FilterError::NodeName {
+        return Err(FilterError::Pattern {
+            field,
             value: value.to_string(),
             reason: "more than one trailing dot",
         });
@@ -465,14 +476,36 @@ fn push_fqdn_pattern(out: &mut String, value: &str, part: &str) -> Result<(), Fi
             '*' => out.push_str("[-.0-9a-z]*"),
             '-' | '_' | '0'..='9' | 'a'..='z' => out.push(c),
             _ => {
-                return Err(FilterError::NodeName {
+                return Err(FilterError::Pattern {
+                    field,
                     value: value.to_string(),
-                    reason: "only letters, digits, '-', '_', '.', '*' and one '/' are allowed",
+                    reason: if field == "node_name" {
+                        "only letters, digits, '-', '_', '.', '*' and one '/' are allowed"
+                    } else {
+                        "only letters, digits, '-', '_', '.' and '*' are allowed"
+                    },
                 });
             }
         }
     }
     Ok(())
+}
+
+/// Hubble's FQDN filter (`--fqdn "*.cilium.io"`): one FQDN pattern over the
+/// whole name; an empty pattern is refused.
+fn fqdn_pattern(value: &str, field: &'static str) -> Result<Regex, FilterError> {
+    let canonical = value.trim();
+    if canonical.strip_suffix('.').unwrap_or(canonical).is_empty() {
+        return Err(FilterError::Empty(field));
+    }
+    let mut pattern = String::from(r"\A");
+    push_fqdn_pattern(&mut pattern, field, value, value)?;
+    pattern.push_str(r"\z");
+    Regex::new(&pattern).map_err(|e| FilterError::Regex {
+        field,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl NodePattern {
@@ -484,16 +517,17 @@ impl NodePattern {
             [node] => ("", node),
             [cluster, node] => (cluster, node),
             _ => {
-                return Err(FilterError::NodeName {
+                return Err(FilterError::Pattern {
+                    field: "node_name",
                     value: value.to_string(),
                     reason: "more than one '/'",
                 });
             }
         };
         let mut pattern = String::from(r"\A");
-        push_fqdn_pattern(&mut pattern, value, cluster)?;
+        push_fqdn_pattern(&mut pattern, "node_name", value, cluster)?;
         pattern.push('/');
-        push_fqdn_pattern(&mut pattern, value, node)?;
+        push_fqdn_pattern(&mut pattern, "node_name", value, node)?;
         pattern.push_str(r"\z");
         Regex::new(&pattern)
             .map(Self)
@@ -584,8 +618,8 @@ struct CompiledFilter {
     destination_service: Vec<NamePattern>,
     source_label: Vec<Selector>,
     destination_label: Vec<Selector>,
-    source_fqdn: Vec<Glob>,
-    destination_fqdn: Vec<Glob>,
+    source_fqdn: Vec<Regex>,
+    destination_fqdn: Vec<Regex>,
     source_port: Vec<u32>,
     destination_port: Vec<u32>,
     protocol: Vec<Protocol>,
@@ -595,6 +629,8 @@ struct CompiledFilter {
     dns_query: Vec<Regex>,
     node_name: Vec<NodePattern>,
     node_labels: Vec<Selector>,
+    source_cluster: Vec<Glob>,
+    destination_cluster: Vec<Glob>,
     cel: Option<CelFilter>,
 }
 
@@ -617,11 +653,18 @@ fn refuse_unsupported(raw: &FlowFilter) -> Result<(), FilterError> {
     Ok(())
 }
 
-fn cluster_names(values: &[String], field: &'static str) -> Result<(), FilterError> {
-    if values.iter().any(String::is_empty) {
-        return Err(FilterError::Empty(field));
-    }
-    Ok(())
+/// Cluster names as Hubble's `--cluster` help shows them (`prod-*`): a name
+/// without `*` matches exactly, as Cilium's server matches every name; `*`
+/// spans any characters but `/` (a cluster name has no `*` of its own, so a pattern
+/// Cilium would take literally matches nothing there).
+fn cluster_patterns(values: &[String], field: &'static str) -> Result<Vec<Glob>, FilterError> {
+    values.iter().map(|v| Glob::parse(v, field)).collect()
+}
+
+/// An endpoint without a cluster (world, host, CIDR) matches no pattern, `*`
+/// included.
+fn cluster_matches(patterns: &[Glob], cluster: &str) -> bool {
+    patterns.is_empty() || (!cluster.is_empty() && patterns.iter().any(|g| g.0.is_match(cluster)))
 }
 
 /// As Hubble: a zero index or an empty name in a filter matches any.
@@ -718,8 +761,6 @@ fn url_path(url: &str) -> &str {
 impl CompiledFilter {
     fn new(raw: &FlowFilter) -> Result<Self, FilterError> {
         refuse_unsupported(raw)?;
-        cluster_names(&raw.source_cluster_name, "source_cluster_name")?;
-        cluster_names(&raw.destination_cluster_name, "destination_cluster_name")?;
         let cel_expressions = raw
             .experimental
             .as_ref()
@@ -737,12 +778,12 @@ impl CompiledFilter {
             source_fqdn: raw
                 .source_fqdn
                 .iter()
-                .map(|v| Glob::parse(v, "source_fqdn"))
+                .map(|v| fqdn_pattern(v, "source_fqdn"))
                 .collect::<Result<_, _>>()?,
             destination_fqdn: raw
                 .destination_fqdn
                 .iter()
-                .map(|v| Glob::parse(v, "destination_fqdn"))
+                .map(|v| fqdn_pattern(v, "destination_fqdn"))
                 .collect::<Result<_, _>>()?,
             source_port: parse_ports(&raw.source_port, "source_port")?,
             destination_port: parse_ports(&raw.destination_port, "destination_port")?,
@@ -765,6 +806,11 @@ impl CompiledFilter {
                 .map(|v| NodePattern::parse(v))
                 .collect::<Result<_, _>>()?,
             node_labels: parse_selectors(&raw.node_labels)?,
+            source_cluster: cluster_patterns(&raw.source_cluster_name, "source_cluster_name")?,
+            destination_cluster: cluster_patterns(
+                &raw.destination_cluster_name,
+                "destination_cluster_name",
+            )?,
             cel: if cel_expressions.is_empty() {
                 None
             } else {
@@ -792,8 +838,8 @@ impl CompiledFilter {
             patterns.is_empty()
                 || svc.is_some_and(|s| patterns.iter().any(|p| p.matches(&s.namespace, &s.name)))
         };
-        let fqdn_matches = |globs: &[Glob], names: &[String]| {
-            globs.is_empty() || names.iter().any(|n| globs.iter().any(|g| g.0.is_match(n)))
+        let fqdn_matches = |patterns: &[Regex], names: &[String]| {
+            patterns.is_empty() || names.iter().any(|n| patterns.iter().any(|p| p.is_match(n)))
         };
         (raw.uuid.is_empty() || raw.uuid.contains(&flow.uuid))
             && ip_matches(&self.source_ip, ip.map(|i| i.source.as_str()))
@@ -848,9 +894,8 @@ impl CompiledFilter {
             && tcp_flags_match(&raw.tcp_flags, flow)
             && (self.node_name.is_empty() || self.node_name.iter().any(|p| p.matches(&flow.node_name)))
             && (self.node_labels.is_empty() || self.node_labels.iter().any(|s| s.matches(&flow.node_labels)))
-            && (raw.source_cluster_name.is_empty() || raw.source_cluster_name.contains(&src.cluster_name))
-            && (raw.destination_cluster_name.is_empty()
-                || raw.destination_cluster_name.contains(&dst.cluster_name))
+            && cluster_matches(&self.source_cluster, &src.cluster_name)
+            && cluster_matches(&self.destination_cluster, &dst.cluster_name)
             && interface_matches(&raw.interface, flow)
             && (raw.encrypted.is_empty() || raw.encrypted.contains(&ip.is_some_and(|i| i.encrypted)))
             // As Hubble: a flow without an IP header has IP_NOT_USED.

@@ -658,7 +658,7 @@ const SPECS: &[Spec] = &[
     ),
     spec(
         "cluster",
-        "Flows from or to endpoints in a cluster (exact name, e.g. default)",
+        "Flows from or to endpoints in a cluster (name or pattern: \"default\", \"prod-*\")",
         Rule::Either(
             |f| &mut f.source_cluster_name,
             |f| &mut f.destination_cluster_name,
@@ -666,12 +666,12 @@ const SPECS: &[Spec] = &[
     ),
     spec(
         "from-cluster",
-        "Flows from endpoints in a cluster",
+        "Flows from endpoints in a cluster (name or pattern)",
         Rule::Both(|f| &mut f.source_cluster_name),
     ),
     spec(
         "to-cluster",
-        "Flows to endpoints in a cluster",
+        "Flows to endpoints in a cluster (name or pattern)",
         Rule::Both(|f| &mut f.destination_cluster_name),
     ),
     spec(

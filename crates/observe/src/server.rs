@@ -265,6 +265,13 @@ impl observer_server::Observer for ObserverService {
                 "first cannot be combined with follow",
             ));
         }
+        if let Some(extension) = req.extensions.first() {
+            return Err(Status::invalid_argument(format!(
+                "extensions are not supported (got {:?}): this server would ignore them; \
+                 send the request without extensions",
+                extension.type_url
+            )));
+        }
         let filters = FilterSet::new(&req.whitelist, &req.blacklist)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mask = req
@@ -276,6 +283,10 @@ impl observer_server::Observer for ObserverService {
                 .and_then(|e| e.field_mask.as_ref()))
             .map(|m| m.paths.clone())
             .unwrap_or_default();
+        for path in &mask {
+            crate::wire_check::check_field_path("flow.Flow", path)
+                .map_err(Status::invalid_argument)?;
+        }
         let selection = Selection {
             filters,
             since: req.since.as_ref().map(|t| time_key(Some(t))),

@@ -190,6 +190,30 @@ fn walk(
     Ok(())
 }
 
+/// Checks a field mask path (`source.pod_name`) against `message` (a full
+/// proto name such as `flow.Flow`): the first segment that names no field, or
+/// goes below a field that is not a message, is the error. Hubble refuses
+/// such a mask too; keeping it would silently drop what the client asked for.
+pub fn check_field_path(message: &str, path: &str) -> Result<(), String> {
+    let schema = schema();
+    let mut current = Some(message.to_string());
+    for segment in path.split('.') {
+        let Some(fields) = current.as_deref().and_then(|m| schema.get(m)) else {
+            return Err(format!(
+                "field mask path {path:?}: {segment:?} is below a field that is not a message"
+            ));
+        };
+        let Some(field) = fields.values().find(|f| f.name == segment) else {
+            return Err(format!(
+                "field mask path {path:?}: {} has no field {segment:?}",
+                current.as_deref().unwrap_or(message)
+            ));
+        };
+        current.clone_from(&field.message);
+    }
+    Ok(())
+}
+
 /// tonic codec of the Observer service: prost encoding, and decoding that
 /// refuses unknown request fields.
 #[derive(Debug, Clone)]
@@ -245,6 +269,21 @@ mod tests {
     use super::*;
     use crate::proto::flow::FlowFilter;
     use prost::encoding::{encode_key, encode_varint};
+
+    #[test]
+    fn field_mask_paths_are_checked_against_the_flow() {
+        for path in ["uuid", "source.pod_name", "l4.TCP.source_port", "Summary"] {
+            assert_eq!(check_field_path("flow.Flow", path), Ok(()), "{path}");
+        }
+        let err = check_field_path("flow.Flow", "source.pod_nmae").expect_err("typo");
+        assert!(
+            err.contains("flow.Endpoint has no field \"pod_nmae\""),
+            "{err}"
+        );
+        let err = check_field_path("flow.Flow", "uuid.x").expect_err("below a string");
+        assert!(err.contains("not a message"), "{err}");
+        assert!(check_field_path("flow.Flow", "").is_err());
+    }
 
     #[test]
     fn known_fields_pass_and_an_unknown_filter_field_is_named() {

@@ -273,6 +273,22 @@ async fn status_nodes_namespaces_agent_events_and_health() {
     assert_eq!(status.max_flows, 4);
     assert_eq!(status.seen_flows, 8);
     assert!(status.uptime_ns > 0);
+    // `hubble status` shows flows_rate: flows of the last minute, not since
+    // the start (the demo's flows are from 2024).
+    assert_eq!(status.flows_rate, 0.0);
+    for _ in 0..2 {
+        running.observer.push(xwing_drop_now());
+    }
+    let status = client
+        .server_status(ServerStatusRequest {})
+        .await
+        .expect("ServerStatus")
+        .into_inner();
+    assert!(
+        (status.flows_rate - 2.0 / 60.0).abs() < 1e-9,
+        "{}",
+        status.flows_rate
+    );
 
     let nodes = client
         .get_nodes(GetNodesRequest {})
@@ -488,6 +504,189 @@ async fn lost_events_reach_readers() {
     running.stop().await;
 }
 
+/// xwing's drop, stamped when it is pushed.
+fn xwing_drop_now() -> myelin_observe::proto::flow::Flow {
+    myelin_observe::proto::flow::Flow {
+        time: None,
+        ..xwing_drop()
+    }
+}
+
+/// The error GetFlows answers `req` with; a test failure if it answers flows.
+async fn refusal(client: &mut ObserverClient<Channel>, req: GetFlowsRequest) -> tonic::Status {
+    match client.get_flows(req).await {
+        Err(status) => status,
+        Ok(stream) => match tokio::time::timeout(WAIT, stream.into_inner().message()).await {
+            Ok(Err(status)) => status,
+            other => panic!("not refused: {other:?}"),
+        },
+    }
+}
+
+/// Request fields the server would otherwise drop are refused by name: a
+/// field mask path that names no Flow field (Hubble refuses it too), and
+/// extensions (this server reads none). A mask of real paths is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mask_paths_and_extensions_the_server_cannot_honour_are_refused() {
+    let running = Running::start(ObserverConfig::new("node-1")).await;
+    running.observer.push(xwing_drop());
+    let mut tcp = running.tcp_client().await;
+    let masked = |paths: &[&str]| GetFlowsRequest {
+        number: 5,
+        field_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_string()).collect(),
+        }),
+        ..Default::default()
+    };
+
+    let status = refusal(&mut tcp, masked(&["uuid", "source.pod_nmae"])).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("source.pod_nmae")
+            && status.message().contains("flow.Endpoint has no field"),
+        "{}",
+        status.message()
+    );
+
+    let answered = collect(&mut tcp, masked(&["uuid", "source.pod_name"])).await;
+    let flow = answered
+        .into_iter()
+        .find_map(flow_of)
+        .expect("the masked flow");
+    assert!(!flow.uuid.is_empty());
+    assert_eq!(flow.source.map(|s| s.pod_name).as_deref(), Some("xwing"));
+    assert!(flow.node_name.is_empty(), "not in the mask");
+
+    let status = refusal(
+        &mut tcp,
+        GetFlowsRequest {
+            number: 5,
+            extensions: vec![prost_types::Any {
+                type_url: "type.example/vendor.Filter".into(),
+                value: vec![8, 1],
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("extensions")
+            && status.message().contains("type.example/vendor.Filter"),
+        "{}",
+        status.message()
+    );
+    running.stop().await;
+}
+
+/// A filter the agent cannot honour, sent by a real gRPC client over TCP and the
+/// unix socket, on either list: InvalidArgument naming the field and the flag,
+/// and no flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_the_agent_cannot_honour_are_refused_over_grpc() {
+    let running = Running::start(ObserverConfig::new("node-1")).await;
+    for flow in demo() {
+        running.observer.push(flow);
+    }
+    let mut tcp = running.tcp_client().await;
+    let mut unix = running.unix_client().await;
+    let snat = FlowFilter {
+        source_ip_xlated: vec!["10.0.0.1".into()],
+        ..Default::default()
+    };
+    let ip_trace = FlowFilter {
+        ip_trace_id: vec![7],
+        ..Default::default()
+    };
+    for (filter, field, flag) in [
+        (snat, "source_ip_xlated", "--snat-ip"),
+        (ip_trace, "ip_trace_id", "--ip-trace-id"),
+    ] {
+        for (client, list) in [(&mut tcp, "whitelist"), (&mut unix, "blacklist")] {
+            let mut req = GetFlowsRequest {
+                number: 10,
+                ..Default::default()
+            };
+            if list == "whitelist" {
+                req.whitelist = vec![filter.clone()];
+            } else {
+                req.blacklist = vec![filter.clone()];
+            }
+            let status = refusal(client, req).await;
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(
+                status.message().contains(field) && status.message().contains(flag),
+                "{list}: {}",
+                status.message()
+            );
+        }
+    }
+    running.stop().await;
+}
+
+/// A newer hubble sends a FlowFilter field this server lacks (here number 41,
+/// where a newer Hubble keeps `ip_trace_option`): refused with InvalidArgument
+/// naming the field number, where prost alone would drop it and answer every
+/// flow. The same filter without the field is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_from_a_newer_client_is_refused_over_grpc() {
+    let running = Running::start(ObserverConfig::new("node-1")).await;
+    running.observer.push(landing_request());
+    running.observer.push(xwing_drop());
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.tcp))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let path = || http::uri::PathAndQuery::from_static("/observer.Observer/GetFlows");
+    let codec = || {
+        tonic_prost::ProstCodec::<hubble::NewerGetFlowsRequest, hubble::GetFlowsResponse>::default()
+    };
+    let request = |option: Vec<u32>| hubble::NewerGetFlowsRequest {
+        number: 5,
+        whitelist: vec![hubble::NewerFlowFilter {
+            source_pod: vec!["default/xwing".into()],
+            ip_trace_option: option,
+        }],
+    };
+
+    grpc.ready().await.expect("ready");
+    let refused = grpc
+        .server_streaming(tonic::Request::new(request(vec![136])), path(), codec())
+        .await;
+    let status = match refused {
+        Err(status) => status,
+        Ok(stream) => match tokio::time::timeout(WAIT, stream.into_inner().message()).await {
+            Ok(Err(status)) => status,
+            other => panic!("field 41 not refused: {other:?}"),
+        },
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("unknown field number 41 in flow.FlowFilter"),
+        "{}",
+        status.message()
+    );
+
+    grpc.ready().await.expect("ready");
+    let mut answered = grpc
+        .server_streaming(tonic::Request::new(request(Vec::new())), path(), codec())
+        .await
+        .expect("without the field")
+        .into_inner();
+    let flow = tokio::time::timeout(WAIT, answered.message())
+        .await
+        .expect("answer")
+        .expect("ok")
+        .and_then(|r| r.flow)
+        .expect("xwing's flow");
+    assert_eq!(flow.source.map(|s| s.pod_name).as_deref(), Some("xwing"));
+    running.stop().await;
+}
+
 /// Hubble's messages written by hand from Hubble's field numbers, independent
 /// of our .proto files: decoding our server's bytes with them proves the
 /// numbers match.
@@ -505,6 +704,22 @@ mod hubble {
         pub number: u64,
         #[prost(message, repeated, tag = "6")]
         pub whitelist: Vec<FlowFilter>,
+    }
+    /// A FlowFilter of a client newer than this server: field 41 is not in
+    /// our protos.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NewerFlowFilter {
+        #[prost(string, repeated, tag = "2")]
+        pub source_pod: Vec<String>,
+        #[prost(uint32, repeated, tag = "41")]
+        pub ip_trace_option: Vec<u32>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct NewerGetFlowsRequest {
+        #[prost(uint64, tag = "1")]
+        pub number: u64,
+        #[prost(message, repeated, tag = "6")]
+        pub whitelist: Vec<NewerFlowFilter>,
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Endpoint {

@@ -5,13 +5,16 @@
 mod common;
 
 use common::*;
+use myelin_observe::cel_filter::CelError;
 use myelin_observe::proto::flow::flow_filter::Experimental;
-use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface};
+use myelin_observe::proto::flow::{Flow, FlowFilter, Ip, NetworkInterface, Policy, Service};
 use myelin_observe::{FilterError, FilterSet};
 
 /// 0: tiefighter verdict on node1 (cluster-less name), labels zone=a, eth0,
-/// cluster c1 -> c2; 1: xwing drop on `mesh/node2`, zone=b, lxc1;
-/// 2: landing request in namespace empire, no interface, encrypted.
+/// cluster c1 -> c2, to `api.cilium.io`/`cilium.io` and service
+/// default/deathstar; 1: xwing drop on `mesh/node2`, zone=b, lxc1, from
+/// `www.example.com`; 2: landing request in namespace empire, no interface,
+/// encrypted, from service empire/empire-api.
 fn flows() -> Vec<Flow> {
     let mut a = tiefighter_verdict();
     a.node_name = "node1".into();
@@ -22,6 +25,17 @@ fn flows() -> Vec<Flow> {
     });
     a.source.as_mut().expect("source").cluster_name = "c1".into();
     a.destination.as_mut().expect("destination").cluster_name = "c2".into();
+    a.destination_names = vec!["api.cilium.io".into(), "cilium.io".into()];
+    a.ingress_allowed_by = vec![Policy {
+        name: "rule1".into(),
+        namespace: "default".into(),
+        kind: "CiliumNetworkPolicy".into(),
+        ..Default::default()
+    }];
+    a.destination_service = Some(Service {
+        name: "deathstar".into(),
+        namespace: "default".into(),
+    });
 
     let mut b = xwing_drop();
     b.node_name = "mesh/node2".into();
@@ -31,11 +45,16 @@ fn flows() -> Vec<Flow> {
         name: "lxc1".into(),
     });
     b.source.as_mut().expect("source").cluster_name = "c2".into();
+    b.source_names = vec!["www.example.com".into()];
 
     let mut c = landing_request();
     c.node_name = "node3.example.com".into();
     c.source.as_mut().expect("source").namespace = "empire".into();
     c.destination.as_mut().expect("destination").namespace = "empire".into();
+    c.source_service = Some(Service {
+        name: "empire-api".into(),
+        namespace: "empire".into(),
+    });
     let ip = c.ip.get_or_insert_with(Ip::default);
     ip.encrypted = true;
     vec![a, b, c]
@@ -90,9 +109,9 @@ fn all_namespaces() {
             &[2],
         ),
         (
-            "--service / (no service on these flows)",
+            "--from-service / (any service of any namespace)",
             ff(|f| f.source_service = vec!["/".into()]),
-            &[],
+            &[2],
         ),
     ]);
 }
@@ -138,7 +157,7 @@ fn node_name() {
     ]);
     assert!(matches!(
         matching(&ff(|f| f.node_name = vec!["a/b/c".into()])),
-        Err(FilterError::NodeName { .. })
+        Err(FilterError::Pattern { .. })
     ));
 }
 
@@ -189,6 +208,31 @@ fn cluster() {
         (
             "no such cluster",
             ff(|f| f.source_cluster_name = vec!["c9".into()]),
+            &[],
+        ),
+        (
+            "a name without '*' is exact, not a prefix",
+            ff(|f| f.source_cluster_name = vec!["c".into()]),
+            &[],
+        ),
+        (
+            "--from-cluster 'c*' (a pattern, as hubble's help shows)",
+            ff(|f| f.source_cluster_name = vec!["c*".into()]),
+            &[0, 1],
+        ),
+        (
+            "--to-cluster '*2'",
+            ff(|f| f.destination_cluster_name = vec!["*2".into()]),
+            &[0],
+        ),
+        (
+            "'*' matches every endpoint in a cluster, none without one",
+            ff(|f| f.destination_cluster_name = vec!["*".into()]),
+            &[0],
+        ),
+        (
+            "--from-cluster 'prod-*'",
+            ff(|f| f.source_cluster_name = vec!["prod-*".into()]),
             &[],
         ),
     ]);
@@ -261,6 +305,13 @@ fn cel_expression() {
             &[1],
         ),
         (
+            "the policies that allowed a flow",
+            cel(&[
+                "_flow.ingress_allowed_by.exists(p, p.name == 'rule1' && p.kind == 'CiliumNetworkPolicy')",
+            ]),
+            &[0],
+        ),
+        (
             "expressions are ORed",
             cel(&["_flow.verdict == 2", "_flow.IP.encrypted"]),
             &[1, 2],
@@ -272,6 +323,28 @@ fn cel_expression() {
             "{bad} should be refused"
         );
     }
+    // has() on the flow would be true for unset messages here (false in
+    // Hubble): refused, naming the field, wherever it sits.
+    for (presence, field) in [
+        ("has(_flow.l7)", "_flow.l7"),
+        ("_flow.verdict == 2 || has(_flow.l7.http)", "_flow.l7.http"),
+        (
+            "_flow.node_labels.exists(l, l == 'zone=a' && has(_flow.IP.source))",
+            "_flow.IP.source",
+        ),
+    ] {
+        match matching(&cel(&[presence])) {
+            Err(FilterError::Cel(CelError::Presence { field: got, .. })) => {
+                assert_eq!(got, field, "{presence}");
+            }
+            other => panic!("{presence}: {other:?}"),
+        }
+    }
+    check(&[(
+        "has() on a map of the expression's own is CEL's",
+        cel(&["has({'a': 1}.a) && _flow.verdict == 2"]),
+        &[1],
+    )]);
 }
 
 #[test]
@@ -286,4 +359,87 @@ fn fields_the_agent_cannot_fill_are_refused_by_name() {
         let err = matching(&filter).expect_err("refused");
         assert!(err.to_string().contains(field), "{err}");
     }
+}
+
+#[test]
+fn fqdn() {
+    check(&[
+        (
+            "--to-fqdn '*.cilium.io'",
+            ff(|f| f.destination_fqdn = vec!["*.cilium.io".into()]),
+            &[0],
+        ),
+        (
+            "--to-fqdn cilium.io (whole name)",
+            ff(|f| f.destination_fqdn = vec!["cilium.io".into()]),
+            &[0],
+        ),
+        (
+            "--to-fqdn cilium (not a substring)",
+            ff(|f| f.destination_fqdn = vec!["cilium".into()]),
+            &[],
+        ),
+        (
+            "upper case and one trailing dot, as Hubble canonicalises",
+            ff(|f| f.destination_fqdn = vec![" API.Cilium.IO. ".into()]),
+            &[0],
+        ),
+        (
+            "'*' spans dots",
+            ff(|f| f.source_fqdn = vec!["www.*".into()]),
+            &[1],
+        ),
+        (
+            "--from-fqdn '*.cilium.io' (names of the other side)",
+            ff(|f| f.source_fqdn = vec!["*.cilium.io".into()]),
+            &[],
+        ),
+        (
+            "two patterns are ORed",
+            ff(|f| f.source_fqdn = vec!["*.example.com".into(), "nothing.io".into()]),
+            &[1],
+        ),
+    ]);
+    for bad in ["", ".", "cilium.io..", "cilium.io/x", "a b", "ci?ium.io"] {
+        assert!(
+            matching(&ff(|f| f.destination_fqdn = vec![bad.into()])).is_err(),
+            "{bad:?} should be refused"
+        );
+    }
+}
+
+#[test]
+fn service() {
+    check(&[
+        (
+            "--to-service default/deathstar",
+            ff(|f| f.destination_service = vec!["default/deathstar".into()]),
+            &[0],
+        ),
+        (
+            "a name prefix",
+            ff(|f| f.destination_service = vec!["default/death".into()]),
+            &[0],
+        ),
+        (
+            "namespace exact",
+            ff(|f| f.destination_service = vec!["empire/deathstar".into()]),
+            &[],
+        ),
+        (
+            "--from-service empire/ (the whole namespace)",
+            ff(|f| f.source_service = vec!["empire/".into()]),
+            &[2],
+        ),
+        (
+            "--from-service -A: any namespace",
+            ff(|f| f.source_service = vec!["/empire".into()]),
+            &[2],
+        ),
+        (
+            "flows without a service never match",
+            ff(|f| f.source_service = vec!["default/".into()]),
+            &[],
+        ),
+    ]);
 }
