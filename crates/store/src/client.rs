@@ -352,11 +352,7 @@ async fn connect_clients(
                 );
             }
             if clients.is_empty() {
-                return Err(StoreError::BadName {
-                    what: "etcd address list",
-                    value: String::new(),
-                    why: "it is empty",
-                });
+                return Err(StoreError::NoAddress);
             }
             Ok(clients)
         }

@@ -40,6 +40,9 @@ pub enum StoreError {
         /// Why not.
         why: &'static str,
     },
+    /// No etcd address to connect to.
+    #[error("no etcd address given: name at least one member's host:port or a unix socket")]
+    NoAddress,
     /// Every number of the cluster range is bound.
     #[error("no free identity number left in the cluster range")]
     Exhausted,

@@ -308,15 +308,22 @@ impl NodeSession {
         let keys = &conn.keys;
         let mut state = self.state.lock().await;
         let (holds, _) = conn.list(&keys.holds(), true).await?;
-        let mut current = BTreeSet::new();
+        // The holder's holds with their leases: a restarted agent finds some under its
+        // previous process's lease, which will expire; those are taken over.
+        let mut current = BTreeMap::new();
         for kv in &holds {
             let key = String::from_utf8_lossy(kv.key());
             let (id, who) = keys.parse_hold(&key)?;
             if who == holder {
-                current.insert(id);
+                current.insert(id, kv.lease());
             }
         }
-        for id in current.difference(held) {
+        let let_go: Vec<Identity> = current
+            .keys()
+            .filter(|id| !held.contains(id))
+            .copied()
+            .collect();
+        for id in &let_go {
             let hold = keys.hold(*id, holder)?;
             state.owned.remove(&hold);
             conn.delete(&hold).await?;
@@ -331,7 +338,13 @@ impl NodeSession {
             )
             .await?;
         }
-        for id in held.difference(&current) {
+        let lease = state.lease;
+        let to_hold: Vec<Identity> = held
+            .iter()
+            .filter(|id| current.get(id) != Some(&lease))
+            .copied()
+            .collect();
+        for id in &to_hold {
             let id_key = keys.identity_id(*id);
             let Some(kv) = conn.get(&id_key).await? else {
                 tracing::warn!(id, "store: cannot hold an identity that is no longer bound");

@@ -771,3 +771,49 @@ fn policy_engines_of_two_nodes_share_identities_through_etcd() {
         "{left:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_takes_its_holds_over_to_its_new_lease() {
+    let Some(etcd) = etcd("holds_takeover", 1) else {
+        return;
+    };
+    let store = connect(etcd.server.address(), "takeover");
+    let ttl = Duration::from_secs(2);
+    let before = NodeSession::start(&store, "node1", ttl)
+        .await
+        .expect("session");
+    let (a, b) = (
+        before
+            .acquire_identity("node1", &labels("a"), 256)
+            .await
+            .expect("a"),
+        before
+            .acquire_identity("node1", &labels("b"), 256)
+            .await
+            .expect("b"),
+    );
+    // The agent restarts: a new process, a new lease; the old one runs out.
+    drop(before);
+    let after = NodeSession::start(&store, "node1", ttl)
+        .await
+        .expect("session");
+    after
+        .refresh_holds("node1", &BTreeSet::from([a]), 100)
+        .await
+        .expect("refresh");
+    tokio::time::sleep(ttl * 2).await;
+    let holds = store.holds().await.expect("holds");
+    assert!(
+        holds.get(&a).is_some_and(|h| h.contains("node1")),
+        "{holds:?}"
+    );
+    assert!(!holds.contains_key(&b), "{holds:?}");
+    // a is in use; b was let go at 100: collected after the grace, a never.
+    let gc = |now| {
+        let store = store.clone();
+        async move { store.collect_identities(now, 50).await.expect("gc") }
+    };
+    assert!(gc(149).await.is_empty());
+    assert_eq!(gc(150).await, vec![b]);
+    assert!(gc(10_000).await.is_empty());
+}
