@@ -776,6 +776,78 @@ mod tests {
         assert_eq!(plan.items[0].outcome, Outcome::Configured);
     }
 
+    /// The lab state with nodes `node1` ... `node<count>`.
+    fn state_with_nodes(count: u8) -> LabState {
+        let names = crate::LabNames::new("plan");
+        let mut state = lab_state();
+        state.nodes = (1..=count)
+            .map(|i| Node::new(&names, &crate::names::node_name(i), i).record)
+            .collect();
+        state
+    }
+
+    const SHIP: &str = "containers: [{name: c, image: quay.io/cilium/json-mock:v1.3.8}]";
+
+    #[test]
+    fn planning_places_replicas_pinned_and_free_pods() {
+        let state = state_with_nodes(3);
+        let documents = parse(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pinned}}\nspec:\n  nodeName: node3\n  {SHIP}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: free}}\nspec:\n  {SHIP}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  replicas: 2\n  \
+             selector: {{matchLabels: {{app: d}}}}\n  template:\n    metadata: {{labels: {{app: d}}}}\n    \
+             spec:\n      {SHIP}\n"
+        ));
+        let mut documents = documents;
+        documents.sort_by_key(|d| rank(&d.resource.key().kind));
+        let Ok(plan) = plan(&state, &documents) else {
+            panic!("every pod has a node");
+        };
+        let placed: Vec<(Option<&str>, &str)> = plan
+            .new_pods
+            .iter()
+            .map(|(_, pod, owner, node)| {
+                (
+                    owner.is_none().then_some(pod.metadata.name.as_str()),
+                    node.as_str(),
+                )
+            })
+            .collect();
+        // The replicas first (a Deployment ranks before pods), one a node;
+        // then the pinned pod, then the free one on the node with the fewest.
+        assert_eq!(
+            placed,
+            [
+                (None, "node1"),
+                (None, "node2"),
+                (Some("pinned"), "node3"),
+                (Some("free"), "node1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn planning_refuses_a_pod_pinned_to_a_missing_node() {
+        let state = state_with_nodes(2);
+        let documents = parse(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fine}}\nspec:\n  {SHIP}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: lost}}\nspec:\n  nodeName: node9\n  {SHIP}\n"
+        ));
+        let Err(problems) = plan(&state, &documents) else {
+            panic!("node9 does not exist");
+        };
+        assert_eq!(problems.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(
+            problems[&1][0].starts_with(
+                "Pod default/lost: spec.nodeName: node \"node9\" does not exist; the lab's nodes are node1, node2"
+            ),
+            "{problems:?}"
+        );
+        let changes = report_refused(&documents, &problems);
+        assert_eq!(changes[0].outcome, Outcome::NotApplied);
+        assert!(matches!(changes[1].outcome, Outcome::Failed { .. }));
+    }
+
     /// An agent that rejects every policy and records what it is asked.
     async fn rejecting_agent(
         socket: &std::path::Path,
