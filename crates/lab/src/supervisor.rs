@@ -137,6 +137,10 @@ impl Lab {
     async fn start_agent(&self, node: &Node, delay: Duration) -> anyhow::Result<()> {
         let _starting = node.agent_starting().await;
         tokio::time::sleep(delay).await;
+        if self.node(node.name()).is_err() {
+            // Deleted meanwhile: nothing to start.
+            return Ok(());
+        }
         let child = node.spawn_agent(&self.exe)?;
         let pid = child_pid(&child, "agent")?;
         self.watch(child, Owner::Agent(node.name().to_string()), pid);
@@ -147,6 +151,9 @@ impl Lab {
 
     /// Starts `node`'s proxy and records it.
     fn start_proxy(&self, node: &Node) -> anyhow::Result<()> {
+        if self.node(node.name()).is_err() {
+            return Ok(());
+        }
         let child = node.spawn_proxy(&self.exe)?;
         let pid = child_pid(&child, "proxy")?;
         self.watch(child, Owner::Proxy(node.name().to_string()), pid);
@@ -269,14 +276,20 @@ impl Lab {
     /// Removes node `name` and all of it (but not its pods: the caller
     /// drained them), then forgets it. Safe on a half-made node.
     async fn remove_node(&self, name: &str) -> anyhow::Result<()> {
-        let Some(record) = self.read(|s| s.nodes.iter().find(|n| n.name == name).cloned()) else {
-            return Ok(());
-        };
         // Out of the running nodes first: its processes' exits are not restarts.
+        let running = self.node(name).ok();
         self.nodes
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|n| n.name() != name);
+        // An agent (re)start under way ends first, so the record names the last agent.
+        let _starting = match &running {
+            Some(node) => Some(node.agent_starting().await),
+            None => None,
+        };
+        let Some(record) = self.read(|s| s.nodes.iter().find(|n| n.name == name).cloned()) else {
+            return Ok(());
+        };
         let peers: Vec<NodeRecord> =
             self.read(|s| s.nodes.iter().filter(|n| n.name != name).cloned().collect());
         let names = self.names.clone();
