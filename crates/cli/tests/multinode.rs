@@ -145,6 +145,20 @@ fn three_nodes_place_pods_and_carry_traffic_between_them() {
             );
         }
     }
+    // Each node's agent knows its own pods, and the CLI asks the one named.
+    let endpoints = lab.ok(&["bpf", "endpoints", "--node", "node2"]);
+    let pinned_v4 = lab.pod_address("pinned", 4);
+    assert!(
+        endpoints.contains(&pinned_v4) && !endpoints.contains(&lab.pod_address("selected", 4)),
+        "{endpoints}"
+    );
+    let flows = lab.ok_until(
+        &["observe", "--node", "node2", "--last", "100", "-o", "json"],
+        |out| out.contains("\"pinned\""),
+    );
+    assert!(flows.contains("\"pinned\""), "node2's flows:\n{flows}");
+    assert!(flows.contains("\"node_name\":\"node2\""), "{flows}");
+
     // Each node routes the others' pod CIDRs via their underlay address, and nothing else out.
     let node1 = format!("ml-{}_node1", lab.name);
     let routes = ip(&["-n", &node1, "route"]);
@@ -226,6 +240,32 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
     assert_eq!(curl(&lab, "client", "POST", &url), "Ship landed\n");
     let node1 = format!("ml-{}_node1", lab.name);
     assert!(ip(&["-n", &node1, "route"]).contains("10.244.3.0/24 via 10.250.0.3"));
+
+    // The added node's agent is restarted as the others' are.
+    let agent_of_node3 = |lab: &Lab| {
+        let state: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name))
+                .expect("state file"),
+        )
+        .expect("json");
+        state["nodes"][2]["agent"]["pid"].as_i64().expect("pid") as i32
+    };
+    let old = agent_of_node3(&lab);
+    // The lab recorded this process; nothing else is signalled.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while agent_of_node3(&lab) == old {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node3's agent was not started again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(curl(&lab, "client", "POST", &url), "Ship landed\n");
 
     // Draining node3 deletes its pod and every trace of the node.
     let deleted = lab.ok(&["lab", "node", "delete", "node3"]);
