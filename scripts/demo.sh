@@ -131,6 +131,10 @@ TRY
 }
 
 NODES=${NODES:-1}
+if [ "$NODES" -eq 2 ]; then
+  echo "NODES=1, or 3 and more: the deathstar's two pods take two nodes, the ships a third" >&2
+  exit 1
+fi
 if [ "$NODES" -gt 1 ]; then
   multinode
   exit 0
