@@ -8,6 +8,11 @@ M=${MYELIN:-./target/release/myelin}
 export MYELIN_LAB=${MYELIN_LAB:-myelin}
 APP=examples/starwars
 URL=deathstar.default.svc.cluster.local/v1
+NODES=${NODES:-1}
+if ! [[ "$NODES" =~ ^[0-9]+$ ]] || [ "$NODES" -eq 0 ] || [ "$NODES" -eq 2 ]; then
+  echo "NODES=$NODES: use 1, or 3 and more (the deathstar's two pods take two nodes, the ships a third)" >&2
+  exit 1
+fi
 
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 show() { printf '\033[2m$ %s\033[0m\n' "$*"; }
@@ -130,11 +135,6 @@ multinode() {
 TRY
 }
 
-NODES=${NODES:-1}
-if [ "$NODES" -eq 2 ]; then
-  echo "NODES=1, or 3 and more: the deathstar's two pods take two nodes, the ships a third" >&2
-  exit 1
-fi
 if [ "$NODES" -gt 1 ]; then
   multinode
   exit 0
