@@ -1,12 +1,15 @@
 //! The lab supervisor: the daemon behind `myelin lab`. It starts the lab's
-//! nodes, serves the lab's API (the control plane in [`crate::control`]
-//! answers it), restarts agents and proxies that exit and marks pods whose
-//! containers exit, and tears the lab down on `lab down` or SIGTERM.
+//! underlay and nodes, adds and drains nodes while the lab runs, serves the
+//! lab's API (the control plane in [`crate::control`] answers it), restarts
+//! agents and proxies that exit and marks pods whose containers exit, and
+//! tears the lab down on `lab down` or SIGTERM.
 //!
 //! Locking: the lab's state sits behind a mutex held only for short,
 //! non-blocking steps (never across a process start, an agent call or a
-//! wait); writes (apply, delete) take their turn on a second, async mutex
-//! for their whole run, so a `lab status` answers while a long apply runs.
+//! wait); writes (apply, delete, node add and delete) take their turn on a
+//! second, async mutex for their whole run, so a `lab status` answers while
+//! a long apply runs. The running nodes are a list behind a lock of their
+//! own, read as a snapshot.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
