@@ -61,6 +61,9 @@ pub enum LabResponse {
         name: String,
         /// The pods it ran, deleted with it (`namespace/name`).
         pods: Vec<String>,
+        /// The pods made in their place for the Deployments that owned some
+        /// (`namespace/name on node`).
+        replaced: Vec<String>,
     },
     /// Done.
     Ok,

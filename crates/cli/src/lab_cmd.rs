@@ -85,7 +85,8 @@ enum NodeCommand {
     },
     /// Drain a node (its pods are deleted, as a delete would) and remove it: its agent,
     /// proxy, namespace, underlay link, the other nodes' routes to it, its bpffs pins.
-    /// The first node (node1) stays until `lab down`.
+    /// Deployments whose pods it ran get new ones on the nodes left. The first node
+    /// (node1) stays until `lab down`.
     Delete {
         /// The node.
         #[arg(id = "node", value_name = "NAME")]
@@ -155,11 +156,14 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
         LabCommand::Node {
             command: NodeCommand::Delete { name },
         } => {
-            let pods = runtime()?.block_on(myelin_lab::node_delete(&lab, &name))?;
+            let (pods, replaced) = runtime()?.block_on(myelin_lab::node_delete(&lab, &name))?;
             for pod in pods {
                 println!("pod/{pod} deleted (drained)");
             }
             println!("node/{name} deleted");
+            for pod in replaced {
+                println!("pod/{pod} created (its Deployment's replacement)");
+            }
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down => {

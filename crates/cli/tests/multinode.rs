@@ -229,6 +229,25 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
         Some(1),
         "{node3}"
     );
+    // Three replicas over three nodes: one lands on node3.
+    let spread = write(
+        &dir,
+        "spread.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: spread}\nspec:\n  replicas: 3\n  \
+         selector: {matchLabels: {app: spread}}\n  template:\n    metadata: {labels: {app: spread}}\n    \
+         spec:\n      containers: [{name: c, image: quay.io/cilium/json-mock:v1.3.8}]\n",
+    );
+    lab.ok(&["apply", "-f", &spread]);
+    let spread_nodes = |lab: &Lab| {
+        let mut nodes: Vec<String> = placement(lab)
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("spread-"))
+            .map(|(_, node)| node)
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    assert_eq!(spread_nodes(&lab), ["node1", "node2", "node3"]);
     let web = write(
         &dir,
         "web.yaml",
@@ -267,13 +286,19 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
     }
     assert_eq!(curl(&lab, "client", "POST", &url), "Ship landed\n");
 
-    // Draining node3 deletes its pod and every trace of the node.
+    // Draining node3 deletes its pods and every trace of the node; the
+    // Deployment gets its third pod back on a node left.
     let deleted = lab.ok(&["lab", "node", "delete", "node3"]);
     assert!(
         deleted.contains("pod/default/web deleted") && deleted.contains("node/node3 deleted"),
         "{deleted}"
     );
+    assert!(
+        deleted.contains("on node2 created (its Deployment's replacement)"),
+        "{deleted}"
+    );
     assert!(placement(&lab).iter().all(|(name, _)| name != "web"));
+    assert_eq!(spread_nodes(&lab), ["node1", "node2", "node2"]);
     let status = lab.status();
     assert_eq!(
         status["nodes"].as_array().map(Vec::len),

@@ -228,14 +228,14 @@ pub async fn node_add(lab: &str, name: Option<String>) -> anyhow::Result<String>
 }
 
 /// Drains node `name` of the running lab `lab` and removes it; returns the
-/// pods deleted with it.
-pub async fn node_delete(lab: &str, name: &str) -> anyhow::Result<Vec<String>> {
+/// pods deleted with it and those made in their place (for Deployments).
+pub async fn node_delete(lab: &str, name: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let names = names_for(lab)?;
     let delete = LabRequest::NodeDelete {
         name: name.to_string(),
     };
     match request(&names, &delete).await? {
-        LabResponse::NodeDeleted { pods, .. } => Ok(pods),
+        LabResponse::NodeDeleted { pods, replaced, .. } => Ok((pods, replaced)),
         other => bail!("unexpected answer from the supervisor: {other:?}"),
     }
 }

@@ -11,6 +11,7 @@
 //! a long apply runs. The running nodes are a list behind a lock of their
 //! own, read as a snapshot.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -236,9 +237,11 @@ impl Lab {
     /// `lab node delete`: drains node `name` (deletes its pods, telling
     /// its agent as a delete does), stops its agent and proxy, removes its
     /// namespace, underlay link, the other nodes' routes to it and its
-    /// bpffs directory. The first node stays: this machine's forwarded
-    /// ports and the CLI's defaults lead to it.
-    pub async fn delete_node(&self, name: &str) -> anyhow::Result<Vec<String>> {
+    /// bpffs directory; then the Deployments whose pods it ran get new
+    /// ones on the nodes left. The first node stays: this machine's
+    /// forwarded ports and the CLI's defaults lead to it. Returns the pods
+    /// deleted and the pods made in their place.
+    pub async fn delete_node(&self, name: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
         let _turn = self.writes.lock().await;
         let (known, first) = self.read(|s| {
             (
@@ -259,12 +262,12 @@ impl Lab {
                  ports, and the CLI's default node, lead to it); it goes with `myelin lab down`"
             );
         }
-        let pods: Vec<String> = self.read(|s| {
-            s.pods
-                .iter()
-                .filter(|(_, p)| p.node == name)
-                .map(|(k, _)| k.clone())
-                .collect()
+        let (pods, owners): (Vec<String>, BTreeSet<String>) = self.read(|s| {
+            let on_node = s.pods.iter().filter(|(_, p)| p.node == name);
+            (
+                on_node.clone().map(|(k, _)| k.clone()).collect(),
+                on_node.filter_map(|(_, p)| p.owner.clone()).collect(),
+            )
         });
         for key in &pods {
             crate::control::delete_pod(self, key)
@@ -273,7 +276,15 @@ impl Lab {
         }
         self.remove_node(name).await?;
         tracing::info!(node = name, ?pods, "node deleted");
-        Ok(pods)
+        let replaced = crate::control::replace_drained(self, &owners)
+            .await
+            .with_context(|| {
+                format!(
+                    "node {name} was deleted with its pods, but the Deployments that owned \
+                     some could not get new ones; apply them again"
+                )
+            })?;
+        Ok((pods, replaced))
     }
 
     /// Removes node `name` and all of it (but not its pods: the caller
@@ -408,7 +419,11 @@ impl Lab {
                 Err(e) => Err(ApiError::from(format!("{e:#}"))),
             },
             LabRequest::NodeDelete { name } => match self.delete_node(&name).await {
-                Ok(pods) => Ok(LabResponse::NodeDeleted { name, pods }),
+                Ok((pods, replaced)) => Ok(LabResponse::NodeDeleted {
+                    name,
+                    pods,
+                    replaced,
+                }),
                 Err(e) => Err(ApiError::from(format!("{e:#}"))),
             },
             LabRequest::Down => {

@@ -92,6 +92,11 @@ struct Failure {
 /// Applies `documents` as one transaction and reports each resource once.
 pub async fn apply(lab: &Lab, documents: Vec<Document>) -> Vec<Change> {
     let _turn = lab.writes.lock().await;
+    apply_in_turn(lab, documents).await
+}
+
+/// [`apply`], for a caller that holds [`Lab::writes`] already.
+async fn apply_in_turn(lab: &Lab, documents: Vec<Document>) -> Vec<Change> {
     let mut documents = documents;
     documents.sort_by_key(|d| rank(&d.resource.key().kind));
     let plan = lab.read(|state| {
@@ -409,6 +414,40 @@ async fn carry_out(lab: &Lab, plan: &Plan, undo: &mut Vec<Undo>) -> Result<(), F
             .map_err(|error| Failure { item: *item, error })?;
     }
     Ok(())
+}
+
+/// Gives the Deployments `owners` (`namespace/name`) the pods they miss
+/// after a node was drained, placed on the nodes left, as a Deployment's
+/// controller would; the caller holds [`Lab::writes`]. Returns the new
+/// pods as `namespace/name on node`.
+pub(crate) async fn replace_drained(
+    lab: &Lab,
+    owners: &BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let (documents, before) = lab.read(|state| {
+        let documents: Vec<Document> = owners
+            .iter()
+            .filter_map(|key| state.deployments.get(key))
+            .map(|d| from_state(Resource::Deployment(d.clone())))
+            .collect();
+        let before: BTreeSet<String> = state.pods.keys().cloned().collect();
+        (documents, before)
+    });
+    if documents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let changes = apply_in_turn(lab, documents).await;
+    if let Some(failed) = changes.iter().find(|c| c.outcome.is_error()) {
+        anyhow::bail!("{failed}");
+    }
+    Ok(lab.read(|state| {
+        state
+            .pods
+            .iter()
+            .filter(|(key, _)| !before.contains(*key))
+            .map(|(key, pod)| format!("{key} on {}", pod.node))
+            .collect()
+    }))
 }
 
 /// Tells the agent of a node that joins the running lab what the other
