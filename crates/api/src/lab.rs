@@ -23,6 +23,17 @@ pub enum LabRequest {
     },
     /// What the lab runs.
     Status,
+    /// Adds a node to the running lab: its namespace, underlay link, routes,
+    /// agent and proxy.
+    NodeAdd {
+        /// Its name; `node<N>` (N its number, the lowest free) when absent.
+        name: Option<String>,
+    },
+    /// Drains a node (deletes its pods) and removes it.
+    NodeDelete {
+        /// Its name.
+        name: String,
+    },
     /// Tears the lab down and stops the supervisor.
     Down,
 }
@@ -39,6 +50,21 @@ pub enum LabResponse {
     },
     /// The lab's state.
     Status(LabStatus),
+    /// A node was added.
+    NodeAdded {
+        /// Its name.
+        name: String,
+    },
+    /// A node was drained and removed.
+    NodeDeleted {
+        /// Its name.
+        name: String,
+        /// The pods it ran, deleted with it (`namespace/name`).
+        pods: Vec<String>,
+        /// The pods made in their place for the Deployments that owned some
+        /// (`namespace/name on node`).
+        replaced: Vec<String>,
+    },
     /// Done.
     Ok,
 }
@@ -178,6 +204,9 @@ pub struct NodeStatus {
     pub netns: String,
     /// Pod CIDRs.
     pub pod_cidrs: Vec<String>,
+    /// Its addresses on the lab's underlay (the bridge joining the nodes).
+    #[serde(default)]
+    pub underlay: Vec<IpAddr>,
     /// The agent's status, or why it could not be read.
     pub agent: Result<AgentStatus, String>,
 }

@@ -13,8 +13,12 @@ pub struct AgentTarget {
     /// Which lab's agent to ask.
     #[arg(long = "lab", env = "MYELIN_LAB", default_value = crate::lab_cmd::DEFAULT_LAB, global = true)]
     lab: String,
+    /// Which node's agent to ask (`myelin lab status` lists them); each agent knows its
+    /// own node's pods.
+    #[arg(long, default_value = "node1", global = true)]
+    node: String,
     /// Ask the agent at this socket instead of the lab's.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "node")]
     agent_socket: Option<PathBuf>,
 }
 
@@ -22,7 +26,7 @@ impl AgentTarget {
     fn socket(&self) -> PathBuf {
         self.agent_socket.clone().unwrap_or_else(|| {
             myelin_lab::LabNames::new(&self.lab)
-                .node_dir("node1")
+                .node_dir(&self.node)
                 .join("agent.sock")
         })
     }

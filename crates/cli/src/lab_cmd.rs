@@ -27,6 +27,15 @@ enum LabCommand {
         /// A manifest file, or a directory of them; repeat for more, applied in order as one.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// How many nodes: node1 ... nodeN, joined by the lab's underlay, routing each
+        /// other's pod CIDRs natively (1 to 16).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(myelin_lab::MAX_NODES)))]
+        nodes: u8,
+    },
+    /// Add or remove a node while the lab runs.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
     },
     /// Remove the lab and everything it created.
     Down,
@@ -49,7 +58,11 @@ enum LabCommand {
     },
     /// Run the lab supervisor in the foreground (`lab up` starts it).
     #[command(hide = true)]
-    Supervise,
+    Supervise {
+        /// How many nodes it starts with.
+        #[arg(long, default_value_t = 1)]
+        nodes: u8,
+    },
     /// Run a command with a pod's view of this machine (the kubelet and `lab exec` use it
     /// inside `ip netns exec`): the labs' run directory hidden, for good.
     #[command(hide = true)]
@@ -57,6 +70,27 @@ enum LabCommand {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Add a node: its namespace, underlay link and routes (to and from every other
+    /// node), its agent and proxy. It takes the lowest free node number N (pod CIDRs
+    /// 10.244.N.0/24 and fd00:10:244:N::/64, underlay 10.250.0.N and fd00:10:250::N).
+    Add {
+        /// Its name [default: nodeN, N its number].
+        #[arg(id = "node", value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Drain a node (its pods are deleted, as a delete would) and remove it: its agent,
+    /// proxy, namespace, underlay link, the other nodes' routes to it, its bpffs pins.
+    /// Deployments whose pods it ran get new ones on the nodes left. The first node
+    /// (node1) stays until `lab down`.
+    Delete {
+        /// The node.
+        #[arg(id = "node", value_name = "NAME")]
+        name: String,
     },
 }
 
@@ -73,7 +107,7 @@ pub struct ManifestArgs {
 impl LabArgs {
     /// Whether this runs the lab supervisor daemon.
     pub fn is_supervisor(&self) -> bool {
-        matches!(self.command, LabCommand::Supervise)
+        matches!(self.command, LabCommand::Supervise { .. })
     }
 }
 
@@ -103,14 +137,34 @@ fn print_changes(changes: &[Change]) -> ExitCode {
 pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
     let lab = args.name;
     match args.command {
-        LabCommand::Up { files } => {
+        LabCommand::Up { files, nodes } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            let changes = runtime()?.block_on(myelin_lab::up(&lab, &files, &exe))?;
+            let changes = runtime()?.block_on(myelin_lab::up(&lab, nodes, &files, &exe))?;
             let code = print_changes(&changes);
             println!(
                 "lab {lab:?} is up: `myelin lab status` shows it, `myelin lab down` removes it"
             );
             Ok(code)
+        }
+        LabCommand::Node {
+            command: NodeCommand::Add { name },
+        } => {
+            let name = runtime()?.block_on(myelin_lab::node_add(&lab, name))?;
+            println!("node/{name} added");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Node {
+            command: NodeCommand::Delete { name },
+        } => {
+            let (pods, replaced) = runtime()?.block_on(myelin_lab::node_delete(&lab, &name))?;
+            for pod in pods {
+                println!("pod/{pod} deleted (drained)");
+            }
+            println!("node/{name} deleted");
+            for pod in replaced {
+                println!("pod/{pod} created (its Deployment's replacement)");
+            }
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down => {
             runtime()?.block_on(myelin_lab::down(&lab))?;
@@ -143,9 +197,9 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
             Err(myelin_lab::exec(&lab, &namespace, &pod, &sandboxed))
         }
         LabCommand::Sandbox { command } => Err(crate::pod_view::exec_as_pod(&command)),
-        LabCommand::Supervise => {
+        LabCommand::Supervise { nodes } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            runtime()?.block_on(myelin_lab::supervise(&lab, exe))?;
+            runtime()?.block_on(myelin_lab::supervise(&lab, exe, nodes))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -199,7 +253,9 @@ pub fn run_delete(args: ManifestArgs) -> anyhow::Result<ExitCode> {
 
 fn print_status(status: &myelin_lab::LabStatus) {
     println!("LAB {}", status.lab);
-    println!("\nNODE     NETNS                    POD CIDRS                          AGENT");
+    println!(
+        "\nNODE     NETNS                    POD CIDRS                          UNDERLAY                    AGENT"
+    );
     for node in &status.nodes {
         let agent = match &node.agent {
             Ok(a) => format!(
@@ -212,22 +268,27 @@ fn print_status(status: &myelin_lab::LabStatus) {
             ),
             Err(e) => format!("unreachable: {e}"),
         };
+        let underlay: Vec<String> = node.underlay.iter().map(ToString::to_string).collect();
         println!(
-            "{:<8} {:<24} {:<34} {agent}",
+            "{:<8} {:<24} {:<34} {:<27} {agent}",
             node.name,
             node.netns,
-            node.pod_cidrs.join(",")
+            node.pod_cidrs.join(","),
+            underlay.join(",")
         );
     }
-    println!("\nNAMESPACE    POD                              READY  PHASE      ADDRESSES");
+    println!(
+        "\nNAMESPACE    POD                              READY  PHASE      NODE     ADDRESSES"
+    );
     for pod in &status.pods {
         let addresses: Vec<String> = pod.addresses.iter().map(ToString::to_string).collect();
         println!(
-            "{:<12} {:<32} {:<6} {:<10} {}",
+            "{:<12} {:<32} {:<6} {:<10} {:<8} {}",
             pod.namespace,
             pod.name,
             if pod.ready { "1/1" } else { "0/1" },
             pod.phase,
+            pod.node,
             addresses.join(",")
         );
     }

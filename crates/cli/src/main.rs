@@ -35,7 +35,7 @@ enum Command {
     /// The service map: who talks to whom, with rates, errors and drops.
     Servicemap(myelin_observe::servicemap::ServiceMapArgs),
     /// Observe flows and agent events, as `hubble observe` does.
-    Observe(Box<myelin_observe::ObserveArgs>),
+    Observe(Box<ObserveCmd>),
     /// Run a Hubble Relay: one observer API over every node's.
     Relay(Box<myelin_observe::relay::RelayArgs>),
     /// Run a node's agent (the lab starts it; so does a DaemonSet).
@@ -115,6 +115,16 @@ struct AgentArgs {
         default_value = myelin_agent::l7::TRACEPARENT
     )]
     hubble_http_headers: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ObserveCmd {
+    /// Which node of the lab to observe when no server is named: each node's agent
+    /// serves its own node's flows (`--node-name` filters flows by node instead).
+    #[arg(long, default_value = "node1")]
+    node: String,
+    #[command(flatten)]
+    args: myelin_observe::ObserveArgs,
 }
 
 #[derive(clap::Args)]
@@ -216,7 +226,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             runtime()?.block_on(myelin_observe::servicemap::run(&args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-        Command::Observe(mut args) => {
+        Command::Observe(observe) => {
+            let ObserveCmd { node, mut args } = *observe;
             // Without a server named (flag or HUBBLE_SERVER), observe the lab's node.
             let (server, tls) = args.connection_mut();
             if server.is_none()
@@ -226,12 +237,12 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             {
                 let lab = std::env::var("MYELIN_LAB")
                     .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
-                let socket = myelin_lab::LabNames::new(&lab).observer_socket("node1");
+                let socket = myelin_lab::LabNames::new(&lab).observer_socket(&node);
                 if socket.exists() {
                     *server = Some(format!("unix://{}", socket.display()));
                 }
             }
-            runtime()?.block_on(myelin_observe::run(*args))?;
+            runtime()?.block_on(myelin_observe::run(args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Relay(args) => {

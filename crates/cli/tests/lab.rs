@@ -27,7 +27,7 @@ fn lab_up_exec_down_round_trip() {
     let pods = status["pods"].as_array().expect("pods");
     assert_eq!(pods.len(), 4, "{status}");
     assert!(pods.iter().all(|p| p["ready"] == true), "{status}");
-    assert_eq!(lab.netns().len(), 5, "one node and four pods");
+    assert_eq!(lab.netns().len(), 6, "one node, the underlay and four pods");
 
     // Pod to pod, IPv4 and IPv6.
     let v4 = lab.pod_address("deathstar-", 4);

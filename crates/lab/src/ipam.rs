@@ -21,6 +21,23 @@ pub fn node_pod_cidrs(index: u8) -> [String; 2] {
     ]
 }
 
+/// The underlay's IPv4 prefix length: node `index` has 10.250.0.<index>/24.
+pub const UNDERLAY_V4_PREFIX: u8 = 24;
+
+/// The underlay's IPv6 prefix length: node `index` has fd00:10:250::<index>/64.
+pub const UNDERLAY_V6_PREFIX: u8 = 64;
+
+/// Node `index`'s IPv4 address on the underlay (the bridge joining the
+/// nodes): 10.250.0.<index>.
+pub fn node_underlay_v4(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, 0, index)
+}
+
+/// Node `index`'s IPv6 address on the underlay: fd00:10:250::<index>.
+pub fn node_underlay_v6(index: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x250, 0, 0, 0, 0, u16::from(index))
+}
+
 /// The cluster's service CIDRs, as text.
 pub const SERVICE_CIDRS: [&str; 2] = ["10.96.0.0/16", "fd00:10:96::/112"];
 
@@ -89,6 +106,19 @@ mod tests {
             .map(|h| IpAddr::V4(Ipv4Addr::new(10, 244, 1, h)))
             .collect();
         assert_eq!(next_pod_addresses(1, &full), None);
+    }
+
+    #[test]
+    fn nodes_have_an_underlay_address_per_family_apart_from_the_pod_cidrs() {
+        assert_eq!(node_underlay_v4(3).to_string(), "10.250.0.3");
+        assert_eq!(node_underlay_v6(3).to_string(), "fd00:10:250::3");
+        assert_eq!(
+            node_pod_cidrs(3),
+            [
+                "10.244.3.0/24".to_string(),
+                "fd00:10:244:3::/64".to_string()
+            ]
+        );
     }
 
     #[test]

@@ -68,8 +68,9 @@ fn is_executable(program: &str) -> bool {
 
 /// Creates the pod's namespace, its veth to the node, addresses, routes,
 /// and the `/etc` files `ip netns exec` mounts.
-pub fn wire(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
-    wire_pod(pod, node)?;
+/// Both ends of the veth get `mtu`.
+pub fn wire(pod: &PodRecord, node: &NodeRecord, mtu: u16) -> anyhow::Result<()> {
+    wire_pod(pod, node, mtu)?;
     write_pod_files(pod, node)
 }
 
@@ -223,7 +224,7 @@ fn wait_serving(netns: &str, ports: &[u16]) -> anyhow::Result<()> {
 }
 
 /// The pod's namespace, its veth to the node, addresses and routes.
-fn wire_pod(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
+fn wire_pod(pod: &PodRecord, node: &NodeRecord, mtu: u16) -> anyhow::Result<()> {
     let (ns, node_ns, veth) = (
         pod.netns.as_str(),
         node.netns.as_str(),
@@ -237,8 +238,10 @@ fn wire_pod(pod: &PodRecord, node: &NodeRecord) -> anyhow::Result<()> {
             ("net/ipv6/conf/default/accept_dad", "0"),
         ],
     )?;
+    let mtu = mtu.to_string();
     let mut link = vec![
-        "-n", node_ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+        "-n", node_ns, "link", "add", veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+        "mtu", &mtu,
     ];
     if let Some(mac) = pod.mac.as_deref() {
         link.extend(["address", mac]);

@@ -1,8 +1,10 @@
 //! A whole cluster on one machine, out of network namespaces.
 //!
-//! `lab up` starts a supervisor daemon that creates the lab's node (a network
-//! namespace running its agent), then applies the manifests: each pod becomes
-//! a network namespace with a veth to its node, dual-stack addresses from the
+//! `lab up` starts a supervisor daemon that creates the lab's nodes (each a
+//! network namespace running its agent and proxy, joined to the lab's
+//! underlay bridge and routing the other nodes' pod CIDRs over it), then
+//! applies the manifests: each pod is placed on a node and becomes a
+//! network namespace with a veth to that node, dual-stack addresses from the
 //! node's pod CIDRs, its own `/etc/hosts` and `resolv.conf`, and its
 //! containers' processes. Nodes have no route out of the lab. Everything the
 //! lab creates carries the lab's name, and `lab down` removes exactly that.
@@ -16,11 +18,13 @@ mod kubelet;
 pub mod names;
 mod net;
 mod node;
+pub mod placement;
 pub mod state;
 mod supervisor;
 mod teardown;
 #[cfg(test)]
 mod test_manifests;
+mod underlay;
 mod vocabulary;
 
 use std::os::unix::process::CommandExt as _;
@@ -33,7 +37,7 @@ use myelin_api::lab::{LabRequest, LabResponse};
 use myelin_model::{Document, ResourceKey};
 
 pub use myelin_api::lab::{Change, LabStatus};
-pub use names::LabNames;
+pub use names::{LabNames, MAX_NODES};
 pub use supervisor::supervise;
 
 /// Reads the manifests of every path (`-f`, repeatable), in order, and
@@ -103,11 +107,20 @@ pub async fn is_up(lab: &str) -> bool {
     }
 }
 
-/// Brings lab `lab` up with the manifests at `paths` and returns what was
-/// created. `exe` is the myelin binary (for the supervisor, agents
-/// and demo apps). All or nothing: if anything fails, the lab is removed.
-pub async fn up(lab: &str, paths: &[PathBuf], exe: &Path) -> anyhow::Result<Vec<Change>> {
+/// Brings lab `lab` up with `nodes` nodes (`node1` ... `nodeN`, at most
+/// [`MAX_NODES`]) and the manifests at `paths`, and returns what was
+/// created. `exe` is the myelin binary (for the supervisor, agents and demo
+/// apps). All or nothing: if anything fails, the lab is removed.
+pub async fn up(
+    lab: &str,
+    nodes: u8,
+    paths: &[PathBuf],
+    exe: &Path,
+) -> anyhow::Result<Vec<Change>> {
     let names = names_for(lab)?;
+    if !(1..=MAX_NODES).contains(&nodes) {
+        bail!("--nodes {nodes}: a lab runs 1 to {MAX_NODES} nodes");
+    }
     let documents = read_manifests(paths)?;
     if is_up(lab).await {
         bail!(
@@ -121,7 +134,8 @@ pub async fn up(lab: &str, paths: &[PathBuf], exe: &Path) -> anyhow::Result<Vec<
     let log_path = run_dir.join("supervisor.log");
     let log = std::fs::File::create(&log_path)?;
     let mut child = std::process::Command::new(exe)
-        .args(["lab", "supervise", "--name", lab])
+        .args(["lab", "supervise", "--name", lab, "--nodes"])
+        .arg(nodes.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -196,6 +210,32 @@ pub async fn status(lab: &str) -> anyhow::Result<LabStatus> {
     let names = names_for(lab)?;
     match request(&names, &LabRequest::Status).await? {
         LabResponse::Status(status) => Ok(status),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// Adds a node to the running lab `lab` (named `node<N>` when `name` is
+/// `None`) and returns its name.
+pub async fn node_add(lab: &str, name: Option<String>) -> anyhow::Result<String> {
+    let names = names_for(lab)?;
+    if let Some(name) = &name {
+        names::validate_node_name(name).map_err(|e| anyhow!(e))?;
+    }
+    match request(&names, &LabRequest::NodeAdd { name }).await? {
+        LabResponse::NodeAdded { name } => Ok(name),
+        other => bail!("unexpected answer from the supervisor: {other:?}"),
+    }
+}
+
+/// Drains node `name` of the running lab `lab` and removes it; returns the
+/// pods deleted with it and those made in their place (for Deployments).
+pub async fn node_delete(lab: &str, name: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let names = names_for(lab)?;
+    let delete = LabRequest::NodeDelete {
+        name: name.to_string(),
+    };
+    match request(&names, &delete).await? {
+        LabResponse::NodeDeleted { pods, replaced, .. } => Ok((pods, replaced)),
         other => bail!("unexpected answer from the supervisor: {other:?}"),
     }
 }

@@ -9,6 +9,45 @@ pub const NETNS_PREFIX: &str = "ml-";
 /// Where labs keep their state, sockets, logs and bpffs.
 pub const RUN_ROOT: &str = "/run/myelin/labs";
 
+/// The most nodes a lab runs (each runs an agent and a proxy; node numbers
+/// pick pod CIDRs and underlay addresses, so they stay well below 255).
+pub const MAX_NODES: u8 = 16;
+
+/// The network namespace holding the lab's underlay bridge is
+/// `ml-<lab>_underlay`; no node may take that name, nor one of the run
+/// directory's own entries (a node's directory is named after it).
+const RESERVED_NODE_NAMES: [&str; 4] = ["underlay", "bpf", "tls", "pods"];
+
+/// The name of the lab's `index`th node, as `lab up --nodes` names them.
+pub fn node_name(index: u8) -> String {
+    format!("node{index}")
+}
+
+/// Checks a node name: a DNS-1123 label of at most 32 characters, not one
+/// of the lab's reserved names.
+pub fn validate_node_name(name: &str) -> Result<(), String> {
+    let label = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !label {
+        return Err(format!(
+            "invalid node name {name:?}: use 1 to 32 of a-z, 0-9 and '-', starting and ending \
+             with a letter or digit"
+        ));
+    }
+    if RESERVED_NODE_NAMES.contains(&name) {
+        return Err(format!(
+            "node name {name:?} is reserved by the lab ({}); pick another",
+            RESERVED_NODE_NAMES.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a lab name: 1 to 16 of `[a-z0-9-]`, starting with a letter or digit.
 pub fn validate_lab_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -95,6 +134,12 @@ impl LabNames {
         format!("{}{node}", self.netns_prefix())
     }
 
+    /// The network namespace of the lab's underlay: a bridge every node
+    /// joins with a veth.
+    pub fn underlay_netns(&self) -> String {
+        format!("{}underlay", self.netns_prefix())
+    }
+
     /// The network namespace of a pod. `_` cannot occur in Kubernetes
     /// names, so the parts cannot run into each other.
     pub fn pod_netns(&self, namespace: &str, pod: &str) -> String {
@@ -119,6 +164,18 @@ pub struct ObserverTlsFiles {
     pub client_key: PathBuf,
 }
 
+/// The underlay's bridge, in the underlay's namespace.
+pub const UNDERLAY_BRIDGE: &str = "underlay";
+
+/// A node's end of its underlay veth, in the node's namespace.
+pub const NODE_UNDERLAY_LINK: &str = "underlay";
+
+/// The underlay's end of node `index`'s veth, a port of the bridge in the
+/// underlay's namespace (links never enter this machine's own namespace).
+pub fn underlay_port(index: u8) -> String {
+    format!("ul{index}")
+}
+
 /// The host-side veth name of a pod: `ml` and 11 hex digits of a hash of the
 /// pod's namespace and name (interface names have at most 15 characters).
 pub fn host_veth(namespace: &str, pod: &str) -> String {
@@ -141,10 +198,25 @@ mod tests {
         assert_eq!(names.node_netns("node1"), "ml-demo_node1");
         assert_eq!(names.pod_netns("default", "xwing"), "ml-demo_default_xwing");
         assert!(names.pod_netns("a", "b").starts_with(&names.netns_prefix()));
+        assert_eq!(names.underlay_netns(), "ml-demo_underlay");
+        assert_eq!(underlay_port(12), "ul12");
         let a = host_veth("default", "xwing");
         assert_eq!(a.len(), 13);
         assert_ne!(a, host_veth("default", "tiefighter"));
         assert_eq!(a, host_veth("default", "xwing"));
+    }
+
+    #[test]
+    fn node_names_are_checked() {
+        assert_eq!(node_name(3), "node3");
+        assert!(validate_node_name("node3").is_ok());
+        assert!(validate_node_name("edge-a").is_ok());
+        assert!(validate_node_name("Node3").is_err());
+        assert!(validate_node_name("-a").is_err());
+        assert!(validate_node_name(&"a".repeat(33)).is_err());
+        let reserved = validate_node_name("underlay").expect_err("reserved");
+        assert!(reserved.contains("reserved"), "{reserved}");
+        assert!(validate_node_name("bpf").is_err());
     }
 
     #[test]

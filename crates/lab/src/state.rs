@@ -83,7 +83,7 @@ pub struct ServiceRecord {
 }
 
 /// Everything a lab holds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabState {
     /// The lab's name.
     pub lab: String,
@@ -106,6 +106,32 @@ pub struct LabState {
     /// Network policies by their key's text.
     #[serde(default)]
     pub policies: BTreeMap<String, myelin_model::Document>,
+    /// The MTU of every pod's `eth0` (and its node-side veth): 1500 under
+    /// native routing; a routing mode that adds headers between nodes (a
+    /// tunnel) sets it lower, so that nothing is dropped for size.
+    #[serde(default = "default_pod_mtu")]
+    pub pod_mtu: u16,
+}
+
+fn default_pod_mtu() -> u16 {
+    1500
+}
+
+impl Default for LabState {
+    fn default() -> Self {
+        Self {
+            lab: String::new(),
+            supervisor: None,
+            nodes: Vec::new(),
+            namespaces: BTreeSet::new(),
+            namespace_labels: BTreeMap::new(),
+            services: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            pod_mtu: default_pod_mtu(),
+        }
+    }
 }
 
 impl LabState {

@@ -1,20 +1,24 @@
 //! The lab supervisor: the daemon behind `myelin lab`. It starts the lab's
-//! nodes, serves the lab's API (the control plane in [`crate::control`]
-//! answers it), restarts agents and proxies that exit and marks pods whose
-//! containers exit, and tears the lab down on `lab down` or SIGTERM.
+//! underlay and nodes, adds and drains nodes while the lab runs, serves the
+//! lab's API (the control plane in [`crate::control`] answers it), restarts
+//! agents and proxies that exit and marks pods whose containers exit, and
+//! tears the lab down on `lab down` or SIGTERM.
 //!
 //! Locking: the lab's state sits behind a mutex held only for short,
 //! non-blocking steps (never across a process start, an agent call or a
-//! wait); writes (apply, delete) take their turn on a second, async mutex
-//! for their whole run, so a `lab status` answers while a long apply runs.
+//! wait); writes (apply, delete, node add and delete) take their turn on a
+//! second, async mutex for their whole run, so a `lab status` answers while
+//! a long apply runs. The running nodes are a list behind a lock of their
+//! own, read as a snapshot.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use myelin_api::ApiError;
 use myelin_api::agent::Request;
 use myelin_api::lab::{Exposed, LabRequest, LabResponse};
@@ -22,15 +26,18 @@ use tokio::sync::mpsc;
 
 mod secrets;
 
-use crate::forward;
-use crate::names::LabNames;
+use crate::names::{self, LabNames, MAX_NODES};
 use crate::node::{Node, child_pid};
-use crate::state::{LabState, ProcessRecord, record_process};
-use crate::teardown;
+use crate::state::{LabState, NodeRecord, ProcessRecord, record_process};
+use crate::{forward, net, teardown, underlay};
 
 /// How long an agent or proxy that exited is left down before it is
 /// started again (no tight loop for one that fails at once).
 const RESTART_DELAY: Duration = Duration::from_millis(200);
+
+/// The MTU of pods' interfaces under native routing: nothing is added to
+/// their packets between nodes. (A tunnel's header would need it lower.)
+const NATIVE_ROUTING_POD_MTU: u16 = 1500;
 
 /// The namespaces every lab starts with.
 const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
@@ -38,10 +45,10 @@ const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
 /// Whose process exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
-    /// The agent of a node (by index into the lab's nodes).
-    Agent(usize),
-    /// The proxy of a node (by index into the lab's nodes).
-    Proxy(usize),
+    /// The agent of the node with this name.
+    Agent(String),
+    /// The proxy of the node with this name.
+    Proxy(String),
     /// A container of the pod with this `namespace/name` key.
     Pod(String),
 }
@@ -59,13 +66,14 @@ pub struct Lab {
     pub names: LabNames,
     /// The myelin binary, for agents, proxies and the demo apps.
     pub exe: PathBuf,
-    /// The nodes.
-    pub nodes: Vec<Node>,
+    /// The nodes that run, in the order they were added (`lab node add`
+    /// and `delete` change them, holding [`Lab::writes`]).
+    nodes: RwLock<Vec<Arc<Node>>>,
     /// Node services forwarded to the host's loopback.
     pub exposed: Vec<(Exposed, std::net::SocketAddr)>,
     /// What the lab holds, saved to disk after every change.
     state: Mutex<LabState>,
-    /// One write (apply, delete) at a time.
+    /// One write (apply, delete, node add or delete) at a time.
     pub writes: tokio::sync::Mutex<()>,
     exits: mpsc::UnboundedSender<Exit>,
     /// Set once teardown begins: exits are expected then, not restarted.
@@ -86,31 +94,25 @@ impl Lab {
         Ok(value)
     }
 
-    /// The node named `name`.
-    pub fn node(&self, name: &str) -> anyhow::Result<&Node> {
+    /// The nodes running now.
+    pub fn nodes(&self) -> Vec<Arc<Node>> {
         self.nodes
-            .iter()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> anyhow::Result<Arc<Node>> {
+        self.nodes()
+            .into_iter()
             .find(|n| n.name() == name)
             .ok_or_else(|| anyhow!("node {name} does not exist"))
     }
 
-    /// The node a new pod goes to: the one running the fewest pods.
-    pub fn schedule(&self) -> anyhow::Result<&Node> {
-        self.read(|state| {
-            self.nodes.iter().min_by_key(|node| {
-                state
-                    .pods
-                    .values()
-                    .filter(|p| p.node == node.name())
-                    .count()
-            })
-        })
-        .ok_or_else(|| anyhow!("the lab has no node"))
-    }
-
     /// Sends `request` to every node's agent.
     pub async fn tell_agents(&self, request: &Request) -> anyhow::Result<()> {
-        for node in &self.nodes {
+        for node in self.nodes() {
             node.agent(request).await?;
         }
         Ok(())
@@ -125,28 +127,212 @@ impl Lab {
         });
     }
 
-    /// Starts node `index`'s agent after `delay`, records it, and waits
-    /// until it answers; requests to the agent wait meanwhile.
-    async fn start_agent(&self, index: usize, delay: Duration) -> anyhow::Result<()> {
-        let node = &self.nodes[index];
+    /// Changes the record of node `name` (gone: nothing to change).
+    fn write_node(&self, name: &str, change: impl FnOnce(&mut NodeRecord)) -> anyhow::Result<()> {
+        self.write(|s| {
+            if let Some(record) = s.nodes.iter_mut().find(|n| n.name == name) {
+                change(record);
+            }
+        })
+    }
+
+    /// Starts `node`'s agent after `delay`, records it, and waits until it
+    /// answers; requests to the agent wait meanwhile.
+    async fn start_agent(&self, node: &Node, delay: Duration) -> anyhow::Result<()> {
         let _starting = node.agent_starting().await;
         tokio::time::sleep(delay).await;
+        if self.node(node.name()).is_err() {
+            // Deleted meanwhile: nothing to start.
+            return Ok(());
+        }
         let child = node.spawn_agent(&self.exe)?;
         let pid = child_pid(&child, "agent")?;
-        self.watch(child, Owner::Agent(index), pid);
+        self.watch(child, Owner::Agent(node.name().to_string()), pid);
         let record = record_process(pid, format!("agent of {}", node.name()));
-        self.write(|s| s.nodes[index].agent = Some(record))?;
+        self.write_node(node.name(), |n| n.agent = Some(record))?;
         node.wait_agent().await
     }
 
-    /// Starts node `index`'s proxy and records it.
-    fn start_proxy(&self, index: usize) -> anyhow::Result<()> {
-        let node = &self.nodes[index];
+    /// Starts `node`'s proxy and records it.
+    fn start_proxy(&self, node: &Node) -> anyhow::Result<()> {
+        if self.node(node.name()).is_err() {
+            return Ok(());
+        }
         let child = node.spawn_proxy(&self.exe)?;
         let pid = child_pid(&child, "proxy")?;
-        self.watch(child, Owner::Proxy(index), pid);
+        self.watch(child, Owner::Proxy(node.name().to_string()), pid);
         let record = record_process(pid, format!("proxy of {}", node.name()));
-        self.write(|s| s.nodes[index].proxy = Some(record))
+        self.write_node(node.name(), |n| n.proxy = Some(record))
+    }
+
+    /// Starts the agent and the proxy of `node`, which is wired already,
+    /// and adds it to the running nodes.
+    async fn start_node(&self, node: Node) -> anyhow::Result<()> {
+        let node = Arc::new(node);
+        self.nodes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(node.clone());
+        self.start_agent(&node, Duration::ZERO)
+            .await
+            .with_context(|| format!("starting the agent of {}", node.name()))?;
+        self.start_proxy(&node)
+            .with_context(|| format!("starting the proxy of {}", node.name()))
+    }
+
+    /// `lab node add`: a node named `name` (default: `node<N>`, N its
+    /// number), with the lowest free number, wired to the underlay, routed
+    /// to and from every other node, running its agent and proxy. All or
+    /// nothing: a node that cannot come up is removed again.
+    pub async fn add_node(&self, name: Option<String>) -> anyhow::Result<String> {
+        let _turn = self.writes.lock().await;
+        let record = self.write(|state| {
+            if state.nodes.len() >= usize::from(MAX_NODES) {
+                bail!(
+                    "the lab runs {} nodes, the most it can; delete one first",
+                    state.nodes.len()
+                );
+            }
+            let index = (1..=MAX_NODES)
+                .find(|i| state.nodes.iter().all(|n| n.index != *i))
+                .ok_or_else(|| anyhow!("no free node number"))?;
+            let name = name.unwrap_or_else(|| names::node_name(index));
+            names::validate_node_name(&name).map_err(|e| anyhow!(e))?;
+            if state.nodes.iter().any(|n| n.name == name) {
+                bail!("node {name} exists already");
+            }
+            let record = Node::new(&self.names, &name, index).record;
+            // Recorded before anything exists, so a crash leaves nothing unnamed.
+            state.nodes.push(record.clone());
+            Ok(record)
+        })??;
+        let name = record.name.clone();
+        let added = async {
+            let peers: Vec<NodeRecord> =
+                self.read(|s| s.nodes.iter().filter(|n| n.name != name).cloned().collect());
+            let names = self.names.clone();
+            let node = tokio::task::spawn_blocking(move || {
+                let mut node = Node::new(&names, &record.name, record.index);
+                wire_node(&names, &mut node, &peers)?;
+                anyhow::Ok(node)
+            })
+            .await
+            .map_err(|e| anyhow!("wiring the node: {e}"))??;
+            self.start_node(node).await?;
+            let node = self.node(&name)?;
+            crate::control::catch_up(self, &node).await
+        }
+        .await;
+        if let Err(e) = added {
+            tracing::warn!(node = name, "the node could not be added: {e:#}");
+            if let Err(undo) = self.remove_node(&name).await {
+                tracing::error!(node = name, "removing the half-added node: {undo:#}");
+            }
+            return Err(e.context(format!("adding node {name} (nothing of it is left)")));
+        }
+        tracing::info!(node = name, "node added");
+        Ok(name)
+    }
+
+    /// `lab node delete`: drains node `name` (deletes its pods, telling
+    /// its agent as a delete does), stops its agent and proxy, removes its
+    /// namespace, underlay link, the other nodes' routes to it and its
+    /// bpffs directory; then the Deployments whose pods it ran get new
+    /// ones on the nodes left. The first node stays: this machine's
+    /// forwarded ports and the CLI's defaults lead to it. Returns the pods
+    /// deleted and the pods made in their place.
+    pub async fn delete_node(&self, name: &str) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let _turn = self.writes.lock().await;
+        let (known, first) = self.read(|s| {
+            (
+                s.nodes.iter().any(|n| n.name == name),
+                s.nodes.first().map(|n| n.name.clone()),
+            )
+        });
+        if !known {
+            let nodes = self.read(|s| s.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>());
+            bail!(
+                "node {name} does not exist; the lab's nodes: {}",
+                nodes.join(", ")
+            );
+        }
+        if first.as_deref() == Some(name) {
+            bail!(
+                "node {name} is the lab's first node (this machine's observer and service map \
+                 ports, and the CLI's default node, lead to it); it goes with `myelin lab down`"
+            );
+        }
+        let (pods, owners): (Vec<String>, BTreeSet<String>) = self.read(|s| {
+            let on_node = s.pods.iter().filter(|(_, p)| p.node == name);
+            (
+                on_node.clone().map(|(k, _)| k.clone()).collect(),
+                on_node.filter_map(|(_, p)| p.owner.clone()).collect(),
+            )
+        });
+        for key in &pods {
+            crate::control::delete_pod(self, key)
+                .await
+                .with_context(|| format!("draining node {name}: pod {key}"))?;
+        }
+        self.remove_node(name).await?;
+        tracing::info!(node = name, ?pods, "node deleted");
+        let replaced = crate::control::replace_drained(self, &owners)
+            .await
+            .with_context(|| {
+                format!(
+                    "node {name} was deleted with its pods, but the Deployments that owned \
+                     some could not get new ones; apply them again"
+                )
+            })?;
+        Ok((pods, replaced))
+    }
+
+    /// Removes node `name` and all of it (but not its pods: the caller
+    /// drained them), then forgets it. Safe on a half-made node.
+    async fn remove_node(&self, name: &str) -> anyhow::Result<()> {
+        // Out of the running nodes first: its processes' exits are not restarts.
+        let running = self.node(name).ok();
+        self.nodes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|n| n.name() != name);
+        // An agent (re)start under way ends first, so the record names the last agent.
+        let _starting = match &running {
+            Some(node) => Some(node.agent_starting().await),
+            None => None,
+        };
+        let Some(record) = self.read(|s| s.nodes.iter().find(|n| n.name == name).cloned()) else {
+            return Ok(());
+        };
+        let peers: Vec<NodeRecord> =
+            self.read(|s| s.nodes.iter().filter(|n| n.name != name).cloned().collect());
+        let names = self.names.clone();
+        tokio::task::spawn_blocking(move || {
+            let processes: Vec<ProcessRecord> = [record.proxy.clone(), record.agent.clone()]
+                .into_iter()
+                .flatten()
+                .collect();
+            teardown::stop_processes(&processes);
+            for peer in &peers {
+                underlay::unroute(peer, &record)?;
+            }
+            underlay::leave(&names, record.index)?;
+            net::delete_netns(&record.netns)?;
+            let pins = names.bpffs().join(&record.name);
+            if pins.exists() {
+                std::fs::remove_dir_all(&pins)
+                    .with_context(|| format!("removing {}", pins.display()))?;
+            }
+            let dir = names.node_dir(&record.name);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .map_err(|e| anyhow!("removing node {name}: {e}"))??;
+        self.write(|s| s.nodes.retain(|n| n.name != name))
     }
 
     /// A child exited: a node's agent or proxy is started again (as a
@@ -158,34 +344,32 @@ impl Lab {
         let Exit { owner, pid, code } = exit;
         let is_current = |p: &Option<ProcessRecord>| p.as_ref().is_some_and(|p| p.pid == pid);
         match owner {
-            Owner::Agent(index) | Owner::Proxy(index) => {
-                let which = if matches!(owner, Owner::Agent(_)) {
-                    "agent"
-                } else {
-                    "proxy"
+            Owner::Agent(ref name) | Owner::Proxy(ref name) => {
+                let is_agent = matches!(owner, Owner::Agent(_));
+                let name = name.clone();
+                let which = if is_agent { "agent" } else { "proxy" };
+                // A deleted node's processes are not started again.
+                let Ok(node) = self.node(&name) else {
+                    return;
                 };
                 let current = self.read(|s| {
-                    let node = &s.nodes[index];
-                    is_current(if which == "agent" {
-                        &node.agent
-                    } else {
-                        &node.proxy
-                    })
+                    s.nodes
+                        .iter()
+                        .find(|n| n.name == name)
+                        .is_some_and(|n| is_current(if is_agent { &n.agent } else { &n.proxy }))
                 });
                 if !current {
                     return;
                 }
-                let node = self.nodes[index].name().to_string();
-                tracing::warn!(node, ?code, "the {which} exited; starting it again");
-                let restarted = match owner {
-                    Owner::Agent(_) => self.start_agent(index, RESTART_DELAY).await,
-                    _ => {
-                        tokio::time::sleep(RESTART_DELAY).await;
-                        self.start_proxy(index)
-                    }
+                tracing::warn!(node = name, ?code, "the {which} exited; starting it again");
+                let restarted = if is_agent {
+                    self.start_agent(&node, RESTART_DELAY).await
+                } else {
+                    tokio::time::sleep(RESTART_DELAY).await;
+                    self.start_proxy(&node)
                 };
                 if let Err(e) = restarted {
-                    tracing::error!(node, "the {which} could not be started again: {e:#}");
+                    tracing::error!(node = name, "the {which} could not be started again: {e:#}");
                 }
             }
             Owner::Pod(key) => {
@@ -230,6 +414,18 @@ impl Lab {
                 changes: crate::control::delete(self, keys).await,
             }),
             LabRequest::Status => Ok(LabResponse::Status(crate::control::status(self).await)),
+            LabRequest::NodeAdd { name } => match self.add_node(name).await {
+                Ok(name) => Ok(LabResponse::NodeAdded { name }),
+                Err(e) => Err(ApiError::from(format!("{e:#}"))),
+            },
+            LabRequest::NodeDelete { name } => match self.delete_node(&name).await {
+                Ok((pods, replaced)) => Ok(LabResponse::NodeDeleted {
+                    name,
+                    pods,
+                    replaced,
+                }),
+                Err(e) => Err(ApiError::from(format!("{e:#}"))),
+            },
             LabRequest::Down => {
                 self.tear_down();
                 Ok(LabResponse::Ok)
@@ -244,7 +440,7 @@ impl Lab {
         Self {
             names,
             exe: PathBuf::from("/nonexistent"),
-            nodes,
+            nodes: RwLock::new(nodes.into_iter().map(Arc::new).collect()),
             exposed: Vec::new(),
             state: Mutex::new(state),
             writes: tokio::sync::Mutex::new(()),
@@ -259,10 +455,23 @@ impl Lab {
     }
 }
 
-/// Runs the supervisor of lab `name` in the foreground until `lab down` (or
-/// SIGTERM), which tear the lab down. `exe` is the myelin binary, used to
-/// start agents and the demo apps.
-pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
+/// Creates `node`'s namespace, joins it to the underlay, and routes
+/// natively between it and each of `peers` (both ways).
+fn wire_node(names: &LabNames, node: &mut Node, peers: &[NodeRecord]) -> anyhow::Result<()> {
+    node.create()
+        .with_context(|| format!("creating node {}", node.name()))?;
+    underlay::join(names, &node.record)?;
+    for peer in peers {
+        underlay::route_to(&node.record, peer)?;
+        underlay::route_to(peer, &node.record)?;
+    }
+    Ok(())
+}
+
+/// Runs the supervisor of lab `name` with `node_count` nodes in the
+/// foreground until `lab down` (or SIGTERM), which tear the lab down. `exe`
+/// is the myelin binary, used to start agents and the demo apps.
+pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Result<()> {
     let names = LabNames::new(name);
     let run_dir = names.run_dir();
     // Everything the lab, its agents and proxies write (state, sockets, logs,
@@ -282,21 +491,33 @@ pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
     }
     secrets::create_pki(&names)?;
     let (exits, mut exit_events) = mpsc::unbounded_channel();
-    let mut node = Node::new(&names, "node1", 1);
+    let mut nodes: Vec<Node> = (1..=node_count)
+        .map(|index| Node::new(&names, &names::node_name(index), index))
+        .collect();
     let state = LabState {
         lab: name.to_string(),
         supervisor: Some(record_process(std::process::id(), "lab supervisor")),
         namespaces: BUILTIN_NAMESPACES.iter().map(|n| n.to_string()).collect(),
         // Recorded before anything exists, so a crash leaves nothing unnamed.
-        nodes: vec![node.record.clone()],
+        nodes: nodes.iter().map(|n| n.record.clone()).collect(),
+        pod_mtu: NATIVE_ROUTING_POD_MTU,
         ..LabState::default()
     };
     state.save(&run_dir.join("state.json"))?;
     // On failure `lab up` reads this process's log, then tears the lab down.
-    node.create().context("creating the lab's node")?;
+    underlay::create(&names).context("creating the lab's underlay")?;
+    for i in 0..nodes.len() {
+        let (wired, rest) = nodes.split_at_mut(i);
+        let peers: Vec<NodeRecord> = wired.iter().map(|n| n.record.clone()).collect();
+        wire_node(&names, &mut rest[0], &peers)?;
+    }
+    let first_netns = nodes
+        .first()
+        .map(|n| n.record.netns.clone())
+        .ok_or_else(|| anyhow!("a lab needs at least one node"))?;
     let mut exposed = Vec::new();
     for what in Exposed::ALL {
-        match forward::expose(node.record.netns.clone(), what.port()).await {
+        match forward::expose(first_netns.clone(), what.port()).await {
             Some(address) => exposed.push((what, address)),
             None => tracing::info!(
                 port = what.port(),
@@ -307,19 +528,15 @@ pub async fn supervise(name: &str, exe: PathBuf) -> anyhow::Result<()> {
     let lab = Arc::new(Lab {
         names: names.clone(),
         exe,
-        nodes: vec![node],
+        nodes: RwLock::new(Vec::new()),
         exposed,
         state: Mutex::new(state),
         writes: tokio::sync::Mutex::new(()),
         exits,
         stopping: AtomicBool::new(false),
     });
-    for index in 0..lab.nodes.len() {
-        lab.start_agent(index, Duration::ZERO)
-            .await
-            .context("starting the node's agent")?;
-        lab.start_proxy(index)
-            .context("starting the node's proxy")?;
+    for node in nodes {
+        lab.start_node(node).await?;
     }
 
     let socket = names.socket();

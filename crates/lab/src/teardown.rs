@@ -56,12 +56,23 @@ pub fn teardown(names: &LabNames, state: Option<&LabState>) {
         stop_processes(&processes);
     }
     let prefix = names.netns_prefix();
-    // Pods first, nodes last: a pod's veth lives in its node.
+    // Pods first, then nodes, the underlay last: a pod's veth lives in its
+    // node, a node's underlay veth in the underlay (the links of both go
+    // with the namespaces; none is ever in this machine's own namespace).
+    let underlay = names.underlay_netns();
     let mut doomed: Vec<String> = net::list_netns()
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect();
-    doomed.sort_by_key(|n| state.is_some_and(|s| s.nodes.iter().any(|node| &node.netns == n)));
+    doomed.sort_by_key(|n| {
+        if *n == underlay {
+            2
+        } else if state.is_some_and(|s| s.nodes.iter().any(|node| &node.netns == n)) {
+            1
+        } else {
+            0
+        }
+    });
     for netns in doomed {
         if let Err(e) = net::delete_netns(&netns) {
             tracing::warn!("{e:#}");

@@ -730,6 +730,17 @@ fn check_pod_spec(spec: &PodSpec, at: &str) -> Result<(), FieldError> {
             "pods on the host network are outside the mesh and not supported",
         ));
     }
+    if let Some(node) = spec.pinned_node()
+        && !is_dns1123_subdomain(node)
+    {
+        return Err(FieldError::new(
+            format!("{at}.nodeName"),
+            Some(format!("{node:?}")),
+            "a node name must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', \
+             starting and ending with a letter or digit",
+        ));
+    }
+    check_labels(&spec.node_selector, &format!("{at}.nodeSelector"))?;
     if spec.containers.is_empty() {
         return Err(FieldError::new(
             format!("{at}.containers"),

@@ -90,8 +90,12 @@ pub struct PodSpec {
     security_context: Option<Ignored>,
     #[serde(default, skip_serializing)]
     scheduler_name: Option<Ignored>,
-    #[serde(default, skip_serializing)]
-    node_selector: Option<Ignored>,
+    /// The node the pod must run on (a DNS-1123 subdomain); the scheduler's choice when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// Labels a node must carry for the pod to run there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing)]
     tolerations: Option<Ignored>,
     #[serde(default, skip_serializing)]
@@ -115,6 +119,11 @@ impl PodSpec {
         self.service_account_name
             .as_deref()
             .or(self.service_account.as_deref())
+    }
+
+    /// The node named by `nodeName`; `None` when absent or empty (as Kubernetes reads it).
+    pub fn pinned_node(&self) -> Option<&str> {
+        self.node_name.as_deref().filter(|n| !n.is_empty())
     }
 }
 
@@ -476,6 +485,42 @@ mod tests {
         let error = &parsed.errors[0];
         assert_eq!(error.field, "spec.serviceAccountName");
         assert!(error.message.contains("DNS-1123 subdomain"), "{error}");
+    }
+
+    #[test]
+    fn a_pod_may_name_its_node_and_select_nodes_by_label() {
+        let parsed = pod("  nodeName: node2\n  nodeSelector: {kubernetes.io/hostname: node2}\n");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let Resource::Pod(p) = &parsed.documents[0].resource else {
+            panic!("a pod");
+        };
+        assert_eq!(p.spec.pinned_node(), Some("node2"));
+        assert_eq!(
+            p.spec
+                .node_selector
+                .get("kubernetes.io/hostname")
+                .map(String::as_str),
+            Some("node2")
+        );
+        let parsed = pod("  nodeName: ''\n");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let Resource::Pod(p) = &parsed.documents[0].resource else {
+            panic!("a pod");
+        };
+        assert_eq!(p.spec.pinned_node(), None);
+    }
+
+    #[test]
+    fn a_bad_node_name_or_selector_is_refused_with_its_field() {
+        let parsed = pod("  nodeName: Node_2\n");
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_eq!(parsed.errors[0].field, "spec.nodeName");
+        let parsed = pod("  nodeSelector: {kubernetes.io/hostname: 'no de'}\n");
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_eq!(
+            parsed.errors[0].field,
+            "spec.nodeSelector.kubernetes.io/hostname"
+        );
     }
 
     #[test]

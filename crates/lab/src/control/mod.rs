@@ -32,6 +32,8 @@ pub use status::status;
 use crate::agent_specs::{endpoint_spec, service_spec};
 use crate::kubelet;
 use crate::names::host_veth;
+use crate::node::Node;
+use crate::placement::{self, NodeLoad};
 use crate::state::{self, LabState, PodRecord, ServiceRecord};
 use crate::supervisor::{Lab, Owner};
 use crate::vocabulary::{kubectl_kind, namespace_of};
@@ -50,8 +52,9 @@ struct Plan {
     items: Vec<Item>,
     /// Services with their cluster IPs, by item index; with the record they replace.
     services: Vec<(usize, ServiceRecord, Option<ServiceRecord>)>,
-    /// Pods to create, by item index (of the Pod or its Deployment), with their owner.
-    new_pods: Vec<(usize, Pod, Option<String>)>,
+    /// Pods to create, by item index (of the Pod or its Deployment), with
+    /// their owner and the node placement chose.
+    new_pods: Vec<(usize, Pod, Option<String>, String)>,
     /// Existing pods whose labels change: item index, key, new labels.
     relabelled: Vec<(usize, String, BTreeMap<String, String>)>,
     /// Pods of older templates or beyond the replicas: removed once the apply holds.
@@ -89,11 +92,17 @@ struct Failure {
 /// Applies `documents` as one transaction and reports each resource once.
 pub async fn apply(lab: &Lab, documents: Vec<Document>) -> Vec<Change> {
     let _turn = lab.writes.lock().await;
+    apply_in_turn(lab, documents).await
+}
+
+/// [`apply`], for a caller that holds [`Lab::writes`] already.
+async fn apply_in_turn(lab: &Lab, documents: Vec<Document>) -> Vec<Change> {
     let mut documents = documents;
     documents.sort_by_key(|d| rank(&d.resource.key().kind));
-    let plan = lab.read(|state| match check(state, &documents) {
-        Ok(()) => Ok(plan(state, documents)),
-        Err(problems) => Err(report_refused(&documents, &problems)),
+    let plan = lab.read(|state| {
+        check(state, &documents)
+            .and_then(|()| plan(state, &documents))
+            .map_err(|problems| report_refused(&documents, &problems))
     });
     let mut plan = match plan {
         Ok(plan) => plan,
@@ -148,9 +157,21 @@ fn change_of(item: &Item) -> Change {
     }
 }
 
-/// Decides what the apply does to each checked document, touching nothing.
-fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
+/// Decides what the apply does to each checked document, touching nothing;
+/// new pods are placed on nodes here, so a pod no node can take refuses the
+/// apply before anything exists (its problems by document index).
+fn plan(state: &LabState, documents: &[Document]) -> Result<Plan, BTreeMap<usize, Vec<String>>> {
     let mut plan = Plan::default();
+    let mut problems: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut loads: Vec<NodeLoad> = state
+        .nodes
+        .iter()
+        .map(|node| NodeLoad {
+            name: node.name.clone(),
+            index: node.index,
+            pods: state.pods.values().filter(|p| p.node == node.name).count(),
+        })
+        .collect();
     let mut fresh_namespaces = BTreeSet::new();
     let mut used_ips: BTreeSet<IpAddr> = state
         .services
@@ -158,7 +179,7 @@ fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
         .flat_map(|r| r.cluster_ips.iter().copied())
         .collect();
     let mut pod_names: BTreeSet<String> = state.pods.keys().cloned().collect();
-    for (i, document) in documents.into_iter().enumerate() {
+    for (i, document) in documents.iter().enumerate() {
         let outcome = match &document.resource {
             Resource::Namespace(n) => {
                 let name = &n.metadata.name;
@@ -196,7 +217,16 @@ fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
                 outcome
             }
             Resource::Deployment(deployment) => {
-                plan_deployment(state, i, deployment, &mut pod_names, &mut plan)
+                match plan_deployment(state, i, deployment, &mut pod_names, &mut loads, &mut plan) {
+                    Ok(outcome) => outcome,
+                    Err(problem) => {
+                        problems
+                            .entry(i)
+                            .or_default()
+                            .push(format!("{}: {problem}", document.resource.key()));
+                        Outcome::NotApplied
+                    }
+                }
             }
             Resource::Pod(pod) => {
                 let key = state::key(&namespace_of(&pod.metadata), &pod.metadata.name);
@@ -209,8 +239,25 @@ fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
                         Outcome::Configured
                     }
                     None if pod_names.insert(key) => {
-                        plan.new_pods.push((i, pod.clone(), None));
-                        Outcome::Created
+                        let spec = &pod.spec;
+                        match placement::place(
+                            &mut loads,
+                            spec.pinned_node(),
+                            &spec.node_selector,
+                            "spec",
+                        ) {
+                            Ok(node) => {
+                                plan.new_pods.push((i, pod.clone(), None, node));
+                                Outcome::Created
+                            }
+                            Err(problem) => {
+                                problems
+                                    .entry(i)
+                                    .or_default()
+                                    .push(format!("{}: {problem}", document.resource.key()));
+                                Outcome::NotApplied
+                            }
+                        }
                     }
                     None => Outcome::Unchanged,
                 }
@@ -221,21 +268,30 @@ fn plan(state: &LabState, documents: Vec<Document>) -> Plan {
                 Some(_) => Outcome::Configured,
             },
         };
-        plan.items.push(Item { document, outcome });
+        plan.items.push(Item {
+            document: document.clone(),
+            outcome,
+        });
     }
-    plan
+    if problems.is_empty() {
+        Ok(plan)
+    } else {
+        Err(problems)
+    }
 }
 
 /// A Deployment's pods: those of an older template and beyond the replicas
 /// retire (the Recreate strategy, once the apply holds), missing ones are
-/// created.
+/// created, each placed as a pod of its own (so they spread over the
+/// nodes). Why a pod cannot be placed, if one cannot.
 fn plan_deployment(
     state: &LabState,
     item: usize,
     deployment: &Deployment,
     pod_names: &mut BTreeSet<String>,
+    loads: &mut [NodeLoad],
     plan: &mut Plan,
-) -> Outcome {
+) -> Result<Outcome, String> {
     let namespace = namespace_of(&deployment.metadata);
     let key = state::key(&namespace, &deployment.metadata.name);
     let hash = template_hash(deployment);
@@ -257,17 +313,24 @@ fn plan_deployment(
                 break candidate;
             }
         };
+        let spec = &deployment.spec.template.spec;
+        let node = placement::place(
+            loads,
+            spec.pinned_node(),
+            &spec.node_selector,
+            "spec.template.spec",
+        )?;
         let pod = Pod::from_template(
             Metadata::named(name, Some(namespace.clone()), labels),
-            deployment.spec.template.spec.clone(),
+            spec.clone(),
         );
-        plan.new_pods.push((item, pod, Some(key.clone())));
+        plan.new_pods.push((item, pod, Some(key.clone()), node));
     }
-    match state.deployments.get(&key) {
+    Ok(match state.deployments.get(&key) {
         None => Outcome::Created,
         Some(d) if d == deployment => Outcome::Unchanged,
         Some(_) => Outcome::Configured,
-    }
+    })
 }
 
 /// Carries the plan out, leaving an undo for every change made.
@@ -291,7 +354,7 @@ async fn carry_out(lab: &Lab, plan: &Plan, undo: &mut Vec<Undo>) -> Result<(), F
             .map(|&i| plan.items[i].document.clone())
             .collect();
         let (restore, forget) = lab.read(|state| replaced(state, &documents));
-        for node in &lab.nodes {
+        for node in lab.nodes() {
             let request = Request::ResourcesApply {
                 documents: documents.clone(),
             };
@@ -345,10 +408,85 @@ async fn carry_out(lab: &Lab, plan: &Plan, undo: &mut Vec<Undo>) -> Result<(), F
             .await
             .map_err(|error| Failure { item: *item, error })?;
     }
-    for (item, pod, owner) in &plan.new_pods {
-        create_pod(lab, pod.clone(), owner.clone(), undo)
+    for (item, pod, owner, node) in &plan.new_pods {
+        create_pod(lab, pod.clone(), owner.clone(), node, undo)
             .await
             .map_err(|error| Failure { item: *item, error })?;
+    }
+    Ok(())
+}
+
+/// Gives the Deployments `owners` (`namespace/name`) the pods they miss
+/// after a node was drained, placed on the nodes left, as a Deployment's
+/// controller would; the caller holds [`Lab::writes`]. Returns the new
+/// pods as `namespace/name on node`.
+pub(crate) async fn replace_drained(
+    lab: &Lab,
+    owners: &BTreeSet<String>,
+) -> anyhow::Result<Vec<String>> {
+    let (documents, before) = lab.read(|state| {
+        let documents: Vec<Document> = owners
+            .iter()
+            .filter_map(|key| state.deployments.get(key))
+            .map(|d| from_state(Resource::Deployment(d.clone())))
+            .collect();
+        let before: BTreeSet<String> = state.pods.keys().cloned().collect();
+        (documents, before)
+    });
+    if documents.is_empty() {
+        return Ok(Vec::new());
+    }
+    let changes = apply_in_turn(lab, documents).await;
+    if let Some(failed) = changes.iter().find(|c| c.outcome.is_error()) {
+        anyhow::bail!("{failed}");
+    }
+    Ok(lab.read(|state| {
+        state
+            .pods
+            .iter()
+            .filter(|(key, _)| !before.contains(*key))
+            .map(|(key, pod)| format!("{key} on {}", pod.node))
+            .collect()
+    }))
+}
+
+/// Tells the agent of a node that joins the running lab what the other
+/// agents know: the namespaces (with their labels), the services and the
+/// policies, in the order an apply sends them.
+pub(crate) async fn catch_up(lab: &Lab, node: &Node) -> anyhow::Result<()> {
+    let (documents, services) = lab.read(|state| {
+        let mut documents: Vec<Document> = state
+            .namespaces
+            .iter()
+            .map(|name| {
+                let mut namespace = Namespace::named(name);
+                namespace.metadata.labels = namespace_labels(state, name);
+                from_state(Resource::Namespace(namespace))
+            })
+            .collect();
+        documents.extend(
+            state
+                .services
+                .values()
+                .map(|r| from_state(Resource::Service(r.service.clone()))),
+        );
+        documents.extend(state.policies.values().cloned());
+        let services: Vec<ServiceSpec> = state.services.values().map(service_spec).collect();
+        (documents, services)
+    });
+    match node.agent(&Request::ResourcesApply { documents }).await? {
+        Response::Resources { outcomes } => {
+            if let Some((_, reason)) = rejected(&outcomes) {
+                anyhow::bail!(
+                    "the agent of {} rejected the lab's resources: {reason}",
+                    node.name()
+                );
+            }
+        }
+        other => anyhow::bail!("the agent of {} answered {other:?}", node.name()),
+    }
+    for spec in services {
+        node.agent(&Request::ServiceUpsert(spec)).await?;
     }
     Ok(())
 }
@@ -434,19 +572,20 @@ async fn relabel(
     Ok(())
 }
 
-/// Creates a pod on the node the lab picks: its record (before anything exists, so a crash
-/// leaves nothing unnamed), namespace and veth, the endpoint in the agent,
-/// its processes; waits until it is ready.
+/// Creates a pod on node `node` (placement chose it): its record (before
+/// anything exists, so a crash leaves nothing unnamed), namespace and veth,
+/// the endpoint in the agent, its processes; waits until it is ready.
 async fn create_pod(
     lab: &Lab,
     pod: Pod,
     owner: Option<String>,
+    node: &str,
     undo: &mut Vec<Undo>,
 ) -> anyhow::Result<()> {
     let namespace = namespace_of(&pod.metadata);
     let key = state::key(&namespace, &pod.metadata.name);
-    let node = lab.schedule()?;
-    let record = lab.write(|state| {
+    let node = lab.node(node)?;
+    let (record, mtu) = lab.write(|state| {
         let used: BTreeSet<IpAddr> = state
             .pods
             .values()
@@ -468,10 +607,10 @@ async fn create_pod(
             ready: false,
         };
         state.pods.insert(key.clone(), record.clone());
-        anyhow::Ok(record)
+        anyhow::Ok((record, state.pod_mtu))
     })??;
     undo.push(Undo::Pod(key.clone()));
-    kubelet::wire(&record, &node.record)?;
+    kubelet::wire(&record, &node.record, mtu)?;
     node.agent(&Request::EndpointUpsert(endpoint_spec(&record)))
         .await?;
     let started = kubelet::start(&lab.names, &lab.exe, &record)
@@ -500,7 +639,7 @@ async fn rollback(lab: &Lab, undo: Vec<Undo>) {
         let result = match step {
             Undo::Resources { restore, forget } => {
                 let mut result = Ok(());
-                for node in &lab.nodes {
+                for node in lab.nodes() {
                     if !forget.is_empty() {
                         let request = Request::ResourcesDelete {
                             keys: forget.clone(),
@@ -587,7 +726,7 @@ fn commit(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
 
 /// Removes a pod: from its agent, then its processes and namespace, then
 /// from the state.
-async fn delete_pod(lab: &Lab, key: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete_pod(lab: &Lab, key: &str) -> anyhow::Result<()> {
     let Some(record) = lab.read(|s| s.pods.get(key).cloned()) else {
         return Ok(());
     };
@@ -670,10 +809,82 @@ mod tests {
             namespace.metadata.labels.get("team").map(String::as_str),
             Some("a")
         );
+        let Ok(plan) = plan(&state, &documents) else {
+            panic!("a namespace is always planned");
+        };
+        assert_eq!(plan.items[0].outcome, Outcome::Configured);
+    }
+
+    /// The lab state with nodes `node1` ... `node<count>`.
+    fn state_with_nodes(count: u8) -> LabState {
+        let names = crate::LabNames::new("plan");
+        let mut state = lab_state();
+        state.nodes = (1..=count)
+            .map(|i| Node::new(&names, &crate::names::node_name(i), i).record)
+            .collect();
+        state
+    }
+
+    const SHIP: &str = "containers: [{name: c, image: quay.io/cilium/json-mock:v1.3.8}]";
+
+    #[test]
+    fn planning_places_replicas_pinned_and_free_pods() {
+        let state = state_with_nodes(3);
+        let documents = parse(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: pinned}}\nspec:\n  nodeName: node3\n  {SHIP}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: free}}\nspec:\n  {SHIP}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\nspec:\n  replicas: 2\n  \
+             selector: {{matchLabels: {{app: d}}}}\n  template:\n    metadata: {{labels: {{app: d}}}}\n    \
+             spec:\n      {SHIP}\n"
+        ));
+        let mut documents = documents;
+        documents.sort_by_key(|d| rank(&d.resource.key().kind));
+        let Ok(plan) = plan(&state, &documents) else {
+            panic!("every pod has a node");
+        };
+        let placed: Vec<(Option<&str>, &str)> = plan
+            .new_pods
+            .iter()
+            .map(|(_, pod, owner, node)| {
+                (
+                    owner.is_none().then_some(pod.metadata.name.as_str()),
+                    node.as_str(),
+                )
+            })
+            .collect();
+        // The replicas first (a Deployment ranks before pods), one a node;
+        // then the pinned pod, then the free one on the node with the fewest.
         assert_eq!(
-            plan(&state, documents).items[0].outcome,
-            Outcome::Configured
+            placed,
+            [
+                (None, "node1"),
+                (None, "node2"),
+                (Some("pinned"), "node3"),
+                (Some("free"), "node1"),
+            ]
         );
+    }
+
+    #[test]
+    fn planning_refuses_a_pod_pinned_to_a_missing_node() {
+        let state = state_with_nodes(2);
+        let documents = parse(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: fine}}\nspec:\n  {SHIP}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: lost}}\nspec:\n  nodeName: node9\n  {SHIP}\n"
+        ));
+        let Err(problems) = plan(&state, &documents) else {
+            panic!("node9 does not exist");
+        };
+        assert_eq!(problems.keys().copied().collect::<Vec<_>>(), [1]);
+        assert!(
+            problems[&1][0].starts_with(
+                "Pod default/lost: spec.nodeName: node \"node9\" does not exist; the lab's nodes are node1, node2"
+            ),
+            "{problems:?}"
+        );
+        let changes = report_refused(&documents, &problems);
+        assert_eq!(changes[0].outcome, Outcome::NotApplied);
+        assert!(matches!(changes[1].outcome, Outcome::Failed { .. }));
     }
 
     /// An agent that rejects every policy and records what it is asked.

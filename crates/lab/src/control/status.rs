@@ -24,7 +24,7 @@ pub async fn status(lab: &Lab) -> LabStatus {
         exposed: lab.exposed.clone(),
         policies: state.policies.keys().cloned().collect(),
     });
-    for node in &lab.nodes {
+    for node in lab.nodes() {
         let asked = tokio::time::timeout(AGENT_STATUS_TIMEOUT, node.agent(&Request::Status)).await;
         let agent = match asked {
             Ok(Ok(Response::Status(status))) => Ok(status),
@@ -39,6 +39,10 @@ pub async fn status(lab: &Lab) -> LabStatus {
             name: node.name().to_string(),
             netns: node.record.netns.clone(),
             pod_cidrs: ipam::node_pod_cidrs(node.record.index).to_vec(),
+            underlay: vec![
+                IpAddr::V4(ipam::node_underlay_v4(node.record.index)),
+                IpAddr::V6(ipam::node_underlay_v6(node.record.index)),
+            ],
             agent,
         });
     }
