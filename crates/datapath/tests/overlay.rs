@@ -1,0 +1,989 @@
+//! The datapath between nodes. With `BPF_PROG_TEST_RUN`: which packets
+//! `from_container` sends into the overlay, and `to_container` deciding a
+//! packet from the overlay with the identity its mark carries. In network
+//! namespaces of our own (`ovl-<pid>-<test>-*`, deleted by name on drop):
+//! two node namespaces joined by a veth pair (the underlay, 192.0.2.0/24 and
+//! 2001:db8::/64), pods behind each, the programs and the VXLAN device
+//! attached through this crate, then TCP between pods of the two nodes in
+//! tunnel mode (IPv4 and IPv6 pods over the IPv4 underlay, a capture of the
+//! underlay reading the VNI, the receiver's policy decided by the VNI's
+//! identity, a ClusterIP whose backend is on the other node, the ICMP
+//! answer to a packet too big for the underlay) and in native mode.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use myelin_common::maps::MARK_OVERLAY_IDENTITY;
+use myelin_common::{EventKind, TraceEvent};
+use myelin_datapath::{
+    Datapath, EndpointInfo, EventReader, OVERLAY_DEVICE, PROGRAM_FROM_CONTAINER,
+    PROGRAM_TO_CONTAINER, PolicyDirection, PolicyRule, PolicyTable, RoutingMode, RuleAction,
+    Service, ServiceProtocol, TunnelRoute, Verdict, drop_reason, pod_mtu,
+};
+use myelin_test_support::{ScratchBpffs, privileged};
+use support::netns::{Namespaces, in_ns, in_thread, ip as run_ip};
+use support::{
+    ACK, Harness, POD_ENDPOINT, Pkt, SYN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TCP, ip,
+};
+
+/// The underlay's MTU and the pods' MTU that fits the overlay over it.
+const UNDERLAY_MTU: u32 = 1500;
+const POD_MTU: u32 = pod_mtu(UNDERLAY_MTU, false);
+
+fn route(cidr: &str, len: u8, endpoint: &str) -> TunnelRoute {
+    TunnelRoute {
+        pod_cidr: ip(cidr),
+        prefix_len: len,
+        endpoint: ip(endpoint),
+    }
+}
+
+fn ingress_allow(peer_identity: u32, protocol: u8, ports: Option<(u16, u16)>) -> PolicyRule {
+    PolicyRule {
+        direction: PolicyDirection::Ingress,
+        peer_identity,
+        protocol,
+        ports,
+        action: RuleAction::Allow,
+        rule_id: 7,
+    }
+}
+
+fn egress_deny_all() -> PolicyTable {
+    PolicyTable {
+        ingress_enforced: false,
+        egress_enforced: true,
+        rules: Vec::new(),
+    }
+}
+
+/// The decision in `from_container`: a packet allowed by the sender's
+/// egress policy whose destination is in a remote node's pod CIDR is
+/// redirected to the VXLAN device in tunnel mode (IPv4 and IPv6 pods, an
+/// IPv4 underlay); in native mode, outside every remote CIDR, without the
+/// device, or denied by policy, it is not.
+#[test]
+fn a_packet_to_a_remote_pod_cidr_enters_the_overlay_only_in_tunnel_mode() {
+    if !privileged("a_packet_to_a_remote_pod_cidr_enters_the_overlay_only_in_tunnel_mode") {
+        return;
+    }
+    let ns = format!("ovl-{}-decide", std::process::id());
+    let guard = Namespaces {
+        names: vec![ns.clone()],
+    };
+    run_ip(&["netns", "add", &ns]);
+    in_thread(&ns, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut h = Harness::with_pod();
+            let device = h
+                .datapath
+                .attach_overlay(OVERLAY_DEVICE, POD_MTU)
+                .expect("overlay device");
+            assert!(device.created);
+            let again = h
+                .datapath
+                .attach_overlay(OVERLAY_DEVICE, POD_MTU)
+                .expect("adopt the overlay device");
+            assert!(!again.created && again.readopted, "{again:?}");
+            assert_eq!(again.ifindex, device.ifindex);
+            let routes = vec![
+                route("10.244.2.0", 24, "192.0.2.2"),
+                route("fd00:10:244:2::", 64, "192.0.2.2"),
+            ];
+            h.datapath.sync_tunnel_endpoints(&routes).expect("sync");
+            let mut sorted = routes.clone();
+            sorted.sort();
+            assert_eq!(h.datapath.tunnel_endpoints().expect("read"), sorted);
+
+            let v4 = Pkt::tcp("10.244.1.5", 40000, "10.244.2.7", 80, SYN).build();
+            let v6 = Pkt::tcp("fd00:10:244:1::5", 40000, "fd00:10:244:2::7", 80, SYN).build();
+            let elsewhere = Pkt::tcp("10.244.1.5", 40001, "10.244.3.7", 80, SYN).build();
+
+            // A fresh datapath routes natively: nothing is encapsulated.
+            assert_eq!(
+                h.datapath.routing_mode().expect("mode"),
+                RoutingMode::Native
+            );
+            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &v4).await.0, TC_ACT_OK);
+
+            h.datapath
+                .set_routing_mode(RoutingMode::Tunnel)
+                .expect("tunnel mode");
+            // New flows, and then the established flow's next packet.
+            let ack = Pkt::tcp("10.244.1.5", 40000, "10.244.2.7", 80, ACK).build();
+            for frame in [&v4, &ack, &v6] {
+                assert_eq!(
+                    h.run(PROGRAM_FROM_CONTAINER, frame).await.0,
+                    TC_ACT_REDIRECT
+                );
+            }
+            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &elsewhere).await.0, TC_ACT_OK);
+
+            // The sender's egress policy comes first.
+            h.datapath
+                .replace_policy(POD_ENDPOINT, &egress_deny_all())
+                .expect("policy");
+            let denied = Pkt::tcp("10.244.1.5", 40002, "10.244.2.7", 80, SYN).build();
+            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &denied).await.0, TC_ACT_SHOT);
+            h.datapath.remove_policy(POD_ENDPOINT).expect("policy off");
+
+            // A set with one CIDR on two nodes is refused whole.
+            let bad = vec![
+                route("10.244.3.0", 24, "192.0.2.3"),
+                route("10.244.2.0", 24, "192.0.2.2"),
+                route("10.244.2.0", 24, "192.0.2.4"),
+            ];
+            assert!(h.datapath.sync_tunnel_endpoints(&bad).is_err());
+            assert_eq!(h.datapath.tunnel_endpoints().expect("read"), sorted);
+            // A new set replaces the old one.
+            let moved = vec![route("10.244.2.0", 24, "2001:db8::2")];
+            h.datapath.sync_tunnel_endpoints(&moved).expect("sync");
+            assert_eq!(h.datapath.tunnel_endpoints().expect("read"), moved);
+            let v6_new = Pkt::tcp("fd00:10:244:1::5", 40003, "fd00:10:244:2::7", 80, SYN).build();
+            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &v6_new).await.0, TC_ACT_OK);
+            let v4_new = Pkt::tcp("10.244.1.5", 40004, "10.244.2.7", 80, SYN).build();
+            assert_eq!(
+                h.run(PROGRAM_FROM_CONTAINER, &v4_new).await.0,
+                TC_ACT_REDIRECT,
+                "an IPv6 underlay endpoint"
+            );
+
+            h.datapath
+                .set_routing_mode(RoutingMode::Native)
+                .expect("native mode");
+            let v4_native = Pkt::tcp("10.244.1.5", 40005, "10.244.2.7", 80, SYN).build();
+            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &v4_native).await.0, TC_ACT_OK);
+
+            // Without the device, tunnel mode has nowhere to send.
+            h.datapath
+                .set_routing_mode(RoutingMode::Tunnel)
+                .expect("tunnel mode");
+            h.datapath.detach_overlay(OVERLAY_DEVICE).expect("remove");
+            h.datapath
+                .detach_overlay(OVERLAY_DEVICE)
+                .expect("remove again: idempotent");
+            assert!(nix::net::if_::if_nametoindex(OVERLAY_DEVICE).is_err());
+            let v4_gone = Pkt::tcp("10.244.1.5", 40006, "10.244.2.7", 80, SYN).build();
+            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &v4_gone).await.0, TC_ACT_OK);
+        });
+    });
+    drop(guard);
+}
+
+/// `to_container` decides a new flow with the identity `from_overlay`
+/// put in the mark (the VNI's), not with the ipcache's identity of the
+/// source address; its verdict and drop events say so.
+#[test]
+fn the_receiver_decides_with_the_identity_the_overlay_mark_carries() {
+    if !privileged("the_receiver_decides_with_the_identity_the_overlay_mark_carries") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut h = Harness::with_pod();
+        h.datapath
+            .ipcache_upsert(ip("10.244.2.0"), 24, 4000)
+            .expect("ipcache");
+        h.datapath
+            .replace_policy(
+                POD_ENDPOINT,
+                &PolicyTable {
+                    ingress_enforced: true,
+                    egress_enforced: false,
+                    rules: vec![ingress_allow(3000, TCP, Some((80, 80)))],
+                },
+            )
+            .expect("policy");
+        let mark = |identity: u32| MARK_OVERLAY_IDENTITY | identity << 16;
+
+        let allowed = Pkt::tcp("10.244.2.7", 40000, "10.244.1.5", 80, SYN).build();
+        let (verdict, _, events) = h
+            .run_marked(PROGRAM_TO_CONTAINER, &allowed, mark(3000))
+            .await;
+        assert_eq!(verdict, TC_ACT_OK);
+        let decided = events
+            .iter()
+            .find(|e| e.kind == EventKind::PolicyVerdict as u8)
+            .expect("a policy verdict");
+        assert_eq!(decided.source_identity, 3000);
+        assert_eq!(decided.verdict, Verdict::Forwarded as u8);
+
+        let without = Pkt::tcp("10.244.2.7", 40001, "10.244.1.5", 80, SYN).build();
+        let (verdict, _, events) = h.run(PROGRAM_TO_CONTAINER, &without).await;
+        assert_eq!(verdict, TC_ACT_SHOT, "the ipcache's 4000 is not allowed");
+        assert!(events.iter().any(|e| e.source_identity == 4000));
+
+        let other = Pkt::tcp("10.244.2.7", 40002, "10.244.1.5", 80, SYN).build();
+        let (verdict, _, events) = h.run_marked(PROGRAM_TO_CONTAINER, &other, mark(4000)).await;
+        assert_eq!(verdict, TC_ACT_SHOT);
+        let dropped = events
+            .iter()
+            .find(|e| e.kind == EventKind::Drop as u8)
+            .expect("a drop");
+        assert_eq!(dropped.drop_reason, drop_reason::POLICY_DENIED);
+        assert_eq!(dropped.source_identity, 4000);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Two nodes in namespaces.
+
+/// A job for a node's datapath thread.
+type Job = Box<dyn FnOnce(&mut Datapath, &mut EventReader) + Send>;
+
+/// A node namespace whose datapath lives on a thread of its own inside it
+/// (the programs attach to, and the device is created in, the calling
+/// thread's namespace). Jobs run there in order; dropping the node ends
+/// the thread, which drops the datapath and its bpffs.
+struct Node {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    fn start(ns: &str) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let ns = ns.to_string();
+        let thread = std::thread::spawn(move || {
+            support::netns::enter(&ns);
+            let bpffs = ScratchBpffs::mount().expect("bpffs");
+            let mut datapath = Datapath::load(bpffs.path()).expect("load");
+            let mut reader = datapath.event_reader().expect("event reader");
+            for job in queue {
+                job(&mut datapath, &mut reader);
+            }
+            drop(datapath);
+            drop(bpffs);
+        });
+        Node {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on the node's datapath and returns its result.
+    fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Datapath, &mut EventReader) -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |datapath, reader| {
+            let _ = tx.send(f(datapath, reader));
+        });
+        self.jobs
+            .as_ref()
+            .expect("node running")
+            .send(job)
+            .expect("node thread alive");
+        rx.recv()
+            .expect("the node's job failed (see its panic above)")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Every event the node's programs report within `window`.
+fn events_within(reader: &mut EventReader, window: Duration) -> Vec<TraceEvent> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut events = Vec::new();
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(read) = tokio::time::timeout_at(deadline, reader.read(&mut events)).await {
+            read.expect("read events");
+        }
+    });
+    events
+}
+
+/// A pod: its namespace, host veth in its node, addresses and identity.
+struct Pod {
+    ns: String,
+    v4: &'static str,
+    v6: &'static str,
+    identity: u32,
+}
+
+/// Two nodes, `node1` with pods `a` (identity 1001) and `b` (1002),
+/// `node2` with pod `c` (2001). Namespaces first in the struct: the nodes'
+/// threads end (dropping their datapaths) before the namespaces go.
+struct Cluster {
+    node1: Node,
+    node2: Node,
+    n1: String,
+    n2: String,
+    a: Pod,
+    b: Pod,
+    c: Pod,
+    _namespaces: Namespaces,
+}
+
+impl Cluster {
+    /// Builds the namespaces, the underlay and the pods, and attaches the
+    /// programs; the routing is the caller's.
+    fn build(test: &str) -> Self {
+        let pid = std::process::id();
+        let name = |what: &str| format!("ovl-{pid}-{test}-{what}");
+        let (n1, n2) = (name("n1"), name("n2"));
+        let a = Pod {
+            ns: name("a"),
+            v4: "10.244.1.5",
+            v6: "fd00:10:244:1::5",
+            identity: 1001,
+        };
+        let b = Pod {
+            ns: name("b"),
+            v4: "10.244.1.6",
+            v6: "fd00:10:244:1::6",
+            identity: 1002,
+        };
+        let c = Pod {
+            ns: name("c"),
+            v4: "10.244.2.5",
+            v6: "fd00:10:244:2::5",
+            identity: 2001,
+        };
+        let namespaces = Namespaces {
+            names: vec![
+                n1.clone(),
+                n2.clone(),
+                a.ns.clone(),
+                b.ns.clone(),
+                c.ns.clone(),
+            ],
+        };
+        for ns in &namespaces.names {
+            run_ip(&["netns", "add", ns]);
+            in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+            in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]);
+            in_ns(ns, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"]);
+        }
+        for (node, index) in [(&n1, 1), (&n2, 2)] {
+            for sysctl in [
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ] {
+                in_ns(node, &["sysctl", "-qw", sysctl]);
+            }
+            in_ns(
+                node,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("10.244.{index}.1/32"),
+                    "dev",
+                    "lo",
+                ],
+            );
+        }
+        // The underlay.
+        in_ns(
+            &n1,
+            &[
+                "ip", "link", "add", "u1", "type", "veth", "peer", "name", "u2", "netns", &n2,
+            ],
+        );
+        for (node, dev, v4, v6) in [
+            (&n1, "u1", "192.0.2.1/24", "2001:db8::1/64"),
+            (&n2, "u2", "192.0.2.2/24", "2001:db8::2/64"),
+        ] {
+            in_ns(node, &["ip", "addr", "add", v4, "dev", dev]);
+            in_ns(node, &["ip", "addr", "add", v6, "dev", dev, "nodad"]);
+            in_ns(
+                node,
+                &[
+                    "ip",
+                    "link",
+                    "set",
+                    dev,
+                    "mtu",
+                    &UNDERLAY_MTU.to_string(),
+                    "up",
+                ],
+            );
+        }
+        let node1 = Node::start(&n1);
+        let node2 = Node::start(&n2);
+        for (node, node_ns, pod, index, veth) in [
+            (&node1, &n1, &a, 1, "ha"),
+            (&node1, &n1, &b, 1, "hb"),
+            (&node2, &n2, &c, 2, "hc"),
+        ] {
+            add_pod(node_ns, pod, index, veth);
+            let mut info = EndpointInfo {
+                endpoint_id: pod.identity,
+                identity: pod.identity,
+                ..EndpointInfo::default()
+            };
+            let (IpAddr::V4(v4), IpAddr::V6(v6)) = (ip(pod.v4), ip(pod.v6)) else {
+                unreachable!("literals")
+            };
+            info.ipv4 = v4.octets();
+            info.ipv6 = v6.octets();
+            node.run(move |datapath, _| {
+                datapath.attach_endpoint(veth, &info).expect("attach");
+            });
+        }
+        Cluster {
+            node1,
+            node2,
+            n1,
+            n2,
+            a,
+            b,
+            c,
+            _namespaces: namespaces,
+        }
+    }
+
+    /// Both nodes' ipcaches: every remote pod's identity as given.
+    fn ipcache(&self, node1: &[(&'static str, u32)], node2: &[(&'static str, u32)]) {
+        for (node, entries) in [(&self.node1, node1), (&self.node2, node2)] {
+            let entries = entries.to_vec();
+            node.run(move |datapath, _| {
+                for (address, identity) in entries {
+                    let len = if ip(address).is_ipv4() { 32 } else { 128 };
+                    datapath
+                        .ipcache_upsert(ip(address), len, identity)
+                        .expect("ipcache");
+                }
+            });
+        }
+    }
+
+    /// Pod `c` admits TCP 8080 and ICMP from identity 1001 only.
+    fn police_c(&self) {
+        let id = self.c.identity;
+        self.node2.run(move |datapath, _| {
+            datapath
+                .replace_policy(
+                    id,
+                    &PolicyTable {
+                        ingress_enforced: true,
+                        egress_enforced: false,
+                        rules: vec![
+                            ingress_allow(1001, TCP, Some((8080, 8080))),
+                            ingress_allow(1001, 1, None),
+                            ingress_allow(1001, 58, None),
+                        ],
+                    },
+                )
+                .expect("policy");
+        });
+    }
+}
+
+/// Pod `pod` behind veth `veth` of node namespace `node` (as the lab builds
+/// them: routed, the node's address as gateway), both ends at the pods' MTU.
+fn add_pod(node: &str, pod: &Pod, index: u8, veth: &str) {
+    let mtu = POD_MTU.to_string();
+    in_ns(
+        node,
+        &[
+            "ip", "link", "add", veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+            &mtu, "netns", &pod.ns,
+        ],
+    );
+    in_ns(node, &["ip", "link", "set", veth, "up"]);
+    in_ns(
+        node,
+        &["ip", "addr", "add", "fe80::1/64", "dev", veth, "nodad"],
+    );
+    in_ns(
+        node,
+        &["ip", "route", "add", &format!("{}/32", pod.v4), "dev", veth],
+    );
+    in_ns(
+        node,
+        &[
+            "ip",
+            "-6",
+            "route",
+            "add",
+            &format!("{}/128", pod.v6),
+            "dev",
+            veth,
+        ],
+    );
+    in_ns(&pod.ns, &["ip", "link", "set", "eth0", "up"]);
+    in_ns(
+        &pod.ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/32", pod.v4),
+            "dev",
+            "eth0",
+        ],
+    );
+    in_ns(
+        &pod.ns,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/128", pod.v6),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    let gateway = format!("10.244.{index}.1");
+    in_ns(
+        &pod.ns,
+        &[
+            "ip", "route", "add", "default", "via", &gateway, "dev", "eth0", "onlink",
+        ],
+    );
+    in_ns(
+        &pod.ns,
+        &[
+            "ip", "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ],
+    );
+}
+
+/// An echo server in pod namespace `ns` on `port` (both families): each
+/// connection gets back what it sends, until it closes.
+fn echo_server(ns: &str, port: u16) {
+    let listener = in_thread(ns, move || TcpListener::bind(("::", port)).expect("listen"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// From pod namespace `ns`: connects to `target`, sends `size` bytes and
+/// reads them back. Err when it cannot connect within 3 s.
+fn exchange(ns: &str, target: SocketAddr, size: usize) -> std::io::Result<()> {
+    in_thread(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let mut stream = stream.try_clone()?;
+            let data = data.clone();
+            std::thread::spawn(move || stream.write_all(&data))
+        };
+        let mut back = vec![0u8; size];
+        stream.read_exact(&mut back)?;
+        writer.join().expect("writer")?;
+        assert!(back == data, "the echo differs from what was sent");
+        Ok(())
+    })
+}
+
+/// An AF_PACKET socket on one interface: every frame it carries.
+struct Capture {
+    fd: OwnedFd,
+}
+
+impl Capture {
+    /// Opens on `ifname` of node namespace `ns`.
+    fn open(ns: &str, ifname: &'static str) -> Self {
+        in_thread(ns, move || {
+            let all = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: plain socket syscalls on a descriptor we own at once;
+            // errors checked.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
+                assert!(fd >= 0, "AF_PACKET socket");
+                let fd = OwnedFd::from_raw_fd(fd);
+                let size: libc::c_int = 8 << 20;
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&size as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                );
+                let index = nix::net::if_::if_nametoindex(ifname).expect("underlay interface");
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_protocol = all;
+                addr.sll_ifindex = index as i32;
+                let rc = libc::bind(
+                    fd.as_raw_fd(),
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                );
+                assert_eq!(rc, 0, "bind AF_PACKET");
+                Capture { fd }
+            }
+        })
+    }
+
+    /// The frames captured so far.
+    fn frames(&self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: a buffer of the length given, on our descriptor.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                return frames;
+            }
+            frames.push(buf[..n as usize].to_vec());
+        }
+    }
+
+    /// The VXLAN packets captured so far: the VNI and the inner frame.
+    fn vxlan(&self) -> Vec<(u32, Vec<u8>)> {
+        vxlan(&self.frames())
+    }
+}
+
+/// The VXLAN packets among `frames` (outer IPv4, UDP 8472): the VNI and the
+/// inner frame.
+fn vxlan(frames: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            if f.len() < 14 + 20 + 8 + 8 + 14 || f[12..14] != [0x08, 0x00] || f[23] != 17 {
+                return None;
+            }
+            let udp = 14 + usize::from(f[14] & 0x0f) * 4;
+            let port = u16::from_be_bytes([f[udp + 2], f[udp + 3]]);
+            if port != myelin_datapath::VXLAN_PORT {
+                return None;
+            }
+            let vxlan = &f[udp + 8..];
+            let vni = u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]);
+            Some((vni, vxlan[8..].to_vec()))
+        })
+        .collect()
+}
+
+/// The inner frame's source address (IPv4 or IPv6).
+fn inner_source(frame: &[u8]) -> Option<IpAddr> {
+    match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let b: [u8; 4] = frame.get(26..30)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        [0x86, 0xdd] => {
+            let b: [u8; 16] = frame.get(22..38)?.try_into().ok()?;
+            Some(IpAddr::from(b))
+        }
+        _ => None,
+    }
+}
+
+fn socket(address: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(address), port)
+}
+
+/// Waits until `check` holds, polling; panics after `limit` with `what`.
+fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Tunnel mode end to end. The receiving node's ipcache has `a`'s and
+/// `b`'s identities swapped: only the VNI can make `c` admit `a` and refuse
+/// `b`.
+#[test]
+fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
+    if !privileged("pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni") {
+        return;
+    }
+    let cluster = Cluster::build("tun");
+    for (node, remote, underlay) in [
+        (
+            &cluster.node1,
+            ("10.244.2.0", "fd00:10:244:2::"),
+            "192.0.2.2",
+        ),
+        (
+            &cluster.node2,
+            ("10.244.1.0", "fd00:10:244:1::"),
+            "192.0.2.1",
+        ),
+    ] {
+        node.run(move |datapath, _| {
+            let device = datapath
+                .attach_overlay(OVERLAY_DEVICE, POD_MTU)
+                .expect("overlay device");
+            assert!(device.created);
+            datapath
+                .set_routing_mode(RoutingMode::Tunnel)
+                .expect("tunnel mode");
+            datapath
+                .sync_tunnel_endpoints(&[
+                    route(remote.0, 24, underlay),
+                    route(remote.1, 64, underlay),
+                ])
+                .expect("tunnel endpoints");
+        });
+    }
+    cluster.ipcache(
+        &[("10.244.2.5", 2001), ("fd00:10:244:2::5", 2001)],
+        &[
+            ("10.244.1.5", 1002),
+            ("fd00:10:244:1::5", 1002),
+            ("10.244.1.6", 1001),
+            ("fd00:10:244:1::6", 1001),
+        ],
+    );
+    cluster.police_c();
+    echo_server(&cluster.c.ns, 8080);
+    let capture = Capture::open(&cluster.n2, "u2");
+    // Drain the events of the set-up.
+    cluster
+        .node2
+        .run(|_, reader| events_within(reader, Duration::from_millis(200)));
+
+    // a → c, IPv4 and IPv6 pods over the IPv4 underlay, a megabyte each way
+    // at the pods' MTU: nothing is lost to size.
+    for target in [cluster.c.v4, cluster.c.v6] {
+        exchange(&cluster.a.ns, socket(target, 8080), 1 << 20)
+            .unwrap_or_else(|e| panic!("a → {target}: {e}"));
+    }
+    let seen = capture.vxlan();
+    for source in [cluster.a.v4, cluster.a.v6] {
+        let vnis: Vec<u32> = seen
+            .iter()
+            .filter(|(_, inner)| inner_source(inner) == Some(ip(source)))
+            .map(|(vni, _)| *vni)
+            .collect();
+        assert!(
+            !vnis.is_empty(),
+            "no VXLAN packet from {source} on the underlay"
+        );
+        assert!(
+            vnis.iter().all(|vni| *vni == cluster.a.identity),
+            "VNIs of {source}: {vnis:?}"
+        );
+    }
+    assert!(
+        seen.iter().any(|(vni, inner)| *vni == cluster.c.identity
+            && inner_source(inner) == Some(ip(cluster.c.v4))),
+        "c's answers travel with c's identity"
+    );
+
+    // b → c: refused, by the VNI's identity.
+    for target in [cluster.c.v4, cluster.c.v6] {
+        assert!(
+            exchange(&cluster.b.ns, socket(target, 8080), 16).is_err(),
+            "b reached {target}"
+        );
+    }
+    assert!(
+        capture
+            .vxlan()
+            .iter()
+            .any(|(vni, inner)| *vni == cluster.b.identity
+                && inner_source(inner) == Some(ip(cluster.b.v4))),
+        "b's SYN crossed with b's identity"
+    );
+    let events = cluster
+        .node2
+        .run(|_, reader| events_within(reader, Duration::from_millis(500)));
+    let from = |source: &str| {
+        let source = ip(source);
+        move |e: &&TraceEvent| {
+            let addr = if source.is_ipv4() {
+                IpAddr::from(<[u8; 4]>::try_from(&e.source[..4]).expect("4 bytes"))
+            } else {
+                IpAddr::from(e.source)
+            };
+            addr == source
+        }
+    };
+    let b_drops: Vec<&TraceEvent> = events
+        .iter()
+        .filter(from(cluster.b.v4))
+        .filter(|e| e.kind == EventKind::Drop as u8)
+        .collect();
+    assert!(!b_drops.is_empty(), "node2 reported b's drops: {events:?}");
+    assert!(
+        b_drops
+            .iter()
+            .all(|e| e.drop_reason == drop_reason::POLICY_DENIED && e.source_identity == 1002),
+        "{b_drops:?}"
+    );
+
+    // A ClusterIP on node1 whose backend is c on node2: translated at the
+    // client's node, reverse NAT on the answer there.
+    cluster.node1.run(|datapath, _| {
+        datapath
+            .upsert_service(&Service {
+                frontend: socket("10.96.0.10", 80),
+                protocol: ServiceProtocol::Tcp,
+                backends: vec![socket("10.244.2.5", 8080)],
+                affinity_timeout_s: None,
+            })
+            .expect("service");
+    });
+    exchange(&cluster.a.ns, socket("10.96.0.10", 80), 4096).expect("a → ClusterIP → c");
+
+    // The largest packet the pods' MTU allows crosses whole.
+    let size = (POD_MTU - 28).to_string();
+    let ping = |args: &[&str]| {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &cluster.a.ns, "ping", "-c1", "-W2", "-Mdo"])
+            .args(args)
+            .output()
+            .expect("ping");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (ok, text) = ping(&["-s", &size, cluster.c.v4]);
+    assert!(ok, "a full-size packet: {text}");
+    // An underlay narrower than planned: the VXLAN device answers the
+    // packet that no longer fits with "fragmentation needed" (IPv4) and
+    // "packet too big" (IPv6), carrying the MTU that fits.
+    in_ns(&cluster.n1, &["ip", "link", "set", "u1", "mtu", "1400"]);
+    let fits = 1400 - 50;
+    let (ok, text) = ping(&["-s", &size, cluster.c.v4]);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("mtu = {fits}")) || text.contains(&format!("mtu={fits}")),
+        "IPv4: {text}"
+    );
+    let size6 = (POD_MTU - 48).to_string();
+    let (ok, text) = ping(&["-s", &size6, cluster.c.v6]);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!("mtu = {fits}")) || text.contains(&format!("mtu={fits}")),
+        "IPv6: {text}"
+    );
+    // And then TCP adapts to it.
+    exchange(&cluster.a.ns, socket(cluster.c.v4, 8080), 1 << 20).expect("TCP at the new MTU");
+
+    let (n1, n2) = (cluster.n1.clone(), cluster.n2.clone());
+    for (node, ns) in [(&cluster.node1, n1), (&cluster.node2, n2)] {
+        node.run(move |datapath, _| {
+            datapath.detach_overlay(OVERLAY_DEVICE).expect("remove");
+        });
+        eventually(Duration::from_secs(5), "the device is gone", || {
+            !Command::new("ip")
+                .args(["-n", &ns, "link", "show", OVERLAY_DEVICE])
+                .output()
+                .expect("ip")
+                .status
+                .success()
+        });
+    }
+}
+
+/// Native routing: no encapsulation, the node's routes carry the pod CIDRs
+/// over the underlay (IPv4 over IPv4, IPv6 over IPv6), and the receiver
+/// takes the source identity from its ipcache.
+#[test]
+fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache() {
+    if !privileged("pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache") {
+        return;
+    }
+    let cluster = Cluster::build("nat");
+    for (ns, remote, underlay) in [
+        (
+            &cluster.n1,
+            ("10.244.2.0/24", "fd00:10:244:2::/64"),
+            ("192.0.2.2", "2001:db8::2"),
+        ),
+        (
+            &cluster.n2,
+            ("10.244.1.0/24", "fd00:10:244:1::/64"),
+            ("192.0.2.1", "2001:db8::1"),
+        ),
+    ] {
+        in_ns(ns, &["ip", "route", "add", remote.0, "via", underlay.0]);
+        in_ns(
+            ns,
+            &["ip", "-6", "route", "add", remote.1, "via", underlay.1],
+        );
+    }
+    for node in [&cluster.node1, &cluster.node2] {
+        node.run(|datapath, _| {
+            datapath
+                .set_routing_mode(RoutingMode::Native)
+                .expect("native mode");
+        });
+    }
+    cluster.ipcache(
+        &[("10.244.2.5", 2001), ("fd00:10:244:2::5", 2001)],
+        &[
+            ("10.244.1.5", 1001),
+            ("fd00:10:244:1::5", 1001),
+            ("10.244.1.6", 1002),
+            ("fd00:10:244:1::6", 1002),
+        ],
+    );
+    cluster.police_c();
+    echo_server(&cluster.c.ns, 8080);
+    let capture = Capture::open(&cluster.n2, "u2");
+    for target in [cluster.c.v4, cluster.c.v6] {
+        exchange(&cluster.a.ns, socket(target, 8080), 1 << 16)
+            .unwrap_or_else(|e| panic!("a → {target}: {e}"));
+        assert!(
+            exchange(&cluster.b.ns, socket(target, 8080), 16).is_err(),
+            "b reached {target}"
+        );
+    }
+    let frames = capture.frames();
+    assert!(vxlan(&frames).is_empty() && !frames.is_empty());
+    assert!(
+        frames
+            .iter()
+            .any(|f| inner_source(f) == Some(IpAddr::V4(Ipv4Addr::new(10, 244, 1, 5)))),
+        "a's packets cross the underlay as they are"
+    );
+    let events = cluster
+        .node2
+        .run(|_, reader| events_within(reader, Duration::from_millis(500)));
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Drop as u8
+            && e.drop_reason == drop_reason::POLICY_DENIED
+            && e.source_identity == 1002),
+        "b's drop, by its ipcache identity: {events:?}"
+    );
+}

@@ -1,0 +1,162 @@
+//! The overlay between nodes (tunnel mode): packets `from_container`
+//! forwards to a pod of another node are encapsulated by the node's VXLAN
+//! device (collect-metadata mode) with the sender's security identity as the
+//! VNI, as Cilium does (`to_overlay`); on the receiving node `from_overlay`
+//! (the VXLAN device's ingress) takes that identity from the VNI and hands
+//! it, in the packet's mark, to the destination pod's `to_container`, which
+//! decides its ingress policy with it.
+
+use crate::events::drop_packet;
+use crate::policy::IDENTITY_WORLD;
+use crate::state::State;
+use aya_ebpf::bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, bpf_tunnel_key};
+use aya_ebpf::helpers::{
+    bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key,
+};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, LpmTrie};
+use aya_ebpf::programs::TcContext;
+use myelin_common::maps::{FAMILY_IPV4, MARK_OVERLAY_IDENTITY, ROUTING_TUNNEL};
+use myelin_common::{DatapathConfig, IpcacheKey, ObservationPoint, TunnelEndpoint, drop_reason};
+
+/// The node-wide settings (index 0): routing mode and the overlay device.
+#[map(name = "MYELIN_CONFIG")]
+pub(crate) static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// Remote nodes' pod CIDRs (keyed as the ipcache) → their underlay address.
+#[map(name = "MYELIN_TUNNEL")]
+pub(crate) static TUNNEL_ENDPOINTS: LpmTrie<IpcacheKey, TunnelEndpoint> =
+    LpmTrie::pinned(16384, BPF_F_NO_PREALLOC);
+
+/// LPM tries must be created without preallocation.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// `skb->pkt_type` of a packet addressed to this host.
+const PACKET_HOST: u32 = 0;
+
+/// The size of the tunnel key the helpers read and write.
+const TUNNEL_KEY_SIZE: u32 = core::mem::size_of::<bpf_tunnel_key>() as u32;
+
+/// Hop limit of the outer (underlay) header.
+const UNDERLAY_TTL: u8 = 64;
+
+/// In tunnel mode, sends a packet whose destination lies in a remote node's
+/// pod CIDR to that node through the overlay: the tunnel key (the node's
+/// underlay address, VNI = the sending pod's identity) is attached and the
+/// packet redirected to the VXLAN device's egress, which encapsulates it.
+/// The inner frame keeps the pod's Ethernet header; the receiving
+/// `from_overlay` marks it as addressed to its host, so its MACs do not
+/// matter there.
+///
+/// `TC_ACT_OK` — the stack routes the packet — in native mode, without an
+/// overlay device, or when no remote node's CIDR covers the destination
+/// (the map holds only other nodes' CIDRs, never this node's).
+// A separate BPF function: its locals get their own frame.
+#[inline(never)]
+pub(crate) fn to_overlay(ctx: &TcContext, st: &mut State) -> i32 {
+    let Some(config) = CONFIG.get(0) else {
+        return TC_ACT_OK;
+    };
+    if config.routing_mode != ROUTING_TUNNEL || config.overlay_ifindex == 0 {
+        return TC_ACT_OK;
+    }
+    let ifindex = config.overlay_ifindex;
+    let bits = if st.pkt.family == FAMILY_IPV4 {
+        32
+    } else {
+        128
+    };
+    let key = Key::new(
+        8 + bits,
+        IpcacheKey {
+            family: st.pkt.family,
+            addr: st.pkt.daddr,
+            _pad: [0; 3],
+        },
+    );
+    let Some(remote) = TUNNEL_ENDPOINTS.get(&key).copied() else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: plain old data; all zero is a valid value of every field.
+    let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    tunnel.tunnel_id = st.meta.src_identity;
+    tunnel.tunnel_ttl = UNDERLAY_TTL;
+    let a = remote.addr;
+    let flags = if remote.family == FAMILY_IPV4 {
+        // The helper takes the IPv4 address in host order.
+        tunnel.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
+        0
+    } else {
+        // ... and the IPv6 address as it is on the wire.
+        tunnel.__bindgen_anon_1.remote_ipv6 = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        u64::from(BPF_F_TUNINFO_IPV6)
+    };
+    // SAFETY: the context's skb and a tunnel key of the size given.
+    let set = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut tunnel, TUNNEL_KEY_SIZE, flags) };
+    if set != 0 {
+        return drop_packet(
+            ctx,
+            st,
+            ObservationPoint::ToStack,
+            drop_reason::WRITE_ERROR,
+            0,
+        );
+    }
+    // SAFETY: a helper taking plain integers.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// The security identity a VNI stands for. A VNI that is no identity
+/// Myelin allocates (0, or above 16 bits) is `world` (2): the sender is
+/// not known, as Cilium treats a packet without a known source identity.
+fn vni_identity(vni: u32) -> u32 {
+    if vni == 0 || vni > 0xffff {
+        IDENTITY_WORLD
+    } else {
+        vni
+    }
+}
+
+/// A packet decapsulated by the node's VXLAN device: its source identity is
+/// the VNI (never the ipcache's idea of the inner source address). It goes
+/// on through the node's stack, which routes it to the destination pod's
+/// veth, carrying the identity in its mark ([`MARK_OVERLAY_IDENTITY`] in
+/// bits 0..15, the identity in bits 16..31; marks survive within the node's
+/// namespace). The inner frame's destination MAC is the sending pod's
+/// gateway, not this device: the packet is declared addressed to this host,
+/// or the stack would drop it as another host's.
+pub(crate) fn from_overlay_inner(ctx: &TcContext) -> i32 {
+    // SAFETY: plain old data; all zero is a valid value of every field.
+    let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's skb and a tunnel key of the size given. The
+    // helper refuses a key of the other family: IPv4 underlay first.
+    let mut got = unsafe { bpf_skb_get_tunnel_key(skb, &mut tunnel, TUNNEL_KEY_SIZE, 0) };
+    if got != 0 {
+        // SAFETY: as above.
+        got = unsafe {
+            bpf_skb_get_tunnel_key(
+                skb,
+                &mut tunnel,
+                TUNNEL_KEY_SIZE,
+                u64::from(BPF_F_TUNINFO_IPV6),
+            )
+        };
+    }
+    let identity = if got == 0 {
+        vni_identity(tunnel.tunnel_id)
+    } else {
+        // No tunnel metadata: not from a VXLAN peer.
+        IDENTITY_WORLD
+    };
+    ctx.set_mark(MARK_OVERLAY_IDENTITY | identity << 16);
+    // SAFETY: a helper taking the context's skb and a plain integer.
+    unsafe { bpf_skb_change_type(skb, PACKET_HOST) };
+    TC_ACT_OK
+}
