@@ -22,7 +22,7 @@ pub use events::EventReader;
 pub use handles::parse_mac;
 pub use loader::{
     Datapath, EndpointAttachment, MapLayout, PROGRAM_FROM_CONTAINER, PROGRAM_FROM_OVERLAY,
-    PROGRAM_PROXY_LOOKUP, PROGRAM_TO_CONTAINER, ReplacedPin, TestRunOutcome,
+    PROGRAM_PROXY_LOOKUP, PROGRAM_TO_CONTAINER, PROGRAM_TO_OVERLAY, ReplacedPin, TestRunOutcome,
 };
 pub use myelin_common::{
     EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,

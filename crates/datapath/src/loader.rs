@@ -25,6 +25,9 @@ pub const PROGRAM_TO_CONTAINER: &str = "to_container";
 /// The program on the node's VXLAN device's ingress: packets from other
 /// nodes' pods, decapsulated (tunnel mode).
 pub const PROGRAM_FROM_OVERLAY: &str = "from_overlay";
+/// The program on the node's VXLAN device's egress: the tunnel key of
+/// packets the node's stack routes into the overlay.
+pub const PROGRAM_TO_OVERLAY: &str = "to_overlay";
 /// The node namespace's socket lookup program: hands a SYN that reopens a
 /// redirected tuple still in TIME_WAIT to the proxy's listener.
 pub const PROGRAM_PROXY_LOOKUP: &str = "proxy_lookup";
@@ -289,7 +292,7 @@ impl Datapath {
         for name in HOOKS
             .map(|(name, _, _)| name)
             .into_iter()
-            .chain([PROGRAM_FROM_OVERLAY])
+            .chain([PROGRAM_FROM_OVERLAY, PROGRAM_TO_OVERLAY])
         {
             classifier(&mut ebpf, name)?
                 .load()
@@ -343,9 +346,9 @@ impl Datapath {
         self.pin_dir.join("overlay")
     }
 
-    /// The pin of `from_overlay`'s link on the overlay device `ifname`.
-    pub(crate) fn overlay_link_pin(&self, ifname: &str) -> PathBuf {
-        self.overlay_pin_dir().join(ifname)
+    /// The pin of `program`'s link on the overlay device `ifname`.
+    pub(crate) fn overlay_link_pin(&self, ifname: &str, program: &str) -> PathBuf {
+        self.overlay_pin_dir().join(ifname).join(program)
     }
 
     /// Registers the endpoint behind host-side veth `ifname` and attaches the

@@ -13,9 +13,15 @@ use myelin_common::maps::{FAMILY_IPV4, ROUTING_NATIVE, ROUTING_TUNNEL, names};
 use myelin_common::{DatapathConfig, IpcacheKey, TunnelEndpoint};
 
 use crate::error::DatapathError;
-use crate::loader::{Attached, Datapath, PROGRAM_FROM_OVERLAY, unpin};
+use crate::loader::{Attached, Datapath, PROGRAM_FROM_OVERLAY, PROGRAM_TO_OVERLAY, unpin};
 use crate::maps::{capacity, map_error, removed};
 use crate::tables::{addr_bytes, family_of, ip_from};
+
+/// The programs on the overlay device, and where.
+const OVERLAY_HOOKS: [(&str, TcAttachType); 2] = [
+    (PROGRAM_FROM_OVERLAY, TcAttachType::Ingress),
+    (PROGRAM_TO_OVERLAY, TcAttachType::Egress),
+];
 
 /// The name Myelin gives the node's VXLAN device.
 pub const OVERLAY_DEVICE: &str = "myelin_vxlan";
@@ -125,7 +131,8 @@ pub struct OverlayDevice {
     /// True when this call created it; false when it was found (an agent
     /// restart) and adopted.
     pub created: bool,
-    /// True when `from_overlay` was already attached and was kept.
+    /// True when `from_overlay` and `to_overlay` were already attached and
+    /// were kept.
     pub readopted: bool,
 }
 
@@ -228,10 +235,14 @@ impl Datapath {
     /// Creates the node's VXLAN device `name` in the calling thread's
     /// network namespace (the node's, as for [`Datapath::attach_endpoint`])
     /// in collect-metadata mode on UDP port [`VXLAN_PORT`], without address
-    /// learning, with `mtu` (the pods' MTU, [`pod_mtu`]), up; attaches
-    /// `from_overlay` to its ingress and tells the programs its ifindex.
+    /// learning or ARP, with `mtu` (the pods' MTU, [`pod_mtu`]), up; attaches
+    /// `from_overlay` to its ingress and `to_overlay` to its egress and tells
+    /// the programs its ifindex. The node's routes to the remote pod CIDRs
+    /// should point into the device (`ip route add CIDR dev NAME`): packets
+    /// too big for it then get the stack's ICMP answer, and what the node
+    /// itself sends to remote pods takes the overlay too.
     /// Idempotent: a device of that name already fit for the job (an agent
-    /// restart) is adopted, and a `from_overlay` already attached is kept.
+    /// restart) is adopted, and programs already attached are kept.
     /// A device of that name that is something else is refused, untouched.
     pub fn attach_overlay(&mut self, name: &str, mtu: u32) -> Result<OverlayDevice, DatapathError> {
         let created = match describe(name)? {
@@ -272,11 +283,15 @@ impl Datapath {
                 name: name.to_string(),
                 source,
             })?;
-        let dir = self.overlay_pin_dir();
+        let dir = self.overlay_pin_dir().join(name);
         std::fs::create_dir_all(&dir)
             .map_err(|source| DatapathError::PinDirectory { path: dir, source })?;
-        let pin = self.overlay_link_pin(name);
-        let attached = self.attach_tc(name, PROGRAM_FROM_OVERLAY, TcAttachType::Ingress, &pin)?;
+        let mut readopted = true;
+        for (program, attach_type) in OVERLAY_HOOKS {
+            let pin = self.overlay_link_pin(name, program);
+            let attached = self.attach_tc(name, program, attach_type, &pin)?;
+            readopted &= matches!(attached, Attached::Kept);
+        }
         let mut config = self.datapath_config()?;
         config.overlay_ifindex = ifindex;
         self.write_config(config)?;
@@ -284,21 +299,24 @@ impl Datapath {
             name: name.to_string(),
             ifindex,
             created,
-            readopted: matches!(attached, Attached::Kept),
+            readopted,
         })
     }
 
     /// Removes the node's VXLAN device `name`: the programs stop sending to
-    /// it (tunnel mode then passes packets to the stack), `from_overlay` is
+    /// it (tunnel mode then passes packets to the stack), the programs are
     /// detached and the device deleted. Idempotent.
     pub fn detach_overlay(&mut self, name: &str) -> Result<(), DatapathError> {
         let mut config = self.datapath_config()?;
         config.overlay_ifindex = 0;
         self.write_config(config)?;
-        let pin = self.overlay_link_pin(name);
-        if pin.exists() {
-            unpin(&pin)?;
+        for (program, _) in OVERLAY_HOOKS {
+            let pin = self.overlay_link_pin(name, program);
+            if pin.exists() {
+                unpin(&pin)?;
+            }
         }
+        let _ = std::fs::remove_dir(self.overlay_pin_dir().join(name));
         match describe(name)? {
             Some(link) if unfit(&link).is_none() => ip(name, &["link", "del", "dev", name]),
             Some(_) => Err(overlay_error(

@@ -241,8 +241,31 @@ fn the_receiver_decides_with_the_identity_the_overlay_mark_carries() {
 // ---------------------------------------------------------------------------
 // Two nodes in namespaces.
 
+/// What a node's jobs work on: its datapath, its event reader and the
+/// runtime the reader is registered with.
+struct NodeContext {
+    datapath: Datapath,
+    reader: EventReader,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl NodeContext {
+    /// Every event the node's programs report within `window`.
+    fn events_within(&mut self, window: Duration) -> Vec<TraceEvent> {
+        let mut events = Vec::new();
+        let reader = &mut self.reader;
+        self.runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + window;
+            while let Ok(read) = tokio::time::timeout_at(deadline, reader.read(&mut events)).await {
+                read.expect("read events");
+            }
+        });
+        events
+    }
+}
+
 /// A job for a node's datapath thread.
-type Job = Box<dyn FnOnce(&mut Datapath, &mut EventReader) + Send>;
+type Job = Box<dyn FnOnce(&mut NodeContext) + Send>;
 
 /// A node namespace whose datapath lives on a thread of its own inside it
 /// (the programs attach to, and the device is created in, the calling
@@ -260,12 +283,24 @@ impl Node {
         let thread = std::thread::spawn(move || {
             support::netns::enter(&ns);
             let bpffs = ScratchBpffs::mount().expect("bpffs");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             let mut datapath = Datapath::load(bpffs.path()).expect("load");
-            let mut reader = datapath.event_reader().expect("event reader");
+            let reader = {
+                let _entered = runtime.enter();
+                datapath.event_reader().expect("event reader")
+            };
+            let mut context = NodeContext {
+                datapath,
+                reader,
+                runtime,
+            };
             for job in queue {
-                job(&mut datapath, &mut reader);
+                job(&mut context);
             }
-            drop(datapath);
+            drop(context);
             drop(bpffs);
         });
         Node {
@@ -274,14 +309,11 @@ impl Node {
         }
     }
 
-    /// Runs `f` on the node's datapath and returns its result.
-    fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Datapath, &mut EventReader) -> R + Send + 'static,
-    ) -> R {
+    /// Runs `f` on the node's thread and returns its result.
+    fn run<R: Send + 'static>(&self, f: impl FnOnce(&mut NodeContext) -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::channel();
-        let job: Job = Box::new(move |datapath, reader| {
-            let _ = tx.send(f(datapath, reader));
+        let job: Job = Box::new(move |context| {
+            let _ = tx.send(f(context));
         });
         self.jobs
             .as_ref()
@@ -300,22 +332,6 @@ impl Drop for Node {
             let _ = thread.join();
         }
     }
-}
-
-/// Every event the node's programs report within `window`.
-fn events_within(reader: &mut EventReader, window: Duration) -> Vec<TraceEvent> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut events = Vec::new();
-    runtime.block_on(async {
-        let deadline = tokio::time::Instant::now() + window;
-        while let Ok(read) = tokio::time::timeout_at(deadline, reader.read(&mut events)).await {
-            read.expect("read events");
-        }
-    });
-    events
 }
 
 /// A pod: its namespace, host veth in its node, addresses and identity.
@@ -445,7 +461,8 @@ impl Cluster {
             };
             info.ipv4 = v4.octets();
             info.ipv6 = v6.octets();
-            node.run(move |datapath, _| {
+            node.run(move |node| {
+                let datapath = &mut node.datapath;
                 datapath.attach_endpoint(veth, &info).expect("attach");
             });
         }
@@ -465,7 +482,8 @@ impl Cluster {
     fn ipcache(&self, node1: &[(&'static str, u32)], node2: &[(&'static str, u32)]) {
         for (node, entries) in [(&self.node1, node1), (&self.node2, node2)] {
             let entries = entries.to_vec();
-            node.run(move |datapath, _| {
+            node.run(move |node| {
+                let datapath = &mut node.datapath;
                 for (address, identity) in entries {
                     let len = if ip(address).is_ipv4() { 32 } else { 128 };
                     datapath
@@ -479,7 +497,8 @@ impl Cluster {
     /// Pod `c` admits TCP 8080 and ICMP from identity 1001 only.
     fn police_c(&self) {
         let id = self.c.identity;
-        self.node2.run(move |datapath, _| {
+        self.node2.run(move |node| {
+            let datapath = &mut node.datapath;
             datapath
                 .replace_policy(
                     id,
@@ -488,6 +507,7 @@ impl Cluster {
                         egress_enforced: false,
                         rules: vec![
                             ingress_allow(1001, TCP, Some((8080, 8080))),
+                            ingress_allow(1001, 17, Some((9001, 9001))),
                             ingress_allow(1001, 1, None),
                             ingress_allow(1001, 58, None),
                         ],
@@ -711,6 +731,89 @@ fn inner_source(frame: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// From pod namespace `ns`: sends one UDP datagram of `size` bytes (IP
+/// header included) to `target`, not to be fragmented, and returns the ICMP
+/// answer its socket's error queue gets (origin, type, code, the MTU it
+/// reports).
+fn too_big_answer(ns: &str, target: SocketAddr, size: usize) -> (u8, u8, u8, u32) {
+    in_thread(ns, move || {
+        let v4 = target.is_ipv4();
+        let (local, header) = if v4 {
+            ("0.0.0.0:0", 28)
+        } else {
+            ("[::]:0", 48)
+        };
+        let udp = std::net::UdpSocket::bind(local).expect("bind");
+        udp.connect(target).expect("connect");
+        let fd = udp.as_raw_fd();
+        let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+            // SAFETY: an int option on our socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    level,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "setsockopt {level}/{name}");
+        };
+        if v4 {
+            set(
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DO,
+            );
+            set(libc::IPPROTO_IP, libc::IP_RECVERR, 1);
+        } else {
+            set(
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MTU_DISCOVER,
+                libc::IPV6_PMTUDISC_DO,
+            );
+            set(libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1);
+        }
+        let payload = vec![0u8; size - header];
+        udp.send(&payload).expect("the pod's MTU lets it leave");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let mut data = [0u8; 64];
+            let mut control = [0u8; 512];
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
+            };
+            // SAFETY: zero is a valid msghdr; the pointers set below
+            // outlive the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = control.len();
+            // SAFETY: recvmsg on our socket with the buffers above.
+            let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                // SAFETY: the kernel filled msg's control buffer; the
+                // cmsg macros walk it within msg_controllen.
+                unsafe {
+                    let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+                    while !cmsg.is_null() {
+                        let err = libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>();
+                        let err = err.read_unaligned();
+                        if err.ee_errno == libc::EMSGSIZE as u32 {
+                            return (err.ee_origin, err.ee_type, err.ee_code, err.ee_info);
+                        }
+                        cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no ICMP answer within 3 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
 fn socket(address: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip(address), port)
 }
@@ -745,7 +848,8 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
             "192.0.2.1",
         ),
     ] {
-        node.run(move |datapath, _| {
+        node.run(move |node| {
+            let datapath = &mut node.datapath;
             let device = datapath
                 .attach_overlay(OVERLAY_DEVICE, POD_MTU)
                 .expect("overlay device");
@@ -760,6 +864,17 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
                 ])
                 .expect("tunnel endpoints");
         });
+    }
+    // The node's routes to the remote pod CIDRs go into the device.
+    for (ns, remote) in [
+        (&cluster.n1, ("10.244.2.0/24", "fd00:10:244:2::/64")),
+        (&cluster.n2, ("10.244.1.0/24", "fd00:10:244:1::/64")),
+    ] {
+        in_ns(ns, &["ip", "route", "add", remote.0, "dev", OVERLAY_DEVICE]);
+        in_ns(
+            ns,
+            &["ip", "-6", "route", "add", remote.1, "dev", OVERLAY_DEVICE],
+        );
     }
     cluster.ipcache(
         &[("10.244.2.5", 2001), ("fd00:10:244:2::5", 2001)],
@@ -776,7 +891,7 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
     // Drain the events of the set-up.
     cluster
         .node2
-        .run(|_, reader| events_within(reader, Duration::from_millis(200)));
+        .run(|node| node.events_within(Duration::from_millis(200)));
 
     // a → c, IPv4 and IPv6 pods over the IPv4 underlay, a megabyte each way
     // at the pods' MTU: nothing is lost to size.
@@ -823,7 +938,7 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
     );
     let events = cluster
         .node2
-        .run(|_, reader| events_within(reader, Duration::from_millis(500)));
+        .run(|node| node.events_within(Duration::from_millis(500)));
     let from = |source: &str| {
         let source = ip(source);
         move |e: &&TraceEvent| {
@@ -850,7 +965,8 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
 
     // A ClusterIP on node1 whose backend is c on node2: translated at the
     // client's node, reverse NAT on the answer there.
-    cluster.node1.run(|datapath, _| {
+    cluster.node1.run(|node| {
+        let datapath = &mut node.datapath;
         datapath
             .upsert_service(&Service {
                 frontend: socket("10.96.0.10", 80),
@@ -862,46 +978,59 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
     });
     exchange(&cluster.a.ns, socket("10.96.0.10", 80), 4096).expect("a → ClusterIP → c");
 
-    // The largest packet the pods' MTU allows crosses whole.
-    let size = (POD_MTU - 28).to_string();
-    let ping = |args: &[&str]| {
-        let output = Command::new("ip")
-            .args(["netns", "exec", &cluster.a.ns, "ping", "-c1", "-W2", "-Mdo"])
-            .args(args)
-            .output()
-            .expect("ping");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned()
-                + &String::from_utf8_lossy(&output.stderr),
-        )
-    };
-    let (ok, text) = ping(&["-s", &size, cluster.c.v4]);
-    assert!(ok, "a full-size packet: {text}");
-    // An underlay narrower than planned: the VXLAN device answers the
-    // packet that no longer fits with "fragmentation needed" (IPv4) and
-    // "packet too big" (IPv6), carrying the MTU that fits.
-    in_ns(&cluster.n1, &["ip", "link", "set", "u1", "mtu", "1400"]);
-    let fits = 1400 - 50;
-    let (ok, text) = ping(&["-s", &size, cluster.c.v4]);
-    assert!(!ok);
-    assert!(
-        text.contains(&format!("mtu = {fits}")) || text.contains(&format!("mtu={fits}")),
-        "IPv4: {text}"
+    // A pod whose MTU is bigger than the overlay's (not sized by the agent):
+    // its packet that does not fit goes to the node's stack, whose route
+    // into the overlay answers it with "fragmentation needed" (IPv4) or
+    // "packet too big" (IPv6) carrying the MTU that fits; a datagram it may
+    // fragment crosses in fragments (keyed by `to_overlay`). (At the pods'
+    // MTU nothing is too big: the transfers above went through whole.)
+    for (ns, dev) in [(&cluster.a.ns, "eth0"), (&cluster.n1, "ha")] {
+        in_ns(ns, &["ip", "link", "set", dev, "mtu", "1500"]);
+    }
+    assert_eq!(
+        too_big_answer(&cluster.a.ns, socket(cluster.c.v4, 9000), 1500),
+        (libc::SO_EE_ORIGIN_ICMP, 3, 4, POD_MTU),
+        "IPv4: ICMP destination unreachable, fragmentation needed"
     );
-    let size6 = (POD_MTU - 48).to_string();
-    let (ok, text) = ping(&["-s", &size6, cluster.c.v6]);
-    assert!(!ok);
-    assert!(
-        text.contains(&format!("mtu = {fits}")) || text.contains(&format!("mtu={fits}")),
-        "IPv6: {text}"
+    assert_eq!(
+        too_big_answer(&cluster.a.ns, socket(cluster.c.v6, 9000), 1500),
+        (libc::SO_EE_ORIGIN_ICMP6, 2, 0, POD_MTU),
+        "IPv6: ICMPv6 packet too big"
     );
-    // And then TCP adapts to it.
-    exchange(&cluster.a.ns, socket(cluster.c.v4, 8080), 1 << 20).expect("TCP at the new MTU");
+    let receiver = in_thread(&cluster.c.ns, || {
+        let udp = std::net::UdpSocket::bind("0.0.0.0:9001").expect("bind");
+        udp.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        udp
+    });
+    in_thread(&cluster.a.ns, || {
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let dont = libc::IP_PMTUDISC_DONT;
+        // SAFETY: an int option on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                udp.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&dont as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        udp.send_to(&[7u8; 1472], "10.244.2.5:9001").expect("send");
+    });
+    let mut buf = [0u8; 2048];
+    let (n, from) = receiver
+        .recv_from(&mut buf)
+        .expect("the fragmented datagram arrives");
+    assert_eq!((n, from.ip()), (1472, ip(cluster.a.v4)));
+    // And TCP from the oversized pod adapts to it.
+    exchange(&cluster.a.ns, socket(cluster.c.v4, 8080), 1 << 20).expect("TCP past the MTU");
 
     let (n1, n2) = (cluster.n1.clone(), cluster.n2.clone());
     for (node, ns) in [(&cluster.node1, n1), (&cluster.node2, n2)] {
-        node.run(move |datapath, _| {
+        node.run(move |node| {
+            let datapath = &mut node.datapath;
             datapath.detach_overlay(OVERLAY_DEVICE).expect("remove");
         });
         eventually(Duration::from_secs(5), "the device is gone", || {
@@ -943,7 +1072,8 @@ fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache(
         );
     }
     for node in [&cluster.node1, &cluster.node2] {
-        node.run(|datapath, _| {
+        node.run(|node| {
+            let datapath = &mut node.datapath;
             datapath
                 .set_routing_mode(RoutingMode::Native)
                 .expect("native mode");
@@ -979,7 +1109,7 @@ fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache(
     );
     let events = cluster
         .node2
-        .run(|_, reader| events_within(reader, Duration::from_millis(500)));
+        .run(|node| node.events_within(Duration::from_millis(500)));
     assert!(
         events.iter().any(|e| e.kind == EventKind::Drop as u8
             && e.drop_reason == drop_reason::POLICY_DENIED

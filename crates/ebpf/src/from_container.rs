@@ -7,7 +7,7 @@ use crate::endpoints::{ENDPOINTS, ENDPOINTS_BY_IP, ip_key};
 use crate::events::{Outcome, drop_packet, drop_unparsed, emit};
 use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
-use crate::overlay::to_overlay;
+use crate::overlay::encapsulate;
 use crate::parse::{
     IPPROTO_TCP, IPPROTO_UDP, Packet, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };
@@ -85,7 +85,7 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
         if verdict != TC_ACT_OK {
             return verdict;
         }
-        return to_overlay(ctx, st);
+        return encapsulate(ctx, st);
     }
 
     let forward = ct_key(&st.pkt, CT_SCOPE_EGRESS, false);
@@ -158,7 +158,7 @@ fn deliver(ctx: &TcContext, st: &mut State, now: u64) -> i32 {
     if verdict != TC_ACT_OK {
         return verdict;
     }
-    to_overlay(ctx, st)
+    encapsulate(ctx, st)
 }
 
 /// Drops a packet to a service that cannot serve it ("Service backend not

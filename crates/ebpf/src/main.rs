@@ -47,7 +47,7 @@ mod to_container;
 use crate::conntrack::live_entry;
 use crate::events::count;
 use crate::from_container::from_container_inner;
-use crate::overlay::from_overlay_inner;
+use crate::overlay::{from_overlay_inner, to_overlay_inner};
 use crate::parse::IPPROTO_TCP;
 use crate::redirect::{PROXY_LISTENERS, listener_key};
 use crate::skb::ifindex;
@@ -88,6 +88,17 @@ pub fn to_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
     from_overlay_inner(&ctx)
+}
+
+/// On the node's VXLAN device (egress): the tunnel key of packets the
+/// node's stack routes into the overlay (`overlay`).
+#[classifier]
+pub fn to_overlay(ctx: TcContext) -> i32 {
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
+    to_overlay_inner(&ctx, unsafe { &mut *st })
 }
 
 const AF_INET: u32 = 2;

@@ -1,17 +1,20 @@
 //! The overlay between nodes (tunnel mode): packets `from_container`
 //! forwards to a pod of another node are encapsulated by the node's VXLAN
 //! device (collect-metadata mode) with the sender's security identity as the
-//! VNI, as Cilium does (`to_overlay`); on the receiving node `from_overlay`
+//! VNI, as Cilium does (`encapsulate`; what the node's stack routes into
+//! the device gets its key in `to_overlay`); on the receiving node `from_overlay`
 //! (the VXLAN device's ingress) takes that identity from the VNI and hands
 //! it, in the packet's mark, to the destination pod's `to_container`, which
 //! decides its ingress policy with it.
 
 use crate::events::drop_packet;
-use crate::policy::IDENTITY_WORLD;
+use crate::parse::parse;
+use crate::policy::{IDENTITY_WORLD, identity_of};
 use crate::state::State;
 use aya_ebpf::bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, bpf_tunnel_key};
 use aya_ebpf::helpers::{
-    bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key,
+    bpf_check_mtu, bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key,
+    bpf_skb_set_tunnel_key,
 };
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::lpm_trie::Key;
@@ -50,11 +53,14 @@ const UNDERLAY_TTL: u8 = 64;
 /// matter there.
 ///
 /// `TC_ACT_OK` — the stack routes the packet — in native mode, without an
-/// overlay device, or when no remote node's CIDR covers the destination
-/// (the map holds only other nodes' CIDRs, never this node's).
+/// overlay device, when no remote node's CIDR covers the destination (the
+/// map holds only other nodes' CIDRs, never this node's), or when the
+/// packet is bigger than the device's MTU: the stack's route to the remote
+/// CIDR through the device answers it (ICMP fragmentation needed / packet
+/// too big) or fragments it, and `to_overlay` encapsulates what fits.
 // A separate BPF function: its locals get their own frame.
 #[inline(never)]
-pub(crate) fn to_overlay(ctx: &TcContext, st: &mut State) -> i32 {
+pub(crate) fn encapsulate(ctx: &TcContext, st: &mut State) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return TC_ACT_OK;
     };
@@ -62,25 +68,49 @@ pub(crate) fn to_overlay(ctx: &TcContext, st: &mut State) -> i32 {
         return TC_ACT_OK;
     }
     let ifindex = config.overlay_ifindex;
-    let bits = if st.pkt.family == FAMILY_IPV4 {
-        32
-    } else {
-        128
+    let Some(remote) = tunnel_endpoint(st.pkt.family, &st.pkt.daddr) else {
+        return TC_ACT_OK;
     };
+    let mut mtu = 0u32;
+    // SAFETY: the context's skb, an out pointer on the stack.
+    let fits = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), ifindex, &mut mtu, 0, 0) } == 0;
+    if !fits {
+        return TC_ACT_OK;
+    }
+    if !set_tunnel(ctx, &remote, st.meta.src_identity) {
+        return drop_packet(
+            ctx,
+            st,
+            ObservationPoint::ToStack,
+            drop_reason::WRITE_ERROR,
+            0,
+        );
+    }
+    // SAFETY: a helper taking plain integers.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// The remote node whose pod CIDR covers `addr`, if any.
+fn tunnel_endpoint(family: u8, addr: &[u8; 16]) -> Option<TunnelEndpoint> {
+    let bits = if family == FAMILY_IPV4 { 32 } else { 128 };
     let key = Key::new(
         8 + bits,
         IpcacheKey {
-            family: st.pkt.family,
-            addr: st.pkt.daddr,
+            family,
+            addr: *addr,
             _pad: [0; 3],
         },
     );
-    let Some(remote) = TUNNEL_ENDPOINTS.get(&key).copied() else {
-        return TC_ACT_OK;
-    };
+    TUNNEL_ENDPOINTS.get(&key).copied()
+}
+
+/// Attaches the tunnel key (to `remote`, VNI `identity`); false when the
+/// kernel refuses it.
+#[inline(never)]
+fn set_tunnel(ctx: &TcContext, remote: &TunnelEndpoint, identity: u32) -> bool {
     // SAFETY: plain old data; all zero is a valid value of every field.
     let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    tunnel.tunnel_id = st.meta.src_identity;
+    tunnel.tunnel_id = identity;
     tunnel.tunnel_ttl = UNDERLAY_TTL;
     let a = remote.addr;
     let flags = if remote.family == FAMILY_IPV4 {
@@ -98,18 +128,45 @@ pub(crate) fn to_overlay(ctx: &TcContext, st: &mut State) -> i32 {
         u64::from(BPF_F_TUNINFO_IPV6)
     };
     // SAFETY: the context's skb and a tunnel key of the size given.
-    let set = unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut tunnel, TUNNEL_KEY_SIZE, flags) };
-    if set != 0 {
-        return drop_packet(
-            ctx,
-            st,
-            ObservationPoint::ToStack,
-            drop_reason::WRITE_ERROR,
-            0,
-        );
+    unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut tunnel, TUNNEL_KEY_SIZE, flags) == 0 }
+}
+
+/// Reads the packet's tunnel key (either underlay family) into `tunnel`;
+/// false when it has none.
+fn tunnel_key(ctx: &TcContext, tunnel: &mut bpf_tunnel_key) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context's skb and a tunnel key of the size given. The
+    // helper refuses a key of the other family: IPv4 underlay first.
+    unsafe {
+        bpf_skb_get_tunnel_key(skb, tunnel, TUNNEL_KEY_SIZE, 0) == 0
+            || bpf_skb_get_tunnel_key(skb, tunnel, TUNNEL_KEY_SIZE, u64::from(BPF_F_TUNINFO_IPV6))
+                == 0
     }
-    // SAFETY: a helper taking plain integers.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// On the VXLAN device's egress: packets the node's stack routes into the
+/// overlay (too big for `encapsulate`, then answered or fragmented by the
+/// stack; or sent by the node itself) get their tunnel key here: the
+/// remote node owning the destination, VNI = the source's identity (a
+/// local pod's, else the ipcache's, else world). Packets `encapsulate`
+/// redirected already have theirs. Without a remote node for the
+/// destination the device drops the packet (it has nowhere to send it).
+pub(crate) fn to_overlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
+    // SAFETY: plain old data; all zero is a valid value of every field.
+    let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    if tunnel_key(ctx, &mut tunnel) {
+        return TC_ACT_OK;
+    }
+    // Not IP, or not parsable: the device has nowhere to send it.
+    if !matches!(parse(ctx, &mut st.pkt), Ok(true)) {
+        return TC_ACT_OK;
+    }
+    let pkt = &st.pkt;
+    let Some(remote) = tunnel_endpoint(pkt.family, &pkt.daddr) else {
+        return TC_ACT_OK;
+    };
+    let _ = set_tunnel(ctx, &remote, identity_of(pkt.family, &pkt.saddr));
+    TC_ACT_OK
 }
 
 /// The security identity a VNI stands for. A VNI that is no identity
@@ -134,22 +191,8 @@ fn vni_identity(vni: u32) -> u32 {
 pub(crate) fn from_overlay_inner(ctx: &TcContext) -> i32 {
     // SAFETY: plain old data; all zero is a valid value of every field.
     let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    let skb = ctx.skb.skb;
-    // SAFETY: the context's skb and a tunnel key of the size given. The
-    // helper refuses a key of the other family: IPv4 underlay first.
-    let mut got = unsafe { bpf_skb_get_tunnel_key(skb, &mut tunnel, TUNNEL_KEY_SIZE, 0) };
-    if got != 0 {
-        // SAFETY: as above.
-        got = unsafe {
-            bpf_skb_get_tunnel_key(
-                skb,
-                &mut tunnel,
-                TUNNEL_KEY_SIZE,
-                u64::from(BPF_F_TUNINFO_IPV6),
-            )
-        };
-    }
-    let identity = if got == 0 {
+    let got = tunnel_key(ctx, &mut tunnel);
+    let identity = if got {
         vni_identity(tunnel.tunnel_id)
     } else {
         // No tunnel metadata: not from a VXLAN peer.
@@ -157,6 +200,6 @@ pub(crate) fn from_overlay_inner(ctx: &TcContext) -> i32 {
     };
     ctx.set_mark(MARK_OVERLAY_IDENTITY | identity << 16);
     // SAFETY: a helper taking the context's skb and a plain integer.
-    unsafe { bpf_skb_change_type(skb, PACKET_HOST) };
+    unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
     TC_ACT_OK
 }
