@@ -359,7 +359,7 @@ struct Cluster {
 impl Cluster {
     /// Builds the namespaces, the underlay and the pods, and attaches the
     /// programs; the routing is the caller's.
-    fn build(test: &str) -> Self {
+    fn build(test: &str, mtu: u32) -> Self {
         let pid = std::process::id();
         let name = |what: &str| format!("ovl-{pid}-{test}-{what}");
         let (n1, n2) = (name("n1"), name("n2"));
@@ -450,7 +450,7 @@ impl Cluster {
             (&node1, &n1, &b, 1, "hb"),
             (&node2, &n2, &c, 2, "hc"),
         ] {
-            add_pod(node_ns, pod, index, veth);
+            add_pod(node_ns, pod, index, veth, mtu);
             let mut info = EndpointInfo {
                 endpoint_id: pod.identity,
                 identity: pod.identity,
@@ -494,6 +494,43 @@ impl Cluster {
         }
     }
 
+    /// Tunnel mode on both nodes: the overlay device at `mtu`, each node's
+    /// tunnel endpoints (the other's pod CIDRs via its underlay address in
+    /// `underlay`), and the nodes' routes to them into the device.
+    fn tunnel(&self, underlay: [&'static str; 2], mtu: u32) {
+        for (node, remote, endpoint) in [
+            (&self.node1, ("10.244.2.0", "fd00:10:244:2::"), underlay[1]),
+            (&self.node2, ("10.244.1.0", "fd00:10:244:1::"), underlay[0]),
+        ] {
+            node.run(move |node| {
+                let datapath = &mut node.datapath;
+                let device = datapath
+                    .attach_overlay(OVERLAY_DEVICE, mtu)
+                    .expect("overlay device");
+                assert!(device.created);
+                datapath
+                    .set_routing_mode(RoutingMode::Tunnel)
+                    .expect("tunnel mode");
+                datapath
+                    .sync_tunnel_endpoints(&[
+                        route(remote.0, 24, endpoint),
+                        route(remote.1, 64, endpoint),
+                    ])
+                    .expect("tunnel endpoints");
+            });
+        }
+        for (ns, remote) in [
+            (&self.n1, ("10.244.2.0/24", "fd00:10:244:2::/64")),
+            (&self.n2, ("10.244.1.0/24", "fd00:10:244:1::/64")),
+        ] {
+            in_ns(ns, &["ip", "route", "add", remote.0, "dev", OVERLAY_DEVICE]);
+            in_ns(
+                ns,
+                &["ip", "-6", "route", "add", remote.1, "dev", OVERLAY_DEVICE],
+            );
+        }
+    }
+
     /// Pod `c` admits TCP 8080 and ICMP from identity 1001 only.
     fn police_c(&self) {
         let id = self.c.identity;
@@ -519,9 +556,9 @@ impl Cluster {
 }
 
 /// Pod `pod` behind veth `veth` of node namespace `node` (as the lab builds
-/// them: routed, the node's address as gateway), both ends at the pods' MTU.
-fn add_pod(node: &str, pod: &Pod, index: u8, veth: &str) {
-    let mtu = POD_MTU.to_string();
+/// them: routed, the node's address as gateway), both ends at `mtu`.
+fn add_pod(node: &str, pod: &Pod, index: u8, veth: &str, mtu: u32) {
+    let mtu = mtu.to_string();
     in_ns(
         node,
         &[
@@ -689,31 +726,64 @@ impl Capture {
         }
     }
 
-    /// The VXLAN packets captured so far: the VNI and the inner frame.
-    fn vxlan(&self) -> Vec<(u32, Vec<u8>)> {
+    /// The VXLAN packets captured so far.
+    fn vxlan(&self) -> Vec<Vxlan> {
         vxlan(&self.frames())
     }
 }
 
-/// The VXLAN packets among `frames` (outer IPv4, UDP 8472): the VNI and the
-/// inner frame.
-fn vxlan(frames: &[Vec<u8>]) -> Vec<(u32, Vec<u8>)> {
+/// A VXLAN packet seen on the underlay.
+struct Vxlan {
+    /// The outer header is IPv6.
+    outer_ipv6: bool,
+    vni: u32,
+    inner: Vec<u8>,
+}
+
+/// The VXLAN packets among `frames` (outer IPv4 or IPv6 without extension
+/// headers, UDP 8472).
+fn vxlan(frames: &[Vec<u8>]) -> Vec<Vxlan> {
     frames
         .iter()
         .filter_map(|f| {
-            if f.len() < 14 + 20 + 8 + 8 + 14 || f[12..14] != [0x08, 0x00] || f[23] != 17 {
-                return None;
-            }
-            let udp = 14 + usize::from(f[14] & 0x0f) * 4;
-            let port = u16::from_be_bytes([f[udp + 2], f[udp + 3]]);
+            let (outer_ipv6, udp) = match (f.get(12..14)?, f.get(14)?) {
+                ([0x08, 0x00], _) if f.get(23) == Some(&17) => {
+                    (false, 14 + usize::from(f[14] & 0x0f) * 4)
+                }
+                ([0x86, 0xdd], _) if f.get(20) == Some(&17) => (true, 14 + 40),
+                _ => return None,
+            };
+            let port = u16::from_be_bytes([*f.get(udp + 2)?, *f.get(udp + 3)?]);
             if port != myelin_datapath::VXLAN_PORT {
                 return None;
             }
-            let vxlan = &f[udp + 8..];
-            let vni = u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]);
-            Some((vni, vxlan[8..].to_vec()))
+            let vxlan = f.get(udp + 8..)?;
+            let vni = u32::from_be_bytes([0, *vxlan.get(4)?, *vxlan.get(5)?, *vxlan.get(6)?]);
+            Some(Vxlan {
+                outer_ipv6,
+                vni,
+                inner: vxlan.get(8..)?.to_vec(),
+            })
         })
         .collect()
+}
+
+/// Asserts that `seen` has VXLAN packets from `source` over an IPv6
+/// (`outer_ipv6`) or IPv4 underlay, and that their VNI is `identity`.
+fn assert_only_vni(seen: &[Vxlan], source: &str, outer_ipv6: bool, identity: u32) {
+    let vnis: Vec<u32> = seen
+        .iter()
+        .filter(|p| p.outer_ipv6 == outer_ipv6 && inner_source(&p.inner) == Some(ip(source)))
+        .map(|p| p.vni)
+        .collect();
+    assert!(
+        !vnis.is_empty(),
+        "no VXLAN packet from {source} on the underlay (outer IPv6: {outer_ipv6})"
+    );
+    assert!(
+        vnis.iter().all(|vni| *vni == identity),
+        "VNIs of {source}: {vnis:?}"
+    );
 }
 
 /// The inner frame's source address (IPv4 or IPv6).
@@ -835,47 +905,8 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
     if !privileged("pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni") {
         return;
     }
-    let cluster = Cluster::build("tun");
-    for (node, remote, underlay) in [
-        (
-            &cluster.node1,
-            ("10.244.2.0", "fd00:10:244:2::"),
-            "192.0.2.2",
-        ),
-        (
-            &cluster.node2,
-            ("10.244.1.0", "fd00:10:244:1::"),
-            "192.0.2.1",
-        ),
-    ] {
-        node.run(move |node| {
-            let datapath = &mut node.datapath;
-            let device = datapath
-                .attach_overlay(OVERLAY_DEVICE, POD_MTU)
-                .expect("overlay device");
-            assert!(device.created);
-            datapath
-                .set_routing_mode(RoutingMode::Tunnel)
-                .expect("tunnel mode");
-            datapath
-                .sync_tunnel_endpoints(&[
-                    route(remote.0, 24, underlay),
-                    route(remote.1, 64, underlay),
-                ])
-                .expect("tunnel endpoints");
-        });
-    }
-    // The node's routes to the remote pod CIDRs go into the device.
-    for (ns, remote) in [
-        (&cluster.n1, ("10.244.2.0/24", "fd00:10:244:2::/64")),
-        (&cluster.n2, ("10.244.1.0/24", "fd00:10:244:1::/64")),
-    ] {
-        in_ns(ns, &["ip", "route", "add", remote.0, "dev", OVERLAY_DEVICE]);
-        in_ns(
-            ns,
-            &["ip", "-6", "route", "add", remote.1, "dev", OVERLAY_DEVICE],
-        );
-    }
+    let cluster = Cluster::build("tun", POD_MTU);
+    cluster.tunnel(["192.0.2.1", "192.0.2.2"], POD_MTU);
     cluster.ipcache(
         &[("10.244.2.5", 2001), ("fd00:10:244:2::5", 2001)],
         &[
@@ -901,25 +932,9 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
     }
     let seen = capture.vxlan();
     for source in [cluster.a.v4, cluster.a.v6] {
-        let vnis: Vec<u32> = seen
-            .iter()
-            .filter(|(_, inner)| inner_source(inner) == Some(ip(source)))
-            .map(|(vni, _)| *vni)
-            .collect();
-        assert!(
-            !vnis.is_empty(),
-            "no VXLAN packet from {source} on the underlay"
-        );
-        assert!(
-            vnis.iter().all(|vni| *vni == cluster.a.identity),
-            "VNIs of {source}: {vnis:?}"
-        );
+        assert_only_vni(&seen, source, false, cluster.a.identity);
     }
-    assert!(
-        seen.iter().any(|(vni, inner)| *vni == cluster.c.identity
-            && inner_source(inner) == Some(ip(cluster.c.v4))),
-        "c's answers travel with c's identity"
-    );
+    assert_only_vni(&seen, cluster.c.v4, false, cluster.c.identity);
 
     // b → c: refused, by the VNI's identity.
     for target in [cluster.c.v4, cluster.c.v6] {
@@ -928,14 +943,7 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
             "b reached {target}"
         );
     }
-    assert!(
-        capture
-            .vxlan()
-            .iter()
-            .any(|(vni, inner)| *vni == cluster.b.identity
-                && inner_source(inner) == Some(ip(cluster.b.v4))),
-        "b's SYN crossed with b's identity"
-    );
+    assert_only_vni(&capture.vxlan(), cluster.b.v4, false, cluster.b.identity);
     let events = cluster
         .node2
         .run(|node| node.events_within(Duration::from_millis(500)));
@@ -1052,7 +1060,7 @@ fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache(
     if !privileged("pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache") {
         return;
     }
-    let cluster = Cluster::build("nat");
+    let cluster = Cluster::build("nat", POD_MTU);
     for (ns, remote, underlay) in [
         (
             &cluster.n1,
@@ -1115,5 +1123,45 @@ fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache(
             && e.drop_reason == drop_reason::POLICY_DENIED
             && e.source_identity == 1002),
         "b's drop, by its ipcache identity: {events:?}"
+    );
+}
+
+/// Tunnel mode over an IPv6 underlay, pods at the MTU that fits it (1430):
+/// IPv4 and IPv6 pods talk, the VNI in the IPv6-borne VXLAN header is the
+/// sender's identity, and the receiver decides with it.
+#[test]
+fn pods_of_two_nodes_talk_through_the_overlay_over_an_ipv6_underlay() {
+    if !privileged("pods_of_two_nodes_talk_through_the_overlay_over_an_ipv6_underlay") {
+        return;
+    }
+    let mtu = pod_mtu(UNDERLAY_MTU, true);
+    let cluster = Cluster::build("tun6", mtu);
+    cluster.tunnel(["2001:db8::1", "2001:db8::2"], mtu);
+    cluster.ipcache(
+        &[("10.244.2.5", 2001), ("fd00:10:244:2::5", 2001)],
+        &[("10.244.1.5", 1002), ("10.244.1.6", 1001)],
+    );
+    cluster.police_c();
+    echo_server(&cluster.c.ns, 8080);
+    let capture = Capture::open(&cluster.n2, "u2");
+    for target in [cluster.c.v4, cluster.c.v6] {
+        exchange(&cluster.a.ns, socket(target, 8080), 1 << 20)
+            .unwrap_or_else(|e| panic!("a → {target}: {e}"));
+        assert!(
+            exchange(&cluster.b.ns, socket(target, 8080), 16).is_err(),
+            "b reached {target}"
+        );
+    }
+    let seen = capture.vxlan();
+    for (source, identity) in [
+        (cluster.a.v4, cluster.a.identity),
+        (cluster.a.v6, cluster.a.identity),
+        (cluster.b.v4, cluster.b.identity),
+    ] {
+        assert_only_vni(&seen, source, true, identity);
+    }
+    assert!(
+        seen.iter().all(|p| p.outer_ipv6),
+        "all over the IPv6 underlay"
     );
 }
