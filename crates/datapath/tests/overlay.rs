@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use myelin_common::maps::MARK_OVERLAY_IDENTITY;
-use myelin_common::{EventKind, TraceEvent};
+use myelin_common::{EventKind, ObservationPoint, TraceEvent};
 use myelin_datapath::{
     Datapath, EndpointInfo, EventReader, OVERLAY_DEVICE, PROGRAM_FROM_CONTAINER,
     PROGRAM_TO_CONTAINER, PolicyDirection, PolicyRule, PolicyTable, RoutingMode, RuleAction,
@@ -63,11 +63,20 @@ fn egress_deny_all() -> PolicyTable {
     }
 }
 
+/// The observation points of the traces among `events`.
+fn trace_points(events: &[TraceEvent]) -> Vec<u8> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventKind::Trace as u8)
+        .map(|e| e.observation_point)
+        .collect()
+}
+
 /// The decision in `from_container`: a packet allowed by the sender's
 /// egress policy whose destination is in a remote node's pod CIDR is
 /// redirected to the VXLAN device in tunnel mode (IPv4 and IPv6 pods, an
-/// IPv4 underlay); in native mode, outside every remote CIDR, without the
-/// device, or denied by policy, it is not.
+/// IPv4 underlay), reported to-overlay; in native mode, outside every
+/// remote CIDR, without the device, or denied by policy, it is not.
 #[test]
 fn a_packet_to_a_remote_pod_cidr_enters_the_overlay_only_in_tunnel_mode() {
     if !privileged("a_packet_to_a_remote_pod_cidr_enters_the_overlay_only_in_tunnel_mode") {
@@ -114,11 +123,17 @@ fn a_packet_to_a_remote_pod_cidr_enters_the_overlay_only_in_tunnel_mode() {
                 h.datapath.routing_mode().expect("mode"),
                 RoutingMode::Native
             );
-            assert_eq!(h.run(PROGRAM_FROM_CONTAINER, &v4).await.0, TC_ACT_OK);
+            let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &v4).await;
+            assert_eq!(verdict, TC_ACT_OK);
+            assert_eq!(trace_points(&events), [ObservationPoint::ToStack as u8]);
 
             h.datapath
                 .set_routing_mode(RoutingMode::Tunnel)
                 .expect("tunnel mode");
+            let first = Pkt::tcp("10.244.1.5", 39999, "10.244.2.7", 80, SYN).build();
+            let (verdict, _, events) = h.run(PROGRAM_FROM_CONTAINER, &first).await;
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            assert_eq!(trace_points(&events), [ObservationPoint::ToOverlay as u8]);
             // New flows, and then the established flow's next packet.
             let ack = Pkt::tcp("10.244.1.5", 40000, "10.244.2.7", 80, ACK).build();
             for frame in [&v4, &ack, &v6] {

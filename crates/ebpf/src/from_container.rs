@@ -7,7 +7,7 @@ use crate::endpoints::{ENDPOINTS, ENDPOINTS_BY_IP, ip_key};
 use crate::events::{Outcome, drop_packet, drop_unparsed, emit};
 use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
-use crate::overlay::encapsulate;
+use crate::overlay::{encapsulate, forward_point};
 use crate::parse::{
     IPPROTO_TCP, IPPROTO_UDP, Packet, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };
@@ -112,7 +112,7 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
             return to_proxy(ctx, st, proxy_port, report);
         }
         if report {
-            emit(ctx, st, &Outcome::trace(point));
+            emit(ctx, st, &Outcome::trace(forward_point(st)));
         }
         return deliver(ctx, st, now);
     }
@@ -129,7 +129,7 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
             let to = if from_proxy {
                 ObservationPoint::ToProxy
             } else {
-                point
+                forward_point(st)
             };
             emit(ctx, st, &Outcome::trace(to));
         }
@@ -282,7 +282,7 @@ fn from_container_new(
         st.redirect_port = port;
         return REDIRECT;
     }
-    emit(ctx, st, &Outcome::trace(point));
+    emit(ctx, st, &Outcome::trace(forward_point(st)));
     TC_ACT_OK
 }
 

@@ -90,6 +90,21 @@ pub(crate) fn encapsulate(ctx: &TcContext, st: &mut State) -> i32 {
     unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
+/// Where `from_container` reports a packet it forwards: to-overlay when
+/// [`encapsulate`] will send it to another node (tunnel mode, a device, a
+/// remote node's CIDR), else to-stack.
+#[inline(never)]
+pub(crate) fn forward_point(st: &State) -> ObservationPoint {
+    let tunnel = CONFIG
+        .get(0)
+        .is_some_and(|c| c.routing_mode == ROUTING_TUNNEL && c.overlay_ifindex != 0);
+    if tunnel && tunnel_endpoint(st.pkt.family, &st.pkt.daddr).is_some() {
+        ObservationPoint::ToOverlay
+    } else {
+        ObservationPoint::ToStack
+    }
+}
+
 /// The remote node whose pod CIDR covers `addr`, if any.
 fn tunnel_endpoint(family: u8, addr: &[u8; 16]) -> Option<TunnelEndpoint> {
     let bits = if family == FAMILY_IPV4 { 32 } else { 128 };
