@@ -476,6 +476,7 @@ impl Cluster {
             };
             info.ipv4 = v4.octets();
             info.ipv6 = v6.octets();
+            info.mac = pod_mac(pod);
             node.run(move |node| {
                 let datapath = &mut node.datapath;
                 datapath.attach_endpoint(veth, &info).expect("attach");
@@ -570,15 +571,30 @@ impl Cluster {
     }
 }
 
+/// The MAC of a pod's `eth0`, as the lab picks it: `0a:58:` and its IPv4
+/// address.
+fn pod_mac(pod: &Pod) -> [u8; 6] {
+    let IpAddr::V4(v4) = ip(pod.v4) else {
+        unreachable!("an IPv4 literal")
+    };
+    let [a, b, c, d] = v4.octets();
+    [0x0a, 0x58, a, b, c, d]
+}
+
 /// Pod `pod` behind veth `veth` of node namespace `node` (as the lab builds
 /// them: routed, the node's address as gateway), both ends at `mtu`.
 fn add_pod(node: &str, pod: &Pod, index: u8, veth: &str, mtu: u32) {
     let mtu = mtu.to_string();
+    let mac = pod_mac(pod)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
     in_ns(
         node,
         &[
             "ip", "link", "add", veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
-            &mtu, "netns", &pod.ns,
+            &mtu, "address", &mac, "netns", &pod.ns,
         ],
     );
     in_ns(node, &["ip", "link", "set", veth, "up"]);
@@ -899,6 +915,18 @@ fn too_big_answer(ns: &str, target: SocketAddr, size: usize) -> (u8, u8, u8, u32
     })
 }
 
+/// Bytes interface `dev` of namespace `ns` has transmitted.
+fn tx_bytes(ns: &str, dev: &str) -> u64 {
+    let output = Command::new("ip")
+        .args(["-n", ns, "-j", "-s", "link", "show", "dev", dev])
+        .output()
+        .expect("ip");
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("ip -json");
+    links[0]["stats64"]["tx"]["bytes"]
+        .as_u64()
+        .expect("tx bytes")
+}
+
 fn socket(address: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip(address), port)
 }
@@ -945,6 +973,10 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
         exchange(&cluster.a.ns, socket(target, 8080), 1 << 20)
             .unwrap_or_else(|e| panic!("a → {target}: {e}"));
     }
+    // The established flows' packets were handed into c by host routing:
+    // the two megabytes never crossed its host veth.
+    let sent = tx_bytes(&cluster.n2, "hc");
+    assert!(sent < 256 << 10, "c's host veth sent {sent} bytes");
     let seen = capture.vxlan();
     for source in [cluster.a.v4, cluster.a.v6] {
         assert_only_vni(&seen, source, false, cluster.a.identity);

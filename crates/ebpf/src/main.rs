@@ -87,7 +87,11 @@ pub fn to_container(ctx: TcContext) -> i32 {
 /// decapsulated, with the sender's identity in the VNI (`overlay`).
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
-    from_overlay_inner(&ctx)
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
+    from_overlay_inner(&ctx, unsafe { &mut *st })
 }
 
 /// On the node's VXLAN device (egress): the tunnel key of packets the

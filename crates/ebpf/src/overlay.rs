@@ -8,12 +8,14 @@
 //! decides its ingress policy with it.
 
 use crate::events::drop_packet;
+use crate::host_routing::host_route;
 use crate::parse::parse;
 use crate::policy::{IDENTITY_WORLD, identity_of};
-use crate::state::State;
+use crate::skb::ifindex;
+use crate::state::{State, reset_meta};
 use aya_ebpf::bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, bpf_tunnel_key};
 use aya_ebpf::helpers::{
-    bpf_check_mtu, bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key,
+    bpf_check_mtu, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key,
     bpf_skb_set_tunnel_key,
 };
 use aya_ebpf::macros::map;
@@ -196,14 +198,19 @@ fn vni_identity(vni: u32) -> u32 {
 }
 
 /// A packet decapsulated by the node's VXLAN device: its source identity is
-/// the VNI (never the ipcache's idea of the inner source address). It goes
-/// on through the node's stack, which routes it to the destination pod's
-/// veth, carrying the identity in its mark ([`MARK_OVERLAY_IDENTITY`] in
-/// bits 0..15, the identity in bits 16..31; marks survive within the node's
-/// namespace). The inner frame's destination MAC is the sending pod's
-/// gateway, not this device: the packet is declared addressed to this host,
-/// or the stack would drop it as another host's.
-pub(crate) fn from_overlay_inner(ctx: &TcContext) -> i32 {
+/// the VNI (never the ipcache's idea of the inner source address), carried
+/// in its mark ([`MARK_OVERLAY_IDENTITY`] in bits 0..15, the identity in
+/// bits 16..31; marks survive within the node's namespace). A packet of a
+/// flow the destination pod already tracks (a reply, or a flow its ingress
+/// admitted) is handed straight into the pod by host routing, with the
+/// pod's conntrack side, as from a local sender. Every other packet — a new
+/// flow, a fragment, an ICMP error, one to the node — goes through the
+/// node's stack, which routes it to the pod's veth, where `to_container`
+/// decides a new flow with the mark's identity. The inner frame's
+/// destination MAC is the sending pod's gateway, not this device: the
+/// packet is declared addressed to this host, or the stack would drop it as
+/// another host's.
+pub(crate) fn from_overlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
     // SAFETY: plain old data; all zero is a valid value of every field.
     let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
     let got = tunnel_key(ctx, &mut tunnel);
@@ -216,5 +223,11 @@ pub(crate) fn from_overlay_inner(ctx: &TcContext) -> i32 {
     ctx.set_mark(MARK_OVERLAY_IDENTITY | identity << 16);
     // SAFETY: a helper taking the context's skb and a plain integer.
     unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
-    TC_ACT_OK
+    reset_meta(st, ifindex(ctx), None, false);
+    if !matches!(parse(ctx, &mut st.pkt), Ok(true)) || st.pkt.fragment || st.pkt.icmp_error {
+        return TC_ACT_OK;
+    }
+    // SAFETY: the program's own monotonic clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    host_route(ctx, st, now)
 }
