@@ -1212,3 +1212,67 @@ fn pods_of_two_nodes_talk_through_the_overlay_over_an_ipv6_underlay() {
         "all over the IPv6 underlay"
     );
 }
+
+/// An agent restart: a new load adopts the device, keeps its programs
+/// attached, and finds the routing mode and tunnel endpoints where it left
+/// them (the programs never stopped using them). A device of the name that
+/// is something else is refused and left alone.
+#[test]
+fn the_overlay_is_adopted_after_a_restart_and_a_foreign_device_refused() {
+    if !privileged("the_overlay_is_adopted_after_a_restart_and_a_foreign_device_refused") {
+        return;
+    }
+    let ns = format!("ovl-{}-restart", std::process::id());
+    let guard = Namespaces {
+        names: vec![ns.clone()],
+    };
+    run_ip(&["netns", "add", &ns]);
+    in_ns(
+        &ns,
+        &[
+            "ip",
+            "link",
+            "add",
+            "notvxlan",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "notvxlanp",
+        ],
+    );
+    in_thread(&ns, || {
+        let bpffs = ScratchBpffs::mount().expect("bpffs");
+        let routes = vec![route("10.244.2.0", 24, "192.0.2.2")];
+        let mut datapath = Datapath::load(bpffs.path()).expect("load");
+        let first = datapath
+            .attach_overlay(OVERLAY_DEVICE, POD_MTU)
+            .expect("create");
+        datapath
+            .set_routing_mode(RoutingMode::Tunnel)
+            .expect("tunnel mode");
+        datapath.sync_tunnel_endpoints(&routes).expect("sync");
+        drop(datapath);
+
+        let mut datapath = Datapath::load(bpffs.path()).expect("reload");
+        assert_eq!(datapath.routing_mode().expect("mode"), RoutingMode::Tunnel);
+        assert_eq!(datapath.tunnel_endpoints().expect("read"), routes);
+        let again = datapath
+            .attach_overlay(OVERLAY_DEVICE, POD_MTU)
+            .expect("adopt");
+        assert!(!again.created && again.readopted, "{again:?}");
+        assert_eq!(again.ifindex, first.ifindex);
+
+        let refused = datapath
+            .attach_overlay("notvxlan", POD_MTU)
+            .expect_err("a veth is no overlay");
+        assert!(refused.to_string().contains("veth"), "{refused}");
+        assert!(datapath.detach_overlay("notvxlan").is_err());
+        assert!(
+            nix::net::if_::if_nametoindex("notvxlan").is_ok(),
+            "left alone"
+        );
+        datapath.detach_overlay(OVERLAY_DEVICE).expect("remove");
+    });
+    drop(guard);
+}
