@@ -404,6 +404,20 @@ up() {
 # --- measurements -----------------------------------------------------------------------
 gen() { ip netns exec "$NS_C" taskset -c "$GEN_CPU" "$@"; }
 
+# iperf_gbps: one iperf3 run against $IPERF_TARGET, in Gbit/s; on failure prints iperf3's
+# own error and fails (on a loaded machine its control connection sometimes breaks: the
+# caller tries again once).
+iperf_gbps() {
+  gen iperf3 -c "$IPERF_TARGET" -t "$DURATION" -J | python3 -c '
+import json, sys
+report = json.load(sys.stdin)
+received = report.get("end", {}).get("sum_received")
+if not received:
+    print(report.get("error", "no result"))
+    sys.exit(1)
+print(round(received["bits_per_second"] / 1e9, 3))'
+}
+
 # wrk_run SECONDS CONNS [extra wrk args]: prints "req_per_s non_2xx socket_errors"
 wrk_run() {
   local secs=$1 conns=$2; shift 2
@@ -510,8 +524,7 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   if [ -n "$IPERF_TARGET" ]; then
     start iperf-server "$NS_S" iperf3 -s -B "$SERVER_IP"
     wait_tcp "$NS_S" "$SERVER_IP:5201"
-    iperf=$(gen iperf3 -c "$IPERF_TARGET" -t "$DURATION" -J | python3 -c \
-      'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 3))')
+    iperf=$(iperf_gbps) || iperf=$(iperf_gbps) || die "iperf3 failed twice against $IPERF_TARGET: $iperf"
   fi
   busy_after=$(others_compiling)
   local l4=null l7=null

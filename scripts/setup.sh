@@ -31,6 +31,28 @@ install_apt() {
   fi
 }
 
+# Debian's etcd (the cluster store; the lab and the tests start their own members on
+# ports of their own). Where an init system runs, installing etcd-server also starts
+# the packaged service on 127.0.0.1:2379; nothing of Myelin uses it, so a fresh install
+# stops it and keeps it from starting at boot (an etcd that was installed before is left
+# as its owner set it up).
+install_etcd() {
+  local missing=()
+  for pkg in etcd-server etcd-client; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/etcd ]; then
+    /etc/init.d/etcd stop >/dev/null 2>&1 || true
+    update-rc.d etcd disable >/dev/null 2>&1 || true
+  fi
+}
+
 install_rust_parts() {
   if ! rustup toolchain list | grep -q '^nightly'; then
     say "installing the nightly toolchain"
@@ -73,5 +95,6 @@ install_rust_parts
 LLVM_MAJOR=$(nightly_llvm_major)
 [ -n "$LLVM_MAJOR" ] || { echo "cannot read the nightly's LLVM version" >&2; exit 1; }
 install_apt "$LLVM_MAJOR"
+install_etcd
 install_bpf_linker "$LLVM_MAJOR"
 say "toolchain ready (nightly LLVM ${LLVM_MAJOR}, bpf-linker $(bpf-linker --version | awk '{print $2}'))"

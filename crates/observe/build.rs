@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flow/flow.proto",
         "proto/relay/relay.proto",
         "proto/observer/observer.proto",
+        "proto/peer/peer.proto",
     ];
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");

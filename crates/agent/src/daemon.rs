@@ -31,6 +31,7 @@ use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
 use crate::view::View;
 use crate::{conntrack, l7, policy, reconcile};
+use myelin_observe::peer::{PeerMap, PeerNode, PeerService};
 use myelin_observe::proto::flow::AgentEventType;
 use myelin_observe::servicemap::{
     AccessToken, ServiceMapConfig, SharedServiceMap, serve_servicemap,
@@ -207,7 +208,33 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             (None, None) => {}
         }
 
-        tokio::spawn(server.run(std::future::pending()));
+        // Hubble's peer service: the cluster's observers as far as this agent
+        // knows them, which is itself until a cluster store names the others.
+        let own = config
+            .observer_socket
+            .as_ref()
+            .map(|path| format!("unix://{}", path.display()))
+            .or(config.observer_tcp.map(|address| address.to_string()));
+        let peers: PeerMap = own
+            .map(|address| {
+                let node = PeerNode {
+                    name: config.node.clone(),
+                    address,
+                    tls_server_name: None,
+                };
+                (node.name.clone(), node)
+            })
+            .into_iter()
+            .collect();
+        let (peers_tx, peers_rx) = tokio::sync::watch::channel(peers);
+        let server = server.with_peers(PeerService::new(peers_rx));
+        tokio::spawn(async move {
+            // Keeps the peer list alive (and unchanged) while the server runs.
+            if let Err(error) = server.run(std::future::pending()).await {
+                tracing::error!(%error, "the observer API stopped");
+            }
+            drop(peers_tx);
+        });
     }
     if let Some(address) = config.servicemap_addr {
         let token = AccessToken::load_or_create(&config.servicemap_token_file)?;

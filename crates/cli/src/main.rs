@@ -36,6 +36,8 @@ enum Command {
     Servicemap(myelin_observe::servicemap::ServiceMapArgs),
     /// Observe flows and agent events, as `hubble observe` does.
     Observe(Box<myelin_observe::ObserveArgs>),
+    /// Run a Hubble Relay: one observer API over every node's.
+    Relay(Box<myelin_observe::relay::RelayArgs>),
     /// Run a node's agent (the lab starts it; so does a DaemonSet).
     Agent(Box<AgentArgs>),
     /// Run a node's L7 proxy.
@@ -153,7 +155,7 @@ fn main() -> std::process::ExitCode {
         | Command::Bpf(_)
         | Command::Observe(_)
         | Command::Servicemap(_) => true,
-        Command::Agent(_) | Command::Proxy(_) | Command::App { .. } => false,
+        Command::Agent(_) | Command::Proxy(_) | Command::Relay(_) | Command::App { .. } => false,
     };
     if prints {
         // Commands that print end quietly when their reader goes away
@@ -230,6 +232,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
             runtime()?.block_on(myelin_observe::run(*args))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Relay(args) => {
+            runtime()?.block_on(myelin_observe::relay::run(*args))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Agent(args) => {

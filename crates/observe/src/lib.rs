@@ -20,6 +20,11 @@ pub mod proto {
     pub mod observer {
         tonic::include_proto!("observer");
     }
+    /// Hubble's `peer` package: the Peer service a relay discovers nodes with.
+    #[allow(missing_docs, clippy::all)]
+    pub mod peer {
+        tonic::include_proto!("peer");
+    }
 }
 
 pub mod cel_filter;
@@ -31,7 +36,9 @@ pub mod json;
 pub mod mask;
 pub mod metrics;
 pub mod observer;
+pub mod peer;
 pub mod printer;
+pub mod relay;
 pub mod server;
 pub mod servicemap;
 pub mod tls;

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::filter::FilterSet;
 use crate::observer::{AgentEventEntry, Event, Observer};
+use crate::peer::PeerService;
 use crate::proto::flow::{LostEvent, LostEventSource};
 use crate::proto::observer::observer_server::{self, ObserverServer};
 use crate::proto::observer::{
@@ -26,7 +27,9 @@ use crate::proto::observer::{
     GetNodesRequest, GetNodesResponse, Namespace, Node, ServerStatusRequest, ServerStatusResponse,
     Tls, get_flows_response,
 };
+use crate::proto::peer::peer_server::PeerServer;
 use crate::proto::relay::NodeState;
+use crate::relay::RelayService;
 use crate::tls::{ServerTls, TlsError};
 
 /// The name the hubble CLI checks with the gRPC health service.
@@ -174,7 +177,7 @@ fn lost_response(lost: LostEvent, node_name: &str, at: SystemTime) -> GetFlowsRe
 /// Picks the history part of an answer, oldest first: Hubble's
 /// number/first/follow/since rules, where only entries that `counts` says
 /// are events count towards `number` (lost-event notices do not).
-fn pick<T>(
+pub(crate) fn pick<T>(
     matching: impl Iterator<Item = T>,
     number: u64,
     first: bool,
@@ -462,10 +465,23 @@ impl observer_server::Observer for ObserverService {
     }
 }
 
+/// What a server answers with.
+#[derive(Debug)]
+enum Api {
+    /// A node's own observer, and the peer service when the node knows its
+    /// cluster.
+    Node {
+        observer: Observer,
+        peers: Option<PeerService>,
+    },
+    /// The relay, over every node's observer.
+    Relay(RelayService),
+}
+
 /// Listeners bound and ready; [`BoundServer::run`] serves on them.
 #[derive(Debug)]
 pub struct BoundServer {
-    observer: Observer,
+    api: Api,
     tcp: Option<TcpListener>,
     unix: Option<UnixListener>,
     tls: Option<ServerTlsConfig>,
@@ -502,9 +518,28 @@ fn load_tls(tls: &ServerTls) -> Result<ServerTlsConfig, ServeError> {
     Ok(config)
 }
 
-/// Binds the listeners of `config`; the TCP listener is plaintext until
-/// [`BoundServer::with_tls`].
+/// Binds the listeners of `config` for a node's observer; the TCP listener
+/// is plaintext until [`BoundServer::with_tls`].
 pub async fn bind(observer: Observer, config: &ServeConfig) -> Result<BoundServer, ServeError> {
+    bind_api(
+        Api::Node {
+            observer,
+            peers: None,
+        },
+        config,
+    )
+    .await
+}
+
+/// Binds the listeners of `config` for the relay.
+pub async fn bind_relay(
+    relay: RelayService,
+    config: &ServeConfig,
+) -> Result<BoundServer, ServeError> {
+    bind_api(Api::Relay(relay), config).await
+}
+
+async fn bind_api(api: Api, config: &ServeConfig) -> Result<BoundServer, ServeError> {
     let unix = match &config.unix_socket {
         Some(path) => {
             if let Some(parent) = path.parent() {
@@ -545,7 +580,7 @@ pub async fn bind(observer: Observer, config: &ServeConfig) -> Result<BoundServe
         None => None,
     };
     Ok(BoundServer {
-        observer,
+        api,
         tcp,
         unix,
         tls: None,
@@ -565,19 +600,87 @@ impl BoundServer {
         })
     }
 
-    /// Serves the observer and health services until `shutdown` completes.
+    /// Serves the peer service beside the observer: the nodes `peers`
+    /// names (a relay follows them). No effect on a relay's server.
+    pub fn with_peers(mut self, peers: PeerService) -> Self {
+        if let Api::Node { peers: slot, .. } = &mut self.api {
+            *slot = Some(peers);
+        }
+        self
+    }
+
+    /// Serves the observer API (and the health service, and the peer
+    /// service if given) until `shutdown` completes.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let listeners = Listeners {
+            tcp: self.tcp,
+            tcp_addr: self.tcp_addr,
+            unix: self.unix,
+            unix_path: self.unix_path,
+            tls: self.tls,
+        };
+        match self.api {
+            Api::Node { observer, peers } => {
+                let peers = peers.map(PeerService::into_server);
+                listeners
+                    .serve(
+                        move |tls| {
+                            ObserverServer::new(
+                                ObserverService::new(observer.clone()).with_tls(tls),
+                            )
+                        },
+                        peers,
+                        shutdown,
+                    )
+                    .await
+            }
+            Api::Relay(relay) => {
+                listeners
+                    .serve(move |_| ObserverServer::new(relay.clone()), None, shutdown)
+                    .await
+            }
+        }
+    }
+}
+
+/// The bound listeners of a [`BoundServer`].
+struct Listeners {
+    tcp: Option<TcpListener>,
+    tcp_addr: Option<SocketAddr>,
+    unix: Option<UnixListener>,
+    unix_path: Option<PathBuf>,
+    tls: Option<ServerTlsConfig>,
+}
+
+impl Listeners {
+    /// Serves `observer(tls)`, the health service and `peers` on every
+    /// listener until `shutdown` completes.
+    async fn serve<S>(
+        self,
+        observer: impl Fn(bool) -> S,
+        peers: Option<PeerServer<PeerService>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError>
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<ObserverServer<ObserverService>>()
-            .await;
+        health_reporter.set_serving::<S>().await;
         health_reporter
             .set_service_status(HEALTH_SERVICE_NAME, tonic_health::ServingStatus::Serving)
             .await;
-        let service = ObserverServer::new(ObserverService::new(self.observer.clone()));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -595,12 +698,11 @@ impl BoundServer {
                 if let Some(config) = self.tls {
                     builder = builder.tls_config(config)?;
                 }
-                let service =
-                    ObserverServer::new(ObserverService::new(self.observer.clone()).with_tls(tls));
                 Some(
                     builder
                         .add_service(health_service.clone())
-                        .add_service(service)
+                        .add_service(observer(tls))
+                        .add_optional_service(peers.clone())
                         .serve_with_incoming_shutdown(
                             TcpListenerStream::new(listener),
                             stopped(stop_rx.clone()),
@@ -613,7 +715,8 @@ impl BoundServer {
             tracing::info!(path = ?self.unix_path, "observer API listening on unix socket");
             tonic::transport::Server::builder()
                 .add_service(health_service.clone())
-                .add_service(service.clone())
+                .add_service(observer(false))
+                .add_optional_service(peers.clone())
                 .serve_with_incoming_shutdown(
                     UnixListenerStream::new(listener),
                     stopped(stop_rx.clone()),

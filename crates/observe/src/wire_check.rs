@@ -23,6 +23,7 @@ use crate::proto::observer::{
     GetFlowsRequest, GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse,
     GetNodesRequest, GetNodesResponse, ServerStatusRequest, ServerStatusResponse,
 };
+use crate::proto::peer::{ChangeNotification, NotifyRequest};
 
 /// Descriptors of every message in our protos and their imports.
 const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hubble_descriptor.bin"));
@@ -50,6 +51,7 @@ wire_checked! {
     GetNodesRequest => Some("observer.GetNodesRequest"),
     GetNamespacesRequest => Some("observer.GetNamespacesRequest"),
     ServerStatusRequest => Some("observer.ServerStatusRequest"),
+    NotifyRequest => Some("peer.NotifyRequest"),
     // A newer server may send fields we lack; a reader just ignores them.
     GetFlowsResponse => None,
     GetAgentEventsResponse => None,
@@ -57,6 +59,7 @@ wire_checked! {
     GetNodesResponse => None,
     GetNamespacesResponse => None,
     ServerStatusResponse => None,
+    ChangeNotification => None,
 }
 
 /// A field of a message: its name and, for message fields, the message type.

@@ -30,6 +30,9 @@ pub enum IdentityError {
     /// A thread panicked while holding the in-memory store.
     #[error("identity store lock poisoned by a panic in another thread")]
     Poisoned,
+    /// A networked store (etcd) failed or did not answer; the call may be retried.
+    #[error("identity store: {0}")]
+    Unavailable(String),
 }
 
 /// A failure to apply a change to the policy engine.

@@ -1,4 +1,4 @@
-//! Helpers for Myelin's privileged tests.
+//! Helpers for Myelin's privileged tests and the tests against a real etcd.
 //!
 //! Tests that need root (namespaces, eBPF) call [`privileged`] first. Outside
 //! CI a machine without the privilege skips them with a note; in CI
@@ -121,4 +121,22 @@ pub fn pin_hash_map(
     attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
     attr[8..12].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
     bpf(BPF_OBJ_PIN, &mut attr).expect("pin");
+}
+
+/// Whether Debian's `etcd` is on PATH for the etcd test `name`. Returns false (skip) only
+/// outside CI; in CI a missing etcd panics, failing the test (scripts/setup.sh installs it).
+pub fn require_etcd(name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("etcd").is_file()));
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if found {
+        return true;
+    }
+    assert!(
+        !in_ci,
+        "{name}: CI=true requires the etcd tests to run, but there is no `etcd` on PATH \
+         (install Debian's etcd-server: scripts/setup.sh)"
+    );
+    eprintln!("{name}: skipped (needs Debian's etcd-server; CI runs it)");
+    false
 }
