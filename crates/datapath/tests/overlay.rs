@@ -1018,6 +1018,34 @@ fn pods_of_two_nodes_talk_through_the_overlay_with_the_identity_in_the_vni() {
         "{b_drops:?}"
     );
 
+    // A VXLAN packet whose VNI is no identity (0, or above 16 bits), from
+    // a's address: the receiver treats its sender as world (2), neither the
+    // ipcache's 1002 nor a's 1001.
+    for (vni, sport) in [(0u32, 41000u16), (0x10000, 41001)] {
+        let inner = Pkt::tcp(cluster.a.v4, sport, cluster.c.v4, 8080, SYN).build();
+        let mut datagram = vec![0x08, 0, 0, 0];
+        datagram.extend_from_slice(&(vni << 8).to_be_bytes());
+        datagram.extend_from_slice(&inner);
+        in_thread(&cluster.n1, move || {
+            let udp = std::net::UdpSocket::bind("192.0.2.1:0").expect("bind");
+            udp.send_to(&datagram, ("192.0.2.2", myelin_datapath::VXLAN_PORT))
+                .expect("send");
+        });
+    }
+    let events = cluster
+        .node2
+        .run(|node| node.events_within(Duration::from_millis(500)));
+    let unknown: Vec<u16> = events
+        .iter()
+        .filter(|e| {
+            e.kind == EventKind::Drop as u8
+                && e.drop_reason == drop_reason::POLICY_DENIED
+                && e.source_identity == 2
+        })
+        .map(|e| e.source_port)
+        .collect();
+    assert_eq!(unknown, [41000, 41001], "{events:?}");
+
     // A ClusterIP on node1 whose backend is c on node2: translated at the
     // client's node, reverse NAT on the answer there.
     cluster.node1.run(|node| {
