@@ -447,6 +447,7 @@ pub fn kernel_flow(
                 ObservationPoint::ToEndpoint => TraceObservationPoint::ToEndpoint,
                 ObservationPoint::ToStack => TraceObservationPoint::ToStack,
                 ObservationPoint::ToProxy => TraceObservationPoint::ToProxy,
+                ObservationPoint::ToOverlay => TraceObservationPoint::ToOverlay,
             };
             myelin_observe::flows::mark_trace(&mut flow, point);
             flow.is_reply = Some(is_reply);

@@ -41,6 +41,9 @@ pub enum ObservationPoint {
     ToProxy = 1,
     /// Left a local pod into the node's stack (the pod's veth, from the pod).
     ToStack = 3,
+    /// Left a local pod into the overlay, to a pod of another node (the
+    /// pod's veth, from the pod; tunnel mode).
+    ToOverlay = 4,
 }
 
 impl ObservationPoint {
@@ -50,6 +53,7 @@ impl ObservationPoint {
             0 => Some(Self::ToEndpoint),
             1 => Some(Self::ToProxy),
             3 => Some(Self::ToStack),
+            4 => Some(Self::ToOverlay),
             _ => None,
         }
     }
@@ -60,6 +64,7 @@ impl ObservationPoint {
             Self::ToEndpoint => "to-endpoint",
             Self::ToStack => "to-stack",
             Self::ToProxy => "to-proxy",
+            Self::ToOverlay => "to-overlay",
         }
     }
 }

@@ -10,9 +10,9 @@ pub mod maps;
 
 pub use event::{EventKind, ObservationPoint, TraceEvent, TrafficDirection, Verdict, drop_reason};
 pub use maps::{
-    AffinityEntry, AffinityKey, CtEntry, CtKey, Direction, EndpointInfo, EndpointPolicy, IpKey,
-    IpcacheEntry, IpcacheKey, L4Addr, PacketStats, PolicyAction, PolicyEntry, PolicyKey,
-    PolicyMatch, ServiceEntry, ServiceKey, StatsKey,
+    AffinityEntry, AffinityKey, CtEntry, CtKey, DatapathConfig, Direction, EndpointInfo,
+    EndpointPolicy, IpKey, IpcacheEntry, IpcacheKey, L4Addr, PacketStats, PolicyAction,
+    PolicyEntry, PolicyKey, PolicyMatch, ServiceEntry, ServiceKey, StatsKey, TunnelEndpoint,
 };
 
 #[cfg(test)]
@@ -35,6 +35,8 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 20);
         assert_eq!(size_of::<AffinityEntry>(), 16);
         assert_eq!(size_of::<EndpointInfo>(), 48);
+        assert_eq!(size_of::<DatapathConfig>(), 8);
+        assert_eq!(size_of::<TunnelEndpoint>(), 20);
         assert_eq!(core::mem::offset_of!(EndpointInfo, ifindex), 32);
         assert_eq!(core::mem::offset_of!(EndpointInfo, mac), 36);
         assert_eq!(core::mem::offset_of!(EndpointInfo, host_mac), 42);

@@ -450,6 +450,53 @@ pub const PROXY_MARK_TO_PROXY: u32 = 0x200;
 /// Mask of the proxy marks.
 pub const PROXY_MARK_MASK: u32 = 0xf00;
 
+/// The mark (under [`PROXY_MARK_MASK`]) `from_overlay` gives a packet that
+/// arrived through the overlay: bits 16..31 carry the sender's security
+/// identity taken from the VXLAN VNI, so that the receiving pod's
+/// `to_container` decides its ingress policy with it (as Cilium's
+/// `MARK_MAGIC_IDENTITY`). It matches neither proxy mark, so the node's
+/// proxy routing (`fwmark 0x200/0xf00`) leaves such packets alone.
+pub const MARK_OVERLAY_IDENTITY: u32 = 0xf00;
+
+/// [`DatapathConfig::routing_mode`]: no encapsulation; packets to other
+/// nodes' pods go to the node's stack, which routes them over the underlay;
+/// receivers take the source identity from their ipcache. The value of a
+/// fresh (zeroed) config: a single node behaves as before the overlay.
+pub const ROUTING_NATIVE: u32 = 0;
+/// [`DatapathConfig::routing_mode`]: packets to a pod CIDR of the tunnel
+/// endpoints map are encapsulated (VXLAN, the sender's identity in the VNI)
+/// and sent to [`DatapathConfig::overlay_ifindex`].
+pub const ROUTING_TUNNEL: u32 = 1;
+
+/// The node-wide settings the programs read (index 0 of [`names::CONFIG`]),
+/// written by the agent through the datapath.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// [`ROUTING_NATIVE`] or [`ROUTING_TUNNEL`].
+    pub routing_mode: u32,
+    /// Ifindex of the node's VXLAN device (collect-metadata mode) in the
+    /// node's network namespace; 0: none (tunnel mode then encapsulates
+    /// nothing and packets take the stack, as in native mode).
+    pub overlay_ifindex: u32,
+}
+
+/// Value of the tunnel endpoints map (LPM, keyed by [`IpcacheKey`] like the
+/// ipcache: a remote node's pod CIDR): the underlay address of the node
+/// that owns the CIDR, where its VXLAN packets go.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TunnelEndpoint {
+    /// The node's underlay address (IPv4 in the first four bytes), network
+    /// byte order.
+    pub addr: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`]: the underlay's family, which may
+    /// differ from the pod CIDR's (IPv6 pods over an IPv4 underlay).
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub _pad: [u8; 3],
+}
+
 /// Packet and byte counters of one endpoint and direction (per CPU).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -489,6 +536,8 @@ mod user {
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::PacketStats {}
     unsafe impl aya::Pod for super::StatsKey {}
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    unsafe impl aya::Pod for super::TunnelEndpoint {}
 }
 
 /// Names of the maps, shared so the loader and the pins agree.
@@ -519,6 +568,12 @@ pub mod names {
     pub const CONNTRACK: &str = "MYELIN_CT";
     /// [`super::StatsKey`] → [`super::PacketStats`] per CPU.
     pub const STATS: &str = "MYELIN_STATS";
+    /// Array of one [`super::DatapathConfig`]: the routing mode and the
+    /// overlay device.
+    pub const CONFIG: &str = "MYELIN_CONFIG";
+    /// LPM [`super::IpcacheKey`] → [`super::TunnelEndpoint`]: remote nodes'
+    /// pod CIDRs and the underlay address to tunnel them to.
+    pub const TUNNEL_ENDPOINTS: &str = "MYELIN_TUNNEL";
     /// The event ring buffer.
     pub const EVENTS: &str = "MYELIN_EVENTS";
     /// Per-CPU counter of events the ring had no room for (index 0).

@@ -119,6 +119,23 @@ pub enum DatapathError {
         /// The prefix length given.
         prefix_len: u8,
     },
+    /// The node's overlay device could not be created, adopted or removed.
+    #[error("overlay device {device}: {reason}")]
+    Overlay {
+        /// The device's name.
+        device: String,
+        /// What failed, and what to do.
+        reason: String,
+    },
+    /// A tunnel endpoint the datapath cannot use as written: nothing of the
+    /// set was written.
+    #[error("tunnel endpoint for pod CIDR {cidr}: {reason}; no tunnel endpoint was changed")]
+    InvalidTunnelEndpoint {
+        /// The pod CIDR, `address/length`.
+        cidr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Setting up the asynchronous event reader failed.
     #[error("event ring: {0}")]
     Events(std::io::Error),

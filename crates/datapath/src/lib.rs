@@ -11,6 +11,7 @@ mod events;
 mod handles;
 mod loader;
 mod maps;
+mod overlay;
 pub mod proxy_routing;
 mod services;
 mod tables;
@@ -20,12 +21,16 @@ pub use error::DatapathError;
 pub use events::EventReader;
 pub use handles::parse_mac;
 pub use loader::{
-    Datapath, EndpointAttachment, MapLayout, PROGRAM_FROM_CONTAINER, PROGRAM_PROXY_LOOKUP,
-    PROGRAM_TO_CONTAINER, ReplacedPin, TestRunOutcome,
+    Datapath, EndpointAttachment, MapLayout, PROGRAM_FROM_CONTAINER, PROGRAM_FROM_OVERLAY,
+    PROGRAM_PROXY_LOOKUP, PROGRAM_TO_CONTAINER, PROGRAM_TO_OVERLAY, ReplacedPin, TestRunOutcome,
 };
 pub use myelin_common::{
     EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,
     drop_reason,
+};
+pub use overlay::{
+    OVERLAY_DEVICE, OVERLAY_OVERHEAD_IPV4, OVERLAY_OVERHEAD_IPV6, OverlayDevice, RoutingMode,
+    TunnelRoute, VXLAN_PORT, pod_mtu,
 };
 pub use services::{ServiceGroup, ServiceOutcome};
 pub use tables::{

@@ -22,6 +22,12 @@ use crate::services::ServiceIndex;
 pub const PROGRAM_FROM_CONTAINER: &str = "from_container";
 /// The program on a pod veth's egress: packets entering the pod.
 pub const PROGRAM_TO_CONTAINER: &str = "to_container";
+/// The program on the node's VXLAN device's ingress: packets from other
+/// nodes' pods, decapsulated (tunnel mode).
+pub const PROGRAM_FROM_OVERLAY: &str = "from_overlay";
+/// The program on the node's VXLAN device's egress: the tunnel key of
+/// packets the node's stack routes into the overlay.
+pub const PROGRAM_TO_OVERLAY: &str = "to_overlay";
 /// The node namespace's socket lookup program: hands a SYN that reopens a
 /// redirected tuple still in TIME_WAIT to the proxy's listener.
 pub const PROGRAM_PROXY_LOOKUP: &str = "proxy_lookup";
@@ -128,6 +134,16 @@ pub struct Datapath {
     lookup_attached: bool,
     /// See [`Datapath::replaced_pins`].
     replaced_pins: Vec<ReplacedPin>,
+}
+
+/// What [`Datapath::attach_tc`] did.
+pub(crate) enum Attached {
+    /// The pinned link already ran this program: kept.
+    Kept,
+    /// The pinned link ran another build's program: updated in place.
+    Replaced,
+    /// Newly attached and pinned.
+    New,
 }
 
 /// The outcome of attaching an endpoint.
@@ -273,7 +289,11 @@ impl Datapath {
             loader.map_max_entries(name, *entries);
         }
         let mut ebpf = loader.load(crate::KERNEL_OBJECT)?;
-        for (name, _, _) in HOOKS {
+        for name in HOOKS
+            .map(|(name, _, _)| name)
+            .into_iter()
+            .chain([PROGRAM_FROM_OVERLAY, PROGRAM_TO_OVERLAY])
+        {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
@@ -320,6 +340,17 @@ impl Datapath {
         self.pin_dir.join("links").join(ifname).join(suffix)
     }
 
+    /// The directory of the overlay device's link pin (apart from `links/`,
+    /// whose entries are the endpoints' interfaces).
+    pub(crate) fn overlay_pin_dir(&self) -> PathBuf {
+        self.pin_dir.join("overlay")
+    }
+
+    /// The pin of `program`'s link on the overlay device `ifname`.
+    pub(crate) fn overlay_link_pin(&self, ifname: &str, program: &str) -> PathBuf {
+        self.overlay_pin_dir().join(ifname).join(program)
+    }
+
     /// Registers the endpoint behind host-side veth `ifname` and attaches the
     /// programs to it. Attachments found pinned and live are kept (agent
     /// restart); stale pins are replaced.
@@ -344,46 +375,11 @@ impl Datapath {
         let mut replaced = false;
         for (program, attach_type, suffix) in HOOKS {
             let pin = self.link_pin(ifname, suffix);
-            if pin.exists() {
-                let ours = classifier(&mut self.ebpf, program)?
-                    .info()
-                    .map_err(|source| DatapathError::Program { program, source })?
-                    .tag();
-                match attached_tag(ifname, attach_type, program) {
-                    // The same instructions, using the same maps: keep it. (A program's tag
-                    // leaves out which maps it uses, so one attached over a map this load
-                    // created anew is swapped too.)
-                    Some(tag) if tag == ours && self.replaced_pins.is_empty() => continue,
-                    Some(_) => {
-                        // Another build of our program: swap it in the same
-                        // link, so the hook is never empty.
-                        self.update_link(program, &pin)?;
-                        replaced = true;
-                        continue;
-                    }
-                    None => unpin(&pin)?,
-                }
+            match self.attach_tc(ifname, program, attach_type, &pin)? {
+                Attached::Kept => {}
+                Attached::Replaced => replaced = true,
+                Attached::New => readopted = false,
             }
-            readopted = false;
-            let prog = classifier(&mut self.ebpf, program)?;
-            let link_id = prog
-                .attach_with_options(
-                    ifname,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|source| DatapathError::Program { program, source })?;
-            let link = prog
-                .take_link(link_id)
-                .map_err(|source| DatapathError::Program { program, source })?;
-            let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
-                path: pin.clone(),
-                message: format!("the attachment is not a bpf link ({e}); TCX needs kernel >= 6.6"),
-            })?;
-            fd_link.pin(&pin).map_err(|e| DatapathError::Pin {
-                path: pin.clone(),
-                message: with_sources(&e),
-            })?;
         }
         Ok(EndpointAttachment {
             ifname: ifname.to_string(),
@@ -391,6 +387,58 @@ impl Datapath {
             readopted,
             replaced,
         })
+    }
+
+    /// Attaches TC `program` to `ifname` at `attach_type` with a TCX link
+    /// pinned at `pin`. A live pinned link running the same program is kept;
+    /// one running another build's is updated in place (atomically, the hook
+    /// is never empty); a stale pin is replaced.
+    pub(crate) fn attach_tc(
+        &mut self,
+        ifname: &str,
+        program: &'static str,
+        attach_type: TcAttachType,
+        pin: &Path,
+    ) -> Result<Attached, DatapathError> {
+        if pin.exists() {
+            let ours = classifier(&mut self.ebpf, program)?
+                .info()
+                .map_err(|source| DatapathError::Program { program, source })?
+                .tag();
+            match attached_tag(ifname, attach_type, program) {
+                // The same instructions, using the same maps: keep it. (A program's tag
+                // leaves out which maps it uses, so one attached over a map this load
+                // created anew is swapped too.)
+                Some(tag) if tag == ours && self.replaced_pins.is_empty() => {
+                    return Ok(Attached::Kept);
+                }
+                Some(_) => {
+                    self.update_link(program, pin)?;
+                    return Ok(Attached::Replaced);
+                }
+                None => unpin(pin)?,
+            }
+        }
+        let prog = classifier(&mut self.ebpf, program)?;
+        let link_id = prog
+            .attach_with_options(
+                ifname,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let link = prog
+            .take_link(link_id)
+            .map_err(|source| DatapathError::Program { program, source })?;
+        let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::Pin {
+            path: pin.to_path_buf(),
+            message: format!("the attachment is not a bpf link ({e}); TCX needs kernel >= 6.6"),
+        })?;
+        fd_link.pin(pin).map_err(|e| DatapathError::Pin {
+            path: pin.to_path_buf(),
+            message: with_sources(&e),
+        })?;
+        Ok(Attached::New)
     }
 
     /// Attaches [`PROGRAM_PROXY_LOOKUP`] to the calling thread's network
@@ -633,7 +681,7 @@ fn with_sources(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn unpin(pin: &Path) -> Result<(), DatapathError> {
+pub(crate) fn unpin(pin: &Path) -> Result<(), DatapathError> {
     let link = PinnedLink::from_pin(pin).map_err(|e| DatapathError::Pin {
         path: pin.to_path_buf(),
         message: with_sources(&e),

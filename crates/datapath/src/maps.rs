@@ -6,8 +6,9 @@ use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap};
 use myelin_common::maps::names;
 use myelin_common::{
-    AffinityEntry, AffinityKey, CtEntry, CtKey, EndpointInfo, EndpointPolicy, IpKey, IpcacheEntry,
-    IpcacheKey, L4Addr, PacketStats, PolicyEntry, PolicyKey, ServiceEntry, ServiceKey, StatsKey,
+    AffinityEntry, AffinityKey, CtEntry, CtKey, DatapathConfig, EndpointInfo, EndpointPolicy,
+    IpKey, IpcacheEntry, IpcacheKey, L4Addr, PacketStats, PolicyEntry, PolicyKey, ServiceEntry,
+    ServiceKey, StatsKey, TunnelEndpoint,
 };
 
 use crate::error::DatapathError;
@@ -30,6 +31,8 @@ pub(crate) struct Maps {
     pub(crate) policy_revision: Array<MapData, u32>,
     pub(crate) conntrack: Hash<CtKey, CtEntry>,
     pub(crate) stats: PerCpuHashMap<MapData, StatsKey, PacketStats>,
+    pub(crate) config: Array<MapData, DatapathConfig>,
+    pub(crate) tunnel_endpoints: LpmTrie<MapData, IpcacheKey, TunnelEndpoint>,
     /// The event ring and its counters, until the event reader takes them.
     pub(crate) events: Option<EventMaps>,
 }
@@ -50,6 +53,8 @@ impl Maps {
             policy_revision: typed(ebpf, names::POLICY_REVISION)?,
             conntrack: typed(ebpf, names::CONNTRACK)?,
             stats: typed(ebpf, names::STATS)?,
+            config: typed(ebpf, names::CONFIG)?,
+            tunnel_endpoints: typed(ebpf, names::TUNNEL_ENDPOINTS)?,
             events: Some(EventMaps {
                 ring: untyped(ebpf, names::EVENTS)?,
                 lost: untyped(ebpf, names::LOST)?,

@@ -6,8 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsFd, FromRawFd};
-use std::process::Command;
+use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use myelin_datapath::{
@@ -15,23 +14,11 @@ use myelin_datapath::{
     ServiceProtocol, Verdict, drop_reason,
 };
 use myelin_test_support::{ScratchBpffs, pin_hash_map, privileged};
-use nix::sched::{CloneFlags, setns};
+use support::netns::{Namespaces, enter, in_ns, in_thread, ip};
+
+mod support;
 
 const PROXY_PORT: u16 = 15001;
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("run ip");
-    assert!(status.success(), "ip {}", args.join(" "));
-}
-
-fn in_ns(ns: &str, args: &[&str]) {
-    let status = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .status()
-        .expect("run ip netns exec");
-    assert!(status.success(), "{ns}: {}", args.join(" "));
-}
 
 /// The recipe's routing for redirected packets in `node`, as a node of the lab has it:
 /// packets carrying the redirect mark are delivered locally, to the socket `bpf_sk_assign`
@@ -42,25 +29,6 @@ fn deliver_marked_locally(node: &str) {
         args.extend(route.iter().map(String::as_str));
         in_ns(node, &args);
     }
-}
-
-/// Network namespaces created by this test, deleted by name on drop.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-/// Moves the current thread into namespace `name`.
-fn enter(name: &str) {
-    let file = std::fs::File::open(format!("/run/netns/{name}")).expect("open netns");
-    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
 }
 
 /// An IPv4 socket address for the raw socket calls below.
@@ -553,17 +521,6 @@ fn in_a_test_run_the_listener_is_found_and_sk_assign_refused() {
         }
         Err(panic) => std::panic::resume_unwind(panic),
     }
-}
-
-/// Runs `f` on a new thread inside namespace `ns` and returns its result.
-fn in_thread<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter(&ns);
-        f()
-    })
-    .join()
-    .expect("thread in namespace")
 }
 
 /// Two pods of one node through real sockets: a ClusterIP translated both

@@ -1,11 +1,13 @@
 //! Packets leaving a pod (`from_container`): service DNAT, conntrack, the
-//! sender's egress and a local receiver's ingress policy on a new flow.
+//! sender's egress and a local receiver's ingress policy on a new flow,
+//! then delivery: to a local pod, into the overlay, or to the stack.
 
 use crate::conntrack::{CONNTRACK, ct_key, ct_update, live_entry, new_entry};
 use crate::endpoints::{ENDPOINTS, ENDPOINTS_BY_IP, ip_key};
 use crate::events::{Outcome, drop_packet, drop_unparsed, emit};
 use crate::fragments::track_fragments;
 use crate::host_routing::host_route;
+use crate::overlay::{encapsulate, forward_point};
 use crate::parse::{
     IPPROTO_TCP, IPPROTO_UDP, Packet, SourceCheck, is_infrastructure_icmpv6, parse, source_check,
 };
@@ -79,7 +81,11 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
     }
 
     if st.pkt.icmp_error {
-        return related_error(ctx, st, point);
+        let verdict = related_error(ctx, st, point);
+        if verdict != TC_ACT_OK {
+            return verdict;
+        }
+        return encapsulate(ctx, st);
     }
 
     let forward = ct_key(&st.pkt, CT_SCOPE_EGRESS, false);
@@ -106,9 +112,9 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
             return to_proxy(ctx, st, proxy_port, report);
         }
         if report {
-            emit(ctx, st, &Outcome::trace(point));
+            emit(ctx, st, &Outcome::trace(forward_point(st)));
         }
-        return host_route(ctx, st, now);
+        return deliver(ctx, st, now);
     }
     let reply = ct_key(&st.pkt, CT_SCOPE_INGRESS, true);
     if let Some(entry) = live_entry(&reply, now) {
@@ -123,14 +129,14 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
             let to = if from_proxy {
                 ObservationPoint::ToProxy
             } else {
-                point
+                forward_point(st)
             };
             emit(ctx, st, &Outcome::trace(to));
         }
         if from_proxy {
             return reply_to_proxy(ctx, &st.pkt);
         }
-        return host_route(ctx, st, now);
+        return deliver(ctx, st, now);
     }
     // A new flow to a port of a cluster IP that no frontend serves.
     if rev_nat_index == 0 && unserved_cluster_ip(&st.pkt) {
@@ -138,9 +144,21 @@ pub(crate) fn from_container_inner(ctx: &TcContext, st: &mut State, ifindex: u32
     }
     match from_container_new(ctx, st, endpoint.as_ref(), rev_nat_index, now) {
         REDIRECT => to_proxy(ctx, st, st.redirect_port, true),
-        FORWARD => host_route(ctx, st, now),
+        FORWARD => deliver(ctx, st, now),
         verdict => verdict,
     }
+}
+
+/// Forwards an allowed packet: into a pod of this node (host routing), into
+/// the overlay to a pod of another node (tunnel mode), or to the stack.
+// Inlined: the steps are siblings under the caller's frame.
+#[inline(always)]
+fn deliver(ctx: &TcContext, st: &mut State, now: u64) -> i32 {
+    let verdict = host_route(ctx, st, now);
+    if verdict != TC_ACT_OK {
+        return verdict;
+    }
+    encapsulate(ctx, st)
 }
 
 /// Drops a packet to a service that cannot serve it ("Service backend not
@@ -264,7 +282,7 @@ fn from_container_new(
         st.redirect_port = port;
         return REDIRECT;
     }
-    emit(ctx, st, &Outcome::trace(point));
+    emit(ctx, st, &Outcome::trace(forward_point(st)));
     TC_ACT_OK
 }
 

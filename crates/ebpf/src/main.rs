@@ -19,6 +19,11 @@
 //! port unreachable) back through the same veth. Traces are aggregated per
 //! flow (conntrack); every drop is reported, under a per-CPU rate limit.
 //!
+//! from_overlay (the node's VXLAN device, tunnel mode): the sender's
+//! identity from the VNI into the packet's mark, for the destination's
+//! to_container; from_container sends packets to other nodes' pod CIDRs
+//! into the overlay with the sender's identity as the VNI.
+//!
 //! Everything per endpoint comes from maps; the agent never recompiles.
 #![no_std]
 #![no_main]
@@ -29,6 +34,7 @@ mod events;
 mod fragments;
 mod from_container;
 mod host_routing;
+mod overlay;
 mod parse;
 mod policy;
 mod redirect;
@@ -41,6 +47,7 @@ mod to_container;
 use crate::conntrack::live_entry;
 use crate::events::count;
 use crate::from_container::from_container_inner;
+use crate::overlay::{from_overlay_inner, to_overlay_inner};
 use crate::parse::IPPROTO_TCP;
 use crate::redirect::{PROXY_LISTENERS, listener_key};
 use crate::skb::ifindex;
@@ -74,6 +81,28 @@ pub fn to_container(ctx: TcContext) -> i32 {
     };
     // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
     to_container_inner(&ctx, unsafe { &mut *st }, ifindex)
+}
+
+/// On the node's VXLAN device (ingress): packets from other nodes' pods,
+/// decapsulated, with the sender's identity in the VNI (`overlay`).
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
+    from_overlay_inner(&ctx, unsafe { &mut *st })
+}
+
+/// On the node's VXLAN device (egress): the tunnel key of packets the
+/// node's stack routes into the overlay (`overlay`).
+#[classifier]
+pub fn to_overlay(ctx: TcContext) -> i32 {
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
+    to_overlay_inner(&ctx, unsafe { &mut *st })
 }
 
 const AF_INET: u32 = 2;

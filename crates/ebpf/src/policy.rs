@@ -17,7 +17,9 @@ use myelin_common::{
     PolicyEntry, PolicyKey, TrafficDirection, Verdict, drop_reason,
 };
 
-const IDENTITY_WORLD: u32 = 2;
+/// The reserved identity of addresses outside the cluster (and of senders
+/// whose identity is not known).
+pub(crate) const IDENTITY_WORLD: u32 = 2;
 
 /// A policy decision for one direction.
 #[derive(Clone, Copy)]

@@ -19,7 +19,8 @@ use myelin_common::event::{
     EVENT_FLAG_FRAGMENT, EVENT_FLAG_FROM_PROXY, EVENT_FLAG_REPLY, EVENT_FLAG_SERVICE,
 };
 use myelin_common::maps::{
-    CT_FLAG_FROM_PROXY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, PROXY_MARK_EGRESS, PROXY_MARK_MASK,
+    CT_FLAG_FROM_PROXY, CT_SCOPE_EGRESS, CT_SCOPE_INGRESS, MARK_OVERLAY_IDENTITY,
+    PROXY_MARK_EGRESS, PROXY_MARK_MASK,
 };
 use myelin_common::{
     CtEntry, Direction, EndpointInfo, ObservationPoint, PolicyAction, TrafficDirection, drop_reason,
@@ -177,8 +178,10 @@ fn to_container_new(
     let point = ObservationPoint::ToEndpoint;
     let from_proxy = st.meta.flags & EVENT_FLAG_FROM_PROXY != 0;
     // The proxy's upstream connections say whom they act for in the mark's
-    // upper half; otherwise the source address tells.
-    st.meta.src_identity = if from_proxy && mark >> 16 != 0 {
+    // upper half, and so does `from_overlay` for packets from other nodes
+    // (the VNI's identity); otherwise the source address tells.
+    let overlay = mark & PROXY_MARK_MASK == MARK_OVERLAY_IDENTITY;
+    st.meta.src_identity = if (from_proxy || overlay) && mark >> 16 != 0 {
         mark >> 16
     } else {
         identity_of(st.pkt.family, &st.pkt.saddr)

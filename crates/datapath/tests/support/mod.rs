@@ -3,6 +3,8 @@
 //! it wrote.
 #![allow(dead_code)] // each test binary uses a different part of the kit
 
+pub mod netns;
+
 use std::net::IpAddr;
 use std::time::Duration;
 
