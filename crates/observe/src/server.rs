@@ -131,7 +131,7 @@ fn event_time(event: &Event) -> (i64, i32) {
 }
 
 /// Everything from the request that decides which events a reader sends.
-struct Selection {
+pub(crate) struct Selection {
     filters: FilterSet,
     since: Option<(i64, i32)>,
     until: Option<(i64, i32)>,
@@ -139,6 +139,45 @@ struct Selection {
 }
 
 impl Selection {
+    /// What a GetFlows request selects, or `InvalidArgument` naming what in it
+    /// cannot be honoured (never a silent match-all). The relay checks its
+    /// requests with this too, before asking any node.
+    pub(crate) fn from_request(req: &GetFlowsRequest) -> Result<Self, Status> {
+        if req.first && req.follow {
+            return Err(Status::invalid_argument(
+                "first cannot be combined with follow",
+            ));
+        }
+        if let Some(extension) = req.extensions.first() {
+            return Err(Status::invalid_argument(format!(
+                "extensions are not supported (got {:?}): this server would ignore them; \
+                 send the request without extensions",
+                extension.type_url
+            )));
+        }
+        let filters = FilterSet::new(&req.whitelist, &req.blacklist)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mask = req
+            .field_mask
+            .as_ref()
+            .or(req
+                .experimental
+                .as_ref()
+                .and_then(|e| e.field_mask.as_ref()))
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        for path in &mask {
+            crate::wire_check::check_field_path("flow.Flow", path)
+                .map_err(Status::invalid_argument)?;
+        }
+        Ok(Self {
+            filters,
+            since: req.since.as_ref().map(|t| time_key(Some(t))),
+            until: req.until.as_ref().map(|t| time_key(Some(t))),
+            mask,
+        })
+    }
+
     fn in_time(&self, key: (i64, i32)) -> bool {
         self.since.is_none_or(|s| key >= s) && self.until.is_none_or(|u| key <= u)
     }
@@ -260,39 +299,7 @@ impl observer_server::Observer for ObserverService {
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let req = request.into_inner();
-        if req.first && req.follow {
-            return Err(Status::invalid_argument(
-                "first cannot be combined with follow",
-            ));
-        }
-        if let Some(extension) = req.extensions.first() {
-            return Err(Status::invalid_argument(format!(
-                "extensions are not supported (got {:?}): this server would ignore them; \
-                 send the request without extensions",
-                extension.type_url
-            )));
-        }
-        let filters = FilterSet::new(&req.whitelist, &req.blacklist)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mask = req
-            .field_mask
-            .as_ref()
-            .or(req
-                .experimental
-                .as_ref()
-                .and_then(|e| e.field_mask.as_ref()))
-            .map(|m| m.paths.clone())
-            .unwrap_or_default();
-        for path in &mask {
-            crate::wire_check::check_field_path("flow.Flow", path)
-                .map_err(Status::invalid_argument)?;
-        }
-        let selection = Selection {
-            filters,
-            since: req.since.as_ref().map(|t| time_key(Some(t))),
-            until: req.until.as_ref().map(|t| time_key(Some(t))),
-            mask,
-        };
+        let selection = Selection::from_request(&req)?;
         let subscription = self.observer.subscribe(req.follow);
         let history = select_history(subscription.history, &selection, &req);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);

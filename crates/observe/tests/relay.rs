@@ -410,6 +410,18 @@ async fn a_bad_filter_is_refused_once_by_the_relay() {
         .await
         .expect_err("first with follow");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // Checked by the relay as a node would, not forwarded to fail on each node.
+    let status = client
+        .get_flows(GetFlowsRequest {
+            field_mask: Some(prost_types::FieldMask {
+                paths: vec!["no_such_field".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a mask path no Flow has");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("no_such_field"), "{}", status.message());
     let status = client
         .get_agent_events(myelin_observe::proto::observer::GetAgentEventsRequest::default())
         .await

@@ -138,14 +138,9 @@ impl observer_server::Observer for RelayService {
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
         let req = request.into_inner();
-        if req.first && req.follow {
-            return Err(Status::invalid_argument(
-                "first cannot be combined with follow",
-            ));
-        }
-        // The filters are checked here once, not by every node.
-        crate::FilterSet::new(&req.whitelist, &req.blacklist)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Checked here once, as every node would: a bad request is refused,
+        // not answered with each node's error.
+        crate::server::Selection::from_request(&req)?;
         let (connected, unavailable) = split(self.pool.list());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let pool = self.pool.clone();
