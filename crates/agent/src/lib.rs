@@ -6,6 +6,7 @@
 //! started for, so several agents (one per lab node) can run side by side.
 
 pub mod api;
+pub mod cluster;
 mod conntrack;
 mod daemon;
 pub mod flows;

@@ -115,6 +115,22 @@ struct AgentArgs {
         default_value = myelin_agent::l7::TRACEPARENT
     )]
     hubble_http_headers: Vec<String>,
+    /// The cluster store (etcd) to join: `unix:///path/client.sock:PORT` or
+    /// `host:port[,host:port...]`; without it the node is alone, with `--identity-store`.
+    #[arg(long)]
+    cluster_store: Option<String>,
+    /// The cluster's name: the store's keys live under `/myelin/<name>/`.
+    #[arg(long, default_value = "default", requires = "cluster_store")]
+    cluster_name: String,
+    /// The node's underlay addresses, comma-separated; the first is its tunnel endpoint.
+    #[arg(long, value_delimiter = ',', requires = "cluster_store")]
+    node_address: Vec<IpAddr>,
+    /// The node's pod CIDR (one per family; repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', requires = "cluster_store")]
+    pod_cidr: Vec<ipnet::IpNet>,
+    /// Seconds the node's store entries outlive a dead agent (its lease's TTL).
+    #[arg(long, default_value_t = myelin_agent::cluster::LAB_LEASE_TTL.as_secs())]
+    lease_ttl: u64,
 }
 
 #[derive(clap::Args)]
@@ -243,6 +259,18 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .servicemap_token_file
                 .clone()
                 .unwrap_or_else(|| args.state_dir.join("servicemap-token"));
+            let cluster = match &args.cluster_store {
+                Some(address) => Some(myelin_agent::cluster::EtcdClusterConfig {
+                    address: myelin_agent::cluster::parse_store_address(address)?,
+                    cluster: args.cluster_name.clone(),
+                    node: args.node.clone(),
+                    addresses: args.node_address.clone(),
+                    pod_cidrs: args.pod_cidr.clone(),
+                    observer_address: None,
+                    lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
+                }),
+                None => None,
+            };
             let config = myelin_agent::AgentConfig {
                 node: args.node,
                 api_socket: args.api_socket,
@@ -267,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 servicemap_token_file,
                 flow_headers: myelin_agent::l7::FlowHeaders::new(&args.hubble_http_headers)
                     .context("--hubble-http-headers")?,
+                cluster,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)
