@@ -27,7 +27,7 @@ use crate::api::{
     AgentStatus, EndpointMac as _, EndpointSpec, EndpointStatus, Request, Response, ServiceStatus,
 };
 use crate::cluster::{
-    Cluster, ClusterEvent, EtcdCluster, EtcdClusterConfig, RemoteState, SingleNode, endpoint_ips,
+    Cluster, ClusterEvent, EtcdCluster, EtcdClusterConfig, RemoteState, SingleNode,
 };
 use crate::reconcile::{Applied, Desired, Dirty};
 use crate::services::{self, ServiceTable};
@@ -125,6 +125,8 @@ struct Node {
     /// Other nodes' pod CIDRs and the tunnel endpoint reaching each (for
     /// the overlay's `sync_tunnel_endpoints`).
     tunnel_routes: BTreeMap<ipnet::IpNet, IpAddr>,
+    /// What the cluster was told of each local endpoint.
+    published: BTreeMap<EndpointKey, Vec<myelin_store::Endpoint>>,
     /// This node's observer, and where the peer service's list goes.
     own_peer: Option<PeerNode>,
     peers: Option<watch::Sender<PeerMap>>,
@@ -216,6 +218,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cluster,
         remote: RemoteState::new(&config.node),
         tunnel_routes: BTreeMap::new(),
+        published: BTreeMap::new(),
         own_peer: own_peer.clone(),
         peers: None,
     };
@@ -441,21 +444,36 @@ impl Node {
         }
     }
 
-    /// Tells the cluster about a local endpoint's addresses (and withdraws
-    /// those it no longer has).
-    fn publish(&self, spec: &EndpointSpec, before: Option<&EndpointSpec>) {
-        let key = EndpointKey::new(&spec.namespace, &spec.pod);
-        let Some(identity) = self.engine.policy(&key).map(|p| p.identity) else {
-            return;
+    /// Tells the cluster what it does not know yet of a local endpoint: its
+    /// addresses with its identity, and the addresses it no longer has (all
+    /// of them when it is gone). After a restart nothing is known published:
+    /// every endpoint goes out again, under this run's lease.
+    fn publish(&mut self, key: &EndpointKey) {
+        let now = match (self.endpoints.get(key), self.engine.policy(key)) {
+            (Some(endpoint), Some(policy)) => {
+                crate::cluster::published(&endpoint.spec, policy.identity, &self.name)
+            }
+            _ => Vec::new(),
         };
-        let published = crate::cluster::published(spec, identity, &self.name);
-        for gone in before.map(endpoint_ips).unwrap_or_default() {
-            if !published.iter().any(|e| e.ip == gone) {
-                self.cluster.withdraw_endpoint(gone);
+        let before = self.published.remove(key).unwrap_or_default();
+        if before == now {
+            if !now.is_empty() {
+                self.published.insert(key.clone(), now);
+            }
+            return;
+        }
+        for gone in &before {
+            if !now.iter().any(|e| e.ip == gone.ip) {
+                self.cluster.withdraw_endpoint(gone.ip);
             }
         }
-        for endpoint in published {
-            self.cluster.publish_endpoint(endpoint);
+        for endpoint in &now {
+            if !before.contains(endpoint) {
+                self.cluster.publish_endpoint(endpoint.clone());
+            }
+        }
+        if !now.is_empty() {
+            self.published.insert(key.clone(), now);
         }
     }
 
@@ -555,10 +573,6 @@ impl Node {
             self.datapath.detach_endpoint(&ifname, 0)?;
         }
         self.sync()?;
-        // Re-adopted: published again, under this run's lease.
-        for endpoint in self.endpoints.values() {
-            self.publish(&endpoint.spec, None);
-        }
         self.persist()
     }
 
@@ -645,6 +659,7 @@ impl Node {
         for key in &dirty.endpoints {
             let spec = self.endpoints.get(key).map(|e| &e.spec);
             self.proxy_config.update(&self.engine, key, spec);
+            self.publish(key);
         }
         if !plan.policies.is_empty() || !plan.policies_removed.is_empty() {
             self.metrics.policy_revision.inc();
@@ -761,12 +776,10 @@ impl Node {
                     let kind = AgentEventType::EndpointCreated;
                     self.endpoint_changed(kind, id, &spec.namespace, &spec.pod, labels);
                 }
-                let before = self
-                    .endpoints
+                self.endpoints
                     .insert(key.clone(), Endpoint { id, ifindex, spec });
                 self.sync()?;
                 self.persist()?;
-                self.publish(&self.endpoints[&key].spec, before.as_ref().map(|e| &e.spec));
                 let endpoint = &self.endpoints[&key];
                 Response::Endpoint(self.endpoint_status(endpoint))
             }
@@ -781,9 +794,6 @@ impl Node {
                     self.dirty.endpoints.insert(key);
                     self.dirty.removed.insert(endpoint.id);
                     self.dirty.specs = true;
-                    for ip in endpoint_ips(&endpoint.spec) {
-                        self.cluster.withdraw_endpoint(ip);
-                    }
                     self.datapath
                         .detach_endpoint(&endpoint.spec.ifname, endpoint.ifindex)?;
                     self.sync()?;
