@@ -160,8 +160,6 @@ pub struct RemoteEndpoint {
     pub ip: IpAddr,
     /// Its cluster identity (the number its node allocated).
     pub identity: Identity,
-    /// The identity's labels, from the store's identities.
-    pub labels: LabelSet,
     /// Named container ports, for egress rules that name the peer's ports.
     pub ports: Vec<NamedPort>,
     /// The node it runs on.
@@ -883,9 +881,12 @@ impl PolicyEngine {
     /// Adds or replaces a pod of another node. Costs what it touches: a new
     /// identity is matched against the selectors the peer index gives for it,
     /// an identity already known only moves the address in the ipcache.
+    /// `labels` are the identity's (from the store's identities), read only
+    /// when the identity is new here: one number never means two label sets.
     pub fn upsert_remote_endpoint(
         &mut self,
         endpoint: RemoteEndpoint,
+        labels: &LabelSet,
     ) -> Result<Changes, PolicyError> {
         if !(CLUSTER_MIN..=CLUSTER_MAX).contains(&endpoint.identity) {
             return Err(PolicyError::RemoteIdentity {
@@ -910,7 +911,7 @@ impl PolicyEngine {
         let id = endpoint.identity;
         if !self.identity_in_use(id) {
             let info = IdentityInfo {
-                labels: endpoint.labels.clone(),
+                labels: labels.clone(),
                 kind: IdentityKind::Endpoint,
             };
             self.add_identity(id, info, &mut pending);

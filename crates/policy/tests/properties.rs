@@ -202,18 +202,18 @@ fn remote(
     i: usize,
     labels: BTreeMap<String, String>,
     named: bool,
-) -> myelin_policy::RemoteEndpoint {
+) -> (myelin_policy::RemoteEndpoint, myelin_policy::LabelSet) {
     let labels = myelin_policy::LabelSet::for_pod("default", &labels, &BTreeMap::new(), None);
     let local = pod(i, BTreeMap::new(), named);
-    myelin_policy::RemoteEndpoint {
+    let endpoint = myelin_policy::RemoteEndpoint {
         ip: format!("10.2.0.{}", i + 1).parse().expect("ip"),
         identity: allocator.allocate(&labels).expect("identity"),
-        labels,
         ports: local.ports,
         node: "node2".into(),
         namespace: "default".into(),
         pod: format!("remote{i}"),
-    }
+    };
+    (endpoint, labels)
 }
 
 fn resource(i: usize) -> myelin_model::Resource {
@@ -293,7 +293,7 @@ proptest! {
         let mut applied: BTreeMap<usize, myelin_model::Resource> = BTreeMap::new();
         let mut pods: BTreeMap<usize, Endpoint> = BTreeMap::new();
         let mut node2 = myelin_policy::Allocator::new(store.clone(), "node2");
-        let mut remotes: BTreeMap<usize, myelin_policy::RemoteEndpoint> = BTreeMap::new();
+        let mut remotes: BTreeMap<usize, (myelin_policy::RemoteEndpoint, myelin_policy::LabelSet)> = BTreeMap::new();
         for op in ops {
             match op {
                 Op::Apply(i) => {
@@ -329,12 +329,12 @@ proptest! {
                     pods.remove(&i);
                 }
                 Op::Remote(i, labels, named) => {
-                    let r = remote(&mut node2, i, labels, named);
-                    mirror.apply(&incremental.upsert_remote_endpoint(r.clone()).expect("remote"));
-                    remotes.insert(i, r);
+                    let (r, labels) = remote(&mut node2, i, labels, named);
+                    mirror.apply(&incremental.upsert_remote_endpoint(r.clone(), &labels).expect("remote"));
+                    remotes.insert(i, (r, labels));
                 }
                 Op::RemoteGone(i) => {
-                    if let Some(r) = remotes.remove(&i) {
+                    if let Some((r, _)) = remotes.remove(&i) {
                         mirror.apply(&incremental.remove_remote_endpoint(r.ip));
                     }
                 }
@@ -346,8 +346,8 @@ proptest! {
         for p in pods.values() {
             full.upsert_endpoint(p.clone()).expect("endpoint");
         }
-        for r in remotes.values() {
-            full.upsert_remote_endpoint(r.clone()).expect("remote");
+        for (r, labels) in remotes.values() {
+            full.upsert_remote_endpoint(r.clone(), labels).expect("remote");
         }
         for r in applied.values() {
             full.apply(r).expect("apply");

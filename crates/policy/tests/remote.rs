@@ -42,7 +42,6 @@ fn remote(address: &str, identity: u32, app: &str) -> RemoteEndpoint {
     RemoteEndpoint {
         ip: ip(address),
         identity,
-        labels: labels(app),
         ports: Vec::new(),
         node: "node-a".into(),
         namespace: "default".into(),
@@ -78,7 +77,7 @@ fn web() -> EndpointKey {
 fn a_remote_pod_is_a_peer_by_its_labels_and_in_the_ipcache() {
     let mut engine = node_b();
     let changes = engine
-        .upsert_remote_endpoint(remote("10.244.1.5", 300, "client"))
+        .upsert_remote_endpoint(remote("10.244.1.5", 300, "client"), &labels("client"))
         .expect("remote");
     // The selector matched the remote identity: web's table gained it.
     let Some(EndpointChange::Updated { ingress, .. }) = changes.endpoints.get(&web()) else {
@@ -106,7 +105,7 @@ fn a_remote_pod_is_a_peer_by_its_labels_and_in_the_ipcache() {
 
     // A remote pod of other labels is not admitted.
     engine
-        .upsert_remote_endpoint(remote("10.244.1.6", 301, "other"))
+        .upsert_remote_endpoint(remote("10.244.1.6", 301, "other"), &labels("other"))
         .expect("remote");
     let policy = engine.policy(&web()).expect("web");
     assert_eq!(
@@ -135,10 +134,10 @@ fn a_remote_pod_is_a_peer_by_its_labels_and_in_the_ipcache() {
 fn a_second_pod_of_a_known_identity_only_touches_its_address() {
     let mut engine = node_b();
     engine
-        .upsert_remote_endpoint(remote("10.244.1.5", 300, "client"))
+        .upsert_remote_endpoint(remote("10.244.1.5", 300, "client"), &labels("client"))
         .expect("first");
     let changes = engine
-        .upsert_remote_endpoint(remote("10.244.1.7", 300, "client"))
+        .upsert_remote_endpoint(remote("10.244.1.7", 300, "client"), &labels("client"))
         .expect("second");
     assert!(changes.endpoints.is_empty(), "{changes:?}");
     assert_eq!(
@@ -159,7 +158,7 @@ fn a_second_pod_of_a_known_identity_only_touches_its_address() {
     );
     // Delivered again unchanged: nothing to do.
     let again = engine
-        .upsert_remote_endpoint(remote("10.244.1.7", 300, "client"))
+        .upsert_remote_endpoint(remote("10.244.1.7", 300, "client"), &labels("client"))
         .expect("again");
     assert!(again.is_empty());
 }
@@ -183,7 +182,7 @@ fn a_local_and_a_remote_pod_share_an_identity() {
         .expect("client")
         .identity;
     engine
-        .upsert_remote_endpoint(remote("10.244.1.5", id, "client"))
+        .upsert_remote_endpoint(remote("10.244.1.5", id, "client"), &labels("client"))
         .expect("remote");
     // The local pod leaves: the remote one keeps the identity admitted.
     engine.remove_endpoint(&EndpointKey::new("default", "client"));
@@ -211,12 +210,16 @@ fn egress_named_ports_resolve_against_remote_pods() {
         port: 5432,
         proto: Proto::Tcp,
     }];
-    engine.upsert_remote_endpoint(db.clone()).expect("db");
+    engine
+        .upsert_remote_endpoint(db.clone(), &labels("db"))
+        .expect("db");
     let egress = &engine.policy(&web()).expect("web").egress;
     assert_eq!(egress.lookup(400, Proto::Tcp, 5432).0, Decision::Allow);
     // The port renamed on its node: the entry follows.
     db.ports[0].port = 3306;
-    engine.upsert_remote_endpoint(db).expect("db");
+    engine
+        .upsert_remote_endpoint(db, &labels("db"))
+        .expect("db");
     let egress = &engine.policy(&web()).expect("web").egress;
     assert_eq!(egress.lookup(400, Proto::Tcp, 3306).0, Decision::Allow);
     assert_eq!(
@@ -241,7 +244,7 @@ fn remote_nodes_and_the_cluster_entity() {
     );
     assert_eq!(engine.identity_of_ip(ip("fd00:90::1")), REMOTE_NODE);
     engine
-        .upsert_remote_endpoint(remote("10.244.1.5", 300, "other"))
+        .upsert_remote_endpoint(remote("10.244.1.5", 300, "other"), &labels("other"))
         .expect("remote");
     let ingress = &engine.policy(&web()).expect("web").ingress;
     assert_eq!(
@@ -259,7 +262,8 @@ fn remote_nodes_and_the_cluster_entity() {
 #[test]
 fn a_reserved_number_from_another_node_is_refused() {
     let mut engine = node_b();
-    let refused = engine.upsert_remote_endpoint(remote("10.244.1.5", 1, "client"));
+    let refused =
+        engine.upsert_remote_endpoint(remote("10.244.1.5", 1, "client"), &labels("client"));
     assert!(matches!(
         refused,
         Err(PolicyError::RemoteIdentity { identity: 1, .. })

@@ -134,7 +134,7 @@ impl RemoteState {
             merge(changes, engine.remove_remote_endpoint(ip));
             return;
         };
-        match engine.upsert_remote_endpoint(remote_endpoint(endpoint, labels.clone())) {
+        match engine.upsert_remote_endpoint(remote_endpoint(endpoint), labels) {
             Ok(more) => merge(changes, more),
             Err(error) => tracing::warn!(%error, "cluster store: endpoint ignored"),
         }
@@ -175,13 +175,12 @@ impl RemoteState {
 }
 
 /// A store endpoint as the engine takes it.
-fn remote_endpoint(endpoint: &StoreEndpoint, labels: LabelSet) -> RemoteEndpoint {
+fn remote_endpoint(endpoint: &StoreEndpoint) -> RemoteEndpoint {
     let tcp = endpoint.named_ports.iter().map(|p| (p, Proto::Tcp));
     let udp = endpoint.named_udp_ports.iter().map(|p| (p, Proto::Udp));
     RemoteEndpoint {
         ip: endpoint.ip,
         identity: endpoint.identity,
-        labels,
         ports: tcp
             .chain(udp)
             .map(|((name, port), proto)| NamedPort {
