@@ -63,9 +63,6 @@ pub struct AgentConfig {
     /// restarts wait in the socket and are answered, not refused. When
     /// given, the agent does not bind `dns_listen` itself.
     pub dns_fds: Vec<i32>,
-    /// The identity store, shared by every agent of the cluster so that two
-    /// agents never give one number to different label sets.
-    pub identity_store: PathBuf,
     /// Unix socket the node's proxy connects to for its configuration.
     pub proxy_socket: Option<PathBuf>,
     /// Unix socket of the Hubble-compatible observer API.
@@ -83,9 +80,23 @@ pub struct AgentConfig {
     pub servicemap_token_file: PathBuf,
     /// The HTTP headers L7 flows carry.
     pub flow_headers: l7::FlowHeaders,
-    /// The cluster store to join; `None`: a single node with `identity_store`.
-    /// Its `observer_address` is filled in from the observer's listeners.
-    pub cluster: Option<EtcdClusterConfig>,
+    /// Where the node's cluster is read from.
+    pub cluster: ClusterConfig,
+}
+
+/// Where an agent reads its cluster from.
+#[derive(Debug, Clone)]
+pub enum ClusterConfig {
+    /// A node on its own (or lab nodes sharing one file): identities from
+    /// the file store, shared by the agents of the host so that two never
+    /// give one number to different label sets.
+    SingleNode {
+        /// The identity store's file.
+        identity_store: PathBuf,
+    },
+    /// A cluster on etcd; its `observer_address` is filled in from the
+    /// observer's listeners.
+    Etcd(EtcdClusterConfig),
 }
 
 /// The node's state, owned by one task.
@@ -181,12 +192,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tls_server_name: None,
         });
     let cluster: Box<dyn Cluster> = match &config.cluster {
-        Some(cluster) => {
+        ClusterConfig::Etcd(cluster) => {
             let mut cluster = cluster.clone();
             cluster.observer_address = own_peer.as_ref().map(|p| p.address.clone());
             Box::new(EtcdCluster::start(&cluster).await?)
         }
-        None => Box::new(SingleNode::new(&config.identity_store)),
+        ClusterConfig::SingleNode { identity_store } => Box::new(SingleNode::new(identity_store)),
     };
     let mut node = Node {
         name: config.node.clone(),

@@ -23,5 +23,5 @@ mod state;
 mod testing;
 mod view;
 
-pub use daemon::{AgentConfig, run};
+pub use daemon::{AgentConfig, ClusterConfig, run};
 pub use netns::enter_netns;

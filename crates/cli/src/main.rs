@@ -74,9 +74,13 @@ struct AgentArgs {
     /// agent does not bind `--dns-listen` itself.
     #[arg(long = "dns-fd")]
     dns_fds: Vec<i32>,
-    /// The identity store shared by the cluster's agents.
-    #[arg(long)]
-    identity_store: PathBuf,
+    /// The identity store shared by the node's agents (a file; not with `--cluster-store`).
+    #[arg(
+        long,
+        required_unless_present = "cluster_store",
+        conflicts_with = "cluster_store"
+    )]
+    identity_store: Option<PathBuf>,
     /// Unix socket the node's proxy connects to for its configuration.
     #[arg(long)]
     proxy_socket: Option<PathBuf>,
@@ -259,17 +263,24 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .servicemap_token_file
                 .clone()
                 .unwrap_or_else(|| args.state_dir.join("servicemap-token"));
-            let cluster = match &args.cluster_store {
-                Some(address) => Some(myelin_agent::cluster::EtcdClusterConfig {
-                    address: myelin_agent::cluster::parse_store_address(address)?,
-                    cluster: args.cluster_name.clone(),
-                    node: args.node.clone(),
-                    addresses: args.node_address.clone(),
-                    pod_cidrs: args.pod_cidr.clone(),
-                    observer_address: None,
-                    lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
-                }),
-                None => None,
+            let cluster = match (&args.cluster_store, args.identity_store) {
+                (Some(address), _) => {
+                    myelin_agent::ClusterConfig::Etcd(myelin_agent::cluster::EtcdClusterConfig {
+                        address: myelin_agent::cluster::parse_store_address(address)?,
+                        cluster: args.cluster_name.clone(),
+                        node: args.node.clone(),
+                        addresses: args.node_address.clone(),
+                        pod_cidrs: args.pod_cidr.clone(),
+                        observer_address: None,
+                        lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
+                    })
+                }
+                (None, Some(identity_store)) => {
+                    myelin_agent::ClusterConfig::SingleNode { identity_store }
+                }
+                (None, None) => anyhow::bail!(
+                    "give --identity-store (one node) or --cluster-store (a cluster on etcd)"
+                ),
             };
             let config = myelin_agent::AgentConfig {
                 node: args.node,
@@ -278,7 +289,6 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 state_dir: args.state_dir,
                 dns_listen: args.dns_listen,
                 dns_fds: args.dns_fds,
-                identity_store: args.identity_store,
                 proxy_socket: args.proxy_socket,
                 observer_socket: args.observer_socket,
                 observer_tcp: args.observer_tcp,

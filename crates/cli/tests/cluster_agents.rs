@@ -63,8 +63,6 @@ impl NodeUnderTest {
             bpffs.path().display().to_string(),
             "--state-dir".into(),
             dir.join("state").display().to_string(),
-            "--identity-store".into(),
-            dir.join("unused-identities.json").display().to_string(),
             "--cluster-store".into(),
             store.into(),
             "--cluster-name".into(),
