@@ -26,6 +26,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::api::{
     AgentStatus, EndpointMac as _, EndpointSpec, EndpointStatus, Request, Response, ServiceStatus,
 };
+use crate::cluster::{
+    Cluster, ClusterEvent, EtcdCluster, EtcdClusterConfig, RemoteState, SingleNode,
+};
 use crate::reconcile::{Applied, Desired, Dirty};
 use crate::services::{self, ServiceTable};
 use crate::state::{self, StoredEndpoint, StoredState};
@@ -37,7 +40,7 @@ use myelin_observe::servicemap::{
     AccessToken, ServiceMapConfig, SharedServiceMap, serve_servicemap,
 };
 use myelin_observe::{Metrics, Observer, ObserverConfig, ServeConfig};
-use myelin_policy::{EndpointKey, FileStore, PolicyEngine};
+use myelin_policy::{EndpointKey, PolicyEngine};
 use myelin_proxy::control::ControlServer;
 use prometheus_client::registry::Registry;
 
@@ -60,9 +63,6 @@ pub struct AgentConfig {
     /// restarts wait in the socket and are answered, not refused. When
     /// given, the agent does not bind `dns_listen` itself.
     pub dns_fds: Vec<i32>,
-    /// The identity store, shared by every agent of the cluster so that two
-    /// agents never give one number to different label sets.
-    pub identity_store: PathBuf,
     /// Unix socket the node's proxy connects to for its configuration.
     pub proxy_socket: Option<PathBuf>,
     /// Unix socket of the Hubble-compatible observer API.
@@ -80,6 +80,23 @@ pub struct AgentConfig {
     pub servicemap_token_file: PathBuf,
     /// The HTTP headers L7 flows carry.
     pub flow_headers: l7::FlowHeaders,
+    /// Where the node's cluster is read from.
+    pub cluster: ClusterConfig,
+}
+
+/// Where an agent reads its cluster from.
+#[derive(Debug, Clone)]
+pub enum ClusterConfig {
+    /// A node on its own (or lab nodes sharing one file): identities from
+    /// the file store, shared by the agents of the host so that two never
+    /// give one number to different label sets.
+    SingleNode {
+        /// The identity store's file.
+        identity_store: PathBuf,
+    },
+    /// A cluster on etcd; its `observer_address` is filled in from the
+    /// observer's listeners.
+    Etcd(EtcdClusterConfig),
 }
 
 /// The node's state, owned by one task.
@@ -112,6 +129,18 @@ struct Node {
     /// Services the datapath could not program at the last sync, by
     /// `namespace/name`, with the reason.
     service_failures: BTreeMap<String, String>,
+    /// The cluster: identities, where the node's endpoints are published.
+    cluster: Box<dyn Cluster>,
+    /// The other nodes and their endpoints, as the cluster's events told.
+    remote: RemoteState,
+    /// Other nodes' pod CIDRs and the tunnel endpoint reaching each (for
+    /// the overlay's `sync_tunnel_endpoints`).
+    tunnel_routes: BTreeMap<ipnet::IpNet, IpAddr>,
+    /// What the cluster was told of each local endpoint.
+    published: BTreeMap<EndpointKey, Vec<myelin_store::Endpoint>>,
+    /// This node's observer, and where the peer service's list goes.
+    own_peer: Option<PeerNode>,
+    peers: Option<watch::Sender<PeerMap>>,
 }
 
 struct Endpoint {
@@ -119,6 +148,9 @@ struct Endpoint {
     ifindex: u32,
     spec: EndpointSpec,
 }
+
+/// Cluster events taken into one sync at most (and the channel's depth).
+const CLUSTER_EVENT_BATCH: usize = 1024;
 
 /// An API request and where its answer goes.
 type Call = (Request, oneshot::Sender<Result<Response, String>>);
@@ -147,6 +179,26 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (views, view) = watch::channel(Arc::new(View::default()));
     let tally = Arc::new(readers::EventTally::default());
+    // Hubble's peer service: the cluster's observers as far as this agent
+    // knows them (itself, and the nodes the cluster store names).
+    let own_peer = config
+        .observer_socket
+        .as_ref()
+        .map(|path| format!("unix://{}", path.display()))
+        .or(config.observer_tcp.map(|address| address.to_string()))
+        .map(|address| PeerNode {
+            name: config.node.clone(),
+            address,
+            tls_server_name: None,
+        });
+    let cluster: Box<dyn Cluster> = match &config.cluster {
+        ClusterConfig::Etcd(cluster) => {
+            let mut cluster = cluster.clone();
+            cluster.observer_address = own_peer.as_ref().map(|p| p.address.clone());
+            Box::new(EtcdCluster::start(&cluster).await?)
+        }
+        ClusterConfig::SingleNode { identity_store } => Box::new(SingleNode::new(identity_store)),
+    };
     let mut node = Node {
         name: config.node.clone(),
         datapath,
@@ -155,10 +207,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         services: ServiceTable::new(),
         zone: zone.clone(),
         tally: tally.clone(),
-        engine: PolicyEngine::new(
-            Arc::new(FileStore::new(&config.identity_store)),
-            config.node.clone(),
-        ),
+        engine: PolicyEngine::new(cluster.identity_store(), config.node.clone()),
         resources: BTreeMap::new(),
         observer: observer.clone(),
         proxy,
@@ -177,6 +226,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         agent_events: agent_events::AgentEvents::default(),
         service_failures: BTreeMap::new(),
         flow_headers: config.flow_headers.clone(),
+        cluster,
+        remote: RemoteState::new(&config.node),
+        tunnel_routes: BTreeMap::new(),
+        published: BTreeMap::new(),
+        own_peer: own_peer.clone(),
+        peers: None,
     };
     node.agent_started();
     node.restore()?;
@@ -208,32 +263,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             (None, None) => {}
         }
 
-        // Hubble's peer service: the cluster's observers as far as this agent
-        // knows them, which is itself until a cluster store names the others.
-        let own = config
-            .observer_socket
-            .as_ref()
-            .map(|path| format!("unix://{}", path.display()))
-            .or(config.observer_tcp.map(|address| address.to_string()));
-        let peers: PeerMap = own
-            .map(|address| {
-                let node = PeerNode {
-                    name: config.node.clone(),
-                    address,
-                    tls_server_name: None,
-                };
-                (node.name.clone(), node)
-            })
-            .into_iter()
-            .collect();
-        let (peers_tx, peers_rx) = tokio::sync::watch::channel(peers);
+        let (peers_tx, peers_rx) = watch::channel(node.remote.peers(own_peer.as_ref()));
+        node.peers = Some(peers_tx);
         let server = server.with_peers(PeerService::new(peers_rx));
         tokio::spawn(async move {
-            // Keeps the peer list alive (and unchanged) while the server runs.
             if let Err(error) = server.run(std::future::pending()).await {
                 tracing::error!(%error, "the observer API stopped");
             }
-            drop(peers_tx);
         });
     }
     if let Some(address) = config.servicemap_addr {
@@ -270,7 +306,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Err(e) => tracing::warn!("no conntrack garbage collection: {e:#}"),
     }
     let (calls, queue) = mpsc::channel::<Call>(64);
-    tokio::spawn(node.own(queue));
+    let (cluster_events, cluster_queue) = mpsc::channel::<ClusterEvent>(CLUSTER_EVENT_BATCH);
+    node.cluster.watch(cluster_events);
+    tokio::spawn(node.own(queue, cluster_queue));
 
     if config.api_socket.exists() {
         std::fs::remove_file(&config.api_socket)
@@ -367,7 +405,11 @@ fn attach(node: &mut Node, id: u32, spec: &EndpointSpec) -> anyhow::Result<u32> 
 impl Node {
     /// Applies API requests, one at a time, until every sender is gone; and
     /// collects unused identities now and then.
-    async fn own(mut self, mut calls: mpsc::Receiver<Call>) {
+    async fn own(
+        mut self,
+        mut calls: mpsc::Receiver<Call>,
+        mut cluster: mpsc::Receiver<ClusterEvent>,
+    ) {
         let mut identities = tokio::time::interval(std::time::Duration::from_secs(30));
         loop {
             tokio::select! {
@@ -375,8 +417,74 @@ impl Node {
                     let Some((request, answer)) = call else { return };
                     let _ = answer.send(self.handle(request).map_err(|e| format!("{e:#}")));
                 }
+                Some(event) = cluster.recv() => {
+                    // What arrived meanwhile goes in the same sync: a resync
+                    // of thousands of endpoints is one datapath update.
+                    let mut events = vec![event];
+                    while events.len() < CLUSTER_EVENT_BATCH
+                        && let Ok(more) = cluster.try_recv()
+                    {
+                        events.push(more);
+                    }
+                    self.cluster_changed(events);
+                }
                 _ = identities.tick() => self.collect_identities(),
             }
+        }
+    }
+
+    /// Applies the cluster's changes to the engine and the node's routes
+    /// and peers, then brings the datapath up to date (a failed sync leaves
+    /// them dirty for the next change).
+    fn cluster_changed(&mut self, events: Vec<ClusterEvent>) {
+        let mut nodes = false;
+        for event in events {
+            let touched = self.remote.apply(event, &mut self.engine);
+            self.dirty.record(&touched.changes);
+            nodes |= touched.nodes;
+        }
+        if nodes {
+            self.tunnel_routes = self.remote.tunnel_routes();
+            tracing::info!(routes = ?self.tunnel_routes, "cluster: the other nodes changed");
+            if let Some(peers) = &self.peers {
+                peers.send_replace(self.remote.peers(self.own_peer.as_ref()));
+            }
+        }
+        if let Err(error) = self.sync() {
+            tracing::warn!("applying the cluster's changes: {error:#}; the next change retries");
+        }
+    }
+
+    /// Tells the cluster what it does not know yet of a local endpoint: its
+    /// addresses with its identity, and the addresses it no longer has (all
+    /// of them when it is gone). After a restart nothing is known published:
+    /// every endpoint goes out again, under this run's lease.
+    fn publish(&mut self, key: &EndpointKey) {
+        let now = match (self.endpoints.get(key), self.engine.policy(key)) {
+            (Some(endpoint), Some(policy)) => {
+                crate::cluster::published(&endpoint.spec, policy.identity, &self.name)
+            }
+            _ => Vec::new(),
+        };
+        let before = self.published.remove(key).unwrap_or_default();
+        if before == now {
+            if !now.is_empty() {
+                self.published.insert(key.clone(), now);
+            }
+            return;
+        }
+        for gone in &before {
+            if !now.iter().any(|e| e.ip == gone.ip) {
+                self.cluster.withdraw_endpoint(gone.ip);
+            }
+        }
+        for endpoint in &now {
+            if !before.contains(endpoint) {
+                self.cluster.publish_endpoint(endpoint.clone());
+            }
+        }
+        if !now.is_empty() {
+            self.published.insert(key.clone(), now);
         }
     }
 
@@ -562,6 +670,7 @@ impl Node {
         for key in &dirty.endpoints {
             let spec = self.endpoints.get(key).map(|e| &e.spec);
             self.proxy_config.update(&self.engine, key, spec);
+            self.publish(key);
         }
         if !plan.policies.is_empty() || !plan.policies_removed.is_empty() {
             self.metrics.policy_revision.inc();

@@ -6,6 +6,7 @@
 //! started for, so several agents (one per lab node) can run side by side.
 
 pub mod api;
+pub mod cluster;
 mod conntrack;
 mod daemon;
 pub mod flows;
@@ -22,5 +23,5 @@ mod state;
 mod testing;
 mod view;
 
-pub use daemon::{AgentConfig, run};
+pub use daemon::{AgentConfig, ClusterConfig, run};
 pub use netns::enter_netns;

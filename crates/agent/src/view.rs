@@ -124,6 +124,22 @@ impl Addresses {
                 out.endpoints.insert(*ip, meta);
             }
         }
+        // Pods of other nodes: named in flows and ipcache events as Hubble
+        // names them; never local.
+        for remote in engine.remote_endpoints() {
+            if out.endpoints.contains_key(&remote.ip) {
+                continue;
+            }
+            let identity = out.identity_of(remote.ip);
+            let meta = EndpointMeta {
+                identity,
+                namespace: remote.namespace.clone(),
+                pod: remote.pod.clone(),
+                labels: out.labels(identity),
+                ..EndpointMeta::default()
+            };
+            out.endpoints.insert(remote.ip, meta);
+        }
         let mut by_identity: HashMap<u32, Vec<EndpointMeta>> = HashMap::new();
         for (_, spec) in local {
             let Some(ip) = addresses(spec).next() else {
@@ -338,6 +354,36 @@ mod tests {
             .map(|l| l.to_strings());
         assert_eq!(Some(outside.labels), world);
         assert!(!view.is_local(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn pods_of_other_nodes_are_named_but_not_local() {
+        let pods = [(3, pod("web", "web", None, 2))];
+        let mut engine = engine_with(&pods);
+        let labels = myelin_policy::LabelSet::for_pod(
+            "default",
+            &BTreeMap::from([("app".to_string(), "client".to_string())]),
+            &BTreeMap::new(),
+            None,
+        );
+        let remote = myelin_policy::RemoteEndpoint {
+            ip: ip("10.244.7.5"),
+            identity: 300,
+            ports: Vec::new(),
+            node: "node-b".into(),
+            namespace: "default".into(),
+            pod: "client-1".into(),
+        };
+        engine
+            .upsert_remote_endpoint(remote, &labels)
+            .expect("remote");
+        let view = view_of(&engine, &pods);
+        let meta = view.endpoint(ip("10.244.7.5"));
+        assert_eq!((meta.id, meta.identity), (0, 300));
+        assert_eq!(meta.pod, "client-1");
+        assert!(meta.labels.contains(&"k8s:app=client".to_string()));
+        assert!(!view.is_local(ip("10.244.7.5")));
+        assert_eq!(view.pod_of(ip("10.244.7.5")), Some(("default", "client-1")));
     }
 
     #[test]

@@ -74,9 +74,13 @@ struct AgentArgs {
     /// agent does not bind `--dns-listen` itself.
     #[arg(long = "dns-fd")]
     dns_fds: Vec<i32>,
-    /// The identity store shared by the cluster's agents.
-    #[arg(long)]
-    identity_store: PathBuf,
+    /// The identity store shared by the node's agents (a file; not with `--cluster-store`).
+    #[arg(
+        long,
+        required_unless_present = "cluster_store",
+        conflicts_with = "cluster_store"
+    )]
+    identity_store: Option<PathBuf>,
     /// Unix socket the node's proxy connects to for its configuration.
     #[arg(long)]
     proxy_socket: Option<PathBuf>,
@@ -115,6 +119,22 @@ struct AgentArgs {
         default_value = myelin_agent::l7::TRACEPARENT
     )]
     hubble_http_headers: Vec<String>,
+    /// The cluster store (etcd) to join: `unix:///path/client.sock:PORT` or
+    /// `host:port[,host:port...]`; without it the node is alone, with `--identity-store`.
+    #[arg(long)]
+    cluster_store: Option<String>,
+    /// The cluster's name: the store's keys live under `/myelin/<name>/`.
+    #[arg(long, default_value = "default", requires = "cluster_store")]
+    cluster_name: String,
+    /// The node's underlay addresses, comma-separated; the first is its tunnel endpoint.
+    #[arg(long, value_delimiter = ',', requires = "cluster_store")]
+    node_address: Vec<IpAddr>,
+    /// The node's pod CIDR (one per family; repeat or comma-separate).
+    #[arg(long, value_delimiter = ',', requires = "cluster_store")]
+    pod_cidr: Vec<ipnet::IpNet>,
+    /// Seconds the node's store entries outlive a dead agent (its lease's TTL).
+    #[arg(long, default_value_t = myelin_agent::cluster::LAB_LEASE_TTL.as_secs())]
+    lease_ttl: u64,
 }
 
 #[derive(clap::Args)]
@@ -254,6 +274,25 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .servicemap_token_file
                 .clone()
                 .unwrap_or_else(|| args.state_dir.join("servicemap-token"));
+            let cluster = match (&args.cluster_store, args.identity_store) {
+                (Some(address), _) => {
+                    myelin_agent::ClusterConfig::Etcd(myelin_agent::cluster::EtcdClusterConfig {
+                        address: myelin_agent::cluster::parse_store_address(address)?,
+                        cluster: args.cluster_name.clone(),
+                        node: args.node.clone(),
+                        addresses: args.node_address.clone(),
+                        pod_cidrs: args.pod_cidr.clone(),
+                        observer_address: None,
+                        lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
+                    })
+                }
+                (None, Some(identity_store)) => {
+                    myelin_agent::ClusterConfig::SingleNode { identity_store }
+                }
+                (None, None) => anyhow::bail!(
+                    "give --identity-store (one node) or --cluster-store (a cluster on etcd)"
+                ),
+            };
             let config = myelin_agent::AgentConfig {
                 node: args.node,
                 api_socket: args.api_socket,
@@ -261,7 +300,6 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 state_dir: args.state_dir,
                 dns_listen: args.dns_listen,
                 dns_fds: args.dns_fds,
-                identity_store: args.identity_store,
                 proxy_socket: args.proxy_socket,
                 observer_socket: args.observer_socket,
                 observer_tcp: args.observer_tcp,
@@ -278,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 servicemap_token_file,
                 flow_headers: myelin_agent::l7::FlowHeaders::new(&args.hubble_http_headers)
                     .context("--hubble-http-headers")?,
+                cluster,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -50,4 +50,17 @@ pub enum PolicyError {
     /// The named endpoint is unknown.
     #[error("no endpoint {0}; list endpoints with `myelin policy get`")]
     UnknownEndpoint(String),
+    /// A remote endpoint came with a number outside the cluster range (a
+    /// reserved or node-local identity means something else on each node).
+    #[error(
+        "remote endpoint {ip} of node {node} has identity {identity}, outside the cluster range 256-65535; ignored"
+    )]
+    RemoteIdentity {
+        /// The address.
+        ip: std::net::IpAddr,
+        /// The node that published it.
+        node: String,
+        /// The number.
+        identity: u32,
+    },
 }

@@ -30,6 +30,6 @@ pub use labels::{LabelSet, Selector};
 pub use resolve::{
     Action, Changes, Decision, DirectionDiff, DirectionPolicy, Endpoint, EndpointChange,
     EndpointKey, EndpointPolicy, Entry, EntryKey, EntryValue, IpCacheDiff, L7Policy, NamedPort,
-    PolicyEngine, PortRange, ServiceRecord,
+    PolicyEngine, PortRange, RemoteEndpoint, ServiceRecord,
 };
 pub use rules::{Direction, PolicyKey, PolicyKind, Proto, Provenance};

@@ -149,6 +149,27 @@ impl ServiceRecord {
     }
 }
 
+/// A pod of another node, as the cluster store publishes it: an address with
+/// its identity. It takes part as a peer exactly as a local pod does (label
+/// selectors match its identity's labels, the ipcache maps its address to
+/// the identity) but has no policy tables here: its own node enforces its
+/// policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its cluster identity (the number its node allocated).
+    pub identity: Identity,
+    /// Named container ports, for egress rules that name the peer's ports.
+    pub ports: Vec<NamedPort>,
+    /// The node it runs on.
+    pub node: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub pod: String,
+}
+
 /// An inclusive port range; `0..=65535` is every port. For ICMP it holds
 /// the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -571,6 +592,15 @@ pub struct PolicyEngine {
     members: BTreeMap<Identity, BTreeSet<EndpointKey>>,
     /// Endpoints by address (two pods may briefly share one).
     ip_owners: BTreeMap<IpAddr, BTreeSet<EndpointKey>>,
+    /// Pods of other nodes, by address.
+    remote: BTreeMap<IpAddr, RemoteEndpoint>,
+    /// Addresses of remote endpoints by identity (with `members`, what keeps
+    /// an endpoint identity known).
+    remote_members: BTreeMap<Identity, BTreeSet<IpAddr>>,
+    /// Other nodes' own addresses (the `remote-node` identity), by node.
+    remote_nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// How many remote nodes claim each address.
+    remote_node_ips: BTreeMap<IpAddr, usize>,
     services: BTreeMap<(String, String), ServiceRecord>,
     policies: BTreeMap<PolicyKey, PolicyState>,
     selected_by: BTreeMap<EndpointKey, BTreeSet<PolicyKey>>,
@@ -637,6 +667,10 @@ impl PolicyEngine {
             endpoints: BTreeMap::new(),
             members: BTreeMap::new(),
             ip_owners: BTreeMap::new(),
+            remote: BTreeMap::new(),
+            remote_members: BTreeMap::new(),
+            remote_nodes: BTreeMap::new(),
+            remote_node_ips: BTreeMap::new(),
             services: BTreeMap::new(),
             policies: BTreeMap::new(),
             selected_by: BTreeMap::new(),
@@ -844,6 +878,119 @@ impl PolicyEngine {
         self.finish(pending)
     }
 
+    /// Adds or replaces a pod of another node. Costs what it touches: a new
+    /// identity is matched against the selectors the peer index gives for it,
+    /// an identity already known only moves the address in the ipcache.
+    /// `labels` are the identity's (from the store's identities), read only
+    /// when the identity is new here: one number never means two label sets.
+    pub fn upsert_remote_endpoint(
+        &mut self,
+        endpoint: RemoteEndpoint,
+        labels: &LabelSet,
+    ) -> Result<Changes, PolicyError> {
+        if !(CLUSTER_MIN..=CLUSTER_MAX).contains(&endpoint.identity) {
+            return Err(PolicyError::RemoteIdentity {
+                ip: endpoint.ip,
+                node: endpoint.node,
+                identity: endpoint.identity,
+            });
+        }
+        let ip = endpoint.ip;
+        let old = self.remote.get(&ip);
+        if old == Some(&endpoint) {
+            return Ok(Changes::default());
+        }
+        let mut pending = Pending::default();
+        let ports_changed = old.is_none_or(|o| o.ports != endpoint.ports);
+        if let Some(old) = self.remote.remove(&ip) {
+            if ports_changed || old.identity != endpoint.identity {
+                self.named_port_peers_changed(old.identity, &mut pending);
+            }
+            self.leave_remote_identity(ip, old.identity, &mut pending);
+        }
+        let id = endpoint.identity;
+        if !self.identity_in_use(id) {
+            let info = IdentityInfo {
+                labels: labels.clone(),
+                kind: IdentityKind::Endpoint,
+            };
+            self.add_identity(id, info, &mut pending);
+        }
+        self.remote_members.entry(id).or_default().insert(ip);
+        self.remote.insert(ip, endpoint);
+        if ports_changed {
+            self.named_port_peers_changed(id, &mut pending);
+        }
+        pending.prefixes.insert(IpNet::from(ip));
+        Ok(self.finish(pending))
+    }
+
+    /// Removes a pod of another node.
+    pub fn remove_remote_endpoint(&mut self, ip: IpAddr) -> Changes {
+        let Some(old) = self.remote.remove(&ip) else {
+            return Changes::default();
+        };
+        let mut pending = Pending::default();
+        self.named_port_peers_changed(old.identity, &mut pending);
+        self.leave_remote_identity(ip, old.identity, &mut pending);
+        pending.prefixes.insert(IpNet::from(ip));
+        self.finish(pending)
+    }
+
+    fn leave_remote_identity(&mut self, ip: IpAddr, id: Identity, pending: &mut Pending) {
+        if let Some(members) = self.remote_members.get_mut(&id) {
+            members.remove(&ip);
+            if members.is_empty() {
+                self.remote_members.remove(&id);
+                if !self.identity_in_use(id) {
+                    self.remove_identity(id, pending);
+                }
+            }
+        }
+    }
+
+    /// Sets another node's own addresses: the ipcache maps each to
+    /// `remote-node` (as Cilium does), unless a pod holds it.
+    pub fn set_remote_node(&mut self, node: &str, addresses: Vec<IpAddr>) -> Changes {
+        let mut pending = Pending::default();
+        self.drop_remote_node(node, &mut pending);
+        for ip in &addresses {
+            *self.remote_node_ips.entry(*ip).or_default() += 1;
+            pending.prefixes.insert(IpNet::from(*ip));
+        }
+        self.remote_nodes.insert(node.to_string(), addresses);
+        self.finish(pending)
+    }
+
+    /// Forgets another node's own addresses (the node left).
+    pub fn remove_remote_node(&mut self, node: &str) -> Changes {
+        let mut pending = Pending::default();
+        self.drop_remote_node(node, &mut pending);
+        self.finish(pending)
+    }
+
+    fn drop_remote_node(&mut self, node: &str, pending: &mut Pending) {
+        for ip in self.remote_nodes.remove(node).unwrap_or_default() {
+            if let Some(n) = self.remote_node_ips.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.remote_node_ips.remove(&ip);
+                }
+            }
+            pending.prefixes.insert(IpNet::from(ip));
+        }
+    }
+
+    /// A pod of another node, by address.
+    pub fn remote_endpoint(&self, ip: IpAddr) -> Option<&RemoteEndpoint> {
+        self.remote.get(&ip)
+    }
+
+    /// Every pod of other nodes known, by address.
+    pub fn remote_endpoints(&self) -> impl Iterator<Item = &RemoteEndpoint> {
+        self.remote.values()
+    }
+
     fn forget_ips(&mut self, key: &EndpointKey, ips: &[IpAddr], pending: &mut Pending) {
         for ip in ips {
             if let Some(owners) = self.ip_owners.get_mut(ip) {
@@ -1014,9 +1161,8 @@ impl PolicyEngine {
         labels: LabelSet,
         pending: &mut Pending,
     ) {
-        let members = self.members.entry(id).or_default();
-        let new = members.is_empty();
-        members.insert(key.clone());
+        let new = !self.identity_in_use(id);
+        self.members.entry(id).or_default().insert(key.clone());
         if new {
             self.add_identity(
                 id,
@@ -1034,9 +1180,16 @@ impl PolicyEngine {
             members.remove(key);
             if members.is_empty() {
                 self.members.remove(&id);
-                self.remove_identity(id, pending);
+                if !self.identity_in_use(id) {
+                    self.remove_identity(id, pending);
+                }
             }
         }
+    }
+
+    /// Whether a local or a remote endpoint carries `id`.
+    fn identity_in_use(&self, id: Identity) -> bool {
+        self.members.contains_key(&id) || self.remote_members.contains_key(&id)
     }
 
     /// A new identity: the selectors that might select it (from the peer
@@ -1314,8 +1467,17 @@ impl PolicyEngine {
             .flatten()
             .and_then(|owners| owners.last())
             .and_then(|key| self.endpoints.get(key));
+        let host = (prefix.prefix_len() == prefix.max_prefix_len()).then(|| prefix.addr());
+        let remote = host.and_then(|ip| {
+            self.remote.get(&ip).map(|r| r.identity).or_else(|| {
+                self.remote_node_ips
+                    .contains_key(&ip)
+                    .then_some(REMOTE_NODE)
+            })
+        });
         owner
             .map(|rec| rec.identity)
+            .or(remote)
             .or_else(|| self.local.get(prefix))
             .or_else(|| default_routes().contains(prefix).then_some(WORLD))
     }
@@ -1444,11 +1606,16 @@ impl PolicyEngine {
                         // that are not pods have no named ports.
                         Direction::Egress => {
                             for peer in peers {
-                                for member in self.members.get(peer).into_iter().flatten() {
-                                    let Some(m) = self.endpoints.get(member) else {
-                                        continue;
-                                    };
-                                    for p in m.spec.ports.iter().filter(|p| fits(p)) {
+                                let local = self.members.get(peer).into_iter().flatten();
+                                let local = local
+                                    .filter_map(|member| self.endpoints.get(member))
+                                    .map(|m| &m.spec.ports);
+                                let remote = self.remote_members.get(peer).into_iter().flatten();
+                                let remote = remote
+                                    .filter_map(|ip| self.remote.get(ip))
+                                    .map(|r| &r.ports);
+                                for ports in local.chain(remote) {
+                                    for p in ports.iter().filter(|p| fits(p)) {
                                         let ports = PortRange {
                                             start: p.port,
                                             end: p.port,

@@ -95,6 +95,9 @@ enum Op {
     Remove(usize),
     Pod(usize, BTreeMap<String, String>, bool),
     Delete(usize),
+    /// A pod of another node comes or changes (labels, named port).
+    Remote(usize, BTreeMap<String, String>, bool),
+    RemoteGone(usize),
 }
 
 /// One endpoint as the diffs describe it: ingress and egress enforced,
@@ -169,6 +172,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0..POLICIES.len()).prop_map(Op::Remove),
         (0..6usize, labels(), any::<bool>()).prop_map(|(i, l, p)| Op::Pod(i, l, p)),
         (0..6usize).prop_map(Op::Delete),
+        (0..4usize, labels(), any::<bool>()).prop_map(|(i, l, p)| Op::Remote(i, l, p)),
+        (0..4usize).prop_map(Op::RemoteGone),
     ]
 }
 
@@ -189,6 +194,26 @@ fn pod(i: usize, labels: BTreeMap<String, String>, named: bool) -> Endpoint {
         },
         service_account: None,
     }
+}
+
+/// Remote pod `i`, numbered by another node's allocator on the shared store.
+fn remote(
+    allocator: &mut myelin_policy::Allocator,
+    i: usize,
+    labels: BTreeMap<String, String>,
+    named: bool,
+) -> (myelin_policy::RemoteEndpoint, myelin_policy::LabelSet) {
+    let labels = myelin_policy::LabelSet::for_pod("default", &labels, &BTreeMap::new(), None);
+    let local = pod(i, BTreeMap::new(), named);
+    let endpoint = myelin_policy::RemoteEndpoint {
+        ip: format!("10.2.0.{}", i + 1).parse().expect("ip"),
+        identity: allocator.allocate(&labels).expect("identity"),
+        ports: local.ports,
+        node: "node2".into(),
+        namespace: "default".into(),
+        pod: format!("remote{i}"),
+    };
+    (endpoint, labels)
 }
 
 fn resource(i: usize) -> myelin_model::Resource {
@@ -267,6 +292,8 @@ proptest! {
         let mut mirror = Mirror { ipcache: incremental.ipcache().clone(), ..Mirror::default() };
         let mut applied: BTreeMap<usize, myelin_model::Resource> = BTreeMap::new();
         let mut pods: BTreeMap<usize, Endpoint> = BTreeMap::new();
+        let mut node2 = myelin_policy::Allocator::new(store.clone(), "node2");
+        let mut remotes: BTreeMap<usize, (myelin_policy::RemoteEndpoint, myelin_policy::LabelSet)> = BTreeMap::new();
         for op in ops {
             match op {
                 Op::Apply(i) => {
@@ -301,6 +328,16 @@ proptest! {
                     mirror.apply(&incremental.remove_endpoint(&EndpointKey::new("default", &format!("pod{i}"))));
                     pods.remove(&i);
                 }
+                Op::Remote(i, labels, named) => {
+                    let (r, labels) = remote(&mut node2, i, labels, named);
+                    mirror.apply(&incremental.upsert_remote_endpoint(r.clone(), &labels).expect("remote"));
+                    remotes.insert(i, (r, labels));
+                }
+                Op::RemoteGone(i) => {
+                    if let Some((r, _)) = remotes.remove(&i) {
+                        mirror.apply(&incremental.remove_remote_endpoint(r.ip));
+                    }
+                }
             }
             prop_assert!(mirror.matches(&incremental));
             prop_assert!(incremental.clone().resolve_all().is_empty());
@@ -308,6 +345,9 @@ proptest! {
         let mut full = PolicyEngine::new(store, "node1");
         for p in pods.values() {
             full.upsert_endpoint(p.clone()).expect("endpoint");
+        }
+        for (r, labels) in remotes.values() {
+            full.upsert_remote_endpoint(r.clone(), labels).expect("remote");
         }
         for r in applied.values() {
             full.apply(r).expect("apply");

@@ -100,3 +100,81 @@ fn policy_delete_add_and_new_identity_work_does_not_grow_with_policies() {
     // selectors that contain the prefix only.
     assert_eq!(add_small, add_large, "add");
 }
+
+/// The labels of remote identity `id`: `app: remote-<id>`.
+fn remote_labels(id: u32) -> myelin_policy::LabelSet {
+    let labels = BTreeMap::from([("app".to_string(), format!("remote-{id}"))]);
+    let ns = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_string(),
+        "default".to_string(),
+    )]);
+    myelin_policy::LabelSet::for_pod("default", &labels, &ns, None)
+}
+
+/// A remote pod of identity `id` at the n-th address of 10.128.0.0/9.
+fn remote(n: u32, id: u32) -> myelin_policy::RemoteEndpoint {
+    myelin_policy::RemoteEndpoint {
+        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a80_0000 + n)),
+        identity: id,
+        ports: Vec::new(),
+        node: format!("node{}", n % 1000),
+        namespace: "default".into(),
+        pod: format!("pod-{n}"),
+    }
+}
+
+/// The resident memory of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_remote_pod_of_a_known_identity_costs_the_same_at_any_count() {
+    let mut engine = engine(20);
+    let work = |engine: &mut PolicyEngine, n: u32| {
+        engine
+            .upsert_remote_endpoint(remote(n, 300 + n % 100), &remote_labels(300 + n % 100))
+            .expect("remote");
+        engine.last_change_work()
+    };
+    for n in 0..100 {
+        work(&mut engine, n);
+    }
+    let early = work(&mut engine, 100);
+    for n in 101..5_000 {
+        work(&mut engine, n);
+    }
+    assert_eq!(early, work(&mut engine, 5_000));
+    assert!(engine.resolve_all().is_empty());
+}
+
+/// 100,000 remote pods of 1,000 identities: how long they take to arrive
+/// and what they cost in memory (printed, not asserted: a shared machine).
+#[test]
+fn one_hundred_thousand_remote_pods() {
+    let mut engine = engine(20);
+    let labels: Vec<myelin_policy::LabelSet> = (0..1_000).map(|i| remote_labels(300 + i)).collect();
+    let before = rss_kib();
+    let started = std::time::Instant::now();
+    for n in 0..100_000 {
+        engine
+            .upsert_remote_endpoint(remote(n, 300 + n % 1_000), &labels[(n % 1_000) as usize])
+            .expect("remote");
+    }
+    let elapsed = started.elapsed();
+    let grown = rss_kib().saturating_sub(before);
+    assert_eq!(engine.remote_endpoints().count(), 100_000);
+    assert!(engine.ipcache().len() > 100_000);
+    println!(
+        "100000 remote pods, 1000 identities: {:.2} s, {} MiB resident more",
+        elapsed.as_secs_f64(),
+        grown / 1024
+    );
+}

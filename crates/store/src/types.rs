@@ -18,6 +18,10 @@ pub struct Node {
     pub pod_cidrs: Vec<IpNet>,
     /// Where other nodes send its pods' encapsulated traffic (an underlay address).
     pub tunnel_endpoint: Option<IpAddr>,
+    /// Where its Hubble observer API listens (`unix:///path` or `host:port`), for the
+    /// peer service and the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer_address: Option<String>,
 }
 
 /// A pod's address, under its node's lease: what other nodes' ipcache needs.
@@ -33,7 +37,10 @@ pub struct Endpoint {
     pub namespace: String,
     /// The pod's name.
     pub pod: String,
-    /// Named container ports (`http` → 80), for policies that name ports.
+    /// Named TCP container ports (`http` → 80), for policies that name ports.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub named_ports: BTreeMap<String, u16>,
+    /// Named UDP container ports (`dns` → 53).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_udp_ports: BTreeMap<String, u16>,
 }

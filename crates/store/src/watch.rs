@@ -378,6 +378,7 @@ mod tests {
             addresses: vec!["10.99.0.1".parse().unwrap()],
             pod_cidrs: vec!["10.244.1.0/24".parse().unwrap()],
             tunnel_endpoint: None,
+            observer_address: None,
         };
         let key = keys.node("node1").unwrap();
         assert_eq!(NodeKind::key(&keys, &key).unwrap(), "node1");

@@ -51,6 +51,7 @@ fn endpoint(ip: &str, node: &str, identity: Identity) -> Endpoint {
         namespace: "default".into(),
         pod: format!("pod-{ip}"),
         named_ports: BTreeMap::from([("http".to_string(), 80)]),
+        named_udp_ports: BTreeMap::new(),
     }
 }
 
@@ -304,6 +305,7 @@ async fn a_dead_nodes_endpoints_leave_the_watchers_view_within_its_ttl() {
             addresses: vec!["10.99.0.1".parse().expect("ip")],
             pod_cidrs: vec!["10.244.1.0/24".parse().expect("cidr")],
             tunnel_endpoint: Some("10.99.0.1".parse().expect("ip")),
+            observer_address: None,
         })
         .await
         .expect("node");
