@@ -111,6 +111,19 @@ pub struct LabState {
     /// tunnel) sets it lower, so that nothing is dropped for size.
     #[serde(default = "default_pod_mtu")]
     pub pod_mtu: u16,
+    /// The cluster store the agents share (absent in the state of labs made
+    /// before the lab ran one).
+    #[serde(default)]
+    pub store: Option<StoreRecord>,
+}
+
+/// The lab's etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    /// Where the agents reach it (`unix://<socket>`).
+    pub address: String,
+    /// Its members' processes.
+    pub members: Vec<ProcessRecord>,
 }
 
 fn default_pod_mtu() -> u16 {
@@ -130,6 +143,7 @@ impl Default for LabState {
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
             pod_mtu: default_pod_mtu(),
+            store: None,
         }
     }
 }
@@ -165,6 +179,8 @@ impl LabState {
             .collect();
         all.extend(self.nodes.iter().filter_map(|n| n.proxy.clone()));
         all.extend(self.nodes.iter().filter_map(|n| n.agent.clone()));
+        // The store last: agents leaving still write to it.
+        all.extend(self.store.iter().flat_map(|s| s.members.clone()));
         all
     }
 }

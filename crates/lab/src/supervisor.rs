@@ -22,13 +22,14 @@ use anyhow::{Context as _, anyhow, bail};
 use myelin_api::ApiError;
 use myelin_api::agent::Request;
 use myelin_api::lab::{Exposed, LabRequest, LabResponse};
+use myelin_store::server::{EtcdServer, EtcdSpec};
 use tokio::sync::mpsc;
 
 mod secrets;
 
 use crate::names::{self, LabNames, MAX_NODES};
 use crate::node::{Node, child_pid};
-use crate::state::{LabState, NodeRecord, ProcessRecord, record_process};
+use crate::state::{LabState, NodeRecord, ProcessRecord, StoreRecord, record_process};
 use crate::{forward, net, teardown, underlay};
 
 /// How long an agent or proxy that exited is left down before it is
@@ -78,6 +79,8 @@ pub struct Lab {
     exits: mpsc::UnboundedSender<Exit>,
     /// Set once teardown begins: exits are expected then, not restarted.
     stopping: AtomicBool,
+    /// The cluster store (etcd) the agents share, while the lab runs.
+    etcd: Mutex<Option<EtcdServer>>,
 }
 
 impl Lab {
@@ -218,6 +221,8 @@ impl Lab {
             })
             .await
             .map_err(|e| anyhow!("wiring the node: {e}"))??;
+            let mut node = node;
+            self.join_cluster(&mut node);
             self.start_node(node).await?;
             let node = self.node(&name)?;
             crate::control::catch_up(self, &node).await
@@ -446,12 +451,23 @@ impl Lab {
             writes: tokio::sync::Mutex::new(()),
             exits: mpsc::unbounded_channel().0,
             stopping: AtomicBool::new(false),
+            etcd: Mutex::new(None),
         }
     }
 
     fn tear_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.read(|state| teardown::teardown(&self.names, Some(state)));
+        if let Some(mut etcd) = self.etcd.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            etcd.stop();
+        }
+    }
+
+    /// Makes `node`'s agent a member of the lab's cluster store.
+    fn join_cluster(&self, node: &mut Node) {
+        if let Some(address) = self.read(|s| s.store.as_ref().map(|store| store.address.clone())) {
+            node.join_cluster(&address, &self.names.lab);
+        }
     }
 }
 
@@ -466,6 +482,35 @@ fn wire_node(names: &LabNames, node: &mut Node, peers: &[NodeRecord]) -> anyhow:
         underlay::route_to(peer, &node.record)?;
     }
     Ok(())
+}
+
+/// Starts the lab's cluster store, one etcd member under the run directory,
+/// and records it in `state` (saved): its agents reach it over its unix
+/// socket, from every node's network namespace, with no route to it.
+async fn start_store(names: &LabNames, mut state: LabState) -> anyhow::Result<(EtcdServer, LabState)> {
+    let dir = names.etcd_dir();
+    let etcd = tokio::task::spawn_blocking(move || EtcdServer::start(&EtcdSpec::new(dir, 1)))
+        .await
+        .map_err(|e| anyhow!("starting etcd: {e}"))?
+        .context("starting the lab's etcd")?;
+    let member = etcd
+        .members()
+        .first()
+        .ok_or_else(|| anyhow!("etcd started without a member"))?;
+    let socket = member
+        .unix_socket()
+        .ok_or_else(|| anyhow!("the lab's etcd serves no unix socket"))?;
+    state.store = Some(StoreRecord {
+        address: format!("unix://{}", socket.display()),
+        members: etcd
+            .members()
+            .iter()
+            .filter_map(|m| m.pid())
+            .map(|pid| record_process(pid, "etcd"))
+            .collect(),
+    });
+    state.save(&names.run_dir().join("state.json"))?;
+    Ok((etcd, state))
 }
 
 /// Runs the supervisor of lab `name` with `node_count` nodes in the
@@ -505,6 +550,7 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
     };
     state.save(&run_dir.join("state.json"))?;
     // On failure `lab up` reads this process's log, then tears the lab down.
+    let (etcd, state) = start_store(&names, state).await?;
     underlay::create(&names).context("creating the lab's underlay")?;
     for i in 0..nodes.len() {
         let (wired, rest) = nodes.split_at_mut(i);
@@ -534,8 +580,10 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
         writes: tokio::sync::Mutex::new(()),
         exits,
         stopping: AtomicBool::new(false),
+        etcd: Mutex::new(Some(etcd)),
     });
-    for node in nodes {
+    for mut node in nodes {
+        lab.join_cluster(&mut node);
         lab.start_node(node).await?;
     }
 
