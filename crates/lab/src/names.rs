@@ -90,6 +90,11 @@ impl LabNames {
         self.run_dir().join("lab.sock")
     }
 
+    /// The observer API of the lab's relay (every node's flows).
+    pub fn relay_socket(&self) -> PathBuf {
+        self.run_dir().join("relay.sock")
+    }
+
     /// The lab's etcd: its members' data, logs and client sockets.
     pub fn etcd_dir(&self) -> PathBuf {
         self.run_dir().join("etcd")

@@ -115,6 +115,9 @@ pub struct LabState {
     /// before the lab ran one).
     #[serde(default)]
     pub store: Option<StoreRecord>,
+    /// The lab's Hubble Relay.
+    #[serde(default)]
+    pub relay: Option<ProcessRecord>,
 }
 
 /// The lab's etcd.
@@ -144,6 +147,7 @@ impl Default for LabState {
             policies: BTreeMap::new(),
             pod_mtu: default_pod_mtu(),
             store: None,
+            relay: None,
         }
     }
 }
@@ -179,6 +183,7 @@ impl LabState {
             .collect();
         all.extend(self.nodes.iter().filter_map(|n| n.proxy.clone()));
         all.extend(self.nodes.iter().filter_map(|n| n.agent.clone()));
+        all.extend(self.relay.clone());
         // The store last: agents leaving still write to it.
         all.extend(self.store.iter().flat_map(|s| s.members.clone()));
         all

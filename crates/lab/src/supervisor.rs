@@ -52,6 +52,8 @@ pub enum Owner {
     Proxy(String),
     /// A container of the pod with this `namespace/name` key.
     Pod(String),
+    /// The lab's relay.
+    Relay,
 }
 
 /// A child process exited.
@@ -154,6 +156,42 @@ impl Lab {
         let record = record_process(pid, format!("agent of {}", node.name()));
         self.write_node(node.name(), |n| n.agent = Some(record))?;
         node.wait_agent().await
+    }
+
+    /// Starts the lab's Hubble Relay and records it. It learns the nodes
+    /// from the peer service of the first node's agent (which names every
+    /// node of the cluster store) and serves the lab's relay socket.
+    fn start_relay(&self) -> anyhow::Result<()> {
+        let first = self
+            .nodes()
+            .first()
+            .map(|node| node.name().to_string())
+            .ok_or_else(|| anyhow!("a lab needs at least one node"))?;
+        let run_dir = self.names.run_dir();
+        let log_path = run_dir.join("relay.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = tokio::process::Command::new(&self.exe)
+            .arg("relay")
+            .arg("--peer-service")
+            .arg(format!(
+                "unix://{}",
+                self.names.observer_socket(&first).display()
+            ))
+            .arg("--listen-socket")
+            .arg(self.names.relay_socket())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting the relay")?;
+        let pid = child_pid(&child, "relay")?;
+        self.watch(child, Owner::Relay, pid);
+        self.write(|s| s.relay = Some(record_process(pid, "relay")))
     }
 
     /// Starts `node`'s proxy and records it.
@@ -377,6 +415,16 @@ impl Lab {
                     tracing::error!(node = name, "the {which} could not be started again: {e:#}");
                 }
             }
+            Owner::Relay => {
+                if !self.read(|s| is_current(&s.relay)) {
+                    return;
+                }
+                tracing::warn!(?code, "the relay exited; starting it again");
+                tokio::time::sleep(RESTART_DELAY).await;
+                if let Err(e) = self.start_relay() {
+                    tracing::error!("the relay could not be started again: {e:#}");
+                }
+            }
             Owner::Pod(key) => {
                 let marked = self.write(|s| {
                     let record = s.pods.get_mut(&key)?;
@@ -458,7 +506,12 @@ impl Lab {
     fn tear_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.read(|state| teardown::teardown(&self.names, Some(state)));
-        if let Some(mut etcd) = self.etcd.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(mut etcd) = self
+            .etcd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             etcd.stop();
         }
     }
@@ -487,7 +540,10 @@ fn wire_node(names: &LabNames, node: &mut Node, peers: &[NodeRecord]) -> anyhow:
 /// Starts the lab's cluster store, one etcd member under the run directory,
 /// and records it in `state` (saved): its agents reach it over its unix
 /// socket, from every node's network namespace, with no route to it.
-async fn start_store(names: &LabNames, mut state: LabState) -> anyhow::Result<(EtcdServer, LabState)> {
+async fn start_store(
+    names: &LabNames,
+    mut state: LabState,
+) -> anyhow::Result<(EtcdServer, LabState)> {
     let dir = names.etcd_dir();
     let etcd = tokio::task::spawn_blocking(move || EtcdServer::start(&EtcdSpec::new(dir, 1)))
         .await
@@ -586,6 +642,7 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
         lab.join_cluster(&mut node);
         lab.start_node(node).await?;
     }
+    lab.start_relay()?;
 
     let socket = names.socket();
     let _ = std::fs::remove_file(&socket);
