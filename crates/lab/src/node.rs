@@ -12,7 +12,7 @@ use myelin_api::lab::Exposed;
 
 use crate::names::{LabNames, ObserverTlsFiles};
 use crate::net;
-use crate::state::NodeRecord;
+use crate::state::{NodeRecord, Routing};
 use crate::{bpffs, ipam};
 
 /// The interface that holds a node's own addresses (the kernel here has no
@@ -45,8 +45,9 @@ pub struct Node {
     /// Held (written) while the agent starts: requests wait for it instead
     /// of failing on a socket nobody serves yet.
     agent_starting: tokio::sync::RwLock<()>,
-    /// The cluster store the agent joins, and the cluster's name there.
-    cluster_store: Option<(String, String)>,
+    /// The cluster store the agent joins, the cluster's name there, and how
+    /// its packets travel to other nodes.
+    cluster_store: Option<(String, String, Routing)>,
 }
 
 impl Node {
@@ -78,8 +79,8 @@ impl Node {
     /// Makes the node's agent join the cluster store at `address` (as
     /// `--cluster-store` takes it) as a node of cluster `cluster`: its
     /// identities, endpoints and node record are then the cluster's.
-    pub fn join_cluster(&mut self, address: &str, cluster: &str) {
-        self.cluster_store = Some((address.to_string(), cluster.to_string()));
+    pub fn join_cluster(&mut self, address: &str, cluster: &str, routing: Routing) {
+        self.cluster_store = Some((address.to_string(), cluster.to_string(), routing));
     }
 
     /// The node's name.
@@ -238,7 +239,7 @@ impl Node {
     /// store, the cluster, the node's underlay addresses (the first is its
     /// tunnel endpoint) and its pod CIDRs.
     fn cluster_args(&self) -> Vec<String> {
-        let Some((address, cluster)) = &self.cluster_store else {
+        let Some((address, cluster, routing)) = &self.cluster_store else {
             return Vec::new();
         };
         let index = self.record.index;
@@ -255,6 +256,8 @@ impl Node {
             ),
             "--pod-cidr".into(),
             ipam::node_pod_cidrs(index).join(","),
+            "--routing".into(),
+            routing.as_str().into(),
         ]
     }
 

@@ -29,16 +29,12 @@ mod secrets;
 
 use crate::names::{self, LabNames, MAX_NODES};
 use crate::node::{Node, child_pid};
-use crate::state::{LabState, NodeRecord, ProcessRecord, StoreRecord, record_process};
+use crate::state::{LabState, NodeRecord, ProcessRecord, Routing, StoreRecord, record_process};
 use crate::{forward, net, teardown, underlay};
 
 /// How long an agent or proxy that exited is left down before it is
 /// started again (no tight loop for one that fails at once).
 const RESTART_DELAY: Duration = Duration::from_millis(200);
-
-/// The MTU of pods' interfaces under native routing: nothing is added to
-/// their packets between nodes. (A tunnel's header would need it lower.)
-const NATIVE_ROUTING_POD_MTU: u16 = 1500;
 
 /// The namespaces every lab starts with.
 const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
@@ -252,9 +248,10 @@ impl Lab {
             let peers: Vec<NodeRecord> =
                 self.read(|s| s.nodes.iter().filter(|n| n.name != name).cloned().collect());
             let names = self.names.clone();
+            let routing = self.read(|s| s.routing);
             let node = tokio::task::spawn_blocking(move || {
                 let mut node = Node::new(&names, &record.name, record.index);
-                wire_node(&names, &mut node, &peers)?;
+                wire_node(&names, &mut node, &peers, routing)?;
                 anyhow::Ok(node)
             })
             .await
@@ -518,18 +515,33 @@ impl Lab {
 
     /// Makes `node`'s agent a member of the lab's cluster store.
     fn join_cluster(&self, node: &mut Node) {
-        if let Some(address) = self.read(|s| s.store.as_ref().map(|store| store.address.clone())) {
-            node.join_cluster(&address, &self.names.lab);
+        let (store, routing) = self.read(|s| {
+            (
+                s.store.as_ref().map(|store| store.address.clone()),
+                s.routing,
+            )
+        });
+        if let Some(address) = store {
+            node.join_cluster(&address, &self.names.lab, routing);
         }
     }
 }
 
-/// Creates `node`'s namespace, joins it to the underlay, and routes
-/// natively between it and each of `peers` (both ways).
-fn wire_node(names: &LabNames, node: &mut Node, peers: &[NodeRecord]) -> anyhow::Result<()> {
+/// Creates `node`'s namespace and joins it to the underlay; under native
+/// routing, routes between it and each of `peers` (both ways). Through the
+/// tunnel, the agents route the pod CIDRs into their overlay device.
+fn wire_node(
+    names: &LabNames,
+    node: &mut Node,
+    peers: &[NodeRecord],
+    routing: Routing,
+) -> anyhow::Result<()> {
     node.create()
         .with_context(|| format!("creating node {}", node.name()))?;
     underlay::join(names, &node.record)?;
+    if routing == Routing::Tunnel {
+        return Ok(());
+    }
     for peer in peers {
         underlay::route_to(&node.record, peer)?;
         underlay::route_to(peer, &node.record)?;
@@ -572,7 +584,12 @@ async fn start_store(
 /// Runs the supervisor of lab `name` with `node_count` nodes in the
 /// foreground until `lab down` (or SIGTERM), which tear the lab down. `exe`
 /// is the myelin binary, used to start agents and the demo apps.
-pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Result<()> {
+pub async fn supervise(
+    name: &str,
+    exe: PathBuf,
+    node_count: u8,
+    routing: Routing,
+) -> anyhow::Result<()> {
     let names = LabNames::new(name);
     let run_dir = names.run_dir();
     // Everything the lab, its agents and proxies write (state, sockets, logs,
@@ -601,7 +618,8 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
         namespaces: BUILTIN_NAMESPACES.iter().map(|n| n.to_string()).collect(),
         // Recorded before anything exists, so a crash leaves nothing unnamed.
         nodes: nodes.iter().map(|n| n.record.clone()).collect(),
-        pod_mtu: NATIVE_ROUTING_POD_MTU,
+        pod_mtu: routing.pod_mtu(),
+        routing,
         ..LabState::default()
     };
     state.save(&run_dir.join("state.json"))?;
@@ -611,7 +629,7 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
     for i in 0..nodes.len() {
         let (wired, rest) = nodes.split_at_mut(i);
         let peers: Vec<NodeRecord> = wired.iter().map(|n| n.record.clone()).collect();
-        wire_node(&names, &mut rest[0], &peers)?;
+        wire_node(&names, &mut rest[0], &peers, routing)?;
     }
     let first_netns = nodes
         .first()
