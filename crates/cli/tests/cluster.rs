@@ -13,10 +13,15 @@ use myelin_test_support::privileged;
 
 const DEATHSTAR: &str = "http://deathstar.default.svc.cluster.local";
 
+/// A file of the Star Wars example.
+fn example(name: &str) -> std::path::PathBuf {
+    starwars().with_file_name(name)
+}
+
 /// The demo app as it ships, with the ships pinned to node3
 /// (`spec.nodeName`), as `make demo NODES=3` runs it.
 fn pinned_app(dir: &tempfile::TempDir) -> String {
-    let app = std::fs::read_to_string(starwars().join("http-sw-app.yaml")).expect("app");
+    let app = std::fs::read_to_string(starwars()).expect("app");
     let mut out = String::new();
     let mut in_pod = false;
     for line in app.lines() {
@@ -87,7 +92,7 @@ fn star_wars_across_nodes(routing: &str) {
     // L3/L4: only the empire lands. The xwing's SYN is dropped on the
     // deathstar's node, by policy, with the xwing's identity (from its own
     // node's store entry or the VNI), and the relay shows it.
-    lab.ok(&["apply", "-f", starwars().join("sw_l3_l4_policy.yaml").to_str().expect("utf-8")]);
+    lab.ok(&["apply", "-f", example("sw_l3_l4_policy.yaml").to_str().expect("utf-8")]);
     assert_eq!(
         curl(&lab, "tiefighter", "POST", &format!("{DEATHSTAR}/v1/request-landing")),
         "Ship landed\n"
@@ -116,7 +121,7 @@ fn star_wars_across_nodes(routing: &str) {
     assert!(drops.contains("\"xwing\""), "the drop names the xwing:\n{drops}");
 
     // L7: the deathstar's node proxy answers the tiefighter's PUT 403.
-    lab.ok(&["apply", "-f", starwars().join("sw_l3_l4_l7_policy.yaml").to_str().expect("utf-8")]);
+    lab.ok(&["apply", "-f", example("sw_l3_l4_l7_policy.yaml").to_str().expect("utf-8")]);
     let denied = lab.exec(
         "tiefighter",
         &[
