@@ -31,6 +31,10 @@ enum LabCommand {
         /// other's pod CIDRs natively (1 to 16).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(myelin_lab::MAX_NODES)))]
         nodes: u8,
+        /// How packets between nodes travel: `native` (routed over the underlay) or
+        /// `tunnel` (VXLAN, the sender's identity in the VNI).
+        #[arg(long, default_value = "native")]
+        routing: myelin_lab::state::Routing,
     },
     /// Add or remove a node while the lab runs.
     Node {
@@ -62,6 +66,9 @@ enum LabCommand {
         /// How many nodes it starts with.
         #[arg(long, default_value_t = 1)]
         nodes: u8,
+        /// How packets between nodes travel.
+        #[arg(long, default_value = "native")]
+        routing: myelin_lab::state::Routing,
     },
     /// Run a command with a pod's view of this machine (the kubelet and `lab exec` use it
     /// inside `ip netns exec`): the labs' run directory hidden, for good.
@@ -137,9 +144,14 @@ fn print_changes(changes: &[Change]) -> ExitCode {
 pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
     let lab = args.name;
     match args.command {
-        LabCommand::Up { files, nodes } => {
+        LabCommand::Up {
+            files,
+            nodes,
+            routing,
+        } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            let changes = runtime()?.block_on(myelin_lab::up(&lab, nodes, &files, &exe))?;
+            let changes =
+                runtime()?.block_on(myelin_lab::up(&lab, nodes, routing, &files, &exe))?;
             let code = print_changes(&changes);
             println!(
                 "lab {lab:?} is up: `myelin lab status` shows it, `myelin lab down` removes it"
@@ -197,9 +209,9 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
             Err(myelin_lab::exec(&lab, &namespace, &pod, &sandboxed))
         }
         LabCommand::Sandbox { command } => Err(crate::pod_view::exec_as_pod(&command)),
-        LabCommand::Supervise { nodes } => {
+        LabCommand::Supervise { nodes, routing } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            runtime()?.block_on(myelin_lab::supervise(&lab, exe, nodes))?;
+            runtime()?.block_on(myelin_lab::supervise(&lab, exe, nodes, routing))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -141,8 +141,9 @@ struct AgentArgs {
 struct ObserveCmd {
     /// Which node of the lab to observe when no server is named: each node's agent
     /// serves its own node's flows (`--node-name` filters flows by node instead).
-    #[arg(long, default_value = "node1")]
-    node: String,
+    /// Default: in a lab of several nodes, its relay (every node's flows); else node1.
+    #[arg(long)]
+    node: Option<String>,
     #[command(flatten)]
     args: myelin_observe::ObserveArgs,
 }
@@ -248,6 +249,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Observe(observe) => {
             let ObserveCmd { node, mut args } = *observe;
+            let is_agent_events = matches!(
+                args.command,
+                Some(myelin_observe::ObserveCommand::AgentEvents(_))
+            );
             // Without a server named (flag or HUBBLE_SERVER), observe the lab's node.
             let (server, tls) = args.connection_mut();
             if server.is_none()
@@ -257,7 +262,19 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             {
                 let lab = std::env::var("MYELIN_LAB")
                     .unwrap_or_else(|_| lab_cmd::DEFAULT_LAB.to_string());
-                let socket = myelin_lab::LabNames::new(&lab).observer_socket(&node);
+                let names = myelin_lab::LabNames::new(&lab);
+                // Flows of a lab of several nodes come from its relay; agent
+                // events (not relayed) and a named node from that node.
+                let relay = names.relay_socket();
+                let several_nodes = || {
+                    myelin_lab::state::LabState::load(&names.run_dir().join("state.json"))
+                        .is_ok_and(|state| state.nodes.len() > 1)
+                };
+                let socket = match node {
+                    Some(node) => names.observer_socket(&node),
+                    None if !is_agent_events && relay.exists() && several_nodes() => relay,
+                    None => names.observer_socket(&myelin_lab::names::node_name(1)),
+                };
                 if socket.exists() {
                     *server = Some(format!("unix://{}", socket.display()));
                 }

@@ -114,6 +114,7 @@ pub async fn is_up(lab: &str) -> bool {
 pub async fn up(
     lab: &str,
     nodes: u8,
+    routing: state::Routing,
     paths: &[PathBuf],
     exe: &Path,
 ) -> anyhow::Result<Vec<Change>> {
@@ -136,6 +137,7 @@ pub async fn up(
     let mut child = std::process::Command::new(exe)
         .args(["lab", "supervise", "--name", lab, "--nodes"])
         .arg(nodes.to_string())
+        .args(["--routing", routing.as_str()])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

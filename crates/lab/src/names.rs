@@ -16,7 +16,7 @@ pub const MAX_NODES: u8 = 16;
 /// The network namespace holding the lab's underlay bridge is
 /// `ml-<lab>_underlay`; no node may take that name, nor one of the run
 /// directory's own entries (a node's directory is named after it).
-const RESERVED_NODE_NAMES: [&str; 4] = ["underlay", "bpf", "tls", "pods"];
+const RESERVED_NODE_NAMES: [&str; 5] = ["underlay", "bpf", "tls", "pods", "etcd"];
 
 /// The name of the lab's `index`th node, as `lab up --nodes` names them.
 pub fn node_name(index: u8) -> String {
@@ -88,6 +88,16 @@ impl LabNames {
     /// The supervisor's socket.
     pub fn socket(&self) -> PathBuf {
         self.run_dir().join("lab.sock")
+    }
+
+    /// The observer API of the lab's relay (every node's flows).
+    pub fn relay_socket(&self) -> PathBuf {
+        self.run_dir().join("relay.sock")
+    }
+
+    /// The lab's etcd: its members' data, logs and client sockets.
+    pub fn etcd_dir(&self) -> PathBuf {
+        self.run_dir().join("etcd")
     }
 
     /// The directory of a node's agent and proxy (sockets, state, logs).

@@ -12,7 +12,7 @@ use myelin_api::lab::Exposed;
 
 use crate::names::{LabNames, ObserverTlsFiles};
 use crate::net;
-use crate::state::NodeRecord;
+use crate::state::{NodeRecord, Routing};
 use crate::{bpffs, ipam};
 
 /// The interface that holds a node's own addresses (the kernel here has no
@@ -45,6 +45,9 @@ pub struct Node {
     /// Held (written) while the agent starts: requests wait for it instead
     /// of failing on a socket nobody serves yet.
     agent_starting: tokio::sync::RwLock<()>,
+    /// The cluster store the agent joins, the cluster's name there, and how
+    /// its packets travel to other nodes.
+    cluster_store: Option<(String, String, Routing)>,
 }
 
 impl Node {
@@ -69,7 +72,15 @@ impl Node {
             servicemap_token: names.servicemap_token(),
             dns_sockets: Vec::new(),
             agent_starting: tokio::sync::RwLock::new(()),
+            cluster_store: None,
         }
+    }
+
+    /// Makes the node's agent join the cluster store at `address` (as
+    /// `--cluster-store` takes it) as a node of cluster `cluster`: its
+    /// identities, endpoints and node record are then the cluster's.
+    pub fn join_cluster(&mut self, address: &str, cluster: &str, routing: Routing) {
+        self.cluster_store = Some((address.to_string(), cluster.to_string(), routing));
     }
 
     /// The node's name.
@@ -172,6 +183,7 @@ impl Node {
             .arg(&self.dir)
             .arg("--identity-store")
             .arg(self.run_dir.join("identities.json"))
+            .args(self.cluster_args())
             .arg("--dns-listen")
             .arg(format!("{},{}", record.router_v4, record.router_v6))
             .arg("--proxy-socket")
@@ -221,6 +233,32 @@ impl Node {
             });
         }
         command.spawn().context("starting the agent")
+    }
+
+    /// The agent's flags for the cluster store, if the node joins one: the
+    /// store, the cluster, the node's underlay addresses (the first is its
+    /// tunnel endpoint) and its pod CIDRs.
+    fn cluster_args(&self) -> Vec<String> {
+        let Some((address, cluster, routing)) = &self.cluster_store else {
+            return Vec::new();
+        };
+        let index = self.record.index;
+        vec![
+            "--cluster-store".into(),
+            address.clone(),
+            "--cluster-name".into(),
+            cluster.clone(),
+            "--node-address".into(),
+            format!(
+                "{},{}",
+                ipam::node_underlay_v4(index),
+                ipam::node_underlay_v6(index)
+            ),
+            "--pod-cidr".into(),
+            ipam::node_pod_cidrs(index).join(","),
+            "--routing".into(),
+            routing.as_str().into(),
+        ]
     }
 
     /// Waits until the node's agent answers.

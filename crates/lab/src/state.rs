@@ -111,6 +111,69 @@ pub struct LabState {
     /// tunnel) sets it lower, so that nothing is dropped for size.
     #[serde(default = "default_pod_mtu")]
     pub pod_mtu: u16,
+    /// The cluster store the agents share (absent in the state of labs made
+    /// before the lab ran one).
+    #[serde(default)]
+    pub store: Option<StoreRecord>,
+    /// The lab's Hubble Relay.
+    #[serde(default)]
+    pub relay: Option<ProcessRecord>,
+    /// How packets between pods of different nodes travel.
+    #[serde(default)]
+    pub routing: Routing,
+}
+
+/// How packets between pods of different nodes travel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// Each node routes the others' pod CIDRs via their underlay addresses;
+    /// the receiver takes the sender's identity from its ipcache.
+    #[default]
+    Native,
+    /// Encapsulated in VXLAN between nodes, the sender's identity in the
+    /// VNI; the agents route the pod CIDRs into the overlay device.
+    Tunnel,
+}
+
+impl Routing {
+    /// The name `--routing` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Tunnel => "tunnel",
+        }
+    }
+
+    /// The MTU pods get: VXLAN over the IPv4 underlay costs 50 bytes.
+    pub fn pod_mtu(self) -> u16 {
+        match self {
+            Self::Native => 1500,
+            Self::Tunnel => 1450,
+        }
+    }
+}
+
+impl std::str::FromStr for Routing {
+    type Err = String;
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "native" => Ok(Self::Native),
+            "tunnel" => Ok(Self::Tunnel),
+            other => Err(format!(
+                "unknown routing mode {other:?}: use native or tunnel"
+            )),
+        }
+    }
+}
+
+/// The lab's etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    /// Where the agents reach it (`unix://<socket>`).
+    pub address: String,
+    /// Its members' processes.
+    pub members: Vec<ProcessRecord>,
 }
 
 fn default_pod_mtu() -> u16 {
@@ -130,6 +193,9 @@ impl Default for LabState {
             pods: BTreeMap::new(),
             policies: BTreeMap::new(),
             pod_mtu: default_pod_mtu(),
+            store: None,
+            relay: None,
+            routing: Routing::default(),
         }
     }
 }
@@ -165,6 +231,9 @@ impl LabState {
             .collect();
         all.extend(self.nodes.iter().filter_map(|n| n.proxy.clone()));
         all.extend(self.nodes.iter().filter_map(|n| n.agent.clone()));
+        all.extend(self.relay.clone());
+        // The store last: agents leaving still write to it.
+        all.extend(self.store.iter().flat_map(|s| s.members.clone()));
         all
     }
 }

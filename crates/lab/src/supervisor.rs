@@ -22,22 +22,19 @@ use anyhow::{Context as _, anyhow, bail};
 use myelin_api::ApiError;
 use myelin_api::agent::Request;
 use myelin_api::lab::{Exposed, LabRequest, LabResponse};
+use myelin_store::server::{EtcdServer, EtcdSpec};
 use tokio::sync::mpsc;
 
 mod secrets;
 
 use crate::names::{self, LabNames, MAX_NODES};
 use crate::node::{Node, child_pid};
-use crate::state::{LabState, NodeRecord, ProcessRecord, record_process};
+use crate::state::{LabState, NodeRecord, ProcessRecord, Routing, StoreRecord, record_process};
 use crate::{forward, net, teardown, underlay};
 
 /// How long an agent or proxy that exited is left down before it is
 /// started again (no tight loop for one that fails at once).
 const RESTART_DELAY: Duration = Duration::from_millis(200);
-
-/// The MTU of pods' interfaces under native routing: nothing is added to
-/// their packets between nodes. (A tunnel's header would need it lower.)
-const NATIVE_ROUTING_POD_MTU: u16 = 1500;
 
 /// The namespaces every lab starts with.
 const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
@@ -51,6 +48,8 @@ pub enum Owner {
     Proxy(String),
     /// A container of the pod with this `namespace/name` key.
     Pod(String),
+    /// The lab's relay.
+    Relay,
 }
 
 /// A child process exited.
@@ -78,6 +77,8 @@ pub struct Lab {
     exits: mpsc::UnboundedSender<Exit>,
     /// Set once teardown begins: exits are expected then, not restarted.
     stopping: AtomicBool,
+    /// The cluster store (etcd) the agents share, while the lab runs.
+    etcd: Mutex<Option<EtcdServer>>,
 }
 
 impl Lab {
@@ -153,6 +154,42 @@ impl Lab {
         node.wait_agent().await
     }
 
+    /// Starts the lab's Hubble Relay and records it. It learns the nodes
+    /// from the peer service of the first node's agent (which names every
+    /// node of the cluster store) and serves the lab's relay socket.
+    fn start_relay(&self) -> anyhow::Result<()> {
+        let first = self
+            .nodes()
+            .first()
+            .map(|node| node.name().to_string())
+            .ok_or_else(|| anyhow!("a lab needs at least one node"))?;
+        let run_dir = self.names.run_dir();
+        let log_path = run_dir.join("relay.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let child = tokio::process::Command::new(&self.exe)
+            .arg("relay")
+            .arg("--peer-service")
+            .arg(format!(
+                "unix://{}",
+                self.names.observer_socket(&first).display()
+            ))
+            .arg("--listen-socket")
+            .arg(self.names.relay_socket())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("starting the relay")?;
+        let pid = child_pid(&child, "relay")?;
+        self.watch(child, Owner::Relay, pid);
+        self.write(|s| s.relay = Some(record_process(pid, "relay")))
+    }
+
     /// Starts `node`'s proxy and records it.
     fn start_proxy(&self, node: &Node) -> anyhow::Result<()> {
         if self.node(node.name()).is_err() {
@@ -211,13 +248,16 @@ impl Lab {
             let peers: Vec<NodeRecord> =
                 self.read(|s| s.nodes.iter().filter(|n| n.name != name).cloned().collect());
             let names = self.names.clone();
+            let routing = self.read(|s| s.routing);
             let node = tokio::task::spawn_blocking(move || {
                 let mut node = Node::new(&names, &record.name, record.index);
-                wire_node(&names, &mut node, &peers)?;
+                wire_node(&names, &mut node, &peers, routing)?;
                 anyhow::Ok(node)
             })
             .await
             .map_err(|e| anyhow!("wiring the node: {e}"))??;
+            let mut node = node;
+            self.join_cluster(&mut node);
             self.start_node(node).await?;
             let node = self.node(&name)?;
             crate::control::catch_up(self, &node).await
@@ -372,6 +412,16 @@ impl Lab {
                     tracing::error!(node = name, "the {which} could not be started again: {e:#}");
                 }
             }
+            Owner::Relay => {
+                if !self.read(|s| is_current(&s.relay)) {
+                    return;
+                }
+                tracing::warn!(?code, "the relay exited; starting it again");
+                tokio::time::sleep(RESTART_DELAY).await;
+                if let Err(e) = self.start_relay() {
+                    tracing::error!("the relay could not be started again: {e:#}");
+                }
+            }
             Owner::Pod(key) => {
                 let marked = self.write(|s| {
                     let record = s.pods.get_mut(&key)?;
@@ -446,21 +496,52 @@ impl Lab {
             writes: tokio::sync::Mutex::new(()),
             exits: mpsc::unbounded_channel().0,
             stopping: AtomicBool::new(false),
+            etcd: Mutex::new(None),
         }
     }
 
     fn tear_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.read(|state| teardown::teardown(&self.names, Some(state)));
+        if let Some(mut etcd) = self
+            .etcd
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            etcd.stop();
+        }
+    }
+
+    /// Makes `node`'s agent a member of the lab's cluster store.
+    fn join_cluster(&self, node: &mut Node) {
+        let (store, routing) = self.read(|s| {
+            (
+                s.store.as_ref().map(|store| store.address.clone()),
+                s.routing,
+            )
+        });
+        if let Some(address) = store {
+            node.join_cluster(&address, &self.names.lab, routing);
+        }
     }
 }
 
-/// Creates `node`'s namespace, joins it to the underlay, and routes
-/// natively between it and each of `peers` (both ways).
-fn wire_node(names: &LabNames, node: &mut Node, peers: &[NodeRecord]) -> anyhow::Result<()> {
+/// Creates `node`'s namespace and joins it to the underlay; under native
+/// routing, routes between it and each of `peers` (both ways). Through the
+/// tunnel, the agents route the pod CIDRs into their overlay device.
+fn wire_node(
+    names: &LabNames,
+    node: &mut Node,
+    peers: &[NodeRecord],
+    routing: Routing,
+) -> anyhow::Result<()> {
     node.create()
         .with_context(|| format!("creating node {}", node.name()))?;
     underlay::join(names, &node.record)?;
+    if routing == Routing::Tunnel {
+        return Ok(());
+    }
     for peer in peers {
         underlay::route_to(&node.record, peer)?;
         underlay::route_to(peer, &node.record)?;
@@ -468,10 +549,47 @@ fn wire_node(names: &LabNames, node: &mut Node, peers: &[NodeRecord]) -> anyhow:
     Ok(())
 }
 
+/// Starts the lab's cluster store, one etcd member under the run directory,
+/// and records it in `state` (saved): its agents reach it over its unix
+/// socket, from every node's network namespace, with no route to it.
+async fn start_store(
+    names: &LabNames,
+    mut state: LabState,
+) -> anyhow::Result<(EtcdServer, LabState)> {
+    let dir = names.etcd_dir();
+    let etcd = tokio::task::spawn_blocking(move || EtcdServer::start(&EtcdSpec::new(dir, 1)))
+        .await
+        .map_err(|e| anyhow!("starting etcd: {e}"))?
+        .context("starting the lab's etcd")?;
+    let member = etcd
+        .members()
+        .first()
+        .ok_or_else(|| anyhow!("etcd started without a member"))?;
+    let socket = member
+        .unix_socket()
+        .ok_or_else(|| anyhow!("the lab's etcd serves no unix socket"))?;
+    state.store = Some(StoreRecord {
+        address: format!("unix://{}", socket.display()),
+        members: etcd
+            .members()
+            .iter()
+            .filter_map(|m| m.pid())
+            .map(|pid| record_process(pid, "etcd"))
+            .collect(),
+    });
+    state.save(&names.run_dir().join("state.json"))?;
+    Ok((etcd, state))
+}
+
 /// Runs the supervisor of lab `name` with `node_count` nodes in the
 /// foreground until `lab down` (or SIGTERM), which tear the lab down. `exe`
 /// is the myelin binary, used to start agents and the demo apps.
-pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Result<()> {
+pub async fn supervise(
+    name: &str,
+    exe: PathBuf,
+    node_count: u8,
+    routing: Routing,
+) -> anyhow::Result<()> {
     let names = LabNames::new(name);
     let run_dir = names.run_dir();
     // Everything the lab, its agents and proxies write (state, sockets, logs,
@@ -500,16 +618,18 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
         namespaces: BUILTIN_NAMESPACES.iter().map(|n| n.to_string()).collect(),
         // Recorded before anything exists, so a crash leaves nothing unnamed.
         nodes: nodes.iter().map(|n| n.record.clone()).collect(),
-        pod_mtu: NATIVE_ROUTING_POD_MTU,
+        pod_mtu: routing.pod_mtu(),
+        routing,
         ..LabState::default()
     };
     state.save(&run_dir.join("state.json"))?;
     // On failure `lab up` reads this process's log, then tears the lab down.
+    let (etcd, state) = start_store(&names, state).await?;
     underlay::create(&names).context("creating the lab's underlay")?;
     for i in 0..nodes.len() {
         let (wired, rest) = nodes.split_at_mut(i);
         let peers: Vec<NodeRecord> = wired.iter().map(|n| n.record.clone()).collect();
-        wire_node(&names, &mut rest[0], &peers)?;
+        wire_node(&names, &mut rest[0], &peers, routing)?;
     }
     let first_netns = nodes
         .first()
@@ -534,10 +654,13 @@ pub async fn supervise(name: &str, exe: PathBuf, node_count: u8) -> anyhow::Resu
         writes: tokio::sync::Mutex::new(()),
         exits,
         stopping: AtomicBool::new(false),
+        etcd: Mutex::new(Some(etcd)),
     });
-    for node in nodes {
+    for mut node in nodes {
+        lab.join_cluster(&mut node);
         lab.start_node(node).await?;
     }
+    lab.start_relay()?;
 
     let socket = names.socket();
     let _ = std::fs::remove_file(&socket);

@@ -11,6 +11,7 @@ use crate::proto::flow::{
     agent_event, layer4, layer7,
 };
 use crate::proto::observer::{GetAgentEventsResponse, GetFlowsResponse, get_flows_response};
+use crate::proto::relay::NodeState;
 
 /// Output formats of `observe -o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -651,8 +652,33 @@ impl<W: Write, E: Write> Printer<W, E> {
                 )
             }
             Some(get_flows_response::ResponseTypes::NodeStatus(status)) => {
-                tracing::info!(nodes = ?status.node_names, message = %status.message, "node status changed");
-                Ok(())
+                // A relay names the nodes it answers from; only those it
+                // could not ask are worth the reader's attention.
+                let state =
+                    NodeState::try_from(status.state_change).unwrap_or(NodeState::UnknownNodeState);
+                match state {
+                    NodeState::NodeUnavailable | NodeState::NodeError => {
+                        let what = if state == NodeState::NodeError {
+                            "failed"
+                        } else {
+                            "unavailable"
+                        };
+                        let detail = if status.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", status.message)
+                        };
+                        writeln!(
+                            self.err,
+                            "nodes {what}: {}{detail}",
+                            status.node_names.join(", ")
+                        )
+                    }
+                    _ => {
+                        tracing::debug!(nodes = ?status.node_names, "node status");
+                        Ok(())
+                    }
+                }
             }
             None => Ok(()),
         }

@@ -421,7 +421,11 @@ async fn a_bad_filter_is_refused_once_by_the_relay() {
         .await
         .expect_err("a mask path no Flow has");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("no_such_field"), "{}", status.message());
+    assert!(
+        status.message().contains("no_such_field"),
+        "{}",
+        status.message()
+    );
     let status = client
         .get_agent_events(myelin_observe::proto::observer::GetAgentEventsRequest::default())
         .await

@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -116,6 +117,10 @@ impl EtcdMember {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
+            // A group of its own: a terminal's Ctrl-C reaches the lab's
+            // supervisor, which stops etcd after the agents; the lab's
+            // teardown signals it by its group, as every process it started.
+            .process_group(0)
             .spawn()
             .map_err(|e| StoreError::Server {
                 what: format!("start {}", self.name),

@@ -1,0 +1,153 @@
+//! The Star Wars demo across three nodes that share the lab's etcd, as a
+//! user walks it: the deathstar's two pods on node1 and node2, the ships on
+//! node3, the ClusterIP reaching both backends from node3, and the demo's
+//! L3/L4 and L7 policies enforced by identity across nodes — natively
+//! routed and through the VXLAN overlay. Flows come from the lab's relay.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Lab, curl, starwars, text};
+use myelin_test_support::privileged;
+
+const DEATHSTAR: &str = "http://deathstar.default.svc.cluster.local";
+
+/// A file of the Star Wars example.
+fn example(name: &str) -> std::path::PathBuf {
+    starwars().with_file_name(name)
+}
+
+/// The demo app as it ships, with the ships pinned to node3
+/// (`spec.nodeName`), as `make demo NODES=3` runs it.
+fn pinned_app(dir: &tempfile::TempDir) -> String {
+    let app = std::fs::read_to_string(starwars()).expect("app");
+    let mut out = String::new();
+    let mut in_pod = false;
+    for line in app.lines() {
+        if line.starts_with("kind: ") {
+            in_pod = line == "kind: Pod";
+        }
+        out.push_str(line);
+        out.push('\n');
+        if in_pod && line == "spec:" {
+            out.push_str("  nodeName: node3\n");
+        }
+    }
+    let path = dir.path().join("http-sw-app.yaml");
+    std::fs::write(&path, out).expect("write app");
+    path.to_str().expect("utf-8").to_string()
+}
+
+/// The node of every pod whose name starts with `prefix`.
+fn nodes_of(lab: &Lab, prefix: &str) -> BTreeSet<String> {
+    lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+        .map(|p| p["node"].as_str().expect("node").to_string())
+        .collect()
+}
+
+/// The hostnames of the deathstar pods that answered `GET /v1` from `pod`
+/// through the ClusterIP, over `tries` new connections.
+fn backends_answering(lab: &Lab, pod: &str, tries: usize) -> BTreeSet<String> {
+    (0..tries)
+        .filter_map(|_| {
+            let body = curl(lab, pod, "GET", &format!("{DEATHSTAR}/v1"));
+            let listing: serde_json::Value = serde_json::from_str(&body).ok()?;
+            listing["hostname"].as_str().map(str::to_string)
+        })
+        .collect()
+}
+
+fn star_wars_across_nodes(routing: &str) {
+    let lab = Lab::named();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = pinned_app(&dir);
+    lab.ok(&["lab", "up", "--nodes", "3", "--routing", routing, "-f", &app]);
+    assert_eq!(nodes_of(&lab, "deathstar-"), BTreeSet::from(["node1".into(), "node2".into()]));
+    assert_eq!(nodes_of(&lab, "tiefighter"), BTreeSet::from(["node3".into()]));
+    assert_eq!(nodes_of(&lab, "xwing"), BTreeSet::from(["node3".into()]));
+
+    // Without policy, every ship lands; the ClusterIP takes node3's clients
+    // to the deathstar's pods on both other nodes.
+    for ship in ["tiefighter", "xwing"] {
+        assert_eq!(
+            curl(&lab, ship, "POST", &format!("{DEATHSTAR}/v1/request-landing")),
+            "Ship landed\n",
+            "{ship} from node3 ({routing})"
+        );
+    }
+    let answered = backends_answering(&lab, "tiefighter", 24);
+    assert_eq!(answered.len(), 2, "both deathstar pods answer from node3: {answered:?}");
+    // IPv6 across nodes too, pod to pod.
+    let deathstar_v6 = lab.pod_address("deathstar-", 6);
+    assert_eq!(
+        curl(&lab, "xwing", "POST", &format!("http://[{deathstar_v6}]/v1/request-landing")),
+        "Ship landed\n"
+    );
+
+    // L3/L4: only the empire lands. The xwing's SYN is dropped on the
+    // deathstar's node, by policy, with the xwing's identity (from its own
+    // node's store entry or the VNI), and the relay shows it.
+    lab.ok(&["apply", "-f", example("sw_l3_l4_policy.yaml").to_str().expect("utf-8")]);
+    assert_eq!(
+        curl(&lab, "tiefighter", "POST", &format!("{DEATHSTAR}/v1/request-landing")),
+        "Ship landed\n"
+    );
+    let refused = lab.exec(
+        "xwing",
+        &["curl", "-s", "-m", "2", "-X", "POST", &format!("{DEATHSTAR}/v1/request-landing")],
+    );
+    assert!(!refused.status.success(), "the xwing landed: {}", text(&refused));
+    let drops = lab.ok_until(
+        &["observe", "--last", "1000", "--from-pod", "default/xwing", "--verdict", "DROPPED", "-o", "json"],
+        |out| out.contains("POLICY_DENIED"),
+    );
+    assert!(drops.contains("POLICY_DENIED"), "no policy drop of the xwing:\n{drops}");
+    let drop_nodes: BTreeSet<&str> = drops
+        .lines()
+        .filter(|l| l.contains("POLICY_DENIED"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|f| f["flow"]["node_name"].as_str().map(|n| n.to_string()))
+        .map(|n| if n.ends_with("node1") { "node1" } else if n.ends_with("node2") { "node2" } else { "other" })
+        .collect();
+    assert!(
+        !drop_nodes.is_empty() && !drop_nodes.contains("other"),
+        "the xwing is dropped where the deathstar runs: {drop_nodes:?}\n{drops}"
+    );
+    assert!(drops.contains("\"xwing\""), "the drop names the xwing:\n{drops}");
+
+    // L7: the deathstar's node proxy answers the tiefighter's PUT 403.
+    lab.ok(&["apply", "-f", example("sw_l3_l4_l7_policy.yaml").to_str().expect("utf-8")]);
+    let denied = lab.exec(
+        "tiefighter",
+        &[
+            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "-X", "PUT",
+            &format!("{DEATHSTAR}/v1/exhaust-port"),
+        ],
+    );
+    assert_eq!(text(&denied).trim(), "403", "the exhaust port is guarded across nodes");
+    assert_eq!(
+        curl(&lab, "tiefighter", "POST", &format!("{DEATHSTAR}/v1/request-landing")),
+        "Ship landed\n"
+    );
+}
+
+#[test]
+fn star_wars_across_nodes_natively_routed() {
+    if !privileged("star_wars_across_nodes_natively_routed") {
+        return;
+    }
+    star_wars_across_nodes("native");
+}
+
+#[test]
+fn star_wars_across_nodes_through_the_overlay() {
+    if !privileged("star_wars_across_nodes_through_the_overlay") {
+        return;
+    }
+    star_wars_across_nodes("tunnel");
+}
