@@ -73,6 +73,7 @@ pub fn published(spec: &EndpointSpec, identity: Identity, node: &str) -> Vec<Sto
             pod: spec.pod.clone(),
             named_ports: named(Protocol::Tcp),
             named_udp_ports: named(Protocol::Udp),
+            ready: spec.ready,
         })
         .collect()
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use myelin_common::EndpointInfo;
-use myelin_datapath::Datapath;
+use myelin_datapath::{Datapath, OVERLAY_DEVICE, RoutingMode, TunnelRoute, pod_mtu};
 use myelin_dns::SharedZone;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -82,7 +82,15 @@ pub struct AgentConfig {
     pub flow_headers: l7::FlowHeaders,
     /// Where the node's cluster is read from.
     pub cluster: ClusterConfig,
+    /// How packets to other nodes' pods travel: through the node's VXLAN
+    /// device (created or adopted at start, routed to every other node's
+    /// pod CIDRs) or over the node's own routes.
+    pub routing: RoutingMode,
 }
+
+/// The underlay's MTU the overlay device is sized for (the lab's underlay
+/// and most networks); pods get this less the VXLAN headers.
+const UNDERLAY_MTU: u32 = 1500;
 
 /// Where an agent reads its cluster from.
 #[derive(Debug, Clone)]
@@ -136,6 +144,10 @@ struct Node {
     /// Other nodes' pod CIDRs and the tunnel endpoint reaching each (for
     /// the overlay's `sync_tunnel_endpoints`).
     tunnel_routes: BTreeMap<ipnet::IpNet, IpAddr>,
+    /// How packets to other nodes' pods travel.
+    routing: RoutingMode,
+    /// The overlay's last sync failed: the next change tries again.
+    overlay_dirty: bool,
     /// What the cluster was told of each local endpoint.
     published: BTreeMap<EndpointKey, Vec<myelin_store::Endpoint>>,
     /// This node's observer, and where the peer service's list goes.
@@ -163,6 +175,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     for replaced in datapath.replaced_pins() {
         tracing::warn!("{replaced}: created anew, its content is rebuilt from the agent's state");
     }
+    if config.routing == RoutingMode::Tunnel {
+        let ipv6_underlay = match &config.cluster {
+            ClusterConfig::Etcd(cluster) => cluster.addresses.first().is_some_and(IpAddr::is_ipv6),
+            ClusterConfig::SingleNode { .. } => false,
+        };
+        let device = datapath
+            .attach_overlay(OVERLAY_DEVICE, pod_mtu(UNDERLAY_MTU, ipv6_underlay))
+            .context("the overlay device")?;
+        tracing::info!(device = %device.name, ifindex = device.ifindex, "overlay device ready");
+    }
+    datapath
+        .set_routing_mode(config.routing)
+        .context("setting the routing mode")?;
     let reader = datapath.event_reader()?;
     let zone: SharedZone = Arc::new(RwLock::new(myelin_dns::Zone::default()));
     let mut registry = Registry::default();
@@ -229,6 +254,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cluster,
         remote: RemoteState::new(&config.node),
         tunnel_routes: BTreeMap::new(),
+        routing: config.routing,
+        overlay_dirty: false,
         published: BTreeMap::new(),
         own_peer: own_peer.clone(),
         peers: None,
@@ -442,10 +469,18 @@ impl Node {
             let touched = self.remote.apply(event, &mut self.engine);
             self.dirty.record(&touched.changes);
             nodes |= touched.nodes;
+            if touched.endpoints {
+                // Services' backends include other nodes' pods.
+                self.dirty.specs = true;
+            }
         }
-        if nodes {
+        if nodes || self.overlay_dirty {
             self.tunnel_routes = self.remote.tunnel_routes();
             tracing::info!(routes = ?self.tunnel_routes, "cluster: the other nodes changed");
+            if let Err(error) = self.sync_overlay() {
+                self.overlay_dirty = true;
+                tracing::warn!("the overlay's routes: {error:#}; the next change retries");
+            }
             if let Some(peers) = &self.peers {
                 peers.send_replace(self.remote.peers(self.own_peer.as_ref()));
             }
@@ -453,6 +488,29 @@ impl Node {
         if let Err(error) = self.sync() {
             tracing::warn!("applying the cluster's changes: {error:#}; the next change retries");
         }
+    }
+
+    /// Points the overlay at the other nodes: the datapath's tunnel
+    /// endpoints (pod CIDR → the owning node's underlay address) and the
+    /// node's routes into the device. Nothing to do under native routing,
+    /// where the node's routes are its network's.
+    fn sync_overlay(&mut self) -> anyhow::Result<()> {
+        if self.routing != RoutingMode::Tunnel {
+            return Ok(());
+        }
+        let routes: Vec<TunnelRoute> = self
+            .tunnel_routes
+            .iter()
+            .map(|(cidr, endpoint)| TunnelRoute {
+                pod_cidr: cidr.network(),
+                prefix_len: cidr.prefix_len(),
+                endpoint: *endpoint,
+            })
+            .collect();
+        self.datapath.sync_tunnel_endpoints(&routes)?;
+        self.datapath.route_into_overlay(OVERLAY_DEVICE, &routes)?;
+        self.overlay_dirty = false;
+        Ok(())
     }
 
     /// Tells the cluster what it does not know yet of a local endpoint: its
@@ -622,9 +680,13 @@ impl Node {
             self.refresh_zone();
         }
         let services = specs_changed.then(|| {
+            let remote = self.remote.service_backends();
             reconcile::desired_services(
                 self.services.values(),
-                self.endpoints.values().map(|e| &e.spec),
+                self.endpoints
+                    .values()
+                    .map(|e| &e.spec)
+                    .chain(remote.iter()),
             )
         });
         let endpoints = &self.endpoints;
@@ -726,9 +788,13 @@ impl Node {
     }
 
     fn refresh_zone(&self) {
+        let remote = self.remote.service_backends();
         let zone = services::zone(
             self.services.values(),
-            self.endpoints.values().map(|e| &e.spec),
+            self.endpoints
+                .values()
+                .map(|e| &e.spec)
+                .chain(remote.iter()),
         );
         match self.zone.write() {
             Ok(mut z) => *z = zone,

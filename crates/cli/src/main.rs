@@ -135,6 +135,11 @@ struct AgentArgs {
     /// Seconds the node's store entries outlive a dead agent (its lease's TTL).
     #[arg(long, default_value_t = myelin_agent::cluster::LAB_LEASE_TTL.as_secs())]
     lease_ttl: u64,
+    /// How packets to other nodes' pods travel: `tunnel` (VXLAN, the sender's identity in
+    /// the VNI; the agent creates the device and routes other nodes' pod CIDRs into it) or
+    /// `native` (the node's routes carry them).
+    #[arg(long, default_value = "native", requires = "cluster_store")]
+    routing: myelin_datapath::RoutingMode,
 }
 
 #[derive(clap::Args)]
@@ -334,6 +339,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 flow_headers: myelin_agent::l7::FlowHeaders::new(&args.hubble_http_headers)
                     .context("--hubble-http-headers")?,
                 cluster,
+                routing: args.routing,
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -66,72 +66,168 @@ fn star_wars_across_nodes(routing: &str) {
     let lab = Lab::named();
     let dir = tempfile::tempdir().expect("tempdir");
     let app = pinned_app(&dir);
-    lab.ok(&["lab", "up", "--nodes", "3", "--routing", routing, "-f", &app]);
-    assert_eq!(nodes_of(&lab, "deathstar-"), BTreeSet::from(["node1".into(), "node2".into()]));
-    assert_eq!(nodes_of(&lab, "tiefighter"), BTreeSet::from(["node3".into()]));
+    lab.ok(&[
+        "lab",
+        "up",
+        "--nodes",
+        "3",
+        "--routing",
+        routing,
+        "-f",
+        &app,
+    ]);
+    assert_eq!(
+        nodes_of(&lab, "deathstar-"),
+        BTreeSet::from(["node1".into(), "node2".into()])
+    );
+    assert_eq!(
+        nodes_of(&lab, "tiefighter"),
+        BTreeSet::from(["node3".into()])
+    );
     assert_eq!(nodes_of(&lab, "xwing"), BTreeSet::from(["node3".into()]));
 
     // Without policy, every ship lands; the ClusterIP takes node3's clients
     // to the deathstar's pods on both other nodes.
     for ship in ["tiefighter", "xwing"] {
         assert_eq!(
-            curl(&lab, ship, "POST", &format!("{DEATHSTAR}/v1/request-landing")),
+            curl(
+                &lab,
+                ship,
+                "POST",
+                &format!("{DEATHSTAR}/v1/request-landing")
+            ),
             "Ship landed\n",
             "{ship} from node3 ({routing})"
         );
     }
     let answered = backends_answering(&lab, "tiefighter", 24);
-    assert_eq!(answered.len(), 2, "both deathstar pods answer from node3: {answered:?}");
+    assert_eq!(
+        answered.len(),
+        2,
+        "both deathstar pods answer from node3: {answered:?}"
+    );
     // IPv6 across nodes too, pod to pod.
     let deathstar_v6 = lab.pod_address("deathstar-", 6);
     assert_eq!(
-        curl(&lab, "xwing", "POST", &format!("http://[{deathstar_v6}]/v1/request-landing")),
+        curl(
+            &lab,
+            "xwing",
+            "POST",
+            &format!("http://[{deathstar_v6}]/v1/request-landing")
+        ),
         "Ship landed\n"
     );
 
     // L3/L4: only the empire lands. The xwing's SYN is dropped on the
     // deathstar's node, by policy, with the xwing's identity (from its own
     // node's store entry or the VNI), and the relay shows it.
-    lab.ok(&["apply", "-f", example("sw_l3_l4_policy.yaml").to_str().expect("utf-8")]);
+    lab.ok(&[
+        "apply",
+        "-f",
+        example("sw_l3_l4_policy.yaml").to_str().expect("utf-8"),
+    ]);
     assert_eq!(
-        curl(&lab, "tiefighter", "POST", &format!("{DEATHSTAR}/v1/request-landing")),
+        curl(
+            &lab,
+            "tiefighter",
+            "POST",
+            &format!("{DEATHSTAR}/v1/request-landing")
+        ),
         "Ship landed\n"
     );
     let refused = lab.exec(
         "xwing",
-        &["curl", "-s", "-m", "2", "-X", "POST", &format!("{DEATHSTAR}/v1/request-landing")],
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "-X",
+            "POST",
+            &format!("{DEATHSTAR}/v1/request-landing"),
+        ],
     );
-    assert!(!refused.status.success(), "the xwing landed: {}", text(&refused));
+    assert!(
+        !refused.status.success(),
+        "the xwing landed: {}",
+        text(&refused)
+    );
     let drops = lab.ok_until(
-        &["observe", "--last", "1000", "--from-pod", "default/xwing", "--verdict", "DROPPED", "-o", "json"],
+        &[
+            "observe",
+            "--last",
+            "1000",
+            "--from-pod",
+            "default/xwing",
+            "--verdict",
+            "DROPPED",
+            "-o",
+            "json",
+        ],
         |out| out.contains("POLICY_DENIED"),
     );
-    assert!(drops.contains("POLICY_DENIED"), "no policy drop of the xwing:\n{drops}");
+    assert!(
+        drops.contains("POLICY_DENIED"),
+        "no policy drop of the xwing:\n{drops}"
+    );
     let drop_nodes: BTreeSet<&str> = drops
         .lines()
         .filter(|l| l.contains("POLICY_DENIED"))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|f| f["flow"]["node_name"].as_str().map(|n| n.to_string()))
-        .map(|n| if n.ends_with("node1") { "node1" } else if n.ends_with("node2") { "node2" } else { "other" })
+        .map(|n| {
+            if n.ends_with("node1") {
+                "node1"
+            } else if n.ends_with("node2") {
+                "node2"
+            } else {
+                "other"
+            }
+        })
         .collect();
     assert!(
         !drop_nodes.is_empty() && !drop_nodes.contains("other"),
         "the xwing is dropped where the deathstar runs: {drop_nodes:?}\n{drops}"
     );
-    assert!(drops.contains("\"xwing\""), "the drop names the xwing:\n{drops}");
+    assert!(
+        drops.contains("\"xwing\""),
+        "the drop names the xwing:\n{drops}"
+    );
 
     // L7: the deathstar's node proxy answers the tiefighter's PUT 403.
-    lab.ok(&["apply", "-f", example("sw_l3_l4_l7_policy.yaml").to_str().expect("utf-8")]);
+    lab.ok(&[
+        "apply",
+        "-f",
+        example("sw_l3_l4_l7_policy.yaml").to_str().expect("utf-8"),
+    ]);
     let denied = lab.exec(
         "tiefighter",
         &[
-            "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", "-X", "PUT",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "5",
+            "-X",
+            "PUT",
             &format!("{DEATHSTAR}/v1/exhaust-port"),
         ],
     );
-    assert_eq!(text(&denied).trim(), "403", "the exhaust port is guarded across nodes");
     assert_eq!(
-        curl(&lab, "tiefighter", "POST", &format!("{DEATHSTAR}/v1/request-landing")),
+        text(&denied).trim(),
+        "403",
+        "the exhaust port is guarded across nodes"
+    );
+    assert_eq!(
+        curl(
+            &lab,
+            "tiefighter",
+            "POST",
+            &format!("{DEATHSTAR}/v1/request-landing")
+        ),
         "Ship landed\n"
     );
 }

@@ -3,7 +3,7 @@
 //! map (remote nodes' pod CIDRs → their underlay address) and the routing
 //! mode the programs read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::process::Command;
 
@@ -396,6 +396,54 @@ impl Datapath {
                 return Err(e);
             }
             done.push((cidr, current.get(&cidr).copied()));
+        }
+        Ok(())
+    }
+
+    /// Makes the node's routes into the overlay device `name` exactly the
+    /// pod CIDRs of `routes` (both families): what the node's own stack
+    /// sends to other nodes' pods, and the ICMP answers to what is too big
+    /// for the overlay, go through the tunnel. Routes are replaced in place,
+    /// never flushed first, so traffic on the routes kept never stops.
+    pub fn route_into_overlay(
+        &self,
+        name: &str,
+        routes: &[TunnelRoute],
+    ) -> Result<(), DatapathError> {
+        let wanted: BTreeSet<String> = routes
+            .iter()
+            .map(|r| format!("{}/{}", r.pod_cidr, r.prefix_len))
+            .collect();
+        let mut present = BTreeSet::new();
+        for family in ["-4", "-6"] {
+            let output = Command::new("ip")
+                .args([family, "-json", "route", "show", "dev", name])
+                .output()
+                .map_err(|e| overlay_error(name, format!("cannot run `ip` (iproute2): {e}")))?;
+            if !output.status.success() {
+                return Err(overlay_error(
+                    name,
+                    format!(
+                        "`ip route show` failed: {}",
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ),
+                ));
+            }
+            let listed: Vec<serde_json::Value> =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            present.extend(
+                listed
+                    .iter()
+                    .filter_map(|route| route["dst"].as_str())
+                    .filter(|dst| dst.contains('/'))
+                    .map(str::to_string),
+            );
+        }
+        for cidr in wanted.difference(&present) {
+            ip(name, &["route", "replace", cidr, "dev", name])?;
+        }
+        for cidr in present.difference(&wanted) {
+            ip(name, &["route", "del", cidr, "dev", name])?;
         }
         Ok(())
     }

@@ -181,8 +181,6 @@ impl Node {
             .arg(self.bpffs.join(&record.name))
             .arg("--state-dir")
             .arg(&self.dir)
-            .arg("--identity-store")
-            .arg(self.run_dir.join("identities.json"))
             .args(self.cluster_args())
             .arg("--dns-listen")
             .arg(format!("{},{}", record.router_v4, record.router_v6))
@@ -237,10 +235,14 @@ impl Node {
 
     /// The agent's flags for the cluster store, if the node joins one: the
     /// store, the cluster, the node's underlay addresses (the first is its
-    /// tunnel endpoint) and its pod CIDRs.
+    /// tunnel endpoint), its pod CIDRs and the routing mode; else the
+    /// identity file the lab's agents share.
     fn cluster_args(&self) -> Vec<String> {
         let Some((address, cluster, routing)) = &self.cluster_store else {
-            return Vec::new();
+            return vec![
+                "--identity-store".into(),
+                self.run_dir.join("identities.json").display().to_string(),
+            ];
         };
         let index = self.record.index;
         vec![

@@ -53,6 +53,16 @@ impl LabelSet {
         self.0.get(key).map(|(s, v)| (s.as_str(), v.as_str()))
     }
 
+    /// The labels of `source`, key to value (a pod's own labels are those
+    /// of `k8s`, beside its namespace's and service account's).
+    pub fn of_source(&self, source: &str) -> BTreeMap<String, String> {
+        self.0
+            .iter()
+            .filter(|(_, (s, _))| s == source)
+            .map(|(key, (_, value))| (key.clone(), value.clone()))
+            .collect()
+    }
+
     /// The security-relevant labels of a pod, as Cilium gives them: its own
     /// labels (minus the volatile ones, see [`is_security_relevant`]) with
     /// source `k8s`, its namespace, its namespace's labels, its service

@@ -43,4 +43,13 @@ pub struct Endpoint {
     /// Named UDP container ports (`dns` → 53).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub named_udp_ports: BTreeMap<String, u16>,
+    /// Whether the pod is ready to serve: only ready pods back services, on
+    /// every node. Records written before readiness was published read as
+    /// ready.
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
 }

@@ -52,6 +52,7 @@ fn endpoint(ip: &str, node: &str, identity: Identity) -> Endpoint {
         pod: format!("pod-{ip}"),
         named_ports: BTreeMap::from([("http".to_string(), 80)]),
         named_udp_ports: BTreeMap::new(),
+        ready: true,
     }
 }
 

@@ -10,8 +10,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use myelin_observe::peer::{PeerMap, PeerNode};
+use myelin_policy::labels::SOURCE_K8S;
 use myelin_policy::{Changes, Identity, LabelSet, NamedPort, PolicyEngine, Proto, RemoteEndpoint};
 use myelin_store::{Endpoint as StoreEndpoint, Node as StoreNode, Update};
+
+use crate::api::{EndpointSpec, NamedPort as ApiNamedPort, Protocol};
 
 use super::ClusterEvent;
 
@@ -22,6 +25,9 @@ pub struct Touched {
     pub changes: Changes,
     /// Another node came, changed or left: routes and peers are derived again.
     pub nodes: bool,
+    /// Another node's pod came, changed or left: services' backends are
+    /// derived again.
+    pub endpoints: bool,
 }
 
 /// The other nodes, their endpoints and the cluster's identities.
@@ -83,11 +89,13 @@ impl RemoteState {
                     .or_default()
                     .insert(ip);
                 self.to_engine(ip, engine, &mut touched.changes);
+                touched.endpoints = true;
             }
             ClusterEvent::Endpoint(Update::Delete(ip)) => {
                 if let Some(old) = self.endpoints.remove(&ip) {
                     self.unindex(ip, old.identity);
                     merge(&mut touched.changes, engine.remove_remote_endpoint(ip));
+                    touched.endpoints = true;
                 }
             }
             ClusterEvent::Node(Update::Upsert(name, node)) => {
@@ -148,6 +156,50 @@ impl RemoteState {
             .filter_map(|n| Some((n, n.tunnel_endpoint?)))
             .flat_map(|(n, endpoint)| n.pod_cidrs.iter().map(move |cidr| (*cidr, endpoint)))
             .collect()
+    }
+
+    /// Other nodes' pods as services' backends: one per pod, with its pod
+    /// labels (its identity's `k8s:` labels, which Service selectors match),
+    /// addresses, named ports and readiness. Pods whose identity's labels
+    /// are not known yet are left out until they are.
+    pub fn service_backends(&self) -> Vec<EndpointSpec> {
+        let mut pods: BTreeMap<(&str, &str), EndpointSpec> = BTreeMap::new();
+        for endpoint in self.endpoints.values() {
+            let Some(labels) = self.identities.get(&endpoint.identity) else {
+                continue;
+            };
+            let spec = pods
+                .entry((&endpoint.namespace, &endpoint.pod))
+                .or_insert_with(|| EndpointSpec {
+                    namespace: endpoint.namespace.clone(),
+                    pod: endpoint.pod.clone(),
+                    labels: labels.of_source(SOURCE_K8S),
+                    service_account: None,
+                    ifname: String::new(),
+                    ipv4: None,
+                    ipv6: None,
+                    mac: None,
+                    ports: remote_endpoint(endpoint)
+                        .ports
+                        .into_iter()
+                        .map(|p| ApiNamedPort {
+                            name: Some(p.name),
+                            port: p.port,
+                            protocol: match p.proto {
+                                Proto::Udp => Protocol::Udp,
+                                _ => Protocol::Tcp,
+                            },
+                        })
+                        .collect(),
+                    ready: endpoint.ready,
+                });
+            match endpoint.ip {
+                IpAddr::V4(ip) => spec.ipv4 = Some(ip),
+                IpAddr::V6(ip) => spec.ipv6 = Some(ip),
+            }
+            spec.ready &= endpoint.ready;
+        }
+        pods.into_values().collect()
     }
 
     /// The observers of the cluster: `own` and every other node that
@@ -233,6 +285,7 @@ mod tests {
             pod: format!("pod-{ip}"),
             named_ports: BTreeMap::from([("http".to_string(), 80)]),
             named_udp_ports: BTreeMap::from([("dns".to_string(), 53)]),
+            ready: true,
         }
     }
 
