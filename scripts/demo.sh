@@ -42,18 +42,6 @@ expect_timeout() {
   echo "(no answer: the SYN was dropped; curl gave up after the timeout)"
 }
 
-# expect_refused CMD...: the command must fail with curl's "connection refused" (7).
-expect_refused() {
-  show "$*"
-  local rc=0
-  "$@" || rc=$?
-  if [ "$rc" -ne 7 ]; then
-    printf '\033[31mexpected a refused connection (curl exit 7), got exit %s\033[0m\n' "$rc" >&2
-    exit 1
-  fi
-  echo "(refused at once: this node's agent knows no backend for the Service)"
-}
-
 "$M" lab down >/dev/null 2>&1 || true
 
 # pods_on NODE: the names of the pods the lab placed on NODE, one a line.
@@ -67,7 +55,7 @@ pod_ip() {
 }
 
 # The walk over several nodes (`make demo NODES=3`): what holds across nodes
-# today is checked as on one node; what does not yet is said, and shown.
+# is checked as on one node; what does not yet is said.
 multinode() {
   local last="node$NODES"
   DEMO_TMP=$(mktemp -d)
@@ -81,12 +69,12 @@ multinode() {
     kind == "Pod" && /^spec:$/ { print "  nodeName: " node }
   ' "$APP/http-sw-app.yaml" >"$tmp/http-sw-app.yaml"
 
-  bold "1. A cluster of $NODES nodes on this machine, joined by an underlay bridge; each routes the others' pod CIDRs natively"
+  bold "1. A cluster of $NODES nodes on this machine: an underlay bridge, one etcd, a relay; packets between nodes through the VXLAN overlay"
   echo "The ships are pinned to $last with spec.nodeName; the deathstar's two pods spread over the nodes with the fewest pods:"
   show "diff -u $APP/http-sw-app.yaml pinned.yaml"
   diff -u "$APP/http-sw-app.yaml" "$tmp/http-sw-app.yaml" | tail -n +3 || true
-  show "$M lab up --nodes $NODES -f pinned.yaml"
-  "$M" lab up --nodes "$NODES" -f "$tmp/http-sw-app.yaml"
+  show "$M lab up --nodes $NODES --routing tunnel -f pinned.yaml"
+  "$M" lab up --nodes "$NODES" --routing tunnel -f "$tmp/http-sw-app.yaml"
   show "$M lab status"
   "$M" lab status
   local deathstars=() node
@@ -100,37 +88,32 @@ multinode() {
     exit 1
   fi
 
-  bold "2. Holds across nodes: pod to pod, IPv4 and IPv6, no policy (the ships on $last, the deathstars elsewhere)"
+  bold "2. Across nodes: pod to pod (IPv4 and IPv6) and the Service's cluster IP (no policy yet)"
   local pod
   for pod in "${deathstars[@]}"; do
     expect "Ship landed" "$M" lab exec tiefighter -- curl -s -m 5 -XPOST "http://$(pod_ip "$pod" 4)/v1/request-landing"
     expect "Ship landed" "$M" lab exec xwing -- curl -s -m 5 -XPOST "http://[$(pod_ip "$pod" 6)]/v1/request-landing"
   done
+  echo "$last's agent balances the deathstar Service over its pods on the other nodes (it learns them from etcd):"
+  expect "Ship landed" "$M" lab exec tiefighter -- curl -s -m 5 -XPOST "$URL/request-landing"
 
-  bold "3. Not yet across nodes: the Service's cluster IP"
-  echo "Each agent knows only its own node's pods until the cluster store (etcd) tells it every node's:"
-  echo "$last's agent has no backend for the deathstar Service, so it refuses the connection at once."
-  expect_refused "$M" lab exec tiefighter -- curl -s -m 5 -XPOST "$URL/request-landing"
-
-  bold "4. Not yet across nodes: policy by identity"
-  echo "With the L3/L4 policy the xwing is dropped, as it should be; but so is the tiefighter: the deathstar's node"
-  echo "knows its own pods' identities only, so a ship of another node counts as 'world'. Identities across nodes"
-  echo "come with the cluster store and the overlay, which carries the sender's identity."
+  bold "3. L3/L4 policy by identity across nodes: only the empire lands"
+  echo "Each ship's identity travels in the VXLAN header; the deathstar's node enforces with it:"
   expect "rule1 created" "$M" apply -f "$APP/sw_l3_l4_policy.yaml"
-  local target; target=$(pod_ip "${deathstars[0]}" 4)
-  expect_timeout "$M" lab exec xwing -- curl -s -m 3 -XPOST "http://$target/v1/request-landing"
-  expect_timeout "$M" lab exec tiefighter -- curl -s -m 3 -XPOST "http://$target/v1/request-landing"
-  local home; home=$("$M" lab status -o json | python3 -c 'import json,sys; print(next(p["node"] for p in json.load(sys.stdin)["pods"] if p["name"]==sys.argv[1]))' "${deathstars[0]}")
-  show "$M observe --node $home --verdict DROPPED --last 4"
-  "$M" observe --node "$home" --verdict DROPPED --last 4
-  echo "The L7 step (tiefighter landing, exhaust port denied) needs the same identities across nodes: not shown."
+  expect "Ship landed" "$M" lab exec tiefighter -- curl -s -m 5 -XPOST "$URL/request-landing"
+  expect_timeout "$M" lab exec xwing -- curl -s -m 3 -XPOST "$URL/request-landing"
+  echo "The relay merges every node's flows; the xwing's drop was recorded on the deathstar's node:"
+  show "$M observe --from-pod default/xwing --verdict DROPPED --last 2"
+  "$M" observe --from-pod default/xwing --verdict DROPPED --last 2
+  echo "Not yet across nodes: the L7 step (the exhaust port) fails closed for ships on other nodes."
 
   bold "Try next"
   cat <<TRY
   $M lab node add                 # a node more: namespace, underlay link, routes, agent, proxy
   $M lab node delete $last        # drain it: its pods are deleted with it
   $M bpf endpoints --node node2   # one node's datapath
-  $M observe --node $home -f      # one node's flows
+  $M observe -f                   # every node's flows, through the lab's relay
+  $M observe --node node1 -f      # one node's flows
   $M lab down                     # remove the lab and all it created
 TRY
 }
