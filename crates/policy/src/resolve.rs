@@ -901,9 +901,12 @@ impl PolicyEngine {
             return Ok(Changes::default());
         }
         let mut pending = Pending::default();
-        let ports_changed = old.is_none_or(|o| o.ports != endpoint.ports);
+        // Named ports resolve per identity: a pod moving to another identity
+        // changes both identities' named ports, even with the same ports.
+        let ports_changed =
+            old.is_none_or(|o| o.ports != endpoint.ports || o.identity != endpoint.identity);
         if let Some(old) = self.remote.remove(&ip) {
-            if ports_changed || old.identity != endpoint.identity {
+            if ports_changed {
                 self.named_port_peers_changed(old.identity, &mut pending);
             }
             self.leave_remote_identity(ip, old.identity, &mut pending);

@@ -229,6 +229,54 @@ fn egress_named_ports_resolve_against_remote_pods() {
 }
 
 #[test]
+fn a_remote_pod_moving_to_an_identity_in_use_takes_its_named_ports_along() {
+    let mut engine = node_b();
+    apply(
+        &mut engine,
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: db}}]\n    toPorts: [{ports: [{port: sql, protocol: TCP}]}]\n",
+    );
+    // A local `db` pod without named ports holds the `db` identity already.
+    engine
+        .upsert_endpoint(Endpoint {
+            namespace: "default".into(),
+            name: "db".into(),
+            labels: BTreeMap::from([("app".to_string(), "db".to_string())]),
+            ips: vec![ip("10.244.2.11")],
+            ports: Vec::new(),
+            service_account: None,
+        })
+        .expect("db");
+    let db = engine
+        .policy(&EndpointKey::new("default", "db"))
+        .expect("db")
+        .identity;
+    // A pod of node A with the named port, relabelled there from `cache` to `db`.
+    let mut pod = remote("10.244.1.9", 400, "cache");
+    pod.ports = vec![NamedPort {
+        name: "sql".into(),
+        port: 5432,
+        proto: Proto::Tcp,
+    }];
+    engine
+        .upsert_remote_endpoint(pod.clone(), &labels("cache"))
+        .expect("cache");
+    let egress = &engine.policy(&web()).expect("web").egress;
+    assert_eq!(egress.lookup(db, Proto::Tcp, 5432).0, Decision::DefaultDeny);
+    pod.identity = db;
+    engine
+        .upsert_remote_endpoint(pod, &labels("db"))
+        .expect("db");
+    let egress = &engine.policy(&web()).expect("web").egress;
+    assert_eq!(
+        egress.lookup(db, Proto::Tcp, 5432).0,
+        Decision::Allow,
+        "the named port the moved pod brings to its new identity"
+    );
+    let mut full = engine.clone();
+    assert!(full.resolve_all().is_empty(), "incremental equals full");
+}
+
+#[test]
 fn remote_nodes_and_the_cluster_entity() {
     let mut engine = node_b();
     apply(
