@@ -478,6 +478,7 @@ impl Node {
     /// them dirty for the next change).
     fn cluster_changed(&mut self, events: Vec<ClusterEvent>) {
         let mut nodes = false;
+        let mut endpoints = false;
         for event in events {
             let touched = self.remote.apply(event, &mut self.engine);
             self.dirty.record(&touched.changes);
@@ -485,7 +486,12 @@ impl Node {
             if touched.endpoints {
                 // Services' backends include other nodes' pods.
                 self.dirty.specs = true;
+                endpoints = true;
             }
+        }
+        if endpoints {
+            // The proxy knows other nodes' pods by identity.
+            self.proxy_config.update_remote(&self.engine);
         }
         if nodes || self.overlay_dirty {
             self.tunnel_routes = self.remote.tunnel_routes();
