@@ -550,6 +550,29 @@ impl Datapath {
     }
 }
 
+/// The links of the calling thread's network namespace that hold one of
+/// `addresses` (the node's underlay address(es)), sorted, each once: where
+/// [`Datapath::attach_underlay`] belongs.
+pub fn links_holding(addresses: &[IpAddr]) -> Result<Vec<String>, DatapathError> {
+    let all = nix::ifaddrs::getifaddrs().map_err(|e| DatapathError::Overlay {
+        device: "underlay".to_string(),
+        reason: format!("cannot list the node's addresses: {e}"),
+    })?;
+    let links: BTreeSet<String> = all
+        .filter(|a| {
+            a.address.as_ref().is_some_and(|sa| {
+                let ip = sa
+                    .as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())));
+                ip.is_some_and(|ip| addresses.contains(&ip))
+            })
+        })
+        .map(|a| a.interface_name)
+        .collect();
+    Ok(links.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,27 +605,4 @@ mod tests {
         assert!(unfit(&link("vxlan", false, VXLAN_PORT)).is_some_and(|r| r.contains("external")));
         assert!(unfit(&link("vxlan", true, 4789)).is_some_and(|r| r.contains("4789")));
     }
-}
-
-/// The links of the calling thread's network namespace that hold one of
-/// `addresses` (the node's underlay address(es)), sorted, each once: where
-/// [`Datapath::attach_underlay`] belongs.
-pub fn links_holding(addresses: &[IpAddr]) -> Result<Vec<String>, DatapathError> {
-    let all = nix::ifaddrs::getifaddrs().map_err(|e| DatapathError::Overlay {
-        device: "underlay".to_string(),
-        reason: format!("cannot list the node's addresses: {e}"),
-    })?;
-    let links: BTreeSet<String> = all
-        .filter(|a| {
-            a.address.as_ref().is_some_and(|sa| {
-                let ip = sa
-                    .as_sockaddr_in()
-                    .map(|v4| IpAddr::V4(v4.ip()))
-                    .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())));
-                ip.is_some_and(|ip| addresses.contains(&ip))
-            })
-        })
-        .map(|a| a.interface_name)
-        .collect();
-    Ok(links.into_iter().collect())
 }
