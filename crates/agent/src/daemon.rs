@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Context as _;
 use myelin_common::EndpointInfo;
-use myelin_datapath::{Datapath, OVERLAY_DEVICE, RoutingMode, TunnelRoute, pod_mtu};
+use myelin_datapath::{Datapath, OVERLAY_DEVICE, RoutingMode, TunnelRoute, links_holding, pod_mtu};
 use myelin_dns::SharedZone;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -184,6 +184,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .attach_overlay(OVERLAY_DEVICE, pod_mtu(UNDERLAY_MTU, ipv6_underlay))
             .context("the overlay device")?;
         tracing::info!(device = %device.name, ifindex = device.ifindex, "overlay device ready");
+    }
+    if config.routing == RoutingMode::Native
+        && let ClusterConfig::Etcd(cluster) = &config.cluster
+    {
+        // Flows from other nodes' pods arrive unencapsulated on the links
+        // holding the node's address: there a flow for the proxy is handed
+        // to it (the pod's own hook cannot).
+        for link in links_holding(&cluster.addresses).context("the underlay links")? {
+            datapath
+                .attach_underlay(&link)
+                .with_context(|| format!("from_underlay on {link}"))?;
+            tracing::info!(%link, "underlay ingress ready");
+        }
     }
     datapath
         .set_routing_mode(config.routing)
@@ -465,6 +478,7 @@ impl Node {
     /// them dirty for the next change).
     fn cluster_changed(&mut self, events: Vec<ClusterEvent>) {
         let mut nodes = false;
+        let mut endpoints = false;
         for event in events {
             let touched = self.remote.apply(event, &mut self.engine);
             self.dirty.record(&touched.changes);
@@ -472,7 +486,12 @@ impl Node {
             if touched.endpoints {
                 // Services' backends include other nodes' pods.
                 self.dirty.specs = true;
+                endpoints = true;
             }
+        }
+        if endpoints {
+            // The proxy knows other nodes' pods by identity.
+            self.proxy_config.update_remote(&self.engine);
         }
         if nodes || self.overlay_dirty {
             self.tunnel_routes = self.remote.tunnel_routes();

@@ -240,6 +240,10 @@ impl Contribution {
 #[derive(Debug, Default)]
 pub struct ProxyConfig {
     endpoints: BTreeMap<myelin_policy::EndpointKey, Contribution>,
+    /// The identities of other nodes' pods: the proxy serves their
+    /// connections to this node's pods too (the node's ingress hands them
+    /// over) and matches its rules' peers against them.
+    remote: Vec<IdentityEntry>,
     /// Whether the proxy has not been sent what it holds now.
     unsent: bool,
 }
@@ -264,6 +268,28 @@ impl ProxyConfig {
         self.unsent = true;
     }
 
+    /// Takes the other nodes' pods from the engine (its remote endpoints);
+    /// a change makes a new snapshot due.
+    pub fn update_remote(&mut self, engine: &PolicyEngine) {
+        let remote: Vec<IdentityEntry> = engine
+            .remote_endpoints()
+            .map(|ep| IdentityEntry {
+                ip: ep.ip,
+                identity: ep.identity,
+                labels: engine
+                    .identity_labels(ep.identity)
+                    .map(|l| l.to_strings())
+                    .unwrap_or_default(),
+                namespace: Some(ep.namespace.clone()),
+                pod_name: Some(ep.pod.clone()),
+            })
+            .collect();
+        if remote != self.remote {
+            self.remote = remote;
+            self.unsent = true;
+        }
+    }
+
     /// Marks the configuration as not sent (a fresh start: the proxy may
     /// hold an older agent's).
     pub fn mark_unsent(&mut self) {
@@ -284,6 +310,7 @@ impl ProxyConfig {
             }
             identities.extend(contribution.identities.iter().cloned());
         }
+        identities.extend(self.remote.iter().cloned());
         Some(Snapshot {
             version,
             listeners: listeners(),

@@ -22,7 +22,8 @@ pub use events::EventReader;
 pub use handles::parse_mac;
 pub use loader::{
     Datapath, EndpointAttachment, MapLayout, PROGRAM_FROM_CONTAINER, PROGRAM_FROM_OVERLAY,
-    PROGRAM_PROXY_LOOKUP, PROGRAM_TO_CONTAINER, PROGRAM_TO_OVERLAY, ReplacedPin, TestRunOutcome,
+    PROGRAM_FROM_UNDERLAY, PROGRAM_PROXY_LOOKUP, PROGRAM_TO_CONTAINER, PROGRAM_TO_OVERLAY,
+    ReplacedPin, TestRunOutcome,
 };
 pub use myelin_common::{
     EndpointInfo, EventKind, ObservationPoint, PacketStats, TraceEvent, TrafficDirection, Verdict,
@@ -30,7 +31,7 @@ pub use myelin_common::{
 };
 pub use overlay::{
     OVERLAY_DEVICE, OVERLAY_OVERHEAD_IPV4, OVERLAY_OVERHEAD_IPV6, OverlayDevice, RoutingMode,
-    TunnelRoute, VXLAN_PORT, pod_mtu,
+    TunnelRoute, VXLAN_PORT, links_holding, pod_mtu,
 };
 pub use services::{ServiceGroup, ServiceOutcome};
 pub use tables::{

@@ -28,6 +28,10 @@ pub const PROGRAM_FROM_OVERLAY: &str = "from_overlay";
 /// The program on the node's VXLAN device's egress: the tunnel key of
 /// packets the node's stack routes into the overlay.
 pub const PROGRAM_TO_OVERLAY: &str = "to_overlay";
+/// The program on the node's underlay-facing link's ingress (native
+/// routing): hands flows from other nodes' pods that a local pod's ingress
+/// policy redirects to the node's proxy.
+pub const PROGRAM_FROM_UNDERLAY: &str = "from_underlay";
 /// The node namespace's socket lookup program: hands a SYN that reopens a
 /// redirected tuple still in TIME_WAIT to the proxy's listener.
 pub const PROGRAM_PROXY_LOOKUP: &str = "proxy_lookup";
@@ -289,11 +293,11 @@ impl Datapath {
             loader.map_max_entries(name, *entries);
         }
         let mut ebpf = loader.load(crate::KERNEL_OBJECT)?;
-        for name in HOOKS
-            .map(|(name, _, _)| name)
-            .into_iter()
-            .chain([PROGRAM_FROM_OVERLAY, PROGRAM_TO_OVERLAY])
-        {
+        for name in HOOKS.map(|(name, _, _)| name).into_iter().chain([
+            PROGRAM_FROM_OVERLAY,
+            PROGRAM_TO_OVERLAY,
+            PROGRAM_FROM_UNDERLAY,
+        ]) {
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
@@ -344,6 +348,11 @@ impl Datapath {
     /// whose entries are the endpoints' interfaces).
     pub(crate) fn overlay_pin_dir(&self) -> PathBuf {
         self.pin_dir.join("overlay")
+    }
+
+    /// Where the links on the node's underlay-facing links are pinned.
+    pub(crate) fn underlay_pin_dir(&self) -> PathBuf {
+        self.pin_dir.join("underlay")
     }
 
     /// The pin of `program`'s link on the overlay device `ifname`.

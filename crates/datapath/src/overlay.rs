@@ -13,7 +13,9 @@ use myelin_common::maps::{FAMILY_IPV4, ROUTING_NATIVE, ROUTING_TUNNEL, names};
 use myelin_common::{DatapathConfig, IpcacheKey, TunnelEndpoint};
 
 use crate::error::DatapathError;
-use crate::loader::{Attached, Datapath, PROGRAM_FROM_OVERLAY, PROGRAM_TO_OVERLAY, unpin};
+use crate::loader::{
+    Attached, Datapath, PROGRAM_FROM_OVERLAY, PROGRAM_FROM_UNDERLAY, PROGRAM_TO_OVERLAY, unpin,
+};
 use crate::maps::{capacity, map_error, removed};
 use crate::tables::{addr_bytes, family_of, ip_from};
 
@@ -235,7 +237,7 @@ impl Datapath {
     /// Creates the node's VXLAN device `name` in the calling thread's
     /// network namespace (the node's, as for [`Datapath::attach_endpoint`])
     /// in collect-metadata mode on UDP port [`VXLAN_PORT`], without address
-    /// learning or ARP, with `mtu` (the pods' MTU, [`pod_mtu`]), up; attaches
+    /// learning or ARP (`arp off`, also on a device adopted), with `mtu` (the pods' MTU, [`pod_mtu`]), up; attaches
     /// `from_overlay` to its ingress and `to_overlay` to its egress and tells
     /// the programs its ifindex. The node's routes to the remote pod CIDRs
     /// should point into the device (`ip route add CIDR dev NAME`): packets
@@ -274,9 +276,24 @@ impl Datapath {
                 true
             }
         };
+        // No ARP: what the node's stack routes into the device (its own
+        // packets, the proxy's answers to other nodes' clients) would
+        // otherwise wait for a neighbour that never answers (an ARP request
+        // has no tunnel key) and end in ICMP host unreachable. The
+        // receiver's `from_overlay` ignores the inner MACs.
         ip(
             name,
-            &["link", "set", "dev", name, "mtu", &mtu.to_string(), "up"],
+            &[
+                "link",
+                "set",
+                "dev",
+                name,
+                "mtu",
+                &mtu.to_string(),
+                "arp",
+                "off",
+                "up",
+            ],
         )?;
         let ifindex =
             nix::net::if_::if_nametoindex(name).map_err(|source| DatapathError::Interface {
@@ -325,6 +342,40 @@ impl Datapath {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Attaches `from_underlay` to the ingress of `ifname`, a link of the
+    /// calling thread's network namespace (the node's) that carries traffic
+    /// from other nodes — in native routing, the link(s) holding the node's
+    /// underlay address. A TCP flow from another node's pod to a pod of this
+    /// node whose ingress policy redirects it is then handed to the node's
+    /// proxy there (`bpf_sk_assign` works only at TC ingress; the pod's
+    /// `to_container` could only drop it); all other packets pass
+    /// untouched. The link is pinned at `<pin dir>/underlay/<ifname>/`.
+    /// Idempotent: a live attachment of the same program is kept. Returns
+    /// true when it was kept.
+    pub fn attach_underlay(&mut self, ifname: &str) -> Result<bool, DatapathError> {
+        let dir = self.underlay_pin_dir().join(ifname);
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDirectory {
+            path: dir.clone(),
+            source,
+        })?;
+        let pin = dir.join(PROGRAM_FROM_UNDERLAY);
+        let attached =
+            self.attach_tc(ifname, PROGRAM_FROM_UNDERLAY, TcAttachType::Ingress, &pin)?;
+        Ok(matches!(attached, Attached::Kept))
+    }
+
+    /// Detaches `from_underlay` from `ifname` (its pinned link is removed).
+    /// Idempotent.
+    pub fn detach_underlay(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        let dir = self.underlay_pin_dir().join(ifname);
+        let pin = dir.join(PROGRAM_FROM_UNDERLAY);
+        if pin.exists() {
+            unpin(&pin)?;
+        }
+        let _ = std::fs::remove_dir(dir);
+        Ok(())
     }
 
     /// Sets how packets to other nodes' pods travel. A fresh datapath is in
@@ -497,6 +548,29 @@ impl Datapath {
             .set(0, config, 0)
             .map_err(map_error(names::CONFIG))
     }
+}
+
+/// The links of the calling thread's network namespace that hold one of
+/// `addresses` (the node's underlay address(es)), sorted, each once: where
+/// [`Datapath::attach_underlay`] belongs.
+pub fn links_holding(addresses: &[IpAddr]) -> Result<Vec<String>, DatapathError> {
+    let all = nix::ifaddrs::getifaddrs().map_err(|e| DatapathError::Overlay {
+        device: "underlay".to_string(),
+        reason: format!("cannot list the node's addresses: {e}"),
+    })?;
+    let links: BTreeSet<String> = all
+        .filter(|a| {
+            a.address.as_ref().is_some_and(|sa| {
+                let ip = sa
+                    .as_sockaddr_in()
+                    .map(|v4| IpAddr::V4(v4.ip()))
+                    .or_else(|| sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())));
+                ip.is_some_and(|ip| addresses.contains(&ip))
+            })
+        })
+        .map(|a| a.interface_name)
+        .collect();
+    Ok(links.into_iter().collect())
 }
 
 #[cfg(test)]

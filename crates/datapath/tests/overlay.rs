@@ -8,7 +8,9 @@
 //! tunnel mode (IPv4 and IPv6 pods over the IPv4 underlay, a capture of the
 //! underlay reading the VNI, the receiver's policy decided by the VNI's
 //! identity, a ClusterIP whose backend is on the other node, the ICMP
-//! answer to a packet too big for the underlay) and in native mode.
+//! answer to a packet too big for the underlay) and in native mode; a flow
+//! the receiving pod's ingress policy redirects handed to the receiving
+//! node's proxy (a transparent listener) in both modes.
 
 mod support;
 
@@ -28,6 +30,7 @@ use myelin_datapath::{
 };
 use myelin_test_support::{ScratchBpffs, privileged};
 use support::netns::{Namespaces, in_ns, in_thread, ip as run_ip};
+use support::proxy::{accept_within, deliver_marked_locally, transparent_listener};
 use support::{
     ACK, Harness, POD_ENDPOINT, Pkt, SYN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TCP, ip,
 };
@@ -1303,4 +1306,130 @@ fn the_overlay_is_adopted_after_a_restart_and_a_foreign_device_refused() {
         datapath.detach_overlay(OVERLAY_DEVICE).expect("remove");
     });
     drop(guard);
+}
+
+/// The port of the stand-in for node2's proxy.
+const PROXY_PORT: u16 = 15001;
+
+/// A flow from a pod of node1 that the receiving pod `c`'s ingress policy
+/// redirects to L7 is handed to node2's proxy at node2's ingress
+/// (`from_overlay` in tunnel mode, `from_underlay` on the underlay link in
+/// native mode): the proxy accepts it with the client's address and the
+/// original destination, the later packets follow on the accepted
+/// connection and the proxy's answers reach the client. Without the hand-over
+/// `c`'s `to_container` drops the flow (fail closed) and nothing connects.
+fn a_remote_flow_reaches_the_receiving_nodes_proxy(test: &str, mode: RoutingMode) {
+    let cluster = Cluster::build(test, POD_MTU);
+    match mode {
+        RoutingMode::Tunnel => cluster.tunnel(["192.0.2.1", "192.0.2.2"], POD_MTU),
+        RoutingMode::Native => {
+            for (ns, remote, via) in [
+                (&cluster.n1, "10.244.2.0/24", "192.0.2.2"),
+                (&cluster.n2, "10.244.1.0/24", "192.0.2.1"),
+            ] {
+                in_ns(ns, &["ip", "route", "add", remote, "via", via]);
+            }
+            for node in [&cluster.node1, &cluster.node2] {
+                node.run(|node| {
+                    let datapath = &mut node.datapath;
+                    datapath
+                        .set_routing_mode(RoutingMode::Native)
+                        .expect("native mode");
+                });
+            }
+            cluster.node2.run(|node| {
+                let datapath = &mut node.datapath;
+                assert!(!datapath.attach_underlay("u2").expect("from_underlay"));
+                assert!(
+                    datapath.attach_underlay("u2").expect("again"),
+                    "a second attach keeps the link"
+                );
+            });
+        }
+    }
+    cluster.ipcache(&[("10.244.2.5", 2001)], &[("10.244.1.5", 1001)]);
+    let id = cluster.c.identity;
+    cluster.node2.run(move |node| {
+        let datapath = &mut node.datapath;
+        datapath
+            .replace_policy(
+                id,
+                &PolicyTable {
+                    ingress_enforced: true,
+                    egress_enforced: false,
+                    rules: vec![PolicyRule {
+                        direction: PolicyDirection::Ingress,
+                        peer_identity: 1001,
+                        protocol: TCP,
+                        ports: Some((80, 80)),
+                        action: RuleAction::Redirect {
+                            proxy_port: PROXY_PORT,
+                        },
+                        rule_id: 7,
+                    }],
+                },
+            )
+            .expect("policy");
+    });
+    deliver_marked_locally(&cluster.n2);
+    let listener = cluster.node2.run(|_| transparent_listener(PROXY_PORT));
+    let target = socket(cluster.c.v4, 80);
+    let client_ns = cluster.a.ns.clone();
+    let client = std::thread::spawn(move || {
+        in_thread(&client_ns, move || -> std::io::Result<Vec<u8>> {
+            let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                stream.write_all(b"ping")?;
+                let mut buf = [0u8; 4];
+                stream.read_exact(&mut buf)?;
+                answers.extend_from_slice(&buf);
+            }
+            Ok(answers)
+        })
+    });
+    let (mut accepted, original) = accept_within(&listener, Duration::from_secs(10));
+    assert_eq!(original, target, "the proxy sees the original destination");
+    assert_eq!(
+        accepted.peer_addr().expect("peer").ip(),
+        ip(cluster.a.v4),
+        "the proxy sees the client's address"
+    );
+    for _ in 0..2 {
+        let mut buf = [0u8; 4];
+        accepted.read_exact(&mut buf).expect("the client's bytes");
+        assert_eq!(&buf, b"ping");
+        accepted.write_all(b"pong").expect("answer");
+    }
+    let answers = client
+        .join()
+        .expect("client thread")
+        .expect("the client's exchange");
+    assert_eq!(answers, b"pongpong");
+    let events = cluster
+        .node2
+        .run(|node| node.events_within(Duration::from_millis(500)));
+    assert!(
+        events.iter().any(|e| e.kind == EventKind::Trace as u8
+            && e.observation_point == ObservationPoint::ToProxy as u8
+            && e.source_identity == 1001),
+        "the hand-over is reported with the client's identity: {events:?}"
+    );
+}
+
+#[test]
+fn a_remote_flow_reaches_the_receiving_nodes_proxy_through_the_overlay() {
+    if !privileged("a_remote_flow_reaches_the_receiving_nodes_proxy_through_the_overlay") {
+        return;
+    }
+    a_remote_flow_reaches_the_receiving_nodes_proxy("l7t", RoutingMode::Tunnel);
+}
+
+#[test]
+fn a_remote_flow_reaches_the_receiving_nodes_proxy_over_native_routes() {
+    if !privileged("a_remote_flow_reaches_the_receiving_nodes_proxy_over_native_routes") {
+        return;
+    }
+    a_remote_flow_reaches_the_receiving_nodes_proxy("l7n", RoutingMode::Native);
 }

@@ -24,6 +24,11 @@
 //! to_container; from_container sends packets to other nodes' pod CIDRs
 //! into the overlay with the sender's identity as the VNI.
 //!
+//! from_overlay, and from_underlay (the node's underlay-facing link, native
+//! routing): a new TCP flow from another node to a pod of this node whose
+//! ingress policy redirects it is handed to the node's proxy at the node's
+//! ingress, and so are its later packets (`node_ingress`).
+//!
 //! Everything per endpoint comes from maps; the agent never recompiles.
 #![no_std]
 #![no_main]
@@ -34,6 +39,7 @@ mod events;
 mod fragments;
 mod from_container;
 mod host_routing;
+mod node_ingress;
 mod overlay;
 mod parse;
 mod policy;
@@ -47,6 +53,7 @@ mod to_container;
 use crate::conntrack::live_entry;
 use crate::events::count;
 use crate::from_container::from_container_inner;
+use crate::node_ingress::from_underlay_inner;
 use crate::overlay::{from_overlay_inner, to_overlay_inner};
 use crate::parse::IPPROTO_TCP;
 use crate::redirect::{PROXY_LISTENERS, listener_key};
@@ -103,6 +110,18 @@ pub fn to_overlay(ctx: TcContext) -> i32 {
     };
     // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
     to_overlay_inner(&ctx, unsafe { &mut *st })
+}
+
+/// On the node's underlay-facing link (ingress, native routing): flows from
+/// other nodes' pods that a local pod's ingress policy redirects go to the
+/// node's proxy (`node_ingress`).
+#[classifier]
+pub fn from_underlay(ctx: TcContext) -> i32 {
+    let Some(st) = STATE.get_ptr_mut(0) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: per-CPU slot, no concurrent user on this CPU during the run.
+    from_underlay_inner(&ctx, unsafe { &mut *st })
 }
 
 const AF_INET: u32 = 2;

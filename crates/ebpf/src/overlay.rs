@@ -9,8 +9,10 @@
 
 use crate::events::drop_packet;
 use crate::host_routing::host_route;
+use crate::node_ingress::{PASS_ON, REDIRECT, remote_redirect};
 use crate::parse::parse;
 use crate::policy::{IDENTITY_WORLD, identity_of};
+use crate::redirect::to_proxy;
 use crate::skb::ifindex;
 use crate::state::{State, reset_meta};
 use aya_ebpf::bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, bpf_tunnel_key};
@@ -200,8 +202,10 @@ fn vni_identity(vni: u32) -> u32 {
 /// A packet decapsulated by the node's VXLAN device: its source identity is
 /// the VNI (never the ipcache's idea of the inner source address), carried
 /// in its mark ([`MARK_OVERLAY_IDENTITY`] in bits 0..15, the identity in
-/// bits 16..31; marks survive within the node's namespace). A packet of a
-/// flow the destination pod already tracks (a reply, or a flow its ingress
+/// bits 16..31; marks survive within the node's namespace). A TCP flow to
+/// a pod of this node whose ingress policy redirects it goes to the node's
+/// proxy here (`remote_redirect`): the pod's `to_container` could not hand
+/// it over. A packet of a flow the destination pod already tracks (a reply, or a flow its ingress
 /// admitted) is handed straight into the pod by host routing, with the
 /// pod's conntrack side, as from a local sender. Every other packet — a new
 /// flow, a fragment, an ICMP error, one to the node — goes through the
@@ -229,5 +233,9 @@ pub(crate) fn from_overlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
     }
     // SAFETY: the program's own monotonic clock.
     let now = unsafe { bpf_ktime_get_ns() };
-    host_route(ctx, st, now)
+    match remote_redirect(ctx, st, identity, now) {
+        REDIRECT => to_proxy(ctx, st, st.redirect_port, st.redirect_report),
+        PASS_ON => host_route(ctx, st, now),
+        verdict => verdict,
+    }
 }

@@ -13,6 +13,9 @@ pub(crate) struct State {
     pub(crate) meta: Context,
     /// The proxy port when a new flow is to be redirected.
     pub(crate) redirect_port: u16,
+    /// Whether that redirect is reported (a new flow, or a conntrack report
+    /// due): set by `remote_redirect`.
+    pub(crate) redirect_report: bool,
     /// Conntrack key and entry being written (off the stack).
     pub(crate) key: CtKey,
     pub(crate) entry: CtEntry,

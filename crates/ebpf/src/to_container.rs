@@ -202,16 +202,19 @@ fn to_container_new(
     if ingress.drop_reason() != 0 {
         return deny(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
-    // The proxy's upstream connection carries a flow whose verdicts the
-    // client's `from_container` reported (its egress, and this pod's
-    // ingress: the proxy only serves clients of this node): a second
-    // verdict would make one request look like two connections.
+    // The proxy's upstream connection carries a flow whose verdicts were
+    // reported where it was handed to the proxy (a local client's
+    // `from_container`, or `remote_redirect` at the node's ingress for a
+    // client of another node): a second verdict would make one request
+    // look like two connections.
     if ingress.enforced && !from_proxy {
         emit_verdict(ctx, st, point, &ingress, TrafficDirection::Ingress);
     }
     if ingress.action == PolicyAction::Redirect as u8 {
-        // bpf_sk_assign works only at TC ingress: a redirect can be honoured
-        // only where a local pod sends (from_container). Fail closed.
+        // bpf_sk_assign works only at TC ingress: a redirect is honoured
+        // where a local pod sends (from_container) or where another node's
+        // flow enters this one (`remote_redirect`). One neither saw open
+        // (from the node itself, a link without from_underlay): fail closed.
         return drop_packet(
             ctx,
             st,

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the kit
 
 pub mod netns;
+pub mod proxy;
 
 use std::net::IpAddr;
 use std::time::Duration;
