@@ -105,7 +105,12 @@ multinode() {
   echo "The relay merges every node's flows; the xwing's drop was recorded on the deathstar's node:"
   show "$M observe --from-pod default/xwing --verdict DROPPED --last 2"
   "$M" observe --from-pod default/xwing --verdict DROPPED --last 2
-  echo "Not yet across nodes: the L7 step (the exhaust port) fails closed for ships on other nodes."
+
+  bold "4. L7 policy across nodes: the deathstar's node proxy guards the exhaust port"
+  echo "The deathstar's node hands the tiefighter's connections to its proxy as they arrive from the overlay:"
+  expect "rule1 configured" "$M" apply -f "$APP/sw_l3_l4_l7_policy.yaml"
+  expect "Ship landed" "$M" lab exec tiefighter -- curl -s -m 5 -XPOST "$URL/request-landing"
+  expect "Access denied" "$M" lab exec tiefighter -- curl -s -m 5 -XPUT "$URL/exhaust-port"
 
   bold "Try next"
   cat <<TRY

@@ -1,9 +1,8 @@
 //! The Star Wars demo across three nodes that share the lab's etcd, as a
 //! user walks it: the deathstar's two pods on node1 and node2, the ships on
 //! node3, the ClusterIP reaching both backends from node3, and the demo's
-//! L3/L4 policy enforced by identity across nodes (its L7 policy fails
-//! closed for clients of other nodes, for now) — natively routed and
-//! through the VXLAN overlay. Flows come from the lab's relay.
+//! L3/L4 and L7 policies enforced by identity across nodes — natively
+//! routed and through the VXLAN overlay. Flows come from the lab's relay.
 
 mod common;
 
@@ -195,14 +194,23 @@ fn star_wars_across_nodes(routing: &str) {
         "the drop names the xwing:\n{drops}"
     );
 
-    // L7: for clients on other nodes the redirect to the deathstar's node
-    // proxy is not there yet; until it is, the datapath fails closed: the
-    // connection is dropped, never served without its L7 check.
+    // L7: the deathstar's node hands the tiefighter's connections to its
+    // proxy at the node's ingress; the proxy lands the ship and answers the
+    // exhaust port 403.
     lab.ok(&[
         "apply",
         "-f",
         example("sw_l3_l4_l7_policy.yaml").to_str().expect("utf-8"),
     ]);
+    assert_eq!(
+        curl(
+            &lab,
+            "tiefighter",
+            "POST",
+            &format!("{DEATHSTAR}/v1/request-landing")
+        ),
+        "Ship landed\n"
+    );
     let put = lab.exec(
         "tiefighter",
         &[
@@ -213,7 +221,7 @@ fn star_wars_across_nodes(routing: &str) {
             "-w",
             "%{http_code}",
             "-m",
-            "3",
+            "5",
             "-X",
             "PUT",
             &format!("{DEATHSTAR}/v1/exhaust-port"),
@@ -221,8 +229,8 @@ fn star_wars_across_nodes(routing: &str) {
     );
     assert_eq!(
         text(&put).trim(),
-        "000",
-        "the exhaust port is never reached unchecked"
+        "403",
+        "the exhaust port is guarded across nodes"
     );
 }
 
