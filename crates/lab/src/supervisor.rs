@@ -1,5 +1,5 @@
 //! The lab supervisor: the daemon behind `myelin lab`. It starts the lab's
-//! underlay and nodes, adds and drains nodes while the lab runs, serves the
+//! etcd, underlay, nodes and relay, adds and drains nodes while the lab runs, serves the
 //! lab's API (the control plane in [`crate::control`] answers it), restarts
 //! agents and proxies that exit and marks pods whose containers exit, and
 //! tears the lab down on `lab down` or SIGTERM.
