@@ -145,7 +145,7 @@ pub struct LabStatus {
     pub pods: Vec<PodStatus>,
     /// Services.
     pub services: Vec<ServiceSummary>,
-    /// Node services reachable from this machine (`observer` → 127.0.0.1:4245, ...).
+    /// The relay's services reachable from this machine (`observer` → 127.0.0.1:4245, ...).
     #[serde(default)]
     pub exposed: Vec<(Exposed, std::net::SocketAddr)>,
     /// Network policies applied (`CiliumNetworkPolicy default/rule1`, ...).
@@ -153,8 +153,8 @@ pub struct LabStatus {
     pub policies: Vec<String>,
 }
 
-/// A service of a node's agent that the lab forwards from this machine's
-/// loopback to the same port on the node's.
+/// A service the lab's relay serves on this machine's loopback, on the port
+/// each node's agent uses on the node's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Exposed {

@@ -35,6 +35,9 @@ enum LabCommand {
         /// `tunnel` (VXLAN, the sender's identity in the VNI).
         #[arg(long, default_value = "native")]
         routing: myelin_lab::state::Routing,
+        /// How many members the lab's etcd has: 1, or 3 (or 5) to survive a member's loss.
+        #[arg(long, default_value_t = 1)]
+        etcd_members: u8,
     },
     /// Add or remove a node while the lab runs.
     Node {
@@ -69,6 +72,9 @@ enum LabCommand {
         /// How packets between nodes travel.
         #[arg(long, default_value = "native")]
         routing: myelin_lab::state::Routing,
+        /// How many etcd members.
+        #[arg(long, default_value_t = 1)]
+        etcd_members: u8,
     },
     /// Run a command with a pod's view of this machine (the kubelet and `lab exec` use it
     /// inside `ip netns exec`): the labs' run directory hidden, for good.
@@ -148,10 +154,15 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
             files,
             nodes,
             routing,
+            etcd_members,
         } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            let changes =
-                runtime()?.block_on(myelin_lab::up(&lab, nodes, routing, &files, &exe))?;
+            let shape = myelin_lab::LabShape {
+                nodes,
+                routing,
+                etcd_members,
+            };
+            let changes = runtime()?.block_on(myelin_lab::up(&lab, &shape, &files, &exe))?;
             let code = print_changes(&changes);
             println!(
                 "lab {lab:?} is up: `myelin lab status` shows it, `myelin lab down` removes it"
@@ -209,15 +220,25 @@ pub fn run_lab(args: LabArgs) -> anyhow::Result<ExitCode> {
             Err(myelin_lab::exec(&lab, &namespace, &pod, &sandboxed))
         }
         LabCommand::Sandbox { command } => Err(crate::pod_view::exec_as_pod(&command)),
-        LabCommand::Supervise { nodes, routing } => {
+        LabCommand::Supervise {
+            nodes,
+            routing,
+            etcd_members,
+        } => {
             let exe = std::env::current_exe().context("locating the myelin binary")?;
-            runtime()?.block_on(myelin_lab::supervise(&lab, exe, nodes, routing))?;
+            let shape = myelin_lab::LabShape {
+                nodes,
+                routing,
+                etcd_members,
+            };
+            shape.check()?;
+            runtime()?.block_on(myelin_lab::supervise(&lab, exe, &shape))?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// How to reach the forwarded observer and service map, with the lab's
+/// How to reach the relay's observer and service map on this machine, with the lab's
 /// credentials (only root can read them, so only root sees this).
 fn print_access(lab: &str, status: &myelin_lab::LabStatus) {
     let names = myelin_lab::LabNames::new(lab);

@@ -2,6 +2,7 @@
 
 mod agent_client;
 mod bpf_cmd;
+mod inherited_fd;
 mod lab_cmd;
 mod pod_view;
 mod policy_cmd;
@@ -288,7 +289,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Relay(args) => {
-            runtime()?.block_on(myelin_observe::relay::run(*args))?;
+            let inherited = inherited_fd::relay_listeners(&args)?;
+            runtime()?.block_on(myelin_observe::relay::run(*args, inherited))?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Agent(args) => {

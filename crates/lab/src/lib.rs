@@ -12,7 +12,6 @@
 mod agent_specs;
 mod bpffs;
 mod control;
-mod forward;
 pub mod ipam;
 mod kubelet;
 pub mod names;
@@ -107,21 +106,45 @@ pub async fn is_up(lab: &str) -> bool {
     }
 }
 
-/// Brings lab `lab` up with `nodes` nodes (`node1` ... `nodeN`, at most
-/// [`MAX_NODES`]) and the manifests at `paths`, and returns what was
-/// created. `exe` is the myelin binary (for the supervisor, agents and demo
-/// apps). All or nothing: if anything fails, the lab is removed.
+/// What a lab is made of when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabShape {
+    /// How many nodes (`node1` ... `nodeN`, at most [`MAX_NODES`]).
+    pub nodes: u8,
+    /// How packets travel between nodes.
+    pub routing: state::Routing,
+    /// How many etcd members the cluster store has: 1, 3 or 5.
+    pub etcd_members: u8,
+}
+
+impl LabShape {
+    /// Refuses a shape no lab can have, naming the flag.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(1..=MAX_NODES).contains(&self.nodes) {
+            bail!("--nodes {}: a lab runs 1 to {MAX_NODES} nodes", self.nodes);
+        }
+        if ![1, 3, 5].contains(&self.etcd_members) {
+            bail!(
+                "--etcd-members {}: etcd runs 1, 3 or 5 members (an odd number keeps a majority \
+                 when one fails)",
+                self.etcd_members
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Brings lab `lab` up in `shape` with the manifests at `paths`, and returns
+/// what was created. `exe` is the myelin binary (for the supervisor, agents
+/// and demo apps). All or nothing: if anything fails, the lab is removed.
 pub async fn up(
     lab: &str,
-    nodes: u8,
-    routing: state::Routing,
+    shape: &LabShape,
     paths: &[PathBuf],
     exe: &Path,
 ) -> anyhow::Result<Vec<Change>> {
     let names = names_for(lab)?;
-    if !(1..=MAX_NODES).contains(&nodes) {
-        bail!("--nodes {nodes}: a lab runs 1 to {MAX_NODES} nodes");
-    }
+    shape.check()?;
     let documents = read_manifests(paths)?;
     if is_up(lab).await {
         bail!(
@@ -136,8 +159,10 @@ pub async fn up(
     let log = std::fs::File::create(&log_path)?;
     let mut child = std::process::Command::new(exe)
         .args(["lab", "supervise", "--name", lab, "--nodes"])
-        .arg(nodes.to_string())
-        .args(["--routing", routing.as_str()])
+        .arg(shape.nodes.to_string())
+        .args(["--routing", shape.routing.as_str()])
+        .arg("--etcd-members")
+        .arg(shape.etcd_members.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -170,7 +170,7 @@ impl std::str::FromStr for Routing {
 /// The lab's etcd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreRecord {
-    /// Where the agents reach it (`unix://<socket>`).
+    /// Where the agents reach it (`unix://<socket>` of each member, comma-separated).
     pub address: String,
     /// Its members' processes.
     pub members: Vec<ProcessRecord>,

@@ -12,6 +12,7 @@
 //! own, read as a snapshot.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,11 +31,44 @@ mod secrets;
 use crate::names::{self, LabNames, MAX_NODES};
 use crate::node::{Node, child_pid};
 use crate::state::{LabState, NodeRecord, ProcessRecord, Routing, StoreRecord, record_process};
-use crate::{forward, net, teardown, underlay};
+use crate::{net, teardown, underlay};
+
+/// The first descriptor number a child gets the listeners it is handed on
+/// (after the standard streams).
+const FIRST_PASSED_FD: i32 = 3;
+
+/// In a child between fork and exec: makes `fds` its descriptors
+/// [`FIRST_PASSED_FD`], +1, ..., open across exec. Each is first copied
+/// (into `copies`, as long as `fds`) above every target, so that moving one
+/// never closes another. Allocates nothing.
+fn pass_descriptors(
+    fds: &[std::os::fd::RawFd],
+    copies: &mut [std::os::fd::RawFd],
+) -> std::io::Result<()> {
+    let above = FIRST_PASSED_FD.saturating_add_unsigned(fds.len() as u32);
+    for (copy, &fd) in copies.iter_mut().zip(fds) {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor this process holds.
+        *copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if *copy < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    for (&copy, target) in copies.iter().zip(FIRST_PASSED_FD..) {
+        // SAFETY: dup2 between descriptors of this process; the target is
+        // made without close-on-exec.
+        if unsafe { libc::dup2(copy, target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
 
 /// How long an agent or proxy that exited is left down before it is
 /// started again (no tight loop for one that fails at once).
 const RESTART_DELAY: Duration = Duration::from_millis(200);
+
+/// How often the supervisor looks for etcd members that exited.
+const ETCD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The namespaces every lab starts with.
 const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
@@ -68,8 +102,9 @@ pub struct Lab {
     /// The nodes that run, in the order they were added (`lab node add`
     /// and `delete` change them, holding [`Lab::writes`]).
     nodes: RwLock<Vec<Arc<Node>>>,
-    /// Node services forwarded to the host's loopback.
-    pub exposed: Vec<(Exposed, std::net::SocketAddr)>,
+    /// The relay's services on the host's loopback: the listeners this
+    /// supervisor holds (across relay restarts) and hands to the relay.
+    exposed: Vec<(Exposed, std::net::TcpListener)>,
     /// What the lab holds, saved to disk after every change.
     state: Mutex<LabState>,
     /// One write (apply, delete, node add or delete) at a time.
@@ -154,6 +189,43 @@ impl Lab {
         node.wait_agent().await
     }
 
+    /// The relay's services this machine reaches, with their addresses.
+    pub fn exposed(&self) -> Vec<(Exposed, std::net::SocketAddr)> {
+        self.exposed
+            .iter()
+            .filter_map(|(what, listener)| Some((*what, listener.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Starts again the etcd members that exited by themselves, and records
+    /// their new processes (teardown stops them by these records).
+    fn revive_etcd(&self) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let revived = {
+            let mut etcd = self.etcd.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(etcd) = etcd.as_mut() else { return };
+            match etcd.revive_exited() {
+                Ok(revived) if revived.is_empty() => return,
+                Ok(revived) => (revived, member_records(etcd)),
+                Err(e) => {
+                    tracing::error!("an etcd member could not be started again: {e}");
+                    return;
+                }
+            }
+        };
+        let (names, records) = revived;
+        tracing::warn!(members = ?names, "etcd members exited; started again on their data");
+        if let Err(e) = self.write(|s| {
+            if let Some(store) = s.store.as_mut() {
+                store.members = records;
+            }
+        }) {
+            tracing::error!("recording the restarted etcd members: {e:#}");
+        }
+    }
+
     /// Starts the lab's Hubble Relay and records it. It learns the nodes
     /// from the peer service of the first node's agent (which names every
     /// node of the cluster store) and serves the lab's relay socket.
@@ -170,7 +242,8 @@ impl Lab {
             .append(true)
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
-        let child = tokio::process::Command::new(&self.exe)
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
             .arg("relay")
             .arg("--peer-service")
             .arg(format!(
@@ -178,7 +251,36 @@ impl Lab {
                 self.names.observer_socket(&first).display()
             ))
             .arg("--listen-socket")
-            .arg(self.names.relay_socket())
+            .arg(self.names.relay_socket());
+        // The held listeners become the child's descriptors 3, 4, ...
+        let mut passed = Vec::new();
+        for ((what, listener), fd) in self.exposed.iter().zip(FIRST_PASSED_FD..) {
+            let tls = self.names.observer_tls();
+            match what {
+                Exposed::Observer => command
+                    .arg("--listen-fd")
+                    .arg(fd.to_string())
+                    .arg("--tls-relay-server-cert-file")
+                    .arg(tls.server_cert)
+                    .arg("--tls-relay-server-key-file")
+                    .arg(tls.server_key)
+                    .arg("--tls-relay-client-ca-files")
+                    .arg(tls.ca),
+                Exposed::Servicemap => command
+                    .arg("--servicemap-fd")
+                    .arg(fd.to_string())
+                    .arg("--servicemap-token-file")
+                    .arg(self.names.servicemap_token()),
+            };
+            passed.push(listener.as_raw_fd());
+        }
+        let mut copies = vec![0; passed.len()];
+        // SAFETY: between fork and exec the closure only calls fcntl and
+        // dup2, which are async-signal-safe, and allocates nothing.
+        unsafe {
+            command.pre_exec(move || pass_descriptors(&passed, &mut copies));
+        }
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -555,41 +657,51 @@ fn wire_node(
 async fn start_store(
     names: &LabNames,
     mut state: LabState,
+    members: u8,
 ) -> anyhow::Result<(EtcdServer, LabState)> {
     let dir = names.etcd_dir();
-    let etcd = tokio::task::spawn_blocking(move || EtcdServer::start(&EtcdSpec::new(dir, 1)))
+    let spec = EtcdSpec::new(dir, usize::from(members));
+    let etcd = tokio::task::spawn_blocking(move || EtcdServer::start(&spec))
         .await
         .map_err(|e| anyhow!("starting etcd: {e}"))?
         .context("starting the lab's etcd")?;
-    let member = etcd
+    let sockets = etcd
         .members()
-        .first()
-        .ok_or_else(|| anyhow!("etcd started without a member"))?;
-    let socket = member
-        .unix_socket()
-        .ok_or_else(|| anyhow!("the lab's etcd serves no unix socket"))?;
+        .iter()
+        .map(|member| {
+            member
+                .unix_socket()
+                .map(|socket| format!("unix://{}", socket.display()))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the lab's etcd member {} serves no unix socket",
+                        member.name()
+                    )
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     state.store = Some(StoreRecord {
-        address: format!("unix://{}", socket.display()),
-        members: etcd
-            .members()
-            .iter()
-            .filter_map(|m| m.pid())
-            .map(|pid| record_process(pid, "etcd"))
-            .collect(),
+        address: sockets.join(","),
+        members: member_records(&etcd),
     });
     state.save(&names.run_dir().join("state.json"))?;
     Ok((etcd, state))
 }
 
-/// Runs the supervisor of lab `name` with `node_count` nodes in the
-/// foreground until `lab down` (or SIGTERM), which tear the lab down. `exe`
-/// is the myelin binary, used to start agents and the demo apps.
-pub async fn supervise(
-    name: &str,
-    exe: PathBuf,
-    node_count: u8,
-    routing: Routing,
-) -> anyhow::Result<()> {
+/// The records of `etcd`'s running members, for the lab's state.
+fn member_records(etcd: &EtcdServer) -> Vec<ProcessRecord> {
+    etcd.members()
+        .iter()
+        .filter_map(|m| m.pid())
+        .map(|pid| record_process(pid, "etcd"))
+        .collect()
+}
+
+/// Runs the supervisor of lab `name` in `shape` in the foreground until
+/// `lab down` (or SIGTERM), which tear the lab down. `exe` is the myelin
+/// binary, used to start agents and the demo apps.
+pub async fn supervise(name: &str, exe: PathBuf, shape: &crate::LabShape) -> anyhow::Result<()> {
+    let (node_count, routing) = (shape.nodes, shape.routing);
     let names = LabNames::new(name);
     let run_dir = names.run_dir();
     // Everything the lab, its agents and proxies write (state, sockets, logs,
@@ -624,24 +736,20 @@ pub async fn supervise(
     };
     state.save(&run_dir.join("state.json"))?;
     // On failure `lab up` reads this process's log, then tears the lab down.
-    let (etcd, state) = start_store(&names, state).await?;
+    let (etcd, state) = start_store(&names, state, shape.etcd_members).await?;
     underlay::create(&names).context("creating the lab's underlay")?;
     for i in 0..nodes.len() {
         let (wired, rest) = nodes.split_at_mut(i);
         let peers: Vec<NodeRecord> = wired.iter().map(|n| n.record.clone()).collect();
         wire_node(&names, &mut rest[0], &peers, routing)?;
     }
-    let first_netns = nodes
-        .first()
-        .map(|n| n.record.netns.clone())
-        .ok_or_else(|| anyhow!("a lab needs at least one node"))?;
     let mut exposed = Vec::new();
     for what in Exposed::ALL {
-        match forward::expose(first_netns.clone(), what.port()).await {
-            Some(address) => exposed.push((what, address)),
-            None => tracing::info!(
+        match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, what.port())) {
+            Ok(listener) => exposed.push((what, listener)),
+            Err(e) => tracing::info!(
                 port = what.port(),
-                "port taken on this machine; {what} not exposed"
+                "{what} not exposed on this machine ({e}): another lab holds the port"
             ),
         }
     }
@@ -667,6 +775,7 @@ pub async fn supervise(
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
     let (down_tx, mut down_rx) = mpsc::channel::<()>(1);
+    let mut etcd_check = tokio::time::interval(ETCD_CHECK_INTERVAL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tracing::info!(lab = name, "lab ready");
     loop {
@@ -692,6 +801,10 @@ pub async fn supervise(
                 // Restarting an agent waits for it: off the loop, so the API answers meanwhile.
                 let lab = lab.clone();
                 tokio::spawn(async move { lab.process_exited(exit).await });
+            }
+            _ = etcd_check.tick() => {
+                let lab = lab.clone();
+                tokio::task::spawn_blocking(move || lab.revive_etcd());
             }
             _ = down_rx.recv() => break,
             _ = terminate.recv() => {

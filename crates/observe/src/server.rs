@@ -618,6 +618,24 @@ impl BoundServer {
         })
     }
 
+    /// Serves TCP on `listener`, a socket bound by another process (the
+    /// lab's supervisor holds 127.0.0.1:4245 across relay restarts), in
+    /// place of a TCP address of the config.
+    pub fn with_tcp_listener(self, listener: std::net::TcpListener) -> Result<Self, ServeError> {
+        let inherited = |source| ServeError::Bind {
+            what: "the inherited TCP listener".to_string(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(inherited)?;
+        let tcp_addr = listener.local_addr().map_err(inherited)?;
+        let tcp = TcpListener::from_std(listener).map_err(inherited)?;
+        Ok(Self {
+            tcp: Some(tcp),
+            tcp_addr: Some(tcp_addr),
+            ..self
+        })
+    }
+
     /// Serves the peer service beside the observer: the nodes `peers`
     /// names (a relay follows them). No effect on a relay's server.
     pub fn with_peers(mut self, peers: PeerService) -> Self {

@@ -20,9 +20,10 @@ pub enum StoreAddress {
     /// `host:port` (or `http://host:port`) of one or more members; the client balances
     /// over them and skips members that are down.
     Tcp(Vec<String>),
-    /// etcd's unix socket (see [`crate::server::EtcdMember::unix_socket`]): reachable from
-    /// every network namespace that sees the file.
-    Unix(PathBuf),
+    /// etcd's unix sockets, one per member (see [`crate::server::EtcdMember::unix_socket`]):
+    /// reachable from every network namespace that sees the files; the client balances over
+    /// them and skips members that are down, as over TCP.
+    Unix(Vec<PathBuf>),
 }
 
 /// How to reach the store.
@@ -356,26 +357,37 @@ async fn connect_clients(
             }
             Ok(clients)
         }
-        StoreAddress::Unix(path) => {
-            let socket = path.clone();
-            // The URI is required by tonic but unused: the connector dials the socket.
-            let channel = tonic::transport::Endpoint::from_static("http://localhost")
-                .connect_timeout(timeout)
-                .http2_keep_alive_interval(Duration::from_secs(3))
-                .keep_alive_timeout(timeout)
-                .keep_alive_while_idle(true)
-                .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(socket).await?,
-                        ))
-                    }
-                }));
-            let client = Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options))
-                .await
-                .map_err(StoreError::etcd(format!("connect to {}", path.display())))?;
-            Ok(vec![client])
+        StoreAddress::Unix(paths) => {
+            let mut clients = Vec::new();
+            for path in paths {
+                let socket = path.clone();
+                // The URI is required by tonic but unused: the connector dials the socket.
+                let channel = tonic::transport::Endpoint::from_static("http://localhost")
+                    .connect_timeout(timeout)
+                    .http2_keep_alive_interval(Duration::from_secs(3))
+                    .keep_alive_timeout(timeout)
+                    .keep_alive_while_idle(true)
+                    .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                        let socket = socket.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                                tokio::net::UnixStream::connect(socket).await?,
+                            ))
+                        }
+                    }));
+                clients.push(
+                    Client::from_channel(
+                        etcd_client::Channel::Tonic(channel),
+                        Some(options.clone()),
+                    )
+                    .await
+                    .map_err(StoreError::etcd(format!("connect to {}", path.display())))?,
+                );
+            }
+            if clients.is_empty() {
+                return Err(StoreError::NoAddress);
+            }
+            Ok(clients)
         }
     }
 }

@@ -432,6 +432,26 @@ impl EtcdServer {
         member.wait_healthy(Instant::now() + START_TIMEOUT)
     }
 
+    /// Starts again, on their data and ports, the members whose process
+    /// exited by itself (a crash, a `kill -9` from outside); returns their
+    /// names. Members stopped through this handle stay stopped. Does not wait
+    /// for them to be healthy: a member alone cannot be until a majority is back.
+    pub fn revive_exited(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut revived = Vec::new();
+        for member in &mut self.members {
+            let exited = member
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+            if exited {
+                member.child = None;
+                member.spawn()?;
+                revived.push(member.name.clone());
+            }
+        }
+        Ok(revived)
+    }
+
     /// Stops every member (SIGTERM, then SIGKILL after a few seconds).
     pub fn stop(&mut self) {
         for member in &mut self.members {

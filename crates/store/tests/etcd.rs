@@ -289,7 +289,7 @@ async fn a_dead_nodes_endpoints_leave_the_watchers_view_within_its_ttl() {
         .unix_socket()
         .expect("socket")
         .to_path_buf();
-    let watcher = connect(StoreAddress::Unix(socket), "expiry");
+    let watcher = connect(StoreAddress::Unix(vec![socket]), "expiry");
     let store = connect(etcd.server.address(), "expiry");
     let view = watch_endpoints(&watcher);
     let mut nodes = watcher.watch_nodes();
@@ -633,7 +633,7 @@ fn an_agent_in_another_network_namespace_reaches_etcd_over_its_unix_socket() {
         config.timeout = Duration::from_secs(1);
         let over_tcp = Store::connect(&config).expect("connect");
         let tcp_works = runtime.block_on(over_tcp.healthy());
-        let over_socket = connect(StoreAddress::Unix(socket), "netns");
+        let over_socket = connect(StoreAddress::Unix(vec![socket]), "netns");
         let session = runtime
             .block_on(NodeSession::start(
                 &over_socket,

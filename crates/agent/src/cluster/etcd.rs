@@ -18,18 +18,27 @@ use tokio::sync::mpsc;
 
 use super::{Cluster, ClusterEvent};
 
-/// Reads `--cluster-store`: `unix://PATH` (etcd's unix socket; with etcd
-/// 3.4 its file name ends in `:PORT`, e.g.
+/// Reads `--cluster-store`: one or more comma-separated `unix://PATH` (the
+/// members' unix sockets; with etcd 3.4 a file name ends in `:PORT`, e.g.
 /// `unix:///run/myelin/etcd0/client.sock:2379`), or one or more
 /// comma-separated `host:port` / `http://host:port` of the members.
 pub fn parse_store_address(text: &str) -> anyhow::Result<StoreAddress> {
     let text = text.trim();
-    if let Some(path) = text.strip_prefix("unix://") {
-        anyhow::ensure!(
-            path.starts_with('/'),
-            "--cluster-store {text}: a unix socket needs an absolute path (unix:///path/to/client.sock:2379)"
-        );
-        return Ok(StoreAddress::Unix(path.into()));
+    if text.starts_with("unix://") {
+        let mut sockets = Vec::new();
+        for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let path = member
+                .strip_prefix("unix://")
+                .filter(|p| p.starts_with('/'));
+            let Some(path) = path else {
+                anyhow::bail!(
+                    "--cluster-store member {member:?}: give every member as a unix socket with \
+                     an absolute path (unix:///path/to/client.sock:2379), or every one as host:port"
+                );
+            };
+            sockets.push(path.into());
+        }
+        return Ok(StoreAddress::Unix(sockets));
     }
     let members: Vec<String> = text
         .split(',')
@@ -215,7 +224,12 @@ mod tests {
     fn store_addresses_read_as_documented() {
         assert_eq!(
             parse_store_address("unix:///run/lab/etcd0/client.sock:2379").expect("unix"),
-            StoreAddress::Unix("/run/lab/etcd0/client.sock:2379".into())
+            StoreAddress::Unix(vec!["/run/lab/etcd0/client.sock:2379".into()])
+        );
+        assert_eq!(
+            parse_store_address("unix:///a/client.sock:1,unix:///b/client.sock:2")
+                .expect("members"),
+            StoreAddress::Unix(vec!["/a/client.sock:1".into(), "/b/client.sock:2".into()])
         );
         assert_eq!(
             parse_store_address("http://127.0.0.1:2379, 127.0.0.1:2380").expect("tcp"),
@@ -227,6 +241,7 @@ mod tests {
         for bad in [
             "",
             "unix://relative.sock",
+            "unix:///a.sock,127.0.0.1:2379",
             "127.0.0.1",
             "http://:2379",
             "host:port",

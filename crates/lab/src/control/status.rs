@@ -21,7 +21,7 @@ pub async fn status(lab: &Lab) -> LabStatus {
         nodes: Vec::new(),
         pods: state.pods.values().map(pod_status).collect(),
         services: state.services.values().map(service_summary).collect(),
-        exposed: lab.exposed.clone(),
+        exposed: lab.exposed(),
         policies: state.policies.keys().cloned().collect(),
     });
     for node in lab.nodes() {

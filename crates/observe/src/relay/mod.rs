@@ -5,6 +5,7 @@
 
 mod pool;
 mod service;
+mod servicemap;
 mod sort;
 
 use std::net::SocketAddr;
@@ -37,8 +38,12 @@ pub struct RelayArgs {
     pub listen_socket: Option<PathBuf>,
     /// TCP address to serve the relay's observer API on (plaintext unless the TLS files
     /// are given; keep it on loopback then).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "listen_fd")]
     pub listen_address: Option<SocketAddr>,
+    /// A listening TCP socket inherited as this file descriptor, served as
+    /// --listen-address would be (a supervisor keeps the port across restarts).
+    #[arg(long, value_name = "FD")]
+    pub listen_fd: Option<i32>,
     /// Certificate (PEM chain) for TLS on --listen-address (Hubble Relay's flag).
     #[arg(long, requires = "tls_relay_server_key_file")]
     pub tls_relay_server_cert_file: Option<PathBuf>,
@@ -49,6 +54,16 @@ pub struct RelayArgs {
     /// comma-separated.
     #[arg(long, value_delimiter = ',', requires = "tls_relay_server_cert_file")]
     pub tls_relay_client_ca_files: Vec<PathBuf>,
+    /// TCP address to serve the whole cluster's service map page on (Hubble UI's
+    /// role), built from the merged flows.
+    #[arg(long, value_name = "ADDRESS", conflicts_with = "servicemap_fd")]
+    pub servicemap: Option<SocketAddr>,
+    /// A listening TCP socket inherited as this file descriptor for the service map page.
+    #[arg(long, value_name = "FD")]
+    pub servicemap_fd: Option<i32>,
+    /// The service map page's access token file (created, mode 0600, when missing).
+    #[arg(long, value_name = "FILE")]
+    pub servicemap_token_file: Option<PathBuf>,
     /// Client certificate (PEM) the relay presents to TLS peers (mutual TLS).
     #[arg(long, requires = "tls_hubble_client_key_file")]
     pub tls_hubble_client_cert_file: Option<PathBuf>,
@@ -98,11 +113,23 @@ pub fn parse_peers(values: &[String]) -> anyhow::Result<PeerMap> {
     Ok(peers)
 }
 
+/// Listening sockets the relay's parent handed it (`--listen-fd`,
+/// `--servicemap-fd`), already taken over by the binary: this library holds
+/// no unsafe code.
+#[derive(Debug, Default)]
+pub struct InheritedListeners {
+    /// The observer API's TCP listener.
+    pub observer: Option<std::net::TcpListener>,
+    /// The service map page's listener.
+    pub servicemap: Option<std::net::TcpListener>,
+}
+
 /// Runs the relay until the process is stopped.
-pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
-    if args.listen_socket.is_none() && args.listen_address.is_none() {
+pub async fn run(args: RelayArgs, inherited: InheritedListeners) -> anyhow::Result<()> {
+    if args.listen_socket.is_none() && args.listen_address.is_none() && args.listen_fd.is_none() {
         bail!("give --listen-socket or --listen-address: the relay must serve somewhere");
     }
+    let servicemap = servicemap::listener(&args, inherited.servicemap).await?;
     let fixed = parse_peers(&args.peers)?;
     if fixed.is_empty() && args.peer_service.is_none() {
         bail!(
@@ -125,13 +152,23 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         });
     }
     let pool = PeerPool::start(discovery, args.peer_tls());
+    let relay = RelayService::new(pool.clone());
+    if let Some((listener, token)) = servicemap {
+        let map = servicemap::follow_cluster(relay.clone(), pool.clone());
+        tokio::spawn(crate::servicemap::serve_servicemap(listener, map, token));
+    }
     let config = ServeConfig {
         unix_socket: args.listen_socket.clone(),
         tcp: args.listen_address,
     };
-    let mut server = crate::server::bind_relay(RelayService::new(pool), &config)
+    let mut server = crate::server::bind_relay(relay, &config)
         .await
         .context("starting the relay's observer API")?;
+    if let Some(listener) = inherited.observer {
+        server = server
+            .with_tcp_listener(listener)
+            .context("serving on --listen-fd")?;
+    }
     if let (Some(cert_file), Some(key_file)) = (
         args.tls_relay_server_cert_file,
         args.tls_relay_server_key_file,
