@@ -19,10 +19,11 @@ mod tests;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use myelin_policy::{FileStore, Identity, IdentityStore, LabelSet};
 use myelin_store::{Endpoint as StoreEndpoint, Node as StoreNode, Update};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::api::{EndpointSpec, Protocol};
 
@@ -51,6 +52,42 @@ pub trait Cluster: Send + Sync + std::fmt::Debug {
     fn withdraw_endpoint(&self, ip: IpAddr);
     /// Starts delivering the cluster's changes to `events`.
     fn watch(&self, events: mpsc::Sender<ClusterEvent>);
+    /// The count of the node's writes still queued for the store.
+    fn queued_writes(&self) -> QueuedWrites;
+}
+
+/// How many of the node's writes are queued for the store and not yet
+/// tried, so that a stopping agent lets them land first: a pod drained just
+/// before its node is deleted leaves the others' maps at once, not when the
+/// node's lease expires.
+#[derive(Debug, Clone, Default)]
+pub struct QueuedWrites {
+    count: Arc<AtomicUsize>,
+    changed: Arc<Notify>,
+}
+
+impl QueuedWrites {
+    /// One more write queued.
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// One queued write tried (written, or remembered for when etcd answers).
+    fn done(&self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Returns once no write is queued.
+    pub async fn settled(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// What the cluster is told of a local endpoint: one entry per address, with
@@ -108,5 +145,8 @@ impl Cluster for SingleNode {
     }
     fn publish_endpoint(&self, _: StoreEndpoint) {}
     fn withdraw_endpoint(&self, _: IpAddr) {}
+    fn queued_writes(&self) -> QueuedWrites {
+        QueuedWrites::default()
+    }
     fn watch(&self, _: mpsc::Sender<ClusterEvent>) {}
 }

@@ -164,6 +164,10 @@ struct Endpoint {
 /// Cluster events taken into one sync at most (and the channel's depth).
 const CLUSTER_EVENT_BATCH: usize = 1024;
 
+/// How long a stopping agent waits for its queued store writes (within the
+/// lab's 3 s between SIGTERM and SIGKILL).
+const STORE_WRITES_ON_STOP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// An API request and where its answer goes.
 type Call = (Request, oneshot::Sender<Result<Response, String>>);
 
@@ -348,6 +352,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (calls, queue) = mpsc::channel::<Call>(64);
     let (cluster_events, cluster_queue) = mpsc::channel::<ClusterEvent>(CLUSTER_EVENT_BATCH);
     node.cluster.watch(cluster_events);
+    let queued_writes = node.cluster.queued_writes();
     tokio::spawn(node.own(queue, cluster_queue));
 
     if config.api_socket.exists() {
@@ -379,6 +384,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("agent stopping; programs stay attached");
+    // The last requests' store writes (a drained pod's withdrawal) land
+    // before the process goes; a store that does not answer gets no longer.
+    if tokio::time::timeout(STORE_WRITES_ON_STOP, queued_writes.settled())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping with store writes queued; the node's lease takes them");
+    }
     Ok(())
 }
 

@@ -31,9 +31,9 @@ enum LabCommand {
         /// other's pod CIDRs natively (1 to 16).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=i64::from(myelin_lab::MAX_NODES)))]
         nodes: u8,
-        /// How packets between nodes travel: `native` (routed over the underlay) or
-        /// `tunnel` (VXLAN, the sender's identity in the VNI).
-        #[arg(long, default_value = "native")]
+        /// How packets between nodes travel: `tunnel` (VXLAN, the sender's identity in
+        /// the VNI) or `native` (routed over the underlay).
+        #[arg(long, default_value = "tunnel")]
         routing: myelin_lab::state::Routing,
         /// How many members the lab's etcd has: 1, or 3 (or 5) to survive a member's loss.
         #[arg(long, default_value_t = 1)]
@@ -70,7 +70,7 @@ enum LabCommand {
         #[arg(long, default_value_t = 1)]
         nodes: u8,
         /// How packets between nodes travel.
-        #[arg(long, default_value = "native")]
+        #[arg(long, default_value = "tunnel")]
         routing: myelin_lab::state::Routing,
         /// How many etcd members.
         #[arg(long, default_value_t = 1)]

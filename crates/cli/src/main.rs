@@ -139,7 +139,7 @@ struct AgentArgs {
     /// How packets to other nodes' pods travel: `tunnel` (VXLAN, the sender's identity in
     /// the VNI; the agent creates the device and routes other nodes' pod CIDRs into it) or
     /// `native` (the node's routes carry them).
-    #[arg(long, default_value = "native", requires = "cluster_store")]
+    #[arg(long, default_value = "tunnel", requires = "cluster_store")]
     routing: myelin_datapath::RoutingMode,
 }
 

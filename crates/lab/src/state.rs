@@ -44,6 +44,10 @@ pub struct NodeRecord {
     pub proxy: Option<ProcessRecord>,
 }
 
+/// The phase of a pod being deleted: its containers' exits are expected
+/// then, not news for its agent (which has forgotten the pod).
+pub const TERMINATING: &str = "Terminating";
+
 /// A pod of the lab.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRecord {
@@ -67,7 +71,7 @@ pub struct PodRecord {
     pub mac: Option<String>,
     /// Its container processes.
     pub processes: Vec<ProcessRecord>,
-    /// Running, Failed, ...
+    /// Running, Failed, ..., [`TERMINATING`] while it is deleted.
     pub phase: String,
     /// Ready to serve.
     pub ready: bool,
@@ -128,11 +132,13 @@ pub struct LabState {
 #[serde(rename_all = "lowercase")]
 pub enum Routing {
     /// Each node routes the others' pod CIDRs via their underlay addresses;
-    /// the receiver takes the sender's identity from its ipcache.
+    /// the receiver takes the sender's identity from its ipcache. A lab
+    /// state written before the overlay existed reads as this.
     #[default]
     Native,
     /// Encapsulated in VXLAN between nodes, the sender's identity in the
-    /// VNI; the agents route the pod CIDRs into the overlay device.
+    /// VNI; the agents route the pod CIDRs into the overlay device. What
+    /// `lab up` picks unless told otherwise, as Cilium does.
     Tunnel,
 }
 

@@ -527,7 +527,9 @@ impl Lab {
             Owner::Pod(key) => {
                 let marked = self.write(|s| {
                     let record = s.pods.get_mut(&key)?;
-                    if !record.processes.iter().any(|p| p.pid == pid) {
+                    if !record.processes.iter().any(|p| p.pid == pid)
+                        || record.phase == crate::state::TERMINATING
+                    {
                         return None;
                     }
                     record.phase = match code {

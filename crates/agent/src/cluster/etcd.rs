@@ -16,7 +16,7 @@ use myelin_store::{
 };
 use tokio::sync::mpsc;
 
-use super::{Cluster, ClusterEvent};
+use super::{Cluster, ClusterEvent, QueuedWrites};
 
 /// Reads `--cluster-store`: one or more comma-separated `unix://PATH` (the
 /// members' unix sockets; with etcd 3.4 a file name ends in `:PORT`, e.g.
@@ -111,6 +111,7 @@ pub struct EtcdCluster {
     session: NodeSession,
     identities: Arc<EtcdIdentityStore>,
     writes: mpsc::UnboundedSender<Write>,
+    queued: QueuedWrites,
 }
 
 impl EtcdCluster {
@@ -130,20 +131,25 @@ impl EtcdCluster {
             })?;
         let identities = Arc::new(EtcdIdentityStore::new(session.clone()));
         let (writes, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_in_order(session.clone(), queue));
+        let queued = QueuedWrites::default();
+        tokio::spawn(write_in_order(session.clone(), queue, queued.clone()));
         let cluster = Self {
             store,
             session,
             identities,
             writes,
+            queued,
         };
         cluster.write(Write::Node(config.node_record()));
         Ok(cluster)
     }
 
     fn write(&self, write: Write) {
+        self.queued.add();
         // The writer lives as long as the cluster's sender.
-        let _ = self.writes.send(write);
+        if self.writes.send(write).is_err() {
+            self.queued.done();
+        }
     }
 
     /// The node's session (its lease), for tools and tests.
@@ -155,7 +161,11 @@ impl EtcdCluster {
 /// Writes the node's entries one after the other, so that a withdraw never
 /// overtakes the publish before it. A write etcd missed is remembered by the
 /// session and written again when etcd answers.
-async fn write_in_order(session: NodeSession, mut queue: mpsc::UnboundedReceiver<Write>) {
+async fn write_in_order(
+    session: NodeSession,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    queued: QueuedWrites,
+) {
     while let Some(write) = queue.recv().await {
         let (what, result) = match &write {
             Write::Node(node) => ("the node's record", session.publish_node(node).await),
@@ -168,6 +178,7 @@ async fn write_in_order(session: NodeSession, mut queue: mpsc::UnboundedReceiver
         if let Err(error) = result {
             tracing::warn!(%error, ?write, "cluster store: {what} not written yet; written again when etcd answers");
         }
+        queued.done();
     }
 }
 
@@ -195,6 +206,10 @@ impl Cluster for EtcdCluster {
 
     fn withdraw_endpoint(&self, ip: IpAddr) {
         self.write(Write::Withdraw(ip));
+    }
+
+    fn queued_writes(&self) -> QueuedWrites {
+        self.queued.clone()
     }
 
     fn watch(&self, events: mpsc::Sender<ClusterEvent>) {

@@ -727,7 +727,15 @@ fn commit(lab: &Lab, plan: &Plan) -> anyhow::Result<()> {
 /// Removes a pod: from its agent, then its processes and namespace, then
 /// from the state.
 pub(crate) async fn delete_pod(lab: &Lab, key: &str) -> anyhow::Result<()> {
-    let Some(record) = lab.read(|s| s.pods.get(key).cloned()) else {
+    // Marked first: its containers' exits must not tell the agent of a pod
+    // it has forgotten (an unready endpoint would come back in its place).
+    let marked = lab.write(|s| {
+        let record = s.pods.get_mut(key)?;
+        record.phase = crate::state::TERMINATING.to_string();
+        record.ready = false;
+        Some(record.clone())
+    })?;
+    let Some(record) = marked else {
         return Ok(());
     };
     let request = Request::EndpointDelete {
