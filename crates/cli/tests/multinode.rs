@@ -92,7 +92,16 @@ fn three_nodes_place_pods_and_carry_traffic_between_them() {
     let lab = Lab::named();
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = write(&dir, "placed.yaml", PLACED);
-    lab.ok(&["lab", "up", "--nodes", "3", "-f", &manifest]);
+    lab.ok(&[
+        "lab",
+        "up",
+        "--nodes",
+        "3",
+        "--routing",
+        "native",
+        "-f",
+        &manifest,
+    ]);
 
     // The replicas spread one a node; the pinned and selected pods go where
     // they say; the last pod goes to the node with the fewest pods (node1:
@@ -203,6 +212,32 @@ fn three_nodes_place_pods_and_carry_traffic_between_them() {
     lab.assert_gone();
 }
 
+/// The lab's resources in its etcd, as `etcdctl` lists them: by
+/// `kind/namespace/name`.
+fn stored_resources(lab: &Lab) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name)).expect("state file"),
+    )
+    .expect("json");
+    let endpoints = state["store"]["address"].as_str().expect("store address");
+    let prefix = format!("/myelin/{}/resources/", lab.name);
+    let output = std::process::Command::new("etcdctl")
+        .args(["--endpoints", endpoints, "get", "--prefix", &prefix])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl (Debian's etcd-client)");
+    assert!(output.status.success(), "etcdctl: {}", text(&output));
+    let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+    let lines: Vec<&str> = listing.lines().collect();
+    lines
+        .chunks(2)
+        .filter_map(|pair| {
+            let key = pair.first()?.strip_prefix(&prefix)?.to_string();
+            Some((key, serde_json::from_str(pair.get(1)?).ok()?))
+        })
+        .collect()
+}
+
 #[test]
 fn nodes_are_added_and_drained_while_the_lab_runs() {
     if !privileged("nodes_are_added_and_drained_while_the_lab_runs") {
@@ -216,7 +251,16 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n---\n\
          apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  nodeName: node1\n  containers: [{name: c, image: quay.io/cilium/json-mock:v1.3.8}]\n",
     );
-    lab.ok(&["lab", "up", "--nodes", "2", "-f", &manifest]);
+    lab.ok(&[
+        "lab",
+        "up",
+        "--nodes",
+        "2",
+        "--routing",
+        "native",
+        "-f",
+        &manifest,
+    ]);
 
     let added = lab.ok(&["lab", "node", "add"]);
     assert!(added.contains("node/node3 added"), "{added}");
@@ -259,6 +303,32 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
     assert_eq!(curl(&lab, "client", "POST", &url), "Ship landed\n");
     let node1 = format!("ml-{}_node1", lab.name);
     assert!(ip(&["-n", &node1, "route"]).contains("10.244.3.0/24 via 10.250.0.3"));
+    // The cluster store holds the lab's resources as an API server keeps
+    // them: the pod with the node it was placed on, the Service with its
+    // cluster IPs, the Deployment and its pods, the namespaces.
+    let resources = stored_resources(&lab);
+    let web_pod = &resources["Pod/default/web"];
+    assert_eq!(web_pod["spec"]["nodeName"], "node3", "{web_pod}");
+    assert!(
+        web_pod["status"]["podIPs"][0]["ip"] == lab.pod_address("web", 4).as_str(),
+        "{web_pod}"
+    );
+    let web_service = &resources["Service/default/web"];
+    assert!(
+        web_service["spec"]["clusterIPs"]
+            .as_array()
+            .is_some_and(|ips| ips.len() == 2),
+        "{web_service}"
+    );
+    assert!(resources.contains_key("Deployment/default/spread"));
+    assert!(resources.contains_key("Namespace/_/default"));
+    assert_eq!(
+        resources
+            .keys()
+            .filter(|k| k.starts_with("Pod/default/spread-"))
+            .count(),
+        3
+    );
 
     // The added node's agent is restarted as the others' are.
     let agent_of_node3 = |lab: &Lab| {
@@ -298,6 +368,7 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
         "{deleted}"
     );
     assert!(placement(&lab).iter().all(|(name, _)| name != "web"));
+    assert!(!stored_resources(&lab).contains_key("Pod/default/web"));
     assert_eq!(spread_nodes(&lab), ["node1", "node2", "node2"]);
     let status = lab.status();
     assert_eq!(

@@ -19,6 +19,7 @@ mod net;
 mod node;
 pub mod placement;
 pub mod state;
+mod stored_resources;
 mod supervisor;
 mod teardown;
 #[cfg(test)]

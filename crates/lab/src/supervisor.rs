@@ -112,6 +112,15 @@ pub struct Lab {
     exits: mpsc::UnboundedSender<Exit>,
     /// Set once teardown begins: exits are expected then, not restarted.
     stopping: AtomicBool,
+    /// A client of the cluster store, where the lab keeps its resources
+    /// (`None` only in the control plane's unit tests, which run no etcd).
+    store: Option<myelin_store::Store>,
+    /// One write of the resources to the store at a time, each of the
+    /// state as it is then.
+    store_writes: tokio::sync::Mutex<()>,
+    /// Set when the last write of the resources to the store failed: the
+    /// supervisor's etcd check tries again.
+    resources_stale: AtomicBool,
     /// The cluster store (etcd) the agents share, while the lab runs.
     etcd: Mutex<Option<EtcdServer>>,
 }
@@ -558,26 +567,61 @@ impl Lab {
         }
     }
 
+    /// Writes the lab's resources, as the state holds them now, to the
+    /// cluster store (the difference, in one transaction).
+    pub async fn store_resources(&self) -> anyhow::Result<()> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let _turn = self.store_writes.lock().await;
+        let wanted = self.read(crate::stored_resources::of_state)?;
+        let written = crate::stored_resources::write(store, &wanted).await;
+        self.resources_stale
+            .store(written.is_err(), Ordering::SeqCst);
+        written
+    }
+
+    /// [`Lab::store_resources`]; a failure is logged and left to the
+    /// supervisor's next etcd check (the apply itself stands: the agents
+    /// enforce it).
+    async fn store_resources_or_later(&self) {
+        if let Err(e) = self.store_resources().await {
+            tracing::warn!("the cluster store does not hold the lab's resources yet: {e:#}");
+        }
+    }
+
+    /// The cluster store's client, to read what the lab keeps there.
+    pub fn store(&self) -> Option<&myelin_store::Store> {
+        self.store.as_ref()
+    }
+
     /// Answers one request.
     async fn handle(&self, request: LabRequest) -> Result<LabResponse, ApiError> {
         match request {
-            LabRequest::Apply { documents } => Ok(LabResponse::Changes {
-                changes: crate::control::apply(self, documents).await,
-            }),
-            LabRequest::Delete { keys } => Ok(LabResponse::Changes {
-                changes: crate::control::delete(self, keys).await,
-            }),
+            LabRequest::Apply { documents } => {
+                let changes = crate::control::apply(self, documents).await;
+                self.store_resources_or_later().await;
+                Ok(LabResponse::Changes { changes })
+            }
+            LabRequest::Delete { keys } => {
+                let changes = crate::control::delete(self, keys).await;
+                self.store_resources_or_later().await;
+                Ok(LabResponse::Changes { changes })
+            }
             LabRequest::Status => Ok(LabResponse::Status(crate::control::status(self).await)),
             LabRequest::NodeAdd { name } => match self.add_node(name).await {
                 Ok(name) => Ok(LabResponse::NodeAdded { name }),
                 Err(e) => Err(ApiError::from(format!("{e:#}"))),
             },
             LabRequest::NodeDelete { name } => match self.delete_node(&name).await {
-                Ok((pods, replaced)) => Ok(LabResponse::NodeDeleted {
-                    name,
-                    pods,
-                    replaced,
-                }),
+                Ok((pods, replaced)) => {
+                    self.store_resources_or_later().await;
+                    Ok(LabResponse::NodeDeleted {
+                        name,
+                        pods,
+                        replaced,
+                    })
+                }
                 Err(e) => Err(ApiError::from(format!("{e:#}"))),
             },
             LabRequest::Down => {
@@ -600,6 +644,9 @@ impl Lab {
             writes: tokio::sync::Mutex::new(()),
             exits: mpsc::unbounded_channel().0,
             stopping: AtomicBool::new(false),
+            store: None,
+            store_writes: tokio::sync::Mutex::new(()),
+            resources_stale: AtomicBool::new(false),
             etcd: Mutex::new(None),
         }
     }
@@ -745,6 +792,16 @@ pub async fn supervise(name: &str, exe: PathBuf, shape: &crate::LabShape) -> any
         let peers: Vec<NodeRecord> = wired.iter().map(|n| n.record.clone()).collect();
         wire_node(&names, &mut rest[0], &peers, routing)?;
     }
+    let sockets = etcd
+        .members()
+        .iter()
+        .filter_map(|m| m.unix_socket().map(std::path::Path::to_path_buf))
+        .collect();
+    let store = myelin_store::Store::connect(&myelin_store::StoreConfig::new(
+        myelin_store::StoreAddress::Unix(sockets),
+        name,
+    ))
+    .context("connecting to the lab's etcd")?;
     let mut exposed = Vec::new();
     for what in Exposed::ALL {
         match std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, what.port())) {
@@ -764,6 +821,9 @@ pub async fn supervise(name: &str, exe: PathBuf, shape: &crate::LabShape) -> any
         writes: tokio::sync::Mutex::new(()),
         exits,
         stopping: AtomicBool::new(false),
+        store: Some(store),
+        store_writes: tokio::sync::Mutex::new(()),
+        resources_stale: AtomicBool::new(false),
         etcd: Mutex::new(Some(etcd)),
     });
     for mut node in nodes {
@@ -805,8 +865,12 @@ pub async fn supervise(name: &str, exe: PathBuf, shape: &crate::LabShape) -> any
                 tokio::spawn(async move { lab.process_exited(exit).await });
             }
             _ = etcd_check.tick() => {
-                let lab = lab.clone();
-                tokio::task::spawn_blocking(move || lab.revive_etcd());
+                let revive = lab.clone();
+                tokio::task::spawn_blocking(move || revive.revive_etcd());
+                if lab.resources_stale.load(Ordering::SeqCst) {
+                    let lab = lab.clone();
+                    tokio::spawn(async move { lab.store_resources_or_later().await });
+                }
             }
             _ = down_rx.recv() => break,
             _ = terminate.recv() => {

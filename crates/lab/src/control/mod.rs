@@ -138,7 +138,7 @@ async fn apply_in_turn(lab: &Lab, documents: Vec<Document>) -> Vec<Change> {
 }
 
 /// Creation order: what others live in or refer to first.
-fn rank(kind: &str) -> u8 {
+pub(crate) fn rank(kind: &str) -> u8 {
     match kind {
         "Namespace" => 0,
         "Service" => 1,
@@ -454,26 +454,14 @@ pub(crate) async fn replace_drained(
 /// agents know: the namespaces (with their labels), the services and the
 /// policies, in the order an apply sends them.
 pub(crate) async fn catch_up(lab: &Lab, node: &Node) -> anyhow::Result<()> {
-    let (documents, services) = lab.read(|state| {
-        let mut documents: Vec<Document> = state
-            .namespaces
-            .iter()
-            .map(|name| {
-                let mut namespace = Namespace::named(name);
-                namespace.metadata.labels = namespace_labels(state, name);
-                from_state(Resource::Namespace(namespace))
-            })
-            .collect();
-        documents.extend(
-            state
-                .services
-                .values()
-                .map(|r| from_state(Resource::Service(r.service.clone()))),
-        );
-        documents.extend(state.policies.values().cloned());
-        let services: Vec<ServiceSpec> = state.services.values().map(service_spec).collect();
-        (documents, services)
-    });
+    // A joining node learns the cluster's resources from the store, as the
+    // lab wrote them (now, in case a write is still due).
+    let store = lab
+        .store()
+        .ok_or_else(|| anyhow!("the lab runs no cluster store to learn its resources from"))?;
+    lab.store_resources().await?;
+    let (documents, services) = crate::stored_resources::for_joining_node(store).await?;
+    let services: Vec<ServiceSpec> = services.iter().map(service_spec).collect();
     match node.agent(&Request::ResourcesApply { documents }).await? {
         Response::Resources { outcomes } => {
             if let Some((_, reason)) = rejected(&outcomes) {
