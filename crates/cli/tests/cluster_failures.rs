@@ -212,7 +212,8 @@ fn deathstar_on(lab: &Lab, node: &str) -> String {
 }
 
 /// A pod of a label set no pod had yet (its identity is allocated now, in
-/// etcd), pinned to `node`.
+/// etcd), pinned to `node`. Applied again, as a user would, while the apply
+/// is refused (etcd not answering yet: no new identity can be allocated).
 fn new_empire_pod(lab: &Lab, dir: &tempfile::TempDir, name: &str, node: &str) {
     let path = dir.path().join(format!("{name}.yaml"));
     std::fs::write(
@@ -224,7 +225,15 @@ fn new_empire_pod(lab: &Lab, dir: &tempfile::TempDir, name: &str, node: &str) {
         ),
     )
     .expect("write pod");
-    lab.ok(&["apply", "-f", path.to_str().expect("utf-8")]);
+    let path = path.to_str().expect("utf-8");
+    let applied = within(Duration::from_secs(30), || {
+        lab.myelin(&["apply", "-f", path]).status.success()
+    });
+    assert!(
+        applied.is_some(),
+        "{name} could not be applied: {}",
+        text(&lab.myelin(&["apply", "-f", path]))
+    );
 }
 
 /// The demo app with the ships pinned to node3 and the deathstar's two
@@ -355,6 +364,7 @@ fn a_cluster_survives_its_failures() {
         kill9(pid);
     }
     assert_policed(&lab, &on_node2, "etcd down");
+    // A new label set needs etcd: created once the members are back.
     new_empire_pod(&lab, &dir, "squadron-b", "node1");
     assert!(
         within(Duration::from_secs(30), || lands(

@@ -11,6 +11,9 @@
 //! that requires it still unheld and unchanged since it looked.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use myelin_policy::identity::{CLUSTER_MAX, CLUSTER_MIN};
@@ -408,29 +411,58 @@ fn remember_hold(
 ///
 /// Holds live under the session's lease: a holder's timeout ([`Retention::holder_timeout_secs`])
 /// is the lease's TTL, not checked by [`IdentityStore::collect`]; `now` stamps release marks.
+///
+/// A call that finds etcd unreachable makes the next ones fail at once, until a probe in
+/// the background finds etcd answering again: a caller waits for one call's timeout per
+/// outage, not for each call's.
 #[derive(Debug, Clone)]
 pub struct EtcdIdentityStore {
     session: NodeSession,
+    /// Set while etcd is known not to answer (a probe runs then).
+    unreachable: Arc<AtomicBool>,
 }
+
+/// How often the probe asks an unreachable etcd whether it answers again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 impl EtcdIdentityStore {
     /// Identities held under `session`'s lease.
     pub fn new(session: NodeSession) -> Self {
-        Self { session }
+        Self {
+            session,
+            unreachable: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn run<T: Send + 'static>(
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, IdentityError> {
-        self.session
-            .store
-            .runtime
-            .block_on(call)
-            .map_err(|e| match e {
-                StoreError::Exhausted => IdentityError::Exhausted,
-                e => IdentityError::Unavailable(e.to_string()),
-            })
+        if self.unreachable.load(Ordering::SeqCst) {
+            return Err(IdentityError::Unavailable(
+                "etcd did not answer the last call; waiting for it to answer again".into(),
+            ));
+        }
+        let store = &self.session.store;
+        store.runtime.block_on(call).map_err(|e| match e {
+            StoreError::Exhausted => IdentityError::Exhausted,
+            e => {
+                if matches!(e, StoreError::Timeout { .. } | StoreError::Etcd { .. })
+                    && !self.unreachable.swap(true, Ordering::SeqCst)
+                {
+                    // The connection only: the probe must not keep the store's
+                    // runtime alive once every handle of it is gone.
+                    let (conn, unreachable) = (store.conn.clone(), self.unreachable.clone());
+                    store.runtime.handle().spawn(async move {
+                        while conn.get(&conn.keys.nodes()).await.is_err() {
+                            tokio::time::sleep(PROBE_INTERVAL).await;
+                        }
+                        unreachable.store(false, Ordering::SeqCst);
+                    });
+                }
+                IdentityError::Unavailable(e.to_string())
+            }
+        })
     }
 }
 

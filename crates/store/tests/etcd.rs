@@ -467,6 +467,53 @@ async fn etcd_restarted_on_its_data_loses_nothing_and_everyone_reconnects() {
     assert!(v.synced >= 2, "the watcher resynced after the restart");
 }
 
+/// While etcd is down, the identity store waits for one call's timeout, then
+/// refuses at once (the agent's state owner calls it and must not stall on
+/// every call); once etcd answers again it allocates as before.
+#[test]
+fn an_unreachable_etcd_costs_the_identity_store_one_timeout() {
+    let Some(mut etcd) = etcd("identity_outage", 1) else {
+        return;
+    };
+    let store = connect(etcd.server.address(), "outage");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let session = runtime
+        .block_on(NodeSession::start(&store, "node1", Duration::from_secs(15)))
+        .expect("session");
+    let identities = EtcdIdentityStore::new(session);
+    let before = identities
+        .acquire("node1", &labels("before"), 0, 0)
+        .expect("etcd up");
+    etcd.server.kill(0).expect("kill");
+    let first = identities.acquire("node1", &labels("during"), 0, 0);
+    assert!(first.is_err(), "etcd is down: {first:?}");
+    let second = identities
+        .acquire("node1", &labels("during"), 0, 0)
+        .expect_err("etcd is still down");
+    assert!(
+        second
+            .to_string()
+            .contains("waiting for it to answer again"),
+        "the second call went to etcd again: {second}"
+    );
+    etcd.server.restart(0).expect("restart");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let during = loop {
+        match identities.acquire("node1", &labels("during"), 0, 0) {
+            Ok(id) => break id,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("etcd is back but the identity store still refuses: {e}"),
+        }
+    };
+    assert_ne!(during, before);
+    assert_eq!(
+        identities
+            .acquire("node1", &labels("before"), 0, 0)
+            .expect("known"),
+        before
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_with_one_killed_go_on_and_the_member_rejoins() {
     let Some(mut etcd) = etcd("member_killed", 3) else {
