@@ -34,7 +34,7 @@ enum LabCommand {
         /// How packets between nodes travel: `tunnel` (VXLAN, the sender's identity in
         /// the VNI) or `native` (routed over the underlay).
         #[arg(long, default_value = "tunnel")]
-        routing: myelin_lab::state::Routing,
+        routing: myelin_datapath::RoutingMode,
         /// How many members the lab's etcd has: 1, or 3 (or 5) to survive a member's loss.
         #[arg(long, default_value_t = 1)]
         etcd_members: u8,
@@ -71,7 +71,7 @@ enum LabCommand {
         nodes: u8,
         /// How packets between nodes travel.
         #[arg(long, default_value = "tunnel")]
-        routing: myelin_lab::state::Routing,
+        routing: myelin_datapath::RoutingMode,
         /// How many etcd members.
         #[arg(long, default_value_t = 1)]
         etcd_members: u8,

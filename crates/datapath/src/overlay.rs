@@ -57,7 +57,8 @@ pub const fn pod_mtu(underlay_mtu: u32, underlay_ipv6: bool) -> u32 {
 }
 
 /// How packets to other nodes' pods travel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RoutingMode {
     /// Encapsulated in VXLAN to the node owning the destination's pod CIDR
     /// ([`Datapath::sync_tunnel_endpoints`]), the sender's identity in the

@@ -113,7 +113,7 @@ pub struct LabShape {
     /// How many nodes (`node1` ... `nodeN`, at most [`MAX_NODES`]).
     pub nodes: u8,
     /// How packets travel between nodes.
-    pub routing: state::Routing,
+    pub routing: myelin_datapath::RoutingMode,
     /// How many etcd members the cluster store has: 1, 3 or 5.
     pub etcd_members: u8,
 }
@@ -161,7 +161,8 @@ pub async fn up(
     let mut child = std::process::Command::new(exe)
         .args(["lab", "supervise", "--name", lab, "--nodes"])
         .arg(shape.nodes.to_string())
-        .args(["--routing", shape.routing.as_str()])
+        .arg("--routing")
+        .arg(shape.routing.to_string())
         .arg("--etcd-members")
         .arg(shape.etcd_members.to_string())
         .stdin(std::process::Stdio::null())

@@ -12,8 +12,9 @@ use myelin_api::lab::Exposed;
 
 use crate::names::{LabNames, ObserverTlsFiles};
 use crate::net;
-use crate::state::{NodeRecord, Routing};
+use crate::state::NodeRecord;
 use crate::{bpffs, ipam};
+use myelin_datapath::RoutingMode;
 
 /// The interface that holds a node's own addresses (the kernel here has no
 /// dummy devices; loopback addresses are just as local).
@@ -47,7 +48,7 @@ pub struct Node {
     agent_starting: tokio::sync::RwLock<()>,
     /// The cluster store the agent joins, the cluster's name there, and how
     /// its packets travel to other nodes.
-    cluster_store: Option<(String, String, Routing)>,
+    cluster_store: Option<(String, String, RoutingMode)>,
 }
 
 impl Node {
@@ -79,7 +80,7 @@ impl Node {
     /// Makes the node's agent join the cluster store at `address` (as
     /// `--cluster-store` takes it) as a node of cluster `cluster`: its
     /// identities, endpoints and node record are then the cluster's.
-    pub fn join_cluster(&mut self, address: &str, cluster: &str, routing: Routing) {
+    pub fn join_cluster(&mut self, address: &str, cluster: &str, routing: RoutingMode) {
         self.cluster_store = Some((address.to_string(), cluster.to_string(), routing));
     }
 
@@ -259,7 +260,7 @@ impl Node {
             "--pod-cidr".into(),
             ipam::node_pod_cidrs(index).join(","),
             "--routing".into(),
-            routing.as_str().into(),
+            routing.to_string(),
         ]
     }
 

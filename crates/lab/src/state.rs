@@ -8,6 +8,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use anyhow::Context as _;
+use myelin_datapath::RoutingMode;
 use serde::{Deserialize, Serialize};
 
 use myelin_model::workload::{Deployment, Pod, Service};
@@ -123,55 +124,29 @@ pub struct LabState {
     #[serde(default)]
     pub relay: Option<ProcessRecord>,
     /// How packets between pods of different nodes travel.
-    #[serde(default)]
-    pub routing: Routing,
+    #[serde(default = "routing_of_older_labs")]
+    pub routing: RoutingMode,
 }
 
-/// How packets between pods of different nodes travel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Routing {
-    /// Each node routes the others' pod CIDRs via their underlay addresses;
-    /// the receiver takes the sender's identity from its ipcache. A lab
-    /// state written before the overlay existed reads as this.
-    #[default]
-    Native,
-    /// Encapsulated in VXLAN between nodes, the sender's identity in the
-    /// VNI; the agents route the pod CIDRs into the overlay device. What
-    /// `lab up` picks unless told otherwise, as Cilium does.
-    Tunnel,
+/// The routing mode of a lab whose saved state predates the overlay: native.
+fn routing_of_older_labs() -> RoutingMode {
+    RoutingMode::Native
 }
 
-impl Routing {
-    /// The name `--routing` takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Native => "native",
-            Self::Tunnel => "tunnel",
-        }
-    }
-
-    /// The MTU pods get: VXLAN over the IPv4 underlay costs 50 bytes.
-    pub fn pod_mtu(self) -> u16 {
-        match self {
-            Self::Native => 1500,
-            Self::Tunnel => 1450,
+/// The MTU of a lab's pods under `routing`: the underlay's 1500 bytes, less
+/// VXLAN's overhead over the IPv4 underlay in tunnel mode.
+pub fn pod_mtu(routing: RoutingMode) -> u16 {
+    match routing {
+        RoutingMode::Native => UNDERLAY_MTU,
+        RoutingMode::Tunnel => {
+            u16::try_from(myelin_datapath::pod_mtu(u32::from(UNDERLAY_MTU), false))
+                .unwrap_or(UNDERLAY_MTU)
         }
     }
 }
 
-impl std::str::FromStr for Routing {
-    type Err = String;
-    fn from_str(value: &str) -> Result<Self, String> {
-        match value {
-            "native" => Ok(Self::Native),
-            "tunnel" => Ok(Self::Tunnel),
-            other => Err(format!(
-                "unknown routing mode {other:?}: use native or tunnel"
-            )),
-        }
-    }
-}
+/// The MTU of the lab's underlay links.
+const UNDERLAY_MTU: u16 = 1500;
 
 /// The lab's etcd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,7 +176,7 @@ impl Default for LabState {
             pod_mtu: default_pod_mtu(),
             store: None,
             relay: None,
-            routing: Routing::default(),
+            routing: routing_of_older_labs(),
         }
     }
 }

@@ -30,8 +30,9 @@ mod secrets;
 
 use crate::names::{self, LabNames, MAX_NODES};
 use crate::node::{Node, child_pid};
-use crate::state::{LabState, NodeRecord, ProcessRecord, Routing, StoreRecord, record_process};
+use crate::state::{LabState, NodeRecord, ProcessRecord, StoreRecord, record_process};
 use crate::{net, teardown, underlay};
+use myelin_datapath::RoutingMode;
 
 /// The first descriptor number a child gets the listeners it is handed on
 /// (after the standard streams).
@@ -685,12 +686,12 @@ fn wire_node(
     names: &LabNames,
     node: &mut Node,
     peers: &[NodeRecord],
-    routing: Routing,
+    routing: RoutingMode,
 ) -> anyhow::Result<()> {
     node.create()
         .with_context(|| format!("creating node {}", node.name()))?;
     underlay::join(names, &node.record)?;
-    if routing == Routing::Tunnel {
+    if routing == RoutingMode::Tunnel {
         return Ok(());
     }
     for peer in peers {
@@ -779,7 +780,7 @@ pub async fn supervise(name: &str, exe: PathBuf, shape: &crate::LabShape) -> any
         namespaces: BUILTIN_NAMESPACES.iter().map(|n| n.to_string()).collect(),
         // Recorded before anything exists, so a crash leaves nothing unnamed.
         nodes: nodes.iter().map(|n| n.record.clone()).collect(),
-        pod_mtu: routing.pod_mtu(),
+        pod_mtu: crate::state::pod_mtu(routing),
         routing,
         ..LabState::default()
     };
