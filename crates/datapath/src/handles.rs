@@ -157,10 +157,10 @@ impl Datapath {
             .iter()
             .filter_map(Result::ok)
             .map(|(key, entry)| {
-                let data = key.data();
+                let (address, prefix_len) = key_prefix(&key);
                 IpcacheRecord {
-                    address: ip_from(data.family, &data.addr),
-                    prefix_len: key.prefix_len().saturating_sub(8) as u8,
+                    address,
+                    prefix_len,
                     identity: entry.identity,
                 }
             })
@@ -449,20 +449,35 @@ fn forget_address(
 }
 
 fn ipcache_key(address: &IpAddr, prefix_len: u8) -> Result<Key<IpcacheKey>, DatapathError> {
+    prefix_key(address, prefix_len).ok_or(DatapathError::InvalidPrefix {
+        address: *address,
+        prefix_len,
+    })
+}
+
+/// The LPM key of `address/prefix_len` as the ipcache and the tunnel
+/// endpoints map share it (the family byte counts in the prefix); `None`
+/// when the prefix is longer than the address.
+pub(crate) fn prefix_key(address: &IpAddr, prefix_len: u8) -> Option<Key<IpcacheKey>> {
     let family = family_of(address);
     let max = if family == FAMILY_IPV4 { 32 } else { 128 };
-    if prefix_len > max {
-        return Err(DatapathError::InvalidPrefix {
-            address: *address,
-            prefix_len,
-        });
-    }
-    Ok(Key::new(
-        8 + u32::from(prefix_len),
-        IpcacheKey {
-            family,
-            addr: addr_bytes(address),
-            _pad: [0; 3],
-        },
-    ))
+    (prefix_len <= max).then(|| {
+        Key::new(
+            8 + u32::from(prefix_len),
+            IpcacheKey {
+                family,
+                addr: addr_bytes(address),
+                _pad: [0; 3],
+            },
+        )
+    })
+}
+
+/// The address and prefix length a [`prefix_key`] holds.
+pub(crate) fn key_prefix(key: &Key<IpcacheKey>) -> (IpAddr, u8) {
+    let data = key.data();
+    (
+        ip_from(data.family, &data.addr),
+        key.prefix_len().saturating_sub(8) as u8,
+    )
 }

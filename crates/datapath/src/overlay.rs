@@ -9,7 +9,7 @@ use std::process::Command;
 
 use aya::maps::lpm_trie::Key;
 use aya::programs::tc::TcAttachType;
-use myelin_common::maps::{FAMILY_IPV4, ROUTING_NATIVE, ROUTING_TUNNEL, names};
+use myelin_common::maps::{ROUTING_NATIVE, ROUTING_TUNNEL, names};
 use myelin_common::{DatapathConfig, IpcacheKey, TunnelEndpoint};
 
 use crate::error::DatapathError;
@@ -208,22 +208,12 @@ fn unfit(link: &serde_json::Value) -> Option<String> {
 
 /// The key of a CIDR in the tunnel endpoints map (the ipcache's layout).
 fn cidr_key(address: &IpAddr, prefix_len: u8) -> Result<Key<IpcacheKey>, DatapathError> {
-    let family = family_of(address);
-    let max = if family == FAMILY_IPV4 { 32 } else { 128 };
-    if prefix_len > max {
-        return Err(DatapathError::InvalidTunnelEndpoint {
+    crate::handles::prefix_key(address, prefix_len).ok_or_else(|| {
+        DatapathError::InvalidTunnelEndpoint {
             cidr: format!("{address}/{prefix_len}"),
-            reason: format!("the prefix is longer than the address ({max} bits)"),
-        });
-    }
-    Ok(Key::new(
-        8 + u32::from(prefix_len),
-        IpcacheKey {
-            family,
-            addr: addr_bytes(address),
-            _pad: [0; 3],
-        },
-    ))
+            reason: "the prefix is longer than the address".to_string(),
+        }
+    })
 }
 
 fn endpoint_value(address: &IpAddr) -> TunnelEndpoint {
@@ -508,10 +498,10 @@ impl Datapath {
             .iter()
             .filter_map(Result::ok)
             .map(|(key, value)| {
-                let data = key.data();
+                let (pod_cidr, prefix_len) = crate::handles::key_prefix(&key);
                 TunnelRoute {
-                    pod_cidr: ip_from(data.family, &data.addr),
-                    prefix_len: key.prefix_len().saturating_sub(8) as u8,
+                    pod_cidr,
+                    prefix_len,
                     endpoint: ip_from(value.family, &value.addr),
                 }
             })

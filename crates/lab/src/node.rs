@@ -30,8 +30,6 @@ pub struct Node {
     pub record: NodeRecord,
     /// The node's directory under the lab's run directory.
     dir: PathBuf,
-    /// The lab's run directory (the identity store is shared by all nodes).
-    run_dir: PathBuf,
     /// The lab's bpffs; the node pins under `<bpffs>/<node>`.
     bpffs: PathBuf,
     /// The observer API socket of the node's agent.
@@ -66,7 +64,6 @@ impl Node {
                 proxy: None,
             },
             dir: names.node_dir(name),
-            run_dir: names.run_dir(),
             bpffs: names.bpffs(),
             observer_socket: names.observer_socket(name),
             observer_tls: names.observer_tls(),
@@ -182,7 +179,7 @@ impl Node {
             .arg(self.bpffs.join(&record.name))
             .arg("--state-dir")
             .arg(&self.dir)
-            .args(self.cluster_args())
+            .args(self.cluster_args()?)
             .arg("--dns-listen")
             .arg(format!("{},{}", record.router_v4, record.router_v6))
             .arg("--proxy-socket")
@@ -234,19 +231,19 @@ impl Node {
         command.spawn().context("starting the agent")
     }
 
-    /// The agent's flags for the cluster store, if the node joins one: the
-    /// store, the cluster, the node's underlay addresses (the first is its
-    /// tunnel endpoint), its pod CIDRs and the routing mode; else the
-    /// identity file the lab's agents share.
-    fn cluster_args(&self) -> Vec<String> {
+    /// The agent's flags for the cluster store the node joined
+    /// ([`Node::join_cluster`]): the store, the cluster, the node's underlay
+    /// addresses (the first is its tunnel endpoint), its pod CIDRs and the
+    /// routing mode.
+    fn cluster_args(&self) -> anyhow::Result<Vec<String>> {
         let Some((address, cluster, routing)) = &self.cluster_store else {
-            return vec![
-                "--identity-store".into(),
-                self.run_dir.join("identities.json").display().to_string(),
-            ];
+            anyhow::bail!(
+                "node {} has not joined the lab's cluster store: its agent would have no identities",
+                self.record.name
+            );
         };
         let index = self.record.index;
-        vec![
+        Ok(vec![
             "--cluster-store".into(),
             address.clone(),
             "--cluster-name".into(),
@@ -261,7 +258,7 @@ impl Node {
             ipam::node_pod_cidrs(index).join(","),
             "--routing".into(),
             routing.to_string(),
-        ]
+        ])
     }
 
     /// Waits until the node's agent answers.
