@@ -708,11 +708,15 @@ impl Node {
             self.dirty.specs = true;
         }
         let specs_changed = self.dirty.specs;
-        if specs_changed {
-            self.refresh_zone();
-        }
-        let services = specs_changed.then(|| {
+        // Other nodes' pods as backends, built once for the zone and the services.
+        let remote = if specs_changed {
             let remote = self.remote.service_backends();
+            self.refresh_zone(&remote);
+            remote
+        } else {
+            Vec::new()
+        };
+        let services = specs_changed.then(|| {
             reconcile::desired_services(
                 self.services.values(),
                 self.endpoints
@@ -819,8 +823,8 @@ impl Node {
         }
     }
 
-    fn refresh_zone(&self) {
-        let remote = self.remote.service_backends();
+    /// The DNS zone of the Services, with `remote`, the other nodes' pods.
+    fn refresh_zone(&self, remote: &[EndpointSpec]) {
         let zone = services::zone(
             self.services.values(),
             self.endpoints
