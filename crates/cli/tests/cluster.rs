@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Lab, curl, starwars, text};
+use common::{Lab, curl, starwars, starwars_pinned, text};
 use myelin_test_support::privileged;
 
 const DEATHSTAR: &str = "http://deathstar.default.svc.cluster.local";
@@ -16,27 +16,6 @@ const DEATHSTAR: &str = "http://deathstar.default.svc.cluster.local";
 /// A file of the Star Wars example.
 fn example(name: &str) -> std::path::PathBuf {
     starwars().with_file_name(name)
-}
-
-/// The demo app as it ships, with the ships pinned to node3
-/// (`spec.nodeName`), as `make demo NODES=3` runs it.
-fn pinned_app(dir: &tempfile::TempDir) -> String {
-    let app = std::fs::read_to_string(starwars()).expect("app");
-    let mut out = String::new();
-    let mut in_pod = false;
-    for line in app.lines() {
-        if line.starts_with("kind: ") {
-            in_pod = line == "kind: Pod";
-        }
-        out.push_str(line);
-        out.push('\n');
-        if in_pod && line == "spec:" {
-            out.push_str("  nodeName: node3\n");
-        }
-    }
-    let path = dir.path().join("http-sw-app.yaml");
-    std::fs::write(&path, out).expect("write app");
-    path.to_str().expect("utf-8").to_string()
 }
 
 /// The node of every pod whose name starts with `prefix`.
@@ -166,7 +145,7 @@ fn has_edge(map: &str, source: &str, destination: &str) -> bool {
 fn star_wars_across_nodes(routing: &str) {
     let lab = Lab::named();
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = pinned_app(&dir);
+    let app = starwars_pinned(&dir);
     lab.ok(&[
         "lab",
         "up",

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, MYELIN, starwars, text};
+use common::{Lab, MYELIN, lab_state, starwars, starwars_pinned, text};
 use myelin_test_support::privileged;
 
 const LANDING: &str = "/v1/request-landing";
@@ -82,14 +82,6 @@ impl Session {
             self.what
         );
     }
-}
-
-/// The lab's state as the supervisor saved it.
-fn lab_state(lab: &Lab) -> serde_json::Value {
-    let path = myelin_lab::LabNames::new(&lab.name)
-        .run_dir()
-        .join("state.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("state.json")).expect("json")
 }
 
 /// The PID of `node`'s agent.
@@ -236,27 +228,6 @@ fn new_empire_pod(lab: &Lab, dir: &tempfile::TempDir, name: &str, node: &str) {
     );
 }
 
-/// The demo app with the ships pinned to node3 and the deathstar's two
-/// pods spread over node1 and node2 (the fewest-pods rule places them).
-fn pinned_app(dir: &tempfile::TempDir) -> String {
-    let app = std::fs::read_to_string(starwars()).expect("app");
-    let mut out = String::new();
-    let mut in_pod = false;
-    for line in app.lines() {
-        if line.starts_with("kind: ") {
-            in_pod = line == "kind: Pod";
-        }
-        out.push_str(line);
-        out.push('\n');
-        if in_pod && line == "spec:" {
-            out.push_str("  nodeName: node3\n");
-        }
-    }
-    let path = dir.path().join("http-sw-app.yaml");
-    std::fs::write(&path, out).expect("write app");
-    path.to_str().expect("utf-8").to_string()
-}
-
 #[test]
 fn a_cluster_survives_its_failures() {
     if !privileged("a_cluster_survives_its_failures") {
@@ -264,7 +235,7 @@ fn a_cluster_survives_its_failures() {
     }
     let lab = Lab::named();
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = pinned_app(&dir);
+    let app = starwars_pinned(&dir);
     lab.ok(&[
         "lab",
         "up",

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Lab, curl, starwars, text};
+use common::{Lab, curl, lab_state, starwars, text};
 use myelin_test_support::privileged;
 
 #[test]
@@ -233,10 +233,7 @@ fn a_killed_lab_is_cleaned_up_by_down() {
     }
     let lab = Lab::named();
     lab.up(&starwars());
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name)).expect("state file"),
-    )
-    .expect("json");
+    let state = lab_state(&lab);
     let supervisor = state["supervisor"]["pid"].as_i64().expect("pid") as i32;
     // SIGKILL: no chance to clean up. This is the test's own child's child,
     // recorded by the lab; nothing else is signalled.

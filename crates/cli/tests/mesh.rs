@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Lab, starwars, text};
+use common::{Lab, lab_state, starwars, text};
 use myelin_test_support::privileged;
 
 const URL: &str = "http://deathstar.default.svc.cluster.local/v1";
@@ -40,10 +40,7 @@ fn land(lab: &Lab, pod: &str) -> Result<String, i32> {
 }
 
 fn node_process_pid(lab: &Lab, which: &str) -> i32 {
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name)).expect("state file"),
-    )
-    .expect("json");
+    let state = lab_state(lab);
     state["nodes"][0][which]["pid"].as_i64().expect("pid") as i32
 }
 

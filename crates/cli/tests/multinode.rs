@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Lab, curl, text};
+use common::{Lab, curl, lab_state, text};
 use myelin_test_support::privileged;
 
 /// Three deployment replicas (spread one a node), then a pod pinned to node2
@@ -215,10 +215,7 @@ fn three_nodes_place_pods_and_carry_traffic_between_them() {
 /// The lab's resources in its etcd, as `etcdctl` lists them: by
 /// `kind/namespace/name`.
 fn stored_resources(lab: &Lab) -> std::collections::BTreeMap<String, serde_json::Value> {
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name)).expect("state file"),
-    )
-    .expect("json");
+    let state = lab_state(lab);
     let endpoints = state["store"]["address"].as_str().expect("store address");
     let prefix = format!("/myelin/{}/resources/", lab.name);
     let output = std::process::Command::new("etcdctl")
@@ -332,12 +329,9 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
 
     // The added node's agent is restarted as the others' are.
     let agent_of_node3 = |lab: &Lab| {
-        let state: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name))
-                .expect("state file"),
-        )
-        .expect("json");
-        state["nodes"][2]["agent"]["pid"].as_i64().expect("pid") as i32
+        lab_state(lab)["nodes"][2]["agent"]["pid"]
+            .as_i64()
+            .expect("pid") as i32
     };
     let old = agent_of_node3(&lab);
     // The lab recorded this process; nothing else is signalled.
@@ -394,10 +388,7 @@ fn nodes_are_added_and_drained_while_the_lab_runs() {
     assert!(text(&first).contains("first node"), "{}", text(&first));
 
     // A killed supervisor leaves the nodes and the underlay to `lab down`.
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(format!("/run/myelin/labs/{}/state.json", lab.name)).expect("state file"),
-    )
-    .expect("json");
+    let state = lab_state(&lab);
     let supervisor = state["supervisor"]["pid"].as_i64().expect("pid") as i32;
     // The lab recorded this process, the test's own child's child; nothing else is signalled.
     nix::sys::signal::kill(

@@ -151,6 +151,34 @@ impl Drop for Lab {
     }
 }
 
+/// The Star Wars app with the ships pinned to node3 (`spec.nodeName`), as
+/// `make demo NODES=3` runs it (the deathstar's pods spread over the others
+/// by the fewest-pods rule), written into `dir`; returns its path.
+pub fn starwars_pinned(dir: &tempfile::TempDir) -> String {
+    let app = std::fs::read_to_string(starwars()).expect("app");
+    let mut out = String::new();
+    let mut in_pod = false;
+    for line in app.lines() {
+        if line.starts_with("kind: ") {
+            in_pod = line == "kind: Pod";
+        }
+        out.push_str(line);
+        out.push('\n');
+        if in_pod && line == "spec:" {
+            out.push_str("  nodeName: node3\n");
+        }
+    }
+    let path = dir.path().join("http-sw-app.yaml");
+    std::fs::write(&path, out).expect("write app");
+    path.to_str().expect("utf-8").to_string()
+}
+
+/// The lab's state as its supervisor saved it.
+pub fn lab_state(lab: &Lab) -> serde_json::Value {
+    let path = format!("/run/myelin/labs/{}/state.json", lab.name);
+    serde_json::from_slice(&std::fs::read(&path).expect("state.json")).expect("json")
+}
+
 pub fn curl(lab: &Lab, pod: &str, method: &str, url: &str) -> String {
     let output = lab.exec(pod, &["curl", "-s", "-m", "5", "-X", method, url]);
     text(&output)
