@@ -223,61 +223,41 @@ fn wait_serving(netns: &str, ports: &[u16]) -> anyhow::Result<()> {
     })
 }
 
-/// The pod's namespace, its veth to the node, addresses and routes.
+/// The pod's namespace, then its veth to the node, addresses and routes
+/// (through netlink, as `myelin_podnet` wires every pod).
 fn wire_pod(pod: &PodRecord, node: &NodeRecord, mtu: u16) -> anyhow::Result<()> {
-    let (ns, node_ns, veth) = (
-        pod.netns.as_str(),
-        node.netns.as_str(),
-        pod.host_veth.as_str(),
-    );
-    net::add_netns(ns)?;
-    net::sysctls(
-        ns,
-        &[
-            ("net/ipv6/conf/all/accept_dad", "0"),
-            ("net/ipv6/conf/default/accept_dad", "0"),
-        ],
-    )?;
-    let mtu = mtu.to_string();
-    let mut link = vec![
-        "-n", node_ns, "link", "add", veth, "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
-        "mtu", &mtu,
-    ];
-    if let Some(mac) = pod.mac.as_deref() {
-        link.extend(["address", mac]);
+    net::add_netns(&pod.netns)?;
+    let mac = pod
+        .mac
+        .as_deref()
+        .map(|text| {
+            parse_mac(text).ok_or_else(|| anyhow!("pod {}: MAC address {text:?}", pod.netns))
+        })
+        .transpose()?;
+    let interface = myelin_podnet::PodInterface {
+        host_veth: pod.host_veth.clone(),
+        mtu: u32::from(mtu),
+        mac,
+        ipv4: pod.ipv4,
+        ipv6: pod.ipv6,
+        gateway_v4: node.router_v4,
+    };
+    myelin_podnet::wire(
+        &net::netns_path(&node.netns),
+        &net::netns_path(&pod.netns),
+        &interface,
+    )
+    .with_context(|| format!("wiring pod namespace {}", pod.netns))
+}
+
+/// `0a:58:0a:f4:01:05` as bytes.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
-    link.extend(["netns", ns]);
-    net::ip(&link)?;
-    net::ip(&["-n", node_ns, "link", "set", veth, "up"])?;
-    // The pod's IPv6 gateway is fe80::1 on its own link.
-    net::ip(&[
-        "-n",
-        node_ns,
-        "addr",
-        "add",
-        "fe80::1/64",
-        "dev",
-        veth,
-        "nodad",
-    ])?;
-    let v4 = format!("{}/32", pod.ipv4);
-    let v6 = format!("{}/128", pod.ipv6);
-    net::ip(&["-n", node_ns, "route", "add", &v4, "dev", veth])?;
-    net::ip(&["-n", node_ns, "-6", "route", "add", &v6, "dev", veth])?;
-    net::ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-    net::ip(&["-n", ns, "addr", "add", &v4, "dev", "eth0"])?;
-    net::ip(&["-n", ns, "addr", "add", &v6, "dev", "eth0", "nodad"])?;
-    let router = node.router_v4.to_string();
-    net::ip(&[
-        "-n", ns, "route", "add", &router, "dev", "eth0", "scope", "link",
-    ])?;
-    net::ip(&[
-        "-n", ns, "route", "add", "default", "via", &router, "dev", "eth0",
-    ])?;
-    net::ip(&[
-        "-n", ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
-    ])?;
-    Ok(())
+    parts.next().is_none().then_some(mac)
 }
 
 /// `/etc/netns/<ns>/hosts` and `resolv.conf`, which `ip netns exec` mounts

@@ -48,13 +48,18 @@ pub fn delete_netns(name: &str) -> anyhow::Result<()> {
     ip(&["netns", "delete", name])
 }
 
+/// The file of network namespace `name`.
+pub fn netns_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(name)
+}
+
 /// Runs `f` on a thread that has entered network namespace `name`.
 pub fn in_netns<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{name}");
-    let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    let path = netns_path(name);
+    let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::spawn(move || {
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .context("entering the network namespace")?;
