@@ -226,7 +226,8 @@ fn wait_serving(netns: &str, ports: &[u16]) -> anyhow::Result<()> {
 /// The pod's namespace, then its veth to the node, addresses and routes
 /// (through netlink, as `myelin_podnet` wires every pod).
 fn wire_pod(pod: &PodRecord, node: &NodeRecord, mtu: u16) -> anyhow::Result<()> {
-    net::add_netns(&pod.netns)?;
+    // Its loopback comes up with eth0.
+    myelin_podnet::netns::create(&pod.netns)?;
     let mac = pod
         .mac
         .as_deref()
@@ -243,8 +244,8 @@ fn wire_pod(pod: &PodRecord, node: &NodeRecord, mtu: u16) -> anyhow::Result<()> 
         gateway_v4: node.router_v4,
     };
     myelin_podnet::wire(
-        &net::netns_path(&node.netns),
-        &net::netns_path(&pod.netns),
+        &myelin_podnet::netns::path(&node.netns),
+        &myelin_podnet::netns::path(&pod.netns),
         &interface,
     )
     .with_context(|| format!("wiring pod namespace {}", pod.netns))

@@ -1,5 +1,7 @@
-//! Network namespaces, links, addresses and routes, through iproute2, and
-//! sysctls written from a thread that entered the namespace.
+//! Network namespaces (made and removed in this process by
+//! `myelin_podnet::netns`), the node's and the underlay's links, addresses and
+//! routes through iproute2, and sysctls written from a thread that entered
+//! the namespace.
 
 use std::os::fd::AsFd as _;
 use std::process::Command;
@@ -24,7 +26,7 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 /// Network namespaces that exist now.
 pub fn list_netns() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+    let mut names: Vec<String> = std::fs::read_dir(myelin_podnet::netns::NETNS_DIR)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
@@ -36,21 +38,13 @@ pub fn list_netns() -> Vec<String> {
 
 /// Creates a network namespace with its loopback up.
 pub fn add_netns(name: &str) -> anyhow::Result<()> {
-    ip(&["netns", "add", name])?;
-    ip(&["-n", name, "link", "set", "lo", "up"])
+    let path = myelin_podnet::netns::create(name)?;
+    Ok(myelin_podnet::link_up(&path, "lo")?)
 }
 
 /// Deletes a network namespace (its interfaces go with it); absent is fine.
 pub fn delete_netns(name: &str) -> anyhow::Result<()> {
-    if !list_netns().iter().any(|n| n == name) {
-        return Ok(());
-    }
-    ip(&["netns", "delete", name])
-}
-
-/// The file of network namespace `name`.
-pub fn netns_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new("/run/netns").join(name)
+    Ok(myelin_podnet::netns::delete(name)?)
 }
 
 /// Runs `f` on a thread that has entered network namespace `name`.
@@ -58,7 +52,7 @@ pub fn in_netns<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let path = netns_path(name);
+    let path = myelin_podnet::netns::path(name);
     let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::spawn(move || {
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)

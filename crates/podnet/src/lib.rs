@@ -13,6 +13,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd as _, AsRawFd as _};
@@ -112,6 +114,52 @@ fn enter(file: &File, path: &Path) -> Result<(), PodNetError> {
     })
 }
 
+/// Sets link `name` of the namespace at `netns` up (a node's `lo`).
+pub fn link_up(netns: &Path, name: &str) -> Result<(), PodNetError> {
+    let (netns, name) = (netns.to_path_buf(), name.to_string());
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(set_up(&handle, &netns, &name))
+    })
+}
+
+/// Runs `work` on a thread of its own inside the namespace at `netns`, with
+/// a runtime for netlink connections.
+fn on_thread_in<T: Send + 'static>(
+    netns: PathBuf,
+    work: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, PodNetError> + Send + 'static,
+) -> Result<T, PodNetError> {
+    std::thread::spawn(move || {
+        let file = open(&netns)?;
+        let runtime = runtime()?;
+        let _entered = runtime.enter();
+        enter(&file, &netns)?;
+        work(&runtime)
+    })
+    .join()
+    .map_err(|_| PodNetError::Worker("it panicked".into()))?
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, PodNetError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| PodNetError::Worker(e.to_string()))
+}
+
+/// Sets link `name` up.
+async fn set_up(handle: &Handle, netns: &Path, name: &str) -> Result<(), PodNetError> {
+    let index = index_of(handle, name, netns).await?;
+    done(
+        || format!("ip link set {name} up"),
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute(),
+    )
+    .await
+}
+
 /// Wires `pod` between the node's namespace and the pod's (both given by
 /// their files): the veth, `lo` and `eth0` up, the addresses, the routes,
 /// and duplicate address detection off in the pod (its addresses are
@@ -135,10 +183,7 @@ fn wire_on_this_thread(
     pod: &PodInterface,
 ) -> Result<(), PodNetError> {
     let (node_ns, pod_ns) = (open(node_path)?, open(pod_path)?);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| PodNetError::Worker(e.to_string()))?;
+    let runtime = runtime()?;
     let _entered = runtime.enter();
     // A netlink socket belongs to the namespace it was made in.
     enter(&pod_ns, pod_path)?;
@@ -265,15 +310,7 @@ async fn wire_pod_side(
     pod: &PodInterface,
 ) -> Result<(), PodNetError> {
     for name in ["lo", POD_INTERFACE] {
-        let index = index_of(handle, name, pod_path).await?;
-        done(
-            || format!("ip link set {name} up"),
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute(),
-        )
-        .await?;
+        set_up(handle, pod_path, name).await?;
     }
     let index = index_of(handle, POD_INTERFACE, pod_path).await?;
     done(

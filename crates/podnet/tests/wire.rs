@@ -156,3 +156,26 @@ fn a_missing_namespace_is_named() {
         "{error}"
     );
 }
+
+#[test]
+fn a_named_namespace_is_made_and_removed_in_process() {
+    if !privileged("a_named_namespace_is_made_and_removed_in_process") {
+        return;
+    }
+    let name = format!("mpn{}-named", std::process::id());
+    // Removed by name however the test ends.
+    let _guard = Namespaces(vec![name.clone()]);
+    let path = myelin_podnet::netns::create(&name).expect("create");
+    // iproute2 sees it as one of its own, and it has a loopback.
+    assert!(ip(&["netns", "list"]).contains(&name));
+    assert!(ip(&["-n", &name, "link", "show", "lo"]).contains("LOOPBACK"));
+    let again = myelin_podnet::netns::create(&name).expect_err("the name is taken");
+    assert!(
+        again.to_string().contains(&path.display().to_string()),
+        "{again}"
+    );
+    myelin_podnet::netns::delete(&name).expect("delete");
+    assert!(!ip(&["netns", "list"]).contains(&name));
+    assert!(!path.exists());
+    myelin_podnet::netns::delete(&name).expect("deleting an absent namespace is fine");
+}
