@@ -1,10 +1,10 @@
 //! The node's DNS responder: answers A and AAAA queries for the cluster's
-//! names (`<svc>.<ns>.svc.cluster.local`, pod hostnames) from a table the
-//! agent keeps current. Names outside the cluster domain are refused at once,
-//! since the lab has no upstream to forward them to; the DNS proxy issue turns
-//! this into the policy-enforcing DNS proxy.
+//! names (`<svc>.<ns>.svc.cluster.local`, `<a-b-c-d>.<ns>.pod.cluster.local`)
+//! from a table the agent keeps current. Names outside the cluster domain are
+//! refused at once, since the lab has no upstream to forward them to; the DNS
+//! proxy issue turns this into the policy-enforcing DNS proxy.
 //!
-//! Messages are read and written with `hickory-proto` ([`wire`] holds the
+//! Messages are read and written with `hickory-proto` (`wire` holds the
 //! little glue). What a client gets:
 //! - a known name: its addresses of the asked family, authoritative, TTL
 //!   [`TTL_SECONDS`]; a known name without addresses of that family or a type
