@@ -1,8 +1,26 @@
 //! The node's DNS responder: answers A and AAAA queries for the cluster's
-//! names (`<svc>.<ns>.svc.cluster.local`, pod hostnames) from a table the
-//! agent keeps current. Names outside the cluster domain are refused at once,
-//! since the lab has no upstream to forward them to; the DNS proxy issue turns
-//! this into the policy-enforcing DNS proxy.
+//! names (`<svc>.<ns>.svc.cluster.local`, `<a-b-c-d>.<ns>.pod.cluster.local`)
+//! from a table the agent keeps current. Names outside the cluster domain are
+//! refused at once, since the lab has no upstream to forward them to; the DNS
+//! proxy issue turns this into the policy-enforcing DNS proxy.
+//!
+//! Messages are read and written with `hickory-proto` (`wire` holds the
+//! little glue). What a client gets:
+//! - a known name: its addresses of the asked family, authoritative, TTL
+//!   [`TTL_SECONDS`]; a known name without addresses of that family or a type
+//!   other than A/AAAA: NOERROR with no records (NODATA);
+//! - an unknown name in [`CLUSTER_DOMAIN`]: NXDOMAIN; a name outside it, or a
+//!   class other than IN: REFUSED;
+//! - a header followed by a body that does not decode (truncated, a bad or
+//!   over-long name, a compression loop, two OPT records) or a question count
+//!   other than one: FORMERR; another opcode: NOTIMP; EDNS above version 0:
+//!   BADVERS;
+//! - less than a header, or a response: nothing (dropped).
+//!
+//! The id and question are echoed, RD and CD copied, and a query with EDNS
+//! gets an OPT record back. A reply larger than the client takes (512 bytes,
+//! or its EDNS size up to [`MAX_UDP_PAYLOAD`]) goes out with the TC bit and
+//! no records. Only UDP is served.
 
 #![forbid(unsafe_code)]
 
@@ -12,7 +30,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
-pub use wire::{Query, RecordType, ResponseCode, WireError, answer, parse_query};
+pub use wire::{
+    MAX_UDP_PAYLOAD, Query, RecordType, ResponseCode, WireError, answer, error_reply, parse_query,
+};
 
 /// The cluster domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -71,19 +91,32 @@ fn normalize(name: &str) -> String {
 /// A zone shared between the responder and whoever updates it.
 pub type SharedZone = Arc<RwLock<Zone>>;
 
-/// Answers one query datagram. `None` when the datagram is not a query worth
-/// answering (garbage is dropped, as resolvers expect).
+/// Answers one query datagram. `None` when the datagram gets no reply: less
+/// than a DNS header, a response, or a reply that failed to encode (logged).
 pub fn respond(zone: &Zone, datagram: &[u8]) -> Option<Vec<u8>> {
-    let query = parse_query(datagram).ok()?;
+    let reply = match parse_query(datagram) {
+        Ok(query) => answer_from(zone, &query),
+        Err(error) => {
+            tracing::debug!("DNS query not answerable: {error}");
+            error_reply(&error)?
+        }
+    };
+    reply
+        .inspect_err(|e| tracing::warn!("DNS reply dropped: {e}"))
+        .ok()
+}
+
+/// The reply to a well-formed query, from `zone`.
+fn answer_from(zone: &Zone, query: &Query) -> Result<Vec<u8>, WireError> {
     let name = normalize(&query.name);
     let in_cluster = name == CLUSTER_DOMAIN || name.ends_with(&format!(".{CLUSTER_DOMAIN}"));
-    if !in_cluster {
-        return Some(answer(&query, ResponseCode::Refused, &[]));
+    if !in_cluster || !query.is_internet_class() {
+        return answer(query, ResponseCode::Refused, &[]);
     }
-    Some(match zone.lookup(&name, query.record_type) {
-        Some(addresses) => answer(&query, ResponseCode::NoError, &addresses),
-        None => answer(&query, ResponseCode::NxDomain, &[]),
-    })
+    match zone.lookup(&name, query.record_type) {
+        Some(addresses) => answer(query, ResponseCode::NoError, &addresses),
+        None => answer(query, ResponseCode::NXDomain, &[]),
+    }
 }
 
 /// Serves DNS over UDP on `address` until the task is dropped.
@@ -187,5 +220,42 @@ mod tests {
         .expect("reply");
         assert_eq!(missing[3] & 0x0f, 3);
         assert!(respond(&zone, &[1, 2, 3]).is_none());
+    }
+
+    fn response_code(reply: &[u8]) -> u8 {
+        reply[3] & 0x0f
+    }
+
+    #[test]
+    fn other_types_and_classes() {
+        let zone = zone();
+        let name = "deathstar.default.svc.cluster.local";
+        // TXT for a known name: NOERROR, no records (NODATA).
+        let nodata = respond(&zone, &wire::tests::query_bytes(2, name, 16)).expect("reply");
+        assert_eq!(response_code(&nodata), 0);
+        assert_eq!(u16::from_be_bytes([nodata[6], nodata[7]]), 0);
+        // Class CH (3) is not where the cluster's names live.
+        let mut chaos = wire::tests::query_bytes(2, name, 1);
+        let class_at = chaos.len() - 1;
+        chaos[class_at] = 3;
+        assert_eq!(response_code(&respond(&zone, &chaos).expect("reply")), 5);
+    }
+
+    #[test]
+    fn broken_queries_get_formerr_and_edns_queries_an_opt_record() {
+        let zone = zone();
+        let good = wire::tests::query_bytes(0x77, "deathstar.default.svc.cluster.local", 1);
+        let broken = respond(&zone, &good[..good.len() - 3]).expect("reply");
+        assert_eq!((&broken[0..2], response_code(&broken)), (&[0, 0x77][..], 1));
+
+        let edns = wire::tests::with_edns(good, 1232, 0);
+        let reply = respond(&zone, &edns).expect("reply");
+        assert_eq!(response_code(&reply), 0);
+        assert_eq!(u16::from_be_bytes([reply[6], reply[7]]), 1, "one answer");
+        assert_eq!(
+            u16::from_be_bytes([reply[10], reply[11]]),
+            1,
+            "the OPT record"
+        );
     }
 }
