@@ -227,7 +227,7 @@ VXLAN_MAC_1=0a:58:c0:00:02:01; VXLAN_MAC_2=0a:58:c0:00:02:02
 
 # topology_between_nodes: node1 and node2 joined by an underlay veth pair, a client pod
 # behind node1 and a server pod behind node2, routed as on one node. How node1 reaches
-# node2's pod CIDR is the scenario's (between_nodes).
+# node2's pod CIDR is the scenario's (up).
 topology_between_nodes() {
   say "topology between nodes: $NS_N1, $NS_N2, $NS_XC, $NS_XS"
   local ns
