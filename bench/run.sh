@@ -298,9 +298,11 @@ plain_vxlan() {
 
 # reset_between_nodes: what a cross-node scenario added to the nodes goes (by name): the
 # plain VXLAN devices, the routes to the other node's pod CIDR, and Myelin's overlay device
-# should its datapath process not have removed it.
+# and pins (maps, links: no program stays attached) should its datapath process not have
+# removed them. Runs after the scenario's processes stopped.
 reset_between_nodes() {
   [[ " ${NAMESPACES[*]} " == *" $NS_N1 "* ]] || return 0
+  rm -rf "$BPFFS"/node1-* "$BPFFS"/node2-*
   local ns cidr
   for ns in "$NS_N1" "$NS_N2"; do
     [ "$ns" = "$NS_N1" ] && cidr=$POD_CIDR_2 || cidr=$POD_CIDR_1
