@@ -25,8 +25,30 @@ SCENARIOS = [
     ("node-haproxy", "HAProxy node proxy"),
     ("myelin-l7-node-fixed", "Myelin node proxy, fixed upstream (diagnostic)"),
     ("myelin-l7-node-noagent", "Myelin node proxy, fixed upstream, no agent (diagnostic)"),
+    ("plain-vxlan", "plain kernel VXLAN, no mesh (baseline)"),
+    ("myelin-tunnel", "Myelin tunnel mode (VXLAN, identity in the VNI)"),
+    ("plain-routed", "plain routing, no mesh (baseline)"),
+    ("myelin-native", "Myelin native routing"),
 ]
 LABEL = dict(SCENARIOS)
+
+# Between two nodes: each scenario and the plain kernel path of the same round it is paired
+# with (issue 12). Every other scenario is paired with no-mesh.
+CROSS_NODE = {
+    "plain-vxlan": "plain-vxlan",
+    "myelin-tunnel": "plain-vxlan",
+    "plain-routed": "plain-routed",
+    "myelin-native": "plain-routed",
+}
+# Scenarios without mesh processes (nothing of Myelin's or a proxy's runs).
+NO_MESH = {"no-mesh", "plain-vxlan", "plain-routed"}
+# Scenarios with a raw TCP stream (iperf3) through their path.
+IPERF = {"no-mesh", "myelin-l34"} | set(CROSS_NODE)
+
+
+def baseline(key):
+    """The scenario `key` is paired with: its plain kernel path between nodes, else no mesh."""
+    return CROSS_NODE.get(key, "no-mesh")
 
 # metric name -> how to read it from one raw line
 METRICS = {
@@ -127,6 +149,15 @@ def goals(rows, present, podready):
     ratio_goal("Myelin proxy req/s vs HAProxy (node role)", "myelin-l7-node", "node-haproxy", "rps", 1.2, True)
     ratio_goal("Myelin proxy p99 vs nginx (node role)", "myelin-l7-node", "node-nginx", "p99", 1.0, False)
     ratio_goal("Myelin proxy p99 vs HAProxy (node role)", "myelin-l7-node", "node-haproxy", "p99", 1.0, False)
+    # Between two nodes: at least 0.95× the plain kernel path's throughput, at most 1.05×
+    # its latency (1 / 0.95, rounded as the L3/L4 latency goal).
+    for scen, base, name in (("myelin-tunnel", "plain-vxlan", "tunnel vs plain VXLAN"),
+                             ("myelin-native", "plain-routed", "native vs plain routing")):
+        ratio_goal(f"cross-node {name}: req/s", scen, base, "rps", 0.95, True)
+        ratio_goal(f"cross-node {name}: conn/s", scen, base, "conn_rate", 0.95, True)
+        ratio_goal(f"cross-node {name}: p50", scen, base, "p50", 1.05, False)
+        ratio_goal(f"cross-node {name}: p99", scen, base, "p99", 1.05, False)
+        ratio_goal(f"cross-node {name}: iperf3 Gbit/s", scen, base, "iperf", 0.95, True)
 
     mem = memory_estimate(rows, present)
     lab_rss = (podready or {}).get("node_rss_kib", {}).get("100")
@@ -197,7 +228,9 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         f"- date: {meta['started']} ({meta['seconds']} s); machine: {m['cores']} cores ({m['cpu']}), kernel {m['kernel']}",
         f"- command: `{meta['command']}`",
         f"- server: {meta['server']} (one worker), client and server in their own network namespaces, routed "
-        f"through a node namespace; system under test pinned to cpu0, generator to cpu1; "
+        f"through a node namespace"
+        f"{' (between nodes: client pod on node1, server pod on node2, an underlay veth pair between them)' if present & set(CROSS_NODE) else ''}"
+        f"; system under test pinned to cpu0, generator to cpu1; "
         f"{meta['rounds']} interleaved round(s); medians (min–max).",
         f"- noisy: {meta['noisy_runs']} of {meta['runs']} runs had other work on the machine "
         f"(more than 0.05 cores busy with work not started by the harness during the open-loop window; "
@@ -208,7 +241,7 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         lines.append("- **smoke run**: one short round, numbers only prove the harness works.")
     lines += [
         "",
-        "### Goals (issue 7), ratios paired within each round",
+        "### Goals (issues 7 and 12), ratios paired within each round",
         "",
         "| goal | measured | target | status |",
         "| --- | --- | --- | --- |",
@@ -234,23 +267,28 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         "connection (`myelin-bench grpc-load`), through the same path. RSS: the mesh's own processes. "
         "Policy checked: after each run, a connection to a port the L3/L4 policy does not admit was "
         "dropped (L4 drop) and a request the L7 rules deny (PUT) was answered 403 (L7 403).",
-        "",
-        "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req | iperf3 Gbit/s | gRPC calls/s | mesh RSS MiB | policy checked |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for key, label in SCENARIOS:
-        if key not in present:
-            continue
-        s = summary[key]
-        r = ratios.get(key, {}).get("rps")
-        rss = s["rss"]
-        rss_mib = None if rss is None else {k: (v / 1024 if k != "n" else v) for k, v in rss.items()}
-        lines.append(
-            f"| {label} | {cell(s['rps'])} | {fmt(r['median']) if r else '—'} | {cell(s['conn_rate'])} | "
-            f"{cell(s['p50'], 3)} | {cell(s['p90'], 3)} | {cell(s['p99'], 3)} | {cell(s['p999'], 3)} | "
-            f"{cell(s['cpu'], 1)} | {cell(mesh_cpu.get(key), 1)} | {cell(s['iperf'])} | {cell(s['grpc'])} | "
-            f"{'—' if not rss or rss['median'] == 0 else cell(rss_mib, 1)} | {enforcement(rows, key)} |"
-        )
+    single = [k for k, _ in SCENARIOS if k in present and k not in CROSS_NODE]
+    if single:
+        lines += ["", *TABLE_HEAD, *figure_rows(rows, summary, ratios, mesh_cpu, single)]
+    cross = [k for k, _ in SCENARIOS if k in present and k in CROSS_NODE]
+    if cross:
+        lines += [
+            "",
+            "### Between two nodes",
+            "",
+            "Client pod on node1, server pod on node2 (pod to pod, no ClusterIP), the nodes joined by an "
+            "underlay veth pair. Tunnel: pods at MTU 1450; plain VXLAN is one kernel VXLAN device per node "
+            "(VNI 1, static routes, neighbours and FDB entries), Myelin's is its collect-metadata device with "
+            "the sender's identity in the VNI. Native: pods at MTU 1500, each node routes the other's pod "
+            "CIDR via its underlay address; Myelin adds its programs (from_underlay on the underlay link). "
+            "Ratio and mesh CPU: against the plain path of the same routing, same round (the goals "
+            "above give every paired ratio). Policy checked: the server's ingress policy admits the "
+            "client pod's identity on 80 and 5201 only; L4 drop: a connection to 81 was dropped.",
+            "",
+            *TABLE_HEAD,
+            *figure_rows(rows, summary, ratios, mesh_cpu, cross),
+        ]
     if mem:
         lines += [
             "",
@@ -286,6 +324,30 @@ def markdown(meta, rows, summary, ratios, goal_rows, mem, present, smoke, mesh_c
         lines += ["", "### Pending", ""]
         lines += [f"- {what}: {why}." for what, why in PENDING]
     return "\n".join(lines) + "\n"
+
+
+TABLE_HEAD = [
+    "| scenario | req/s | ratio | conn/s | p50 ms | p90 ms | p99 ms | p99.9 ms | CPU µs/req | mesh CPU µs/req "
+    "| iperf3 Gbit/s | gRPC calls/s | mesh RSS MiB | policy checked |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+]
+
+
+def figure_rows(rows, summary, ratios, mesh_cpu, keys):
+    """One table row per scenario in `keys`: its figures, its req/s ratio to its baseline."""
+    out = []
+    for key in keys:
+        s = summary[key]
+        r = ratios.get(key, {}).get("rps")
+        rss = s["rss"]
+        rss_mib = None if rss is None else {k: (v / 1024 if k != "n" else v) for k, v in rss.items()}
+        out.append(
+            f"| {LABEL[key]} | {cell(s['rps'])} | {fmt(r['median']) if r else '—'} | {cell(s['conn_rate'])} | "
+            f"{cell(s['p50'], 3)} | {cell(s['p90'], 3)} | {cell(s['p99'], 3)} | {cell(s['p999'], 3)} | "
+            f"{cell(s['cpu'], 1)} | {cell(mesh_cpu.get(key), 1)} | {cell(s['iperf'])} | {cell(s['grpc'])} | "
+            f"{'—' if not rss or rss['median'] == 0 else cell(rss_mib, 1)} | {enforcement(rows, key)} |"
+        )
+    return out
 
 
 def svg(summary, present, meta):
@@ -342,13 +404,13 @@ def check_smoke(rows, present):
             load = r["load"]
             if not load["ok"] > 0 or load["non_2xx"] or load["errors"]:
                 problems.append(f"{key}: open-loop run: {load['ok']} ok, {load['non_2xx']} non-2xx, {load['errors']} errors")
-            if key in ("no-mesh", "myelin-l34") and not (r["iperf_gbps"] or 0) > 0:
+            if key in IPERF and not (r["iperf_gbps"] or 0) > 0:
                 problems.append(f"{key}: no iperf3 throughput")
             if key in ("no-mesh", "myelin-l34", "myelin-l7-node"):
                 grpc = r.get("grpc") or {}
                 if not grpc.get("ok") or grpc.get("errors"):
                     problems.append(f"{key}: gRPC calls: {grpc.get('ok')} ok, {grpc.get('errors')} errors")
-            if key not in ("no-mesh",) and not r["mesh_rss_kib"] > 0:
+            if key not in NO_MESH and not r["mesh_rss_kib"] > 0:
                 problems.append(f"{key}: no mesh RSS")
             if r.get("l4_denies") == 0:
                 problems.append(f"{key}: a connection the L3/L4 policy does not admit got through")
@@ -419,9 +481,11 @@ def main():
     summary = {k: {m: stats([f(r) for r in rows if r["scenario"] == k]) for m, f in METRICS.items()}
                for k in present}
     ratios = {}
-    if "no-mesh" in present:
-        for k in present:
-            ratios[k] = {m: paired_ratio(rows, k, "no-mesh", m) for m in ("rps", "conn_rate", "p50", "p99", "cpu")}
+    for k in present:
+        if baseline(k) in present:
+            ratios[k] = {m: paired_ratio(rows, k, baseline(k), m)
+                         for m in ("rps", "conn_rate", "p50", "p99", "cpu", "iperf")}
+    mesh_cpu = {k: paired_diff(rows, k, baseline(k), "cpu") for k in present if baseline(k) in present}
     noisy = sum(1 for r in rows if r["compilers_running"] > 0 or r["load"]["other_cores"] > 0.05)
     other = statistics.median([r["load"]["other_cores"] for r in rows]) if rows else 0
     meta = {"started": args.started, "seconds": args.seconds, "command": args.command, "rate": args.rate,
@@ -448,14 +512,14 @@ def main():
             soak = json.load(f)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "summary": summary, "ratios_vs_no_mesh": ratios,
-                   "mesh_cpu_us_per_req": {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present
-                                           if "no-mesh" in present},
+        json.dump({"meta": meta, "summary": summary,
+                   "ratios_vs_no_mesh": {k: v for k, v in ratios.items() if k not in CROSS_NODE},
+                   "ratios_vs_plain_path_between_nodes": {k: v for k, v in ratios.items() if k in CROSS_NODE},
+                   "mesh_cpu_us_per_req": mesh_cpu,
                    "goals": goal_rows,
                    "memory_estimate": mem, "podready": podready,
                    "policy_resolution": resolve, "kernel_events": events, "proxy_soak": soak,
                    "raw": rows}, f, indent=1)
-    mesh_cpu = {k: paired_diff(rows, k, "no-mesh", "cpu") for k in present if "no-mesh" in present}
     md = markdown(meta, rows, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu, podready, resolve, events)
     md += soak_markdown(soak)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:

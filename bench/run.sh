@@ -11,12 +11,17 @@
 #            0 with --scenario)  --no-build  --out DIR  --keep (keep the temp dir with the logs)
 #            --soak CONNECTIONS (proxy memory storm; default 10000, 1000 with --smoke, 0 with --scenario)
 #
-# Run as root. Nothing leaves the namespaces created here (mb-<pid>-client, -server, -node);
-# they and every process started here are removed by name/PID on exit, failure or Ctrl-C.
+# Run as root. Nothing leaves the namespaces created here (mb-<pid>-client, -server, -node;
+# for the cross-node scenarios -node1, -node2, -xclient, -xserver); they and every process
+# started here are removed by name/PID on exit, failure or Ctrl-C.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ALL_SCENARIOS=(no-mesh myelin-l34 myelin-l7-node sidecar-myelin sidecar-nginx sidecar-haproxy node-nginx node-haproxy)
+ALL_SCENARIOS=(no-mesh myelin-l34 myelin-l7-node sidecar-myelin sidecar-nginx sidecar-haproxy node-nginx node-haproxy
+  plain-vxlan myelin-tunnel plain-routed myelin-native)
+# Between two nodes (client pod on node1, server pod on node2), each Myelin routing mode next
+# to the plain kernel path it is compared with.
+CROSS_NODE_SCENARIOS=(plain-vxlan myelin-tunnel plain-routed myelin-native)
 # Diagnostics, run only when named: Myelin's node proxy as a fixed-upstream listener the
 # client connects to (no datapath), with the agent stand-in and without it (events dropped).
 EXTRA_SCENARIOS=(myelin-l7-node-fixed myelin-l7-node-noagent)
@@ -33,7 +38,7 @@ PODREADY=""
 SOAK=""
 SCENARIOS=()
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -125,6 +130,12 @@ ID=$$
 TMP=$(mktemp -d "/tmp/myelin-bench.$ID.XXXX")
 NS_C="mb-$ID-client"; NS_S="mb-$ID-server"; NS_N="mb-$ID-node"
 VETH_C="mb${ID}c"; VETH_S="mb${ID}s"
+# Cross-node: two nodes, an underlay veth pair between them, a client pod on node1 and a
+# server pod on node2; the plain-vxlan scenario's VXLAN device (one per node).
+NS_N1="mb-$ID-node1"; NS_N2="mb-$ID-node2"; NS_XC="mb-$ID-xclient"; NS_XS="mb-$ID-xserver"
+VETH_U1="mb${ID}u1"; VETH_U2="mb${ID}u2"; VETH_XC="mb${ID}xc"; VETH_XS="mb${ID}xs"
+VXLAN_DEV="mb${ID}vx"
+NAMESPACES=()  # every namespace built, in the order built
 BPFFS="$TMP/bpffs"
 PIDS=()        # every process started here, stopped by PID
 FAILED=1
@@ -144,7 +155,7 @@ cleanup() {
   [ "${#PIDS[@]}" -eq 0 ] || stop_pids "${PIDS[@]}"
   mountpoint -q "$BPFFS" 2>/dev/null && umount "$BPFFS"
   local ns
-  for ns in "$NS_C" "$NS_S" "$NS_N"; do
+  for ns in "$NS_C" "$NS_S" "$NS_N" "$NS_XC" "$NS_XS" "$NS_N1" "$NS_N2"; do
     ip netns list | grep -qw "^$ns" && ip netns del "$ns"
   done
   if [ "$FAILED" = 1 ] || [ "$KEEP" = 1 ]; then
@@ -158,15 +169,20 @@ trap 'exit 130' INT TERM
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
+# add_namespace NS: a namespace with loopback up and the sockets' limits the load needs.
+add_namespace() {
+  local ns=$1
+  ip netns add "$ns"
+  NAMESPACES+=("$ns")
+  in_ns "$ns" ip link set lo up
+  in_ns "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 \
+    net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
+}
+
 topology() {
   say "topology: $NS_C, $NS_S, $NS_N"
   local ns
-  for ns in "$NS_C" "$NS_S" "$NS_N"; do
-    ip netns add "$ns"
-    in_ns "$ns" ip link set lo up
-    in_ns "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_tw_reuse=1 \
-      net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192
-  done
+  for ns in "$NS_C" "$NS_S" "$NS_N"; do add_namespace "$ns"; done
   in_ns "$NS_N" sysctl -qw net.ipv4.ip_forward=1
   # The L7 redirect's local delivery, as myelin_datapath::proxy_routing sets it up in the
   # lab: packets the datapath hands to the proxy carry mark 0x200/0xf00 and are delivered
@@ -194,6 +210,107 @@ CLIENT_IP=10.250.1.2; SERVER_IP=10.250.2.2; NODE_IP=10.250.1.1
 VIP=10.96.0.10   # the server's ClusterIP: exists only as a translation in Myelin's programs
 GRPC_PORT=50051
 NODE_PORT=8080; PROXY_PORT=15001; CLIENT_SIDECAR=127.0.0.1:15001; SERVER_SIDECAR="$SERVER_IP:15006"
+
+# Cross-node addresses: each node's pod CIDR (the lab's 10.244.N.0/24 pattern), its gateway
+# on the pod's host veth, the underlay (documentation addresses, on the veth pair only).
+XCLIENT_IP=10.244.1.2; XSERVER_IP=10.244.2.2
+POD_CIDR_1=10.244.1.0/24; POD_CIDR_2=10.244.2.0/24
+UNDERLAY_1=192.0.2.1; UNDERLAY_2=192.0.2.2
+# The pods' MTU in tunnel mode, both Myelin's and plain VXLAN's: the underlay's 1500 less
+# VXLAN over IPv4 (myelin_datapath::pod_mtu; the kernel gives a VXLAN device the same).
+TUNNEL_POD_MTU=1450
+# Identities: myelin-bench datapath numbers a node's endpoints from its --identity-base;
+# node1's base is 10000, node2's 10100, so the client pod is 10001, the server pod 10101.
+XCLIENT_IDENTITY=10001; XSERVER_IDENTITY=10101
+# The plain-vxlan devices' MACs (each node's neighbour entry for the other's device).
+VXLAN_MAC_1=0a:58:c0:00:02:01; VXLAN_MAC_2=0a:58:c0:00:02:02
+
+# topology_between_nodes: node1 and node2 joined by an underlay veth pair, a client pod
+# behind node1 and a server pod behind node2, routed as on one node. How node1 reaches
+# node2's pod CIDR is the scenario's (up).
+topology_between_nodes() {
+  say "topology between nodes: $NS_N1, $NS_N2, $NS_XC, $NS_XS"
+  local ns
+  for ns in "$NS_XC" "$NS_XS" "$NS_N1" "$NS_N2"; do add_namespace "$ns"; done
+  for ns in "$NS_N1" "$NS_N2"; do
+    in_ns "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0 \
+      net.ipv4.conf.default.rp_filter=0
+  done
+  ip link add "$VETH_U1" netns "$NS_N1" type veth peer name "$VETH_U2" netns "$NS_N2"
+  in_ns "$NS_N1" ip addr add "$UNDERLAY_1/24" dev "$VETH_U1"
+  in_ns "$NS_N2" ip addr add "$UNDERLAY_2/24" dev "$VETH_U2"
+  in_ns "$NS_N1" ip link set "$VETH_U1" up
+  in_ns "$NS_N2" ip link set "$VETH_U2" up
+  local node pod veth gateway address
+  for node in 1 2; do
+    if [ "$node" = 1 ]; then
+      ns=$NS_N1; pod=$NS_XC; veth=$VETH_XC; gateway=10.244.1.1; address=$XCLIENT_IP
+    else
+      ns=$NS_N2; pod=$NS_XS; veth=$VETH_XS; gateway=10.244.2.1; address=$XSERVER_IP
+    fi
+    ip link add "$veth" netns "$ns" type veth peer name eth0 netns "$pod"
+    in_ns "$ns" ip addr add "$gateway/24" dev "$veth"
+    in_ns "$ns" ip link set "$veth" up
+    in_ns "$pod" ip addr add "$address/24" dev eth0
+    in_ns "$pod" ip link set eth0 up
+    in_ns "$pod" ip route add default via "$gateway"
+  done
+}
+
+# pod_mtu_between_nodes MTU: both cross-node pods' interfaces, both ends of their veths.
+pod_mtu_between_nodes() {
+  local mtu=$1
+  in_ns "$NS_XC" ip link set eth0 mtu "$mtu"
+  in_ns "$NS_N1" ip link set "$VETH_XC" mtu "$mtu"
+  in_ns "$NS_N2" ip link set "$VETH_XS" mtu "$mtu"
+  in_ns "$NS_XS" ip link set eth0 mtu "$mtu"
+}
+
+# routes_between_nodes: each node routes the other's pod CIDR via its underlay address (the
+# lab's native routing; no encapsulation).
+routes_between_nodes() {
+  in_ns "$NS_N1" ip route add "$POD_CIDR_2" via "$UNDERLAY_2"
+  in_ns "$NS_N2" ip route add "$POD_CIDR_1" via "$UNDERLAY_1"
+}
+
+# plain_vxlan: a kernel VXLAN device per node (VNI 1, Myelin's UDP port), no programs;
+# static routes, neighbours and FDB entries as flannel's VXLAN backend writes them: node1
+# routes node2's pod CIDR via node2's device address (onlink), whose MAC is a permanent
+# neighbour, whose FDB entry is node2's underlay address; and the other way round.
+plain_vxlan() {
+  local node ns underlay local_ip remote_ip mac remote_mac remote_cidr gateway
+  for node in 1 2; do
+    if [ "$node" = 1 ]; then
+      ns=$NS_N1; underlay=$VETH_U1; local_ip=$UNDERLAY_1; remote_ip=$UNDERLAY_2
+      mac=$VXLAN_MAC_1; remote_mac=$VXLAN_MAC_2; remote_cidr=$POD_CIDR_2; gateway=10.244.2.0
+    else
+      ns=$NS_N2; underlay=$VETH_U2; local_ip=$UNDERLAY_2; remote_ip=$UNDERLAY_1
+      mac=$VXLAN_MAC_2; remote_mac=$VXLAN_MAC_1; remote_cidr=$POD_CIDR_1; gateway=10.244.1.0
+    fi
+    in_ns "$ns" ip link add "$VXLAN_DEV" type vxlan id 1 local "$local_ip" dev "$underlay" \
+      dstport 8472 nolearning
+    in_ns "$ns" ip link set "$VXLAN_DEV" address "$mac" mtu "$TUNNEL_POD_MTU" up
+    in_ns "$ns" ip route add "$remote_cidr" via "$gateway" dev "$VXLAN_DEV" onlink
+    in_ns "$ns" ip neigh add "$gateway" lladdr "$remote_mac" dev "$VXLAN_DEV" nud permanent
+    in_ns "$ns" bridge fdb append "$remote_mac" dev "$VXLAN_DEV" dst "$remote_ip"
+  done
+}
+
+# reset_between_nodes: what a cross-node scenario added to the nodes goes (by name): the
+# plain VXLAN devices, the routes to the other node's pod CIDR, and Myelin's overlay device
+# and pins (maps, links: no program stays attached) should its datapath process not have
+# removed them. Runs after the scenario's processes stopped.
+reset_between_nodes() {
+  [[ " ${NAMESPACES[*]} " == *" $NS_N1 "* ]] || return 0
+  rm -rf "$BPFFS"/node1-* "$BPFFS"/node2-*
+  local ns cidr
+  for ns in "$NS_N1" "$NS_N2"; do
+    [ "$ns" = "$NS_N1" ] && cidr=$POD_CIDR_2 || cidr=$POD_CIDR_1
+    in_ns "$ns" ip link del "$VXLAN_DEV" 2>/dev/null || true
+    in_ns "$ns" ip link del myelin_vxlan 2>/dev/null || true
+    in_ns "$ns" ip route del "$cidr" 2>/dev/null || true
+  done
+}
 
 # --- processes --------------------------------------------------------------------------
 SC_PIDS=()     # processes of the running scenario (system under test)
@@ -237,6 +354,7 @@ stop_scenario() {
     [ "$s" = 0 ] || keep+=("$pid")
   done
   PIDS=("${keep[@]+"${keep[@]}"}"); SC_PIDS=(); MESH_PIDS=()
+  reset_between_nodes
 }
 
 nginx_conf() { # nginx_conf FILE BODY: one worker, keep-alive, no logs
@@ -264,11 +382,11 @@ start_server() {
   case "$SERVER" in
     nginx)
       nginx_conf "$TMP/server.conf" '  server { listen 80 backlog=8192; location / { return 200 "ok\n"; } }'
-      start server "$NS_S" nginx -c "$TMP/server.conf" ;;
+      start server "$SERVER_NS" nginx -c "$TMP/server.conf" ;;
     deathstar)
-      start server "$NS_S" "$BIN/myelin" app deathstar ;;
+      start server "$SERVER_NS" "$BIN/myelin" app deathstar ;;
   esac
-  wait_tcp "$NS_S" "$SERVER_IP:80"
+  wait_tcp "$SERVER_NS" "$SERVER_ADDR:80"
 }
 
 # proxy_nginx NAME NS LISTEN UPSTREAM
@@ -344,16 +462,46 @@ agent_and_proxy() {
   wait_log "$LOGS/proxy.log" "proxy listening" "$LAST_PID"
 }
 
+# datapath_between_nodes ROUTING: Myelin's programs on both nodes, each attached as that
+# node's agent attaches them in ROUTING mode (tunnel: the overlay device, the other node's
+# pod CIDR as tunnel endpoint and route into the device; native: from_underlay on the
+# underlay link), each node's ipcache holding the other's pod; the server pod admits the
+# client pod's identity (tunnel: the VNI's; native: node2's ipcache) on 80 and 5201 only.
+datapath_between_nodes() {
+  local routing=$1 node1=() node2=()
+  if [ "$routing" = tunnel ]; then
+    node1=(--remote-node "$POD_CIDR_2=$UNDERLAY_2"); node2=(--remote-node "$POD_CIDR_1=$UNDERLAY_1")
+  fi
+  start datapath-node1 "$NS_N1" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node1-$RANDOM" \
+    --endpoint "$VETH_XC=$XCLIENT_IP@$(pod_mac "$NS_XC")" --identity-base 10000 \
+    --routing "$routing" --node-address "$UNDERLAY_1" --remote-pod "$XSERVER_IP=$XSERVER_IDENTITY" \
+    "${node1[@]+"${node1[@]}"}"
+  MESH_PIDS+=("$LAST_PID")
+  wait_log "$LOGS/datapath-node1.log" "datapath attached" "$LAST_PID"
+  start datapath-node2 "$NS_N2" "$BIN/myelin-bench" datapath --pin-dir "$BPFFS/node2-$RANDOM" \
+    --endpoint "$VETH_XS=$XSERVER_IP@$(pod_mac "$NS_XS")" --identity-base 10100 \
+    --routing "$routing" --node-address "$UNDERLAY_2" --remote-pod "$XCLIENT_IP=$XCLIENT_IDENTITY" \
+    --ingress "$VETH_XS:$XCLIENT_IP:80" --ingress "$VETH_XS:$XCLIENT_IP:5201" \
+    "${node2[@]+"${node2[@]}"}"
+  MESH_PIDS+=("$LAST_PID")
+  wait_log "$LOGS/datapath-node2.log" "datapath attached" "$LAST_PID"
+}
+
 start_grpc_server() {
   start grpc-server "$NS_S" "$BIN/myelin-bench" grpc-server --listen "$SERVER_IP:$GRPC_PORT"
   wait_tcp "$NS_S" "$SERVER_IP:$GRPC_PORT"
 }
 
-# Brings scenario $1 up; sets TARGET (what the client connects to), IPERF_TARGET (when a
-# raw TCP stream crosses the same path), GRPC_TARGET (gRPC unary calls through the path),
-# L4_POLICY and L7_POLICY (what the path enforces).
+# Brings scenario $1 up; sets CLIENT_NS, SERVER_NS and SERVER_ADDR (where the client and
+# the server run), TARGET (what the client connects to), IPERF_TARGET (when a raw TCP stream
+# crosses the same path), GRPC_TARGET (gRPC unary calls through the path), L4_POLICY and
+# L7_POLICY (what the path enforces).
 up() {
-  TARGET="$SERVER_IP:80"; IPERF_TARGET=""; GRPC_TARGET=""; L4_POLICY=0; L7_POLICY=0
+  CLIENT_NS=$NS_C; SERVER_NS=$NS_S; SERVER_ADDR=$SERVER_IP
+  case " ${CROSS_NODE_SCENARIOS[*]} " in
+    *" $1 "*) CLIENT_NS=$NS_XC; SERVER_NS=$NS_XS; SERVER_ADDR=$XSERVER_IP ;;
+  esac
+  TARGET="$SERVER_ADDR:80"; IPERF_TARGET=""; GRPC_TARGET=""; L4_POLICY=0; L7_POLICY=0
   start_server
   case "$1" in
     no-mesh)
@@ -398,11 +546,34 @@ up() {
     node-haproxy)
       proxy_haproxy node-proxy "$NS_N" "$NODE_IP:$NODE_PORT" "$SERVER_IP:80"
       TARGET="$NODE_IP:$NODE_PORT" ;;
+    plain-vxlan)
+      # Pod to pod over a plain kernel VXLAN device per node: no programs.
+      pod_mtu_between_nodes "$TUNNEL_POD_MTU"
+      plain_vxlan
+      IPERF_TARGET=$XSERVER_IP ;;
+    myelin-tunnel)
+      # Pod to pod through Myelin's overlay: the sender's identity in the VNI, the server's
+      # ingress policy decided with it.
+      pod_mtu_between_nodes "$TUNNEL_POD_MTU"
+      datapath_between_nodes tunnel
+      IPERF_TARGET=$XSERVER_IP; L4_POLICY=1 ;;
+    plain-routed)
+      # Pod to pod over the nodes' routes: no programs.
+      pod_mtu_between_nodes 1500
+      routes_between_nodes
+      IPERF_TARGET=$XSERVER_IP ;;
+    myelin-native)
+      # The same routes with Myelin's programs in native routing: the server's ingress policy
+      # decided with the client's identity from node2's ipcache.
+      pod_mtu_between_nodes 1500
+      routes_between_nodes
+      datapath_between_nodes native
+      IPERF_TARGET=$XSERVER_IP; L4_POLICY=1 ;;
   esac
 }
 
 # --- measurements -----------------------------------------------------------------------
-gen() { ip netns exec "$NS_C" taskset -c "$GEN_CPU" "$@"; }
+gen() { ip netns exec "$CLIENT_NS" taskset -c "$GEN_CPU" "$@"; }
 
 # iperf_gbps: one iperf3 run against $IPERF_TARGET, in Gbit/s; on failure prints iperf3's
 # own error and fails (on a loaded machine its control connection sometimes breaks: the
@@ -445,7 +616,7 @@ rss_kib() { # total VmRSS of the given PIDs and their descendants
 # 0 when it is refused by the server's stack (no policy on the path).
 l4_denies() {
   local rc=0
-  ip netns exec "$NS_C" timeout 1 bash -c "exec 3<>/dev/tcp/$SERVER_IP/81" 2>/dev/null || rc=$?
+  ip netns exec "$CLIENT_NS" timeout 1 bash -c "exec 3<>/dev/tcp/$SERVER_ADDR/81" 2>/dev/null || rc=$?
   [ "$rc" = 124 ] && echo 1 || echo 0
 }
 
@@ -454,7 +625,7 @@ l4_denies() {
 l7_denies() {
   local status try
   for try in 1 2 3; do
-    status=$(ip netns exec "$NS_C" timeout 4 bash -c "exec 3<>/dev/tcp/${TARGET%:*}/${TARGET##*:}
+    status=$(ip netns exec "$CLIENT_NS" timeout 4 bash -c "exec 3<>/dev/tcp/${TARGET%:*}/${TARGET##*:}
       printf 'PUT $REQ_PATH HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
       head -n1 <&3" 2>/dev/null || true)
     case "$status" in *" 403 "*) echo 1; return ;; esac
@@ -487,11 +658,12 @@ wait_quiet() {
 
 others_compiling() { ps -eo comm= | grep -cE '^(rustc|cc1|cc1plus|ld|cargo)$' || true; }
 
-# summary FILE PATTERN: the helper's closing line matching PATTERN, as a JSON string.
+# summary PATTERN FILE...: the helpers' closing lines matching PATTERN, as one JSON string.
 summary() {
-  python3 -c 'import json,sys
-lines = [l.strip() for l in open(sys.argv[1], errors="replace") if sys.argv[2] in l] if __import__("os").path.exists(sys.argv[1]) else []
-print(json.dumps(" | ".join(lines)) if lines else "null")' "$1" "$2"
+  python3 -c 'import json, os, sys
+lines = [l.strip() for path in sys.argv[2:] if os.path.exists(path)
+         for l in open(path, errors="replace") if sys.argv[1] in l]
+print(json.dumps(" | ".join(lines)) if lines else "null")' "$@"
 }
 
 measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
@@ -504,7 +676,7 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   # ClusterIP: the VIP) carries timestamps the server's TIME_WAIT socket rejects (PAWS), a
   # retransmission each, which halved the connection rate of whichever scenario came next.
   local ns
-  for ns in "$NS_C" "$NS_S" "$NS_N"; do in_ns "$ns" ss -K state time-wait >/dev/null 2>&1 || true; done
+  for ns in "${NAMESPACES[@]}"; do in_ns "$ns" ss -K state time-wait >/dev/null 2>&1 || true; done
   up "$scenario"
   wrk_run "$WARMUP" "$CONNS" >/dev/null
   local busy_before busy_after
@@ -522,8 +694,8 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   fi
   local iperf=null
   if [ -n "$IPERF_TARGET" ]; then
-    start iperf-server "$NS_S" iperf3 -s -B "$SERVER_IP"
-    wait_tcp "$NS_S" "$SERVER_IP:5201"
+    start iperf-server "$SERVER_NS" iperf3 -s -B "$SERVER_ADDR"
+    wait_tcp "$SERVER_NS" "$SERVER_ADDR:5201"
     iperf=$(iperf_gbps) || iperf=$(iperf_gbps) || die "iperf3 failed twice against $IPERF_TARGET: $iperf"
   fi
   busy_after=$(others_compiling)
@@ -535,8 +707,8 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
   stop_scenario
   # The helpers' closing lines: packets and events the datapath saw, L7 events consumed.
   local dp ag
-  dp=$(summary "$LOGS/datapath.log" "events read")
-  ag=$(summary "$LOGS/agent.log" "L7 events consumed")
+  dp=$(summary "events read" "$LOGS/datapath.log" "$LOGS/datapath-node1.log" "$LOGS/datapath-node2.log")
+  ag=$(summary "L7 events consumed" "$LOGS/agent.log")
   printf '{"scenario":"%s","round":%d,"rps":%s,"rps_non_2xx":%s,"rps_errors":%s,"conn_rate":%s,"conn_non_2xx":%s,"conn_errors":%s,"iperf_gbps":%s,"mesh_rss_kib":%s,"mesh_processes":%d,"l4_denies":%s,"l7_denies":%s,"compilers_running":%d,"datapath_events":%s,"agent_events":%s,"grpc":%s,"busy_before_cores":%s,"quiet_wait_s":%s,"load":%s}\n' \
     "$scenario" "$round" "$rps" "$non2xx" "$errs" "$cps" "$cnon2xx" "$cerrs" "$iperf" "$rss" \
     "$meshes" "$l4" "$l7" "$((busy_before + busy_after))" "$dp" "$ag" "$grpc" "$quiet_busy" "$quiet_waited" "$load" >>"$RAW"
@@ -550,6 +722,9 @@ measure() { # measure SCENARIO ROUND: appends one JSON line to $RAW
 
 # --- run --------------------------------------------------------------------------------
 topology
+for s in "${SCENARIOS[@]}"; do
+  case " ${CROSS_NODE_SCENARIOS[*]} " in *" $s "*) topology_between_nodes; break ;; esac
+done
 RAW="$TMP/raw.jsonl"
 : >"$RAW"
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)

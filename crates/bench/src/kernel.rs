@@ -5,8 +5,9 @@
 //! allow rules, or a redirect to the node's L7 proxy) and ClusterIP services, and the trace
 //! and policy-verdict events are read from the ring buffer as the agent's observer does, so
 //! the figures include conntrack, service translation, policy and visibility.
+//! With `--routing` the node has a peer (the cross-node scenarios, [`crate::nodes`]).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -55,21 +56,44 @@ impl FromStr for Endpoint {
     }
 }
 
-/// An ingress rule, written `DEST_IF:PEER_IF:PORT[:PROXY_PORT]`: the endpoint behind
-/// `DEST_IF` accepts TCP to `PORT` from the endpoint behind `PEER_IF` (`any`: from every
-/// identity); with `PROXY_PORT` the connection is redirected to the node's L7 proxy.
+/// An ingress rule, written `DEST_IF:PEER:PORT[:PROXY_PORT]`: the endpoint behind
+/// `DEST_IF` accepts TCP to `PORT` from `PEER` (the endpoint behind that interface, a pod of
+/// the other node by its IPv4 address, or `any`: every identity); with `PROXY_PORT` the
+/// connection is redirected to the node's L7 proxy.
 #[derive(Debug, Clone)]
 pub struct IngressRule {
     dest: String,
-    peer: Option<String>,
+    peer: Peer,
     port: u16,
     proxy_port: Option<u16>,
+}
+
+/// Whom an ingress rule admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Peer {
+    /// Every identity.
+    Any,
+    /// The endpoint behind this interface of the node.
+    Local(String),
+    /// The other node's pod at this address (`--remote-pod`).
+    Remote(Ipv4Addr),
+}
+
+impl Peer {
+    fn parse(text: &str) -> Self {
+        match text {
+            "any" => Self::Any,
+            _ => text
+                .parse()
+                .map_or_else(|_| Self::Local(text.to_string()), Self::Remote),
+        }
+    }
 }
 
 /// Why an `--ingress` value is unusable.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--ingress {0:?}: expected DEST_IF:PEER_IF|any:PORT[:PROXY_PORT], for example mb1s:mb1c:80"
+    "--ingress {0:?}: expected DEST_IF:PEER_IF|PEER_IPV4|any:PORT[:PROXY_PORT], for example mb1s:mb1c:80"
 )]
 pub struct BadIngress(String);
 
@@ -89,7 +113,7 @@ impl FromStr for IngressRule {
         }
         Ok(Self {
             dest: dest.into(),
-            peer: (peer != "any").then(|| peer.to_string()),
+            peer: Peer::parse(peer),
             port: port.parse().map_err(|_| bad())?,
             proxy_port: proxy.map(str::parse).transpose().map_err(|_| bad())?,
         })
@@ -136,31 +160,43 @@ pub struct DatapathArgs {
     /// ClusterIP services (TCP).
     #[arg(long = "service")]
     services: Vec<ServiceArg>,
+    /// The endpoints' security identities are BASE+1, BASE+2, … in `--endpoint` order;
+    /// two nodes take bases far enough apart, as a cluster allocates identities
+    /// cluster-wide.
+    #[arg(long, default_value_t = 10_000)]
+    identity_base: u32,
+    /// The node's peer, for the cross-node scenarios.
+    #[command(flatten)]
+    node: crate::nodes::NodeArgs,
 }
 
 /// Endpoint id and identity of the endpoint behind `ifname`, numbered in `--endpoint` order.
-fn numbering(endpoints: &[Endpoint], ifname: &str) -> anyhow::Result<(u32, u32)> {
+fn numbering(endpoints: &[Endpoint], base: u32, ifname: &str) -> anyhow::Result<(u32, u32)> {
     let n = (1_u32..)
         .zip(endpoints)
         .find(|(_, e)| e.ifname == ifname)
         .map(|(n, _)| n)
         .with_context(|| format!("{ifname} is not one of the --endpoint interfaces"))?;
-    Ok((n, identity(n)))
+    Ok((n, identity(base, n)))
 }
 
 /// The security identity the benchmark gives endpoint number `n`.
-fn identity(n: u32) -> u32 {
-    10_000 + n
+fn identity(base: u32, n: u32) -> u32 {
+    base + n
 }
 
 /// Writes the ingress policies and the services.
 fn program(datapath: &mut Datapath, args: &DatapathArgs) -> anyhow::Result<()> {
     let mut tables: Vec<(u32, PolicyTable)> = Vec::new();
     for (rule_id, rule) in (1_u32..).zip(&args.ingress) {
-        let (endpoint_id, _) = numbering(&args.endpoints, &rule.dest)?;
+        let (endpoint_id, _) = numbering(&args.endpoints, args.identity_base, &rule.dest)?;
         let peer_identity = match &rule.peer {
-            Some(peer) => numbering(&args.endpoints, peer)?.1,
-            None => 0,
+            Peer::Any => 0,
+            Peer::Local(peer) => numbering(&args.endpoints, args.identity_base, peer)?.1,
+            Peer::Remote(ip) => args
+                .node
+                .remote_identity(IpAddr::V4(*ip))
+                .with_context(|| format!("--ingress names {ip}, which no --remote-pod gives"))?,
         };
         let rule = PolicyRule {
             direction: PolicyDirection::Ingress,
@@ -244,11 +280,12 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut datapath = Datapath::load(&args.pin_dir)
             .with_context(|| format!("loading the programs under {}", args.pin_dir.display()))?;
+        let joined = args.node.join(&mut datapath)?;
         let mut attached = Vec::new();
         for (n, endpoint) in (1_u32..).zip(&args.endpoints) {
             let info = EndpointInfo {
                 endpoint_id: n,
-                identity: identity(n),
+                identity: identity(args.identity_base, n),
                 ipv4: endpoint.ipv4.octets(),
                 mac: endpoint.mac.unwrap_or_default(),
                 ..EndpointInfo::default()
@@ -259,14 +296,16 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
             attached.push(attachment);
         }
         program(&mut datapath, args)?;
+        args.node.program(&mut datapath)?;
         let mut reader = datapath
             .event_reader()
             .context("opening the event ring buffer")?;
         println!(
-            "datapath attached to {} endpoints, {} ingress rules, {} services",
+            "datapath attached to {} endpoints, {} ingress rules, {} services, routing to a peer: {}",
             attached.len(),
             args.ingress.len(),
-            args.services.len()
+            args.services.len(),
+            joined.routing()
         );
         let mut events = Vec::new();
         let mut tally = EventTally::default();
@@ -294,6 +333,7 @@ pub fn run(args: &DatapathArgs) -> anyhow::Result<()> {
                 .detach_endpoint(&attachment.ifname, attachment.ifindex)
                 .with_context(|| format!("detaching from {}", attachment.ifname))?;
         }
+        joined.leave(&mut datapath)?;
         eprintln!("datapath: {tally}, {} lost", reader.lost());
         Ok(())
     })
@@ -328,11 +368,13 @@ mod tests {
     fn ingress_rules_parse() {
         let r: IngressRule = "mb1s:mb1c:80".parse().expect("valid");
         assert_eq!(
-            (r.dest.as_str(), r.peer.as_deref(), r.port, r.proxy_port),
-            ("mb1s", Some("mb1c"), 80, None)
+            (r.dest.as_str(), &r.peer, r.port, r.proxy_port),
+            ("mb1s", &Peer::Local("mb1c".into()), 80, None)
         );
         let r: IngressRule = "mb1s:any:80:15001".parse().expect("valid");
-        assert_eq!((r.peer, r.proxy_port), (None, Some(15001)));
+        assert_eq!((r.peer, r.proxy_port), (Peer::Any, Some(15001)));
+        let r: IngressRule = "mb1s:10.244.1.2:80".parse().expect("valid");
+        assert_eq!(r.peer, Peer::Remote(Ipv4Addr::new(10, 244, 1, 2)));
         for bad in [
             "mb1s:mb1c",
             "mb1s:mb1c:http",
@@ -361,9 +403,13 @@ mod tests {
             "mb1s=10.250.2.2".parse().expect("valid"),
         ];
         assert_eq!(
-            numbering(&endpoints, "mb1s").expect("known"),
-            (2, identity(2))
+            numbering(&endpoints, 10_000, "mb1s").expect("known"),
+            (2, 10_002)
         );
-        assert!(numbering(&endpoints, "mb9x").is_err());
+        assert_eq!(
+            numbering(&endpoints, 10_100, "mb1c").expect("known"),
+            (1, 10_101)
+        );
+        assert!(numbering(&endpoints, 10_000, "mb9x").is_err());
     }
 }

@@ -6,7 +6,8 @@
 //! - `proxy`: Myelin's L7 proxy with a fixed-upstream listener (node proxy or sidecar);
 //! - `agent`: a stand-in for the agent's proxy side: it serves the control socket, pushes
 //!   the snapshot and consumes the proxy's L7 events, as the agent does;
-//! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths;
+//! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths, as a
+//!   lone node or as one of two joined by an overlay or by native routes;
 //! - `grpc-server`, `grpc-load`: gRPC unary calls over h2c, for calls per second;
 //! - `soak`: the proxy's memory under a storm of client connections and after it.
 
@@ -15,6 +16,7 @@ mod grpc;
 mod kernel;
 mod load;
 mod mesh;
+mod nodes;
 mod soak;
 
 use clap::{Parser, Subcommand};
