@@ -112,8 +112,8 @@ EOF
   [ -n "$ip" ] || { echo "convergence: conv-$i has no address after apply" >&2; exit 1; }
   ok=$(ip netns exec "$CLIENT_NS" "$BIN/myelin-bench" first-ok --to "$ip:80" --path /v1/healthz \
     --attempt-ms 20 --deadline-s 10) || { echo "convergence: conv-$i not reachable from node3 within 10 s" >&2; exit 1; }
-  ok_ns=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["ok_unix_ns"])' "$ok")
-  echo "$(( (ok_ns - t0) / 1000 )) $(( (applied - t0) / 1000 ))" >>"$TMP/times"
+  read -r ok_ns attempts < <(python3 -c 'import json,sys; r = json.loads(sys.argv[1]); print(r["ok_unix_ns"], r["attempts"])' "$ok")
+  echo "$(( (ok_ns - t0) / 1000 )) $(( (applied - t0) / 1000 )) $attempts" >>"$TMP/times"
 done
 
 # The requests were policed: the rejected peer on node3 times out on the last pod.
@@ -124,16 +124,18 @@ fi
 
 python3 - "$TMP/times" "$PODS" "$policed" "$ROUTING" <<'EOF' | if [ -n "$OUT" ]; then tee "$OUT"; else cat; fi
 import json, statistics, sys
-rows = [tuple(int(v) / 1000 for v in l.split()) for l in open(sys.argv[1]) if l.strip()]
+rows = [[int(v) for v in l.split()] for l in open(sys.argv[1]) if l.strip()]
 def pct(values, p):
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(p / 100 * len(values) + 0.5) - 1))]
-total = [r[0] for r in rows]
-apply = [r[1] for r in rows]
+total = [r[0] / 1000 for r in rows]
+apply = [r[1] / 1000 for r in rows]
+first_try = sum(1 for r in rows if r[2] == 1)
 print(json.dumps({"pods": int(sys.argv[2]), "routing": sys.argv[4],
                   "p50_ms": round(pct(total, 50), 1), "p99_ms": round(pct(total, 99), 1),
                   "min_ms": round(min(total), 1), "max_ms": round(max(total), 1),
                   "mean_ms": round(statistics.mean(total), 1),
                   "apply_p50_ms": round(pct(apply, 50), 1), "apply_p99_ms": round(pct(apply, 99), 1),
+                  "first_attempt_ok": first_try,
                   "policed": sys.argv[3] == "true"}))
 EOF

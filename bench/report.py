@@ -417,6 +417,7 @@ def cluster_markdown(convergence, control_plane):
                   f"(node3's egress policy and ipcache, node1's ingress policy), over {c['pods']} pods: "
                   f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms (min {c['min_ms']}, max {c['max_ms']}); "
                   f"of which `myelin apply` itself p50 {c['apply_p50_ms']} ms, p99 {c['apply_p99_ms']} ms; "
+                  f"the first request after the apply succeeded for {c.get('first_attempt_ok', '—')} pods; "
                   f"policed: {c['policed']}."]
     if control_plane:
         if not convergence:

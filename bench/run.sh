@@ -612,7 +612,7 @@ control_plane_measurement() {
     agents=${size%x*}; endpoints=${size#*x}
     say "control plane: $agents agents x $endpoints endpoints on etcd (myelin-bench control-plane)"
     "$BIN/myelin-bench" control-plane --agents "$agents" --endpoints "$endpoints" --rounds "$rounds" \
-      $([ "$SMOKE" = 1 ] && echo "--identities 20 --settle-ms 200") \
+      $([ "$SMOKE" = 1 ] && echo "--identities 20 --settle-ms 200 --window-ms 200") \
       >>"$TMP/control-plane.json" 2>"$TMP/control-plane.log" \
       || { tail -20 "$TMP/control-plane.log" >&2; die "myelin-bench control-plane failed at $size"; }
   done

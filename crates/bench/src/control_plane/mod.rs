@@ -61,6 +61,10 @@ pub struct ControlPlaneArgs {
     /// Distinct identities (label sets) the endpoints take.
     #[arg(long, default_value_t = 1000)]
     identities: u32,
+    /// A round's writes are spread evenly over this many milliseconds (0: all at once):
+    /// with the default, 1 % churn is 1 % of the endpoints changed per second.
+    #[arg(long, default_value_t = 1000)]
+    window_ms: u64,
     /// Pause between churn rounds, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     settle_ms: u64,
@@ -224,6 +228,7 @@ async fn bench(args: &ControlPlaneArgs, etcd: &EtcdServer, dir: &Path) -> anyhow
         "endpoints": total,
         "identities": args.identities,
         "churn": args.churn,
+        "window_ms": args.window_ms,
         "changes_per_round": changes_per_round,
         "rounds": args.rounds,
         "watchers": watchers,
@@ -372,9 +377,9 @@ fn forward_sightings(stdout: BufReader<ChildStdout>, tracker: &Tracker) {
     }
 }
 
-/// One churn round: every agent changes its share of endpoints at once (even rounds give
-/// an endpoint another identity, odd ones replace it by a new address); waits until every
-/// watcher saw every change.
+/// One churn round: every agent changes its share of endpoints (even rounds give an
+/// endpoint another identity, odd ones replace it by a new address), the writes spread
+/// over the round's window; waits until every watcher saw every change.
 async fn churn(
     args: &ControlPlaneArgs,
     agents: &mut [LightAgent],
@@ -413,10 +418,14 @@ async fn churn(
     let round = Arc::new(Round::new(&plan.iter().map(|(_, _, e)| (e.ip, e.identity)).collect::<Vec<_>>()));
     tracker.start(round.clone());
     let started = monotonic_ns();
+    let start = tokio::time::Instant::now();
+    let changes = plan.len().max(1) as u64;
     let mut tasks = JoinSet::new();
     for (index, (a, old, endpoint)) in plan.into_iter().enumerate() {
         let (session, round) = (agents[a].session.clone(), round.clone());
+        let at = start + Duration::from_millis(args.window_ms * index as u64 / changes);
         tasks.spawn(async move {
+            tokio::time::sleep_until(at).await;
             round.issue(index, monotonic_ns());
             if let Some(old) = old {
                 session.withdraw_endpoint(old).await?;
@@ -448,6 +457,7 @@ async fn churn(
         "round": r,
         "kind": if r % 2 == 0 { "identity changed" } else { "replaced" },
         "changes": round.len(),
+        "window_ms": args.window_ms,
         "writes_ms": ms(written - started),
         "converged_ms": ms(round.last_sighting().saturating_sub(started)),
     });
