@@ -68,6 +68,9 @@ pub struct ControlPlaneArgs {
     /// Pause between churn rounds, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     settle_ms: u64,
+    /// Diagnostic: the full agent leaves out the proxy's view of remote identities.
+    #[arg(long)]
+    without_proxy_view: bool,
     /// Agents writing at once while the cluster is populated.
     #[arg(long, default_value_t = 64)]
     writers: usize,
@@ -94,13 +97,22 @@ pub fn run(args: &ControlPlaneArgs) -> anyhow::Result<()> {
         .context("building the runtime")?;
     // Ctrl-C or SIGTERM ends the run with an error, so that etcd (a process group of its
     // own) is stopped here too.
+    // The agents' watches decode on threads of their own, so that a flood of events delays
+    // the writers only as much as the kernel's scheduler does, not a shared task queue.
+    let watchers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("watchers")
+        .enable_all()
+        .build()
+        .context("building the watchers' runtime")?;
     let report = runtime.block_on(async {
         tokio::select! {
-            report = bench(args, &etcd, &dir.0) => report,
+            report = bench(args, &etcd, &dir.0, watchers.handle()) => report,
             stopped = crate::wait_for_stop() => stopped.and_then(|()| bail!("stopped by a signal")),
         }
     });
     // The agents' connections go before etcd does.
+    watchers.shutdown_timeout(Duration::from_secs(5));
     runtime.shutdown_timeout(Duration::from_secs(5));
     etcd.stop();
     println!("{}", serde_json::to_string(&report?)?);
@@ -144,7 +156,12 @@ impl Drop for FullAgent {
     }
 }
 
-async fn bench(args: &ControlPlaneArgs, etcd: &EtcdServer, dir: &Path) -> anyhow::Result<serde_json::Value> {
+async fn bench(
+    args: &ControlPlaneArgs,
+    etcd: &EtcdServer,
+    dir: &Path,
+    watchers: &tokio::runtime::Handle,
+) -> anyhow::Result<serde_json::Value> {
     let member = &etcd.members()[0];
     let address = member.client_address();
     let pid = member.pid().context("etcd is not running")?;
@@ -180,13 +197,18 @@ async fn bench(args: &ControlPlaneArgs, etcd: &EtcdServer, dir: &Path) -> anyhow
     let tracker = Arc::new(Tracker::default());
     let mut watches = Vec::new();
     for _ in &agents {
-        watches.push(light::watch(&address, &keys, revision + 1, tracker.clone()).await?);
+        let (address, keys, tracker) = (address.clone(), keys.clone(), tracker.clone());
+        let watch = watchers.spawn(async move { light::watch(&address, &keys, revision + 1, tracker).await });
+        watches.push(watch.await.context("a watcher's task")??);
     }
     let watches_seconds = clock.elapsed().as_secs_f64();
     tracing::info!(seconds = watches_seconds, "watches created");
     let full_address = address.clone();
-    let (full, stdout, synced) =
-        tokio::task::spawn_blocking(move || start_full_agent(&full_address, total)).await??;
+    let without_proxy_view = args.without_proxy_view;
+    let (full, stdout, synced) = tokio::task::spawn_blocking(move || {
+        start_full_agent(&full_address, total, without_proxy_view)
+    })
+    .await??;
     let full_synced = sample()?;
     tracing::info!(?synced, "the full agent has every endpoint");
     let reader_tracker = tracker.clone();
@@ -244,6 +266,7 @@ async fn bench(args: &ControlPlaneArgs, etcd: &EtcdServer, dir: &Path) -> anyhow
             "rounds": rounds,
         },
         "full_agent": {
+            "proxy_view": !args.without_proxy_view,
             "remote_endpoints": synced["remote_endpoints"],
             "rss_before_bytes": rss_before,
             "rss_synced_bytes": rss_synced,
@@ -333,12 +356,14 @@ async fn current_revision(address: &str, keys: &Keys) -> anyhow::Result<i64> {
 fn start_full_agent(
     address: &str,
     expect: usize,
+    without_proxy_view: bool,
 ) -> anyhow::Result<(FullAgent, BufReader<ChildStdout>, serde_json::Value)> {
     let exe = std::env::current_exe().context("finding myelin-bench")?;
     let child = Command::new(exe)
         .args(["cluster-agent", "--store", address, "--cluster", CLUSTER, "--node", FULL_AGENT])
         .args(["--expect", &expect.to_string()])
         .args(["--sync-timeout-s", &PHASE_TIMEOUT.as_secs().to_string()])
+        .args(without_proxy_view.then_some("--without-proxy-view"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -427,15 +452,26 @@ async fn churn(
         tasks.spawn(async move {
             tokio::time::sleep_until(at).await;
             round.issue(index, monotonic_ns());
-            if let Some(old) = old {
-                session.withdraw_endpoint(old).await?;
+            // As the agent's writer: a write etcd did not answer in time is logged and
+            // written again by the session once etcd answers; the change counts as seen
+            // only when every agent has it.
+            let mut failed = 0;
+            if let Some(old) = old
+                && let Err(error) = session.withdraw_endpoint(old).await
+            {
+                tracing::warn!(%error, "a withdrawal is late");
+                failed += 1;
             }
-            session.publish_endpoint(&endpoint).await?;
-            anyhow::Ok(())
+            if let Err(error) = session.publish_endpoint(&endpoint).await {
+                tracing::warn!(%error, "a publish is late");
+                failed += 1;
+            }
+            failed
         });
     }
+    let mut late_writes = 0;
     while let Some(done) = tasks.join_next().await {
-        done.context("a churn write")??;
+        late_writes += done.context("a churn write")?;
     }
     let written = monotonic_ns();
     let wanted = round.len() * watchers;
@@ -459,6 +495,7 @@ async fn churn(
         "changes": round.len(),
         "window_ms": args.window_ms,
         "writes_ms": ms(written - started),
+        "late_writes": late_writes,
         "converged_ms": ms(round.last_sighting().saturating_sub(started)),
     });
     Ok((summary, round))
