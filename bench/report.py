@@ -428,8 +428,8 @@ def cluster_markdown(convergence, control_plane):
             lines += ["", "### Many nodes"]
         lines += ["", "Control plane, simulated (`myelin-bench control-plane`: agents without a datapath "
                   "against one real etcd member on 127.0.0.1, each its own connection, lease, record and "
-                  "endpoints; churn rounds change 1 % of every agent's endpoints at once, alternately to "
-                  "another identity and to a new address; the full agent runs the agent's own "
+                  "endpoints; churn rounds change 1 % of every agent's endpoints, spread over the round's window, "
+                  "alternately to another identity and to a new address; the full agent runs the agent's own "
                   "store-to-engine path in a process of its own):", "",
                   "| agents × endpoints | changes/round | every agent has a change: p50 / p99 / max ms | "
                   "one agent has it: p50 / p99 ms | rounds converged (ms) | full agent: sync s, MiB per 100k "
@@ -447,7 +447,8 @@ def cluster_markdown(convergence, control_plane):
                                else f"not within 60 s ({r['sightings']:,} of {r['sightings_wanted']:,})"
                                for r in conv["rounds"])
             lines.append(
-                f"| {run['agents']:,} × {run['endpoints_per_agent']} | {run['changes_per_round']:,} | "
+                f"| {run['agents']:,} × {run['endpoints_per_agent']} | {run['changes_per_round']:,} "
+                f"over {run.get('window_ms', 0) / 1000:.0f} s | "
                 f"{conv['all_agents']['p50']:.0f} / {conv['all_agents']['p99']:.0f} / {conv['all_agents']['max']:.0f} | "
                 f"{conv['each_agent']['p50']:.0f} / {conv['each_agent']['p99']:.0f} | {rounds} | "
                 f"{run['setup_seconds']['full_agent_sync']} s, {run['full_agent']['mib_per_100k_endpoints']:.1f} | "

@@ -135,7 +135,11 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
         let now = monotonic_ns();
         for (ip, identity) in seen {
             if engine.identity_of_ip(ip) == identity {
-                writeln!(out, "{}", json!({"seen": ip, "identity": identity, "t": now}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    json!({"seen": ip, "identity": identity, "t": now})
+                )?;
             }
         }
         if !synced && endpoints_synced && identities_synced {

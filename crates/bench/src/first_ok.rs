@@ -38,7 +38,10 @@ pub fn run(args: &FirstOkArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         if answered_200(args.to, &args.path, attempt) {
             let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
-            println!("{}", serde_json::json!({"ok_unix_ns": now as u64, "attempts": attempts}));
+            println!(
+                "{}",
+                serde_json::json!({"ok_unix_ns": now as u64, "attempts": attempts})
+            );
             return Ok(());
         }
         // A refusal (nothing listening yet) comes back at once: do not spin.
@@ -46,7 +49,11 @@ pub fn run(args: &FirstOkArgs) -> anyhow::Result<()> {
             std::thread::sleep(rest);
         }
     }
-    bail!("no 200 from {} within {} s ({attempts} attempts)", args.to, args.deadline_s)
+    bail!(
+        "no 200 from {} within {} s ({attempts} attempts)",
+        args.to,
+        args.deadline_s
+    )
 }
 
 /// One request on a new connection within `limit`.

@@ -443,7 +443,10 @@ mod tests {
 
     #[test]
     fn a_prefix_ends_just_after_its_last_key() {
-        assert_eq!(prefix_end(b"/myelin/lab/endpoints/"), b"/myelin/lab/endpoints0");
+        assert_eq!(
+            prefix_end(b"/myelin/lab/endpoints/"),
+            b"/myelin/lab/endpoints0"
+        );
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }

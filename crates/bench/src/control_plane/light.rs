@@ -35,13 +35,20 @@ pub struct LightAgent {
 impl LightAgent {
     /// Connects node `name` (a blocking call: run it off the async workers), takes its
     /// lease and publishes its record.
-    pub async fn start(address: &str, cluster: &str, name: String, index: u32) -> anyhow::Result<Self> {
+    pub async fn start(
+        address: &str,
+        cluster: &str,
+        name: String,
+        index: u32,
+    ) -> anyhow::Result<Self> {
         let config = StoreConfig::new(StoreAddress::Tcp(vec![address.to_string()]), cluster);
         let store = tokio::task::spawn_blocking(move || Store::connect(&config))
             .await
             .context("the connecting thread")??;
         let session = NodeSession::start(&store, &name, myelin_store::LAB_LEASE_TTL).await?;
-        let underlay = IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 99, 0, 0)) + index));
+        let underlay = IpAddr::V4(Ipv4Addr::from(
+            u32::from(Ipv4Addr::new(10, 99, 0, 0)) + index,
+        ));
         session
             .publish_node(&Node {
                 name: name.clone(),
@@ -95,7 +102,9 @@ pub async fn watch(
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let key = String::from_utf8_lossy(kv.key());
-                let Ok(ip) = keys.parse_endpoint(&key) else { continue };
+                let Ok(ip) = keys.parse_endpoint(&key) else {
+                    continue;
+                };
                 match event.event_type() {
                     EventType::Put => {
                         let Ok(endpoint) = serde_json::from_slice::<Endpoint>(kv.value()) else {

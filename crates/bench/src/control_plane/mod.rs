@@ -182,17 +182,29 @@ async fn bench(
     let mut identities = Vec::new();
     for k in 0..args.identities {
         let labels = sim_labels(k);
-        identities.push(allocator.acquire_identity("identities", &labels, 256 + k).await?);
+        identities.push(
+            allocator
+                .acquire_identity("identities", &labels, 256 + k)
+                .await?,
+        );
     }
     let identities_seconds = clock.elapsed().as_secs_f64();
-    tracing::info!(identities = identities.len(), seconds = identities_seconds, "identities allocated");
+    tracing::info!(
+        identities = identities.len(),
+        seconds = identities_seconds,
+        "identities allocated"
+    );
 
     // The agents, their records and endpoints.
     let clock = Instant::now();
     let agents = populate(args, &address, &identities).await?;
     let population_seconds = clock.elapsed().as_secs_f64();
     let populated = sample()?;
-    tracing::info!(agents = agents.len(), seconds = population_seconds, "agents and endpoints written");
+    tracing::info!(
+        agents = agents.len(),
+        seconds = population_seconds,
+        "agents and endpoints written"
+    );
 
     // Every agent's watch, from the populated revision; the full agent lists and watches.
     let clock = Instant::now();
@@ -201,7 +213,8 @@ async fn bench(
     let mut watches = Vec::new();
     for _ in &agents {
         let (address, keys, tracker) = (address.clone(), keys.clone(), tracker.clone());
-        let watch = watchers.spawn(async move { light::watch(&address, &keys, revision + 1, tracker).await });
+        let watch = watchers
+            .spawn(async move { light::watch(&address, &keys, revision + 1, tracker).await });
         watches.push(watch.await.context("a watcher's task")??);
     }
     let watches_seconds = clock.elapsed().as_secs_f64();
@@ -238,7 +251,9 @@ async fn bench(
         sighting_delays.extend(round.sighting_delays());
         tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
     }
-    let converged = rounds.iter().all(|r| r["converged"].as_bool() == Some(true));
+    let converged = rounds
+        .iter()
+        .all(|r| r["converged"].as_bool() == Some(true));
     let after_churn = sample()?;
     let driver_cpu = crate::cpu::process_run_nanos(std::process::id()) - driver_cpu;
     let full_cpu = crate::cpu::process_run_nanos(full.child.id()).saturating_sub(full_cpu);
@@ -248,7 +263,9 @@ async fn bench(
         watch.abort();
     }
 
-    let changes_per_round = rounds.first().map_or(0, |r: &serde_json::Value| r["changes"].as_u64().unwrap_or(0));
+    let changes_per_round = rounds.first().map_or(0, |r: &serde_json::Value| {
+        r["changes"].as_u64().unwrap_or(0)
+    });
     let rss_before = synced["rss_before_bytes"].as_u64().unwrap_or(0);
     let rss_synced = synced["rss_synced_bytes"].as_u64().unwrap_or(0);
     let grown = rss_synced.saturating_sub(rss_before);
@@ -315,17 +332,23 @@ async fn blocking_connect(address: &str) -> anyhow::Result<Store> {
 }
 
 /// Starts every agent and writes its endpoints, `args.writers` agents at a time.
-async fn populate(args: &ControlPlaneArgs, address: &str, identities: &[Identity]) -> anyhow::Result<Vec<LightAgent>> {
+async fn populate(
+    args: &ControlPlaneArgs,
+    address: &str,
+    identities: &[Identity],
+) -> anyhow::Result<Vec<LightAgent>> {
     let identities: Arc<[Identity]> = identities.into();
     let mut agents: Vec<Option<LightAgent>> = (0..args.agents).map(|_| None).collect();
     let mut tasks = JoinSet::new();
     let mut next = 0u32;
     loop {
         while tasks.len() < args.writers && next < args.agents {
-            let (address, identities, per_agent) = (address.to_string(), identities.clone(), args.endpoints);
+            let (address, identities, per_agent) =
+                (address.to_string(), identities.clone(), args.endpoints);
             let index = next;
             tasks.spawn(async move {
-                let mut agent = LightAgent::start(&address, CLUSTER, format!("sim{index}"), index).await?;
+                let mut agent =
+                    LightAgent::start(&address, CLUSTER, format!("sim{index}"), index).await?;
                 for slot in 0..per_agent {
                     let n = index * per_agent + slot;
                     let endpoint = Endpoint {
@@ -346,7 +369,9 @@ async fn populate(args: &ControlPlaneArgs, address: &str, identities: &[Identity
             });
             next += 1;
         }
-        let Some(done) = tasks.join_next().await else { break };
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
         let (index, agent) = done.context("an agent's task")??;
         agents[index as usize] = Some(agent);
     }
@@ -356,9 +381,19 @@ async fn populate(args: &ControlPlaneArgs, address: &str, identities: &[Identity
 async fn current_revision(address: &str, keys: &Keys) -> anyhow::Result<i64> {
     let mut client = etcd_client::Client::connect([address], None).await?;
     let response = client
-        .get(keys.root(), Some(etcd_client::GetOptions::new().with_prefix().with_count_only()))
+        .get(
+            keys.root(),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
         .await?;
-    response.header().map(|h| h.revision()).context("etcd's answer has no revision")
+    response
+        .header()
+        .map(|h| h.revision())
+        .context("etcd's answer has no revision")
 }
 
 /// Starts `myelin-bench cluster-agent` and waits until it has every endpoint.
@@ -369,7 +404,15 @@ fn start_full_agent(
 ) -> anyhow::Result<(FullAgent, BufReader<ChildStdout>, serde_json::Value)> {
     let exe = std::env::current_exe().context("finding myelin-bench")?;
     let child = Command::new(exe)
-        .args(["cluster-agent", "--store", address, "--cluster", CLUSTER, "--node", FULL_AGENT])
+        .args([
+            "cluster-agent",
+            "--store",
+            address,
+            "--cluster",
+            CLUSTER,
+            "--node",
+            FULL_AGENT,
+        ])
         .args(["--expect", &expect.to_string()])
         .args(["--sync-timeout-s", &PHASE_TIMEOUT.as_secs().to_string()])
         .args(without_proxy_view.then_some("--without-proxy-view"))
@@ -378,7 +421,11 @@ fn start_full_agent(
         .spawn()
         .context("starting the full agent")?;
     let mut full = FullAgent { child };
-    let stdout = full.child.stdout.take().context("the full agent's stdout")?;
+    let stdout = full
+        .child
+        .stdout
+        .take()
+        .context("the full agent's stdout")?;
     let mut lines = BufReader::new(stdout);
     // The full agent gives up by itself after PHASE_TIMEOUT.
     let mut line = String::new();
@@ -387,7 +434,8 @@ fn start_full_agent(
         if lines.read_line(&mut line)? == 0 {
             bail!("the full agent ended before it had every endpoint");
         }
-        let value: serde_json::Value = serde_json::from_str(&line).context("the full agent's output")?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).context("the full agent's output")?;
         if let Some(synced) = value.get("synced") {
             let synced = synced.clone();
             return Ok((full, lines, synced));
@@ -399,9 +447,13 @@ fn start_full_agent(
 fn forward_sightings(stdout: BufReader<ChildStdout>, tracker: &Tracker) {
     for line in stdout.lines() {
         let Ok(line) = line else { return };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
         let (Some(ip), Some(identity), Some(t)) = (
-            value["seen"].as_str().and_then(|s| s.parse::<IpAddr>().ok()),
+            value["seen"]
+                .as_str()
+                .and_then(|s| s.parse::<IpAddr>().ok()),
             value["identity"].as_u64(),
             value["t"].as_u64(),
         ) else {
@@ -422,7 +474,8 @@ async fn churn(
     r: u32,
     watchers: usize,
 ) -> anyhow::Result<(serde_json::Value, Arc<Round>)> {
-    let per_agent = ((f64::from(args.endpoints) * args.churn).round() as u32).clamp(1, args.endpoints);
+    let per_agent =
+        ((f64::from(args.endpoints) * args.churn).round() as u32).clamp(1, args.endpoints);
     // (agent, slot, old address if replaced, new entry)
     let mut plan = Vec::new();
     for (a, agent) in agents.iter_mut().enumerate() {
@@ -430,7 +483,10 @@ async fn churn(
             let slot = ((r * per_agent + c) % args.endpoints) as usize;
             let mut endpoint = agent.endpoints[slot].clone();
             let old = if r % 2 == 0 {
-                let at = identities.iter().position(|i| *i == endpoint.identity).unwrap_or(0);
+                let at = identities
+                    .iter()
+                    .position(|i| *i == endpoint.identity)
+                    .unwrap_or(0);
                 // Another identity, never the same one (an unchanged value is no change).
                 let step = 1 + a % (identities.len() - 1);
                 endpoint.identity = identities[(at + step) % identities.len()];
@@ -449,7 +505,12 @@ async fn churn(
             plan.push((a, old, endpoint));
         }
     }
-    let round = Arc::new(Round::new(&plan.iter().map(|(_, _, e)| (e.ip, e.identity)).collect::<Vec<_>>()));
+    let round = Arc::new(Round::new(
+        &plan
+            .iter()
+            .map(|(_, _, e)| (e.ip, e.identity))
+            .collect::<Vec<_>>(),
+    ));
     tracker.start(round.clone());
     let started = monotonic_ns();
     let start = tokio::time::Instant::now();
@@ -489,7 +550,12 @@ async fn churn(
     let mut report = Instant::now() + Duration::from_secs(5);
     while round.observations() < wanted && Instant::now() < deadline {
         if Instant::now() > report {
-            tracing::info!(round = r, seen = round.observations(), wanted, "waiting for the agents");
+            tracing::info!(
+                round = r,
+                seen = round.observations(),
+                wanted,
+                "waiting for the agents"
+            );
             report += Duration::from_secs(5);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -60,7 +60,10 @@ impl Round {
         self.issued
             .iter()
             .zip(&self.last_seen)
-            .map(|(i, l)| l.load(Ordering::Acquire).saturating_sub(i.load(Ordering::Acquire)))
+            .map(|(i, l)| {
+                l.load(Ordering::Acquire)
+                    .saturating_sub(i.load(Ordering::Acquire))
+            })
             .collect()
     }
 
