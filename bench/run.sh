@@ -605,14 +605,16 @@ if [ "$CONVERGENCE" != 0 ]; then
   CLUSTER_ARGS+=(--convergence "$TMP/convergence.json")
 fi
 control_plane_measurement() {
-  local size agents endpoints rounds=5
-  [ "$SMOKE" = 0 ] || rounds=2
+  # A round's changes spread over 10 s: at 1,000 x 100, 1 % per second saturates etcd and
+  # the simulated agents on two cores (bench/README.md).
+  local size agents endpoints rounds=5 window=10000
+  [ "$SMOKE" = 0 ] || { rounds=2; window=200; }
   : >"$TMP/control-plane.json"
   for size in ${CONTROL_PLANE//,/ }; do
     agents=${size%x*}; endpoints=${size#*x}
     say "control plane: $agents agents x $endpoints endpoints on etcd (myelin-bench control-plane)"
     "$BIN/myelin-bench" control-plane --agents "$agents" --endpoints "$endpoints" --rounds "$rounds" \
-      $([ "$SMOKE" = 1 ] && echo "--identities 20 --settle-ms 200 --window-ms 200") \
+      --window-ms "$window" $([ "$SMOKE" = 1 ] && echo "--identities 20 --settle-ms 200") \
       >>"$TMP/control-plane.json" 2>"$TMP/control-plane.log" \
       || { tail -20 "$TMP/control-plane.log" >&2; die "myelin-bench control-plane failed at $size"; }
   done
