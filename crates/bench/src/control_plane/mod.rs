@@ -102,7 +102,7 @@ pub fn run(args: &ControlPlaneArgs) -> anyhow::Result<()> {
     // own) is stopped here too.
     // The agents' watches decode on threads of their own, so that a flood of events delays
     // the writers only as much as the kernel's scheduler does, not a shared task queue.
-    let watchers = tokio::runtime::Builder::new_multi_thread()
+    let watch_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("watchers")
         .enable_all()
@@ -110,12 +110,12 @@ pub fn run(args: &ControlPlaneArgs) -> anyhow::Result<()> {
         .context("building the watchers' runtime")?;
     let report = runtime.block_on(async {
         tokio::select! {
-            report = bench(args, &etcd, &dir.0, watchers.handle()) => report,
+            report = bench(args, &etcd, &dir.0, watch_runtime.handle()) => report,
             stopped = crate::wait_for_stop() => stopped.and_then(|()| bail!("stopped by a signal")),
         }
     });
     // The agents' connections go before etcd does.
-    watchers.shutdown_timeout(Duration::from_secs(5));
+    watch_runtime.shutdown_timeout(Duration::from_secs(5));
     runtime.shutdown_timeout(Duration::from_secs(5));
     etcd.stop();
     println!("{}", serde_json::to_string(&report?)?);
@@ -163,7 +163,7 @@ async fn bench(
     args: &ControlPlaneArgs,
     etcd: &EtcdServer,
     dir: &Path,
-    watchers: &tokio::runtime::Handle,
+    watch_runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<serde_json::Value> {
     let member = &etcd.members()[0];
     let address = member.client_address();
@@ -213,7 +213,7 @@ async fn bench(
     let mut watches = Vec::new();
     for _ in &agents {
         let (address, keys, tracker) = (address.clone(), keys.clone(), tracker.clone());
-        let watch = watchers
+        let watch = watch_runtime
             .spawn(async move { light::watch(&address, &keys, revision + 1, tracker).await });
         watches.push(watch.await.context("a watcher's task")??);
     }
@@ -482,7 +482,7 @@ async fn churn(
         for c in 0..per_agent {
             let slot = ((r * per_agent + c) % args.endpoints) as usize;
             let mut endpoint = agent.endpoints[slot].clone();
-            let old = if r % 2 == 0 {
+            let old = if r.is_multiple_of(2) {
                 let at = identities
                     .iter()
                     .position(|i| *i == endpoint.identity)
@@ -566,7 +566,7 @@ async fn churn(
         "converged": round.observations() >= wanted,
         "sightings": round.observations(),
         "sightings_wanted": wanted,
-        "kind": if r % 2 == 0 { "identity changed" } else { "replaced" },
+        "kind": if r.is_multiple_of(2) { "identity changed" } else { "replaced" },
         "changes": round.len(),
         "window_ms": args.window_ms,
         "writes_ms": ms(written - started),
