@@ -12,14 +12,14 @@
 //! etcd for CPU, which a real cluster's agents would not), and all but the full agent keep
 //! only address → identity (see `light`).
 
+mod churn;
 mod etcd_load;
+mod full;
 mod light;
 mod tracker;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,10 +31,10 @@ use myelin_store::{Endpoint, Keys, NodeSession, Store, StoreAddress, StoreConfig
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::cluster_agent::monotonic_ns;
 use etcd_load::EtcdSample;
+use full::{forward_sightings, start_full_agent};
 use light::LightAgent;
-use tracker::{Round, Tracker};
+use tracker::Tracker;
 
 /// The cluster's name in etcd.
 const CLUSTER: &str = "cpbench";
@@ -42,9 +42,6 @@ const CLUSTER: &str = "cpbench";
 const FULL_AGENT: &str = "full-agent";
 /// How long one phase of the setup may take before the run fails.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long after its window a churn round may take to reach every agent before the run
-/// stops churning and reports what it has, with the round marked as not converged.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Options of `myelin-bench control-plane`.
 #[derive(Args, Debug)]
@@ -139,26 +136,6 @@ impl Drop for TempDir {
     }
 }
 
-/// The full agent's child process, ended (stdin closed, then killed) on drop.
-struct FullAgent {
-    child: Child,
-}
-
-impl Drop for FullAgent {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn bench(
     args: &ControlPlaneArgs,
     etcd: &EtcdServer,
@@ -240,7 +217,8 @@ async fn bench(
     let full_cpu = crate::cpu::process_run_nanos(full.child.id());
     let before_churn = sample()?;
     for r in 0..args.rounds {
-        let (summary, round) = churn(args, &mut agents, &identities, &tracker, r, watchers).await?;
+        let (summary, round) =
+            churn::churn(args, &mut agents, &identities, &tracker, r, watchers).await?;
         tracing::info!(%summary, "churn round");
         let converged = summary["converged"].as_bool() == Some(true);
         rounds.push(summary);
@@ -322,7 +300,7 @@ fn sim_labels(k: u32) -> LabelSet {
 }
 
 /// Agent `agent`'s `n`th address: 10.128.0.0/9 holds 256 per agent.
-fn address_of(agent: u32, n: u32) -> IpAddr {
+pub(crate) fn address_of(agent: u32, n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a80_0000 + agent * 256 + n))
 }
 
@@ -396,186 +374,6 @@ async fn current_revision(address: &str, keys: &Keys) -> anyhow::Result<i64> {
         .context("etcd's answer has no revision")
 }
 
-/// Starts `myelin-bench cluster-agent` and waits until it has every endpoint.
-fn start_full_agent(
-    address: &str,
-    expect: usize,
-    without_proxy_view: bool,
-) -> anyhow::Result<(FullAgent, BufReader<ChildStdout>, serde_json::Value)> {
-    let exe = std::env::current_exe().context("finding myelin-bench")?;
-    let child = Command::new(exe)
-        .args([
-            "cluster-agent",
-            "--store",
-            address,
-            "--cluster",
-            CLUSTER,
-            "--node",
-            FULL_AGENT,
-        ])
-        .args(["--expect", &expect.to_string()])
-        .args(["--sync-timeout-s", &PHASE_TIMEOUT.as_secs().to_string()])
-        .args(without_proxy_view.then_some("--without-proxy-view"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the full agent")?;
-    let mut full = FullAgent { child };
-    let stdout = full
-        .child
-        .stdout
-        .take()
-        .context("the full agent's stdout")?;
-    let mut lines = BufReader::new(stdout);
-    // The full agent gives up by itself after PHASE_TIMEOUT.
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if lines.read_line(&mut line)? == 0 {
-            bail!("the full agent ended before it had every endpoint");
-        }
-        let value: serde_json::Value =
-            serde_json::from_str(&line).context("the full agent's output")?;
-        if let Some(synced) = value.get("synced") {
-            let synced = synced.clone();
-            return Ok((full, lines, synced));
-        }
-    }
-}
-
-/// Feeds the full agent's sightings to `tracker` until its output ends.
-fn forward_sightings(stdout: BufReader<ChildStdout>, tracker: &Tracker) {
-    for line in stdout.lines() {
-        let Ok(line) = line else { return };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        let (Some(ip), Some(identity), Some(t)) = (
-            value["seen"]
-                .as_str()
-                .and_then(|s| s.parse::<IpAddr>().ok()),
-            value["identity"].as_u64(),
-            value["t"].as_u64(),
-        ) else {
-            continue;
-        };
-        tracker.saw(ip, identity as Identity, t);
-    }
-}
-
-/// One churn round: every agent changes its share of endpoints (even rounds give an
-/// endpoint another identity, odd ones replace it by a new address), the writes spread
-/// over the round's window; waits until every watcher saw every change.
-async fn churn(
-    args: &ControlPlaneArgs,
-    agents: &mut [LightAgent],
-    identities: &[Identity],
-    tracker: &Tracker,
-    r: u32,
-    watchers: usize,
-) -> anyhow::Result<(serde_json::Value, Arc<Round>)> {
-    let per_agent =
-        ((f64::from(args.endpoints) * args.churn).round() as u32).clamp(1, args.endpoints);
-    // (agent, slot, old address if replaced, new entry)
-    let mut plan = Vec::new();
-    for (a, agent) in agents.iter_mut().enumerate() {
-        for c in 0..per_agent {
-            let slot = ((r * per_agent + c) % args.endpoints) as usize;
-            let mut endpoint = agent.endpoints[slot].clone();
-            let old = if r.is_multiple_of(2) {
-                let at = identities
-                    .iter()
-                    .position(|i| *i == endpoint.identity)
-                    .unwrap_or(0);
-                // Another identity, never the same one (an unchanged value is no change).
-                let step = 1 + a % (identities.len() - 1);
-                endpoint.identity = identities[(at + step) % identities.len()];
-                None
-            } else {
-                let old = endpoint.ip;
-                if agent.next_address >= 256 {
-                    bail!("agent {a} ran out of addresses: fewer rounds or endpoints");
-                }
-                endpoint.ip = address_of(a as u32, agent.next_address);
-                agent.next_address += 1;
-                endpoint.pod = format!("{}-r{r}", endpoint.pod);
-                Some(old)
-            };
-            agent.endpoints[slot] = endpoint.clone();
-            plan.push((a, old, endpoint));
-        }
-    }
-    let round = Arc::new(Round::new(
-        &plan
-            .iter()
-            .map(|(_, _, e)| (e.ip, e.identity))
-            .collect::<Vec<_>>(),
-    ));
-    tracker.start(round.clone());
-    let started = monotonic_ns();
-    let start = tokio::time::Instant::now();
-    let changes = plan.len().max(1) as u64;
-    let mut tasks = JoinSet::new();
-    for (index, (a, old, endpoint)) in plan.into_iter().enumerate() {
-        let (session, round) = (agents[a].session.clone(), round.clone());
-        let at = start + Duration::from_millis(args.window_ms * index as u64 / changes);
-        tasks.spawn(async move {
-            tokio::time::sleep_until(at).await;
-            round.issue(index, monotonic_ns());
-            // As the agent's writer: a write etcd did not answer in time is logged and
-            // written again by the session once etcd answers; the change counts as seen
-            // only when every agent has it.
-            let mut failed = 0;
-            if let Some(old) = old
-                && let Err(error) = session.withdraw_endpoint(old).await
-            {
-                tracing::warn!(%error, "a withdrawal is late");
-                failed += 1;
-            }
-            if let Err(error) = session.publish_endpoint(&endpoint).await {
-                tracing::warn!(%error, "a publish is late");
-                failed += 1;
-            }
-            failed
-        });
-    }
-    let mut late_writes = 0;
-    while let Some(done) = tasks.join_next().await {
-        late_writes += done.context("a churn write")?;
-    }
-    let written = monotonic_ns();
-    let wanted = round.len() * watchers;
-    tracing::debug!(round = r, changes = round.len(), "written");
-    let deadline = Instant::now() + ROUND_TIMEOUT;
-    let mut report = Instant::now() + Duration::from_secs(5);
-    while round.observations() < wanted && Instant::now() < deadline {
-        if Instant::now() > report {
-            tracing::info!(
-                round = r,
-                seen = round.observations(),
-                wanted,
-                "waiting for the agents"
-            );
-            report += Duration::from_secs(5);
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let ms = |ns: u64| round3(ns as f64 / 1e6);
-    let summary = json!({
-        "round": r,
-        "converged": round.observations() >= wanted,
-        "sightings": round.observations(),
-        "sightings_wanted": wanted,
-        "kind": if r.is_multiple_of(2) { "identity changed" } else { "replaced" },
-        "changes": round.len(),
-        "window_ms": args.window_ms,
-        "writes_ms": ms(written - started),
-        "late_writes": late_writes,
-        "converged_ms": ms(round.last_sighting().saturating_sub(started)),
-    });
-    Ok((summary, round))
-}
-
 /// p50, p99 and max of delays in ns, as milliseconds.
 fn percentiles(delays: &[u64]) -> serde_json::Value {
     let mut sorted = delays.to_vec();
@@ -595,6 +393,6 @@ fn round_ms(ms: f64) -> f64 {
 }
 
 /// Three decimals.
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
