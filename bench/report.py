@@ -441,6 +441,102 @@ def soak_markdown(soak):
     ])
 
 
+def cluster_goals(convergence, control_plane):
+    """Goals of the many-nodes issue: pod convergence across nodes, control-plane scale."""
+    out = []
+    if convergence:
+        note = "" if convergence["policed"] else " — not policed: a rejected peer got through"
+        out.append({"goal": f"pod on node1 → first allowed request from node3, p99 (ms), "
+                            f"{convergence['pods']} pods, p50 {convergence['p50_ms']:.0f} ms{note}",
+                    "measured": convergence["p99_ms"], "target": 1000, "op": "<",
+                    "met": convergence["p99_ms"] < 1000 and convergence["policed"]})
+    for run in control_plane or []:
+        if run["agents"] * run["endpoints_per_agent"] < 100_000:
+            continue
+        worst = run["convergence_ms"]["all_agents"]["max"]
+        failed = [r for r in run["convergence_ms"]["rounds"] if not r.get("converged", True)]
+        note = (f" — round {failed[0]['round']} did not converge within 60 s "
+                f"({failed[0]['sightings']:,} of {failed[0]['sightings_wanted']:,})") if failed else ""
+        out.append({"goal": f"control plane: every agent has every change (max ms), "
+                            f"{run['agents']:,} agents × {run['endpoints_per_agent']} endpoints, "
+                            f"{run['changes_per_round']:,} changes per round over "
+                            f"{run.get('window_ms', 0) / 1000:g} s{note}",
+                    "measured": worst, "target": 5000, "op": "<", "met": worst < 5000 and not failed})
+    biggest = max(control_plane or [], key=lambda r: r["endpoints"], default=None)
+    # Below 10,000 endpoints the growth is noise next to the process's own memory.
+    if biggest and biggest["endpoints"] >= 10_000:
+        mib = biggest["full_agent"]["mib_per_100k_endpoints"]
+        scaled = "" if biggest["endpoints"] == 100_000 else f", scaled from {biggest['endpoints']:,}"
+        out.append({"goal": f"agent memory per 100,000 remote endpoints (MiB{scaled})",
+                    "measured": mib, "target": 100, "op": "<", "met": mib < 100})
+    return out
+
+
+def cluster_markdown(convergence, control_plane):
+    """The convergence and control-plane figures, below the table."""
+    lines = []
+    if convergence:
+        c = convergence
+        lines += ["", "### Many nodes", "",
+                  f"Convergence (bench/convergence.sh, a 3-node lab of its own, {c['routing']} routing): "
+                  f"`myelin apply` of a pod pinned to node1, with a label of its own (a new identity), "
+                  f"→ first HTTP 200 from a client pod on node3 that a policy admits to it "
+                  f"(node3's egress policy and ipcache, node1's ingress policy), over {c['pods']} pods: "
+                  f"p50 {c['p50_ms']} ms, p99 {c['p99_ms']} ms (min {c['min_ms']}, max {c['max_ms']}); "
+                  f"of which `myelin apply` itself p50 {c['apply_p50_ms']} ms, p99 {c['apply_p99_ms']} ms; "
+                  f"the first request after the apply succeeded for {c.get('first_attempt_ok', '—')} pods; "
+                  f"policed: {c['policed']}."]
+    if control_plane:
+        if not convergence:
+            lines += ["", "### Many nodes"]
+        lines += ["", "Control plane, simulated (`myelin-bench control-plane`: agents without a datapath "
+                  "against one real etcd member on 127.0.0.1, each its own connection, lease, record and "
+                  "endpoints; churn rounds change 1 % of every agent's endpoints, spread over the round's window, "
+                  "alternately to another identity and to a new address; the full agent runs the agent's own "
+                  "store-to-engine path in a process of its own):", "",
+                  "| agents × endpoints | changes/round | every agent has a change: p50 / p99 / max ms | "
+                  "one agent has it: p50 / p99 ms | rounds converged (ms) | full agent: sync s, MiB per 100k "
+                  "endpoints | etcd: CPU s populate / sync / churn, RSS MiB, db MiB | etcd requests during churn |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for run in control_plane:
+            conv = run["convergence_ms"]
+            etcd = run["etcd"]
+            churn = etcd["churn"]["metrics"]
+            methods = ", ".join(f"{k.split('{')[1].rstrip('}')} {v:,.0f}" for k, v in churn.items()
+                                if k.startswith("grpc_server_handled_total{") and v)
+            sent = churn.get("grpc_server_msg_sent_total{Watch}", 0)
+            slow = churn.get("etcd_debugging_mvcc_slow_watcher_total", 0)
+            rounds = ", ".join(f"{r['converged_ms']:.0f}" if r.get("converged", True)
+                               else f"not within 60 s ({r['sightings']:,} of {r['sightings_wanted']:,})"
+                               for r in conv["rounds"])
+            lines.append(
+                f"| {run['agents']:,} × {run['endpoints_per_agent']} | {run['changes_per_round']:,} "
+                f"over {run.get('window_ms', 0) / 1000:g} s | "
+                f"{conv['all_agents']['p50']:.0f} / {conv['all_agents']['p99']:.0f} / {conv['all_agents']['max']:.0f} | "
+                f"{conv['each_agent']['p50']:.0f} / {conv['each_agent']['p99']:.0f} | {rounds} | "
+                f"{run['setup_seconds']['full_agent_sync']} s, {run['full_agent']['mib_per_100k_endpoints']:.1f} | "
+                f"{etcd['population']['cpu_seconds']:.1f} / {etcd['watches_and_full_sync']['cpu_seconds']:.1f} / "
+                f"{etcd['churn']['cpu_seconds']:.1f}, {etcd['end']['rss_bytes'] / 1048576:.0f}, "
+                f"{etcd['end']['db_bytes'] / 1048576:.0f} | {methods or '—'}; {sent:,.0f} watch responses sent, "
+                f"{slow:.0f} slow watchers |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def check_cluster(convergence, control_plane):
+    """The many-nodes figures exist when asked for."""
+    problems = []
+    if convergence is not None and not convergence.get("p50_ms"):
+        problems.append("convergence: no numbers")
+    for run in control_plane or []:
+        conv = run["convergence_ms"]["all_agents"]
+        if not conv["n"] or not conv["p50"] or not run["full_agent"]["rss_synced_bytes"] \
+                or not run["etcd"]["churn"]["cpu_seconds"] or not run.get("converged"):
+            problems.append(f"control plane {run['agents']}×{run['endpoints_per_agent']}: no numbers")
+    if control_plane is not None and not control_plane:
+        problems.append("control plane: no run produced a report")
+    return problems
+
+
 def check_soak(soak):
     """The soak produced numbers."""
     if soak is None:
@@ -474,6 +570,8 @@ def main():
     ap.add_argument("--resolve", help="output of myelin-policy's resolve_bench example")
     ap.add_argument("--events", help="JSON line of myelin-agent's event_throughput benchmark")
     ap.add_argument("--soak", help="myelin-bench soak's JSON report")
+    ap.add_argument("--convergence", help="bench/convergence.sh's JSON")
+    ap.add_argument("--control-plane", help="myelin-bench control-plane's reports, one JSON per line")
     args = ap.parse_args()
 
     rows = load_raw(args.raw)
@@ -499,7 +597,14 @@ def main():
     if args.resolve:
         with open(args.resolve, encoding="utf-8") as f:
             resolve = [l.strip() for l in f if ":" in l and not l.startswith(("warning", "error"))]
-    goal_rows = goals(rows, present, podready)
+    convergence = None
+    if args.convergence:
+        with open(args.convergence, encoding="utf-8") as f:
+            convergence = json.load(f)
+    control_plane = None
+    if args.control_plane:
+        control_plane = load_raw(args.control_plane)
+    goal_rows = goals(rows, present, podready) + cluster_goals(convergence, control_plane)
     mem = memory_estimate(rows, present)
 
     events = None
@@ -519,9 +624,11 @@ def main():
                    "goals": goal_rows,
                    "memory_estimate": mem, "podready": podready,
                    "policy_resolution": resolve, "kernel_events": events, "proxy_soak": soak,
+                   "convergence": convergence, "control_plane": control_plane,
                    "raw": rows}, f, indent=1)
     md = markdown(meta, rows, summary, ratios, goal_rows, mem, present, args.smoke, mesh_cpu, podready, resolve, events)
     md += soak_markdown(soak)
+    md += cluster_markdown(convergence, control_plane)
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
         f.write(md)
     with open(os.path.join(args.out, "results.svg"), "w", encoding="utf-8") as f:
@@ -537,7 +644,8 @@ def main():
                 f.write(f"{head}{start}\n{md}{end}{tail}")
     print(md)
     if args.smoke:
-        problems = check_smoke(rows, present) + check_podready(podready) + check_soak(soak)
+        problems = (check_smoke(rows, present) + check_podready(podready) + check_soak(soak)
+                    + check_cluster(convergence, control_plane))
         if problems:
             print("smoke: FAILED\n  " + "\n  ".join(problems), file=sys.stderr)
             sys.exit(1)

@@ -10,6 +10,10 @@
 #            --podready PODS (pod-ready time in a lab of its own; default 100, 3 with --smoke,
 #            0 with --scenario)  --no-build  --out DIR  --keep (keep the temp dir with the logs)
 #            --soak CONNECTIONS (proxy memory storm; default 10000, 1000 with --smoke, 0 with --scenario)
+#            --convergence PODS (pod on node1 → first allowed request from node3, 3-node lab;
+#            default 100, 3 with --smoke, 0 with --scenario)
+#            --control-plane AGENTSxENDPOINTS[,...] (simulated agents on a real etcd; default
+#            100x100,1000x100, 20x10 with --smoke, none with --scenario; "none" skips it)
 #
 # Run as root. Nothing leaves the namespaces created here (mb-<pid>-client, -server, -node;
 # for the cross-node scenarios -node1, -node2, -xclient, -xserver); they and every process
@@ -36,9 +40,11 @@ OUT=""
 KEEP=0
 PODREADY=""
 SOAK=""
+CONVERGENCE=""
+CONTROL_PLANE=""
 SCENARIOS=()
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,6 +56,8 @@ while [ $# -gt 0 ]; do
     --server) shift; SERVER=${1:?--server needs nginx or deathstar} ;;
     --podready) shift; PODREADY=${1:?--podready needs a number of pods} ;;
     --soak) shift; SOAK=${1:?--soak needs a number of connections} ;;
+    --convergence) shift; CONVERGENCE=${1:?--convergence needs a number of pods} ;;
+    --control-plane) shift; CONTROL_PLANE=${1:?--control-plane needs AGENTSxENDPOINTS[,...] or none} ;;
     --no-build) BUILD=0 ;;
     --out) shift; OUT=${1:?--out needs a directory} ;;
     --keep) KEEP=1 ;;
@@ -62,6 +70,8 @@ done
 if [ "${#SCENARIOS[@]}" -gt 0 ]; then
   PODREADY=${PODREADY:-0}
   SOAK=${SOAK:-0}
+  CONVERGENCE=${CONVERGENCE:-0}
+  CONTROL_PLANE=${CONTROL_PLANE:-none}
 else
   SCENARIOS=("${ALL_SCENARIOS[@]}")
 fi
@@ -79,8 +89,10 @@ esac
 
 if [ "$SMOKE" = 1 ]; then
   ROUNDS=1; WARMUP=1; DURATION=${DURATION:-1}; RATE=${RATE:-1000}; PODREADY=${PODREADY:-3}; QUIET=0
+  CONVERGENCE=${CONVERGENCE:-3}; CONTROL_PLANE=${CONTROL_PLANE:-20x10}
 else
   WARMUP=2; DURATION=${DURATION:-5}; RATE=${RATE:-5000}; PODREADY=${PODREADY:-100}
+  CONVERGENCE=${CONVERGENCE:-100}; CONTROL_PLANE=${CONTROL_PLANE:-100x100,1000x100}
 fi
 CONNS=64          # keep-alive connections, closed loop and open loop alike
 CONN_RATE_CONNS=32
@@ -123,6 +135,7 @@ if [ "$BUILD" = 1 ]; then
   [ "$PODREADY" = 0 ] || [ "$SMOKE" = 1 ] || (cd "$ROOT" && cargo build --release -p myelin-policy --example resolve_bench)
 fi
 NEED_BINS=(myelin-bench); [ "$SERVER" != deathstar ] && [ "$PODREADY" = 0 ] || NEED_BINS+=(myelin)
+[ "$CONVERGENCE" = 0 ] || NEED_BINS+=(myelin)
 for b in "${NEED_BINS[@]}"; do [ -x "$BIN/$b" ] || die "$BIN/$b missing: build with cargo build --release --bin $b"; done
 
 # --- temp dir, namespaces, cleanup -------------------------------------------------------
@@ -758,6 +771,32 @@ if [ "$PODREADY" != 0 ]; then
   PODREADY_ARGS+=(--podready "$TMP/podready.json")
 fi
 
+# Many nodes: a pod on node1 until node3 reaches it (bench/convergence.sh, a 3-node lab of
+# its own), and simulated agents against a real etcd (myelin-bench control-plane).
+CLUSTER_ARGS=()
+if [ "$CONVERGENCE" != 0 ]; then
+  say "convergence across nodes over $CONVERGENCE pods (bench/convergence.sh)"
+  bash "$ROOT/bench/convergence.sh" "$CONVERGENCE" "$TMP/convergence.json" >&2
+  CLUSTER_ARGS+=(--convergence "$TMP/convergence.json")
+fi
+control_plane_measurement() {
+  # A round's changes spread over 10 s: at 1,000 x 100, 1 % per second saturates etcd and
+  # the simulated agents on two cores (bench/README.md).
+  local size agents endpoints rounds=5 window=10000
+  [ "$SMOKE" = 0 ] || { rounds=2; window=200; }
+  : >"$TMP/control-plane.json"
+  for size in ${CONTROL_PLANE//,/ }; do
+    agents=${size%x*}; endpoints=${size#*x}
+    say "control plane: $agents agents x $endpoints endpoints on etcd (myelin-bench control-plane)"
+    "$BIN/myelin-bench" control-plane --agents "$agents" --endpoints "$endpoints" --rounds "$rounds" \
+      --window-ms "$window" $([ "$SMOKE" = 1 ] && echo "--identities 20 --settle-ms 200") \
+      >>"$TMP/control-plane.json" 2>"$TMP/control-plane.log" \
+      || { tail -20 "$TMP/control-plane.log" >&2; die "myelin-bench control-plane failed at $size"; }
+  done
+  CLUSTER_ARGS+=(--control-plane "$TMP/control-plane.json")
+}
+[ "$CONTROL_PLANE" = none ] || control_plane_measurement
+
 # The proxy's memory under a storm of client connections and after it closed (myelin-bench
 # soak: the proxy in a process of its own, clients and upstream on 127.0.0.0/8, ~15 s).
 SOAK_ARGS=()
@@ -784,7 +823,7 @@ COMMAND="bench/run.sh"
 python3 "$ROOT/bench/report.py" --raw "$RAW" --out "$DEST" \
   --started "$STARTED" --seconds "$(( $(date +%s) - T0 ))" --command "$COMMAND --rounds $ROUNDS --rate $RATE --duration $DURATION --server $SERVER" \
   --rate "$RATE" --server "$SERVER" $([ "$SMOKE" = 1 ] && echo --smoke) "${PODREADY_ARGS[@]+"${PODREADY_ARGS[@]}"}" \
-  "${SOAK_ARGS[@]+"${SOAK_ARGS[@]}"}" \
+  "${SOAK_ARGS[@]+"${SOAK_ARGS[@]}"}" "${CLUSTER_ARGS[@]+"${CLUSTER_ARGS[@]}"}" \
   $([ "$SMOKE" = 0 ] && [ -z "$OUT" ] && [ "${#SCENARIOS[@]}" -eq "${#ALL_SCENARIOS[@]}" ] && echo --readme "$ROOT/bench/README.md")
 FAILED=0
 say "results in $DEST"

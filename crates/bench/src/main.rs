@@ -9,9 +9,15 @@
 //! - `datapath`: loads Myelin's kernel programs and attaches them to pod veths, as a
 //!   lone node or as one of two joined by an overlay or by native routes;
 //! - `grpc-server`, `grpc-load`: gRPC unary calls over h2c, for calls per second;
-//! - `soak`: the proxy's memory under a storm of client connections and after it.
+//! - `soak`: the proxy's memory under a storm of client connections and after it;
+//! - `control-plane`: many agents without a datapath against a real etcd, with churn;
+//!   `cluster-agent` is its full agent (a process of its own, for its memory);
+//! - `first-ok`: new connections until one gets a 200, for the convergence figure.
 
+mod cluster_agent;
+mod control_plane;
 mod cpu;
+mod first_ok;
 mod grpc;
 mod kernel;
 mod load;
@@ -46,6 +52,13 @@ enum Command {
     /// The proxy's memory under a storm of client connections and after; prints one JSON
     /// report.
     Soak(soak::SoakArgs),
+    /// Many agents without a datapath against a real etcd, with churn; prints one JSON
+    /// report.
+    ControlPlane(control_plane::ControlPlaneArgs),
+    /// One agent's receiving side of the cluster store (used by `control-plane`).
+    ClusterAgent(cluster_agent::ClusterAgentArgs),
+    /// New connections until one is answered 200; prints when.
+    FirstOk(first_ok::FirstOkArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -64,6 +77,9 @@ fn main() -> std::process::ExitCode {
         Command::GrpcServer(args) => grpc::run_server(&args),
         Command::GrpcLoad(args) => grpc::run_load(&args),
         Command::Soak(args) => soak::run(&args),
+        Command::ControlPlane(args) => control_plane::run(&args),
+        Command::ClusterAgent(args) => cluster_agent::run(&args),
+        Command::FirstOk(args) => first_ok::run(&args),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -330,7 +330,7 @@ async fn start_proxy(upstream: SocketAddr, workers: usize) -> anyhow::Result<(Ch
 }
 
 /// The resident set of process `pid` in bytes (`VmRSS` of `/proc/PID/status`).
-fn rss(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let kib: u64 = status

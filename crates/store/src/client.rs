@@ -128,6 +128,24 @@ impl Drop for RuntimeThread {
     }
 }
 
+/// Keys per answer of a listing: ~1 MB of endpoints, well under the client's 4 MiB limit
+/// on one message. (etcd 3.4 walks the whole range's index for every page, so pages are
+/// not made smaller than they need to be.)
+const LIST_PAGE: i64 = 5000;
+
+/// The end of the range of keys starting with `prefix` (etcd's range end is exclusive):
+/// the prefix with its last byte below 0xff increased; `\0` (every key) when there is none.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// One client per etcd member with the cluster's keys and the call timeout; cheap to
 /// clone, used by the store's tasks (which must not keep the runtime alive, so they do
 /// not hold it).
@@ -218,24 +236,63 @@ impl Conn {
         Ok(response.take_kvs().into_iter().next())
     }
 
-    /// Every key under `prefix` with the revision the listing is consistent at.
+    /// Every key under `prefix` with the revision the listing is consistent at. Read in
+    /// pages, every page at the first one's revision: one answer may carry at most the
+    /// client's 4 MiB message limit (100,000 endpoints are ~20 MB). A page etcd finds too
+    /// large for one answer (large values) is asked for again at half the keys.
     pub(crate) async fn list(
         &self,
         prefix: &str,
         keys_only: bool,
     ) -> Result<(Vec<KeyValue>, i64), StoreError> {
-        let mut options = GetOptions::new().with_prefix();
-        if keys_only {
-            options = options.with_keys_only();
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut page_keys = LIST_PAGE;
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(page_keys);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            if keys_only {
+                options = options.with_keys_only();
+            }
+            let answer = self
+                .call(format!("list {prefix}"), |mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                })
+                .await;
+            let mut response = match answer {
+                Err(StoreError::Etcd {
+                    source: etcd_client::Error::GRpcStatus(status),
+                    ..
+                }) if status.code() == tonic::Code::OutOfRange && page_keys > 1 => {
+                    page_keys /= 2;
+                    continue;
+                }
+                answer => answer?,
+            };
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            let more = response.more();
+            let page = response.take_kvs();
+            let Some(last) = page.last() else {
+                break;
+            };
+            // The next page starts just after the last key.
+            from = last.key().to_vec();
+            from.push(0);
+            kvs.extend(page);
+            if !more {
+                break;
+            }
         }
-        let mut response = self
-            .call(format!("list {prefix}"), |mut c| {
-                let (prefix, options) = (prefix.to_string(), options.clone());
-                async move { c.get(prefix, Some(options)).await }
-            })
-            .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        Ok((response.take_kvs(), revision))
+        Ok((kvs, revision))
     }
 
     pub(crate) async fn put(
@@ -389,5 +446,20 @@ async fn connect_clients(
             }
             Ok(clients)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_just_after_its_last_key() {
+        assert_eq!(
+            prefix_end(b"/myelin/lab/endpoints/"),
+            b"/myelin/lab/endpoints0"
+        );
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 }

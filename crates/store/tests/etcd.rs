@@ -655,6 +655,42 @@ async fn an_apply_is_one_transaction_and_watchers_see_it() {
     assert!(!resources.contains_key(&key("Pod", "pod-0")));
 }
 
+/// More entries than one gRPC answer may carry (the client takes at most 4 MiB per
+/// message; 100,000 endpoints are ~20 MB): a listing and a watch's first sync are paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_larger_than_one_answer_arrives_whole() {
+    let Some(etcd) = etcd("large_listing", 1) else {
+        return;
+    };
+    let store = connect(etcd.server.address(), "large");
+    let padding = "x".repeat(1200);
+    for batch in 0..5 {
+        let resources: Vec<(ResourceKey, serde_json::Value)> = (0..1000)
+            .map(|i| {
+                let key = ResourceKey {
+                    kind: "ConfigMap".into(),
+                    namespace: "default".into(),
+                    name: format!("cm-{batch}-{i}"),
+                };
+                (key, serde_json::json!({"data": padding}))
+            })
+            .collect();
+        // etcd takes requests of at most 1.5 MiB: ~1.2 MB per transaction.
+        store.apply_resources(&resources, &[]).await.expect("apply");
+    }
+    assert_eq!(store.resources().await.expect("list").len(), 5000);
+    let mut watch = store.watch_resources();
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), watch.next()).await {
+            Ok(Some(Update::Upsert(..))) => seen += 1,
+            Ok(Some(Update::Synced)) => break,
+            other => panic!("after {seen} entries: {other:?}"),
+        }
+    }
+    assert_eq!(seen, 5000);
+}
+
 #[test]
 fn an_agent_in_another_network_namespace_reaches_etcd_over_its_unix_socket() {
     if !myelin_test_support::privileged("store_netns") {
