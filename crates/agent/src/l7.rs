@@ -3,7 +3,7 @@
 //! (endpoint address, port, direction) whose entry redirects to the proxy,
 //! and the identities of the node's pods.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use myelin_policy::{Action, Direction, EndpointPolicy, PolicyEngine};
@@ -242,8 +242,8 @@ pub struct ProxyConfig {
     endpoints: BTreeMap<myelin_policy::EndpointKey, Contribution>,
     /// The identities of other nodes' pods: the proxy serves their
     /// connections to this node's pods too (the node's ingress hands them
-    /// over) and matches its rules' peers against them.
-    remote: Vec<IdentityEntry>,
+    /// over) and matches its rules' peers against them. By address.
+    remote: BTreeMap<std::net::IpAddr, IdentityEntry>,
     /// Whether the proxy has not been sent what it holds now.
     unsent: bool,
 }
@@ -269,23 +269,41 @@ impl ProxyConfig {
     }
 
     /// Takes the other nodes' pods from the engine (its remote endpoints);
-    /// a change makes a new snapshot due.
+    /// a change makes a new snapshot due. Entries that did not change are
+    /// kept as they are, and an identity's labels are written out once per
+    /// call: at 100,000 remote pods a batch of events must not format every
+    /// pod's labels again.
     pub fn update_remote(&mut self, engine: &PolicyEngine) {
-        let remote: Vec<IdentityEntry> = engine
-            .remote_endpoints()
-            .map(|ep| IdentityEntry {
-                ip: ep.ip,
-                identity: ep.identity,
-                labels: engine
-                    .identity_labels(ep.identity)
-                    .map(|l| l.to_strings())
-                    .unwrap_or_default(),
-                namespace: Some(ep.namespace.clone()),
-                pod_name: Some(ep.pod.clone()),
-            })
-            .collect();
-        if remote != self.remote {
-            self.remote = remote;
+        let mut before = std::mem::take(&mut self.remote);
+        let mut labels: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut changed = false;
+        for ep in engine.remote_endpoints() {
+            let kept = before.remove(&ep.ip).filter(|entry| {
+                entry.identity == ep.identity
+                    && entry.namespace.as_deref() == Some(ep.namespace.as_str())
+                    && entry.pod_name.as_deref() == Some(ep.pod.as_str())
+            });
+            let entry = kept.unwrap_or_else(|| {
+                changed = true;
+                IdentityEntry {
+                    ip: ep.ip,
+                    identity: ep.identity,
+                    labels: labels
+                        .entry(ep.identity)
+                        .or_insert_with(|| {
+                            engine
+                                .identity_labels(ep.identity)
+                                .map(|l| l.to_strings())
+                                .unwrap_or_default()
+                        })
+                        .clone(),
+                    namespace: Some(ep.namespace.clone()),
+                    pod_name: Some(ep.pod.clone()),
+                }
+            });
+            self.remote.insert(ep.ip, entry);
+        }
+        if changed || !before.is_empty() {
             self.unsent = true;
         }
     }
@@ -310,7 +328,7 @@ impl ProxyConfig {
             }
             identities.extend(contribution.identities.iter().cloned());
         }
-        identities.extend(self.remote.iter().cloned());
+        identities.extend(self.remote.values().cloned());
         Some(Snapshot {
             version,
             listeners: listeners(),
@@ -396,6 +414,51 @@ mod tests {
         let fourth = config.take_snapshot(&headers, 4).expect("the L7 rule went");
         assert!(fourth.l7_policies.is_empty());
         assert_eq!(fourth.identities, second.identities);
+    }
+
+    #[test]
+    fn other_nodes_pods_reach_the_proxy_once_and_only_when_they_change() {
+        let mut engine = engine_with(&[]);
+        let mut labels = myelin_policy::LabelSet::new();
+        labels.insert("k8s", "app", "remote");
+        let remote = |ip: &str, identity: u32, pod: &str| myelin_policy::RemoteEndpoint {
+            ip: ip.parse().expect("ip"),
+            identity,
+            ports: Vec::new(),
+            node: "node2".into(),
+            namespace: "default".into(),
+            pod: pod.into(),
+        };
+        for (ip, pod) in [("10.244.2.2", "a"), ("10.244.2.3", "b")] {
+            engine
+                .upsert_remote_endpoint(remote(ip, 300, pod), &labels)
+                .expect("remote pod");
+        }
+        let mut config = ProxyConfig::default();
+        let headers = FlowHeaders::default();
+        config.update_remote(&engine);
+        let first = config.take_snapshot(&headers, 1).expect("two remote pods");
+        assert_eq!(first.identities.len(), 2);
+        assert_eq!(
+            first.identities[0].labels,
+            vec!["k8s:app=remote".to_string()]
+        );
+
+        config.update_remote(&engine);
+        assert_eq!(config.take_snapshot(&headers, 2), None, "nothing changed");
+
+        engine
+            .upsert_remote_endpoint(remote("10.244.2.3", 300, "c"), &labels)
+            .expect("the address moved to another pod");
+        config.update_remote(&engine);
+        let third = config.take_snapshot(&headers, 3).expect("a pod changed");
+        assert_eq!(third.identities[1].pod_name.as_deref(), Some("c"));
+        assert_eq!(third.identities[0], first.identities[0]);
+
+        engine.remove_remote_endpoint("10.244.2.2".parse().expect("ip"));
+        config.update_remote(&engine);
+        let fourth = config.take_snapshot(&headers, 4).expect("a pod went");
+        assert_eq!(fourth.identities.len(), 1);
     }
 
     #[test]
