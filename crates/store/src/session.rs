@@ -2,8 +2,10 @@
 //!
 //! The session remembers every key it wrote: when the lease is lost (it expired while
 //! the node was cut off, or etcd came back without its data) a new lease is granted and
-//! every owned key is written again; when etcd was merely unreachable, the keys are
-//! written again under the same lease once it answers (a write may have been lost).
+//! every owned key is written again; when etcd was merely unreachable, only the writes
+//! that failed are made again under the same lease once it answers (an acknowledged
+//! write is in etcd). At 1,000 nodes an overload that fails one write of each node must
+//! not make every node write all its keys again at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -39,8 +41,9 @@ pub(crate) struct SessionState {
     pub(crate) owned: BTreeMap<String, Owned>,
     /// Owned keys let go while etcd did not answer: deleted on the next sync.
     pending_deletes: BTreeSet<String>,
-    /// A write may be missing in etcd: everything is written again on the next sync.
-    stale: bool,
+    /// Owned keys whose last write may not have reached etcd: written again on the next
+    /// sync (all of them after a lost lease).
+    unwritten: BTreeSet<String>,
     /// Numbers known to be bound, to search free ones without listing every time.
     pub(crate) bound_ids: Option<BTreeSet<Identity>>,
 }
@@ -79,7 +82,7 @@ impl NodeSession {
             lease,
             owned: BTreeMap::new(),
             pending_deletes: BTreeSet::new(),
-            stale: false,
+            unwritten: BTreeSet::new(),
             bound_ids: None,
         }));
         let wake = Arc::new(Notify::new());
@@ -129,8 +132,10 @@ impl NodeSession {
             .insert(key.to_string(), Owned::Value(value.clone()));
         let result = self.store.conn.put(key, value, Some(state.lease)).await;
         if result.is_err() {
-            state.stale = true;
+            state.unwritten.insert(key.to_string());
             self.wake.notify_one();
+        } else {
+            state.unwritten.remove(key);
         }
         result
     }
@@ -139,10 +144,10 @@ impl NodeSession {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         state.owned.remove(key);
+        state.unwritten.remove(key);
         let result = self.store.conn.delete(key).await;
         if result.is_err() {
             state.pending_deletes.insert(key.to_string());
-            state.stale = true;
             self.wake.notify_one();
         }
         result
@@ -228,10 +233,10 @@ async fn keep_alive(
         {
             Ok(_) => {
                 let mut state = state.lock().await;
-                if !state.stale {
+                if state.unwritten.is_empty() && state.pending_deletes.is_empty() {
                     period
                 } else if sync(&conn, &mut state).await.is_ok() {
-                    tracing::info!(%node, "store: owned keys written again after an outage");
+                    tracing::info!(%node, "store: the writes etcd missed are made again");
                     period
                 } else {
                     retry
@@ -247,7 +252,7 @@ async fn keep_alive(
                         tracing::warn!(%node, old = state.lease, new = lease,
                             "store: the lease was lost; owned keys go under a new one");
                         state.lease = lease;
-                        state.stale = true;
+                        state.unwritten = state.owned.keys().cloned().collect();
                         if sync(&conn, &mut state).await.is_ok() {
                             period
                         } else {
@@ -258,8 +263,9 @@ async fn keep_alive(
                 }
             }
             Err(e) => {
+                // Etcd did not answer: the lease may still stand; the writes that failed
+                // are known, and a lost lease shows on the next keep-alive.
                 tracing::debug!(%node, error = %e, "store: keep-alive failed; retrying");
-                state.lock().await.stale = true;
                 retry
             }
         };
@@ -270,19 +276,21 @@ async fn keep_alive(
     }
 }
 
-/// Writes every owned key again under the current lease and performs pending deletes.
+/// Performs the pending deletes and writes the unwritten owned keys again under the
+/// current lease; what succeeded is not done again if a later step fails.
 async fn sync(conn: &Conn, state: &mut SessionState) -> Result<(), StoreError> {
     let pending: Vec<String> = state.pending_deletes.iter().cloned().collect();
     for key in pending {
         conn.delete(&key).await?;
         state.pending_deletes.remove(&key);
     }
-    let owned: Vec<(String, Owned)> = state
-        .owned
+    let unwritten: Vec<(String, Owned)> = state
+        .unwritten
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter_map(|k| Some((k.clone(), state.owned.get(k)?.clone())))
         .collect();
-    for (key, owned) in owned {
+    state.unwritten.retain(|k| state.owned.contains_key(k));
+    for (key, owned) in unwritten {
         match owned {
             Owned::Value(value) => conn.put(&key, value, Some(state.lease)).await?,
             Owned::Hold { id, labels } => {
@@ -293,8 +301,8 @@ async fn sync(conn: &Conn, state: &mut SessionState) -> Result<(), StoreError> {
                 }
             }
         }
+        state.unwritten.remove(&key);
     }
-    state.stale = false;
     Ok(())
 }
 

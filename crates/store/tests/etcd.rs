@@ -413,6 +413,60 @@ async fn a_lost_lease_is_replaced_and_the_nodes_keys_written_again() {
     );
 }
 
+/// The revision at which `key` was last written, as `etcdctl` reports it.
+fn mod_revision(etcd: &Etcd, key: &str) -> Option<u64> {
+    let endpoint = etcd.server.members()[0].client_address();
+    let output = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &endpoint, "get", key, "-w", "json"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl (Debian's etcd-client)");
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    answer["kvs"][0]["mod_revision"].as_u64()
+}
+
+/// After etcd was away, a session makes again only the writes that failed,
+/// not every key it owns: a thousand nodes coming back from an overload must
+/// not all rewrite everything at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_only_the_failed_writes_are_made_again() {
+    let Some(mut etcd) = etcd("failed_writes", 1) else {
+        return;
+    };
+    let store = connect(etcd.server.address(), "rewrites");
+    let session = NodeSession::start(&store, "node1", Duration::from_secs(15))
+        .await
+        .expect("session");
+    session
+        .publish_endpoint(&endpoint("10.244.1.10", "node1", 300))
+        .await
+        .expect("endpoint");
+    let written = store.keys().endpoint("10.244.1.10".parse().expect("ip"));
+    let before = mod_revision(&etcd, &written).expect("written once");
+    etcd.server.kill(0).expect("kill");
+    assert!(
+        session
+            .publish_endpoint(&endpoint("10.244.1.11", "node1", 300))
+            .await
+            .is_err()
+    );
+    etcd.server.restart(0).expect("restart");
+    until(
+        Duration::from_secs(30),
+        "the failed write is made again",
+        || {
+            let store = store.clone();
+            async move { store.endpoints().await.is_ok_and(|e| e.len() == 2) }
+        },
+    )
+    .await;
+    assert_eq!(
+        mod_revision(&etcd, &written),
+        Some(before),
+        "a write etcd had acknowledged was made again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_restarted_on_its_data_loses_nothing_and_everyone_reconnects() {
     let Some(mut etcd) = etcd("etcd_restart", 1) else {
