@@ -1157,12 +1157,13 @@ fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache(
             &["ip", "-6", "route", "add", remote.1, "via", underlay.1],
         );
     }
-    for node in [&cluster.node1, &cluster.node2] {
-        node.run(|node| {
+    for (node, underlay) in [(&cluster.node1, "u1"), (&cluster.node2, "u2")] {
+        node.run(move |node| {
             let datapath = &mut node.datapath;
             datapath
                 .set_routing_mode(RoutingMode::Native)
                 .expect("native mode");
+            datapath.attach_underlay(underlay).expect("from_underlay");
         });
     }
     cluster.ipcache(
@@ -1178,13 +1179,18 @@ fn pods_of_two_nodes_talk_over_native_routes_with_the_identity_from_the_ipcache(
     echo_server(&cluster.c.ns, 8080);
     let capture = Capture::open(&cluster.n2, "u2");
     for target in [cluster.c.v4, cluster.c.v6] {
-        exchange(&cluster.a.ns, socket(target, 8080), 1 << 16)
+        exchange(&cluster.a.ns, socket(target, 8080), 1 << 20)
             .unwrap_or_else(|e| panic!("a → {target}: {e}"));
         assert!(
             exchange(&cluster.b.ns, socket(target, 8080), 16).is_err(),
             "b reached {target}"
         );
     }
+    // `from_underlay` handed the established flows' packets into c by host
+    // routing, as `from_overlay` does in tunnel mode: the two megabytes
+    // never crossed c's host veth.
+    let sent = tx_bytes(&cluster.n2, "hc");
+    assert!(sent < 256 << 10, "c's host veth sent {sent} bytes");
     let frames = capture.frames();
     assert!(vxlan(&frames).is_empty() && !frames.is_empty());
     assert!(

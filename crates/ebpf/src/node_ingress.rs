@@ -7,6 +7,7 @@
 use crate::conntrack::{CONNTRACK, ct_key, ct_update, live_entry, new_entry};
 use crate::endpoints::{ENDPOINTS_BY_IP, ip_key};
 use crate::events::drop_packet;
+use crate::host_routing::host_route;
 use crate::parse::{IPPROTO_TCP, TCP_ACK, TCP_SYN, parse};
 use crate::policy::{decide, deny, emit_verdict, identity_of, policy_revision};
 use crate::redirect::to_proxy;
@@ -120,11 +121,15 @@ pub(crate) fn remote_redirect(ctx: &TcContext, st: &mut State, src_identity: u32
 /// On the node's underlay-facing link (ingress, native routing): packets
 /// routed here from other nodes' pods, unencapsulated. The source identity
 /// is the ipcache's. A flow for the proxy is handed to it
-/// ([`remote_redirect`]); everything else — the nodes' own traffic, VXLAN
-/// packets, flows the pod's `to_container` decides — passes untouched.
+/// ([`remote_redirect`]); a packet of a flow the destination pod already
+/// tracks (a reply, or a flow its ingress admitted) is handed straight into
+/// the pod by host routing, as `from_overlay` does in tunnel mode, saving
+/// the node's stack; everything else — a new flow, a fragment, an ICMP
+/// error, the nodes' own traffic, VXLAN packets — passes untouched, and the
+/// pod's `to_container` decides a new flow.
 pub(crate) fn from_underlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
     reset_meta(st, ifindex(ctx), None, false);
-    if !matches!(parse(ctx, &mut st.pkt), Ok(true)) {
+    if !matches!(parse(ctx, &mut st.pkt), Ok(true)) || st.pkt.fragment || st.pkt.icmp_error {
         return TC_ACT_OK;
     }
     let identity = identity_of(st.pkt.family, &st.pkt.saddr);
@@ -132,7 +137,7 @@ pub(crate) fn from_underlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     match remote_redirect(ctx, st, identity, now) {
         REDIRECT => to_proxy(ctx, st, st.redirect_port, st.redirect_report),
-        PASS_ON => TC_ACT_OK,
+        PASS_ON => host_route(ctx, st, now),
         verdict => verdict,
     }
 }
