@@ -33,33 +33,11 @@ for b in myelin myelin-bench; do
   [ -x "$BIN/$b" ] || { echo "convergence: $BIN/$b missing: cargo build --release --bin $b" >&2; exit 1; }
 done
 
-TMP=$(mktemp -d "/tmp/myelin-convergence.$$.XXXX")
-LAB_UP=0
-cleanup() {
-  [ "$LAB_UP" = 0 ] || "$M" lab --name "$LAB" down >/dev/null 2>&1 || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-IMAGE_APP=quay.io/cilium/starwars:v2.1
-IMAGE_SHIP=quay.io/cilium/json-mock:v1.3.8
-ship() { # ship NAME ORG
-  cat <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  labels: {org: $2, class: $1}
-spec:
-  nodeName: node3
-  containers: [{name: spaceship, image: $IMAGE_SHIP}]
----
-EOF
-}
+# shellcheck source=bench/lab_bench.sh
+source "$ROOT/bench/lab_bench.sh" convergence
 {
-  ship tiefighter empire
-  ship xwing alliance
+  ship tiefighter empire node3
+  ship xwing alliance node3
   cat <<EOF
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

@@ -21,29 +21,8 @@ LAB="mb$$"
 [ -x "$M" ] || { echo "podready: $M missing: cargo build --release --bin myelin" >&2; exit 1; }
 command -v curl >/dev/null || { echo "podready: needs curl" >&2; exit 1; }
 
-TMP=$(mktemp -d "/tmp/myelin-podready.$$.XXXX")
-LAB_UP=0
-cleanup() {
-  [ "$LAB_UP" = 0 ] || "$M" lab --name "$LAB" down >/dev/null 2>&1 || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-IMAGE_APP=quay.io/cilium/starwars:v2.1
-IMAGE_SHIP=quay.io/cilium/json-mock:v1.3.8
-ship() { # ship NAME ORG
-  cat <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  labels: {org: $2, class: $1}
-spec:
-  containers: [{name: spaceship, image: $IMAGE_SHIP}]
----
-EOF
-}
+# shellcheck source=bench/lab_bench.sh
+source "$ROOT/bench/lab_bench.sh" podready
 {
   ship tiefighter empire
   ship xwing alliance
