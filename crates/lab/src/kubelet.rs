@@ -307,6 +307,20 @@ mod tests {
     }
 
     #[test]
+    fn mac_addresses_read_as_the_lab_writes_them() {
+        let mac = crate::ipam::pod_mac(std::net::Ipv4Addr::new(10, 244, 1, 5));
+        assert_eq!(parse_mac(&mac), Some([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]));
+        for bad in [
+            "",
+            "0a:58:0a:f4:01",
+            "0a:58:0a:f4:01:05:06",
+            "0a:58:0a:f4:01:zz",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn containers_that_cannot_start_are_found_before_anything_is_created() {
         assert_eq!(
             container_problem(&container(Some(&["sleep", "1"]), "x")),
