@@ -127,7 +127,9 @@ pub struct InheritedListeners {
 /// Runs the relay until the process is stopped.
 pub async fn run(args: RelayArgs, inherited: InheritedListeners) -> anyhow::Result<()> {
     if args.listen_socket.is_none() && args.listen_address.is_none() && args.listen_fd.is_none() {
-        bail!("give --listen-socket or --listen-address: the relay must serve somewhere");
+        bail!(
+            "give --listen-socket, --listen-address or --listen-fd: the relay must serve somewhere"
+        );
     }
     let servicemap = servicemap::listener(&args, inherited.servicemap).await?;
     let fixed = parse_peers(&args.peers)?;
