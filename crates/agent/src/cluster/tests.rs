@@ -250,3 +250,27 @@ async fn a_dead_node_leaves_within_its_ttl_and_an_outage_changes_nothing() {
         myelin_policy::identity::WORLD
     );
 }
+
+#[tokio::test]
+async fn a_stopping_agent_waits_only_while_writes_are_queued() {
+    let queued = QueuedWrites::default();
+    queued.settled().await;
+    queued.add();
+    queued.add();
+    queued.done();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), queued.settled())
+            .await
+            .is_err(),
+        "one write is still queued"
+    );
+    let waiting = tokio::spawn({
+        let queued = queued.clone();
+        async move { queued.settled().await }
+    });
+    queued.done();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("settled once the last write was tried")
+        .expect("task");
+}
