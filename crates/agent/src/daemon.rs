@@ -325,6 +325,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .with_context(|| format!("binding the service map page {address}"))?;
         tokio::spawn(serve_servicemap(listener, map, token));
     }
+    // `/readyz` answers 200 from the moment the API serves (below).
+    let readiness = myelin_observe::metrics::Readiness::new();
     if let Some(address) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -332,6 +334,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tokio::spawn(myelin_observe::metrics::serve_metrics(
             listener,
             Arc::new(registry),
+            readiness.clone(),
         ));
     }
 
@@ -362,6 +365,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let listener = UnixListener::bind(&config.api_socket)
         .with_context(|| format!("binding the API socket {}", config.api_socket.display()))?;
     tracing::info!(node = %config.node, socket = %config.api_socket.display(), "agent ready");
+    readiness.set_ready();
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

@@ -49,6 +49,7 @@ mod service;
 mod skb;
 mod state;
 mod to_container;
+mod zero;
 
 use crate::conntrack::live_entry;
 use crate::events::count;

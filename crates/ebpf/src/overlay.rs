@@ -15,6 +15,7 @@ use crate::policy::{IDENTITY_WORLD, identity_of};
 use crate::redirect::to_proxy;
 use crate::skb::ifindex;
 use crate::state::{State, reset_meta};
+use crate::zero::zero_words;
 use aya_ebpf::bindings::{BPF_F_TUNINFO_IPV6, TC_ACT_OK, bpf_tunnel_key};
 use aya_ebpf::helpers::{
     bpf_check_mtu, bpf_ktime_get_ns, bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key,
@@ -44,6 +45,25 @@ const PACKET_HOST: u32 = 0;
 
 /// The size of the tunnel key the helpers read and write.
 const TUNNEL_KEY_SIZE: u32 = core::mem::size_of::<bpf_tunnel_key>() as u32;
+
+/// A tunnel key, word-aligned so that [`zero_words`] clears it.
+#[repr(C, align(8))]
+struct TunnelKey(bpf_tunnel_key);
+
+impl TunnelKey {
+    /// Clears `slot` and returns the key in it, to fill in or to read into
+    /// (cleared in place: a key returned by value came back as a `memset`).
+    // Inlined: the slot is in the caller's frame.
+    #[inline(always)]
+    fn zeroed_in(slot: &mut core::mem::MaybeUninit<TunnelKey>) -> &mut bpf_tunnel_key {
+        // SAFETY: the slot's own memory; all zero is a valid value of every
+        // field of the plain-old-data key.
+        unsafe {
+            zero_words(slot.as_mut_ptr());
+            &mut slot.assume_init_mut().0
+        }
+    }
+}
 
 /// Hop limit of the outer (underlay) header.
 const UNDERLAY_TTL: u8 = 64;
@@ -127,8 +147,8 @@ fn tunnel_endpoint(family: u8, addr: &[u8; 16]) -> Option<TunnelEndpoint> {
 /// kernel refuses it.
 #[inline(never)]
 fn set_tunnel(ctx: &TcContext, remote: &TunnelEndpoint, identity: u32) -> bool {
-    // SAFETY: plain old data; all zero is a valid value of every field.
-    let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let tunnel = TunnelKey::zeroed_in(&mut slot);
     tunnel.tunnel_id = identity;
     tunnel.tunnel_ttl = UNDERLAY_TTL;
     let a = remote.addr;
@@ -147,7 +167,7 @@ fn set_tunnel(ctx: &TcContext, remote: &TunnelEndpoint, identity: u32) -> bool {
         u64::from(BPF_F_TUNINFO_IPV6)
     };
     // SAFETY: the context's skb and a tunnel key of the size given.
-    unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, &mut tunnel, TUNNEL_KEY_SIZE, flags) == 0 }
+    unsafe { bpf_skb_set_tunnel_key(ctx.skb.skb, tunnel, TUNNEL_KEY_SIZE, flags) == 0 }
 }
 
 /// Reads the packet's tunnel key (either underlay family) into `tunnel`;
@@ -171,9 +191,8 @@ fn tunnel_key(ctx: &TcContext, tunnel: &mut bpf_tunnel_key) -> bool {
 /// redirected already have theirs. Without a remote node for the
 /// destination the device drops the packet (it has nowhere to send it).
 pub(crate) fn to_overlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
-    // SAFETY: plain old data; all zero is a valid value of every field.
-    let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    if tunnel_key(ctx, &mut tunnel) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    if tunnel_key(ctx, TunnelKey::zeroed_in(&mut slot)) {
         return TC_ACT_OK;
     }
     // Not IP, or not parsable: the device has nowhere to send it.
@@ -215,9 +234,9 @@ fn vni_identity(vni: u32) -> u32 {
 /// packet is declared addressed to this host, or the stack would drop it as
 /// another host's.
 pub(crate) fn from_overlay_inner(ctx: &TcContext, st: &mut State) -> i32 {
-    // SAFETY: plain old data; all zero is a valid value of every field.
-    let mut tunnel: bpf_tunnel_key = unsafe { core::mem::zeroed() };
-    let got = tunnel_key(ctx, &mut tunnel);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let tunnel = TunnelKey::zeroed_in(&mut slot);
+    let got = tunnel_key(ctx, tunnel);
     let identity = if got {
         vni_identity(tunnel.tunnel_id)
     } else {

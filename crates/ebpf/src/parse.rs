@@ -2,6 +2,7 @@
 //! L4 header and the packet an ICMP error quotes; anti-spoofing and the
 //! link-local traffic that needs no policy.
 
+use crate::zero::zero_words;
 use aya_ebpf::programs::TcContext;
 use myelin_common::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use myelin_common::{EndpointInfo, drop_reason};
@@ -21,7 +22,8 @@ pub(crate) const TCP_ACK: u8 = 0x10;
 const MAX_IPV6_EXTENSIONS: usize = 6;
 
 /// What the parser made of a packet. Addresses and ports as in the packet
-/// (ports host order).
+/// (ports host order). Word-aligned, so that [`zero_words`] can clear it.
+#[repr(C, align(8))]
 pub(crate) struct Packet {
     pub(crate) family: u8,
     pub(crate) protocol: u8,
@@ -105,30 +107,8 @@ pub(crate) fn parse(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, u8> {
         Ok(v) => u16::from_be(v),
         Err(_) => return Ok(false),
     };
-    *pkt = Packet {
-        family: 0,
-        protocol: 0,
-        fragment: false,
-        first_fragment: false,
-        fragment_id: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        icmp_error: false,
-        l4_offset: 0,
-        csum_offset: 0,
-        sport: 0,
-        dport: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        inner_sport: 0,
-        inner_dport: 0,
-        inner_protocol: 0,
-        inner_saddr: [0; 16],
-        inner_daddr: [0; 16],
-        inner_l3: 0,
-        inner_l4: 0,
-    };
+    // SAFETY: a parsed packet of zeros is valid (integers, bools, arrays).
+    unsafe { zero_words(pkt) };
     match ethertype {
         ETH_P_IP => {
             let header: [u8; 20] = ctx

@@ -3,6 +3,7 @@
 //! stack.
 
 use crate::parse::Packet;
+use crate::zero::zero_words;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::PerCpuArray;
 use myelin_common::{CtEntry, CtKey, EndpointInfo, L4Addr, TrafficDirection};
@@ -25,8 +26,10 @@ pub(crate) struct State {
     pub(crate) peer: EndpointInfo,
 }
 
-/// Facts the events carry beyond the packet itself.
+/// Facts the events carry beyond the packet itself. Word-aligned, so that
+/// [`zero_words`] clears it.
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub(crate) struct Context {
     pub(crate) ifindex: u32,
     pub(crate) endpoint_id: u32,
@@ -48,19 +51,19 @@ pub(crate) fn reset_meta(
     sending: bool,
 ) {
     let (id, identity) = endpoint.map_or((0, 0), |e| (e.endpoint_id, e.identity));
-    st.meta = Context {
-        ifindex,
-        endpoint_id: id,
-        src_identity: if sending { identity } else { 0 },
-        dst_identity: if sending { 0 } else { identity },
-        flags: 0,
-        direction: if sending {
-            TrafficDirection::Egress as u8
-        } else {
-            TrafficDirection::Ingress as u8
-        },
-        service: L4Addr::default(),
-    };
+    // SAFETY: a context of zeros is valid (integers, a zero address); the
+    // service stays so, the rest is set below.
+    unsafe { zero_words(&mut st.meta) };
+    let meta = &mut st.meta;
+    meta.ifindex = ifindex;
+    meta.endpoint_id = id;
+    if sending {
+        meta.src_identity = identity;
+        meta.direction = TrafficDirection::Egress as u8;
+    } else {
+        meta.dst_identity = identity;
+        meta.direction = TrafficDirection::Ingress as u8;
+    }
 }
 
 /// Per-CPU working state of one program run. TC programs do not nest on a

@@ -349,4 +349,6 @@ fn destination_port(flow: &Flow) -> Option<(String, u32)> {
 }
 
 /// The endpoint that serves a registry (the agent serves its families with it).
-pub use myelin_metrics_endpoint::{OPENMETRICS_CONTENT_TYPE, encode, serve as serve_metrics};
+pub use myelin_metrics_endpoint::{
+    OPENMETRICS_CONTENT_TYPE, Readiness, encode, serve as serve_metrics,
+};

@@ -116,7 +116,11 @@ async fn metrics_endpoint_serves_openmetrics() {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(metrics::serve_metrics(listener, Arc::new(registry)));
+    let server = tokio::spawn(metrics::serve_metrics(
+        listener,
+        Arc::new(registry),
+        metrics::Readiness::ready(),
+    ));
 
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     stream

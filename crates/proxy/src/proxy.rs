@@ -323,7 +323,7 @@ impl Proxy {
             let cancel = self.shared.cancel.child_token();
             tokio::spawn(async move {
                 tokio::select! {
-                    () = myelin_metrics_endpoint::serve(listener, registry) => {}
+                    () = myelin_metrics_endpoint::serve(listener, registry, myelin_metrics_endpoint::Readiness::ready()) => {}
                     () = cancel.cancelled() => {}
                 }
             });
