@@ -141,6 +141,43 @@ pub fn save(dir: &Path, state: &StoredState) -> anyhow::Result<()> {
     write_atomically(&state_file(dir), &serde_json::to_vec_pretty(&state)?)
 }
 
+/// The CNI plugin's attachments and the pods the control plane told of,
+/// kept apart from the endpoints: an attachment is saved before its pod is
+/// wired, so that its addresses are never handed out again, also after a
+/// crash between the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniState {
+    /// Attachments, by the runtime's key.
+    pub attachments: Vec<myelin_api::cni::CniAttachment>,
+    /// Pods' metadata.
+    pub pods: Vec<myelin_api::cni::PodMetadata>,
+}
+
+fn cni_state_file(dir: &Path) -> PathBuf {
+    dir.join("cni-state.json")
+}
+
+/// Loads the CNI state; an absent file is an empty state.
+pub fn load_cni(dir: &Path) -> anyhow::Result<CniState> {
+    let path = cni_state_file(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is corrupt; the addresses it holds would be handed out again: repair it \
+                 or remove it with the pods it names",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CniState::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Saves the CNI state.
+pub fn save_cni(dir: &Path, state: &CniState) -> anyhow::Result<()> {
+    write_atomically(&cni_state_file(dir), &serde_json::to_vec_pretty(state)?)
+}
+
 /// Saves one resource (replacing the one of the same key).
 pub fn save_resource(dir: &Path, document: &Document) -> anyhow::Result<()> {
     let folder = resources_dir(dir);

@@ -123,6 +123,52 @@ pub fn link_up(netns: &Path, name: &str) -> Result<(), PodNetError> {
     })
 }
 
+/// Whether link `name` exists in the namespace at `netns`.
+pub fn link_exists(netns: &Path, name: &str) -> Result<bool, PodNetError> {
+    let (netns, name) = (netns.to_path_buf(), name.to_string());
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(async {
+            match index_of(&handle, &name, &netns).await {
+                Ok(_) => Ok(true),
+                Err(PodNetError::NoLink { .. }) => Ok(false),
+                Err(other) => Err(other),
+            }
+        })
+    })
+}
+
+/// Deletes link `name` of the namespace at `netns` (a pod's veth goes with
+/// both its ends, and the routes through it). Returns whether it was there:
+/// a link already gone is not an error, so that removing a pod twice, or
+/// after its namespace went, is done at once.
+pub fn delete_link(netns: &Path, name: &str) -> Result<bool, PodNetError> {
+    let (netns, name) = (netns.to_path_buf(), name.to_string());
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(async {
+            let index = match index_of(&handle, &name, &netns).await {
+                Ok(index) => index,
+                Err(PodNetError::NoLink { .. }) => return Ok(false),
+                Err(other) => return Err(other),
+            };
+            match handle.link().del(index).execute().await {
+                Ok(()) => Ok(true),
+                // Gone between the lookup and the delete (its namespace went).
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
+                {
+                    Ok(false)
+                }
+                Err(source) => Err(PodNetError::Netlink {
+                    what: format!("ip link del {name}"),
+                    source,
+                }),
+            }
+        })
+    })
+}
+
 /// Runs `work` on a thread of its own inside the namespace at `netns`, with
 /// a runtime for netlink connections.
 fn on_thread_in<T: Send + 'static>(
