@@ -81,8 +81,10 @@ fn add(env: &Environment, conf: &NetConf) -> Result<String, CniError> {
     let request = Request::CniAdd(CniAdd {
         key,
         netns: netns.to_string(),
-        namespace: env.required_arg("K8S_POD_NAMESPACE")?.to_string(),
-        pod: env.required_arg("K8S_POD_NAME")?.to_string(),
+        namespace: env
+            .required_arg("K8S_POD_NAMESPACE", conf.default_pod_namespace.as_deref())?
+            .to_string(),
+        pod: env.required_arg("K8S_POD_NAME", None)?.to_string(),
         mtu: conf.mtu,
         wait_for_pod_ms: Duration::from_secs(conf.wait_for_pod_seconds).as_millis() as u64,
     });

@@ -37,6 +37,11 @@ pub struct NetConf {
     /// How long ADD waits for the agent to learn of the pod.
     #[serde(default = "default_wait")]
     pub wait_for_pod_seconds: u64,
+    /// The pod namespace of containers whose runtime passes no
+    /// `K8S_POD_NAMESPACE` (podman passes only `K8S_POD_NAME`, the
+    /// container's name); the kubelet always passes both.
+    #[serde(default)]
+    pub default_pod_namespace: Option<String>,
     /// The pod interface's MTU; the agent's default when absent.
     #[serde(default)]
     pub mtu: Option<u32>,
@@ -165,18 +170,25 @@ impl Environment {
         })
     }
 
-    /// An argument of `CNI_ARGS` the command cannot do without.
-    pub fn required_arg(&self, name: &str) -> Result<&str, CniError> {
+    /// An argument of `CNI_ARGS` the command cannot do without, or
+    /// `fallback` when the runtime passes none.
+    pub fn required_arg<'a>(
+        &'a self,
+        name: &str,
+        fallback: Option<&'a str>,
+    ) -> Result<&'a str, CniError> {
         self.args
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+            .or(fallback)
             .ok_or_else(|| {
                 CniError::new(
                     Code::InvalidEnvironment,
                     format!("CNI_ARGS has no {name}"),
                     "Myelin joins a container to its pod by K8S_POD_NAMESPACE and K8S_POD_NAME \
-                     in CNI_ARGS, as the kubelet passes them",
+                     in CNI_ARGS, as the kubelet passes them (for a runtime that passes no \
+                     namespace, set defaultPodNamespace in the plugin's configuration)",
                 )
             })
     }
@@ -263,10 +275,16 @@ mod tests {
         let env = Environment::read(|name| vars.get(name).map(|v| v.to_string()));
         assert_eq!(env.command.as_deref(), Some("ADD"));
         assert_eq!(env.netns, None, "empty is unset");
-        assert_eq!(env.required_arg("K8S_POD_NAME"), Ok("web"));
+        assert_eq!(env.required_arg("K8S_POD_NAME", None), Ok("web"));
+        assert_eq!(
+            env.required_arg("K8S_POD_NAMESPACE", Some("podman")),
+            Ok("default"),
+            "the runtime's word first"
+        );
+        assert_eq!(env.required_arg("K8S_POD_UID", Some("x")), Ok("x"));
         let missing = Environment::required(&env.ifname, "CNI_IFNAME").expect_err("unset");
         assert_eq!(missing.code, Code::InvalidEnvironment);
-        let error = env.required_arg("K8S_POD_UID").expect_err("absent");
+        let error = env.required_arg("K8S_POD_UID", None).expect_err("absent");
         assert_eq!(error.code, Code::InvalidEnvironment);
         assert!(error.msg.contains("K8S_POD_UID"));
     }
