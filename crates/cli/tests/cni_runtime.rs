@@ -349,16 +349,11 @@ network_config_dir = "{net_d}"
         self.ask(&Request::PodsUpsert { pods }).await;
     }
 
-    fn run_container(&self, name: &str, command: &[&str]) -> Output {
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            &self.network,
-            &self.image,
-        ];
+    /// `podman run` of `command` in container `name`, with `options`.
+    fn run_container(&self, name: &str, options: &[&str], command: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--name", name, "--network", &self.network];
+        args.extend(options);
+        args.push(&self.image);
         args.extend(command);
         self.podman(&args)
     }
@@ -458,6 +453,11 @@ impl Drop for Node {
     }
 }
 
+/// A shell line sending an HTTP GET to `to`:`port` with busybox's nc.
+fn get(to: IpAddr, port: u16) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {to} {port}")
+}
+
 fn flow_between(flows: &[serde_json::Value], from: &str, to: &str, verdict: &str) -> bool {
     flows.iter().any(|f| {
         let flow = &f["flow"];
@@ -492,7 +492,7 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
 
     // ADD before the control plane told of the pod: a bounded wait, then
     // a CNI error that says why.
-    let unknown = node.run_container("stranger", &["/bin/busybox", "sleep", "3600"]);
+    let unknown = node.run_container("stranger", &[], &["/bin/busybox", "sleep", "3600"]);
     assert!(!unknown.status.success(), "{}", text(&unknown));
     let said = String::from_utf8_lossy(&unknown.stderr);
     assert!(
@@ -506,8 +506,15 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
         .await;
     let httpd = ["/bin/busybox", "httpd", "-f", "-p", "8080"];
     let sleep = ["/bin/busybox", "sleep", "3600"];
-    for (container, command) in [("web", &httpd[..]), ("client", &sleep), ("other", &sleep)] {
-        let output = node.run_container(container, command);
+    // web publishes its port on the node through the reference `portmap`
+    // plugin, chained after myelin-cni.
+    let publish = ["--publish", "18080:8080"];
+    for (container, options, command) in [
+        ("web", &publish[..], &httpd[..]),
+        ("client", &[], &sleep),
+        ("other", &[], &sleep),
+    ] {
+        let output = node.run_container(container, options, command);
         assert!(
             output.status.success(),
             "run {container}: {}",
@@ -595,7 +602,7 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
         "the plugin removed it"
     );
     // ADD gets a CNI error podman prints.
-    let refused = node.run_container("late", &sleep);
+    let refused = node.run_container("late", &[], &sleep);
     assert!(!refused.status.success(), "{}", text(&refused));
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("Myelin agent not reachable (ADD)"), "{said}");
@@ -628,7 +635,7 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
         "web restored"
     );
     node.tell_pods(&[("second", "client")]).await;
-    let output = node.run_container("second", &sleep);
+    let output = node.run_container("second", &[], &sleep);
     assert!(output.status.success(), "run second: {}", text(&output));
     let second = node
         .addresses("second")
