@@ -364,9 +364,18 @@ network_config_dir = "{net_d}"
 
     /// Whether `from` gets an HTTP answer from `to` (busybox nc).
     fn http(&self, from: &str, to: IpAddr) -> bool {
-        let script =
-            format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc -w 2 {to} {HTTP_PORT}");
+        let script = get(to, HTTP_PORT);
         let output = self.podman(&["exec", from, "/bin/busybox", "sh", "-c", &script]);
+        String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.")
+    }
+
+    /// Whether the node itself gets an HTTP answer from `to`:`port`.
+    fn http_from_node(&self, to: IpAddr, port: u16) -> bool {
+        let output = self
+            .in_node("/bin/busybox")
+            .args(["sh", "-c", &get(to, port)])
+            .output()
+            .expect("busybox");
         String::from_utf8_lossy(&output.stdout).starts_with("HTTP/1.")
     }
 
@@ -545,6 +554,11 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
     assert!(
         node.http("other", web_v4),
         "other reaches web (no policy yet)"
+    );
+    let node_v4: IpAddr = format!("{}.1", node.v4_prefix).parse().expect("v4");
+    assert!(
+        node.http_from_node(node_v4, 18080),
+        "the node's port 18080 reaches web (portmap's DNAT)"
     );
 
     // A policy lets only `client` reach `web`.
