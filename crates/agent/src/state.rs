@@ -230,6 +230,37 @@ mod tests {
     }
 
     #[test]
+    fn cni_state_survives_a_restart_and_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(load_cni(dir.path()).expect("absent"), CniState::default());
+        let state = CniState {
+            attachments: vec![
+                serde_json::from_str(
+                    r#"{"key":{"container_id":"c1","ifname":"eth0"},"namespace":"default",
+                "pod":"web","netns":"/run/netns/cni-1","host_veth":"myc0123456789ab",
+                "mac":"0a:58:0a:f4:07:02","mtu":1450,"ipv4":"10.244.7.2",
+                "ipv6":"fd00:10:244:7::2","gateway_v4":"10.244.7.1","gateway_v6":"fe80::1"}"#,
+                )
+                .expect("an attachment"),
+            ],
+            pods: vec![
+                serde_json::from_str(
+                    r#"{"namespace":"default","name":"web","labels":{"app":"web"}}"#,
+                )
+                .expect("a pod"),
+            ],
+        };
+        save_cni(dir.path(), &state).expect("save");
+        assert_eq!(load_cni(dir.path()).expect("load"), state);
+        std::fs::write(dir.path().join("cni-state.json"), "{").expect("corrupt");
+        let error = load_cni(dir.path()).expect_err("corrupt");
+        assert!(
+            format!("{error:#}").contains("handed out again"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
     fn state_and_resources_are_readable_by_root_only() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("tempdir");

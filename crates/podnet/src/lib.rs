@@ -138,6 +138,40 @@ pub fn link_exists(netns: &Path, name: &str) -> Result<bool, PodNetError> {
     })
 }
 
+/// The names of the links of the namespace at `netns` (one dump, however
+/// many links: the agent looks for its pods' veths with it).
+pub fn link_names(netns: &Path) -> Result<std::collections::BTreeSet<String>, PodNetError> {
+    let netns = netns.to_path_buf();
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(async {
+            let mut links = handle.link().get().execute();
+            let mut names = std::collections::BTreeSet::new();
+            loop {
+                match links.try_next().await {
+                    Ok(Some(link)) => {
+                        names.extend(link.attributes.into_iter().filter_map(|attribute| {
+                            match attribute {
+                                rtnetlink::packet_route::link::LinkAttribute::IfName(name) => {
+                                    Some(name)
+                                }
+                                _ => None,
+                            }
+                        }))
+                    }
+                    Ok(None) => return Ok(names),
+                    Err(source) => {
+                        return Err(PodNetError::Netlink {
+                            what: "ip link show".into(),
+                            source,
+                        });
+                    }
+                }
+            }
+        })
+    })
+}
+
 /// Deletes link `name` of the namespace at `netns` (a pod's veth goes with
 /// both its ends, and the routes through it). Returns whether it was there:
 /// a link already gone is not an error, so that removing a pod twice, or

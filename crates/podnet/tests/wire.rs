@@ -138,6 +138,48 @@ fn a_pod_is_wired_to_its_node_in_both_families() {
 }
 
 #[test]
+fn a_pods_veth_is_found_and_deleted_once_then_absent_is_no_error() {
+    if !privileged("a_pods_veth_is_found_and_deleted_once_then_absent_is_no_error") {
+        return;
+    }
+    // Names of its own: the tests of this file run side by side.
+    let namespaces = Namespaces::new(&["del-node", "del-pod"]);
+    let interface = PodInterface {
+        host_veth: "mpntest1".into(),
+        mtu: 1500,
+        mac: None,
+        ipv4: Ipv4Addr::new(10, 77, 2, 2),
+        ipv6: "fd00:77:2::2".parse::<Ipv6Addr>().expect("ipv6"),
+        gateway_v4: Ipv4Addr::new(10, 77, 2, 1),
+    };
+    wire(&namespaces.path(0), &namespaces.path(1), &interface).expect("wire");
+    let node = namespaces.path(0);
+    assert_eq!(
+        myelin_podnet::link_exists(&node, "mpntest1").ok(),
+        Some(true)
+    );
+    let names = myelin_podnet::link_names(&node).expect("links");
+    assert!(
+        names.contains("mpntest1") && names.contains("lo"),
+        "{names:?}"
+    );
+    assert_eq!(
+        myelin_podnet::delete_link(&node, "mpntest1").ok(),
+        Some(true)
+    );
+    // Both ends went: the pod has no eth0 left.
+    assert!(!ip(&["-n", &namespaces.0[1], "link"]).contains("eth0"));
+    assert_eq!(
+        myelin_podnet::link_exists(&node, "mpntest1").ok(),
+        Some(false)
+    );
+    assert_eq!(
+        myelin_podnet::delete_link(&node, "mpntest1").ok(),
+        Some(false)
+    );
+}
+
+#[test]
 fn a_missing_namespace_is_named() {
     let interface = PodInterface {
         host_veth: "mpntest1".into(),

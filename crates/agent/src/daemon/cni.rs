@@ -356,22 +356,34 @@ impl Node {
     /// (the plugin's DEL while it was down, a namespace deleted), freeing
     /// their addresses.
     pub(super) fn reconcile_attachments(&mut self) {
-        let attachments: Vec<CniAttachment> = self.cni.attachments.values().cloned().collect();
-        for attachment in attachments {
-            match myelin_podnet::link_exists(Path::new(NODE_NETNS), &attachment.host_veth) {
-                Ok(true) => {}
-                Ok(false) => match self.detach(&attachment) {
-                    Ok(()) => tracing::info!(
-                        pod = %format!("{}/{}", attachment.namespace, attachment.pod),
-                        veth = %attachment.host_veth,
-                        "the pod's veth is gone: attachment removed, addresses freed"
-                    ),
-                    Err(error) => tracing::warn!(
-                        veth = %attachment.host_veth,
-                        "removing a vanished attachment: {error:#}; retried later"
-                    ),
-                },
-                Err(error) => tracing::warn!("looking for {}: {error}", attachment.host_veth),
+        if self.cni.attachments.is_empty() {
+            return;
+        }
+        let links = match myelin_podnet::link_names(Path::new(NODE_NETNS)) {
+            Ok(links) => links,
+            Err(error) => {
+                tracing::warn!("listing the node's links: {error}; retried later");
+                return;
+            }
+        };
+        let vanished: Vec<CniAttachment> = self
+            .cni
+            .attachments
+            .values()
+            .filter(|a| !links.contains(&a.host_veth))
+            .cloned()
+            .collect();
+        for attachment in vanished {
+            match self.detach(&attachment) {
+                Ok(()) => tracing::info!(
+                    pod = %format!("{}/{}", attachment.namespace, attachment.pod),
+                    veth = %attachment.host_veth,
+                    "the pod's veth is gone: attachment removed, addresses freed"
+                ),
+                Err(error) => tracing::warn!(
+                    veth = %attachment.host_veth,
+                    "removing a vanished attachment: {error:#}; retried later"
+                ),
             }
         }
     }
