@@ -234,12 +234,14 @@ network_config_dir = "{net_d}"
         command
     }
 
+    fn podman_command(&self, args: &[&str]) -> Command {
+        let mut command = self.in_node("podman");
+        command.args(self.storage_args()).args(args);
+        command
+    }
+
     fn podman(&self, args: &[&str]) -> Output {
-        self.in_node("podman")
-            .args(self.storage_args())
-            .args(args)
-            .output()
-            .expect("podman")
+        self.podman_command(args).output().expect("podman")
     }
 
     fn podman_ok(&self, args: &[&str]) -> String {
@@ -603,8 +605,38 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
     let saved = std::fs::read_to_string(node.state_dir().join("cni-state.json")).expect("state");
     assert!(!saved.contains(&other_id), "the attachment is forgotten");
 
+    // The agent dies during an ADD (waiting for a pod it was not told of):
+    // the runtime gets an error, nothing is left behind.
+    let midway = node
+        .podman_command(&[
+            "run",
+            "-d",
+            "--name",
+            "midway",
+            "--network",
+            &node.network,
+            &node.image,
+            "/bin/busybox",
+            "sleep",
+            "3600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("podman run");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // The agent dies. DEL still succeeds, the plugin removes the veth.
     node.kill_agent();
+    let midway = midway.wait_with_output().expect("podman run");
+    assert!(!midway.status.success(), "{}", text(&midway));
+    let said = String::from_utf8_lossy(&midway.stderr);
+    assert!(
+        said.contains("talking to the Myelin agent failed (ADD)")
+            && said.contains("closed the connection before it answered"),
+        "{said}"
+    );
+    eprintln!("podman's error for the agent killed during ADD: {said}");
+    node.podman_ok(&["rm", "--force", "--time", "0", "midway"]);
     let client_id = node.container_id("client");
     let client_veth = myelin_api::cni::host_veth_name(&myelin_api::cni::AttachmentKey {
         container_id: client_id.clone(),

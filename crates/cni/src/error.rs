@@ -110,7 +110,7 @@ pub fn from_agent(what: &str, socket: &str, error: myelin_api::ClientError) -> C
         ClientError::Io { cause, .. } => CniError::new(
             Code::Io,
             format!("talking to the Myelin agent failed ({what})"),
-            format!("{socket}: {cause}"),
+            format!("{socket}: {cause}; did the agent stop or restart?"),
         ),
         ClientError::Decode { cause, .. } => CniError::new(
             Code::Decode,
