@@ -24,16 +24,19 @@ use std::time::{Duration, Instant};
 use myelin_api::agent::{AgentStatus, PodMetadata, Request, Response, call};
 use myelin_test_support::{ScratchBpffs, privileged, require_container_runtime};
 
-const MYELIN: &str = env!("CARGO_BIN_EXE_myelin");
+/// The plugin under test, built by cargo for this test.
+const PLUGIN: &str = env!("CARGO_BIN_EXE_myelin-cni");
 /// Generous: a loaded shared machine.
 const WITHIN: Duration = Duration::from_secs(60);
 const HTTP_PORT: u16 = 8080;
 
-fn plugin() -> PathBuf {
-    let path = Path::new(MYELIN).with_file_name("myelin-cni");
+/// The `myelin` binary (the agent, `observe`), built beside the plugin by
+/// the workspace's `cargo test` (crates/cli's tests need it too).
+fn myelin() -> PathBuf {
+    let path = Path::new(PLUGIN).with_file_name("myelin");
     assert!(
         path.is_file(),
-        "{} is not built: build the workspace (cargo build --bins) before this test",
+        "{} is not built: run the workspace's tests (cargo test) or cargo build -p myelin-cli",
         path.display()
     );
     path
@@ -181,7 +184,7 @@ impl Node {
         for dir in [&bin, &net_d] {
             std::fs::create_dir_all(dir).expect("dir");
         }
-        std::fs::copy(plugin(), bin.join("myelin-cni")).expect("install the plugin");
+        std::fs::copy(PLUGIN, bin.join("myelin-cni")).expect("install the plugin");
         let conflist = format!(
             r#"{{"cniVersion":"1.0.0","name":"{}","plugins":[{},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
             self.network,
@@ -285,7 +288,7 @@ network_config_dir = "{net_d}"
             .append(true)
             .open(self.path("agent.log"))
             .expect("log");
-        let child = Command::new(MYELIN)
+        let child = Command::new(myelin())
             .args(&self.agent_args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -393,7 +396,7 @@ network_config_dir = "{net_d}"
     /// variables and `config` on stdin, in the node's namespace.
     fn exec_plugin(&self, command: &str, container_id: &str, config: &str) -> Output {
         let mut child = self
-            .in_node(&plugin().display().to_string())
+            .in_node(PLUGIN)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
             .env("CNI_IFNAME", "eth0")
@@ -437,7 +440,7 @@ network_config_dir = "{net_d}"
     /// The flows the node's observer kept, as `myelin observe` prints them.
     fn flows(&self) -> Vec<serde_json::Value> {
         let server = format!("unix://{}", self.path("observer.sock").display());
-        let output = Command::new(MYELIN)
+        let output = Command::new(myelin())
             .args([
                 "observe", "--server", &server, "--last", "1000", "-o", "json",
             ])
