@@ -589,6 +589,14 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
     })
     .await;
 
+    // New labels from the control plane reach a running pod: `other`,
+    // relabelled a client, is let in.
+    node.tell_pods(&[("other", "client")]).await;
+    assert!(
+        node.http("other", web_v4),
+        "other, now app=client, reaches web"
+    );
+
     // CHECK as a runtime runs it, with ADD's result from libcni's cache.
     let web_id = node.container_id("web");
     let prev = format!(r#","prevResult":{}"#, node.cached_result(&web_id));

@@ -138,7 +138,8 @@ impl Node {
 
     pub(super) fn cni_add(&mut self, add: &CniAdd) -> anyhow::Result<CniAttachment> {
         if let Some(reason) = self.cni_readiness().reason {
-            return Err(unavailable(format!("the agent cannot wire pods: {reason}")));
+            // The agent's configuration: waiting would not change it.
+            anyhow::bail!("the agent cannot wire pods: {reason}");
         }
         let pod_key = (add.namespace.clone(), add.pod.clone());
         if !self.cni.pods.contains_key(&pod_key) {
