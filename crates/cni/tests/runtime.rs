@@ -535,6 +535,12 @@ async fn podman_runs_policed_observed_containers_through_myelin_cni() {
             text(&output)
         );
     }
+    // How long the agent took per ADD (allocate, save, wire, register,
+    // policy in the kernel), for the record; no assertion on speed.
+    let log = std::fs::read_to_string(node.path("agent.log")).unwrap_or_default();
+    for line in log.lines().filter(|l| l.contains("CNI ADD: pod wired")) {
+        eprintln!("{line}");
+    }
     let web = node.addresses("web").await.expect("web is an endpoint");
     let client = node
         .addresses("client")

@@ -159,6 +159,7 @@ impl Node {
             }
             self.detach(&existing)?;
         }
+        let started = std::time::Instant::now();
         let attachment = self.allocate(add)?;
         // Saved first: the addresses are taken from here on.
         self.cni
@@ -179,6 +180,7 @@ impl Node {
             veth = %attachment.host_veth,
             ipv4 = ?attachment.ipv4,
             ipv6 = ?attachment.ipv6,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "CNI ADD: pod wired and its policy in force"
         );
         Ok(attachment)
