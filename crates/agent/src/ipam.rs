@@ -60,11 +60,6 @@ impl PodCidrs {
         self.v4.is_none() && self.v6.is_none()
     }
 
-    /// Whether there is an IPv6 CIDR.
-    pub fn has_v6(&self) -> bool {
-        self.v6.is_some()
-    }
-
     /// The pods' IPv4 gateway: the CIDR's first host address, the node's.
     pub fn gateway_v4(&self) -> Option<Ipv4Addr> {
         self.v4.map(|net| nth_v4(net, 1))

@@ -98,13 +98,11 @@ impl Node {
     }
 
     pub(super) fn cni_readiness(&self) -> CniReadiness {
-        let reason = if self.cni.cidrs.is_empty() {
-            Some("the agent has no pod CIDR (--pod-cidr)".to_string())
-        } else if self.cni.cidrs.gateway_v4().is_none() || !self.cni.cidrs.has_v6() {
-            Some("pods are wired dual-stack: the agent needs an IPv4 and an IPv6 pod CIDR".into())
-        } else {
-            None
-        };
+        let reason = self
+            .cni
+            .cidrs
+            .is_empty()
+            .then(|| "the agent has no pod CIDR (--pod-cidr)".to_string());
         CniReadiness {
             ready: reason.is_none(),
             reason,
@@ -219,18 +217,16 @@ impl Node {
 
     /// The veth, addresses and routes, through `myelin_podnet`.
     fn wire(&self, attachment: &CniAttachment) -> anyhow::Result<()> {
-        let (Some(ipv4), Some(ipv6), Some(gateway_v4)) =
-            (attachment.ipv4, attachment.ipv6, attachment.gateway_v4)
-        else {
-            anyhow::bail!("pods are wired dual-stack: an IPv4 and an IPv6 address are needed");
-        };
+        let ipv4 = attachment
+            .ipv4
+            .zip(attachment.gateway_v4)
+            .map(|(address, gateway)| myelin_podnet::PodIpv4 { address, gateway });
         let interface = myelin_podnet::PodInterface {
             host_veth: attachment.host_veth.clone(),
             mtu: attachment.mtu,
             mac: myelin_datapath::parse_mac(&attachment.mac),
             ipv4,
-            ipv6,
-            gateway_v4,
+            ipv6: attachment.ipv6,
         };
         if !Path::new(&attachment.netns).exists() {
             return Err(not_found(format!(
