@@ -53,6 +53,22 @@ install_etcd() {
   fi
 }
 
+# The container runtime the CNI plugin's tests drive: podman (with its CNI network
+# backend), runc (crun refuses hosts with cgroup v1 and v2 mounted side by side),
+# buildah to build the test image from busybox-static without any registry, and the
+# reference CNI plugins to chain after myelin-cni. Podman's own units (auto-update,
+# restart) are left to the init system: nothing of Myelin uses them.
+install_container_runtime() {
+  local missing=()
+  for pkg in podman runc buildah busybox-static containernetworking-plugins; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -gt 0 ] || return 0
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
 install_rust_parts() {
   if ! rustup toolchain list | grep -q '^nightly'; then
     say "installing the nightly toolchain"
@@ -96,5 +112,6 @@ LLVM_MAJOR=$(nightly_llvm_major)
 [ -n "$LLVM_MAJOR" ] || { echo "cannot read the nightly's LLVM version" >&2; exit 1; }
 install_apt "$LLVM_MAJOR"
 install_etcd
+install_container_runtime
 install_bpf_linker "$LLVM_MAJOR"
 say "toolchain ready (nightly LLVM ${LLVM_MAJOR}, bpf-linker $(bpf-linker --version | awk '{print $2}'))"

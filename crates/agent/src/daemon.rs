@@ -9,6 +9,7 @@
 //! own and needs neither.
 
 mod agent_events;
+mod cni;
 mod readers;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,8 @@ use myelin_datapath::{Datapath, OVERLAY_DEVICE, RoutingMode, TunnelRoute, links_
 use myelin_dns::SharedZone;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use myelin_api::{ApiError, ErrorKind};
 
 use crate::api::{
     AgentStatus, EndpointMac as _, EndpointSpec, EndpointStatus, Request, Response, ServiceStatus,
@@ -86,6 +89,9 @@ pub struct AgentConfig {
     /// device (created or adopted at start, routed to every other node's
     /// pod CIDRs) or over the node's own routes.
     pub routing: RoutingMode,
+    /// The node's pod CIDRs (one per family): the CNI plugin's pods get
+    /// their addresses from them.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// The underlay's MTU the overlay device is sized for (the lab's underlay
@@ -153,6 +159,8 @@ struct Node {
     /// This node's observer, and where the peer service's list goes.
     own_peer: Option<PeerNode>,
     peers: Option<watch::Sender<PeerMap>>,
+    /// The CNI plugin's attachments and the pods' metadata.
+    cni: cni::CniNode,
 }
 
 struct Endpoint {
@@ -169,7 +177,13 @@ const CLUSTER_EVENT_BATCH: usize = 1024;
 const STORE_WRITES_ON_STOP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An API request and where its answer goes.
-type Call = (Request, oneshot::Sender<Result<Response, String>>);
+type Call = (Request, oneshot::Sender<Result<Response, ApiError>>);
+
+/// How often attachments whose veth vanished are looked for.
+const ATTACHMENT_RECONCILE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often an ADD asks again for a pod the control plane has not told of.
+const POD_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Runs the agent until SIGINT or SIGTERM. Programs and maps stay pinned and
 /// attached when it exits, so traffic flows on while it is away.
@@ -276,9 +290,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         published: BTreeMap::new(),
         own_peer: own_peer.clone(),
         peers: None,
+        cni: cni::CniNode::new(
+            crate::ipam::PodCidrs::new(&config.pod_cidrs),
+            match config.routing {
+                RoutingMode::Tunnel => pod_mtu(UNDERLAY_MTU, false),
+                RoutingMode::Native => UNDERLAY_MTU,
+            },
+        ),
     };
     node.agent_started();
+    node.restore_cni()?;
     node.restore()?;
+    node.reconcile_attachments();
     if let Some(events) = node.proxy.as_ref().map(ControlServer::subscribe) {
         tokio::spawn(readers::read_proxy_messages(
             events,
@@ -374,13 +397,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 let (stream, _) = accepted?;
                 let calls = calls.clone();
                 tokio::spawn(crate::rpc::serve_connection(stream, move |request: Request| {
-                    let calls = calls.clone();
-                    async move {
-                        let (answer, answered) = oneshot::channel();
-                        let gone = || "the agent is stopping; try again once it is back".to_string();
-                        calls.send((request, answer)).await.map_err(|_| gone())?;
-                        answered.await.map_err(|_| gone())?
-                    }
+                    ask_node(calls.clone(), request)
                 }));
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -397,6 +414,53 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracing::warn!("stopping with store writes queued; the node's lease takes them");
     }
     Ok(())
+}
+
+/// Hands `request` to the node's task. A CNI ADD for a pod the control
+/// plane has not told of yet is asked again until the plugin's wait is over
+/// (the node's task never waits: other requests go on meanwhile).
+async fn ask_node(calls: mpsc::Sender<Call>, request: Request) -> Result<Response, ApiError> {
+    let wait = match &request {
+        Request::CniAdd(add) => std::time::Duration::from_millis(add.wait_for_pod_ms),
+        _ => std::time::Duration::ZERO,
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (answer, answered) = oneshot::channel();
+        let gone = || {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "the agent is stopping; try again once it is back",
+            )
+        };
+        calls
+            .send((request.clone(), answer))
+            .await
+            .map_err(|_| gone())?;
+        match answered.await.map_err(|_| gone())? {
+            Err(error)
+                if error.kind == ErrorKind::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(POD_WAIT_STEP).await;
+            }
+            Err(mut error) if error.kind == ErrorKind::Unavailable && !wait.is_zero() => {
+                error.message = format!("{}; waited {} ms", error.message, wait.as_millis());
+                return Err(error);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An error answer: the kind a handler chose ([`ApiError`] in the chain),
+/// [`ErrorKind::Failed`] otherwise; the message with its whole context.
+fn api_error(error: &anyhow::Error) -> ApiError {
+    let kind = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ApiError>())
+        .map_or(ErrorKind::Failed, |e| e.kind);
+    ApiError::new(kind, format!("{error:#}"))
 }
 
 /// The DNS sockets: inherited from the parent when it passed them, bound
@@ -468,12 +532,14 @@ impl Node {
         mut cluster: mpsc::Receiver<ClusterEvent>,
     ) {
         let mut identities = tokio::time::interval(std::time::Duration::from_secs(30));
+        let mut attachments = tokio::time::interval(ATTACHMENT_RECONCILE_INTERVAL);
         loop {
             tokio::select! {
                 call = calls.recv() => {
                     let Some((request, answer)) = call else { return };
-                    let _ = answer.send(self.handle(request).map_err(|e| format!("{e:#}")));
+                    let _ = answer.send(self.handle(request).map_err(|e| api_error(&e)));
                 }
+                _ = attachments.tick() => self.reconcile_attachments(),
                 Some(event) = cluster.recv() => {
                     // What arrived meanwhile goes in the same sync: a resync
                     // of thousands of endpoints is one datapath update.
@@ -1034,6 +1100,24 @@ impl Node {
             Request::PolicyExplain(request) => Response::Text {
                 text: policy::explain(&self.engine, &request).map_err(anyhow::Error::msg)?,
             },
+            Request::CniAdd(add) => Response::CniAttachment(self.cni_add(&add)?),
+            Request::CniCheck(key) => Response::CniAttachment(self.cni_check(&key)?),
+            Request::CniDel(key) => {
+                self.cni_del(&key)?;
+                Response::Ok
+            }
+            Request::CniGc { valid } => Response::CniCollected {
+                removed: self.cni_gc(&valid)?,
+            },
+            Request::CniStatus => Response::CniReadiness(self.cni_readiness()),
+            Request::PodsUpsert { pods } => {
+                self.pods_upsert(&pods)?;
+                Response::Ok
+            }
+            Request::PodsDelete { pods } => {
+                self.pods_delete(&pods)?;
+                Response::Ok
+            }
         })
     }
 

@@ -255,7 +255,7 @@ fn conntrack_json(records: &[CtRecord]) -> String {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-fn format_mac(mac: [u8; 6]) -> String {
+pub(crate) fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 

@@ -11,6 +11,7 @@ mod conntrack;
 mod daemon;
 pub mod flows;
 pub mod inspect;
+mod ipam;
 pub mod l7;
 mod metrics;
 mod netns;

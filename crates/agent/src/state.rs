@@ -141,6 +141,43 @@ pub fn save(dir: &Path, state: &StoredState) -> anyhow::Result<()> {
     write_atomically(&state_file(dir), &serde_json::to_vec_pretty(&state)?)
 }
 
+/// The CNI plugin's attachments and the pods the control plane told of,
+/// kept apart from the endpoints: an attachment is saved before its pod is
+/// wired, so that its addresses are never handed out again, also after a
+/// crash between the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniState {
+    /// Attachments, by the runtime's key.
+    pub attachments: Vec<myelin_api::cni::CniAttachment>,
+    /// Pods' metadata.
+    pub pods: Vec<myelin_api::cni::PodMetadata>,
+}
+
+fn cni_state_file(dir: &Path) -> PathBuf {
+    dir.join("cni-state.json")
+}
+
+/// Loads the CNI state; an absent file is an empty state.
+pub fn load_cni(dir: &Path) -> anyhow::Result<CniState> {
+    let path = cni_state_file(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is corrupt; the addresses it holds would be handed out again: repair it \
+                 or remove it with the pods it names",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CniState::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Saves the CNI state.
+pub fn save_cni(dir: &Path, state: &CniState) -> anyhow::Result<()> {
+    write_atomically(&cni_state_file(dir), &serde_json::to_vec_pretty(state)?)
+}
+
 /// Saves one resource (replacing the one of the same key).
 pub fn save_resource(dir: &Path, document: &Document) -> anyhow::Result<()> {
     let folder = resources_dir(dir);
@@ -190,6 +227,37 @@ mod tests {
             .collect::<Vec<_>>()
             .join("---\n");
         myelin_model::parse_str("test.yaml", &yaml).documents
+    }
+
+    #[test]
+    fn cni_state_survives_a_restart_and_starts_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(load_cni(dir.path()).expect("absent"), CniState::default());
+        let state = CniState {
+            attachments: vec![
+                serde_json::from_str(
+                    r#"{"key":{"container_id":"c1","ifname":"eth0"},"namespace":"default",
+                "pod":"web","netns":"/run/netns/cni-1","host_veth":"myc0123456789ab",
+                "mac":"0a:58:0a:f4:07:02","mtu":1450,"ipv4":"10.244.7.2",
+                "ipv6":"fd00:10:244:7::2","gateway_v4":"10.244.7.1","gateway_v6":"fe80::1"}"#,
+                )
+                .expect("an attachment"),
+            ],
+            pods: vec![
+                serde_json::from_str(
+                    r#"{"namespace":"default","name":"web","labels":{"app":"web"}}"#,
+                )
+                .expect("a pod"),
+            ],
+        };
+        save_cni(dir.path(), &state).expect("save");
+        assert_eq!(load_cni(dir.path()).expect("load"), state);
+        std::fs::write(dir.path().join("cni-state.json"), "{").expect("corrupt");
+        let error = load_cni(dir.path()).expect_err("corrupt");
+        assert!(
+            format!("{error:#}").contains("handed out again"),
+            "{error:#}"
+        );
     }
 
     #[test]

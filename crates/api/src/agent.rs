@@ -1,5 +1,5 @@
-//! The agent's local API: the requests the lab (and later the CNI plugin
-//! and the Kubernetes watcher) and the CLI send a node's agent, and its
+//! The agent's local API: the requests the lab, the CNI plugin (and later
+//! the Kubernetes watcher) and the CLI send a node's agent, and its
 //! answers.
 
 use std::collections::BTreeMap;
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::cni::{AttachmentKey, CniAdd, CniAttachment, CniReadiness, PodMetadata};
 pub use myelin_model::workload::{Protocol, UnsupportedProtocol};
 
 /// A pod on this node, as the CNI plugin (or the lab) set it up.
@@ -162,6 +163,30 @@ pub enum Request {
         /// JSON instead of text.
         json: bool,
     },
+    /// CNI ADD: wires the container, registers its pod as an endpoint and
+    /// answers once the endpoint's policy is in the kernel.
+    CniAdd(CniAdd),
+    /// CNI CHECK: whether the attachment is as ADD left it.
+    CniCheck(AttachmentKey),
+    /// CNI DEL: removes the attachment; one that does not exist is done.
+    CniDel(AttachmentKey),
+    /// CNI GC: removes every attachment but these.
+    CniGc {
+        /// The attachments the runtime still has.
+        valid: Vec<AttachmentKey>,
+    },
+    /// CNI STATUS: whether ADDs can be served.
+    CniStatus,
+    /// The control plane's word on pods (their labels): created or updated.
+    PodsUpsert {
+        /// The pods.
+        pods: Vec<PodMetadata>,
+    },
+    /// The control plane's word on pods: gone.
+    PodsDelete {
+        /// `(namespace, name)` of each.
+        pods: Vec<(String, String)>,
+    },
 }
 
 /// Which kernel map `myelin bpf` reads back.
@@ -277,6 +302,15 @@ pub enum Response {
     Text {
         /// The text.
         text: String,
+    },
+    /// A container's attachment (CNI ADD, CHECK).
+    CniAttachment(CniAttachment),
+    /// Whether ADDs can be served (CNI STATUS).
+    CniReadiness(CniReadiness),
+    /// Attachments a CNI GC removed.
+    CniCollected {
+        /// Their keys.
+        removed: Vec<AttachmentKey>,
     },
 }
 

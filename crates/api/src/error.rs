@@ -15,6 +15,9 @@ pub enum ErrorKind {
     Failed,
     /// The request was not understood (a client of another version).
     Malformed,
+    /// Not now: what the request needs is not there yet (a pod the control
+    /// plane has not told of); the same request may succeed later.
+    Unavailable,
 }
 
 /// An error answer.

@@ -70,10 +70,17 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     line.push('\n');
     write.write_all(line.as_bytes()).await.map_err(io)?;
     let mut answer = String::new();
-    BufReader::new(read)
+    let read = BufReader::new(read)
         .read_line(&mut answer)
         .await
         .map_err(io)?;
+    if read == 0 {
+        // The server went away mid-request (it stopped or was killed).
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection before it answered",
+        )));
+    }
     let answer: Result<Resp, ApiError> =
         serde_json::from_str(&answer).map_err(|source| ClientError::Decode {
             path: path.clone(),
@@ -158,6 +165,20 @@ mod tests {
             panic!("an error answer");
         };
         assert_eq!(malformed.kind, ErrorKind::Malformed);
+        let quiet = dir.path().join("quiet.sock");
+        let closing = tokio::net::UnixListener::bind(&quiet).expect("bind");
+        tokio::spawn(async move {
+            // Reads the request, then goes away without an answer.
+            if let Ok((stream, _)) = closing.accept().await {
+                let mut line = String::new();
+                let _ = BufReader::new(stream).read_line(&mut line).await;
+            }
+        });
+        let Err(ClientError::Io { cause, .. }) = call::<u32, u32>(&quiet, &1).await else {
+            panic!("an I/O error");
+        };
+        assert_eq!(cause.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(cause.to_string().contains("before it answered"), "{cause}");
         let missing = call::<u32, u32>(&dir.path().join("nope.sock"), &1)
             .await
             .unwrap_err();

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod cni;
 mod error;
 pub mod framing;
 pub mod lab;

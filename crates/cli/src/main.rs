@@ -130,8 +130,9 @@ struct AgentArgs {
     /// The node's underlay addresses, comma-separated; the first is its tunnel endpoint.
     #[arg(long, value_delimiter = ',', requires = "cluster_store")]
     node_address: Vec<IpAddr>,
-    /// The node's pod CIDR (one per family; repeat or comma-separate).
-    #[arg(long, value_delimiter = ',', requires = "cluster_store")]
+    /// The node's pod CIDR (one per family; repeat or comma-separate): the cluster store
+    /// learns it, the CNI plugin's pods get their addresses from it.
+    #[arg(long, value_delimiter = ',')]
     pod_cidr: Vec<ipnet::IpNet>,
     /// Seconds the node's store entries outlive a dead agent (its lease's TTL).
     #[arg(long, default_value_t = myelin_agent::cluster::LAB_LEASE_TTL.as_secs())]
@@ -342,6 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     .context("--hubble-http-headers")?,
                 cluster,
                 routing: args.routing,
+                pod_cidrs: args.pod_cidr.clone(),
             };
             runtime()?.block_on(myelin_agent::run(config))?;
             Ok(std::process::ExitCode::SUCCESS)

@@ -239,9 +239,11 @@ fn wire_pod(pod: &PodRecord, node: &NodeRecord, mtu: u16) -> anyhow::Result<()> 
         host_veth: pod.host_veth.clone(),
         mtu: u32::from(mtu),
         mac,
-        ipv4: pod.ipv4,
-        ipv6: pod.ipv6,
-        gateway_v4: node.router_v4,
+        ipv4: Some(myelin_podnet::PodIpv4 {
+            address: pod.ipv4,
+            gateway: node.router_v4,
+        }),
+        ipv6: Some(pod.ipv6),
     };
     myelin_podnet::wire(
         &myelin_podnet::netns::path(&node.netns),

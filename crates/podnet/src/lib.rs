@@ -7,9 +7,9 @@
 //! by one path.
 //!
 //! The layout is the one Myelin's datapath expects: no bridge, a /32 and a
-//! /128 route in the node to the pod's veth, the node's router address as the
-//! pod's IPv4 gateway (on-link) and `fe80::1` on the node's end as its IPv6
-//! gateway.
+//! /128 route in the node to the pod's veth (for each family the pod has),
+//! the node's router address as the pod's IPv4 gateway (on-link) and
+//! `fe80::1` on the node's end as its IPv6 gateway.
 
 #![forbid(unsafe_code)]
 
@@ -77,7 +77,7 @@ pub enum PodNetError {
     Worker(String),
 }
 
-/// One pod's interface and addresses.
+/// One pod's interface and addresses: both families, or one of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInterface {
     /// The name of the node's end of the veth (at most 15 bytes).
@@ -86,12 +86,20 @@ pub struct PodInterface {
     pub mtu: u32,
     /// The MAC address of the pod's end, if chosen.
     pub mac: Option<[u8; 6]>,
-    /// The pod's IPv4 address (a /32).
-    pub ipv4: Ipv4Addr,
-    /// The pod's IPv6 address (a /128).
-    pub ipv6: Ipv6Addr,
+    /// The pod's IPv4 address and gateway, if it has IPv4.
+    pub ipv4: Option<PodIpv4>,
+    /// The pod's IPv6 address (a /128), if it has IPv6; its gateway is
+    /// [`GATEWAY_V6`].
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// A pod's IPv4 side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodIpv4 {
+    /// The pod's address (a /32).
+    pub address: Ipv4Addr,
     /// The node's address the pod routes IPv4 through (on-link).
-    pub gateway_v4: Ipv4Addr,
+    pub gateway: Ipv4Addr,
 }
 
 /// Opens a network namespace's file (`/run/netns/<name>`, `/proc/<pid>/ns/net`).
@@ -120,6 +128,86 @@ pub fn link_up(netns: &Path, name: &str) -> Result<(), PodNetError> {
     on_thread_in(netns.clone(), move |runtime| {
         let handle = connect(&netns)?;
         runtime.block_on(set_up(&handle, &netns, &name))
+    })
+}
+
+/// Whether link `name` exists in the namespace at `netns`.
+pub fn link_exists(netns: &Path, name: &str) -> Result<bool, PodNetError> {
+    let (netns, name) = (netns.to_path_buf(), name.to_string());
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(async {
+            match index_of(&handle, &name, &netns).await {
+                Ok(_) => Ok(true),
+                Err(PodNetError::NoLink { .. }) => Ok(false),
+                Err(other) => Err(other),
+            }
+        })
+    })
+}
+
+/// The names of the links of the namespace at `netns` (one dump, however
+/// many links: the agent looks for its pods' veths with it).
+pub fn link_names(netns: &Path) -> Result<std::collections::BTreeSet<String>, PodNetError> {
+    let netns = netns.to_path_buf();
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(async {
+            let mut links = handle.link().get().execute();
+            let mut names = std::collections::BTreeSet::new();
+            loop {
+                match links.try_next().await {
+                    Ok(Some(link)) => {
+                        names.extend(link.attributes.into_iter().filter_map(|attribute| {
+                            match attribute {
+                                rtnetlink::packet_route::link::LinkAttribute::IfName(name) => {
+                                    Some(name)
+                                }
+                                _ => None,
+                            }
+                        }))
+                    }
+                    Ok(None) => return Ok(names),
+                    Err(source) => {
+                        return Err(PodNetError::Netlink {
+                            what: "ip link show".into(),
+                            source,
+                        });
+                    }
+                }
+            }
+        })
+    })
+}
+
+/// Deletes link `name` of the namespace at `netns` (a pod's veth goes with
+/// both its ends, and the routes through it). Returns whether it was there:
+/// a link already gone is not an error, so that removing a pod twice, or
+/// after its namespace went, is done at once.
+pub fn delete_link(netns: &Path, name: &str) -> Result<bool, PodNetError> {
+    let (netns, name) = (netns.to_path_buf(), name.to_string());
+    on_thread_in(netns.clone(), move |runtime| {
+        let handle = connect(&netns)?;
+        runtime.block_on(async {
+            let index = match index_of(&handle, &name, &netns).await {
+                Ok(index) => index,
+                Err(PodNetError::NoLink { .. }) => return Ok(false),
+                Err(other) => return Err(other),
+            };
+            match handle.link().del(index).execute().await {
+                Ok(()) => Ok(true),
+                // Gone between the lookup and the delete (its namespace went).
+                Err(rtnetlink::Error::NetlinkError(e))
+                    if e.raw_code() == -(nix::errno::Errno::ENODEV as i32) =>
+                {
+                    Ok(false)
+                }
+                Err(source) => Err(PodNetError::Netlink {
+                    what: format!("ip link del {name}"),
+                    source,
+                }),
+            }
+        })
     })
 }
 
@@ -283,25 +371,30 @@ async fn wire_node_side(
         gateway.execute(),
     )
     .await?;
-    let to_pod_v4 = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(pod.ipv4, 32)
-        .output_interface(index)
-        .scope(RouteScope::Link)
-        .build();
-    done(
-        || format!("ip route add {}/32 dev {veth}", pod.ipv4),
-        handle.route().add(to_pod_v4).execute(),
-    )
-    .await?;
-    let to_pod_v6 = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(pod.ipv6, 128)
-        .output_interface(index)
-        .build();
-    done(
-        || format!("ip -6 route add {}/128 dev {veth}", pod.ipv6),
-        handle.route().add(to_pod_v6).execute(),
-    )
-    .await
+    if let Some(PodIpv4 { address, .. }) = pod.ipv4 {
+        let to_pod_v4 = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(address, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        done(
+            || format!("ip route add {address}/32 dev {veth}"),
+            handle.route().add(to_pod_v4).execute(),
+        )
+        .await?;
+    }
+    if let Some(address) = pod.ipv6 {
+        let to_pod_v6 = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(address, 128)
+            .output_interface(index)
+            .build();
+        done(
+            || format!("ip -6 route add {address}/128 dev {veth}"),
+            handle.route().add(to_pod_v6).execute(),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn wire_pod_side(
@@ -313,39 +406,56 @@ async fn wire_pod_side(
         set_up(handle, pod_path, name).await?;
     }
     let index = index_of(handle, POD_INTERFACE, pod_path).await?;
+    if let Some(ipv4) = pod.ipv4 {
+        pod_side_v4(handle, index, ipv4).await?;
+    }
+    if let Some(address) = pod.ipv6 {
+        pod_side_v6(handle, index, address).await?;
+    }
+    Ok(())
+}
+
+/// The pod's IPv4 address, its on-link route to the gateway and its
+/// default route through it.
+async fn pod_side_v4(handle: &Handle, index: u32, ipv4: PodIpv4) -> Result<(), PodNetError> {
+    let PodIpv4 { address, gateway } = ipv4;
     done(
-        || format!("ip addr add {}/32 dev {POD_INTERFACE}", pod.ipv4),
+        || format!("ip addr add {address}/32 dev {POD_INTERFACE}"),
         handle
             .address()
-            .add(index, IpAddr::V4(pod.ipv4), 32)
+            .add(index, IpAddr::V4(address), 32)
             .execute(),
     )
     .await?;
-    let mut v6 = handle.address().add(index, IpAddr::V6(pod.ipv6), 128);
-    no_dad(v6.message_mut());
-    done(
-        || format!("ip addr add {}/128 dev {POD_INTERFACE} nodad", pod.ipv6),
-        v6.execute(),
-    )
-    .await?;
-    let router = pod.gateway_v4;
     let on_link = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(router, 32)
+        .destination_prefix(gateway, 32)
         .output_interface(index)
         .scope(RouteScope::Link)
         .build();
     done(
-        || format!("ip route add {router} dev {POD_INTERFACE} scope link"),
+        || format!("ip route add {gateway} dev {POD_INTERFACE} scope link"),
         handle.route().add(on_link).execute(),
     )
     .await?;
     let default_v4 = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(router)
+        .gateway(gateway)
         .output_interface(index)
         .build();
     done(
-        || format!("ip route add default via {router} dev {POD_INTERFACE}"),
+        || format!("ip route add default via {gateway} dev {POD_INTERFACE}"),
         handle.route().add(default_v4).execute(),
+    )
+    .await
+}
+
+/// The pod's IPv6 address (no DAD) and its default route through the
+/// node end's link-local address.
+async fn pod_side_v6(handle: &Handle, index: u32, address: Ipv6Addr) -> Result<(), PodNetError> {
+    let mut v6 = handle.address().add(index, IpAddr::V6(address), 128);
+    no_dad(v6.message_mut());
+    done(
+        || format!("ip addr add {address}/128 dev {POD_INTERFACE} nodad"),
+        v6.execute(),
     )
     .await?;
     let default_v6 = RouteMessageBuilder::<Ipv6Addr>::new()

@@ -8,7 +8,7 @@ use std::os::fd::AsFd as _;
 use std::process::Command;
 use std::time::Duration;
 
-use myelin_podnet::{PodInterface, wire};
+use myelin_podnet::{PodInterface, PodIpv4, wire};
 use myelin_test_support::privileged;
 
 /// Named network namespaces for one test, deleted by name on drop.
@@ -75,9 +75,11 @@ fn a_pod_is_wired_to_its_node_in_both_families() {
         host_veth: "mpntest0".into(),
         mtu: 1450,
         mac: Some([0x0a, 0x58, 0x0a, 0x4d, 0x01, 0x02]),
-        ipv4: Ipv4Addr::new(10, 77, 1, 2),
-        ipv6: "fd00:77:1::2".parse::<Ipv6Addr>().expect("ipv6"),
-        gateway_v4: Ipv4Addr::new(10, 77, 1, 1),
+        ipv4: Some(PodIpv4 {
+            address: Ipv4Addr::new(10, 77, 1, 2),
+            gateway: Ipv4Addr::new(10, 77, 1, 1),
+        }),
+        ipv6: Some("fd00:77:1::2".parse::<Ipv6Addr>().expect("ipv6")),
     };
     wire(&namespaces.path(0), &namespaces.path(1), &interface).expect("wire");
 
@@ -138,14 +140,66 @@ fn a_pod_is_wired_to_its_node_in_both_families() {
 }
 
 #[test]
+fn an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once() {
+    if !privileged("an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once") {
+        return;
+    }
+    // Names of its own: the tests of this file run side by side.
+    let namespaces = Namespaces::new(&["del-node", "del-pod"]);
+    let interface = PodInterface {
+        host_veth: "mpntest1".into(),
+        mtu: 1500,
+        mac: None,
+        ipv4: Some(PodIpv4 {
+            address: Ipv4Addr::new(10, 77, 2, 2),
+            gateway: Ipv4Addr::new(10, 77, 2, 1),
+        }),
+        ipv6: None,
+    };
+    wire(&namespaces.path(0), &namespaces.path(1), &interface).expect("wire");
+    let pod = &namespaces.0[1];
+    assert!(ip(&["-n", pod, "addr", "show", "eth0"]).contains("10.77.2.2/32"));
+    let v6 = ip(&["-n", pod, "-6", "addr", "show", "eth0"]);
+    assert!(!v6.contains("scope global"), "no IPv6 address: {v6}");
+    let routes6 = ip(&["-n", pod, "-6", "route"]);
+    assert!(!routes6.contains("default"), "no IPv6 route: {routes6}");
+    let node = namespaces.path(0);
+    assert_eq!(
+        myelin_podnet::link_exists(&node, "mpntest1").ok(),
+        Some(true)
+    );
+    let names = myelin_podnet::link_names(&node).expect("links");
+    assert!(
+        names.contains("mpntest1") && names.contains("lo"),
+        "{names:?}"
+    );
+    assert_eq!(
+        myelin_podnet::delete_link(&node, "mpntest1").ok(),
+        Some(true)
+    );
+    // Both ends went: the pod has no eth0 left.
+    assert!(!ip(&["-n", pod, "link"]).contains("eth0"));
+    assert_eq!(
+        myelin_podnet::link_exists(&node, "mpntest1").ok(),
+        Some(false)
+    );
+    assert_eq!(
+        myelin_podnet::delete_link(&node, "mpntest1").ok(),
+        Some(false)
+    );
+}
+
+#[test]
 fn a_missing_namespace_is_named() {
     let interface = PodInterface {
         host_veth: "mpntest1".into(),
         mtu: 1500,
         mac: None,
-        ipv4: Ipv4Addr::new(10, 77, 2, 2),
-        ipv6: Ipv6Addr::LOCALHOST,
-        gateway_v4: Ipv4Addr::new(10, 77, 2, 1),
+        ipv4: Some(PodIpv4 {
+            address: Ipv4Addr::new(10, 77, 2, 2),
+            gateway: Ipv4Addr::new(10, 77, 2, 1),
+        }),
+        ipv6: None,
     };
     let missing = std::path::Path::new("/run/netns/myelin-no-such-namespace");
     let error = wire(missing, missing, &interface).expect_err("no namespace");

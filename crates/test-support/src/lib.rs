@@ -140,3 +140,31 @@ pub fn require_etcd(name: &str) -> bool {
     eprintln!("{name}: skipped (needs Debian's etcd-server; CI runs it)");
     false
 }
+
+/// Whether the container runtime the CNI tests drive is here (`podman`, `runc`,
+/// `buildah`, `nsenter` on PATH and busybox-static's `/bin/busybox`) for test `name`.
+/// Returns false (skip) only outside CI; in CI a missing piece panics, failing the test
+/// (scripts/setup.sh installs them).
+pub fn require_container_runtime(name: &str) -> bool {
+    let on_path = |program: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+    };
+    let missing: Vec<&str> = ["podman", "runc", "buildah", "nsenter"]
+        .into_iter()
+        .filter(|program| !on_path(program))
+        .chain((!Path::new("/bin/busybox").is_file()).then_some("/bin/busybox"))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !in_ci,
+        "{name}: CI=true requires the container runtime tests to run, but {} missing \
+         (install podman, runc, buildah, busybox-static: scripts/setup.sh)",
+        missing.join(", ")
+    );
+    eprintln!("{name}: skipped (needs {}; CI runs it)", missing.join(", "));
+    false
+}
