@@ -117,7 +117,7 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
             batch.push(more);
         }
         let mut seen = Vec::new();
-        let mut endpoints_changed = false;
+        let mut addresses = Vec::new();
         for event in batch {
             match &event {
                 ClusterEvent::Endpoint(Update::Synced) => endpoints_synced = true,
@@ -127,10 +127,10 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
                 }
                 _ => {}
             }
-            endpoints_changed |= remote.apply(event, &mut engine).endpoints;
+            addresses.extend(remote.apply(event, &mut engine).addresses);
         }
-        if endpoints_changed && !args.without_proxy_view {
-            proxy.update_remote(&engine);
+        if !args.without_proxy_view {
+            proxy.update_remote(&engine, addresses);
         }
         let now = monotonic_ns();
         for (ip, identity) in seen {
