@@ -1129,13 +1129,20 @@ impl PolicyEngine {
         self.allocator.holder()
     }
 
-    /// The identity of an address: longest-prefix match in the ipcache.
+    /// The identity of an address: longest-prefix match in the ipcache,
+    /// one look-up per prefix length (its prefixes are held with the host
+    /// bits cleared), not a walk of every entry: with 100,000 remote pods
+    /// the walk took milliseconds per address.
     pub fn identity_of_ip(&self, ip: IpAddr) -> Identity {
-        self.ipcache
-            .iter()
-            .filter(|(net, _)| net.contains(&ip))
-            .max_by_key(|(net, _)| net.prefix_len())
-            .map_or(WORLD, |(_, id)| *id)
+        let longest = match ip {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        (0..=longest)
+            .rev()
+            .filter_map(|len| IpNet::new(ip, len).ok())
+            .find_map(|net| self.ipcache.get(&net.trunc()).copied())
+            .unwrap_or(WORLD)
     }
 
     /// The endpoint that owns an address.
