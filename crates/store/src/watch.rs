@@ -75,6 +75,13 @@ impl Resync {
         (!unchanged).then_some(RawEvent::Put { key, value })
     }
 
+    /// A listing that broke off: what the consumer has seen by then, the entries listed
+    /// so far as listed and the others as before.
+    pub fn abandon(mut self) -> Seen {
+        self.before.append(&mut self.after);
+        self.before
+    }
+
     /// After the last entry: the deletes of the keys the listing no longer has, and what
     /// the consumer has seen once they are delivered.
     pub fn finish(self) -> (Vec<RawEvent>, Seen) {
@@ -157,31 +164,9 @@ async fn run_watch(conn: Conn, prefix: String, tx: mpsc::Sender<RawEvent>) {
     let retry = Duration::from_millis(500);
     let mut seen = Seen::new();
     loop {
-        let revision = match conn.list(&prefix, false).await {
-            Ok((kvs, revision)) => {
-                let mut resync = Resync::new(std::mem::take(&mut seen));
-                for kv in kvs {
-                    let (key, value) = kv.into_key_value();
-                    let key = String::from_utf8(key)
-                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    if let Some(event) = resync.listed(key, value)
-                        && tx.send(event).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                let (deletes, listed) = resync.finish();
-                for event in deletes {
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                seen = listed;
-                if tx.send(RawEvent::Synced).await.is_err() {
-                    return;
-                }
-                revision
-            }
+        let revision = match resync(&conn, &prefix, &mut seen, &tx).await {
+            Ok(Some(revision)) => revision,
+            Ok(None) => return,
             Err(e) => {
                 tracing::debug!(%prefix, error = %e, "store: list failed; retrying");
                 tokio::time::sleep(retry).await;
@@ -196,6 +181,49 @@ async fn run_watch(conn: Conn, prefix: String, tx: mpsc::Sender<RawEvent>) {
         }
         tokio::time::sleep(retry).await;
     }
+}
+
+/// Lists `prefix` page by page and delivers what changed against `seen`, then `Synced`;
+/// the listing's revision, or `None` once the consumer is gone.
+async fn resync(
+    conn: &Conn,
+    prefix: &str,
+    seen: &mut Seen,
+    tx: &mpsc::Sender<RawEvent>,
+) -> Result<Option<i64>, StoreError> {
+    let mut listing = conn.listing(prefix, false);
+    let mut resync = Resync::new(std::mem::take(seen));
+    loop {
+        let page = match listing.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) => {
+                *seen = resync.abandon();
+                return Err(e);
+            }
+        };
+        for kv in page {
+            let (key, value) = kv.into_key_value();
+            let key = String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            if let Some(event) = resync.listed(key, value)
+                && tx.send(event).await.is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+    let (deletes, listed) = resync.finish();
+    for event in deletes {
+        if tx.send(event).await.is_err() {
+            return Ok(None);
+        }
+    }
+    *seen = listed;
+    if tx.send(RawEvent::Synced).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(listing.revision()))
 }
 
 /// Delivers the changes from `start` on until the stream breaks or is cancelled.
@@ -419,6 +447,18 @@ mod tests {
         let (events, after) = resync(&view, &[]);
         assert_eq!(events.len(), 2, "both deleted");
         assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_listing_broken_off_keeps_what_was_delivered_and_what_was_not_listed() {
+        let before = seen(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let mut resync = Resync::new(before);
+        assert!(resync.listed("a".into(), b"1".to_vec()).is_none());
+        assert!(resync.listed("b".into(), b"20".to_vec()).is_some());
+        assert_eq!(
+            resync.abandon(),
+            seen(&[("a", "1"), ("b", "20"), ("c", "3")])
+        );
     }
 
     #[test]
