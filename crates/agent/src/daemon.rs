@@ -561,7 +561,7 @@ impl Node {
     /// them dirty for the next change).
     fn cluster_changed(&mut self, events: Vec<ClusterEvent>) {
         let mut nodes = false;
-        let mut endpoints = false;
+        let mut addresses = Vec::new();
         for event in events {
             let touched = self.remote.apply(event, &mut self.engine);
             self.dirty.record(&touched.changes);
@@ -569,13 +569,11 @@ impl Node {
             if touched.endpoints {
                 // Services' backends include other nodes' pods.
                 self.dirty.specs = true;
-                endpoints = true;
             }
+            addresses.extend(touched.addresses);
         }
-        if endpoints {
-            // The proxy knows other nodes' pods by identity.
-            self.proxy_config.update_remote(&self.engine);
-        }
+        // The proxy knows other nodes' pods by identity.
+        self.proxy_config.update_remote(&self.engine, addresses);
         if nodes || self.overlay_dirty {
             self.tunnel_routes = self.remote.tunnel_routes();
             tracing::info!(routes = ?self.tunnel_routes, "cluster: the other nodes changed");
@@ -855,9 +853,11 @@ impl Node {
         self.metrics
             .map_entries("services", self.applied.services_len());
         if let Some(proxy) = &self.proxy
-            && let Some(snapshot) = self
-                .proxy_config
-                .take_snapshot(&self.flow_headers, self.proxy_version + 1)
+            && let Some(snapshot) = self.proxy_config.take_snapshot(
+                &self.engine,
+                &self.flow_headers,
+                self.proxy_version + 1,
+            )
         {
             self.proxy_version += 1;
             proxy.push(snapshot);

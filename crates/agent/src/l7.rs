@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use myelin_policy::{Action, Direction, EndpointPolicy, PolicyEngine};
 use myelin_proxy::config::{
@@ -233,6 +234,16 @@ impl Contribution {
     }
 }
 
+/// What the proxy sees of another node's pod: its identity and names (the
+/// engine's own shared copies; the identity's labels are read when a
+/// snapshot is taken, once per identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemotePod {
+    identity: u32,
+    namespace: Arc<str>,
+    pod: Arc<str>,
+}
+
 /// The node proxy's configuration, kept per endpoint: a change recomputes
 /// the endpoints it touched only, and a new snapshot goes out only when
 /// what the proxy sees (its L7 policies and the identities of the node's
@@ -240,10 +251,10 @@ impl Contribution {
 #[derive(Debug, Default)]
 pub struct ProxyConfig {
     endpoints: BTreeMap<myelin_policy::EndpointKey, Contribution>,
-    /// The identities of other nodes' pods: the proxy serves their
-    /// connections to this node's pods too (the node's ingress hands them
-    /// over) and matches its rules' peers against them. By address.
-    remote: BTreeMap<std::net::IpAddr, IdentityEntry>,
+    /// Other nodes' pods: the proxy serves their connections to this node's
+    /// pods too (the node's ingress hands them over) and matches its rules'
+    /// peers against their identities. By address.
+    remote: BTreeMap<IpAddr, RemotePod>,
     /// Whether the proxy has not been sent what it holds now.
     unsent: bool,
 }
@@ -268,42 +279,28 @@ impl ProxyConfig {
         self.unsent = true;
     }
 
-    /// Takes the other nodes' pods from the engine (its remote endpoints);
-    /// a change makes a new snapshot due. Entries that did not change are
-    /// kept as they are, and an identity's labels are written out once per
-    /// call: at 100,000 remote pods a batch of events must not format every
-    /// pod's labels again.
-    pub fn update_remote(&mut self, engine: &PolicyEngine) {
-        let mut before = std::mem::take(&mut self.remote);
-        let mut labels: HashMap<u32, Vec<String>> = HashMap::new();
-        let mut changed = false;
-        for ep in engine.remote_endpoints() {
-            let kept = before.remove(&ep.ip).filter(|entry| {
-                entry.identity == ep.identity
-                    && entry.namespace.as_deref() == Some(ep.namespace.as_str())
-                    && entry.pod_name.as_deref() == Some(ep.pod.as_str())
+    /// Takes the other nodes' pods at `addresses` from the engine (its
+    /// remote endpoints): the addresses whose pod may have come, changed or
+    /// left; a change makes a new snapshot due. Only these are looked at, so
+    /// a batch of events costs what it touched, not every remote pod.
+    pub fn update_remote(
+        &mut self,
+        engine: &PolicyEngine,
+        addresses: impl IntoIterator<Item = IpAddr>,
+    ) {
+        for ip in addresses {
+            let now = engine.remote_endpoint(ip).map(|ep| RemotePod {
+                identity: ep.identity,
+                namespace: ep.namespace.clone(),
+                pod: ep.pod.clone(),
             });
-            let entry = kept.unwrap_or_else(|| {
-                changed = true;
-                IdentityEntry {
-                    ip: ep.ip,
-                    identity: ep.identity,
-                    labels: labels
-                        .entry(ep.identity)
-                        .or_insert_with(|| {
-                            engine
-                                .identity_labels(ep.identity)
-                                .map(|l| l.to_strings())
-                                .unwrap_or_default()
-                        })
-                        .clone(),
-                    namespace: Some(ep.namespace.clone()),
-                    pod_name: Some(ep.pod.clone()),
-                }
-            });
-            self.remote.insert(ep.ip, entry);
-        }
-        if changed || !before.is_empty() {
+            if self.remote.get(&ip) == now.as_ref() {
+                continue;
+            }
+            match now {
+                Some(pod) => self.remote.insert(ip, pod),
+                None => self.remote.remove(&ip),
+            };
             self.unsent = true;
         }
     }
@@ -315,8 +312,14 @@ impl ProxyConfig {
     }
 
     /// The snapshot at `version`, when the proxy has not been sent what the
-    /// configuration holds now; its events carry `headers`.
-    pub fn take_snapshot(&mut self, headers: &FlowHeaders, version: u64) -> Option<Snapshot> {
+    /// configuration holds now; its events carry `headers`, other nodes'
+    /// pods the labels `engine` gives their identities.
+    pub fn take_snapshot(
+        &mut self,
+        engine: &PolicyEngine,
+        headers: &FlowHeaders,
+        version: u64,
+    ) -> Option<Snapshot> {
         if !std::mem::take(&mut self.unsent) {
             return None;
         }
@@ -328,7 +331,22 @@ impl ProxyConfig {
             }
             identities.extend(contribution.identities.iter().cloned());
         }
-        identities.extend(self.remote.values().cloned());
+        let mut labels: HashMap<u32, Vec<String>> = HashMap::new();
+        for (ip, pod) in &self.remote {
+            let labels = labels.entry(pod.identity).or_insert_with(|| {
+                engine
+                    .identity_labels(pod.identity)
+                    .map(|l| l.to_strings())
+                    .unwrap_or_default()
+            });
+            identities.push(IdentityEntry {
+                ip: *ip,
+                identity: pod.identity,
+                labels: labels.clone(),
+                namespace: Some(pod.namespace.to_string()),
+                pod_name: Some(pod.pod.to_string()),
+            });
+        }
         Some(Snapshot {
             version,
             listeners: listeners(),
@@ -370,12 +388,12 @@ mod tests {
                 }
             };
         let first = config
-            .take_snapshot(&headers, 1)
+            .take_snapshot(&engine, &headers, 1)
             .expect("a fresh start sends");
         assert!(first.l7_policies.is_empty() && first.identities.is_empty());
         config.update(&engine, &key, Some(&deathstar));
         let second = config
-            .take_snapshot(&headers, 2)
+            .take_snapshot(&engine, &headers, 2)
             .expect("a new pod's identity");
         assert_eq!(second.identities.len(), 2, "both families");
 
@@ -385,7 +403,9 @@ mod tests {
         );
         assert!(changes.endpoints.contains_key(&key));
         update(&mut config, &engine, &changes);
-        let third = config.take_snapshot(&headers, 3).expect("an L7 rule");
+        let third = config
+            .take_snapshot(&engine, &headers, 3)
+            .expect("an L7 rule");
         assert_eq!(third.version, 3);
         assert_eq!(third.l7_policies.len(), 2, "port 80 of both addresses");
         assert_eq!(
@@ -403,7 +423,7 @@ mod tests {
             "the policy did change"
         );
         update(&mut config, &engine, &changes);
-        assert_eq!(config.take_snapshot(&headers, 4), None);
+        assert_eq!(config.take_snapshot(&engine, &headers, 4), None);
 
         let gone = engine.remove_policy(&myelin_policy::PolicyKey {
             kind: myelin_policy::PolicyKind::CiliumNetworkPolicy,
@@ -411,54 +431,147 @@ mod tests {
             name: "l7".into(),
         });
         update(&mut config, &engine, &gone);
-        let fourth = config.take_snapshot(&headers, 4).expect("the L7 rule went");
+        let fourth = config
+            .take_snapshot(&engine, &headers, 4)
+            .expect("the L7 rule went");
         assert!(fourth.l7_policies.is_empty());
         assert_eq!(fourth.identities, second.identities);
+    }
+
+    fn remote_pod(ip: &str, identity: u32, pod: &str) -> myelin_policy::RemoteEndpoint {
+        myelin_policy::RemoteEndpoint {
+            ip: ip.parse().expect("ip"),
+            identity,
+            ports: Vec::new().into(),
+            node: "node2".into(),
+            namespace: "default".into(),
+            pod: pod.into(),
+        }
+    }
+
+    fn app(name: &str) -> myelin_policy::LabelSet {
+        let mut labels = myelin_policy::LabelSet::new();
+        labels.insert("k8s", "app", name);
+        labels
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
     }
 
     #[test]
     fn other_nodes_pods_reach_the_proxy_once_and_only_when_they_change() {
         let mut engine = engine_with(&[]);
-        let mut labels = myelin_policy::LabelSet::new();
-        labels.insert("k8s", "app", "remote");
-        let remote = |ip: &str, identity: u32, pod: &str| myelin_policy::RemoteEndpoint {
-            ip: ip.parse().expect("ip"),
-            identity,
-            ports: Vec::new(),
-            node: "node2".into(),
-            namespace: "default".into(),
-            pod: pod.into(),
-        };
-        for (ip, pod) in [("10.244.2.2", "a"), ("10.244.2.3", "b")] {
+        let labels = app("remote");
+        let (a, b) = (ip("10.244.2.2"), ip("10.244.2.3"));
+        for (address, pod) in [("10.244.2.2", "a"), ("10.244.2.3", "b")] {
             engine
-                .upsert_remote_endpoint(remote(ip, 300, pod), &labels)
+                .upsert_remote_endpoint(remote_pod(address, 300, pod), &labels)
                 .expect("remote pod");
         }
         let mut config = ProxyConfig::default();
         let headers = FlowHeaders::default();
-        config.update_remote(&engine);
-        let first = config.take_snapshot(&headers, 1).expect("two remote pods");
+        config.update_remote(&engine, [a, b]);
+        let first = config
+            .take_snapshot(&engine, &headers, 1)
+            .expect("two remote pods");
         assert_eq!(first.identities.len(), 2);
         assert_eq!(
             first.identities[0].labels,
             vec!["k8s:app=remote".to_string()]
         );
 
-        config.update_remote(&engine);
-        assert_eq!(config.take_snapshot(&headers, 2), None, "nothing changed");
+        config.update_remote(&engine, [a, b]);
+        assert_eq!(
+            config.take_snapshot(&engine, &headers, 2),
+            None,
+            "nothing changed"
+        );
 
         engine
-            .upsert_remote_endpoint(remote("10.244.2.3", 300, "c"), &labels)
+            .upsert_remote_endpoint(remote_pod("10.244.2.3", 300, "c"), &labels)
             .expect("the address moved to another pod");
-        config.update_remote(&engine);
-        let third = config.take_snapshot(&headers, 3).expect("a pod changed");
+        config.update_remote(&engine, [b]);
+        let third = config
+            .take_snapshot(&engine, &headers, 3)
+            .expect("a pod changed");
         assert_eq!(third.identities[1].pod_name.as_deref(), Some("c"));
         assert_eq!(third.identities[0], first.identities[0]);
 
-        engine.remove_remote_endpoint("10.244.2.2".parse().expect("ip"));
-        config.update_remote(&engine);
-        let fourth = config.take_snapshot(&headers, 4).expect("a pod went");
+        engine.remove_remote_endpoint(a);
+        config.update_remote(&engine, [a]);
+        let fourth = config
+            .take_snapshot(&engine, &headers, 4)
+            .expect("a pod went");
         assert_eq!(fourth.identities.len(), 1);
+        assert_eq!(fourth.identities[0].ip, b);
+
+        // An address named again after it went, and one never known: nothing.
+        config.update_remote(&engine, [a, ip("10.244.9.9")]);
+        assert_eq!(config.take_snapshot(&engine, &headers, 5), None);
+    }
+
+    #[test]
+    fn only_the_addresses_named_are_looked_at_again() {
+        let mut engine = engine_with(&[]);
+        let (a, b) = (ip("10.244.2.2"), ip("10.244.2.3"));
+        engine
+            .upsert_remote_endpoint(remote_pod("10.244.2.2", 300, "a"), &app("one"))
+            .expect("remote pod");
+        let mut config = ProxyConfig::default();
+        let headers = FlowHeaders::default();
+        config.update_remote(&engine, [a]);
+        config.take_snapshot(&engine, &headers, 1).expect("one pod");
+        engine
+            .upsert_remote_endpoint(remote_pod("10.244.2.3", 301, "b"), &app("two"))
+            .expect("remote pod");
+        // A batch that touched only `a` does not bring `b` in...
+        config.update_remote(&engine, [a]);
+        assert_eq!(config.take_snapshot(&engine, &headers, 2), None);
+        // ...the batch that brought `b` does.
+        config.update_remote(&engine, [b]);
+        let snapshot = config.take_snapshot(&engine, &headers, 3).expect("b came");
+        assert_eq!(
+            snapshot
+                .identities
+                .iter()
+                .map(|i| (i.ip, i.identity))
+                .collect::<Vec<_>>(),
+            [(a, 300), (b, 301)]
+        );
+    }
+
+    #[test]
+    fn a_pod_moved_to_another_identity_carries_that_identitys_labels() {
+        let mut engine = engine_with(&[]);
+        let a = ip("10.244.2.2");
+        engine
+            .upsert_remote_endpoint(remote_pod("10.244.2.2", 300, "a"), &app("one"))
+            .expect("remote pod");
+        let mut config = ProxyConfig::default();
+        let headers = FlowHeaders::default();
+        config.update_remote(&engine, [a]);
+        let first = config.take_snapshot(&engine, &headers, 1).expect("a");
+        assert_eq!(first.identities[0].labels, ["k8s:app=one"]);
+
+        // Same address and pod, a new identity (its labels changed).
+        engine
+            .upsert_remote_endpoint(remote_pod("10.244.2.2", 301, "a"), &app("two"))
+            .expect("relabelled");
+        config.update_remote(&engine, [a]);
+        let second = config.take_snapshot(&engine, &headers, 2).expect("moved");
+        assert_eq!(second.identities[0].identity, 301);
+        assert_eq!(second.identities[0].labels, ["k8s:app=two"]);
+
+        // Identity 300 released and bound again to other labels: the pod
+        // that takes it shows the new ones, as the engine knows them.
+        engine
+            .upsert_remote_endpoint(remote_pod("10.244.2.2", 300, "a"), &app("three"))
+            .expect("renumbered");
+        config.update_remote(&engine, [a]);
+        let third = config.take_snapshot(&engine, &headers, 3).expect("back");
+        assert_eq!(third.identities[0].identity, 300);
+        assert_eq!(third.identities[0].labels, ["k8s:app=three"]);
     }
 
     #[test]

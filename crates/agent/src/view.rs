@@ -133,8 +133,8 @@ impl Addresses {
             let identity = out.identity_of(remote.ip);
             let meta = EndpointMeta {
                 identity,
-                namespace: remote.namespace.clone(),
-                pod: remote.pod.clone(),
+                namespace: remote.namespace.to_string(),
+                pod: remote.pod.to_string(),
                 labels: out.labels(identity),
                 ..EndpointMeta::default()
             };
@@ -369,7 +369,7 @@ mod tests {
         let remote = myelin_policy::RemoteEndpoint {
             ip: ip("10.244.7.5"),
             identity: 300,
-            ports: Vec::new(),
+            ports: Vec::new().into(),
             node: "node-b".into(),
             namespace: "default".into(),
             pod: "client-1".into(),

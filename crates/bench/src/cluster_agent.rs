@@ -10,7 +10,9 @@
 //! Output, one JSON object per line on stdout: `{"synced": ...}` once every expected remote
 //! endpoint is in the engine (with the resident memory before the watches started and
 //! then), after that `{"seen": IP, "identity": N, "t": MONOTONIC_NS}` for every remote
-//! endpoint change the engine took.
+//! endpoint change the engine took and `{"batch": {"events": N, "cpu_ns": NS}}` for every
+//! batch: the CPU time this thread spent applying it (the state owner's share of a batch;
+//! the watches' decoding is not in it).
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -117,7 +119,9 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
             batch.push(more);
         }
         let mut seen = Vec::new();
-        let mut endpoints_changed = false;
+        let mut addresses = Vec::new();
+        let events = batch.len();
+        let cpu_before = thread_cpu_ns();
         for event in batch {
             match &event {
                 ClusterEvent::Endpoint(Update::Synced) => endpoints_synced = true,
@@ -127,11 +131,12 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
                 }
                 _ => {}
             }
-            endpoints_changed |= remote.apply(event, &mut engine).endpoints;
+            addresses.extend(remote.apply(event, &mut engine).addresses);
         }
-        if endpoints_changed && !args.without_proxy_view {
-            proxy.update_remote(&engine);
+        if !args.without_proxy_view {
+            proxy.update_remote(&engine, addresses);
         }
+        let cpu_ns = thread_cpu_ns().saturating_sub(cpu_before);
         let now = monotonic_ns();
         for (ip, identity) in seen {
             if engine.identity_of_ip(ip) == identity {
@@ -141,6 +146,13 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
                     json!({"seen": ip, "identity": identity, "t": now})
                 )?;
             }
+        }
+        if synced {
+            writeln!(
+                out,
+                "{}",
+                json!({"batch": {"events": events, "cpu_ns": cpu_ns}})
+            )?;
         }
         if !synced && endpoints_synced && identities_synced {
             let count = engine.remote_endpoints().count();
@@ -157,6 +169,13 @@ async fn agent(args: &ClusterAgentArgs) -> anyhow::Result<()> {
         }
         out.flush()?;
     }
+}
+
+/// The CPU time of this thread in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn round3(d: Duration) -> f64 {

@@ -210,7 +210,16 @@ fn identities() {
         inner
     );
     assert_eq!(
+        engine.identity_of_ip("172.17.0.1".parse().expect("ip")),
+        outer
+    );
+    assert_eq!(engine.identity_of_ip("10.0.0.3".parse().expect("ip")), a);
+    assert_eq!(
         engine.identity_of_ip("9.9.9.9".parse().expect("ip")),
+        identity::WORLD
+    );
+    assert_eq!(
+        engine.identity_of_ip("2001:db8::1".parse().expect("ip")),
         identity::WORLD
     );
 }

@@ -208,10 +208,10 @@ fn remote(
     let endpoint = myelin_policy::RemoteEndpoint {
         ip: format!("10.2.0.{}", i + 1).parse().expect("ip"),
         identity: allocator.allocate(&labels).expect("identity"),
-        ports: local.ports,
+        ports: local.ports.into(),
         node: "node2".into(),
         namespace: "default".into(),
-        pod: format!("remote{i}"),
+        pod: format!("remote{i}").into(),
     };
     (endpoint, labels)
 }

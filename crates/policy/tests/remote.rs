@@ -42,10 +42,10 @@ fn remote(address: &str, identity: u32, app: &str) -> RemoteEndpoint {
     RemoteEndpoint {
         ip: ip(address),
         identity,
-        ports: Vec::new(),
+        ports: Vec::new().into(),
         node: "node-a".into(),
         namespace: "default".into(),
-        pod: format!("{app}-{address}"),
+        pod: format!("{app}-{address}").into(),
     }
 }
 
@@ -205,18 +205,22 @@ fn egress_named_ports_resolve_against_remote_pods() {
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: default}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: db}}]\n    toPorts: [{ports: [{port: sql, protocol: TCP}]}]\n",
     );
     let mut db = remote("10.244.1.9", 400, "db");
-    db.ports = vec![NamedPort {
+    db.ports = Arc::from([NamedPort {
         name: "sql".into(),
         port: 5432,
         proto: Proto::Tcp,
-    }];
+    }]);
     engine
         .upsert_remote_endpoint(db.clone(), &labels("db"))
         .expect("db");
     let egress = &engine.policy(&web()).expect("web").egress;
     assert_eq!(egress.lookup(400, Proto::Tcp, 5432).0, Decision::Allow);
     // The port renamed on its node: the entry follows.
-    db.ports[0].port = 3306;
+    db.ports = Arc::from([NamedPort {
+        name: "sql".into(),
+        port: 3306,
+        proto: Proto::Tcp,
+    }]);
     engine
         .upsert_remote_endpoint(db, &labels("db"))
         .expect("db");
@@ -252,11 +256,11 @@ fn a_remote_pod_moving_to_an_identity_in_use_takes_its_named_ports_along() {
         .identity;
     // A pod of node A with the named port, relabelled there from `cache` to `db`.
     let mut pod = remote("10.244.1.9", 400, "cache");
-    pod.ports = vec![NamedPort {
+    pod.ports = Arc::from([NamedPort {
         name: "sql".into(),
         port: 5432,
         proto: Proto::Tcp,
-    }];
+    }]);
     engine
         .upsert_remote_endpoint(pod.clone(), &labels("cache"))
         .expect("cache");

@@ -116,10 +116,10 @@ fn remote(n: u32, id: u32) -> myelin_policy::RemoteEndpoint {
     myelin_policy::RemoteEndpoint {
         ip: std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a80_0000 + n)),
         identity: id,
-        ports: Vec::new(),
-        node: format!("node{}", n % 1000),
+        ports: Vec::new().into(),
+        node: format!("node{}", n % 1000).into(),
         namespace: "default".into(),
-        pod: format!("pod-{n}"),
+        pod: format!("pod-{n}").into(),
     }
 }
 

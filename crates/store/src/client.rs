@@ -236,63 +236,32 @@ impl Conn {
         Ok(response.take_kvs().into_iter().next())
     }
 
-    /// Every key under `prefix` with the revision the listing is consistent at. Read in
-    /// pages, every page at the first one's revision: one answer may carry at most the
-    /// client's 4 MiB message limit (100,000 endpoints are ~20 MB). A page etcd finds too
-    /// large for one answer (large values) is asked for again at half the keys.
+    /// Every key under `prefix` with the revision the listing is consistent at (see
+    /// [`Listing`]).
     pub(crate) async fn list(
         &self,
         prefix: &str,
         keys_only: bool,
     ) -> Result<(Vec<KeyValue>, i64), StoreError> {
-        let end = prefix_end(prefix.as_bytes());
-        let mut from = prefix.as_bytes().to_vec();
-        let mut page_keys = LIST_PAGE;
-        let mut revision = 0;
+        let mut listing = self.listing(prefix, keys_only);
         let mut kvs = Vec::new();
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(page_keys);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            if keys_only {
-                options = options.with_keys_only();
-            }
-            let answer = self
-                .call(format!("list {prefix}"), |mut c| {
-                    let (from, options) = (from.clone(), options.clone());
-                    async move { c.get(from, Some(options)).await }
-                })
-                .await;
-            let mut response = match answer {
-                Err(StoreError::Etcd {
-                    source: etcd_client::Error::GRpcStatus(status),
-                    ..
-                }) if status.code() == tonic::Code::OutOfRange && page_keys > 1 => {
-                    page_keys /= 2;
-                    continue;
-                }
-                answer => answer?,
-            };
-            if revision == 0 {
-                revision = response.header().map_or(0, |h| h.revision());
-            }
-            let more = response.more();
-            let page = response.take_kvs();
-            let Some(last) = page.last() else {
-                break;
-            };
-            // The next page starts just after the last key.
-            from = last.key().to_vec();
-            from.push(0);
+        while let Some(page) = listing.next_page().await? {
             kvs.extend(page);
-            if !more {
-                break;
-            }
         }
-        Ok((kvs, revision))
+        Ok((kvs, listing.revision()))
+    }
+
+    /// A listing of every key under `prefix`, to be read page by page.
+    pub(crate) fn listing<'a>(&'a self, prefix: &'a str, keys_only: bool) -> Listing<'a> {
+        Listing {
+            conn: self,
+            prefix,
+            end: prefix_end(prefix.as_bytes()),
+            from: Some(prefix.as_bytes().to_vec()),
+            page_keys: LIST_PAGE,
+            revision: 0,
+            keys_only,
+        }
     }
 
     pub(crate) async fn put(
@@ -446,6 +415,76 @@ async fn connect_clients(
             }
             Ok(clients)
         }
+    }
+}
+
+/// Every key under a prefix, read in pages, every page at the first one's revision: one
+/// answer may carry at most the client's 4 MiB message limit (100,000 endpoints are ~20
+/// MB), and a reader that takes each page as it comes never holds the whole listing. A page
+/// etcd finds too large for one answer (large values) is asked for again at half the keys.
+pub(crate) struct Listing<'a> {
+    conn: &'a Conn,
+    prefix: &'a str,
+    end: Vec<u8>,
+    /// Where the next page starts; `None` once the last was read.
+    from: Option<Vec<u8>>,
+    page_keys: i64,
+    revision: i64,
+    keys_only: bool,
+}
+
+impl Listing<'_> {
+    /// The next page; `None` after the last.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<KeyValue>>, StoreError> {
+        let Some(from) = self.from.take() else {
+            return Ok(None);
+        };
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(self.end.clone())
+                .with_limit(self.page_keys);
+            if self.revision > 0 {
+                options = options.with_revision(self.revision);
+            }
+            if self.keys_only {
+                options = options.with_keys_only();
+            }
+            let answer = self
+                .conn
+                .call(format!("list {}", self.prefix), |mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                })
+                .await;
+            let mut response = match answer {
+                Err(StoreError::Etcd {
+                    source: etcd_client::Error::GRpcStatus(status),
+                    ..
+                }) if status.code() == tonic::Code::OutOfRange && self.page_keys > 1 => {
+                    self.page_keys /= 2;
+                    continue;
+                }
+                answer => answer?,
+            };
+            if self.revision == 0 {
+                self.revision = response.header().map_or(0, |h| h.revision());
+            }
+            let page = response.take_kvs();
+            if response.more()
+                && let Some(last) = page.last()
+            {
+                // The next page starts just after the last key.
+                let mut next = last.key().to_vec();
+                next.push(0);
+                self.from = Some(next);
+            }
+            return Ok((!page.is_empty()).then_some(page));
+        }
+    }
+
+    /// The revision the listing is consistent at (known once a page was read).
+    pub(crate) fn revision(&self) -> i64 {
+        self.revision
     }
 }
 

@@ -3,6 +3,7 @@
 //! consumer last saw.
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hasher as _};
 use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -35,37 +36,82 @@ pub enum RawEvent {
     Synced,
 }
 
-/// What the consumer has seen: key → value.
-pub type Seen = BTreeMap<String, Vec<u8>>;
+/// What the consumer has seen: key → a digest of its value. The consumer keeps the
+/// decoded entries; a digest is all a resync by difference needs, so a watch of 100,000
+/// endpoints does not hold a second, raw copy of each (key and JSON, ~0.3 KB).
+pub type Seen = BTreeMap<Box<str>, u64>;
 
-/// The events that turn `seen` into `listed`: a put for every new or changed key, a
-/// delete for every key gone; nothing for what is unchanged.
-pub fn resync_diff(seen: &Seen, listed: &Seen) -> Vec<RawEvent> {
-    let puts = listed
-        .iter()
-        .filter(|(key, value)| seen.get(*key) != Some(*value))
-        .map(|(key, value)| RawEvent::Put {
-            key: key.clone(),
-            value: value.clone(),
-        });
-    let deletes = seen
-        .keys()
-        .filter(|key| !listed.contains_key(*key))
-        .map(|key| RawEvent::Delete { key: key.clone() });
-    puts.chain(deletes).collect()
+/// The digest of a value. Two values with one digest (a 64-bit hash; odds of 2⁻⁶⁴ per
+/// change) would read as a value written again.
+pub fn digest(value: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(value);
+    hasher.finish()
+}
+
+/// A listing compared with what the consumer saw, entry by entry as the listing is read,
+/// so that it is never held twice: a put for every new or changed key, then a delete for
+/// every key gone; nothing for what is unchanged.
+#[derive(Debug)]
+pub struct Resync {
+    before: Seen,
+    after: Seen,
+}
+
+impl Resync {
+    /// A resync of a consumer that saw `before`.
+    pub fn new(before: Seen) -> Self {
+        Self {
+            before,
+            after: Seen::new(),
+        }
+    }
+
+    /// One entry of the listing: the event to deliver, if it is new or changed.
+    pub fn listed(&mut self, key: String, value: Vec<u8>) -> Option<RawEvent> {
+        let digest = digest(&value);
+        let unchanged = self.before.remove(key.as_str()) == Some(digest);
+        self.after.insert(key.as_str().into(), digest);
+        (!unchanged).then_some(RawEvent::Put { key, value })
+    }
+
+    /// A listing that broke off: what the consumer has seen by then, the entries listed
+    /// so far as listed and the others as before.
+    pub fn abandon(mut self) -> Seen {
+        self.before.append(&mut self.after);
+        self.before
+    }
+
+    /// After the last entry: the deletes of the keys the listing no longer has, and what
+    /// the consumer has seen once they are delivered.
+    pub fn finish(self) -> (Vec<RawEvent>, Seen) {
+        let deletes = self
+            .before
+            .into_keys()
+            .map(|key| RawEvent::Delete { key: key.into() })
+            .collect();
+        (deletes, self.after)
+    }
 }
 
 /// Applies `event` to `seen`; false when it changes nothing (a value written again).
 fn apply(seen: &mut Seen, event: &RawEvent) -> bool {
     match event {
         RawEvent::Put { key, value } => {
-            if seen.get(key) == Some(value) {
-                return false;
+            let digest = digest(value);
+            match seen.get_mut(key.as_str()) {
+                Some(old) if *old == digest => false,
+                Some(old) => {
+                    *old = digest;
+                    true
+                }
+                None => {
+                    seen.insert(key.as_str().into(), digest);
+                    true
+                }
             }
-            seen.insert(key.clone(), value.clone());
-            true
         }
-        RawEvent::Delete { key } => seen.remove(key).is_some(),
+        RawEvent::Delete { key } => seen.remove(key.as_str()).is_some(),
         RawEvent::Synced => true,
     }
 }
@@ -118,26 +164,9 @@ async fn run_watch(conn: Conn, prefix: String, tx: mpsc::Sender<RawEvent>) {
     let retry = Duration::from_millis(500);
     let mut seen = Seen::new();
     loop {
-        let revision = match conn.list(&prefix, false).await {
-            Ok((kvs, revision)) => {
-                let listed: Seen = kvs
-                    .into_iter()
-                    .map(|kv| {
-                        let (key, value) = kv.into_key_value();
-                        (String::from_utf8_lossy(&key).into_owned(), value)
-                    })
-                    .collect();
-                for event in resync_diff(&seen, &listed) {
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                seen = listed;
-                if tx.send(RawEvent::Synced).await.is_err() {
-                    return;
-                }
-                revision
-            }
+        let revision = match resync(&conn, &prefix, &mut seen, &tx).await {
+            Ok(Some(revision)) => revision,
+            Ok(None) => return,
             Err(e) => {
                 tracing::debug!(%prefix, error = %e, "store: list failed; retrying");
                 tokio::time::sleep(retry).await;
@@ -152,6 +181,49 @@ async fn run_watch(conn: Conn, prefix: String, tx: mpsc::Sender<RawEvent>) {
         }
         tokio::time::sleep(retry).await;
     }
+}
+
+/// Lists `prefix` page by page and delivers what changed against `seen`, then `Synced`;
+/// the listing's revision, or `None` once the consumer is gone.
+async fn resync(
+    conn: &Conn,
+    prefix: &str,
+    seen: &mut Seen,
+    tx: &mpsc::Sender<RawEvent>,
+) -> Result<Option<i64>, StoreError> {
+    let mut listing = conn.listing(prefix, false);
+    let mut resync = Resync::new(std::mem::take(seen));
+    loop {
+        let page = match listing.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => break,
+            Err(e) => {
+                *seen = resync.abandon();
+                return Err(e);
+            }
+        };
+        for kv in page {
+            let (key, value) = kv.into_key_value();
+            let key = String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            if let Some(event) = resync.listed(key, value)
+                && tx.send(event).await.is_err()
+            {
+                return Ok(None);
+            }
+        }
+    }
+    let (deletes, listed) = resync.finish();
+    for event in deletes {
+        if tx.send(event).await.is_err() {
+            return Ok(None);
+        }
+    }
+    *seen = listed;
+    if tx.send(RawEvent::Synced).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some(listing.revision()))
 }
 
 /// Delivers the changes from `start` on until the stream breaks or is cancelled.
@@ -321,15 +393,27 @@ mod tests {
     fn seen(entries: &[(&str, &str)]) -> Seen {
         entries
             .iter()
-            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .map(|(k, v)| (Box::from(*k), digest(v.as_bytes())))
             .collect()
+    }
+
+    /// The events of a resync of `before` by `listing`, and what is seen after it.
+    fn resync(before: &Seen, listing: &[(&str, &str)]) -> (Vec<RawEvent>, Seen) {
+        let mut resync = Resync::new(before.clone());
+        let mut events: Vec<RawEvent> = listing
+            .iter()
+            .filter_map(|(k, v)| resync.listed(k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let (deletes, after) = resync.finish();
+        events.extend(deletes);
+        (events, after)
     }
 
     #[test]
     fn a_resync_delivers_only_the_difference() {
         let before = seen(&[("a", "1"), ("b", "2"), ("c", "3")]);
-        let after = seen(&[("a", "1"), ("b", "20"), ("d", "4")]);
-        let events = resync_diff(&before, &after);
+        let listing = [("a", "1"), ("b", "20"), ("d", "4")];
+        let (events, after) = resync(&before, &listing);
         assert_eq!(
             events,
             vec![
@@ -344,6 +428,7 @@ mod tests {
                 RawEvent::Delete { key: "c".into() },
             ]
         );
+        assert_eq!(after, seen(&listing));
         let mut view = before.clone();
         for event in &events {
             apply(&mut view, event);
@@ -353,9 +438,27 @@ mod tests {
 
     #[test]
     fn an_unchanged_listing_delivers_nothing() {
-        let view = seen(&[("a", "1"), ("b", "2")]);
-        assert!(resync_diff(&view, &view).is_empty());
-        assert_eq!(resync_diff(&Seen::new(), &view).len(), 2);
+        let listing = [("a", "1"), ("b", "2")];
+        let view = seen(&listing);
+        let (events, after) = resync(&view, &listing);
+        assert!(events.is_empty());
+        assert_eq!(after, view);
+        assert_eq!(resync(&Seen::new(), &listing).0.len(), 2);
+        let (events, after) = resync(&view, &[]);
+        assert_eq!(events.len(), 2, "both deleted");
+        assert!(after.is_empty());
+    }
+
+    #[test]
+    fn a_listing_broken_off_keeps_what_was_delivered_and_what_was_not_listed() {
+        let before = seen(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let mut resync = Resync::new(before);
+        assert!(resync.listed("a".into(), b"1".to_vec()).is_none());
+        assert!(resync.listed("b".into(), b"20".to_vec()).is_some());
+        assert_eq!(
+            resync.abandon(),
+            seen(&[("a", "1"), ("b", "20"), ("c", "3")])
+        );
     }
 
     #[test]
@@ -366,8 +469,15 @@ mod tests {
             value: b"1".to_vec(),
         };
         assert!(!apply(&mut view, &same));
+        let changed = RawEvent::Put {
+            key: "a".into(),
+            value: b"2".to_vec(),
+        };
+        assert!(apply(&mut view, &changed));
+        assert_eq!(view, seen(&[("a", "2")]));
         assert!(!apply(&mut view, &RawEvent::Delete { key: "x".into() }));
         assert!(apply(&mut view, &RawEvent::Delete { key: "a".into() }));
+        assert!(view.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use myelin_observe::peer::{PeerMap, PeerNode};
@@ -28,6 +29,72 @@ pub struct Touched {
     /// Another node's pod came, changed or left: services' backends are
     /// derived again.
     pub endpoints: bool,
+    /// The addresses of other nodes' pods whose entry in the engine may have
+    /// changed (the proxy's view looks at these again, not at every pod).
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Another node's endpoint as this node keeps it: what the engine and
+/// services' backends need, with the names and port lists that many
+/// endpoints share held once (see [`Shared`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Published {
+    identity: Identity,
+    node: Arc<str>,
+    namespace: Arc<str>,
+    pod: Arc<str>,
+    /// Named TCP and UDP ports.
+    ports: Arc<[NamedPort]>,
+    ready: bool,
+}
+
+impl Published {
+    /// The engine's form of the endpoint at `ip`: the same shared names.
+    fn remote_endpoint(&self, ip: IpAddr) -> RemoteEndpoint {
+        RemoteEndpoint {
+            ip,
+            identity: self.identity,
+            ports: self.ports.clone(),
+            node: self.node.clone(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+        }
+    }
+}
+
+/// One copy of each value many endpoints hold (node names, namespaces, port
+/// lists): 100,000 endpoints of 1,000 nodes hold 1,000 node names. Values no
+/// endpoint holds any more are dropped once the set has doubled since the
+/// last sweep, so it stays within twice what is in use.
+#[derive(Debug)]
+struct Shared<T: ?Sized + Ord> {
+    values: BTreeSet<Arc<T>>,
+    swept_at: usize,
+}
+
+impl<T: ?Sized + Ord> Default for Shared<T> {
+    fn default() -> Self {
+        Self {
+            values: BTreeSet::new(),
+            swept_at: 0,
+        }
+    }
+}
+
+impl<T: ?Sized + Ord> Shared<T> {
+    /// The shared copy of `value`, made from it when there is none.
+    fn get<V: AsRef<T> + Into<Arc<T>>>(&mut self, value: V) -> Arc<T> {
+        if let Some(shared) = self.values.get(value.as_ref()) {
+            return shared.clone();
+        }
+        if self.values.len() >= 2 * self.swept_at.max(32) {
+            self.values.retain(|v| Arc::strong_count(v) > 1);
+            self.swept_at = self.values.len();
+        }
+        let shared: Arc<T> = value.into();
+        self.values.insert(shared.clone());
+        shared
+    }
 }
 
 /// The other nodes, their endpoints and the cluster's identities.
@@ -36,11 +103,13 @@ pub struct RemoteState {
     node: String,
     identities: BTreeMap<Identity, LabelSet>,
     /// Other nodes' endpoints as published, by address.
-    endpoints: BTreeMap<IpAddr, StoreEndpoint>,
+    endpoints: BTreeMap<IpAddr, Published>,
     /// Their addresses by identity, to find those waiting for an identity.
     by_identity: BTreeMap<Identity, BTreeSet<IpAddr>>,
     /// Other nodes by name.
     nodes: BTreeMap<String, StoreNode>,
+    names: Shared<str>,
+    port_lists: Shared<[NamedPort]>,
 }
 
 impl RemoteState {
@@ -52,6 +121,8 @@ impl RemoteState {
             endpoints: BTreeMap::new(),
             by_identity: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            names: Shared::default(),
+            port_lists: Shared::default(),
         }
     }
 
@@ -70,6 +141,7 @@ impl RemoteState {
                     .collect();
                 for ip in waiting {
                     self.to_engine(ip, engine, &mut touched.changes);
+                    touched.addresses.push(ip);
                 }
             }
             // Endpoints still carrying it keep the labels the engine knows;
@@ -81,21 +153,22 @@ impl RemoteState {
                 if endpoint.node == self.node {
                     return touched;
                 }
-                if let Some(old) = self.endpoints.insert(ip, endpoint.clone()) {
+                let endpoint = self.kept(endpoint);
+                let identity = endpoint.identity;
+                if let Some(old) = self.endpoints.insert(ip, endpoint) {
                     self.unindex(ip, old.identity);
                 }
-                self.by_identity
-                    .entry(endpoint.identity)
-                    .or_default()
-                    .insert(ip);
+                self.by_identity.entry(identity).or_default().insert(ip);
                 self.to_engine(ip, engine, &mut touched.changes);
                 touched.endpoints = true;
+                touched.addresses.push(ip);
             }
             ClusterEvent::Endpoint(Update::Delete(ip)) => {
                 if let Some(old) = self.endpoints.remove(&ip) {
                     self.unindex(ip, old.identity);
                     merge(&mut touched.changes, engine.remove_remote_endpoint(ip));
                     touched.endpoints = true;
+                    touched.addresses.push(ip);
                 }
             }
             ClusterEvent::Node(Update::Upsert(name, node)) => {
@@ -122,6 +195,27 @@ impl RemoteState {
         touched
     }
 
+    /// An endpoint as published, in the form kept here.
+    fn kept(&mut self, endpoint: StoreEndpoint) -> Published {
+        let tcp = endpoint.named_ports.into_iter().map(|p| (p, Proto::Tcp));
+        let udp = endpoint
+            .named_udp_ports
+            .into_iter()
+            .map(|p| (p, Proto::Udp));
+        let ports: Vec<NamedPort> = tcp
+            .chain(udp)
+            .map(|((name, port), proto)| NamedPort { name, port, proto })
+            .collect();
+        Published {
+            identity: endpoint.identity,
+            node: self.names.get(endpoint.node),
+            namespace: self.names.get(endpoint.namespace),
+            pod: endpoint.pod.into(),
+            ports: self.port_lists.get(ports),
+            ready: endpoint.ready,
+        }
+    }
+
     fn unindex(&mut self, ip: IpAddr, identity: Identity) {
         if let Some(set) = self.by_identity.get_mut(&identity) {
             set.remove(&ip);
@@ -142,7 +236,7 @@ impl RemoteState {
             merge(changes, engine.remove_remote_endpoint(ip));
             return;
         };
-        match engine.upsert_remote_endpoint(remote_endpoint(endpoint), labels) {
+        match engine.upsert_remote_endpoint(endpoint.remote_endpoint(ip), labels) {
             Ok(more) => merge(changes, more),
             Err(error) => tracing::warn!(%error, "cluster store: endpoint ignored"),
         }
@@ -164,26 +258,26 @@ impl RemoteState {
     /// are not known yet are left out until they are.
     pub fn service_backends(&self) -> Vec<EndpointSpec> {
         let mut pods: BTreeMap<(&str, &str), EndpointSpec> = BTreeMap::new();
-        for endpoint in self.endpoints.values() {
+        for (ip, endpoint) in &self.endpoints {
             let Some(labels) = self.identities.get(&endpoint.identity) else {
                 continue;
             };
             let spec = pods
                 .entry((&endpoint.namespace, &endpoint.pod))
                 .or_insert_with(|| EndpointSpec {
-                    namespace: endpoint.namespace.clone(),
-                    pod: endpoint.pod.clone(),
+                    namespace: endpoint.namespace.to_string(),
+                    pod: endpoint.pod.to_string(),
                     labels: labels.of_source(SOURCE_K8S),
                     service_account: None,
                     ifname: String::new(),
                     ipv4: None,
                     ipv6: None,
                     mac: None,
-                    ports: remote_endpoint(endpoint)
+                    ports: endpoint
                         .ports
-                        .into_iter()
+                        .iter()
                         .map(|p| ApiNamedPort {
-                            name: Some(p.name),
+                            name: Some(p.name.clone()),
                             port: p.port,
                             protocol: match p.proto {
                                 Proto::Udp => Protocol::Udp,
@@ -193,9 +287,9 @@ impl RemoteState {
                         .collect(),
                     ready: endpoint.ready,
                 });
-            match endpoint.ip {
-                IpAddr::V4(ip) => spec.ipv4 = Some(ip),
-                IpAddr::V6(ip) => spec.ipv6 = Some(ip),
+            match ip {
+                IpAddr::V4(ip) => spec.ipv4 = Some(*ip),
+                IpAddr::V6(ip) => spec.ipv6 = Some(*ip),
             }
             spec.ready &= endpoint.ready;
         }
@@ -223,27 +317,6 @@ impl RemoteState {
     #[cfg(test)]
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
-    }
-}
-
-/// A store endpoint as the engine takes it.
-fn remote_endpoint(endpoint: &StoreEndpoint) -> RemoteEndpoint {
-    let tcp = endpoint.named_ports.iter().map(|p| (p, Proto::Tcp));
-    let udp = endpoint.named_udp_ports.iter().map(|p| (p, Proto::Udp));
-    RemoteEndpoint {
-        ip: endpoint.ip,
-        identity: endpoint.identity,
-        ports: tcp
-            .chain(udp)
-            .map(|((name, port), proto)| NamedPort {
-                name: name.clone(),
-                port: *port,
-                proto,
-            })
-            .collect(),
-        node: endpoint.node.clone(),
-        namespace: endpoint.namespace.clone(),
-        pod: endpoint.pod.clone(),
     }
 }
 
@@ -328,7 +401,7 @@ mod tests {
         );
         assert_eq!(engine.identity_of_ip(ep.ip), 300);
         let remote = engine.remote_endpoint(ep.ip).expect("remote");
-        assert_eq!(remote.node, "node-a");
+        assert_eq!(&*remote.node, "node-a");
         assert_eq!(remote.ports.len(), 2);
         assert!(
             remote
@@ -445,5 +518,68 @@ mod tests {
             &mut engine,
         );
         assert_eq!(engine.identity_of_ip(ep.ip), 301);
+    }
+    #[test]
+    fn touched_names_the_addresses_whose_pod_may_have_changed() {
+        let (mut state, mut engine) = node_b();
+        let ep = endpoint("10.244.7.5", 300, "node-a");
+        let touched = state.apply(
+            ClusterEvent::Endpoint(Update::Upsert(ep.ip, ep.clone())),
+            &mut engine,
+        );
+        assert_eq!(touched.addresses, [ep.ip], "came, waiting for labels");
+        let touched = state.apply(
+            ClusterEvent::Identity(Update::Upsert(300, labels("client"))),
+            &mut engine,
+        );
+        assert_eq!(touched.addresses, [ep.ip], "its labels came");
+        let touched = state.apply(ClusterEvent::Endpoint(Update::Delete(ep.ip)), &mut engine);
+        assert_eq!(touched.addresses, [ep.ip], "left");
+        let touched = state.apply(ClusterEvent::Endpoint(Update::Delete(ep.ip)), &mut engine);
+        assert!(touched.addresses.is_empty(), "not known");
+    }
+
+    #[test]
+    fn endpoints_share_one_copy_of_their_node_namespace_and_ports() {
+        let (mut state, mut engine) = node_b();
+        state.apply(
+            ClusterEvent::Identity(Update::Upsert(300, labels("client"))),
+            &mut engine,
+        );
+        let (one, two) = (
+            endpoint("10.244.7.5", 300, "node-a"),
+            endpoint("10.244.7.6", 300, "node-a"),
+        );
+        for ep in [&one, &two] {
+            state.apply(
+                ClusterEvent::Endpoint(Update::Upsert(ep.ip, ep.clone())),
+                &mut engine,
+            );
+        }
+        let (a, b) = (
+            engine.remote_endpoint(one.ip).expect("one"),
+            engine.remote_endpoint(two.ip).expect("two"),
+        );
+        assert!(Arc::ptr_eq(&a.node, &b.node));
+        assert!(Arc::ptr_eq(&a.namespace, &b.namespace));
+        assert!(Arc::ptr_eq(&a.ports, &b.ports));
+        assert_ne!(a.pod, b.pod);
+        // The same record again changes nothing.
+        let touched = state.apply(
+            ClusterEvent::Endpoint(Update::Upsert(one.ip, one.clone())),
+            &mut engine,
+        );
+        assert!(touched.changes.is_empty());
+    }
+
+    #[test]
+    fn shared_values_nobody_holds_are_dropped() {
+        let mut shared: Shared<str> = Shared::default();
+        let kept = shared.get("kept".to_string());
+        for n in 0..1000 {
+            drop(shared.get(format!("node{n}")));
+        }
+        assert!(shared.values.len() <= 64, "{}", shared.values.len());
+        assert!(Arc::ptr_eq(&kept, &shared.get("kept".to_string())));
     }
 }

@@ -141,7 +141,7 @@ async fn a_pod_on_one_node_is_a_peer_by_identity_on_another() {
     .await;
     let remote = b.engine.remote_endpoint(ip).expect("remote");
     assert_eq!(remote.identity, id);
-    assert_eq!(remote.node, "node-a");
+    assert_eq!(&*remote.node, "node-a");
     assert_eq!(
         b.engine.identity_labels(id).map(ToString::to_string),
         a.engine.identity_labels(id).map(ToString::to_string)

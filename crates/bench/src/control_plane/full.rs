@@ -4,6 +4,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::IpAddr;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -80,13 +81,37 @@ pub fn start_full_agent(
     }
 }
 
-/// Feeds the full agent's sightings to `tracker` until its output ends.
-pub fn forward_sightings(stdout: BufReader<ChildStdout>, tracker: &Tracker) {
+/// What each batch of events cost the full agent after its first sync: (events, CPU ns).
+#[derive(Debug, Default)]
+pub struct BatchCosts(Mutex<Vec<(u64, u64)>>);
+
+impl BatchCosts {
+    /// The batches so far.
+    pub fn take(&self) -> Vec<(u64, u64)> {
+        self.0
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default()
+    }
+}
+
+/// Feeds the full agent's sightings to `tracker` and its batches' costs to `batches` until
+/// its output ends.
+pub fn forward_sightings(stdout: BufReader<ChildStdout>, tracker: &Tracker, batches: &BatchCosts) {
     for line in stdout.lines() {
         let Ok(line) = line else { return };
         let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
+        if let (Some(events), Some(cpu_ns)) = (
+            value["batch"]["events"].as_u64(),
+            value["batch"]["cpu_ns"].as_u64(),
+        ) {
+            if let Ok(mut b) = batches.0.lock() {
+                b.push((events, cpu_ns));
+            }
+            continue;
+        }
         let (Some(ip), Some(identity), Some(t)) = (
             value["seen"]
                 .as_str()

@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 
 use etcd_load::EtcdSample;
-use full::{forward_sightings, start_full_agent};
+use full::{BatchCosts, forward_sightings, start_full_agent};
 use light::LightAgent;
 use tracker::Tracker;
 
@@ -205,7 +205,9 @@ async fn bench(
     let full_synced = sample()?;
     tracing::info!(?synced, "the full agent has every endpoint");
     let reader_tracker = tracker.clone();
-    std::thread::spawn(move || forward_sightings(stdout, &reader_tracker));
+    let batches = Arc::new(BatchCosts::default());
+    let reader_batches = batches.clone();
+    std::thread::spawn(move || forward_sightings(stdout, &reader_tracker, &reader_batches));
 
     // Churn rounds.
     let watchers = agents.len() + 1;
@@ -237,6 +239,8 @@ async fn bench(
     let full_cpu = crate::cpu::process_run_nanos(full.child.id()).saturating_sub(full_cpu);
     let full_rss = crate::soak::rss(full.child.id())?;
     drop(full);
+    let batches = batches.take();
+    let batch_cpu: Vec<u64> = batches.iter().map(|(_, ns)| *ns).collect();
     for watch in watches {
         watch.abort();
     }
@@ -278,6 +282,11 @@ async fn bench(
             "bytes_per_endpoint": if total > 0 { grown / total as u64 } else { 0 },
             "mib_per_100k_endpoints": round3(grown as f64 * 100_000.0 / total.max(1) as f64 / 1_048_576.0),
             "churn_cpu_seconds": full_cpu as f64 / 1e9,
+            "churn_batches": {
+                "n": batches.len(),
+                "events": batches.iter().map(|(n, _)| n).sum::<u64>(),
+                "cpu_ms": percentiles(&batch_cpu),
+            },
         },
         "driver_churn_cpu_seconds": driver_cpu as f64 / 1e9,
         "etcd": {
