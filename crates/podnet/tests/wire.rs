@@ -139,14 +139,9 @@ fn a_pod_is_wired_to_its_node_in_both_families() {
     assert!(ip(&["-n", pod, "addr", "show", "eth0"]).contains("10.77.1.2/32"));
 }
 
-#[test]
-fn an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once() {
-    if !privileged("an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once") {
-        return;
-    }
-    // Names of its own: the tests of this file run side by side.
-    let namespaces = Namespaces::new(&["del-node", "del-pod"]);
-    let interface = PodInterface {
+/// A pod with an IPv4 address only, behind the host veth `mpntest1`.
+fn ipv4_only_interface() -> PodInterface {
+    PodInterface {
         host_veth: "mpntest1".into(),
         mtu: 1500,
         mac: None,
@@ -155,7 +150,17 @@ fn an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once() {
             gateway: Ipv4Addr::new(10, 77, 2, 1),
         }),
         ipv6: None,
-    };
+    }
+}
+
+#[test]
+fn an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once() {
+    if !privileged("an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once") {
+        return;
+    }
+    // Names of its own: the tests of this file run side by side.
+    let namespaces = Namespaces::new(&["del-node", "del-pod"]);
+    let interface = ipv4_only_interface();
     wire(&namespaces.path(0), &namespaces.path(1), &interface).expect("wire");
     let pod = &namespaces.0[1];
     assert!(ip(&["-n", pod, "addr", "show", "eth0"]).contains("10.77.2.2/32"));
@@ -191,16 +196,7 @@ fn an_ipv4_only_pod_is_wired_and_its_veth_found_and_deleted_once() {
 
 #[test]
 fn a_missing_namespace_is_named() {
-    let interface = PodInterface {
-        host_veth: "mpntest1".into(),
-        mtu: 1500,
-        mac: None,
-        ipv4: Some(PodIpv4 {
-            address: Ipv4Addr::new(10, 77, 2, 2),
-            gateway: Ipv4Addr::new(10, 77, 2, 1),
-        }),
-        ipv6: None,
-    };
+    let interface = ipv4_only_interface();
     let missing = std::path::Path::new("/run/netns/myelin-no-such-namespace");
     let error = wire(missing, missing, &interface).expect_err("no namespace");
     assert!(
