@@ -3,6 +3,7 @@
 mod agent_client;
 mod bpf_cmd;
 mod inherited_fd;
+mod install_cmd;
 mod lab_cmd;
 mod pod_view;
 mod policy_cmd;
@@ -43,6 +44,10 @@ enum Command {
     Agent(Box<AgentArgs>),
     /// Run a node's L7 proxy.
     Proxy(ProxyArgs),
+    /// Print the Kubernetes manifests that install Myelin (not functional on a cluster
+    /// yet: the agent has no Kubernetes mode).
+    #[command(long_about = install_cmd::LONG_ABOUT)]
+    Install(install_cmd::InstallArgs),
     /// Programs the lab runs for the container images it knows.
     #[command(hide = true)]
     App {
@@ -192,7 +197,8 @@ fn main() -> std::process::ExitCode {
         | Command::Policy(_)
         | Command::Bpf(_)
         | Command::Observe(_)
-        | Command::Servicemap(_) => true,
+        | Command::Servicemap(_)
+        | Command::Install(_) => true,
         Command::Agent(_) | Command::Proxy(_) | Command::Relay(_) | Command::App { .. } => false,
     };
     if prints {
@@ -241,6 +247,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Delete(args) => lab_cmd::run_delete(args),
         Command::Policy(args) => policy_cmd::run(args),
         Command::Bpf(args) => bpf_cmd::run(args),
+        Command::Install(args) => {
+            install_cmd::run(args)?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Servicemap(mut args) => {
             // Without a token named, a lab's own (readable by root only).
             if args.token.is_none() && args.token_file.is_none() {
